@@ -1,0 +1,107 @@
+"""Frozen configuration dataclasses. A config's id is a hash of its canonical JSON: the cache key, job key,
+URL parameter and export name of everything built from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import UserError
+from engine.registry import Registry
+
+SCHEMA_VERSION = 1
+
+
+def canonical_json(obj: Any) -> str:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_id(obj: Any) -> str:
+    """First 16 hex digits of the SHA-256 of the canonical JSON."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """How the unmodified base model is trained. `dataset` is the data's fingerprint (source hash + subset)."""
+
+    dataset: str
+    width: float = 0.25
+    seed: int = 0
+    epochs: int = 15
+    batch_size: int = 256
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    model: str = "resnet18"
+
+    def __post_init__(self) -> None:
+        if not self.width > 0:
+            raise UserError(f"width must be > 0, got {self.width}; try --width 0.25")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError("epochs and batch size must be positive integers")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    @property
+    def id(self) -> str:
+        return config_id(self)
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One point of the trade-off: a method applied at a split of a base model, with its knobs."""
+
+    method: str
+    split: str
+    base: BaseModelConfig
+    knobs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    @property
+    def id(self) -> str:
+        return config_id(self)
+
+    def knob(self, name: str, default: Any = None) -> Any:
+        return dict(self.knobs).get(name, default)
+
+    @staticmethod
+    def make(method: str, split: str, base: BaseModelConfig, **knobs: Any) -> VariantConfig:
+        return VariantConfig(method, split, base, tuple(sorted(knobs.items())))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A training/evaluation budget: smoke (tests, seconds), quick (CPU default), paper (GPU)."""
+
+    name: str
+    width: float
+    epochs: int
+    batch_size: int
+    lr: float
+    train_limit: int | None = None  # cap on training images (before the validation split)
+    test_limit: int | None = None  # cap on test images for reported figures
+    calibration_images: int = 2000  # training images used to fit quantisers and entropy models
+
+    def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0) -> BaseModelConfig:
+        return BaseModelConfig(
+            dataset=dataset,
+            width=self.width if width is None else width,
+            seed=seed,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+        )
+
+
+PROFILES: Registry[Profile] = Registry("profile")
+PROFILES.add("smoke", Profile("smoke", width=0.125, epochs=1, batch_size=128, lr=0.1, train_limit=1200,
+                              test_limit=400, calibration_images=200))
+PROFILES.add("quick", Profile("quick", width=0.25, epochs=15, batch_size=256, lr=0.2))
+PROFILES.add("paper", Profile("paper", width=1.0, epochs=200, batch_size=128, lr=0.1))
