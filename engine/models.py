@@ -78,7 +78,7 @@ class CifarResNet18(nn.Module):
     def units(self) -> list[tuple[str, nn.Module]]:
         """The model as an ordered chain of units; a split point cuts this chain."""
         out: list[tuple[str, nn.Module]] = [("stem", self.stem)]
-        for stage, layer in zip(self.stage_names, (self.layer1, self.layer2, self.layer3, self.layer4)):
+        for stage, layer in zip(self.stage_names, (self.layer1, self.layer2, self.layer3, self.layer4), strict=True):
             out += [(f"{stage}.{i}", block) for i, block in enumerate(layer)]
         out.append(("head", self.head))
         return out

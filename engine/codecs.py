@@ -1,0 +1,320 @@
+"""Quantisation and entropy coding of intermediate features: the `original` baseline of Shao & Zhang 2020 sends the
+split-point feature quantised to 8 bits uniformly and Huffman-coded. Codecs share a small CompressAI-style interface
+(fit / encode / decode / bits_per_image / ideal_bits_per_image / state_dict) and live in the `CODECS` registry."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+from dahuffman import HuffmanCodec as _DahuffmanCodec
+from torch import Tensor
+
+from engine.registry import Registry
+
+_CHUNK_SYMBOLS = 1 << 20  # symbols encoded per vectorised pass; keeps temporaries near 8 MB per array
+_MAX_CODE_BITS = 64  # codewords are packed into 64-bit words; Huffman over < 1e13 counts stays far below this
+_DECODE_TABLE_BITS = 16  # width of the decoder's primary lookup table; longer codes fall back to a bitwise walk
+
+
+class UniformQuantizer:
+    """Uniform scalar quantiser with 2**bits levels spanning [lo, hi], range calibrated on training features
+    (the 8-bit quantisation of the paper's `original` baseline). Rounds to the nearest level, clamps outside."""
+
+    def __init__(self, bits: int = 8, lo: float = 0.0, hi: float = 1.0) -> None:
+        if not 1 <= bits <= 16:
+            raise ValueError(f"bits must be in [1, 16], got {bits}")
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi >= lo):
+            raise ValueError(f"need finite lo <= hi, got [{lo}, {hi}]")
+        self.bits = int(bits)
+        self.lo = float(lo)
+        self.hi = float(hi)
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def step(self) -> float:
+        """Distance between adjacent levels; 1.0 for a degenerate range so that everything maps to level 0."""
+        return (self.hi - self.lo) / (self.levels - 1) if self.hi > self.lo else 1.0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8 if self.bits <= 8 else torch.int64
+
+    def fit(self, features: Tensor) -> UniformQuantizer:
+        """Calibrate [lo, hi] to the min and max of `features` (ReLU features give lo = 0)."""
+        if features.numel() == 0:
+            raise ValueError("cannot calibrate a quantiser on an empty tensor")
+        self.lo = float(features.min())
+        self.hi = float(features.max())
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            raise ValueError(f"non-finite features: range [{self.lo}, {self.hi}]")
+        return self
+
+    def quantize(self, x: Tensor) -> Tensor:
+        """Integer symbols in [0, 2**bits): uint8 for bits <= 8, int64 otherwise."""
+        q = torch.round((x.detach().float().clamp(self.lo, self.hi) - self.lo) / self.step)
+        return q.clamp_(0, self.levels - 1).to(self.dtype)
+
+    def dequantize(self, q: Tensor) -> Tensor:
+        return q.float() * self.step + self.lo
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bits": self.bits, "lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> UniformQuantizer:
+        return cls(bits=int(state["bits"]), lo=float(state["lo"]), hi=float(state["hi"]))
+
+
+def empirical_entropy_bits(symbols: np.ndarray) -> float:
+    """Entropy in bits per symbol of the empirical distribution of `symbols` (any shape, nonnegative ints)."""
+    flat = np.asarray(symbols).ravel()
+    if flat.size == 0:
+        return 0.0
+    counts = np.bincount(flat)
+    p = counts[counts > 0] / flat.size
+    return float(-(p * np.log2(p)).sum())
+
+
+def _as_symbols(symbols: Any, alphabet_size: int, ndim: int) -> np.ndarray:
+    """Validate symbols as an integer array of `ndim` dimensions with values in [0, alphabet_size)."""
+    if isinstance(symbols, Tensor):
+        symbols = symbols.detach().cpu().numpy()
+    arr = np.asarray(symbols)
+    if arr.ndim != ndim:
+        raise ValueError(f"expected a {ndim}-d array of symbols, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"symbols must be integers, got dtype {arr.dtype}")
+    if arr.size and not (arr.dtype == np.uint8 and alphabet_size >= 256):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= alphabet_size:
+            raise ValueError(f"symbols span [{lo}, {hi}], outside the alphabet [0, {alphabet_size})")
+    return arr
+
+
+class EntropyCodec(ABC):
+    """Common interface of the lossless coders of integer symbols, one bitstream per image (as CompressAI's
+    `compress`/`decompress`). Implementations are built with the `fit` classmethod and rebuilt with `from_state`."""
+
+    alphabet_size: int
+
+    @classmethod
+    @abstractmethod
+    def fit(cls, symbols: np.ndarray, alphabet_size: int) -> EntropyCodec:
+        """Build the probability model (and code) from training symbols."""
+
+    @abstractmethod
+    def encode(self, symbols_2d: np.ndarray) -> list[bytes]:
+        """One bitstream per row of an [N, D] array of symbols."""
+
+    @abstractmethod
+    def decode(self, stream: bytes, count: int) -> np.ndarray:
+        """Exactly the `count` symbols that `encode` wrote into `stream`."""
+
+    @abstractmethod
+    def ideal_bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
+        """Per-row sum of -log2 p(symbol) under the fitted model (the cross-entropy)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable numbers and lists from which `from_state` rebuilds an identical codec."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: dict[str, Any]) -> EntropyCodec: ...
+
+    def bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
+        """Sizes in bits of the actual bitstreams (8 * bytes). Subclasses may compute it without encoding."""
+        return np.array([8 * len(s) for s in self.encode(symbols_2d)], dtype=np.int64)
+
+
+CODECS: Registry[type[EntropyCodec]] = Registry("codec")
+
+
+@CODECS.register("huffman")
+class HuffmanCodec(EntropyCodec):
+    """Static Huffman code over the alphabet [0, alphabet_size), built by dahuffman from add-one smoothed training
+    counts (so unseen symbols stay encodable). Streams are codewords concatenated MSB-first, zero-padded to a byte,
+    with no end-of-file symbol: the decoder is told the count. Bit order matches dahuffman's `PrefixCodec.encode`."""
+
+    def __init__(self, counts: np.ndarray, code_lengths: np.ndarray, codes: np.ndarray) -> None:
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.code_lengths = np.asarray(code_lengths, dtype=np.int64)
+        self.codes = np.asarray(codes, dtype=np.uint64)
+        self.alphabet_size = int(self.counts.size)
+        if self.alphabet_size < 2 or not self.counts.shape == self.code_lengths.shape == self.codes.shape:
+            raise ValueError("a Huffman code needs counts, code lengths and codes for an alphabet of >= 2 symbols")
+        if (self.counts < 1).any():
+            raise ValueError("counts must be positive (they are add-one smoothed)")
+        if self.code_lengths.min() < 1 or self.code_lengths.max() > _MAX_CODE_BITS:
+            raise ValueError(f"code lengths must be in [1, {_MAX_CODE_BITS}]")
+        if (self.codes >> self.code_lengths.astype(np.uint64) != 0).any():
+            raise ValueError("a code value does not fit its code length")
+        self._decode_tables: tuple[list[int], list[int], dict[tuple[int, int], int], int] | None = None
+
+    # -- building and exporting -------------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, symbols: np.ndarray, alphabet_size: int) -> HuffmanCodec:
+        """Count `symbols` (any shape), add one to every count, and let dahuffman build the Huffman code."""
+        if alphabet_size < 2:
+            raise ValueError(f"alphabet_size must be >= 2, got {alphabet_size}")
+        flat = _as_symbols(np.asarray(symbols).ravel(), alphabet_size, 1)
+        counts = np.bincount(flat, minlength=alphabet_size).astype(np.int64) + 1
+        return cls.from_counts(counts)
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> HuffmanCodec:
+        """Huffman code for positive symbol counts. An in-alphabet symbol is passed as dahuffman's `eof` so that it
+        adds no end-of-file leaf: the code covers exactly the alphabet."""
+        counts = np.asarray(counts, dtype=np.int64)
+        table = _DahuffmanCodec.from_frequencies({s: int(c) for s, c in enumerate(counts)}, eof=0).get_code_table()
+        lengths = np.array([table[s][0] for s in range(counts.size)], dtype=np.int64)
+        codes = np.array([table[s][1] for s in range(counts.size)], dtype=np.uint64)
+        return cls(counts, lengths, codes)
+
+    def code_table(self) -> dict[int, tuple[int, int]]:
+        """{symbol: (bitsize, value)}, the format of dahuffman's `PrefixCodec`."""
+        return {s: (int(n), int(v)) for s, (n, v) in enumerate(zip(self.code_lengths, self.codes, strict=True))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "codec": "huffman",
+            "alphabet_size": self.alphabet_size,
+            "counts": self.counts.tolist(),
+            "code_lengths": self.code_lengths.tolist(),
+            "codes": [int(v) for v in self.codes],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> HuffmanCodec:
+        """Rebuild from the exported table itself (not from the counts), so a stream stays decodable across versions
+        of the library that built the code."""
+        return cls(np.array(state["counts"]), np.array(state["code_lengths"]),
+                   np.array([int(v) for v in state["codes"]], dtype=np.uint64))
+
+    # -- the probability model ---------------------------------------------------------------------------------------
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.counts / self.counts.sum()
+
+    @property
+    def entropy_bits(self) -> float:
+        """Entropy H of the smoothed model, bits/symbol; Huffman's mean code length lies in [H, H + 1)."""
+        p = self.probs
+        return float(-(p * np.log2(p)).sum())
+
+    @property
+    def mean_code_length(self) -> float:
+        """Expected code length in bits/symbol under the smoothed model."""
+        return float((self.probs * self.code_lengths).sum())
+
+    def ideal_bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
+        arr = _as_symbols(symbols_2d, self.alphabet_size, 2)
+        info = -np.log2(self.probs)
+        return info[arr].sum(axis=1)
+
+    def bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
+        """8 * len(stream) of `encode`'s streams, from the code lengths (tests check it against `encode`)."""
+        arr = _as_symbols(symbols_2d, self.alphabet_size, 2)
+        bits = self.code_lengths[arr].sum(axis=1, dtype=np.int64)
+        return (bits + 7) // 8 * 8
+
+    # -- coding ------------------------------------------------------------------------------------------------------
+
+    def encode(self, symbols_2d: np.ndarray) -> list[bytes]:
+        """Vectorised encoder: a chunk of images is laid out as one bitstream with each image starting on a byte,
+        every codeword is shifted into the 64-bit word holding its last bit (with its head spilling into the word
+        before when it straddles), words are OR-reduced, written big-endian, and cut into per-image streams."""
+        arr = _as_symbols(symbols_2d, self.alphabet_size, 2)
+        n, d = arr.shape
+        if d == 0:
+            return [b""] * n
+        out: list[bytes] = []
+        per_chunk = max(1, _CHUNK_SYMBOLS // d)
+        lengths, codes = self.code_lengths.astype(np.uint64), self.codes
+        for i in range(0, n, per_chunk):
+            out.extend(_encode_chunk(arr[i:i + per_chunk], lengths, codes))
+        return out
+
+    def decode(self, stream: bytes, count: int) -> np.ndarray:
+        """Table-driven decoder: a 16-bit lookup resolves short codes; longer ones walk the code bit by bit."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        sym_of, len_of, long_codes, k = self._tables()
+        bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8))
+        nbits = int(bits.size)
+        padded = np.concatenate([bits, np.zeros(k, dtype=np.uint8)]).astype(np.int64)
+        weights = np.left_shift(1, np.arange(k - 1, -1, -1, dtype=np.int64))
+        windows = (np.lib.stride_tricks.sliding_window_view(padded, k)[: nbits + 1] @ weights).tolist()
+        out = [0] * count
+        pos = 0
+        max_len = int(self.code_lengths.max())
+        for i in range(count):
+            if pos >= nbits:
+                raise ValueError(f"stream ends after {i} of {count} symbols")
+            w = windows[pos]
+            n = len_of[w]
+            if n:
+                out[i] = sym_of[w]
+                pos += n
+                continue
+            value, n = w, k  # a code longer than the table: extend the prefix one bit at a time
+            while (n, value) not in long_codes:
+                if n >= max_len or pos + n >= nbits:
+                    raise ValueError(f"invalid codeword at bit {pos}")
+                value = (value << 1) | int(bits[pos + n])
+                n += 1
+            out[i] = long_codes[n, value]
+            pos += n
+        if pos > nbits:
+            raise ValueError(f"stream ends inside symbol {count - 1}")
+        return np.array(out, dtype=np.uint8 if self.alphabet_size <= 256 else np.int64)
+
+    def _tables(self) -> tuple[list[int], list[int], dict[tuple[int, int], int], int]:
+        """(symbol, length) per k-bit prefix (length 0 marks a longer code) and {(length, value): symbol}."""
+        if self._decode_tables is None:
+            k = min(int(self.code_lengths.max()), _DECODE_TABLE_BITS)
+            sym_of = np.zeros(1 << k, dtype=np.int64)
+            len_of = np.zeros(1 << k, dtype=np.int64)
+            long_codes: dict[tuple[int, int], int] = {}
+            for s, (n, v) in enumerate(zip(self.code_lengths.tolist(), self.codes.tolist(), strict=True)):
+                if n <= k:
+                    first = v << (k - n)
+                    sym_of[first:first + (1 << (k - n))] = s
+                    len_of[first:first + (1 << (k - n))] = n
+                else:
+                    long_codes[n, v] = s
+            self._decode_tables = (sym_of.tolist(), len_of.tolist(), long_codes, k)
+        return self._decode_tables
+
+
+def _encode_chunk(sym: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> list[bytes]:
+    """Encode the rows of `sym` (see `HuffmanCodec.encode`); `lengths` as uint64, codes of <= 64 bits."""
+    lens = lengths[sym]  # [n, d] uint64
+    ends = np.cumsum(lens, axis=1, dtype=np.uint64)  # end bit of each codeword within its image
+    row_bytes = (ends[:, -1] + 7) >> 3
+    row_start = np.zeros(len(sym) + 1, dtype=np.uint64)
+    np.cumsum(row_bytes, out=row_start[1:])
+    ends += (row_start[:-1] << 3)[:, None]
+    ends = ends.ravel()  # global end bit, nondecreasing
+    vals = codes[sym.ravel()]
+    word = (ends - 1) >> 6  # word holding the codeword's last bit
+    shift = np.negative(ends) & 63  # 64 - (end position within that word)
+    main = vals << shift  # tail of the codeword, aligned; head bits above the word are shifted out
+    spill = np.flatnonzero(lens.ravel() + shift > 64)  # codewords that start in the previous word
+    nwords = int(row_start[-1] + 7) >> 3
+    words = np.zeros(nwords, dtype=np.uint64)
+    starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+    words[word[starts]] = np.bitwise_or.reduceat(main, starts)
+    words[word[spill] - 1] |= vals[spill] >> (64 - shift[spill])  # one straddler per boundary: no index repeats
+    buf = words.astype(">u8").tobytes()
+    bounds = row_start.tolist()
+    return [buf[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -1,0 +1,83 @@
+"""Method registry: each method turns a VariantConfig into one profiled metrics row (the paper's Figure 3 curves)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+import engine
+from engine.config import BaseModelConfig, Profile, VariantConfig
+from engine.data import ImageData, mean_png_bits, train_val_split
+from engine.registry import Registry
+from engine.train import Progress, load_or_train_base
+
+
+@dataclass
+class RunContext:
+    """What a method needs to build and measure a variant: the data (already cut to the profile), the cache, the
+    profile's budgets, and the base models loaded so far."""
+
+    data: ImageData
+    profile: Profile
+    cache: Path
+    progress: Progress | None = None
+    _bases: dict[str, tuple[nn.Module, dict]] = field(default_factory=dict)
+
+    def base(self, cfg: BaseModelConfig) -> tuple[nn.Module, dict]:
+        """The trained base model and its checkpoint (trained now when not cached)."""
+        if cfg.id not in self._bases:
+            self._bases[cfg.id] = load_or_train_base(cfg, self.data, self.cache, self.progress)
+        return self._bases[cfg.id]
+
+    def calibration_images(self, cfg: BaseModelConfig) -> torch.Tensor:
+        """The first training images (never validation or test) used to fit quantisers and entropy models."""
+        train_x, _, _, _ = train_val_split(self.data, cfg.val_fraction, cfg.seed)
+        return train_x[: self.profile.calibration_images]
+
+    def png_bits(self) -> float:
+        return mean_png_bits(self.data, self.cache)
+
+
+class Method(Protocol):
+    def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]: ...
+
+    def run(self, cfg: VariantConfig, ctx: RunContext) -> dict: ...
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def base_row(cfg: VariantConfig, ctx: RunContext, **metrics: Any) -> dict:
+    """The columns every row carries: identity, provenance and the data's reference figures."""
+    _, ckpt = ctx.base(cfg.base)
+    return {
+        "id": cfg.id,
+        "method": cfg.method,
+        "split": cfg.split,
+        "knobs": dict(cfg.knobs),
+        "dataset": ctx.data.name,
+        "dataset_fingerprint": ctx.data.fingerprint,
+        "width": cfg.base.width,
+        "seed": cfg.base.seed,
+        "base_id": cfg.base.id,
+        "base_test_accuracy": ckpt["metrics"]["test_accuracy"],
+        "train_seconds": ckpt["metrics"]["train_seconds"],
+        "test_images": len(ctx.data.test_y),
+        "png_bits": ctx.png_bits(),
+        "code_version": engine.__version__,
+        "torch_version": torch.__version__,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **metrics,
+    }
+
+
+def _register_builtin() -> None:
+    from engine.methods import original  # noqa: F401  (registers itself)
+
+
+_register_builtin()

@@ -1,0 +1,82 @@
+"""`original`: the unmodified network with split-point selection only, the paper's first baseline (Shao & Zhang
+2020, Fig. 3). The feature is quantised to 8 bits uniformly (range calibrated on training features) and
+Huffman-coded with a code built from training features, as in the paper's comparison."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from engine.codecs import HuffmanCodec, UniformQuantizer, empirical_entropy_bits
+from engine.config import BaseModelConfig, VariantConfig
+from engine.data import normalize
+from engine.methods import METHODS, RunContext, base_row
+from engine.models import split
+from engine.profile import label_bits, profile_split
+from engine.train import predict
+
+
+class Original:
+    bits = 8
+
+    def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
+        return [VariantConfig.make("original", s, base, bits=self.bits) for s in splits]
+
+    def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
+        start = time.perf_counter()
+        model, _ = ctx.base(cfg.base)
+        data = ctx.data
+        input_shape = (data.channels, *data.image_size)
+        prof = profile_split(model, cfg.split, input_shape, data.num_classes)
+        if cfg.split in ("server_only", "device_only"):
+            preds = predict(model, data.test_x, data.mean, data.std)
+            acc = float((preds == data.test_y).float().mean())
+            if cfg.split == "server_only":
+                png = ctx.png_bits()
+                bits = {"bits_actual": png, "bits_ideal": png, "bits_raw": 8 * math.prod(input_shape)}
+            else:
+                entropy = empirical_entropy_bits(preds.numpy())
+                bits = {"bits_actual": float(label_bits(data.num_classes)), "bits_ideal": entropy,
+                        "bits_raw": float(label_bits(data.num_classes))}
+        else:
+            acc, bits = self._measure_feature_coding(cfg, ctx)
+        return base_row(cfg, ctx, accuracy=acc, eval_seconds=time.perf_counter() - start, **prof, **bits)
+
+    def _measure_feature_coding(self, cfg: VariantConfig, ctx: RunContext) -> tuple[float, dict]:
+        """Quantise and Huffman-code the split's feature for every test image; accuracy from the decoded feature."""
+        model, _ = ctx.base(cfg.base)
+        device_part, server_part = split(model, cfg.split)
+        data = ctx.data
+        mean, std = data.mean, data.std
+        bits = int(cfg.knob("bits", self.bits))
+        with torch.no_grad():
+            calib = torch.cat([device_part(normalize(xb, mean, std))
+                               for xb in ctx.calibration_images(cfg.base).split(500)])
+        quantizer = UniformQuantizer(bits)
+        quantizer.fit(calib)
+        codec = HuffmanCodec.fit(_symbols(quantizer, calib), alphabet_size=2**bits)
+        correct, actual, ideal = 0, [], []
+        with torch.no_grad():
+            for xb, yb in zip(data.test_x.split(500), data.test_y.split(500), strict=True):
+                q = quantizer.quantize(device_part(normalize(xb, mean, std)))
+                symbols = q.reshape(len(q), -1).numpy().astype(np.int64)
+                actual.append(codec.bits_per_image(symbols))
+                ideal.append(codec.ideal_bits_per_image(symbols))
+                logits = server_part(quantizer.dequantize(q))
+                correct += int((logits.argmax(1) == yb).sum())
+        return correct / len(data.test_y), {
+            "bits_actual": float(np.concatenate(actual).mean()),
+            "bits_ideal": float(np.concatenate(ideal).mean()),
+            "bits_raw": float(bits * calib[0].numel()),
+        }
+
+
+def _symbols(quantizer: UniformQuantizer, features: torch.Tensor) -> np.ndarray:
+    q = quantizer.quantize(features)
+    return q.reshape(len(q), -1).numpy().astype(np.int64)
+
+
+METHODS.add("original", Original())

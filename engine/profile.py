@@ -1,0 +1,121 @@
+"""Per-split profile of a model, following the definitions of the design contract: device FLOPs counted by
+`torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-add) at batch 1, device memory as fp32 parameter
+bytes plus the measured peak of live activation bytes for one image, and the feature each split transmits."""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.models import SPLIT_POINTS, split
+
+
+def count_flops(module: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass as FlopCounterMode counts them (convolutions and matmuls, 2 per MAC)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    return int(counter.get_total_flops())
+
+
+def param_bytes(module: nn.Module) -> int:
+    """fp32 bytes of the parameters (4 per parameter, whatever dtype they are held in)."""
+    return 4 * sum(p.numel() for p in module.parameters())
+
+
+class _LiveActivationBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storages alive during a forward pass, and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage address -> [bytes, live tensor objects]
+        self.current = 0
+        self.peak = 0
+
+    def track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        entry = self.live.get(key)
+        if entry is None:
+            self.live[key] = [storage.nbytes(), 1]
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        else:
+            entry[1] += 1
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+        return out
+
+
+def peak_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Peak bytes of live activations (input included) in an eager, no-grad forward pass of `x`.
+
+    Measured, not estimated: every tensor an op returns is tracked until Python frees it. Backend scratch space
+    (e.g. im2col buffers inside a convolution kernel) is not visible and not counted."""
+    mode = _LiveActivationBytes()
+    x = x.clone()
+    with torch.no_grad(), mode:
+        mode.track(x)
+        out = module(x)
+        del x
+    del out
+    return mode.peak
+
+
+def label_bits(num_classes: int) -> int:
+    """Bits of the label a device-only deployment sends: ceil(log2 classes)."""
+    return max(1, math.ceil(math.log2(num_classes)))
+
+
+def profile_split(model: nn.Module, point: str, input_shape: tuple[int, int, int], num_classes: int) -> dict:
+    """Device/server FLOPs, device memory and the transmitted feature of one split point, at batch 1."""
+    model = model.eval()
+    device, server = split(model, point)
+    x = torch.zeros(1, *input_shape)
+    with torch.no_grad():
+        feature = device(x)
+    sp = SPLIT_POINTS.get(point)
+    params = param_bytes(device)
+    activations = peak_activation_bytes(device, x)
+    row = {
+        "split": point,
+        "split_order": sp.device_units,
+        "device_flops": count_flops(device, x) if len(device) else 0,
+        "server_flops": count_flops(server, feature) if len(server) else 0,
+        "device_params_bytes": params,
+        "device_activation_bytes": activations,
+        "device_memory_bytes": params + activations,
+    }
+    if point == "device_only":
+        row.update(feature_shape=[1], feature_numel=1, bits_fp32=label_bits(num_classes),
+                   bits_8bit=label_bits(num_classes))
+    else:
+        shape = list(feature.shape[1:])
+        numel = math.prod(shape)
+        row.update(feature_shape=shape, feature_numel=numel, bits_fp32=32 * numel, bits_8bit=8 * numel)
+    return row
+
+
+def profile_model(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
+                  points: list[str] | None = None) -> list[dict]:
+    """`profile_split` for each split point (all registered points by default), in chain order."""
+    return [profile_split(model, p, input_shape, num_classes) for p in (points or list(SPLIT_POINTS))]

@@ -1,0 +1,97 @@
+"""The communication-computation plane (Shao & Zhang 2020, Fig. 1): device FLOPs against bits per image."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine import background
+from engine.config import PROFILES
+from engine.errors import UserError
+from engine.figures import plane_figure
+from engine.models import split_names
+from engine.paths import cache_dir
+from engine.profile import profile_model
+from engine.store import ResultsStore
+from engine.train import make_model
+
+
+@st.cache_resource(show_spinner="Loading the dataset…")
+def _data(profile: str, seed: int = 0):  # noqa: ANN202
+    from engine.data import load_data, subset
+
+    prof = PROFILES.get(profile)
+    data = load_data(None, cache_dir=cache_dir(), download=False)
+    if prof.train_limit or prof.test_limit:
+        data = subset(data, prof.train_limit, prof.test_limit, seed=seed)
+    return data
+
+
+@st.cache_data(show_spinner="Profiling the splits…")
+def _profile(profile: str, width: float) -> tuple[pd.DataFrame, float]:
+    from engine.data import mean_png_bits
+
+    data = _data(profile)
+    base = PROFILES.get(profile).base_config(data.fingerprint, width=width)
+    rows = profile_model(make_model(base, data), (data.channels, *data.image_size), data.num_classes,
+                         split_names(coarse_only=True))
+    table = pd.DataFrame(rows).assign(method="profile", id=None)
+    return table, mean_png_bits(data, cache_dir())
+
+
+env = st.session_state.get("env", {"profile": "quick", "width": 0.25})
+st.title("Communication-computation plane")
+try:
+    data = _data(env["profile"])
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+base = PROFILES.get(env["profile"]).base_config(data.fingerprint, width=env["width"])
+st.caption(f"dataset **{data.name}** ({len(data.test_y):,} test images) · ResNet18 width **{base.width:g}** · "
+           f"profile **{env['profile']}** · base model `{base.id}`")
+
+profile_table, png_bits = _profile(env["profile"], base.width)
+results = ResultsStore().table(method="original")
+if not results.empty:
+    results = results[results["base_id"] == base.id]
+job_name = f"original-{env['profile']}-w{base.width:g}"
+
+
+@st.fragment(run_every=2.0)
+def _job_progress() -> None:
+    status = background.status(job_name)
+    if not status:
+        return
+    if status["state"] == "running":
+        st.progress(min(float(status.get("progress") or 0.0), 1.0), text=f"Running: {status.get('message', '')}")
+    elif status["state"] in ("failed", "lost"):
+        st.error(f"The background job failed: {status.get('error')}. Log: `{status.get('log')}`")
+    elif status["state"] == "done" and results.empty:
+        st.rerun()
+
+
+if results.empty:
+    st.info("No measured variants for this base model yet. The plane shows the untrained profile: device FLOPs "
+            "and the 8-bit size of each split's feature (no coding, no accuracy). Train the base model and measure "
+            "the `original` method to see real accuracies and Huffman-coded bits.")
+    running = (background.status(job_name) or {}).get("state") == "running"
+    if st.button("Train the base model and measure `original`", type="primary", disabled=running):
+        background.launch(job_name, ["run", "original", "--profile", env["profile"], "--width", f"{base.width:g}"])
+        st.rerun()
+    _job_progress()
+    fig = plane_figure(profile_table, png_bits, bits_column="bits_8bit")
+    st.plotly_chart(fig, key="plane")
+    st.dataframe(profile_table[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
+                                "bits_8bit"]], hide_index=True)
+else:
+    bits_column = "bits_ideal" if st.toggle("Ideal bits (model entropy) instead of the actual bitstream") \
+        else "bits_actual"
+    fig = plane_figure(results, png_bits, bits_column=bits_column)
+    st.plotly_chart(fig, key="plane")
+    amplified = results[(results[bits_column] > png_bits) & (results["device_flops"] > 0)]["split"].tolist()
+    if amplified:
+        st.caption("Data amplification (feature larger than the PNG input): " + ", ".join(amplified))
+    cols = ["split", "accuracy", "device_flops", "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal",
+            "bits_raw", "id"]
+    st.dataframe(results.sort_values("split_order")[cols], hide_index=True,
+                 column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
