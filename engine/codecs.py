@@ -15,7 +15,7 @@ from torch import Tensor
 
 from engine.registry import Registry
 
-_CHUNK_SYMBOLS = 1 << 20  # symbols encoded per vectorised pass; keeps temporaries near 8 MB per array
+_CHUNK_SYMBOLS = 1 << 17  # symbols encoded per vectorised pass; keeps temporaries (1 MB per array) in cache
 _MAX_CODE_BITS = 64  # codewords are packed into 64-bit words; Huffman over < 1e13 counts stays far below this
 _DECODE_TABLE_BITS = 16  # width of the decoder's primary lookup table; longer codes fall back to a bitwise walk
 
@@ -96,6 +96,16 @@ def _as_symbols(symbols: Any, alphabet_size: int, ndim: int) -> np.ndarray:
         if lo < 0 or hi >= alphabet_size:
             raise ValueError(f"symbols span [{lo}, {hi}], outside the alphabet [0, {alphabet_size})")
     return arr
+
+
+def _row_sums(table: np.ndarray, symbols_2d: np.ndarray) -> np.ndarray:
+    """Per-row sums of table[symbol], a chunk of rows at a time (one [N, D] gather would not fit in cache)."""
+    n, d = symbols_2d.shape
+    out = np.zeros(n, dtype=table.dtype)
+    per_chunk = max(1, _CHUNK_SYMBOLS // max(d, 1))
+    for i in range(0, n, per_chunk):
+        out[i:i + per_chunk] = table[symbols_2d[i:i + per_chunk]].sum(axis=1)
+    return out
 
 
 class EntropyCodec(ABC):
@@ -218,14 +228,12 @@ class HuffmanCodec(EntropyCodec):
 
     def ideal_bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
         arr = _as_symbols(symbols_2d, self.alphabet_size, 2)
-        info = -np.log2(self.probs)
-        return info[arr].sum(axis=1)
+        return _row_sums(-np.log2(self.probs), arr)
 
     def bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
         """8 * len(stream) of `encode`'s streams, from the code lengths (tests check it against `encode`)."""
         arr = _as_symbols(symbols_2d, self.alphabet_size, 2)
-        bits = self.code_lengths[arr].sum(axis=1, dtype=np.int64)
-        return (bits + 7) // 8 * 8
+        return (_row_sums(self.code_lengths, arr) + 7) // 8 * 8
 
     # -- coding ------------------------------------------------------------------------------------------------------
 
@@ -297,24 +305,26 @@ class HuffmanCodec(EntropyCodec):
 
 
 def _encode_chunk(sym: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> list[bytes]:
-    """Encode the rows of `sym` (see `HuffmanCodec.encode`); `lengths` as uint64, codes of <= 64 bits."""
+    """Encode the rows of `sym` (see `HuffmanCodec.encode`); `lengths` as uint64, codes of <= 64 bits. Codeword bits
+    are disjoint, so OR equals a sum: each word is a difference of a (mod 2**64) running sum of shifted codewords."""
     lens = lengths[sym]  # [n, d] uint64
     ends = np.cumsum(lens, axis=1, dtype=np.uint64)  # end bit of each codeword within its image
-    row_bytes = (ends[:, -1] + 7) >> 3
-    row_start = np.zeros(len(sym) + 1, dtype=np.uint64)
-    np.cumsum(row_bytes, out=row_start[1:])
+    row_start = np.zeros(len(sym) + 1, dtype=np.uint64)  # in bytes: each image starts on a byte
+    np.cumsum((ends[:, -1] + 7) >> 3, out=row_start[1:])
     ends += (row_start[:-1] << 3)[:, None]
     ends = ends.ravel()  # global end bit, nondecreasing
+    lens = lens.ravel()
     vals = codes[sym.ravel()]
-    word = (ends - 1) >> 6  # word holding the codeword's last bit
-    shift = np.negative(ends) & 63  # 64 - (end position within that word)
-    main = vals << shift  # tail of the codeword, aligned; head bits above the word are shifted out
-    spill = np.flatnonzero(lens.ravel() + shift > 64)  # codewords that start in the previous word
-    nwords = int(row_start[-1] + 7) >> 3
-    words = np.zeros(nwords, dtype=np.uint64)
-    starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
-    words[word[starts]] = np.bitwise_or.reduceat(main, starts)
-    words[word[spill] - 1] |= vals[spill] >> (64 - shift[spill])  # one straddler per boundary: no index repeats
+    shift = np.negative(ends)
+    shift &= 63  # 64 - (end position of the codeword within the word holding its last bit)
+    main = vals << shift  # the codeword's tail, aligned in that word; head bits above the word are shifted out
+    nwords = (int(row_start[-1]) + 7) >> 3
+    last = np.searchsorted(ends, np.arange(1, nwords + 1, dtype=np.uint64) << 6, side="right")  # per word
+    running = np.cumsum(main)  # wraps mod 2**64, harmlessly: differences within a word are exact
+    words = np.diff(np.where(last > 0, running[np.maximum(last, 1) - 1], 0), prepend=np.uint64(0))
+    lens += shift
+    spill = np.flatnonzero(lens > 64)  # codewords whose head lies in the previous word (one per word boundary)
+    words[((ends[spill] - 1) >> 6) - 1] |= vals[spill] >> (64 - shift[spill])
     buf = words.astype(">u8").tobytes()
     bounds = row_start.tolist()
     return [buf[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -31,8 +31,9 @@ def param_bytes(module: nn.Module) -> int:
 class _LiveActivationBytes(TorchDispatchMode):
     """Tracks the bytes of tensor storages alive during a forward pass, and their peak."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: set[int]) -> None:
         super().__init__()
+        self.exclude = exclude  # storages of parameters and buffers (views of weights are not activations)
         self.live: dict[int, list[int]] = {}  # storage address -> [bytes, live tensor objects]
         self.current = 0
         self.peak = 0
@@ -40,6 +41,8 @@ class _LiveActivationBytes(TorchDispatchMode):
     def track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
         key = storage.data_ptr()
+        if key in self.exclude:
+            return
         entry = self.live.get(key)
         if entry is None:
             self.live[key] = [storage.nbytes(), 1]
@@ -71,7 +74,8 @@ def peak_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
 
     Measured, not estimated: every tensor an op returns is tracked until Python frees it. Backend scratch space
     (e.g. im2col buffers inside a convolution kernel) is not visible and not counted."""
-    mode = _LiveActivationBytes()
+    weights = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    mode = _LiveActivationBytes(weights)
     x = x.clone()
     with torch.no_grad(), mode:
         mode.track(x)

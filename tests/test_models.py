@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from engine.errors import UserError
+from engine.models import SPLIT_POINTS, CifarResNet18, split, split_names
+
+
+@pytest.mark.parametrize("width", [0.25, 1.0])
+def test_split_composition_equals_whole_model(width: float) -> None:
+    torch.manual_seed(0)
+    model = CifarResNet18(width).eval()
+    for m in model.modules():  # non-trivial BN statistics, so an omitted unit would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        whole = model(x)
+        for point in SPLIT_POINTS:
+            device, server = split(model, point)
+            assert (server(device(x)) - whole).abs().max().item() < 1e-5, point
+
+
+def test_split_points_cut_the_chain_in_order() -> None:
+    model = CifarResNet18(0.25)
+    sizes = [len(split(model, p)[0]) for p in SPLIT_POINTS]
+    assert sizes == list(range(11))
+    assert split_names() == ["server_only", "stem", "conv2_x", "conv3_x", "conv4_x", "conv5_x", "device_only"]
+    assert len(split_names(coarse_only=False)) == 11
+
+
+def test_feature_shapes_at_the_paper_split_points() -> None:
+    model = CifarResNet18(1.0).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    expected = {"stem": (64, 32, 32), "conv2_x": (64, 32, 32), "conv3_x": (128, 16, 16), "conv4_x": (256, 8, 8),
+                "conv5_x": (512, 4, 4)}
+    with torch.no_grad():
+        for point, shape in expected.items():
+            assert tuple(split(model, point)[0](x).shape[1:]) == shape
+
+
+def test_grayscale_and_other_sizes() -> None:
+    model = CifarResNet18(0.25, num_classes=3, in_channels=1).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
+
+
+def test_bad_inputs_are_user_errors() -> None:
+    with pytest.raises(UserError, match="width must be > 0"):
+        CifarResNet18(0.0)
+    with pytest.raises(UserError, match="unknown split point 'conv9_x'.*conv4_x"):
+        split(CifarResNet18(0.25), "conv9_x")
