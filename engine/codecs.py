@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -153,19 +155,23 @@ class HuffmanCodec(EntropyCodec):
     counts (so unseen symbols stay encodable). Streams are codewords concatenated MSB-first, zero-padded to a byte,
     with no end-of-file symbol: the decoder is told the count. Bit order matches dahuffman's `PrefixCodec.encode`."""
 
-    def __init__(self, counts: np.ndarray, code_lengths: np.ndarray, codes: np.ndarray) -> None:
-        self.counts = np.asarray(counts, dtype=np.int64)
-        self.code_lengths = np.asarray(code_lengths, dtype=np.int64)
-        self.codes = np.asarray(codes, dtype=np.uint64)
-        self.alphabet_size = int(self.counts.size)
-        if self.alphabet_size < 2 or not self.counts.shape == self.code_lengths.shape == self.codes.shape:
+    def __init__(self, counts: Sequence[int] | np.ndarray, code_lengths: Sequence[int] | np.ndarray,
+                 codes: Sequence[int] | np.ndarray) -> None:
+        lengths, values = [int(n) for n in code_lengths], [int(v) for v in codes]
+        if not len(counts) == len(lengths) == len(values) >= 2:
             raise ValueError("a Huffman code needs counts, code lengths and codes for an alphabet of >= 2 symbols")
+        if not all(1 <= n <= _MAX_CODE_BITS and 0 <= v < 1 << n for n, v in zip(lengths, values, strict=True)):
+            raise ValueError(f"code lengths must be in [1, {_MAX_CODE_BITS}] bits and code values fit their lengths")
+        top = _MAX_CODE_BITS
+        spans = sorted((v << (top - n), (v + 1) << (top - n)) for n, v in zip(lengths, values, strict=True))
+        if spans[0][0] != 0 or spans[-1][1] != 1 << top or any(a[1] != b[0] for a, b in pairwise(spans)):
+            raise ValueError("the code table is not a complete prefix code")
+        self.counts = np.asarray(counts, dtype=np.int64)
         if (self.counts < 1).any():
             raise ValueError("counts must be positive (they are add-one smoothed)")
-        if self.code_lengths.min() < 1 or self.code_lengths.max() > _MAX_CODE_BITS:
-            raise ValueError(f"code lengths must be in [1, {_MAX_CODE_BITS}]")
-        if (self.codes >> self.code_lengths.astype(np.uint64) != 0).any():
-            raise ValueError("a code value does not fit its code length")
+        self.code_lengths = np.array(lengths, dtype=np.int64)
+        self.codes = np.array(values, dtype=np.uint64)
+        self.alphabet_size = len(lengths)
         self._decode_tables: tuple[list[int], list[int], dict[tuple[int, int], int], int] | None = None
 
     # -- building and exporting -------------------------------------------------------------------------------------
@@ -175,6 +181,8 @@ class HuffmanCodec(EntropyCodec):
         """Count `symbols` (any shape), add one to every count, and let dahuffman build the Huffman code."""
         if alphabet_size < 2:
             raise ValueError(f"alphabet_size must be >= 2, got {alphabet_size}")
+        if isinstance(symbols, Tensor):
+            symbols = symbols.detach().cpu().numpy()
         flat = _as_symbols(np.asarray(symbols).ravel(), alphabet_size, 1)
         counts = np.bincount(flat, minlength=alphabet_size).astype(np.int64) + 1
         return cls.from_counts(counts)
@@ -185,9 +193,7 @@ class HuffmanCodec(EntropyCodec):
         adds no end-of-file leaf: the code covers exactly the alphabet."""
         counts = np.asarray(counts, dtype=np.int64)
         table = _DahuffmanCodec.from_frequencies({s: int(c) for s, c in enumerate(counts)}, eof=0).get_code_table()
-        lengths = np.array([table[s][0] for s in range(counts.size)], dtype=np.int64)
-        codes = np.array([table[s][1] for s in range(counts.size)], dtype=np.uint64)
-        return cls(counts, lengths, codes)
+        return cls(counts, [table[s][0] for s in range(counts.size)], [table[s][1] for s in range(counts.size)])
 
     def code_table(self) -> dict[int, tuple[int, int]]:
         """{symbol: (bitsize, value)}, the format of dahuffman's `PrefixCodec`."""
@@ -206,8 +212,7 @@ class HuffmanCodec(EntropyCodec):
     def from_state(cls, state: dict[str, Any]) -> HuffmanCodec:
         """Rebuild from the exported table itself (not from the counts), so a stream stays decodable across versions
         of the library that built the code."""
-        return cls(np.array(state["counts"]), np.array(state["code_lengths"]),
-                   np.array([int(v) for v in state["codes"]], dtype=np.uint64))
+        return cls(state["counts"], state["code_lengths"], state["codes"])
 
     # -- the probability model ---------------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Training and evaluation loops. Data stays in uint8 tensors; augmentation and normalisation run on whole
-batches on the training device. CUDA when available (channels_last, bf16 autocast)."""
+batches on the training device, channels_last. CUDA when available (with bf16 autocast)."""
 
 from __future__ import annotations
 
@@ -119,9 +119,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
     generator = seed_everything(cfg.seed)
     train_x, train_y, val_x, val_y = train_val_split(data, cfg.val_fraction, cfg.seed)
     mean, std = data.mean.to(device), data.std.to(device)
-    model = make_model(cfg, data).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = make_model(cfg, data).to(device, memory_format=torch.channels_last)  # faster on CPU and GPU
     steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                                 weight_decay=cfg.weight_decay)
@@ -146,9 +144,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
         for step, (xb, yb) in enumerate(
             iterate_batches(train_x_dev, train_y_dev, cfg.batch_size, shuffle=True, generator=generator)
         ):
-            xb = normalize(augment_batch(xb, generator), mean, std)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = normalize(augment_batch(xb, generator), mean, std).contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 loss = loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)

@@ -62,7 +62,7 @@ class Original:
         with torch.no_grad():
             for xb, yb in zip(data.test_x.split(500), data.test_y.split(500), strict=True):
                 q = quantizer.quantize(device_part(normalize(xb, mean, std)))
-                symbols = q.reshape(len(q), -1).numpy().astype(np.int64)
+                symbols = q.reshape(len(q), -1).cpu().numpy().astype(np.int64)
                 actual.append(codec.bits_per_image(symbols))
                 ideal.append(codec.ideal_bits_per_image(symbols))
                 logits = server_part(quantizer.dequantize(q))
@@ -76,7 +76,7 @@ class Original:
 
 def _symbols(quantizer: UniformQuantizer, features: torch.Tensor) -> np.ndarray:
     q = quantizer.quantize(features)
-    return q.reshape(len(q), -1).numpy().astype(np.int64)
+    return q.reshape(len(q), -1).cpu().numpy().astype(np.int64)
 
 
 METHODS.add("original", Original())
