@@ -1,0 +1,169 @@
+"""Device profiles and the end-to-end latency model of device-edge co-inference (Shao & Zhang 2020, Sec. "Case
+study", Fig. 4), plus the capacity conventions for noisy channels (Fig. 5).
+
+Latency of a variant: ``F_dev / C_dev + B / R + F_srv / C_srv`` with F the FLOPs of each part, C each side's
+effective FLOP/s, B the bits per image and R the link rate in bits/s. A variant whose device part does not fit the
+device memory is infeasible, not slow: it keeps its latency figures but `feasible` is False.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import UserError
+from engine.registry import Registry
+from engine.units import format_bytes, format_flops, parse_bytes, parse_flops_rate, parse_rate
+
+LATENCY_COLUMNS = ("t_device", "t_transmit", "t_server", "latency", "feasible")
+NEEDED_COLUMNS = ("device_flops", "server_flops", "device_memory_bytes")
+
+ArrayLike = float | np.ndarray | pd.Series
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One side of the co-inference system: its effective compute speed and the memory a model may use."""
+
+    name: str
+    flops_per_s: float
+    memory_bytes: float
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.flops_per_s) and self.flops_per_s > 0):
+            raise UserError(f"device {self.name!r}: FLOP/s must be a positive finite number, got {self.flops_per_s}")
+        if not (self.memory_bytes > 0):  # math.inf is allowed: no memory limit
+            raise UserError(f"device {self.name!r}: memory must be a positive number of bytes, got {self.memory_bytes}")
+
+    def describe(self) -> str:
+        """A one-line summary for the UI: "Raspberry Pi 3 (24 GFLOP/s, 1 GB)"."""
+        return f"{self.label or self.name} ({format_flops(self.flops_per_s, per_second=True)}, " \
+               f"{format_bytes(self.memory_bytes)})"
+
+
+DEVICES: Registry[DeviceProfile] = Registry("device")
+# The paper's case study (Sec. "Case study"): "1 GB RAM and 24 GFLOP/s", "11 GB RAM and 13.45 TFLOP/s" (decimal GB).
+DEVICES.add("pi3", DeviceProfile("pi3", 24e9, 1e9, "Raspberry Pi 3"))
+DEVICES.add("rtx2080ti", DeviceProfile("rtx2080ti", 13.45e12, 11e9, "RTX 2080 Ti"))
+
+
+def custom_device(flops_per_s: float | str, memory_bytes: float | str = math.inf, name: str = "custom",
+                  label: str | None = None) -> DeviceProfile:
+    """A user-defined device; speed and memory may be numbers or text such as "24 GFLOP/s" and "1 GB"."""
+    return DeviceProfile(name, parse_flops_rate(flops_per_s), _memory(memory_bytes),
+                         label if label is not None else name)
+
+
+def _memory(value: float | str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isinf(value) and value > 0:
+        return math.inf
+    return parse_bytes(value)
+
+
+def resolve_device(device: DeviceProfile | str) -> DeviceProfile:
+    """A profile given as itself or as a `DEVICES` name."""
+    return device if isinstance(device, DeviceProfile) else DEVICES.get(device)
+
+
+def to_rate_bps(rate_bps: float | str) -> float:
+    """A link rate in bits/s (number or text); +inf means a free link."""
+    if isinstance(rate_bps, (int, float)) and not isinstance(rate_bps, bool) and rate_bps == math.inf:
+        return math.inf
+    return parse_rate(rate_bps)
+
+
+def _check_columns(table: pd.DataFrame, bits_column: str) -> None:
+    missing = [c for c in (*NEEDED_COLUMNS, bits_column) if c not in table.columns]
+    if missing:
+        raise UserError(f"the results table lacks column(s) {', '.join(missing)}; re-profile the variants "
+                        f"(python -m engine) or choose another bits column")
+
+
+def latency_table(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
+                  rate_bps: float | str, bits_column: str = "bits_actual") -> pd.DataFrame:
+    """A copy of `table` with t_device, t_transmit, t_server, latency (seconds) and feasible (device memory fits)
+    added. Missing figures give NaN times; a missing device memory makes a row infeasible (it cannot be shown
+    to fit). The server's memory is not checked: the table does not profile the server part."""
+    dev, srv, rate = resolve_device(device), resolve_device(server), to_rate_bps(rate_bps)
+    if len(table) == 0:  # empty in, empty out, whatever its columns
+        out = table.copy()
+        for c in LATENCY_COLUMNS:
+            out[c] = pd.Series(dtype=bool if c == "feasible" else "float64")
+        return out
+    _check_columns(table, bits_column)
+    out = table.copy()
+    num = {c: pd.to_numeric(out[c], errors="coerce").astype("float64")
+           for c in (*NEEDED_COLUMNS, bits_column)}
+    out["t_device"] = num["device_flops"] / dev.flops_per_s
+    out["t_transmit"] = num[bits_column] / rate
+    out["t_server"] = num["server_flops"] / srv.flops_per_s
+    out["latency"] = out["t_device"] + out["t_transmit"] + out["t_server"]
+    out["feasible"] = (num["device_memory_bytes"] <= dev.memory_bytes).astype(bool)
+    return out
+
+
+# -- noisy channels (Shao & Zhang 2020, Fig. 5) -----------------------------------------------------------------
+
+
+def _out(x: np.ndarray) -> float | np.ndarray:
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def _positive(x: ArrayLike, what: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=float)
+    if np.any(~(arr > 0)):
+        raise UserError(f"{what} must be positive, got {x}")
+    return arr
+
+
+def _probability(p: ArrayLike) -> np.ndarray:
+    arr = np.asarray(p, dtype=float)
+    if np.any(~((arr >= 0) & (arr <= 1))):
+        raise UserError(f"a crossover probability is in [0, 1], got {p}")
+    return arr
+
+
+def awgn_capacity_bps(bandwidth_hz: ArrayLike, snr_db: ArrayLike) -> float | np.ndarray:
+    """Shannon capacity of a complex-baseband AWGN channel with W channel uses per second: W log2(1 + SNR)."""
+    w = _positive(bandwidth_hz, "the bandwidth (Hz)")
+    snr = 10.0 ** (np.asarray(snr_db, dtype=float) / 10.0)
+    return _out(w * np.log2(1.0 + snr))
+
+
+def separate_coding_seconds(bits: ArrayLike, bandwidth_hz: ArrayLike, snr_db: ArrayLike) -> float | np.ndarray:
+    """Seconds to send B bits with separate source and channel coding at the Shannon bound: B / (W log2(1+SNR))."""
+    b = np.asarray(bits, dtype=float)
+    with np.errstate(divide="ignore"):
+        return _out(b / np.asarray(awgn_capacity_bps(bandwidth_hz, snr_db)))
+
+
+def jscc_seconds(channel_uses: ArrayLike, bandwidth_hz: ArrayLike) -> float | np.ndarray:
+    """Seconds for JSCC with k complex channel uses per image at W channel uses per second: k / W."""
+    return _out(np.asarray(channel_uses, dtype=float) / _positive(bandwidth_hz, "the bandwidth (Hz)"))
+
+
+def binary_entropy(p: ArrayLike) -> float | np.ndarray:
+    """H2(p) = -p log2 p - (1-p) log2 (1-p) in bits, with H2(0) = H2(1) = 0."""
+    arr = _probability(p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -arr * np.log2(arr) - (1.0 - arr) * np.log2(1.0 - arr)
+    return _out(np.where((arr == 0) | (arr == 1), 0.0, h))
+
+
+def bsc_capacity(p: ArrayLike) -> float | np.ndarray:
+    """Capacity of a binary symmetric channel with crossover probability p: 1 - H2(p) bits per channel bit."""
+    return _out(1.0 - np.asarray(binary_entropy(p)))
+
+
+def bsc_channel_bits(bits: ArrayLike, p: ArrayLike) -> float | np.ndarray:
+    """Channel bits needed to send B bits over a BSC with separate coding at capacity: B / (1 - H2(p));
+    infinite at p = 0.5, where the channel carries nothing."""
+    cap = np.asarray(bsc_capacity(p))
+    b = np.asarray(bits, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(cap > 0, b / np.where(cap > 0, cap, 1.0), np.where(b == 0, 0.0, np.inf))
+    return _out(out)

@@ -1,0 +1,125 @@
+"""Pure functions on the results table: Pareto fronts, the best variant for an edge environment, latency against
+link rate. The paper tunes split, sparsity and compression by brute force into a lookup table and picks the best
+profiled model for each environment (Shao & Zhang 2020, Sec. "Case study", Fig. 4); these functions are that pick.
+
+Empty tables, and tables with no feasible row, give empty results, never errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import UserError
+from engine.latency import DeviceProfile, latency_table, to_rate_bps
+
+RATE_COLUMNS = ("rate", "method", "id", "split", "latency", "t_device", "t_transmit", "t_server", "accuracy", "bits")
+_ORDER = ["latency", "device_flops", "id"]  # best first: lowest latency, then fewer device FLOPs, then id
+
+
+def pareto_front(table: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool] = (True, True)) -> pd.DataFrame:
+    """The rows no other row dominates in (x, y), sorted by x then y, with their original index.
+
+    A row dominates another if it is at least as good in both and strictly better in one, so rows equal in both
+    coordinates do not dominate each other: all copies of a non-dominated point are kept. Rows with a missing x or
+    y are left out."""
+    if len(table) == 0:
+        return table.copy()
+    for col in (x, y):
+        if col not in table.columns:
+            raise UserError(f"no column {col!r} in the results table; choose one of: {', '.join(map(str, table))}")
+    xs = pd.to_numeric(table[x], errors="coerce").to_numpy(dtype=float)
+    ys = pd.to_numeric(table[y], errors="coerce").to_numpy(dtype=float)
+    xk = xs if minimize[0] else -xs  # keys to minimise
+    yk = ys if minimize[1] else -ys
+    valid = np.flatnonzero(~(np.isnan(xk) | np.isnan(yk)))
+    order = valid[np.lexsort((yk[valid], xk[valid]))]  # by x key, then y key
+    keep: list[int] = []
+    best_y = np.inf
+    for i in order:  # every earlier row has x key <= this one's
+        if yk[i] < best_y or (keep and xk[i] == xk[keep[-1]] and yk[i] == yk[keep[-1]]):
+            keep.append(int(i))
+            best_y = min(best_y, yk[i])
+    front = table.iloc[keep]
+    sort = np.lexsort((ys[keep], xs[keep])) if keep else np.arange(0)
+    return front.iloc[sort]
+
+
+def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
+                rate_bps: float | str, threshold: float | None, bits_column: str) -> pd.DataFrame:
+    """Feasible rows meeting the accuracy threshold with a known latency, best first."""
+    lat = latency_table(table, device, server, rate_bps, bits_column)
+    if len(lat) == 0:
+        return lat
+    missing = [c for c in ("id", "method") if c not in lat.columns]
+    if missing:
+        raise UserError(f"the results table lacks column(s) {', '.join(missing)}")
+    ok = lat["feasible"] & lat["latency"].notna()
+    if threshold is not None:
+        if "accuracy" not in lat.columns:
+            raise UserError("the results table has no accuracy column; profile the variants first")
+        ok &= pd.to_numeric(lat["accuracy"], errors="coerce") >= threshold
+    return lat[ok].sort_values(_ORDER, kind="stable", na_position="last")
+
+
+def best_variant(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
+                 rate_bps: float | str, threshold: float | None, method: str | None = None,
+                 bits_column: str = "bits_actual") -> pd.Series | None:
+    """The feasible row with accuracy >= `threshold` (None: any accuracy) and the lowest latency, of one method or
+    of all; ties go to fewer device FLOPs, then the smaller id. None if no row qualifies. The row carries the
+    latency columns of `latency_table`."""
+    if method is not None and len(table):
+        if "method" not in table.columns:
+            raise UserError("the results table has no method column")
+        table = table[table["method"] == method]
+    best = _candidates(table, device, server, rate_bps, threshold, bits_column)
+    return None if best.empty else best.iloc[0]
+
+
+def best_per_method(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
+                    rate_bps: float | str, threshold: float | None,
+                    bits_column: str = "bits_actual") -> pd.DataFrame:
+    """`best_variant` of each method that has a qualifying row, one row each, best (lowest latency) first."""
+    best = _candidates(table, device, server, rate_bps, threshold, bits_column)
+    return best if best.empty else best.drop_duplicates("method", keep="first")
+
+
+def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
+                    rates_bps: Iterable[float | str], threshold: float | None,
+                    bits_column: str = "bits_actual") -> pd.DataFrame:
+    """Each method's best qualifying variant at each link rate, as a tidy table (the paper's Fig. 4): columns
+    rate (bits/s), method, id, split, latency, t_device, t_transmit, t_server, accuracy, bits; sorted by rate
+    then method. A method with no qualifying variant has no rows (feasibility does not depend on the rate)."""
+    rates = [to_rate_bps(r) for r in rates_bps]
+    base = _candidates(table, device, server, rates[0] if rates else 1.0, threshold, bits_column)
+    if base.empty or not rates:
+        return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in RATE_COLUMNS})
+    n, m = len(base), len(rates)
+    grid = base.iloc[np.tile(np.arange(n), m)].reset_index(drop=True)
+    grid["rate"] = np.repeat(np.asarray(rates, dtype=float), n)
+    grid["bits"] = pd.to_numeric(grid[bits_column], errors="coerce").astype("float64")
+    grid["t_transmit"] = grid["bits"] / grid["rate"]
+    grid["latency"] = grid["t_device"] + grid["t_transmit"] + grid["t_server"]
+    if "accuracy" not in grid.columns:
+        grid["accuracy"] = np.nan
+    grid = grid.sort_values(["rate", *_ORDER], kind="stable", na_position="last")
+    best = grid.drop_duplicates(["rate", "method"], keep="first")
+    best = best.sort_values(["rate", "method"], kind="stable").reset_index(drop=True)
+    return best[list(RATE_COLUMNS)]
+
+
+def _dtype(column: str) -> str:
+    return "object" if column in ("method", "id", "split") else "float64"
+
+
+def accuracy_threshold_default(base_accuracy: float, drop: float = 0.02) -> float:
+    """The accuracy a variant must keep: the base model's minus `drop` (fractions in [0, 1]). The paper's
+    ResNet18 reaches about 95 % and it sets the threshold to 93 % (Shao & Zhang 2020, Sec. "Experiments")."""
+    if not 0.0 <= base_accuracy <= 1.0:
+        raise UserError(f"base accuracy is a fraction in [0, 1], got {base_accuracy}; e.g. 0.95 for 95 %")
+    if not 0.0 <= drop <= 1.0:
+        raise UserError(f"the accuracy drop is a fraction in [0, 1], got {drop}; e.g. 0.02 for 2 points")
+    return max(0.0, base_accuracy - drop)
+
