@@ -1,0 +1,47 @@
+"""Shared fixtures: the CIFAR-10 JPEG archive from ../shared/data, a session-wide temporary cache, the decoded
+dataset and a small stratified subset of it. Tests use at most 2 CPU threads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.data import ImageData, load_data, subset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_TAR = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def shared_tar() -> Path:
+    """The CIFAR-10 JPEG archive, `<project root>/../shared/data/cifar10-jpeg.tar.gz`."""
+    if not SHARED_TAR.is_file():
+        pytest.skip(f"test data missing: {SHARED_TAR.relative_to(PROJECT_ROOT.parent)} (see ../shared/data/README.md)")
+    return SHARED_TAR
+
+
+@pytest.fixture(scope="session")
+def tmp_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A temporary cache directory, also set as $COINFER_CACHE for the session."""
+    path = tmp_path_factory.mktemp("session") / "cache"
+    path.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COINFER_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
+def cifar(shared_tar: Path, tmp_cache: Path) -> ImageData:
+    """The whole CIFAR-10 archive, decoded once into the session cache."""
+    return load_data(shared_tar, cache_dir=tmp_cache)
+
+
+@pytest.fixture(scope="session")
+def small_data(cifar: ImageData) -> ImageData:
+    """1,200 training and 400 test images of `cifar`, class-stratified, seed 0."""
+    return subset(cifar, 1200, 400, seed=0)
