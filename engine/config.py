@@ -103,5 +103,5 @@ class Profile:
 PROFILES: Registry[Profile] = Registry("profile")
 PROFILES.add("smoke", Profile("smoke", width=0.125, epochs=1, batch_size=128, lr=0.1, train_limit=1200,
                               test_limit=400, calibration_images=200))
-PROFILES.add("quick", Profile("quick", width=0.25, epochs=15, batch_size=256, lr=0.2))
+PROFILES.add("quick", Profile("quick", width=0.25, epochs=8, batch_size=128, lr=0.15))
 PROFILES.add("paper", Profile("paper", width=1.0, epochs=200, batch_size=128, lr=0.1))

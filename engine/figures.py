@@ -54,7 +54,7 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
             line={"color": METHOD_COLORS.get(method, "#444")},
             marker={"size": 10, "symbol": ["circle-open" if a else "circle" for a in amplified],
                     "line": {"width": 2}},
-            customdata=group["id"] if "id" in group else None,
+            customdata=group.get("id"),
             hovertext=[_hover(r, bits_column) for _, r in group.iterrows()], hoverinfo="text",
         ))
     if png_bits:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -17,11 +20,12 @@ from engine.train import make_model
 
 
 @st.cache_resource(show_spinner="Loading the dataset…")
-def _data(profile: str, seed: int = 0):  # noqa: ANN202
+def _data(profile: str, data_env: str | None, cache: str, seed: int = 0):  # noqa: ANN202
+    """The dataset cut to the profile; keyed by where the data and cache are, so a changed location reloads."""
     from engine.data import load_data, subset
 
     prof = PROFILES.get(profile)
-    data = load_data(None, cache_dir=cache_dir(), download=False)
+    data = load_data(data_env, cache_dir=Path(cache), download=False)
     if prof.train_limit or prof.test_limit:
         data = subset(data, prof.train_limit, prof.test_limit, seed=seed)
     return data
@@ -31,7 +35,7 @@ def _data(profile: str, seed: int = 0):  # noqa: ANN202
 def _profile(profile: str, width: float) -> tuple[pd.DataFrame, float]:
     from engine.data import mean_png_bits
 
-    data = _data(profile)
+    data = _data(profile, *_data_location())
     base = PROFILES.get(profile).base_config(data.fingerprint, width=width)
     rows = profile_model(make_model(base, data), (data.channels, *data.image_size), data.num_classes,
                          split_names(coarse_only=True))
@@ -39,12 +43,24 @@ def _profile(profile: str, width: float) -> tuple[pd.DataFrame, float]:
     return table, mean_png_bits(data, cache_dir())
 
 
+def _data_location() -> tuple[str | None, str]:
+    return os.environ.get("COINFER_DATA") or None, str(cache_dir())
+
+
 env = st.session_state.get("env", {"profile": "quick", "width": 0.25})
 st.title("Communication-computation plane")
 try:
-    data = _data(env["profile"])
+    data = _data(env["profile"], *_data_location())
 except UserError as exc:
     st.error(str(exc))
+    download = background.status("download-data") or {}
+    if download.get("state") == "running":
+        st.progress(float(download.get("progress") or 0.0), text="Downloading CIFAR-10 with torchvision…")
+    elif download.get("state") in ("failed", "lost"):
+        st.warning(f"The download failed: {download.get('error')}")
+    if st.button("Download CIFAR-10 (170 MB, needs internet)", disabled=download.get("state") == "running"):
+        background.launch("download-data", ["data"])
+        st.rerun()
     st.stop()
 base = PROFILES.get(env["profile"]).base_config(data.fingerprint, width=env["width"])
 st.caption(f"dataset **{data.name}** ({len(data.test_y):,} test images) · ResNet18 width **{base.width:g}** · "

@@ -1,0 +1,96 @@
+"""Base-model training: seeded, cached by config id, corrupt checkpoints detected and retrained, resumable."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.train as train_mod
+from engine.config import PROFILES
+from engine.data import ImageData
+from engine.train import base_checkpoint_path, load_checkpoint, load_or_train_base, save_checkpoint
+
+
+@pytest.fixture()
+def base_cfg(small_data: ImageData):
+    return PROFILES.get("smoke").base_config(small_data.fingerprint)
+
+
+def test_training_is_seeded_and_cached(small_data: ImageData, base_cfg, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    model_a, ckpt_a = load_or_train_base(base_cfg, small_data, tmp_path / "a")
+    _, ckpt_b = load_or_train_base(base_cfg, small_data, tmp_path / "b")
+    for key, value in ckpt_a["state_dict"].items():
+        assert torch.equal(value, ckpt_b["state_dict"][key]), key
+    assert 0.0 <= ckpt_a["metrics"]["test_accuracy"] <= 1.0
+    assert ckpt_a["metrics"]["train_images"] == 1080  # 10 % of the 1,200 held out for validation
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of loading the cache")
+
+    monkeypatch.setattr(train_mod, "train_base", no_training)
+    model_c, ckpt_c = load_or_train_base(base_cfg, small_data, tmp_path / "a")
+    assert ckpt_c["metrics"] == ckpt_a["metrics"]
+    assert all(torch.equal(p, q) for p, q in zip(model_a.state_dict().values(), model_c.state_dict().values(),
+                                                 strict=True))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "sidecar"])
+def test_corrupt_checkpoint_is_detected_and_retrained(small_data: ImageData, base_cfg, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    _, first = load_or_train_base(base_cfg, small_data, tmp_path)
+    path = base_checkpoint_path(base_cfg, tmp_path)
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip":
+        path.write_bytes(raw[:-100] + bytes([raw[-100] ^ 0xFF]) + raw[-99:])
+    else:
+        path.with_suffix(".pt.sha256").write_text("0" * 64)
+    with caplog.at_level(logging.WARNING):
+        assert load_checkpoint(path) is None
+    assert any("corrupt checkpoint" in r.message for r in caplog.records)
+    _, again = load_or_train_base(base_cfg, small_data, tmp_path)
+    assert load_checkpoint(path) is not None
+    assert again["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]  # seeded: same model again
+
+
+def test_checkpoints_load_weights_only(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "x.pt"
+    save_checkpoint({"ok": torch.zeros(1)}, path)
+    assert load_checkpoint(path)["ok"].shape == (1,)
+    save_checkpoint({"evil": Evil()}, path)
+    assert load_checkpoint(path) is None  # a pickled object is refused, not executed
+
+
+def test_interrupted_training_resumes(small_data: ImageData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    cfg = type(cfg)(**{**cfg.__dict__, "epochs": 2})
+    _, straight = load_or_train_base(cfg, small_data, tmp_path / "straight")
+
+    calls = {"n": 0}
+    real_accuracy = train_mod.accuracy
+
+    def crash_after_first_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the validation pass after epoch 2
+            raise KeyboardInterrupt
+        return real_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "accuracy", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_train_base(cfg, small_data, tmp_path / "resumed")
+    partial = base_checkpoint_path(cfg, tmp_path / "resumed").with_suffix(".partial.pt")
+    assert load_checkpoint(partial)["epoch"] == 1
+    monkeypatch.setattr(train_mod, "accuracy", real_accuracy)
+    _, resumed = load_or_train_base(cfg, small_data, tmp_path / "resumed")
+    assert not partial.exists()
+    for key, value in straight["state_dict"].items():
+        assert torch.allclose(value.float(), resumed["state_dict"][key].float(), atol=1e-5), key
