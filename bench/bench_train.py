@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import tempfile
 import time
@@ -45,9 +46,10 @@ def bare_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--images", type=int, default=11_000, help="training images (10 %% become validation)")
+    parser.add_argument("--images", type=int, default=5_500, help="training images (10 %% become validation)")
     parser.add_argument("--width", type=float, default=PROFILES.get("quick").width)
     parser.add_argument("--batch-size", type=int, default=PROFILES.get("quick").batch_size)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each loop; medians reported")
     args = parser.parse_args()
 
     data = subset(load_data(args.data), args.images, 1000, seed=0)
@@ -57,16 +59,19 @@ def main() -> None:
     device = pick_device()
     train_x, train_y, _, _ = train_val_split(data, cfg.val_fraction, cfg.seed)
 
-    torch.manual_seed(0)
-    model = make_model(cfg, data).to(device, memory_format=torch.channels_last)
     xf = normalize(train_x.to(device), data.mean.to(device), data.std.to(device)).contiguous(
         memory_format=torch.channels_last)
-    bare_loop(model, xf[: 4 * args.batch_size], train_y[: 4 * args.batch_size].to(device), args.batch_size, cfg.lr)
-    bare = bare_loop(model, xf, train_y.to(device), args.batch_size, cfg.lr)
-
-    with tempfile.TemporaryDirectory(prefix="coinfer-bench-") as tmp:
-        ckpt = train_base(cfg, data, Path(tmp))
-    engine = ckpt["metrics"]["train_images"] / ckpt["metrics"]["train_seconds"]
+    bare_runs, engine_runs = [], []
+    for _ in range(args.rounds):  # alternate, so drift in the machine's speed hits both loops alike
+        torch.manual_seed(0)
+        model = make_model(cfg, data).to(device, memory_format=torch.channels_last)
+        bare_loop(model, xf[: 4 * args.batch_size], train_y[: 4 * args.batch_size].to(device), args.batch_size,
+                  cfg.lr)
+        bare_runs.append(bare_loop(model, xf, train_y.to(device), args.batch_size, cfg.lr))
+        with tempfile.TemporaryDirectory(prefix="coinfer-bench-") as tmp:
+            ckpt = train_base(cfg, data, Path(tmp))
+        engine_runs.append(ckpt["metrics"]["train_images"] / ckpt["metrics"]["train_seconds"])
+    bare, engine = statistics.median(bare_runs), statistics.median(engine_runs)
 
     print("| model | device | batch | images | bare loop | engine loop (incl. validation) | ratio |")
     print("|---|---|---:|---:|---:|---:|---:|")
