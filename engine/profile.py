@@ -5,6 +5,8 @@ bytes plus the measured peak of live activation bytes for one image, and the fea
 from __future__ import annotations
 
 import math
+import statistics
+import time
 import weakref
 
 import torch
@@ -90,24 +92,41 @@ def label_bits(num_classes: int) -> int:
     return max(1, math.ceil(math.log2(num_classes)))
 
 
-def profile_split(model: nn.Module, point: str, input_shape: tuple[int, int, int], num_classes: int) -> dict:
-    """Device/server FLOPs, device memory and the transmitted feature of one split point, at batch 1."""
-    model = model.eval()
-    device, server = split(model, point)
+def device_seconds(module: nn.Module, x: torch.Tensor, repeats: int = 21, warmup: int = 3) -> float:
+    """Median wall time of one no-grad forward pass of `x` on this machine's CPU (the measured latency beside the
+    modelled one; calibrates a device preset against a machine the user owns)."""
+    if len(list(module.children())) == 0 and not any(True for _ in module.parameters()):
+        return 0.0
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            module(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def profile_parts(device: nn.Module, server: nn.Module, point: str, input_shape: tuple[int, int, int],
+                  num_classes: int, time_device: bool = True) -> dict:
+    """Device/server FLOPs, device memory, measured device CPU time and the transmitted feature of a split model
+    given as its two deployed parts (pruned or encoded parts included), at batch 1."""
+    device, server = device.eval(), server.eval()
     x = torch.zeros(1, *input_shape)
     with torch.no_grad():
         feature = device(x)
-    sp = SPLIT_POINTS.get(point)
     params = param_bytes(device)
     activations = peak_activation_bytes(device, x)
     row = {
         "split": point,
-        "split_order": sp.device_units,
-        "device_flops": count_flops(device, x) if len(device) else 0,
-        "server_flops": count_flops(server, feature) if len(server) else 0,
+        "split_order": SPLIT_POINTS.get(point).device_units,
+        "device_flops": count_flops(device, x),
+        "server_flops": count_flops(server, feature),
         "device_params_bytes": params,
         "device_activation_bytes": activations,
         "device_memory_bytes": params + activations,
+        "device_cpu_seconds": device_seconds(device, x) if time_device else None,
+        "cpu_threads": torch.get_num_threads(),
     }
     if point == "device_only":
         row.update(feature_shape=[1], feature_numel=1, bits_fp32=label_bits(num_classes),
@@ -119,7 +138,14 @@ def profile_split(model: nn.Module, point: str, input_shape: tuple[int, int, int
     return row
 
 
+def profile_split(model: nn.Module, point: str, input_shape: tuple[int, int, int], num_classes: int,
+                  time_device: bool = True) -> dict:
+    """`profile_parts` of the unmodified model cut at `point`."""
+    device, server = split(model.eval(), point)
+    return profile_parts(device, server, point, input_shape, num_classes, time_device)
+
+
 def profile_model(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
-                  points: list[str] | None = None) -> list[dict]:
+                  points: list[str] | None = None, time_device: bool = False) -> list[dict]:
     """`profile_split` for each split point (all registered points by default), in chain order."""
-    return [profile_split(model, p, input_shape, num_classes) for p in (points or list(SPLIT_POINTS))]
+    return [profile_split(model, p, input_shape, num_classes, time_device) for p in (points or list(SPLIT_POINTS))]
