@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -25,8 +27,15 @@ def figure(at: AppTest) -> dict:
     return json.loads(charts[0].proto.spec)
 
 
+def decoded(value: list | dict) -> list:
+    """Plotly serialises numpy arrays as {"dtype", "bdata"} (base64); lists stay lists."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).tolist()
+    return list(value)
+
+
 def traces(fig: dict) -> dict[str, dict]:
-    return {t["name"]: t for t in fig["data"]}
+    return {t["name"]: {k: decoded(v) if k in ("x", "y", "text") else v for k, v in t.items()} for t in fig["data"]}
 
 
 @pytest.fixture()
