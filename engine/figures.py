@@ -69,3 +69,40 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
     fig.update_layout(title=title, legend_title="method", hovermode="closest", height=520,
                       margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50})
     return fig
+
+
+def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = None) -> go.Figure:
+    """End-to-end latency of each method's best qualifying variant against the link rate (Shao & Zhang 2020,
+    Fig. 4), rates shown in kB/s as in the paper; `curves` is `engine.pareto.latency_vs_rate`'s tidy table."""
+    fig = go.Figure()
+    for method, group in curves.groupby("method", sort=False):
+        fig.add_trace(go.Scatter(
+            x=group["rate"] / 8e3, y=group["latency"], mode="lines+markers", name=method,
+            line={"color": METHOD_COLORS.get(method, "#444"), "shape": "linear"}, customdata=group["id"],
+            hovertext=[f"<b>{method}</b> @ {r.split}<br>{r.rate / 8e3:,.3g} kB/s: {r.latency * 1e3:,.2f} ms "
+                       f"(device {r.t_device * 1e3:,.2f} + link {r.t_transmit * 1e3:,.2f} + server "
+                       f"{r.t_server * 1e3:,.3f})<br>accuracy {r.accuracy:.2%}, {r.bits:,.0f} bits<br>id {r.id}"
+                       for r in group.itertuples()],
+            hoverinfo="text",
+        ))
+    if chosen_rate_bps:
+        fig.add_vline(x=chosen_rate_bps / 8e3, line_dash="dot", line_color="#555",
+                      annotation_text=f"{chosen_rate_bps / 8e3:,.3g} kB/s", annotation_position="top")
+    fig.update_xaxes(type="log", title="link rate (kB/s)")
+    fig.update_yaxes(type="log", title="end-to-end latency (s)")
+    fig.update_layout(legend_title="method", hovermode="closest", height=460, margin={"l": 60, "r": 20, "t": 30,
+                                                                                       "b": 50})
+    return fig
+
+
+def latency_breakdown_figure(best: pd.DataFrame) -> go.Figure:
+    """Stacked bars of device compute, transmission and server compute of each method's best variant."""
+    fig = go.Figure()
+    labels = [f"{r.method} @ {r.split}" for r in best.itertuples()]
+    for column, name, color in (("t_device", "device compute", "#9467bd"), ("t_transmit", "transmission", "#17becf"),
+                                ("t_server", "server compute", "#bcbd22")):
+        fig.add_trace(go.Bar(y=labels, x=best[column], name=name, orientation="h", marker_color=color,
+                             hovertemplate="%{y}: %{x:.4g} s<extra>" + name + "</extra>"))
+    fig.update_layout(barmode="stack", height=90 + 40 * len(best), xaxis_title="seconds",
+                      margin={"l": 10, "r": 20, "t": 10, "b": 40}, legend_orientation="h")
+    return fig

@@ -17,6 +17,7 @@ from engine.paths import cache_dir
 from engine.profile import profile_model
 from engine.store import ResultsStore
 from engine.train import make_model
+from ui import environment
 
 
 @st.cache_resource(show_spinner="Loading the dataset…")
@@ -47,10 +48,10 @@ def _data_location() -> tuple[str | None, str]:
     return os.environ.get("COINFER_DATA") or None, str(cache_dir())
 
 
-env = st.session_state.get("env", {"profile": "quick", "width": 0.25})
+env = environment()
 st.title("Communication-computation plane")
 try:
-    data = _data(env["profile"], *_data_location())
+    data = _data(env.profile, *_data_location())
 except UserError as exc:
     st.error(str(exc))
     download = background.status("download-data") or {}
@@ -62,15 +63,15 @@ except UserError as exc:
         background.launch("download-data", ["data"])
         st.rerun()
     st.stop()
-base = PROFILES.get(env["profile"]).base_config(data.fingerprint, width=env["width"])
+base = PROFILES.get(env.profile).base_config(data.fingerprint, width=env.width)
 st.caption(f"dataset **{data.name}** ({len(data.test_y):,} test images) · ResNet18 width **{base.width:g}** · "
-           f"profile **{env['profile']}** · base model `{base.id}`")
+           f"profile **{env.profile}** · base model `{base.id}`")
 
-profile_table, png_bits = _profile(env["profile"], base.width)
+profile_table, png_bits = _profile(env.profile, base.width)
 results = ResultsStore().table(method="original")
 if not results.empty:
     results = results[results["base_id"] == base.id]
-job_name = f"original-{env['profile']}-w{base.width:g}"
+job_name = f"original-{env.profile}-w{base.width:g}"
 
 
 @st.fragment(run_every=2.0)
@@ -92,7 +93,7 @@ if results.empty:
             "the `original` method to see real accuracies and Huffman-coded bits.")
     running = (background.status(job_name) or {}).get("state") == "running"
     if st.button("Train the base model and measure `original`", type="primary", disabled=running):
-        background.launch(job_name, ["run", "original", "--profile", env["profile"], "--width", f"{base.width:g}"])
+        background.launch(job_name, ["run", "original", "--profile", env.profile, "--width", f"{base.width:g}"])
         st.rerun()
     _job_progress()
     fig = plane_figure(profile_table, png_bits, bits_column="bits_8bit")
