@@ -14,7 +14,7 @@ from engine.latency import DEVICES, DeviceProfile
 from engine.units import format_rate
 from ui import Environment
 
-st.set_page_config(page_title="coinfer", page_icon="📡", layout="wide")
+st.set_page_config(page_title="coinfer", page_icon=":material/cell_tower:", layout="wide")
 
 RATES_KBPS = [1, 2, 5, 10, 20, 40, 70, 100, 200, 500, 1000, 2000, 5000, 10000, 100000]  # kB/s, log-spaced
 
@@ -72,7 +72,7 @@ with st.sidebar:
     st.session_state["env"] = Environment(profile, float(width), device, server, rate_kbps * 8e3, drop / 100)
 
 page = st.navigation([
-    st.Page("pages/plane.py", title="Trade-off plane", icon="📈", default=True),
-    st.Page("pages/latency.py", title="Latency vs rate", icon="⏱️"),
+    st.Page("pages/plane.py", title="Trade-off plane", icon=":material/scatter_plot:", default=True),
+    st.Page("pages/latency.py", title="Latency vs rate", icon=":material/timer:"),
 ])
 page.run()
