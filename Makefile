@@ -19,7 +19,7 @@ run: setup
 	$(PY) -m streamlit run dashboard.py --server.address $(HOST) --server.port $(PORT)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: setup
 	$(PY) bench/run.py
@@ -28,4 +28,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean-cache:
-	rm -rf cache/models cache/results.sqlite* cache/background
+	rm -rf cache/models cache/results.sqlite* cache/jobs.sqlite* cache/jobs

@@ -1,12 +1,11 @@
-"""Command line: `python -m engine {data,profile,train-base,run,results} ...`. Every long step shows progress;
-a user mistake prints one line and exits with status 2."""
+"""Command line: `python -m engine {data,profile,train-base,run,results,sweep,jobs,worker,best} ...`. Every long
+step shows progress; a user mistake prints one line and exits with status 2."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine.background import PROGRESS_ENV, ProgressFile
 from engine.config import PROFILES
 from engine.errors import UserError
 from engine.paths import cache_dir
@@ -60,7 +58,77 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
     fmt.add_argument("--json", action="store_true", help="JSON records on stdout")
+    _add_queue_commands(sub)
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
+    from engine.jobs import CANCEL_GRACE_S, HEARTBEAT_S, LEASE_S, STATUSES
+
+    p = sub.add_parser("sweep", help="queue a profile's grid of variants (cheapest first) and run it with local "
+                                     "worker processes or on a Dask cluster")
+    _common(p)
+    p.add_argument("--method", action="append", help="only this method (repeatable; default: every registered one)")
+    p.add_argument("--split", action="append", help="only this split point (repeatable; default: the grid's)")
+    p.add_argument("--workers", type=_non_negative_int, default=1,
+                   help="local worker processes (default 1; 0: only queue the jobs for `python -m engine worker`)")
+    p.add_argument("--scheduler", help="run the jobs on the Dask cluster at this address, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--force", action="store_true", help="measure again the variants already in the results store")
+
+    p = sub.add_parser("jobs", help="the job queue: list, show, cancel, retry, submit, clean")
+    actions = p.add_subparsers(dest="action")
+    q = actions.add_parser("list", help="jobs in claim order (the default action)")
+    q.add_argument("--status", choices=STATUSES, action="append", help="only jobs in this state (repeatable)")
+    p.set_defaults(action="list", status=None)
+    q = actions.add_parser("show", help="everything about one job, its error and traceback included")
+    q.add_argument("id", help="job id (or its first characters)")
+    q = actions.add_parser("cancel", help="cancel queued or running jobs (a running one stops at its next progress "
+                                          "report, or is killed after the grace period)")
+    q.add_argument("id", nargs="*", help="job ids (or their first characters)")
+    q.add_argument("--all", action="store_true", help="every queued or running job")
+    q.add_argument("--grace", type=_positive_float, default=CANCEL_GRACE_S,
+                   help=f"seconds a running job may take to stop before its worker is killed "
+                        f"(default {CANCEL_GRACE_S:g})")
+    q = actions.add_parser("retry", help="queue failed or cancelled jobs again")
+    q.add_argument("id", nargs="*", help="job ids (or their first characters)")
+    q.add_argument("--failed", action="store_true", help="every failed job")
+    q = actions.add_parser("submit", help="add one variant to the queue (a worker or sweep runs it)")
+    _common(q)
+    q.add_argument("method", help="method name, e.g. original")
+    q.add_argument("--split", required=True, action="append", help="split point (repeatable)")
+    q.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="a knob of the method, e.g. bits=4 (repeatable; values are read as JSON when they can be)")
+    actions.add_parser("clean", help="remove done and cancelled jobs from the table (results stay)")
+
+    p = sub.add_parser("worker", help="take jobs from the queue and run them until stopped (Ctrl-C)")
+    p.add_argument("--processes", type=_non_negative_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--idle-exit", type=_positive_float, metavar="SECONDS",
+                   help="exit after this long without a job (default: keep waiting)")
+    p.add_argument("--heartbeat", type=_positive_float, default=HEARTBEAT_S,
+                   help=f"seconds between heartbeats (default {HEARTBEAT_S:g})")
+    p.add_argument("--lease", type=_positive_float, default=LEASE_S,
+                   help=f"seconds without a heartbeat after which a job returns to the queue (default {LEASE_S:g})")
+
+    p = sub.add_parser("best", help="the best measured variant of each method for an edge environment "
+                                    "(lowest latency among feasible variants meeting the accuracy threshold)")
+    p.add_argument("--rate", required=True, help="link rate with a unit: 40kB/s, 1Mbit/s, 250kbps ...")
+    p.add_argument("--device", default="pi3", help="device preset (default pi3)")
+    p.add_argument("--server", default="rtx2080ti", help="server preset (default rtx2080ti)")
+    p.add_argument("--threshold", type=float, help="minimum top-1 accuracy, a fraction such as 0.93 (default: none)")
+    p.add_argument("--bits", choices=("actual", "ideal"), default="actual",
+                   help="bits per image: the real bitstream (default) or the ideal figure")
+    p.add_argument("--base", help="only rows of this base model id (see `python -m engine results`)")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
 
 
 def _writable_cache() -> Path:
@@ -84,14 +152,10 @@ class _Bar:
 
         self.bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, leave=True,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-        status_file = os.environ.get(PROGRESS_ENV)
-        self.status = ProgressFile(Path(status_file)) if status_file else None
 
     def __call__(self, fraction: float, message: str) -> None:
         self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
         self.bar.set_postfix_str(message, refresh=True)
-        if self.status:
-            self.status(fraction, message)
 
     def close(self) -> None:
         self.bar.close()
@@ -207,29 +271,251 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_path(args: argparse.Namespace) -> str | None:
+    import os
+
+    return args.data or os.environ.get("COINFER_DATA") or None
+
+
+def _fmt_job_line(job) -> str:  # noqa: ANN001 - engine.jobs.Job
+    r = job.result or {}
+    if job.status == "failed":
+        return f"failed {job.describe()}: {job.error}"
+    if job.status != "done":
+        return f"{job.status} {job.describe()}"
+    parts = [f"acc {r['accuracy']:.2%}" if "accuracy" in r else "", f"{r['bits_actual']:.0f} bits"
+             if "bits_actual" in r else "", f"{r['device_flops'] / 1e6:.2f} MFLOPs" if "device_flops" in r else ""]
+    return f"done   {job.describe()}  " + "  ".join(p for p in parts if p)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from engine import sweep
+    from engine.jobs import JobQueue
+    from engine.store import ResultsStore
+
+    if args.scheduler is not None and "://" not in args.scheduler and ":" not in args.scheduler:
+        raise UserError(f"--scheduler wants a Dask scheduler address such as tcp://10.0.0.5:8786, got "
+                        f"{args.scheduler!r}")
+    if not args.verbose:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    profile, data, base = _load(args)
+    planned = sweep.plan(profile.name, base, _data_path(args), methods=args.method, splits=args.split)
+    queue, store = JobQueue(), ResultsStore()
+    counts: dict[str, int] = {}
+    for p in planned:
+        counts[p.spec.method] = counts.get(p.spec.method, 0) + 1
+    print(f"sweep {profile.name}: base model {base.id} (width {base.width:g}), {len(planned)} variants: "
+          + ", ".join(f"{m} {n}" for m, n in counts.items()), flush=True)
+    bar = _Bar(f"sweep {profile.name}")
+    seen: set[str] = set()
+
+    def on_update(jobs: list) -> None:
+        total = max(len(jobs), 1)
+        done = sum(1.0 if j.finished else j.progress if j.status == "running" else 0.0 for j in jobs)
+        running = [j for j in jobs if j.status in ("running", "cancelling")]
+        finished = sum(j.finished for j in jobs)
+        note = f"{finished}/{len(jobs)} finished"
+        if running:
+            note += f"; {running[0].method} {running[0].split}: {running[0].message}"
+        bar(done / total, note[:80])
+        for j in jobs:
+            if j.finished and j.id not in seen:
+                seen.add(j.id)
+                bar.bar.write(_fmt_job_line(j))
+
+    try:
+        report = sweep.run(planned, queue=queue, store=store, workers=args.workers, scheduler=args.scheduler,
+                           force=args.force, on_update=on_update)
+    finally:
+        bar.close()
+    if report.measured:
+        print(f"{len(report.measured)} of {len(planned)} variants were already in the results store "
+              "(--force measures them again)")
+    if args.workers == 0 and args.scheduler is None and report.jobs:
+        print(f"{len(report.jobs)} jobs queued in {queue.path}: start workers with `python -m engine worker`")
+        return 0
+    first = f", first row after {report.first_row_s:.1f} s" if report.first_row_s is not None else ""
+    print(f"sweep {profile.name} finished in {report.wall_s:.1f} s{first}")
+    table = pd.DataFrame.from_dict(report.per_method(), orient="index")
+    print(table.rename_axis("method").to_string())
+    for job in report.failed:
+        print(f"failed: {job.describe()}: {job.error}  (`python -m engine jobs show {job.id}`)")
+    return 1 if report.failed else 0
+
+
+def _age(t: float | None) -> str:
+    if t is None:
+        return ""
+    s = max(time.time() - t, 0.0)
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.0f}h"
+
+
+def _jobs_table(jobs: list) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "id": j.id, "status": j.status, "progress": f"{j.progress:.0%}", "method": j.method, "split": j.split,
+        "profile": j.spec.profile, "width": f"{j.spec.width:g}" if j.kind == "variant" else "",
+        "attempts": j.attempts, "pid": j.worker_pid or "", "updated": _age(j.updated_at),
+        "message": (j.error if j.status == "failed" else j.message or "")[:70],
+    } for j in jobs])
+
+
+def _resolve_ids(queue, ids: list[str]) -> list:  # noqa: ANN001 - engine.jobs.JobQueue
+    return [queue.resolve(i) for i in ids]
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from engine import sweep
+    from engine.jobs import ACTIVE, JobQueue
+
+    queue = JobQueue()
+    if args.action == "list":
+        jobs = queue.jobs(status=args.status)
+        if not jobs:
+            print("no jobs" + (f" with status {', '.join(args.status)}" if args.status else "")
+                  + ": queue some with `python -m engine sweep` or `python -m engine jobs submit`")
+            return 0
+        print(_jobs_table(jobs).to_string(index=False))
+        counts = queue.counts()
+        print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        workers = queue.live_workers()
+        print(f"{len(workers)} live worker(s)" + (": " + ", ".join(f"pid {w['pid']}" for w in workers)
+                                                   if workers else "; start one with `python -m engine worker`"))
+        return 0
+    if args.action == "show":
+        job = queue.resolve(args.id)
+        print(f"job        {job.id} ({job.kind})")
+        print(f"what       {job.describe()}")
+        print(f"status     {job.status} ({job.progress:.0%}: {job.message})")
+        print(f"attempts   {job.attempts} of {job.max_attempts}; worker {job.worker or '-'}")
+        for name in ("submitted_at", "started_at", "finished_at"):
+            t = getattr(job, name)
+            if t:
+                print(f"{name.split('_')[0]:<10} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}")
+        if job.result:
+            print(f"result     {json.dumps(job.result)}")
+        print(f"spec       {job.spec.to_json()}")
+        if job.error:
+            print(f"error      {job.error}")
+        if job.traceback:
+            print(job.traceback.rstrip())
+        return 0
+    if args.action == "cancel":
+        if not args.id and not args.all:
+            raise UserError("name the job(s) to cancel, or pass --all")
+        jobs = queue.jobs(status=ACTIVE) if args.all else _resolve_ids(queue, args.id)
+        for job in jobs:
+            print(f"{job.id}: {queue.cancel(job.id, args.grace)}")
+        return 0
+    if args.action == "retry":
+        if not args.id and not args.failed:
+            raise UserError("name the job(s) to retry, or pass --failed")
+        jobs = queue.jobs(status="failed") if args.failed else _resolve_ids(queue, args.id)
+        for job in jobs:
+            print(f"{job.id}: {queue.retry(job.id)}")
+        return 0
+    if args.action == "submit":
+        knobs = {}
+        for item in args.knob:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise UserError(f"a knob is NAME=VALUE, got {item!r}")
+            try:
+                knobs[name.strip()] = json.loads(value)
+            except ValueError:
+                knobs[name.strip()] = value
+        profile, _, base = _load(args)
+        planned = [sweep.one_variant(args.method, s, profile.name, base, _data_path(args), **knobs)
+                   for s in args.split]
+        ids = queue.submit([p.spec for p in planned], [p.priority for p in planned])
+        for job in queue.jobs(ids):
+            print(f"{job.id}: {job.status} ({job.describe()})")
+        return 0
+    if args.action == "clean":
+        print(f"removed {queue.delete_finished()} done or cancelled jobs")
+        return 0
+    raise UserError(f"unknown jobs action {args.action!r}")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from engine.jobs import JobQueue, WorkerOptions, WorkerPool
+
+    _writable_cache()
+    if args.processes < 1:
+        raise UserError("--processes must be at least 1")
+    if args.lease <= 2 * args.heartbeat:
+        raise UserError(f"--lease ({args.lease:g} s) must be more than twice --heartbeat ({args.heartbeat:g} s)")
+    queue = JobQueue()
+    options = WorkerOptions(heartbeat_s=args.heartbeat, lease_s=args.lease, idle_exit_s=args.idle_exit)
+    pool = WorkerPool(queue, args.processes, options)
+    print(f"worker: {args.processes} process(es) on {queue.path}"
+          + (f", exiting after {args.idle_exit:g} s idle" if args.idle_exit else "; Ctrl-C to stop"), flush=True)
+    pool.run(keep_alive=args.idle_exit is None)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from engine.latency import resolve_device, to_rate_bps
+    from engine.pareto import best_per_method
+    from engine.store import ResultsStore
+    from engine.units import format_bits, format_flops, format_rate, format_seconds
+
+    rate = to_rate_bps(args.rate)
+    device, server = resolve_device(args.device), resolve_device(args.server)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold is a fraction in [0, 1], got {args.threshold:g}; e.g. 0.93 for 93 %")
+    table = ResultsStore().table()
+    if args.base:
+        table = table[table["base_id"] == args.base]
+    bits_column = f"bits_{args.bits}"
+    best = best_per_method(table, device, server, rate, args.threshold, bits_column)
+    where = (f"{format_rate(rate)} ({format_rate(rate, 'bit')}), device {device.describe()}, server "
+             f"{server.describe()}" + (f", accuracy >= {args.threshold:.1%}" if args.threshold is not None else ""))
+    cols = ["method", "split", "id", "accuracy", bits_column, "device_flops", "latency", "t_device", "t_transmit",
+            "t_server"]
+    if args.json:
+        records = json.loads(best[cols].to_json(orient="records")) if not best.empty else []
+        json.dump({"rate_bps": rate, "device": device.name, "server": server.name, "threshold": args.threshold,
+                   "bits_column": bits_column, "best": records[0] if records else None, "per_method": records},
+                  sys.stdout, indent=1)
+        print()
+        return 0
+    if table.empty:
+        print("the results table is empty: run `python -m engine sweep` first")
+        return 0
+    if best.empty:
+        print(f"no measured variant fits at {where}: lower --threshold or measure more variants")
+        return 0
+    bases = table["base_id"].nunique() if "base_id" in table else 1
+    if bases > 1:
+        print(f"note: the table mixes rows of {bases} base models; narrow it with --base ID")
+    print(f"best per method at {where}:")
+    shown = pd.DataFrame({
+        "method": best["method"], "split": best["split"], "accuracy": best["accuracy"].map("{:.2%}".format),
+        "bits": best[bits_column].map(format_bits), "device": best["device_flops"].map(format_flops),
+        "latency": best["latency"].map(format_seconds), "t_device": best["t_device"].map(format_seconds),
+        "t_transmit": best["t_transmit"].map(format_seconds), "t_server": best["t_server"].map(format_seconds),
+        "id": best["id"]})
+    print(shown.to_string(index=False))
+    top = best.iloc[0]
+    print(f"best: {top['method']} at {top['split']} ({top['id']}), latency {format_seconds(top['latency'])}")
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "profile": cmd_profile, "train-base": cmd_train_base, "run": cmd_run,
-            "results": cmd_results}
+            "results": cmd_results, "sweep": cmd_sweep, "jobs": cmd_jobs, "worker": cmd_worker, "best": cmd_best}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    code, error = 1, None
     try:
-        code = COMMANDS[args.command](args)
+        return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        code, error = exc.exit_code, str(exc)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
-        code, error = 130, "interrupted"
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        if os.environ.get(PROGRESS_ENV):
-            ProgressFile(Path(os.environ[PROGRESS_ENV])).finish(code, error)
-    return code
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import background
+from engine import jobs as jobq
+from engine import sweep
 from engine.config import PROFILES
 from engine.errors import UserError
 from engine.figures import plane_figure
@@ -54,13 +55,17 @@ try:
     data = _data(env.profile, *_data_location())
 except UserError as exc:
     st.error(str(exc))
-    download = background.status("download-data") or {}
-    if download.get("state") == "running":
-        st.progress(float(download.get("progress") or 0.0), text="Downloading CIFAR-10 with torchvision…")
-    elif download.get("state") in ("failed", "lost"):
-        st.warning(f"The download failed: {download.get('error')}")
-    if st.button("Download CIFAR-10 (170 MB, needs internet)", disabled=download.get("state") == "running"):
-        background.launch("download-data", ["data"])
+    queue = jobq.JobQueue()
+    spec = jobq.JobSpec.for_data(None)
+    download = queue.get(spec.id)
+    downloading = download is not None and download.status in jobq.ACTIVE
+    if downloading:
+        st.progress(download.progress, text="Downloading CIFAR-10 with torchvision…")
+    elif download is not None and download.status == "failed":
+        st.warning(f"The download failed: {download.error}")
+    if st.button("Download CIFAR-10 (170 MB, needs internet)", disabled=downloading):
+        queue.submit([spec], requeue_finished=True)
+        jobq.ensure_worker(queue)
         st.rerun()
     st.stop()
 base = PROFILES.get(env.profile).base_config(data.fingerprint, width=env.width)
@@ -71,19 +76,35 @@ profile_table, png_bits = _profile(env.profile, base.width)
 results = ResultsStore().table(method="original")
 if not results.empty:
     results = results[results["base_id"] == base.id]
-job_name = f"original-{env.profile}-w{base.width:g}"
+queue = jobq.JobQueue()
+
+
+def _original_jobs() -> list[jobq.Job]:
+    return queue.jobs(base_id=base.id, method="original")
 
 
 @st.fragment(run_every=2.0)
-def _job_progress() -> None:
-    status = background.status(job_name)
-    if not status:
+def _job_progress(shown: frozenset[str]) -> None:
+    """Progress of this base model's `original` jobs, read from the job table; a new row redraws the page."""
+    jobs = _original_jobs()
+    if not jobs:
         return
-    if status["state"] == "running":
-        st.progress(min(float(status.get("progress") or 0.0), 1.0), text=f"Running: {status.get('message', '')}")
-    elif status["state"] in ("failed", "lost"):
-        st.error(f"The background job failed: {status.get('error')}. Log: `{status.get('log')}`")
-    elif status["state"] == "done" and results.empty:
+    active = [j for j in jobs if j.status in jobq.ACTIVE]
+    done = [j for j in jobs if j.status == "done"]
+    if active:
+        fraction = sum(1.0 if j.finished else j.progress for j in jobs) / len(jobs)
+        running = [j for j in active if j.status in ("running", "cancelling")]
+        text = f"{len(done)}/{len(jobs)} splits measured · " + (
+            f"{running[0].split}: {running[0].message}" if running else "waiting for a worker")
+        st.progress(min(fraction, 1.0), text=text)
+        if not running and not queue.live_workers():
+            jobq.ensure_worker(queue)
+    for job in jobs:
+        if job.status == "failed":
+            st.error(f"`original` at {job.split} failed: {job.error} (details: `python -m engine jobs show "
+                     f"{job.id}`)")
+    store = ResultsStore()
+    if any(j.id not in shown and j.id in store for j in done):  # a new row: redraw the plane
         st.rerun()
 
 
@@ -91,11 +112,14 @@ if results.empty:
     st.info("No measured variants for this base model yet. The plane shows the untrained profile: device FLOPs "
             "and the 8-bit size of each split's feature (no coding, no accuracy). Train the base model and measure "
             "the `original` method to see real accuracies and Huffman-coded bits.")
-    running = (background.status(job_name) or {}).get("state") == "running"
+    running = any(j.status in jobq.ACTIVE for j in _original_jobs())
     if st.button("Train the base model and measure `original`", type="primary", disabled=running):
-        background.launch(job_name, ["run", "original", "--profile", env.profile, "--width", f"{base.width:g}"])
+        planned = sweep.plan(env.profile, base, os.environ.get("COINFER_DATA") or None, methods=["original"],
+                             splits=split_names())
+        queue.submit([p.spec for p in planned], [p.priority for p in planned], requeue_finished=True)
+        jobq.ensure_worker(queue)
         st.rerun()
-    _job_progress()
+    _job_progress(frozenset())
     fig = plane_figure(profile_table, png_bits, bits_column="bits_8bit")
     st.plotly_chart(fig, key="plane")
     st.dataframe(profile_table[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
@@ -108,6 +132,7 @@ else:
     amplified = results[(results[bits_column] > png_bits) & (results["device_flops"] > 0)]["split"].tolist()
     if amplified:
         st.caption("Data amplification (feature larger than the PNG input): " + ", ".join(amplified))
+    _job_progress(frozenset(results["id"]))
     cols = ["split", "accuracy", "device_flops", "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal",
             "bits_raw", "id"]
     st.dataframe(results.sort_values("split_order")[cols], hide_index=True,

@@ -3,6 +3,7 @@ dataset and a small stratified subset of it. Tests use at most 2 CPU threads."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from engine.data import ImageData, load_data, subset
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TAR = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread per pytest-xdist worker (two workers share the two cores), else at most two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -101,17 +100,4 @@ def test_plane_page_draws_the_measured_points(server: str, browser) -> None:  # 
     page.wait_for_timeout(1500)
     assert page.locator(".js-plotly-plot").count() == 1
     _screenshot(page, "plane")
-    page.close()
-
-
-def test_latency_page_follows_the_rate_slider(server: str, browser) -> None:  # noqa: ANN001
-    page = _open(browser, f"{server}/latency?profile=smoke&width=0.125&rate_kBps=40")
-    page.get_by_text("Best configuration per method at 40 kB/s").wait_for(timeout=60_000)
-    slider = page.get_by_role("slider", name="Link rate")
-    slider.focus()
-    for _ in range(3):
-        slider.press("ArrowRight")  # 40 -> 70 -> 100 -> 200 kB/s
-    page.get_by_text("Best configuration per method at 200 kB/s").wait_for(timeout=30_000)
-    assert "rate_kBps=200" in page.url
-    _screenshot(page, "latency")
     page.close()

@@ -82,3 +82,149 @@ def test_unwritable_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     monkeypatch.setenv("COINFER_CACHE", str(blocker / "cache"))
     assert main(["data"]) == 2
     assert "set COINFER_CACHE to a writable directory" in capsys.readouterr().err
+
+
+# -- sweep, jobs, worker, best ---------------------------------------------------------------------------------
+
+
+def _row(id: str, method: str, split: str, flops: float, bits: float, acc: float, memory: float = 1e6,
+         server: float = 0.0) -> dict:
+    return {"id": id, "method": method, "split": split, "device_flops": flops, "server_flops": server,
+            "device_memory_bytes": memory, "bits_actual": bits, "bits_ideal": bits / 2, "accuracy": acc,
+            "base_id": "b1"}
+
+
+BEST_ROWS = [  # pi3: 24 GFLOP/s, 1 GB; rtx2080ti: 13.45 TFLOP/s
+    _row("o-conv4", "original", "conv4_x", 2.4e9, 8e4, 0.95),  # 0.1 s + 80 kbit
+    _row("o-server", "original", "server_only", 0.0, 1.6e5, 0.95, server=1.345e10),  # 160 kbit + 1 ms
+    _row("t-conv4", "three_step", "conv4_x", 4.8e8, 8e3, 0.94),  # 0.02 s + 8 kbit
+    _row("t-stem", "three_step", "stem", 2.4e7, 3.2e5, 0.96),  # 1 ms + 320 kbit
+    _row("b-conv5", "bottlenet_pp", "conv5_x", 2.4e10, 100.0, 0.99, memory=2e9),  # does not fit the Pi's 1 GB
+    _row("p-conv4", "two_step_pruning", "conv4_x", 2.4e6, 10.0, 0.50),  # fast but inaccurate
+]
+
+
+@pytest.fixture()
+def best_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "cache"))
+    from engine.store import ResultsStore
+
+    ResultsStore().put_many(BEST_ROWS)
+
+
+def test_best_picks_the_lowest_latency_feasible_accurate_variant(best_store: None,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    argv = ["best", "--rate", "40kB/s", "--device", "pi3", "--server", "rtx2080ti", "--threshold", "0.93"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rate_bps"] == 320_000
+    got = [(r["method"], r["id"], r["latency"]) for r in out["per_method"]]
+    assert [g[:2] for g in got] == [("three_step", "t-conv4"), ("original", "o-conv4")]  # no infeasible/inaccurate
+    assert got[0][2] == pytest.approx(0.02 + 8e3 / 320e3)
+    assert got[1][2] == pytest.approx(0.1 + 8e4 / 320e3)
+    assert out["best"]["id"] == "t-conv4"
+    assert main(["best", "--rate", "10MB/s", "--threshold", "0.93", "--json"]) == 0  # a fast link: send the PNG
+    out = json.loads(capsys.readouterr().out)
+    assert out["best"]["id"] == "o-server" and out["best"]["latency"] == pytest.approx(1.6e5 / 8e7 + 1e-3)
+    assert [r["id"] for r in out["per_method"]] == ["o-server", "t-stem"]
+    assert main(["best", "--rate", "40kB/s", "--json"]) == 0  # no threshold: the inaccurate one wins
+    assert json.loads(capsys.readouterr().out)["best"]["id"] == "p-conv4"
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "best: three_step at conv4_x (t-conv4), latency 45 ms" in text and "40 kB/s (320 kbit/s)" in text
+    assert main([*argv[:-1], "0.999"]) == 0
+    assert "no measured variant fits" in capsys.readouterr().out
+
+
+def test_jobs_commands_submit_once_cancel_retry(cli_env: Path, capsys: pytest.CaptureFixture) -> None:
+    from engine.jobs import JobQueue
+
+    submit = ["jobs", "submit", "original", "--profile", "smoke", "--split", "conv4_x", "--split", "stem",
+              "--knob", "bits=4"]
+    assert main(submit) == 0
+    assert main(submit) == 0  # a second session submitting the same variants
+    jobs = JobQueue().jobs()
+    assert len(jobs) == 2 and {j.status for j in jobs} == {"queued"}
+    assert {j.spec.knobs["bits"] for j in jobs} == {4}
+    capsys.readouterr()
+    assert main(["jobs", "cancel", jobs[0].id[:8]]) == 0
+    assert capsys.readouterr().out.strip() == f"{jobs[0].id}: cancelled"
+    assert main(["jobs", "retry", jobs[0].id]) == 0
+    assert JobQueue().get(jobs[0].id).status == "queued"
+    assert main(["jobs", "cancel", "--all"]) == 0
+    assert main(["jobs", "list", "--status", "cancelled"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cancelled") >= 2 and "2 cancelled" in out and "0 live worker(s)" in out
+    assert main(["jobs", "clean"]) == 0
+    assert JobQueue().jobs() == []
+
+
+@pytest.fixture()
+def trained_cli_env(cli_env: Path, tmp_cache: Path, small_data) -> Path:  # noqa: ANN001
+    from engine.config import PROFILES
+    from engine.train import load_or_train_base
+
+    load_or_train_base(PROFILES.get("smoke").base_config(small_data.fingerprint), small_data, tmp_cache)
+    (cli_env / "models").mkdir()
+    for f in (tmp_cache / "models").glob("base-*"):
+        if not f.name.endswith(".lock"):
+            (cli_env / "models" / f.name).symlink_to(f)
+    return cli_env
+
+
+def test_sweep_runs_queued_variants_with_a_worker_process(trained_cli_env: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    argv = ["sweep", "--profile", "smoke", "--method", "original", "--split", "device_only", "--split", "conv4_x"]
+    assert main([*argv, "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep smoke: base model" in out and "2 variants: original 2" in out
+    assert "sweep smoke finished in" in out and "first row after" in out
+    assert main(["results", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["split"] for r in rows) == ["conv4_x", "device_only"]
+    assert main(argv) == 0
+    assert "2 of 2 variants were already in the results store" in capsys.readouterr().out
+    assert main([*argv, "--force", "--workers", "0"]) == 0
+    assert "2 jobs queued" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["best", "--rate=-40kB/s"], "a link rate must be a positive finite number"),
+        (["best", "--rate", "40kX/s"], "cannot read the rate '40kX/s'"),
+        (["best", "--rate", "40k"], "cannot read the rate '40k'"),
+        (["best", "--rate", "40kB/s", "--device", "pi4"], "unknown device 'pi4'"),
+        (["best", "--rate", "40kB/s", "--server", "tpu"], "unknown device 'tpu'"),
+        (["best", "--rate", "40kB/s", "--threshold", "93"], "--threshold is a fraction in [0, 1]"),
+        (["sweep", "--profile", "huge"], "unknown profile 'huge'"),
+        (["sweep", "--profile", "smoke", "--method", "nope"], "unknown method 'nope'"),
+        (["sweep", "--profile", "smoke", "--scheduler", "nonsense"], "Dask scheduler address"),
+        (["jobs", "cancel", "ffffffff"], "no job 'ffffffff'"),
+        (["jobs", "show", "ab"], "too short"),
+        (["jobs", "retry"], "name the job(s) to retry"),
+        (["jobs", "submit", "original", "--profile", "smoke", "--split", "conv9_x"], "unknown split point 'conv9_x'"),
+        (["jobs", "submit", "original", "--profile", "smoke", "--split", "stem", "--knob", "bits"], "NAME=VALUE"),
+        (["worker", "--lease", "2", "--heartbeat", "1"], "must be more than twice --heartbeat"),
+    ],
+)
+def test_queue_and_best_mistakes_exit_2_with_one_line(cli_env: Path, capsys: pytest.CaptureFixture,
+                                                      argv: list[str], message: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_worker_command_runs_queued_jobs_then_exits_when_idle(trained_cli_env: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from engine.jobs import JobQueue
+    from engine.store import ResultsStore
+
+    assert main(["jobs", "submit", "original", "--profile", "smoke", "--split", "device_only"]) == 0
+    (job,) = JobQueue().jobs()
+    assert main(["worker", "--idle-exit", "1", "--heartbeat", "0.2", "--lease", "5"]) == 0
+    assert "worker: 1 process(es)" in capsys.readouterr().out
+    done = JobQueue().get(job.id)
+    assert done.status == "done" and done.attempts == 1
+    assert ResultsStore().get(job.id)["bits_actual"] == 4.0  # device_only sends the label: ceil(log2 10) bits
+    assert JobQueue().live_workers() == []  # it said goodbye

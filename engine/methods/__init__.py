@@ -77,7 +77,7 @@ def base_row(cfg: VariantConfig, ctx: RunContext, **metrics: Any) -> dict:
 
 
 def _register_builtin() -> None:
-    from engine.methods import original  # noqa: F401  (registers itself)
+    from engine.methods import bottlenet_pp, original, three_step, two_step_pruning  # noqa: F401  (register themselves)
 
 
 _register_builtin()

@@ -1,0 +1,453 @@
+"""End-to-end training and measurement of an encoded split, step 3 of Shao & Zhang 2020 ("task-oriented feature
+encoding"): device part + encoder + quantiser + decoder + server part trained together for task accuracy, then the
+entropy model fitted on training symbols, and every test image sent as a real bitstream, decoded back and checked.
+
+API
+    EncodingConfig                      the knobs; `EncodingConfig.from_knobs(cfg.knobs)` reads the `enc_*` knobs
+    EncodedTraining                     the training budget: epochs, batch size, seed, validation and calibration
+    build_encoded(device, server, input_shape, enc) -> EncodedSplit            untrained encoder/quantiser/decoder
+    train_encoded(device, server, data, split, enc, budget, checkpoint=None, progress=None) -> EncodedResult
+    run_encoded(cfg, ctx, device, server, enc=None) -> EncodedResult           the same, budget/cache from a method's
+                                                                               VariantConfig and RunContext
+    measure_encoded(model, codec, data, split) -> metrics                     accuracy, bits, FLOPs, profile
+
+`train_encoded` deep-copies the device and server parts it is given (pruned ones included), so a cached base model is
+never modified. With a checkpoint path it resumes an interrupted run at its last finished epoch and, once finished,
+returns the stored result without training again."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.codecs import CODECS, EntropyCodec, empirical_entropy_bits
+from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
+from engine.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
+from engine.errors import UserError
+from engine.profile import count_flops, profile_parts
+from engine.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook, UniformRounding, VectorCodebook
+from engine.train import Progress, autocast, load_checkpoint, pick_device, save_checkpoint, seed_everything
+
+if TYPE_CHECKING:
+    from engine.config import VariantConfig
+    from engine.methods import RunContext
+
+log = logging.getLogger(__name__)
+
+KNOB_PREFIX = "enc_"
+BACKBONES = {"finetune": (True, True), "frozen": (False, False), "server": (False, True), "device": (True, False)}
+# training epochs of the encoder per profile (the base model's own budget is the profile's `epochs`)
+ENCODING_EPOCHS = {"smoke": 1, "quick": 3, "paper": 60}
+_INIT_IMAGES = 2048  # training images whose latents place the codewords when quantisation is switched on
+_EVAL_BATCH = 500
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    """Knobs of the feature encoding. Defaults: the paper's two-step encoder (a quarter of the channels, the map
+    reduced to <= 8x8, FC to d = 32) with 2-bit learned scalar codewords per dimension and ANS coding."""
+
+    encoder: str = "two_step"  # two_step | bottleneck (BottleNet++)
+    channels: int | None = None  # conv output channels; None: a quarter of the feature's
+    d: int = 32  # FC output dimensions (two_step); 0: no FC, the conv map itself is quantised
+    stride: int | None = None  # conv kernel = stride; None: two_step shrinks the map to <= 8x8, bottleneck 2
+    quantizer: str = "scalar"  # scalar (2**bits learned codewords per dimension) | vector | uniform | none
+    bits: int = 2  # scalar / uniform: bits per dimension
+    codebook: int = 256  # vector: codewords per codebook
+    groups: int = 1  # vector: slices of the latent, each with its own codebook (1: one symbol per image)
+    beta: float = 0.25  # commitment weight
+    codec: str = "ans"  # entropy coder from CODECS
+    backbone: str = "finetune"  # finetune | frozen | server (device frozen) | device (server frozen)
+    epochs: int | None = None  # None: ENCODING_EPOCHS of the profile
+    lr: float = 5e-3  # encoder, decoder and codewords; the backbone trains at a tenth of it
+    warmup: float = 0.2  # fraction of the steps trained unquantised before the codewords are placed on data
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise UserError(f"unknown encoder {self.encoder!r}; choose one of: {', '.join(ENCODERS)}")
+        if self.quantizer != "none" and self.quantizer not in QUANTIZERS:
+            raise UserError(f"unknown quantizer {self.quantizer!r}; choose one of: {', '.join(QUANTIZERS)}, none")
+        if self.codec not in CODECS:
+            raise UserError(f"unknown codec {self.codec!r}; choose one of: {', '.join(CODECS)}")
+        if self.backbone not in BACKBONES:
+            raise UserError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.d < 0 or not 0.0 <= self.warmup < 1.0 or self.lr <= 0 or (self.epochs is not None and self.epochs < 1):
+            raise UserError("need d >= 0, 0 <= warmup < 1, lr > 0 and epochs >= 1")
+
+    @classmethod
+    def from_knobs(cls, knobs: Mapping[str, Any] | Iterable[tuple[str, Any]], prefix: str = KNOB_PREFIX,
+                   **defaults: Any) -> EncodingConfig:
+        """The config from a variant's `enc_*` knobs (other knobs are ignored); `defaults` fill the rest."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = dict(defaults)
+        for key, value in dict(knobs).items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix):]
+            if name not in names:
+                raise UserError(f"unknown encoding knob {key!r}; known: {', '.join(prefix + n for n in sorted(names))}")
+            kw[name] = value
+        return cls(**kw)
+
+    def knobs(self, prefix: str = KNOB_PREFIX) -> dict[str, Any]:
+        """The fields that differ from the defaults, as `enc_*` knobs for `VariantConfig.make`."""
+        default = EncodingConfig()
+        return {prefix + f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+
+@dataclass(frozen=True)
+class EncodedTraining:
+    """The training budget and data handling (seeded; validation and calibration images come from the training set)."""
+
+    epochs: int = 1
+    batch_size: int = 128
+    seed: int = 0
+    val_fraction: float = 0.1
+    calibration_images: int = 2000
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class EncodedResult:
+    """The trained split, its entropy codec, the coding metrics (accuracy, bits, encoder FLOPs, training) and the
+    `profile_parts` figures of the deployed parts; `row()` is both, flat, for `base_row`."""
+
+    model: EncodedSplit  # trained, eval mode, on the CPU
+    codec: EntropyCodec
+    metrics: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {**self.profile, **self.metrics}
+
+
+# ------------------------------------------------------------------------------------------------------ building
+
+
+def build_quantizer(enc: EncodingConfig, latent_shape: tuple[int, ...]) -> LatentQuantizer | None:
+    """The quantiser for a latent: learned codewords on the tanh range (-1, 1) of the two-step encoder, or fixed
+    levels on the sigmoid range (0, 1) of BottleNet++ (one entropy model per channel there)."""
+    n = math.prod(latent_shape)
+    lo, hi = (0.0, 1.0) if enc.encoder == "bottleneck" else (-1.0, 1.0)
+    if enc.quantizer == "none":
+        return None
+    if enc.quantizer == "scalar":
+        return ScalarCodebook(n, enc.bits, enc.beta, lo, hi)
+    if enc.quantizer == "vector":
+        return VectorCodebook(n, enc.codebook, enc.groups, enc.beta)
+    contexts = "channel" if enc.encoder == "bottleneck" else "position"
+    return UniformRounding(latent_shape, enc.bits, lo, hi, contexts)
+
+
+def build_encoded(device: nn.Module, server: nn.Module, input_shape: tuple[int, int, int],
+                  enc: EncodingConfig) -> EncodedSplit:
+    """An untrained encoder, quantiser and decoder around the given parts (used as they are, not copied)."""
+    shape = feature_shape(device, input_shape)
+    if enc.encoder == "two_step":
+        encoder, decoder = ENCODERS.get("two_step")(shape, enc.channels, enc.d, enc.stride)
+    else:
+        channels = default_channels(shape[0]) if enc.channels is None else enc.channels
+        encoder, decoder = ENCODERS.get(enc.encoder)(shape, channels, enc.stride or 2)
+    return EncodedSplit(device, encoder, build_quantizer(enc, tuple(encoder.latent_shape)), decoder, server)
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def _param_groups(model: EncodedSplit, enc: EncodingConfig) -> list[dict]:
+    train_device, train_server = BACKBONES[enc.backbone]
+    model.device_part.requires_grad_(train_device)
+    model.server_part.requires_grad_(train_server)
+    new = [*model.encoder.parameters(), *model.decoder.parameters(), *model.channel.parameters()]
+    quant = list(model.quantizer.parameters()) if model.quantizer is not None else []
+    backbone = [p for part in (model.device_part, model.server_part) for p in part.parameters() if p.requires_grad]
+    groups = [{"params": new, "lr": enc.lr, "weight_decay": 1e-4},
+              {"params": quant, "lr": enc.lr, "weight_decay": 0.0},
+              {"params": backbone, "lr": enc.lr / 10, "weight_decay": 1e-4}]
+    return groups
+
+
+def _set_train_mode(model: EncodedSplit, enc: EncodingConfig) -> None:
+    """Train mode, except frozen backbone parts, whose BN statistics stay as trained."""
+    train_device, train_server = BACKBONES[enc.backbone]
+    model.train()
+    model.device_part.train(train_device)
+    model.server_part.train(train_server)
+
+
+@torch.no_grad()
+def _place_codewords(model: EncodedSplit, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                     seed: int) -> None:
+    model.eval()
+    y = torch.cat([model.latent(normalize(xb, mean, std)) for xb in images.split(_EVAL_BATCH)]).cpu()
+    q = model.quantizer
+    if isinstance(q, VectorCodebook):
+        q.init_from(y, seed=seed)
+    elif q is not None:
+        q.init_from(y)
+
+
+@torch.no_grad()
+def _accuracy(model: EncodedSplit, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> float:
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for xb, yb in zip(x.split(_EVAL_BATCH), y.split(_EVAL_BATCH), strict=True):
+        with autocast(dev):
+            logits, _ = model(normalize(xb.to(dev), mean, std))
+        correct += int((logits.argmax(1).cpu() == yb).sum())
+    return correct / max(1, len(y))
+
+
+def _fit(model: EncodedSplit, data: ImageData, enc: EncodingConfig, budget: EncodedTraining,
+         partial: Path | None, progress: Progress | None) -> dict[str, Any]:
+    """The training loop: AdamW, one-cycle LR, CE + quantiser loss, quantisation switched on after the warm-up with
+    the codewords placed on data; resumable at epoch boundaries from `partial`."""
+    dev = pick_device()
+    generator = seed_everything(budget.seed)
+    train_x, train_y, val_x, val_y = train_val_split(data, budget.val_fraction, budget.seed)
+    mean, std = data.mean.to(dev), data.std.to(dev)
+    model.to(dev)
+    epochs = int(enc.epochs or budget.epochs)
+    steps_per_epoch = math.ceil(len(train_x) / budget.batch_size)
+    total = epochs * steps_per_epoch
+    warmup_steps = int(enc.warmup * total)
+    groups = _param_groups(model, enc)
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total,
+                                                    pct_start=0.15, cycle_momentum=False)
+    epoch, seconds = 0, 0.0
+    resumed = load_checkpoint(partial) if partial is not None else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        generator.set_state(resumed["generator"])
+        epoch, seconds = int(resumed["epoch"]), float(resumed["seconds"])
+        log.info("resuming encoder training at epoch %d", epoch)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=budget.label_smoothing)
+    train_device = BACKBONES[enc.backbone][0]
+    train_x_dev, train_y_dev = train_x.to(dev), train_y.to(dev)
+    val_acc = float("nan")
+    while epoch < epochs:
+        start = time.perf_counter()
+        _set_train_mode(model, enc)
+        for i, (xb, yb) in enumerate(iterate_batches(train_x_dev, train_y_dev, budget.batch_size, shuffle=True,
+                                                     generator=generator)):
+            step = epoch * steps_per_epoch + i
+            if model.quantizer is not None:
+                if step == warmup_steps:
+                    _place_codewords(model, train_x_dev[:_INIT_IMAGES], mean, std, budget.seed)
+                    _set_train_mode(model, enc)
+                model.quantizer.enabled = step >= warmup_steps
+            xb = normalize(augment_batch(xb, generator), mean, std).contiguous(memory_format=torch.channels_last)
+            with autocast(dev):
+                if train_device:
+                    logits, qloss = model(xb)
+                else:
+                    with torch.no_grad():
+                        feature = model.device_part(xb)
+                    logits, qloss = model.decode(model.encoder(feature))
+                loss = loss_fn(logits, yb) + qloss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if progress and i % 10 == 0:
+                progress((epoch + i / steps_per_epoch) / epochs,
+                         f"encoder epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
+        epoch += 1
+        if model.quantizer is not None:
+            model.quantizer.enabled = epoch * steps_per_epoch > warmup_steps
+        val_acc = _accuracy(model, val_x, val_y, mean, std)
+        seconds += time.perf_counter() - start
+        if partial is not None and epoch < epochs:
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                             "epoch": epoch, "seconds": seconds}, partial)
+        if progress:
+            progress(epoch / epochs, f"encoder epoch {epoch}/{epochs} val acc {val_acc:.4f}")
+    if model.quantizer is not None:
+        model.quantizer.enabled = True
+    return {"encode_val_accuracy": val_acc, "encode_train_seconds": seconds, "encode_epochs": epochs,
+            "encode_train_images": len(train_x), "encode_train_device": str(dev)}
+
+
+def fit_codec(model: EncodedSplit, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+              codec: str) -> EntropyCodec:
+    """The entropy model of the symbols, fitted on training images (one context per symbol position or channel)."""
+    q = model.quantizer
+    if q is None:
+        raise ValueError("no quantiser, no symbols to code")
+    symbols = _symbols(model, images, mean, std)
+    cls = CODECS.get(codec)
+    extra = {"contexts": q.contexts()} if "contexts" in inspect.signature(cls.fit).parameters else {}
+    return cls.fit(symbols, q.alphabet_size, **extra)
+
+
+def _symbols(model: EncodedSplit, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model.symbols(normalize(xb.to(dev), mean.to(dev), std.to(dev))).cpu() for xb in images.split(_EVAL_BATCH)]
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------------ measuring
+
+
+@torch.no_grad()
+def measure_encoded(model: EncodedSplit, codec: EntropyCodec, data: ImageData, split: str,
+                    time_device: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every test image's symbols entropy-coded into a real bitstream, decoded back (checked equal to what was sent:
+    a mismatch raises) and classified from the decoded symbols. Bits: actual (8 x stream bytes, mean), ideal (the
+    cross-entropy under the codec's model), entropy (sum of the per-position empirical entropies of the test symbols)
+    and raw (fixed-length). FLOPs: encoder and decoder alone, against the backbone's. Returns (metrics, the
+    `profile_parts` figures of the deployed parts: encoder on the device, decoder on the server, and the transmitted
+    latent as the feature)."""
+    q = model.quantizer
+    if q is None:
+        raise ValueError("measure_encoded needs a quantiser; a JSCC split is measured over its channel")
+    model.eval()
+    dev = next(model.parameters()).device
+    mean, std = data.mean.to(dev), data.std.to(dev)
+    n = q.symbols_per_image
+    correct, actual, ideal, sent = 0, [], [], []
+    for xb, yb in zip(data.test_x.split(_EVAL_BATCH), data.test_y.split(_EVAL_BATCH), strict=True):
+        symbols = model.symbols(normalize(xb.to(dev), mean, std)).cpu().numpy().astype(np.int64)
+        streams = codec.encode(symbols)
+        received = np.stack([codec.decode(s, n) for s in streams]).astype(np.int64).reshape(len(symbols), n)
+        if not np.array_equal(received, symbols):
+            raise RuntimeError("the entropy decoder did not return the symbols that were sent")
+        logits = model.from_symbols(torch.from_numpy(received).to(dev))
+        correct += int((logits.argmax(1).cpu() == yb).sum())
+        actual.append(np.array([8 * len(s) for s in streams]))
+        ideal.append(codec.ideal_bits_per_image(symbols))
+        sent.append(symbols)
+    sent_all = np.concatenate(sent)
+    input_shape = (data.channels, *data.image_size)
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    x = torch.zeros(1, *input_shape)
+    feature = cpu_model.device_part(x)
+    latent = cpu_model.encoder(feature)
+    encoder_flops = count_flops(cpu_model.encoder, feature)
+    cq = cpu_model.quantizer
+    decoder_flops = count_flops(cpu_model.decoder, cq.dequantize(cq.quantize(latent)))
+    backbone_flops = count_flops(cpu_model.device_part, x) + count_flops(cpu_model.server_part, feature)
+    prof = profile_parts(*cpu_model.deployed_parts(), split, input_shape, data.num_classes, time_device)
+    latent_shape = list(latent.shape[1:])
+    prof.update(feature_shape=latent_shape, feature_numel=n, bits_fp32=32 * math.prod(latent_shape),
+                bits_8bit=8 * math.prod(latent_shape))
+    return {
+        "accuracy": correct / len(data.test_y),
+        "bits_actual": float(np.concatenate(actual).mean()),
+        "bits_ideal": float(np.concatenate(ideal).mean()),
+        "bits_entropy": float(sum(empirical_entropy_bits(sent_all[:, j]) for j in range(n))),
+        "bits_raw": float(q.raw_bits),
+        "bitstream_verified": True,
+        "codec": type(codec).__name__,
+        "symbols_per_image": n,
+        "alphabet_size": q.alphabet_size,
+        "split_feature_shape": list(feature.shape[1:]),
+        "feature_bits_8bit": 8 * int(feature[0].numel()),
+        "encoder_flops": encoder_flops,
+        "decoder_flops": decoder_flops,
+        "backbone_flops": backbone_flops,
+        "encoder_flops_fraction": encoder_flops / backbone_flops,
+        "codec_flops_fraction": (encoder_flops + decoder_flops) / backbone_flops,
+    }, prof
+
+
+# ------------------------------------------------------------------------------------------------------ entry points
+
+
+def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: str, enc: EncodingConfig,
+                  budget: EncodedTraining, checkpoint: Path | None = None,
+                  progress: Progress | None = None, time_device: bool = True) -> EncodedResult:
+    """Train an encoder/quantiser/decoder between copies of `device` and `server` (fine-tuning them or not, per
+    `enc.backbone`), fit the entropy model on training symbols and measure the result on the whole test set.
+    With `checkpoint`, an interrupted run resumes at its last finished epoch and a finished one is loaded."""
+    input_shape = (data.channels, *data.image_size)
+    model = build_encoded(copy.deepcopy(device).cpu(), copy.deepcopy(server).cpu(), input_shape, enc)
+    if model.quantizer is None:
+        raise UserError("train_encoded measures source-coded bits: choose a quantizer (JSCC uses the channel issue)")
+    done = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if done is not None:
+        try:
+            model.load_state_dict(done["state_dict"])
+            codec = CODECS.get(done["codec"]["codec"]).from_state(done["codec"])
+            return EncodedResult(model.eval(), codec, dict(done["metrics"]), dict(done["profile"]))
+        except (KeyError, RuntimeError, ValueError) as exc:
+            log.warning("encoded checkpoint %s does not match its config (%s): retraining", checkpoint.name,
+                        str(exc)[:120])
+    partial = checkpoint.with_suffix(".partial.pt") if checkpoint is not None else None
+    stats = _fit(model, data, enc, budget, partial, progress)
+    train_x, _, _, _ = train_val_split(data, budget.val_fraction, budget.seed)
+    codec = fit_codec(model, train_x[: budget.calibration_images], data.mean, data.std, enc.codec)
+    metrics, profile = measure_encoded(model, codec, data, split, time_device)
+    model = model.cpu().eval()
+    metrics.update(stats, encoder=enc.encoder, encoder_channels=int(model.encoder.map_shape[0]),
+                   encoder_d=int(getattr(model.encoder, "d", 0)), encoder_stride=int(model.encoder.stride),
+                   quantizer=enc.quantizer, backbone=enc.backbone, calibration_images=min(budget.calibration_images,
+                                                                                          len(train_x)))
+    if checkpoint is not None:
+        save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                         "codec": codec.state_dict(), "metrics": metrics, "profile": profile,
+                         "config": dataclasses.asdict(enc)}, checkpoint)
+        partial.unlink(missing_ok=True)
+        partial.with_suffix(partial.suffix + ".sha256").unlink(missing_ok=True)
+    return EncodedResult(model, codec, metrics, profile)
+
+
+def encoding_epochs(profile_name: str, profile_epochs: int) -> int:
+    """The encoder's training budget for a profile (a third of the base model's for an unknown profile)."""
+    return ENCODING_EPOCHS.get(profile_name, max(1, profile_epochs // 3))
+
+
+def run_encoded(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: nn.Module,
+                enc: EncodingConfig | None = None, progress: Progress | None = None) -> EncodedResult:
+    """`train_encoded` for a method's variant: knobs from `cfg.knobs` (`enc_*`) unless `enc` is given, the budget from
+    the profile, the seed and validation split of the base model, the checkpoint under the cache keyed by `cfg.id`."""
+    enc = enc if enc is not None else EncodingConfig.from_knobs(cfg.knobs)
+    budget = EncodedTraining(epochs=encoding_epochs(ctx.profile.name, ctx.profile.epochs),
+                             batch_size=ctx.profile.batch_size, seed=cfg.base.seed,
+                             val_fraction=cfg.base.val_fraction, calibration_images=ctx.profile.calibration_images,
+                             label_smoothing=cfg.base.label_smoothing)
+    checkpoint = ctx.cache / "models" / f"encoded-{cfg.id}.pt"
+    return train_encoded(device, server, ctx.data, cfg.split, enc, budget, checkpoint, progress or ctx.progress)
+
+
+@dataclass
+class EncodedCoding:
+    """`run_encoded` in the shape of `three_step`'s feature codings (its `CodedSplit`): deployed parts (image ->
+    symbols on the device, symbols -> logits on the server), test accuracy, bits, and the other metrics as extras."""
+
+    device: nn.Module
+    server: nn.Module
+    accuracy: float
+    bits: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encoded_feature_coding(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> EncodedCoding:
+    """A feature coding for `three_step`: train the `enc_*` encoding of `cfg` between the pruned parts and measure it.
+    Register it with `FEATURE_CODINGS.add("two_step", encoded_feature_coding)` and give variants `encoder="two_step"`
+    plus any `enc_*` knobs."""
+    result = run_encoded(cfg, ctx, device, server)
+    deployed_device, deployed_server = result.model.deployed_parts()
+    metrics = dict(result.metrics)
+    accuracy = float(metrics.pop("accuracy"))
+    bits = {k: float(metrics.pop(k)) for k in ("bits_actual", "bits_ideal", "bits_raw")}
+    return EncodedCoding(deployed_device.eval(), deployed_server.eval(), accuracy, bits, metrics)

@@ -1,0 +1,75 @@
+"""`bottlenet_pp`: BottleNet++ (Shao & Zhang 2020, "BottleNet++: An End-to-End Approach for Feature Compression in
+Device-Edge Co-Inference Systems", ICC workshops), the paper's third baseline (Shao & Zhang 2020, Fig. 3). The device
+part is the unpruned base model up to the split; a conv encoder (channel reduction, kernel 2 / stride 2 spatial
+reduction, BN, sigmoid) feeds an 8-bit uniform quantiser, and a transposed-conv decoder restores the feature on the
+server; everything is trained end to end (backbone fine-tuned unless `enc_backbone` says otherwise).
+
+Knob `ratio`: the element-count compression of the split feature, C*H*W / (c*H/2*W/2), so the encoder keeps
+c = max(1, round(4 C / ratio)) channels; ratios that give the same c at a split are one variant. The 8-bit symbols
+are ANS-coded with one model per latent channel fitted on training symbols (`bits_actual`); `bits_raw` is the
+fixed-length 8 bits per latent element that BottleNet++ itself sends."""
+
+from __future__ import annotations
+
+import time
+
+from engine.config import BaseModelConfig, VariantConfig
+from engine.encoded_training import EncodingConfig, run_encoded
+from engine.encoders import feature_shape
+from engine.methods import METHODS, RunContext, base_row
+from engine.models import END_POINTS, build_model, split
+
+RATIOS = (16, 64, 256)
+
+
+def bottleneck_channels(feature_channels: int, ratio: float) -> int:
+    """Channels the encoder keeps for an element-count compression `ratio` (stride 2 already gives 4)."""
+    if not ratio > 0:
+        raise ValueError(f"ratio must be > 0, got {ratio}")
+    return max(1, round(4 * feature_channels / ratio))
+
+
+class BottleNetPP:
+    ratios = RATIOS
+
+    def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
+        """One variant per split and distinct encoder width among `ratios`; not at the end points."""
+        model = build_model(base.model, base.width, 10, 3).eval()
+        out = []
+        for s in splits:
+            if s in END_POINTS:
+                continue
+            channels = feature_shape(split(model, s)[0], (3, 32, 32))[0]
+            seen: set[int] = set()
+            for r in self.ratios:
+                c = bottleneck_channels(channels, r)
+                if c not in seen:
+                    seen.add(c)
+                    out.append(VariantConfig.make("bottlenet_pp", s, base, ratio=r))
+        return out
+
+    @staticmethod
+    def encoding(cfg: VariantConfig, feature_channels: int) -> EncodingConfig:
+        """BottleNet++'s encoder for a variant: c channels from `ratio`, stride 2, sigmoid, 8-bit uniform levels;
+        `enc_*` knobs (backbone, epochs, lr, codec) apply on top."""
+        channels = bottleneck_channels(feature_channels, float(cfg.knob("ratio", RATIOS[0])))
+        return EncodingConfig.from_knobs(cfg.knobs, encoder="bottleneck", channels=channels, stride=2,
+                                         quantizer="uniform", bits=8)
+
+    def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
+        start = time.perf_counter()
+        if cfg.split in END_POINTS:
+            raise ValueError(f"bottlenet_pp encodes a split feature; {cfg.split!r} has none")
+        model, _ = ctx.base(cfg.base)
+        device, server = split(model, cfg.split)
+        shape = feature_shape(device, (ctx.data.channels, *ctx.data.image_size))
+        result = run_encoded(cfg, ctx, device, server, enc=self.encoding(cfg, shape[0]))
+        latent = result.metrics["symbols_per_image"]
+        feature = shape[0] * shape[1] * shape[2]
+        row = result.row()
+        return base_row(cfg, ctx, **row, compression_ratio=feature / latent,
+                        compression_ratio_bits=32 * feature / row["bits_actual"],
+                        eval_seconds=time.perf_counter() - start)
+
+
+METHODS.add("bottlenet_pp", BottleNetPP())

@@ -1,0 +1,430 @@
+"""`three_step`: the paper's framework (Shao & Zhang 2020, Fig. 2): split the network, compress the device part by
+incremental network pruning, encode the feature. This module does the first two steps; the third is a pluggable
+feature coding (`encoder` knob, registry `FEATURE_CODINGS`): `encoder="none"` sends the pruned split output 8-bit
+quantised and Huffman-coded, as `original` does; learned encoders register themselves under other names.
+
+One pruning run per (base, split, pruning knobs): starting from the cached base model, l2-norm channel pruning of
+the device part only, with the paper's per-iteration mask / train / restore (`engine.prune.IncrementalPruner`) and
+a sparsity ramp in `levels` steps up to the targets (a global `target`, per-stage targets, and `output`, the
+activation pruning of the transmitted feature). At the end of each level the masked model is validated and kept as
+a snapshot; every snapshot is a variant of its own (knob `snapshot`), so one run yields `levels` rows, and the run's
+snapshots are cached so that later variants cost only their measurement. Threshold-driven mode (the paper's "keep
+raising the sparsity until the accuracy threshold"): `snapshot="threshold"` picks the last snapshot whose
+validation accuracy stays at or above the base's minus `threshold_drop` points (the unpruned base when none does),
+and `stop=True` ends the ramp at the first level below it. The kept snapshot's pruned channels are physically
+removed before it is profiled and measured on the whole test set."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.codecs import HuffmanCodec, UniformQuantizer
+from engine.config import PROFILES, BaseModelConfig, VariantConfig, config_id
+from engine.data import ImageData, normalize, train_val_split
+from engine.errors import UserError
+from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
+from engine.methods import METHODS, RunContext, base_row
+from engine.models import END_POINTS, split
+from engine.profile import count_flops, profile_parts
+from engine.prune import (
+    RAMPS,
+    ChannelMasks,
+    IncrementalPruner,
+    SparsitySchedule,
+    prunable_groups,
+    remove_pruned_channels,
+)
+from engine.registry import Registry
+from engine.train import accuracy, load_checkpoint, make_model, pick_device, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class LevelSchedule(SparsitySchedule):
+    """The sparsity ramp in `levels` equal steps: level k (0-based) ramps each group from k/levels to (k+1)/levels
+    of its target over `ramp_iterations` pruning iterations (shaped by `ramp`), then holds it for `hold_iterations`
+    iterations; the snapshot of level k is taken at its last iteration's end, masks still on."""
+
+    levels: int = 3
+    hold_iterations: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.levels < 1 or self.hold_iterations < 0:
+            raise UserError("levels must be >= 1 and hold_iterations >= 0")
+
+    @property
+    def level_iterations(self) -> int:
+        return self.ramp_iterations + self.hold_iterations
+
+    @property
+    def level_steps(self) -> int:
+        return self.level_iterations * self.iteration_steps
+
+    def level_fraction(self, level: int) -> float:
+        return (level + 1) / self.levels
+
+    def fraction(self, iteration: int) -> float:
+        k = min(iteration // self.level_iterations, self.levels - 1)
+        j = iteration - k * self.level_iterations
+        prev, cur = k / self.levels, (k + 1) / self.levels
+        if j >= self.ramp_iterations:
+            return cur
+        return prev + (cur - prev) * float(RAMPS.get(self.ramp)((j + 1) / self.ramp_iterations))
+
+
+# ---------------------------------------------------------------------------------------------------- budgets
+
+
+@dataclass(frozen=True)
+class PruneBudget:
+    """Default pruning knobs of a profile. quick: 3 levels x 80 steps of 128 images per split (about 1.5 min per
+    split at 350 images/s; 4 min measured on 2 busy cores); paper: the paper code's 150-step mask iterations (GPU)."""
+
+    target: float
+    levels: int
+    iteration_steps: int
+    ramp_iterations: int
+    hold_iterations: int
+    lr: float
+    batch_size: int
+
+    def knobs(self) -> dict[str, Any]:
+        return {"target": self.target, "levels": self.levels, "iteration_steps": self.iteration_steps,
+                "ramp_iterations": self.ramp_iterations, "hold_iterations": self.hold_iterations, "lr": self.lr,
+                "batch_size": self.batch_size}
+
+
+BUDGETS: dict[str, PruneBudget] = {
+    "smoke": PruneBudget(0.5, levels=3, iteration_steps=2, ramp_iterations=1, hold_iterations=1, lr=0.02,
+                         batch_size=64),
+    "quick": PruneBudget(0.6, levels=3, iteration_steps=16, ramp_iterations=2, hold_iterations=3, lr=0.01,
+                         batch_size=128),
+    "paper": PruneBudget(0.75, levels=5, iteration_steps=150, ramp_iterations=4, hold_iterations=4, lr=0.01,
+                         batch_size=128),
+}
+
+# Knobs that define a pruning run (its cache key), with their defaults beyond the profile budget.
+RUN_DEFAULTS: dict[str, Any] = {"per_stage": (), "output": None, "ramp": "cubic", "momentum": 0.9,
+                                "weight_decay": 5e-4, "lr_schedule": "cosine_restarts", "threshold_drop": 2.0,
+                                "stop": False}
+RUN_KNOBS = (*PruneBudget.__dataclass_fields__, *RUN_DEFAULTS)
+
+
+def profile_name_of(base: BaseModelConfig) -> str:
+    """The profile a base config was made from (matched on its training budget); "quick" when none matches."""
+    for name in PROFILES:
+        p = PROFILES.get(name)
+        if (p.epochs, p.batch_size, p.lr) == (base.epochs, base.batch_size, base.lr):
+            return name
+    return "quick"
+
+
+def run_knobs(cfg: VariantConfig, profile: str) -> dict[str, Any]:
+    """The pruning-run knobs of a variant: its own, else the profile budget's, else RUN_DEFAULTS."""
+    knobs = {**BUDGETS.get(profile, BUDGETS["quick"]).knobs(), **RUN_DEFAULTS}
+    knobs.update({k: v for k, v in cfg.knobs if k in RUN_KNOBS})
+    knobs["per_stage"] = tuple(sorted((str(k), float(v)) for k, v in dict(knobs["per_stage"]).items()))
+    return knobs
+
+
+def schedule_of(knobs: Mapping[str, Any]) -> LevelSchedule:
+    per_stage = dict(knobs["per_stage"])
+    if knobs["output"] is not None:
+        per_stage["output"] = float(knobs["output"])
+    return LevelSchedule(float(knobs["target"]), per_stage, int(knobs["ramp_iterations"]),
+                         int(knobs["iteration_steps"]), str(knobs["ramp"]), int(knobs["levels"]),
+                         int(knobs["hold_iterations"]))
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+
+def validation_accuracy(model: nn.Module, data: ImageData, val_x: torch.Tensor, val_y: torch.Tensor) -> float:
+    """Top-1 accuracy on the validation images (the threshold's yardstick; the test set only reports)."""
+    return accuracy(model, val_x, val_y, data.mean, data.std)
+
+
+def threshold_level(snapshots: list[Mapping[str, Any]], threshold: float) -> int:
+    """The paper's pick: the last level of the leading run of snapshots whose validation accuracy is >= threshold
+    (sparsity is raised only while the accuracy holds); -1 when even the first is below it."""
+    level = -1
+    for s in snapshots:
+        if s["val_accuracy"] < threshold:
+            break
+        level = int(s["level"])
+    return level
+
+
+class _PruneHooks(TrainHooks):
+    """Drives the IncrementalPruner from the fine-tuning loop and snapshots the masked model after each level."""
+
+    def __init__(self, model: nn.Module, pruner: IncrementalPruner, schedule: LevelSchedule, data: ImageData,
+                 val: tuple[torch.Tensor, torch.Tensor], threshold: float, stop: bool) -> None:
+        self.model, self.pruner, self.schedule, self.data, self.val = model, pruner, schedule, data, val
+        self.threshold, self.stop = threshold, stop
+        self.snapshots: list[dict[str, Any]] = []
+
+    def before_step(self, step: int) -> None:
+        self.pruner.step(step)
+
+    def after_step(self, step: int) -> None:
+        self.pruner.after_step()
+
+    def end_epoch(self, epochs_done: int) -> bool:
+        level = epochs_done - 1
+        masks = self.pruner.masks
+        val = validation_accuracy(self.model, self.data, *self.val)
+        self.snapshots.append({
+            "level": level,
+            "fraction": self.schedule.level_fraction(level),
+            "steps": epochs_done * self.schedule.level_steps,
+            "val_accuracy": val,
+            "masks": masks.to_dict(),
+            "state_dict": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()},
+        })
+        log.info("level %d/%d: channel sparsity %.3f, validation accuracy %.4f (threshold %.4f)", level + 1,
+                 self.schedule.levels, masks.sparsity(), val, self.threshold)
+        return self.stop and val < self.threshold
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruner": self.pruner.state_dict(), "snapshots": self.snapshots}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.pruner.load_state_dict(state["pruner"])
+        self.snapshots = list(state["snapshots"])
+
+
+def run_key(cfg: VariantConfig, knobs: Mapping[str, Any]) -> str:
+    return config_id({"method": "three_step/prune", "split": cfg.split, "base": cfg.base, "knobs": dict(knobs)})
+
+
+def pruning_run(cfg: VariantConfig, ctx: RunContext) -> dict[str, Any]:
+    """The cached pruning run of `cfg` (all its snapshots), run now when missing; resumes an interrupted run."""
+    if cfg.split in END_POINTS:
+        raise UserError(f"three_step prunes the device part of a split; {cfg.split!r} has none to prune and "
+                        "transmit: use the `original` method for the end points")
+    knobs = run_knobs(cfg, ctx.profile.name)
+    key = run_key(cfg, knobs)
+    path = ctx.cache / "models" / f"three_step-{key}.pt"
+    if (cached := load_checkpoint(path)) is not None:
+        return cached
+    with exclusive(path):  # another worker may be training this very run: wait for it, then load
+        if (cached := load_checkpoint(path)) is not None:
+            return cached
+        return _prune(cfg, ctx, knobs, key, path)
+
+
+def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
+    base, _ = ctx.base(cfg.base)
+    schedule = schedule_of(knobs)
+    train_x, train_y, val_x, val_y = train_val_split(ctx.data, cfg.base.val_fraction, cfg.base.seed)
+    device = pick_device()
+    model = copy.deepcopy(base).to(device)
+    base_val = validation_accuracy(model, ctx.data, val_x, val_y)
+    threshold = base_val - float(knobs["threshold_drop"]) / 100.0
+    device_part, _ = split(model, cfg.split)
+    pruner = IncrementalPruner(device_part, schedule)
+    hooks = _PruneHooks(model, pruner, schedule, ctx.data, (val_x, val_y), threshold, bool(knobs["stop"]))
+    ft = FinetuneConfig(epochs=schedule.levels, steps_per_epoch=schedule.level_steps,
+                        batch_size=int(knobs["batch_size"]), lr=float(knobs["lr"]), momentum=float(knobs["momentum"]),
+                        weight_decay=float(knobs["weight_decay"]), lr_schedule=str(knobs["lr_schedule"]),
+                        seed=cfg.base.seed)
+    progress = ctx.progress
+
+    def report(fraction: float, message: str) -> None:
+        if progress:
+            progress(fraction, f"three_step {cfg.split}: {message}")
+
+    result = finetune(model, train_x, train_y, ctx.data.mean, ctx.data.std, ft, hooks=hooks,
+                      checkpoint=path.with_suffix(".partial.pt"), progress=report, device=device)
+    pruner.close()
+    run = {"key": key, "split": cfg.split, "base_id": cfg.base.id, "knobs": dict(knobs),
+           "base_val_accuracy": base_val, "threshold": threshold, "stopped": result.stopped,
+           "seconds": result.seconds, "steps": result.steps, "snapshots": hooks.snapshots}
+    save_checkpoint(run, path)
+    return run
+
+
+@dataclass
+class PrunedSplit:
+    """A kept snapshot: the masked whole model, its masks and the physically pruned deployed parts."""
+
+    masked_model: nn.Module
+    masks: ChannelMasks
+    device: nn.Module  # pruned channels removed
+    server: nn.Module  # first layer adapted to the channels still sent
+    info: dict[str, Any] = field(default_factory=dict)  # row columns describing the snapshot
+
+
+def select_snapshot(run: Mapping[str, Any], which: int | str) -> dict[str, Any] | None:
+    """Snapshot `which` (a level, or "threshold") of a run; None stands for the unpruned base (threshold pick when
+    no level holds the accuracy)."""
+    snaps = run["snapshots"]
+    if which == "threshold":
+        level = threshold_level(snaps, run["threshold"])
+        return snaps[level] if level >= 0 else None
+    try:
+        level = int(which)
+    except (TypeError, ValueError):
+        raise UserError(f"snapshot must be a level number or 'threshold', got {which!r}") from None
+    levels = int(run["knobs"]["levels"])
+    if not 0 <= level < levels:
+        raise UserError(f"snapshot {level} is out of range: this run has levels 0..{levels - 1}")
+    if level >= len(snaps):
+        raise UserError(f"snapshot {level} was not reached: the threshold-driven run stopped after level "
+                        f"{len(snaps) - 1}, below the validation threshold {run['threshold']:.4f}")
+    return snaps[level]
+
+
+def pruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
+    """The pruned parts of a `three_step` variant, from its (cached) pruning run."""
+    run = pruning_run(cfg, ctx)
+    snap = select_snapshot(run, cfg.knob("snapshot", "threshold"))
+    base, _ = ctx.base(cfg.base)
+    model = make_model(cfg.base, ctx.data)
+    model.load_state_dict(base.state_dict() if snap is None else snap["state_dict"])
+    model.eval()
+    device_part, server_part = split(model, cfg.split)
+    groups = prunable_groups(device_part)
+    if snap is None:
+        masks = ChannelMasks({g.name: torch.ones(g.channels, dtype=torch.bool) for g in groups})
+    else:
+        masks = ChannelMasks.from_dict(snap["masks"])
+    device, server = remove_pruned_channels(device_part, masks, server_part)
+    out = next(g.name for g in groups if g.is_output)
+    pick = threshold_level(run["snapshots"], run["threshold"])
+    level = -1 if snap is None else int(snap["level"])
+    info = {
+        "level": level,
+        "levels": int(run["knobs"]["levels"]),
+        "target_sparsity": 0.0 if snap is None else float(run["knobs"]["target"]) * snap["fraction"],
+        "sparsity": masks.sparsity(),
+        "output_sparsity": masks.sparsity(out),
+        "val_accuracy": run["base_val_accuracy"] if snap is None else snap["val_accuracy"],
+        "base_val_accuracy": run["base_val_accuracy"],
+        "val_threshold": run["threshold"],
+        "threshold_pick": level == pick,
+        "prune_steps": 0 if snap is None else int(snap["steps"]),
+        "prune_seconds": run["seconds"],
+        "prune_run": run["key"],
+    }
+    return PrunedSplit(model, masks, device.eval(), server.eval(), info)
+
+
+# ---------------------------------------------------------------------------------------------------- coding
+
+
+@dataclass
+class CodedSplit:
+    """What a feature coding deploys and measures: the device and server parts as deployed (encoder and decoder
+    included), the test accuracy through the coded feature, and the bits per image."""
+
+    device: nn.Module
+    server: nn.Module
+    accuracy: float
+    bits: dict[str, float]  # bits_actual (the real bitstream, mean per test image), bits_ideal, bits_raw
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+FeatureCoding = Callable[[nn.Module, nn.Module, VariantConfig, RunContext], CodedSplit]
+FEATURE_CODINGS: Registry[FeatureCoding] = Registry("feature coding")
+
+
+def huffman_8bit(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> CodedSplit:
+    """The `original` baseline's coding of the (pruned) split output: uniform `bits`-bit quantisation calibrated on
+    training features and a Huffman code built on them; bits and accuracy from every test image's bitstream."""
+    data, bits = ctx.data, int(cfg.knob("bits", 8))
+    mean, std = data.mean, data.std
+    device, server = device.eval(), server.eval()
+    with torch.no_grad():
+        calib = torch.cat([device(normalize(xb, mean, std)) for xb in ctx.calibration_images(cfg.base).split(500)])
+    quantizer = UniformQuantizer(bits).fit(calib)
+    q = quantizer.quantize(calib)
+    codec = HuffmanCodec.fit(q.reshape(len(q), -1).numpy().astype(np.int64), alphabet_size=2**bits)
+    correct, actual, ideal = 0, [], []
+    with torch.no_grad():
+        for xb, yb in zip(data.test_x.split(500), data.test_y.split(500), strict=True):
+            q = quantizer.quantize(device(normalize(xb, mean, std)))
+            symbols = q.reshape(len(q), -1).numpy().astype(np.int64)
+            actual.append(codec.bits_per_image(symbols))
+            ideal.append(codec.ideal_bits_per_image(symbols))
+            correct += int((server(quantizer.dequantize(q)).argmax(1) == yb).sum())
+    return CodedSplit(device, server, correct / len(data.test_y), {
+        "bits_actual": float(np.concatenate(actual).mean()),
+        "bits_ideal": float(np.concatenate(ideal).mean()),
+        "bits_raw": float(bits * calib[0].numel()),
+    })
+
+
+FEATURE_CODINGS.add("none", huffman_8bit)
+
+
+CODING_MODULES = ("engine.encoders", "engine.encoded_training")  # imported on first use; they register codings
+
+
+def feature_coding(name: str) -> FeatureCoding:
+    """A registered feature coding; the learned encoders' modules (CODING_MODULES) are imported on first use."""
+    for module in CODING_MODULES:
+        if name in FEATURE_CODINGS:
+            break
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return FEATURE_CODINGS.get(name)
+
+
+def measure_row(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: nn.Module, coding: str = "none",
+                **extra: Any) -> dict:
+    """A results row for deployed (pruned) parts: profile_parts figures, coded bits and test accuracy, the base's
+    device FLOPs at the same split beside them, and `extra` columns."""
+    start = time.perf_counter()
+    data = ctx.data
+    coded = feature_coding(coding)(device, server, cfg, ctx)
+    input_shape = (data.channels, *data.image_size)
+    prof = profile_parts(coded.device, coded.server, cfg.split, input_shape, data.num_classes)
+    base, _ = ctx.base(cfg.base)
+    base_device, _ = split(base, cfg.split)
+    base_flops = count_flops(base_device.eval(), torch.zeros(1, *input_shape))
+    return base_row(cfg, ctx, accuracy=coded.accuracy, eval_seconds=time.perf_counter() - start, **prof,
+                    **coded.bits, base_device_flops=base_flops,
+                    flops_reduction=base_flops / prof["device_flops"] if prof["device_flops"] else None,
+                    **coded.extra, **extra)
+
+
+# ---------------------------------------------------------------------------------------------------- method
+
+
+class ThreeStep:
+    """Shao & Zhang 2020: split, incremental l2 channel pruning of the device part with activation pruning of its
+    output, feature coding (8-bit + Huffman until a learned encoder is chosen)."""
+
+    def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
+        """One pruning run per split in the profile's budget, one variant per snapshot level; level-major, so that
+        parallel workers start different runs first and later levels find their run cached."""
+        budget = BUDGETS[profile_name_of(base)]
+        return [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **budget.knobs())
+                for k in range(budget.levels) for s in splits if s not in END_POINTS]
+
+    def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
+        pruned = pruned_split(cfg, ctx)
+        return measure_row(cfg, ctx, pruned.device, pruned.server, str(cfg.knob("encoder", "none")), **pruned.info)
+
+
+METHODS.add("three_step", ThreeStep())

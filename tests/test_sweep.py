@@ -1,0 +1,151 @@
+"""Sweeps: grids per profile and method discovered from the METHODS registry, cheapest first; a local sweep runs
+them in priority order and skips what is measured; a Dask cluster gives the same rows as local workers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine import sweep
+from engine.config import PROFILES, BaseModelConfig, VariantConfig
+from engine.data import ImageData
+from engine.errors import UserError
+from engine.jobs import JobQueue, Worker, WorkerOptions
+from engine.methods import METHODS
+from engine.models import split_names
+from engine.store import ResultsStore
+from engine.sweep import GRIDS, Grid, MethodGrid
+from engine.train import load_or_train_base
+
+FAKE_BASE = BaseModelConfig(dataset="fake-fingerprint", width=0.125, epochs=1)
+COMPARED = ("accuracy", "bits_actual", "bits_ideal", "bits_raw", "device_flops", "server_flops", "device_memory_bytes",
+            "feature_shape", "base_test_accuracy", "png_bits", "test_images", "base_id", "dataset_fingerprint")
+
+
+class Pricey:
+    """A registered method the sweep has never heard of: it must still be swept, after the known ones."""
+
+    def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
+        return [VariantConfig.make("zz_pricey", s, base, ratio=0.5) for s in splits]
+
+    def run(self, cfg: VariantConfig, ctx) -> dict:  # noqa: ANN001
+        raise NotImplementedError
+
+
+class Cheap(Pricey):
+    cost = -1  # a method may declare its own cost rank
+
+    def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
+        return [VariantConfig.make("aa_cheap", s, base) for s in splits]
+
+
+@pytest.fixture()
+def extra_methods() -> Iterator[None]:
+    METHODS.add("zz_pricey", Pricey())
+    METHODS.add("aa_cheap", Cheap())
+    yield
+    for name in ("zz_pricey", "aa_cheap"):
+        METHODS._items.pop(name, None)
+
+
+def test_plan_covers_every_registered_method_cheapest_first(extra_methods: None) -> None:
+    planned = sweep.plan("smoke", FAKE_BASE)
+    methods = list(dict.fromkeys(p.spec.method for p in planned))
+    assert set(methods) == set(METHODS)
+    assert methods[0] == "aa_cheap" and methods[1] == "original" and methods[-1] == "zz_pricey"
+    known = [m for m in ("original", "bottlenet_pp", "two_step_pruning", "three_step") if m in METHODS]
+    assert [m for m in methods if m in known] == known
+    priorities = [p.priority for p in planned]
+    assert priorities == sorted(priorities) and len(set(priorities)) == len(priorities)
+    original = [p.spec.split for p in planned if p.spec.method == "original"]
+    assert original == ["server_only", "device_only", "conv4_x"]  # the smoke grid; end points first
+    assert [p.spec.split for p in planned if p.spec.method == "zz_pricey"] == ["conv4_x"]  # the default grid
+    assert all(p.spec.profile == "smoke" and p.spec.base_id == FAKE_BASE.id for p in planned)
+    quick = sweep.plan("quick", FAKE_BASE, methods=["original"])
+    assert [p.spec.split for p in quick] == ["server_only", "device_only",
+                                             *[s for s in split_names() if s not in ("server_only", "device_only")]]
+
+
+def test_grid_knobs_cross_the_method_s_variants() -> None:
+    grid = Grid("mine", methods=(("original", MethodGrid.of(["stem", "conv4_x"], bits=(4, 8))),))
+    planned = sweep.plan("smoke", FAKE_BASE, methods=["original"], grid=grid)
+    got = [(p.spec.split, p.spec.knobs["bits"]) for p in planned]
+    assert got == [("stem", 4), ("stem", 8), ("conv4_x", 4), ("conv4_x", 8)]
+    assert len({p.id for p in planned}) == 4
+    assert sweep.plan("smoke", FAKE_BASE, methods=["original"], splits=["conv2_x"])[0].spec.split == "conv2_x"
+
+
+def test_one_variant_at_a_time() -> None:
+    p = sweep.one_variant("original", "conv3_x", "quick", FAKE_BASE, bits=4)
+    assert p.spec.knobs == {"bits": 4} and p.spec.split == "conv3_x"
+    assert p.id == VariantConfig.make("original", "conv3_x", FAKE_BASE, bits=4).id
+    assert sweep.one_variant("original", "conv3_x", "quick", FAKE_BASE).spec.knobs == {"bits": 8}  # its default
+    with pytest.raises(UserError, match="unknown split point"):
+        sweep.one_variant("original", "conv9_x", "quick", FAKE_BASE)
+    with pytest.raises(UserError, match="unknown method"):
+        sweep.plan("smoke", FAKE_BASE, methods=["nope"])
+    with pytest.raises(UserError, match="unknown sweep grid"):
+        sweep.plan("huge", FAKE_BASE)
+    assert set(GRIDS) == set(PROFILES)
+
+
+# -- running sweeps (smoke base model, trained once) -----------------------------------------------------------
+
+
+@pytest.fixture()
+def trained_cache(tmp_path: Path, tmp_cache: Path, shared_tar: Path, small_data: ImageData,
+                  monkeypatch: pytest.MonkeyPatch) -> Path:
+    load_or_train_base(PROFILES.get("smoke").base_config(small_data.fingerprint), small_data, tmp_cache)
+    cache = tmp_path / "cache"
+    for sub in ("data", "models"):
+        (cache / sub).mkdir(parents=True)
+        for f in (tmp_cache / sub).glob("*"):
+            if not f.name.endswith(".lock"):
+                (cache / sub / f.name).symlink_to(f)
+    monkeypatch.setenv("COINFER_CACHE", str(cache))
+    monkeypatch.setenv("COINFER_DATA", str(shared_tar))
+    return cache
+
+
+def test_local_sweep_runs_cheap_first_and_skips_what_is_measured(trained_cache: Path,
+                                                                  small_data: ImageData) -> None:
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    planned = sweep.plan("smoke", base, os.environ["COINFER_DATA"], methods=["original"])
+    queue, store = JobQueue(), ResultsStore()
+    report = sweep.run(planned, queue=queue, store=store, workers=1, options=WorkerOptions(threads=2))
+    assert [j.status for j in report.jobs] == ["done"] * 3, [j.error for j in report.jobs]
+    started = sorted(report.jobs, key=lambda j: j.started_at)
+    assert [j.id for j in started] == [p.id for p in planned]  # one worker: strictly in priority order
+    assert {r["id"] for r in store.rows()} == {p.id for p in planned}
+    assert report.first_row_s is not None and 0 < report.first_row_s <= report.wall_s
+    assert report.per_method()["original"] == {"variants": 3, "measured before": 0, "done": 3, "failed": 0,
+                                               "cancelled": 0}
+    again = sweep.run(planned, queue=queue, store=store, workers=1)
+    assert again.jobs == [] and sorted(again.measured) == sorted(p.id for p in planned)
+
+
+def test_a_dask_cluster_gives_the_same_rows_as_a_local_worker(trained_cache: Path, small_data: ImageData) -> None:
+    distributed = pytest.importorskip("distributed")
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    planned = sweep.plan("smoke", base, os.environ["COINFER_DATA"], methods=["original"])
+    planned = [p for p in planned if p.spec.split in ("device_only", "conv4_x")]
+
+    local_queue, local_store = JobQueue(trained_cache / "local-jobs.sqlite"), ResultsStore(trained_cache / "l.sqlite")
+    sweep.submit(local_queue, planned, local_store)
+    Worker(local_queue, WorkerOptions(store_path=str(local_store.path), poll_s=0.05, max_jobs=2)).work()
+
+    queue, store = JobQueue(trained_cache / "dask-jobs.sqlite"), ResultsStore(trained_cache / "d.sqlite")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", scheduler_port=0, dashboard_address=None) as cluster:
+        report = sweep.run(planned, queue=queue, store=store, scheduler=cluster.scheduler_address)
+    assert [j.status for j in report.jobs] == ["done", "done"], [j.error for j in report.jobs]
+    assert all(j.worker.startswith("dask:tcp://127.0.0.1:") for j in report.jobs)
+    for p in planned:
+        local, remote = local_store.get(p.id), store.get(p.id)
+        assert local is not None and remote is not None
+        assert {k: remote[k] for k in COMPARED} == {k: local[k] for k in COMPARED}
+    conv4 = store.get(next(p.id for p in planned if p.spec.split == "conv4_x"))
+    assert conv4["bits_ideal"] <= conv4["bits_actual"] < conv4["bits_raw"] and conv4["device_flops"] > 0
