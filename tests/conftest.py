@@ -47,3 +47,22 @@ def cifar(shared_tar: Path, tmp_cache: Path) -> ImageData:
 def small_data(cifar: ImageData) -> ImageData:
     """1,200 training and 400 test images of `cifar`, class-stratified, seed 0."""
     return subset(cifar, 1200, 400, seed=0)
+
+
+def cache_sharing_data(root: Path, session_cache: Path) -> Path:
+    """A fresh cache under `root` whose data/ links the session cache's decoded datasets (no second decode)."""
+    cache = root / "cache"
+    (cache / "data").mkdir(parents=True)
+    for f in (session_cache / "data").glob("*"):
+        (cache / "data" / f.name).symlink_to(f)
+    return cache
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path: Path, tmp_cache: Path, shared_tar: Path, cifar: ImageData,
+                monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty results store, job table and model cache ($COINFER_CACHE), with the CIFAR tar as $COINFER_DATA."""
+    cache = cache_sharing_data(tmp_path, tmp_cache)
+    monkeypatch.setenv("COINFER_CACHE", str(cache))
+    monkeypatch.setenv("COINFER_DATA", str(shared_tar))
+    return cache

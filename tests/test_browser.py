@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import cache_sharing_data
 
 from engine.config import PROFILES
 from engine.data import ImageData
@@ -38,10 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tmp_cache: Path, shared_tar
            small_data: ImageData) -> Iterator[str]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
-    cache = tmp_path_factory.mktemp("browser") / "cache"
-    (cache / "data").mkdir(parents=True)
-    for f in (tmp_cache / "data").glob("*"):
-        (cache / "data" / f.name).symlink_to(f)
+    cache = cache_sharing_data(tmp_path_factory.mktemp("browser"), tmp_cache)
     profile = PROFILES.get("smoke")
     ctx = RunContext(small_data, profile, cache)
     method = METHODS.get("original")
@@ -96,8 +94,9 @@ def test_plane_page_draws_the_measured_points(server: str, browser) -> None:  # 
     page.get_by_text("Communication-computation plane").first.wait_for()
     points = page.locator(".js-plotly-plot .scatterlayer .trace .points path")
     assert points.count() >= 5  # stem .. device_only (server-only is the PNG line)
-    page.get_by_text("Ideal bits").first.click()  # the toggle re-renders the figure
-    page.wait_for_timeout(1500)
-    assert page.locator(".js-plotly-plot").count() == 1
+    assert page.locator(".js-plotly-plot .g-ytitle").first.text_content() == "bits per image (actual bitstream)"
+    page.get_by_text("Ideal bits").first.click()  # the toggle redraws the figure on the ideal bits
+    page.locator(".js-plotly-plot .g-ytitle", has_text="bits per image (ideal)").wait_for(timeout=60_000)
+    playwright_api.expect(page.locator(".js-plotly-plot")).to_have_count(1, timeout=30_000)
     _screenshot(page, "plane")
     page.close()

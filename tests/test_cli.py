@@ -10,19 +10,7 @@ import pytest
 from engine.__main__ import main
 
 
-@pytest.fixture()
-def cli_env(shared_tar: Path, tmp_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cifar) -> Path:
-    """A fresh results store and model cache, with the decoded dataset reused from the session cache."""
-    cache = tmp_path / "cache"
-    (cache / "data").mkdir(parents=True)
-    for f in (tmp_cache / "data").glob("dataset-*.pt"):
-        (cache / "data" / f.name).symlink_to(f)
-    monkeypatch.setenv("COINFER_CACHE", str(cache))
-    monkeypatch.setenv("COINFER_DATA", str(shared_tar))
-    return cache
-
-
-def test_data_and_profile(cli_env: Path, capsys: pytest.CaptureFixture) -> None:
+def test_data_and_profile(fresh_cache: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "--profile", "smoke"]) == 0
     out = capsys.readouterr().out
     assert "1200 / 400 images, 3x32x32, 10 classes" in out
@@ -31,7 +19,7 @@ def test_data_and_profile(cli_env: Path, capsys: pytest.CaptureFixture) -> None:
     assert "conv4_x" in out and "1110.85" in out  # device MFLOPs of the whole width-1.0 model at device_only
 
 
-def test_run_original_then_results(cli_env: Path, capsys: pytest.CaptureFixture) -> None:
+def test_run_original_then_results(fresh_cache: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["run", "original", "--profile", "smoke", "--split", "conv4_x", "--split", "server_only"]) == 0
     capsys.readouterr()
     assert main(["results", "--json"]) == 0
@@ -49,7 +37,7 @@ def test_run_original_then_results(cli_env: Path, capsys: pytest.CaptureFixture)
         (["profile", "--profile", "huge"], "unknown profile 'huge'"),
     ],
 )
-def test_user_mistakes_exit_2_with_one_line(cli_env: Path, capsys: pytest.CaptureFixture, argv: list[str],
+def test_user_mistakes_exit_2_with_one_line(fresh_cache: Path, capsys: pytest.CaptureFixture, argv: list[str],
                                             message: str) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -136,7 +124,7 @@ def test_best_picks_the_lowest_latency_feasible_accurate_variant(best_store: Non
     assert "no measured variant fits" in capsys.readouterr().out
 
 
-def test_jobs_commands_submit_once_cancel_retry(cli_env: Path, capsys: pytest.CaptureFixture) -> None:
+def test_jobs_commands_submit_once_cancel_retry(fresh_cache: Path, capsys: pytest.CaptureFixture) -> None:
     from engine.jobs import JobQueue
 
     submit = ["jobs", "submit", "original", "--profile", "smoke", "--split", "conv4_x", "--split", "stem",
@@ -160,19 +148,19 @@ def test_jobs_commands_submit_once_cancel_retry(cli_env: Path, capsys: pytest.Ca
 
 
 @pytest.fixture()
-def trained_cli_env(cli_env: Path, tmp_cache: Path, small_data) -> Path:  # noqa: ANN001
+def trained_fresh_cache(fresh_cache: Path, tmp_cache: Path, small_data) -> Path:  # noqa: ANN001
     from engine.config import PROFILES
     from engine.train import load_or_train_base
 
     load_or_train_base(PROFILES.get("smoke").base_config(small_data.fingerprint), small_data, tmp_cache)
-    (cli_env / "models").mkdir()
+    (fresh_cache / "models").mkdir()
     for f in (tmp_cache / "models").glob("base-*"):
         if not f.name.endswith(".lock"):
-            (cli_env / "models" / f.name).symlink_to(f)
-    return cli_env
+            (fresh_cache / "models" / f.name).symlink_to(f)
+    return fresh_cache
 
 
-def test_sweep_runs_queued_variants_with_a_worker_process(trained_cli_env: Path,
+def test_sweep_runs_queued_variants_with_a_worker_process(trained_fresh_cache: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     argv = ["sweep", "--profile", "smoke", "--method", "original", "--split", "device_only", "--split", "conv4_x"]
     assert main([*argv, "--workers", "1"]) == 0
@@ -208,14 +196,14 @@ def test_sweep_runs_queued_variants_with_a_worker_process(trained_cli_env: Path,
         (["worker", "--lease", "2", "--heartbeat", "1"], "must be more than twice --heartbeat"),
     ],
 )
-def test_queue_and_best_mistakes_exit_2_with_one_line(cli_env: Path, capsys: pytest.CaptureFixture,
+def test_queue_and_best_mistakes_exit_2_with_one_line(fresh_cache: Path, capsys: pytest.CaptureFixture,
                                                       argv: list[str], message: str) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_worker_command_runs_queued_jobs_then_exits_when_idle(trained_cli_env: Path,
+def test_worker_command_runs_queued_jobs_then_exits_when_idle(trained_fresh_cache: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
     from engine.jobs import JobQueue
     from engine.store import ResultsStore

@@ -38,18 +38,6 @@ def traces(fig: dict) -> dict[str, dict]:
     return {t["name"]: {k: decoded(v) if k in ("x", "y", "text") else v for k, v in t.items()} for t in fig["data"]}
 
 
-@pytest.fixture()
-def page_cache(tmp_path: Path, tmp_cache: Path, shared_tar: Path, cifar: ImageData,
-               monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    (cache / "data").mkdir(parents=True)
-    for f in (tmp_cache / "data").glob("*"):
-        (cache / "data" / f.name).symlink_to(f)
-    monkeypatch.setenv("COINFER_CACHE", str(cache))
-    monkeypatch.setenv("COINFER_DATA", str(shared_tar))
-    return cache
-
-
 def run_page(width: str = "0.125") -> AppTest:
     at = AppTest.from_file(DASHBOARD, default_timeout=60)
     at.query_params["profile"] = "smoke"
@@ -57,7 +45,7 @@ def run_page(width: str = "0.125") -> AppTest:
     return at.run()
 
 
-def test_before_training_the_plane_shows_the_profile(page_cache: Path, small_data: ImageData) -> None:
+def test_before_training_the_plane_shows_the_profile(fresh_cache: Path, small_data: ImageData) -> None:
     at = run_page()
     assert not at.exception
     assert "No measured variants" in at.info[0].value
@@ -72,12 +60,12 @@ def test_before_training_the_plane_shows_the_profile(page_cache: Path, small_dat
         assert x == expected[split]["device_flops"] and y == expected[split]["bits_8bit"]
 
 
-def test_measured_rows_are_drawn_with_the_png_line(page_cache: Path, small_data: ImageData) -> None:
+def test_measured_rows_are_drawn_with_the_png_line(fresh_cache: Path, small_data: ImageData) -> None:
     profile = PROFILES.get("smoke")
-    ctx = RunContext(small_data, profile, page_cache)
+    ctx = RunContext(small_data, profile, fresh_cache)
     method = METHODS.get("original")
     rows = [method.run(v, ctx) for v in method.variants(profile.base_config(small_data.fingerprint), split_names())]
-    ResultsStore(page_cache / "results.sqlite").put_many(rows)
+    ResultsStore(fresh_cache / "results.sqlite").put_many(rows)
     at = run_page()
     assert not at.exception
     fig = figure(at)
