@@ -43,6 +43,7 @@ from engine.train import Progress, autocast, load_checkpoint, pick_device, save_
 if TYPE_CHECKING:
     from engine.config import VariantConfig
     from engine.methods import RunContext
+    from engine.methods.three_step import CodedSplit
 
 log = logging.getLogger(__name__)
 
@@ -429,25 +430,25 @@ def run_encoded(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: 
     return train_encoded(device, server, ctx.data, cfg.split, enc, budget, checkpoint, progress or ctx.progress)
 
 
-@dataclass
-class EncodedCoding:
-    """`run_encoded` in the shape of `three_step`'s feature codings (its `CodedSplit`): deployed parts (image ->
-    symbols on the device, symbols -> logits on the server), test accuracy, bits, and the other metrics as extras."""
+def encoded_feature_coding(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> CodedSplit:
+    """`three_step`'s learned feature coding (registered as "two_step"): train the `enc_*` encoding of `cfg` between
+    the pruned parts and measure it; the deployed parts map an image to symbols (device) and symbols to logits
+    (server)."""
+    from engine.methods.three_step import CodedSplit
 
-    device: nn.Module
-    server: nn.Module
-    accuracy: float
-    bits: dict[str, float]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def encoded_feature_coding(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> EncodedCoding:
-    """A feature coding for `three_step`: train the `enc_*` encoding of `cfg` between the pruned parts and measure it.
-    Register it with `FEATURE_CODINGS.add("two_step", encoded_feature_coding)` and give variants `encoder="two_step"`
-    plus any `enc_*` knobs."""
     result = run_encoded(cfg, ctx, device, server)
     deployed_device, deployed_server = result.model.deployed_parts()
     metrics = dict(result.metrics)
     accuracy = float(metrics.pop("accuracy"))
     bits = {k: float(metrics.pop(k)) for k in ("bits_actual", "bits_ideal", "bits_raw")}
-    return EncodedCoding(deployed_device.eval(), deployed_server.eval(), accuracy, bits, metrics)
+    return CodedSplit(deployed_device.eval(), deployed_server.eval(), accuracy, bits, metrics)
+
+
+def _register_coding() -> None:
+    from engine.methods.three_step import FEATURE_CODINGS
+
+    if "two_step" not in FEATURE_CODINGS:
+        FEATURE_CODINGS.add("two_step", encoded_feature_coding)
+
+
+_register_coding()

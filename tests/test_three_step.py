@@ -45,7 +45,10 @@ def reference(ctx: RunContext, base) -> dict:  # noqa: ANN001
 def rows(ctx: RunContext, base, monkeypatch_module: pytest.MonkeyPatch) -> list[dict]:  # noqa: ANN001
     """The smoke grid at SPLIT: the first variant trains the run, the others must come from its cache."""
     variants = METHODS.get("three_step").variants(base, ["server_only", SPLIT, "device_only"])
-    assert [v.split for v in variants] == [SPLIT] * 3 and [v.knob("snapshot") for v in variants] == [0, 1, 2]
+    assert [v.split for v in variants] == [SPLIT] * 4 and [v.knob("snapshot") for v in variants] == [0, 1, 2,
+                                                                                                      "threshold"]
+    assert [v.knob("encoder") for v in variants] == ["none"] * 3 + ["two_step"]
+    variants = variants[:3]
     out = [METHODS.get("three_step").run(variants[0], ctx)]
 
     def no_training(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -210,3 +213,17 @@ def test_end_points_and_bad_snapshots_are_user_errors(ctx: RunContext, base) -> 
         ThreeStep().run(VariantConfig.make("three_step", SPLIT, base, snapshot=7), ctx)
     with pytest.raises(UserError, match="feature coding"):
         ThreeStep().run(VariantConfig.make("three_step", SPLIT, base, snapshot=0, encoder="no-such-encoder"), ctx)
+
+
+def test_the_whole_framework_encodes_the_pruned_split(ctx: RunContext, base, rows: list[dict]) -> None:  # noqa: ANN001
+    """Step 3 on top of steps 1-2: the learned encoder trains between the threshold snapshot's pruned parts; the row
+    keeps the pruning columns, sends far fewer bits than 8-bit + Huffman and adds the encoder's FLOPs."""
+    cfg = VariantConfig.make("three_step", SPLIT, base, encoder="two_step", snapshot="threshold", enc_d=8,
+                             **dict((k, v) for k, v in rows[0]["knobs"].items() if k not in ("snapshot", "encoder")))
+    row = METHODS.get("three_step").run(cfg, ctx)
+    pruned = [r for r in rows if r["level"] == row["level"]]
+    assert row["threshold_pick"] and row["sparsity"] == (pruned[0]["sparsity"] if pruned else 0.0)
+    assert row["bits_raw"] == 8 * 2 and row["bits_actual"] < min(r["bits_actual"] for r in rows) / 10
+    assert row["encoder_d"] == 8 and 0.0 <= row["accuracy"] <= 1.0
+    if pruned:
+        assert row["device_flops"] > pruned[0]["device_flops"]  # the encoder runs on the device

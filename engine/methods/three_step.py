@@ -413,14 +413,19 @@ def measure_row(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: 
 
 class ThreeStep:
     """Shao & Zhang 2020: split, incremental l2 channel pruning of the device part with activation pruning of its
-    output, feature coding (8-bit + Huffman until a learned encoder is chosen)."""
+    output, feature coding (`encoder` knob: "none" for 8-bit + Huffman, "two_step" for the learned encoder)."""
 
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
-        """One pruning run per split in the profile's budget, one variant per snapshot level; level-major, so that
-        parallel workers start different runs first and later levels find their run cached."""
+        """One pruning run per split in the profile's budget, one variant per snapshot level (8-bit + Huffman), then
+        the whole framework per split: the threshold snapshot with the learned two-step encoder (`enc_*` defaults).
+        Level-major, so that parallel workers start different runs first and later ones find their run cached."""
         budget = BUDGETS[profile_name_of(base)]
-        return [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **budget.knobs())
-                for k in range(budget.levels) for s in splits if s not in END_POINTS]
+        splits = [s for s in splits if s not in END_POINTS]
+        pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **budget.knobs())
+                  for k in range(budget.levels) for s in splits]
+        encoded = [VariantConfig.make("three_step", s, base, encoder="two_step", snapshot="threshold",
+                                      **budget.knobs()) for s in splits]
+        return pruned + encoded
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
         pruned = pruned_split(cfg, ctx)
