@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from engine.config import PROFILES  # noqa: E402
 from engine.data import load_data, subset  # noqa: E402
-from engine.encoded_training import EncodedTraining, EncodingConfig, encoding_epochs, train_encoded  # noqa: E402
+from engine.encoded_training import EncodedTraining, EncodingConfig, train_encoded  # noqa: E402
 from engine.encoders import feature_shape  # noqa: E402
 from engine.methods.bottlenet_pp import RATIOS, bottleneck_channels  # noqa: E402
 from engine.models import split  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     train_limit = args.train_images or profile.train_limit
     test_limit = args.test_images or profile.test_limit
     data = subset(full, train_limit, test_limit) if train_limit or test_limit else full
-    epochs = args.epochs or encoding_epochs(profile.name, profile.epochs)
+    epochs = args.epochs or profile.encoding_epochs
     budget = EncodedTraining(epochs=epochs, batch_size=profile.batch_size, seed=base.seed,
                              val_fraction=base.val_fraction, calibration_images=profile.calibration_images,
                              label_smoothing=base.label_smoothing)

@@ -88,6 +88,7 @@ class Profile:
     train_limit: int | None = None  # cap on training images (before the validation split)
     test_limit: int | None = None  # cap on test images for reported figures
     calibration_images: int = 2000  # training images used to fit quantisers and entropy models
+    encoding_epochs: int = 1  # training epochs of a learned feature encoder (the `enc_epochs` knob of its variants)
 
     def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0) -> BaseModelConfig:
         return BaseModelConfig(
@@ -102,6 +103,15 @@ class Profile:
 
 PROFILES: Registry[Profile] = Registry("profile")
 PROFILES.add("smoke", Profile("smoke", width=0.125, epochs=1, batch_size=128, lr=0.1, train_limit=1200,
-                              test_limit=400, calibration_images=200))
-PROFILES.add("quick", Profile("quick", width=0.25, epochs=8, batch_size=128, lr=0.15))
-PROFILES.add("paper", Profile("paper", width=1.0, epochs=200, batch_size=128, lr=0.1))
+                              test_limit=400, calibration_images=200, encoding_epochs=1))
+PROFILES.add("quick", Profile("quick", width=0.25, epochs=8, batch_size=128, lr=0.15, encoding_epochs=1))
+PROFILES.add("paper", Profile("paper", width=1.0, epochs=200, batch_size=128, lr=0.1, encoding_epochs=60))
+
+
+def profile_of(base: BaseModelConfig) -> Profile:
+    """The profile a base config was made from (matched on its training budget); quick when none matches."""
+    for name in PROFILES:
+        p = PROFILES.get(name)
+        if (p.epochs, p.batch_size, p.lr) == (base.epochs, base.batch_size, base.lr):
+            return p
+    return PROFILES.get("quick")

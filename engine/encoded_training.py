@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 KNOB_PREFIX = "enc_"
 BACKBONES = {"finetune": (True, True), "frozen": (False, False), "server": (False, True), "device": (True, False)}
-# training epochs of the encoder per profile (the base model's own budget is the profile's `epochs`)
-ENCODING_EPOCHS = {"smoke": 1, "quick": 3, "paper": 60}
 _INIT_IMAGES = 2048  # training images whose latents place the codewords when quantisation is switched on
 _EVAL_BATCH = 500
 
@@ -71,7 +69,7 @@ class EncodingConfig:
     beta: float = 0.25  # commitment weight
     codec: str = "ans"  # entropy coder from CODECS
     backbone: str = "finetune"  # finetune | frozen | server (device frozen) | device (server frozen)
-    epochs: int | None = None  # None: ENCODING_EPOCHS of the profile
+    epochs: int | None = None  # None: the profile's encoding_epochs
     lr: float = 5e-3  # encoder, decoder and codewords; the backbone trains at a tenth of it
     warmup: float = 0.2  # fraction of the steps trained unquantised before the codewords are placed on data
 
@@ -412,17 +410,12 @@ def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: 
     return EncodedResult(model, codec, metrics, profile)
 
 
-def encoding_epochs(profile_name: str, profile_epochs: int) -> int:
-    """The encoder's training budget for a profile (a third of the base model's for an unknown profile)."""
-    return ENCODING_EPOCHS.get(profile_name, max(1, profile_epochs // 3))
-
-
 def run_encoded(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: nn.Module,
                 enc: EncodingConfig | None = None, progress: Progress | None = None) -> EncodedResult:
     """`train_encoded` for a method's variant: knobs from `cfg.knobs` (`enc_*`) unless `enc` is given, the budget from
     the profile, the seed and validation split of the base model, the checkpoint under the cache keyed by `cfg.id`."""
     enc = enc if enc is not None else EncodingConfig.from_knobs(cfg.knobs)
-    budget = EncodedTraining(epochs=encoding_epochs(ctx.profile.name, ctx.profile.epochs),
+    budget = EncodedTraining(epochs=ctx.profile.encoding_epochs,
                              batch_size=ctx.profile.batch_size, seed=cfg.base.seed,
                              val_fraction=cfg.base.val_fraction, calibration_images=ctx.profile.calibration_images,
                              label_smoothing=cfg.base.label_smoothing)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 
-from engine.config import BaseModelConfig, VariantConfig
+from engine.config import BaseModelConfig, VariantConfig, profile_of
 from engine.encoded_training import EncodingConfig, run_encoded
 from engine.encoders import feature_shape
-from engine.methods import METHODS, RunContext, base_row
+from engine.methods import METHODS, Deployed, RunContext, base_row
 from engine.models import END_POINTS, build_model, split
 
 RATIOS = (16, 64, 256)
@@ -35,6 +35,7 @@ class BottleNetPP:
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
         """One variant per split and distinct encoder width among `ratios`; not at the end points."""
         model = build_model(base.model, base.width, 10, 3).eval()
+        epochs = profile_of(base).encoding_epochs
         out = []
         for s in splits:
             if s in END_POINTS:
@@ -45,7 +46,7 @@ class BottleNetPP:
                 c = bottleneck_channels(channels, r)
                 if c not in seen:
                     seen.add(c)
-                    out.append(VariantConfig.make("bottlenet_pp", s, base, ratio=r))
+                    out.append(VariantConfig.make("bottlenet_pp", s, base, ratio=r, enc_epochs=epochs))
         return out
 
     @staticmethod
@@ -70,6 +71,17 @@ class BottleNetPP:
         return base_row(cfg, ctx, **row, compression_ratio=feature / latent,
                         compression_ratio_bits=32 * feature / row["bits_actual"],
                         eval_seconds=time.perf_counter() - start)
+
+
+    def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
+        from engine.methods.three_step import deploy_encoded
+
+        if cfg.split in END_POINTS:
+            raise ValueError(f"bottlenet_pp encodes a split feature; {cfg.split!r} has none")
+        model, _ = ctx.base(cfg.base)
+        device, server = split(model, cfg.split)
+        shape = feature_shape(device, (ctx.data.channels, *ctx.data.image_size))
+        return deploy_encoded(run_encoded(cfg, ctx, device, server, enc=self.encoding(cfg, shape[0])))
 
 
 METHODS.add("bottlenet_pp", BottleNetPP())

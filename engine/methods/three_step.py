@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from engine.codecs import HuffmanCodec, UniformQuantizer
-from engine.config import PROFILES, BaseModelConfig, VariantConfig, config_id
+from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
 from engine.data import ImageData, normalize, train_val_split
 from engine.errors import UserError
 from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
-from engine.methods import METHODS, RunContext, base_row
+from engine.methods import METHODS, Deployed, RunContext, base_row
 from engine.models import END_POINTS, split
 from engine.profile import count_flops, profile_parts
 from engine.prune import (
@@ -123,15 +123,6 @@ RUN_DEFAULTS: dict[str, Any] = {"per_stage": (), "output": None, "ramp": "cubic"
                                 "weight_decay": 5e-4, "lr_schedule": "cosine_restarts", "threshold_drop": 2.0,
                                 "stop": False}
 RUN_KNOBS = (*PruneBudget.__dataclass_fields__, *RUN_DEFAULTS)
-
-
-def profile_name_of(base: BaseModelConfig) -> str:
-    """The profile a base config was made from (matched on its training budget); "quick" when none matches."""
-    for name in PROFILES:
-        p = PROFILES.get(name)
-        if (p.epochs, p.batch_size, p.lr) == (base.epochs, base.batch_size, base.lr):
-            return name
-    return "quick"
 
 
 def run_knobs(cfg: VariantConfig, profile: str) -> dict[str, Any]:
@@ -291,8 +282,22 @@ def select_snapshot(run: Mapping[str, Any], which: int | str) -> dict[str, Any] 
     return snaps[level]
 
 
+def unpruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
+    """Knob snapshot="none": the base model's own parts, no pruning run (feature codings compared alone, as in the
+    paper's Fig. 5)."""
+    base, ckpt = ctx.base(cfg.base)
+    model = copy.deepcopy(base).eval()
+    device, server = split(model, cfg.split)
+    masks = ChannelMasks({g.name: torch.ones(g.channels, dtype=torch.bool) for g in prunable_groups(device)})
+    info = {"level": -1, "sparsity": 0.0, "output_sparsity": 0.0,
+            "base_val_accuracy": float(ckpt["metrics"]["val_accuracy"])}
+    return PrunedSplit(model, masks, device, server, info)
+
+
 def pruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
     """The pruned parts of a `three_step` variant, from its (cached) pruning run."""
+    if cfg.knob("snapshot") == "none":
+        return unpruned_split(cfg, ctx)
     run = pruning_run(cfg, ctx)
     snap = select_snapshot(run, cfg.knob("snapshot", "threshold"))
     base, _ = ctx.base(cfg.base)
@@ -351,11 +356,7 @@ def huffman_8bit(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: 
     data, bits = ctx.data, int(cfg.knob("bits", 8))
     mean, std = data.mean, data.std
     device, server = device.eval(), server.eval()
-    with torch.no_grad():
-        calib = torch.cat([device(normalize(xb, mean, std)) for xb in ctx.calibration_images(cfg.base).split(500)])
-    quantizer = UniformQuantizer(bits).fit(calib)
-    q = quantizer.quantize(calib)
-    codec = HuffmanCodec.fit(q.reshape(len(q), -1).numpy().astype(np.int64), alphabet_size=2**bits)
+    quantizer, codec, calib = fit_uniform_huffman(device, cfg, ctx)
     correct, actual, ideal = 0, [], []
     with torch.no_grad():
         for xb, yb in zip(data.test_x.split(500), data.test_y.split(500), strict=True):
@@ -374,7 +375,74 @@ def huffman_8bit(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: 
 FEATURE_CODINGS.add("none", huffman_8bit)
 
 
-CODING_MODULES = ("engine.encoders", "engine.encoded_training")  # imported on first use; they register codings
+def fit_uniform_huffman(device: nn.Module, cfg: VariantConfig,
+                        ctx: RunContext) -> tuple[UniformQuantizer, HuffmanCodec, torch.Tensor]:
+    """The `bits`-bit uniform quantiser and the Huffman code of the split output of `device`, both fitted on the
+    calibration (training) images; returns them and the calibration features."""
+    bits = int(cfg.knob("bits", 8))
+    with torch.no_grad():
+        calib = torch.cat([device.eval()(normalize(xb, ctx.data.mean, ctx.data.std))
+                           for xb in ctx.calibration_images(cfg.base).split(500)])
+    quantizer = UniformQuantizer(bits).fit(calib)
+    q = quantizer.quantize(calib)
+    codec = HuffmanCodec.fit(q.reshape(len(q), -1).numpy().astype(np.int64), alphabet_size=2**bits)
+    return quantizer, codec, calib
+
+
+class UniformSymbols(nn.Module):
+    """Deployed device side of 8-bit + Huffman: the split output quantised to flat int64 symbols [B, n]."""
+
+    def __init__(self, device: nn.Module, quantizer: UniformQuantizer) -> None:
+        super().__init__()
+        self.device_part, self.bits, self.lo, self.hi = device, quantizer.bits, quantizer.lo, quantizer.hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return UniformQuantizer(self.bits, self.lo, self.hi).quantize(self.device_part(x)).flatten(1).long()
+
+
+class UniformValues(nn.Module):
+    """Deployed server side of 8-bit + Huffman: flat symbols back to the feature map, then the server part."""
+
+    def __init__(self, quantizer: UniformQuantizer, shape: tuple[int, ...], server: nn.Module) -> None:
+        super().__init__()
+        self.bits, self.lo, self.hi, self.shape, self.server_part = quantizer.bits, quantizer.lo, quantizer.hi, \
+            tuple(shape), server
+
+    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
+        values = UniformQuantizer(self.bits, self.lo, self.hi).dequantize(symbols)
+        return self.server_part(values.unflatten(1, self.shape))
+
+
+def deploy_uniform_huffman(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> Deployed:
+    """The deployed parts of a (pruned) split coded as `huffman_8bit` codes it."""
+    quantizer, codec, calib = fit_uniform_huffman(device, cfg, ctx)
+    shape = tuple(calib.shape[1:])
+    tables = {"kind": "uniform", **quantizer.state_dict(), "feature_shape": list(shape)}
+    return Deployed(UniformSymbols(device.eval(), quantizer).eval(),
+                    UniformValues(quantizer, shape, server.eval()).eval(), "entropy", codec, tables,
+                    int(calib[0].numel()), quantizer.levels)
+
+
+def deploy_encoded(result: Any) -> Deployed:
+    """The deployed parts of a trained encoded split (an `EncodedResult`): image -> symbols, symbols -> logits; a
+    split without a quantiser (JSCC) sends the encoder's real values and names its channel."""
+    model = result.model.eval()
+    q = model.quantizer
+    device, server = model.deployed_parts()
+    if q is None:
+        channel = model.channel
+        spec = {"name": getattr(channel, "name", type(channel).__name__), **dict(getattr(channel, "spec", {}))}
+        return Deployed(device.eval(), nn.Sequential(model.decoder, model.server_part).eval(), "analog",
+                        channel=None if isinstance(channel, nn.Identity) else spec)
+    tables = {"kind": type(q).__name__, "alphabet_size": int(q.alphabet_size),
+              "symbols_per_image": int(q.symbols_per_image),
+              **{k: v.detach().cpu().tolist() for k, v in q.state_dict().items()}}
+    return Deployed(device.eval(), server.eval(), "entropy", result.codec, tables, int(q.symbols_per_image),
+                    int(q.alphabet_size))
+
+
+# imported on first use; they register codings
+CODING_MODULES = ("engine.encoders", "engine.encoded_training", "engine.jscc")
 
 
 def feature_coding(name: str) -> FeatureCoding:
@@ -419,17 +487,30 @@ class ThreeStep:
         """One pruning run per split in the profile's budget, one variant per snapshot level (8-bit + Huffman), then
         the whole framework per split: the threshold snapshot with the learned two-step encoder (`enc_*` defaults).
         Level-major, so that parallel workers start different runs first and later ones find their run cached."""
-        budget = BUDGETS[profile_name_of(base)]
+        budget = BUDGETS[profile_of(base).name]
         splits = [s for s in splits if s not in END_POINTS]
         pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **budget.knobs())
                   for k in range(budget.levels) for s in splits]
+        epochs = profile_of(base).encoding_epochs
         encoded = [VariantConfig.make("three_step", s, base, encoder="two_step", snapshot="threshold",
-                                      **budget.knobs()) for s in splits]
+                                      enc_epochs=epochs, **budget.knobs()) for s in splits]
         return pruned + encoded
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
         pruned = pruned_split(cfg, ctx)
         return measure_row(cfg, ctx, pruned.device, pruned.server, str(cfg.knob("encoder", "none")), **pruned.info)
+
+    def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
+        pruned = pruned_split(cfg, ctx)
+        if str(cfg.knob("encoder", "none")) == "none":
+            return deploy_uniform_huffman(pruned.device, pruned.server, cfg, ctx)
+        if str(cfg.knob("encoder")) == "jscc":
+            from engine.jscc import jscc_result
+
+            return deploy_encoded(jscc_result(pruned.device, pruned.server, cfg, ctx))
+        from engine.encoded_training import run_encoded
+
+        return deploy_encoded(run_encoded(cfg, ctx, pruned.device, pruned.server))
 
 
 METHODS.add("three_step", ThreeStep())

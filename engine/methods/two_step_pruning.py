@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.config import BaseModelConfig, VariantConfig, config_id
+from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
 from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
-from engine.methods import METHODS, RunContext
-from engine.methods.three_step import measure_row, profile_name_of, validation_accuracy
+from engine.methods import METHODS, Deployed, RunContext
+from engine.methods.three_step import deploy_uniform_huffman, measure_row, validation_accuracy
 from engine.models import END_POINTS, CifarResNet18, split
 from engine.prune import (
     ChannelGroup,
@@ -294,13 +294,17 @@ class TwoStepPruning:
     """Shi et al. 2019: whole-network channel pruning, then pruning of the layer before the split; 8-bit + Huffman."""
 
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
-        budget = BUDGETS[profile_name_of(base)]
+        budget = BUDGETS[profile_of(base).name]
         return [VariantConfig.make("two_step_pruning", s, base, bits=8, step1=s1, **budget.knobs())
                 for s1 in budget.step1_levels for s in splits if s not in END_POINTS]
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
         pruned = pruned_split(cfg, ctx)
         return measure_row(cfg, ctx, pruned.device, pruned.server, "none", **pruned.info)
+
+    def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
+        pruned = pruned_split(cfg, ctx)
+        return deploy_uniform_huffman(pruned.device, pruned.server, cfg, ctx)
 
 
 METHODS.add("two_step_pruning", TwoStepPruning())
