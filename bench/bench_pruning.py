@@ -23,14 +23,13 @@ if str(PROJECT_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.config import PROFILES, VariantConfig  # noqa: E402
-from engine.data import load_data, subset  # noqa: E402
 from engine.methods import METHODS, RunContext, three_step, two_step_pruning  # noqa: E402
 from engine.models import split  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
 from engine.profile import count_flops, device_seconds, param_bytes, peak_activation_bytes  # noqa: E402
 
-DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 PRUNERS = {"three_step": three_step.pruned_split, "two_step_pruning": two_step_pruning.pruned_split}
 
 
@@ -76,11 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.set)
-    profile = PROFILES.get(args.profile)
-    data = load_data(args.data)
-    if profile.train_limit or profile.test_limit:
-        data = subset(data, profile.train_limit, profile.test_limit, seed=0)
-    base = profile.base_config(data.fingerprint)
+    profile, data, base = profile_data(args.profile, args.data)
 
     def progress(fraction: float, message: str) -> None:
         print(f"\r{100 * fraction:5.1f}% {message[:100]:<100}", end="", file=sys.stderr, flush=True)

@@ -1,0 +1,60 @@
+"""A sweep's timings, read from the job table it ran in: wall time from the first job started to the last finished,
+time to the first finished row, and per method the variants, their status and the worker seconds they took.
+Run after (or during) a sweep: python bench/bench_sweep.py [--profile quick] [--data PATH] [--jobs cache/jobs.sqlite]"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
+from engine.config import PROFILES  # noqa: E402
+from engine.jobs import Job, JobQueue  # noqa: E402
+
+
+def summary(jobs: list[Job]) -> list[str]:
+    """Markdown lines: the overall timings and one row per method."""
+    started = [j.started_at for j in jobs if j.started_at is not None]
+    done = [j for j in jobs if j.status == "done" and j.finished_at is not None]
+    if not started:
+        return ["No job of this sweep has started yet."]
+    t0 = min(started)
+    last = max((j.finished_at for j in done), default=None)
+    first = min((j.finished_at for j in done), default=None)
+    lines = [f"{len(done)} of {len(jobs)} jobs done; wall time "
+             + (f"**{(last - t0) / 60:.1f} min**" if last else "–")
+             + " from the first job started to the last finished; first row after "
+             + (f"**{first - t0:.0f} s**" if first else "–") + ".", "",
+             "| method | variants | done | failed | queued or running | worker minutes (done) | slowest job min |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for method in sorted({j.spec.method for j in jobs}):
+        mine = [j for j in jobs if j.spec.method == method]
+        secs = [j.finished_at - j.started_at for j in mine if j.status == "done" and j.started_at and j.finished_at]
+        count = {s: sum(j.status == s for j in mine) for s in ("done", "failed")}
+        lines.append(f"| {method} | {len(mine)} | {count['done']} | {count['failed']} | "
+                     f"{len(mine) - count['done'] - count['failed']} | {sum(secs) / 60:.1f} | "
+                     f"{max(secs, default=0) / 60:.1f} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES))
+    parser.add_argument("--jobs", help="job table (default: the cache's)")
+    args = parser.parse_args(argv)
+    profile, data, base = profile_data(args.profile, args.data)
+    jobs = [j for j in JobQueue(args.jobs).jobs(base_id=base.id, reap=False) if j.kind == "variant"]
+    print(f"Profile {args.profile}, base model `{base.id}`; {os.cpu_count()} CPUs, load average now "
+          f"{os.getloadavg()[0]:.1f}.\n")
+    print("\n".join(summary(jobs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The trade-off figures of a profile, from the rows in the results store (run the sweep first:
+`python -m engine sweep --profile quick`): pruning at each split (device FLOPs, memory, measured CPU time, bits and
+accuracy per sparsity, `three_step` against `two_step_pruning`, the base beside them), every method's best variant per
+split at accuracy >= base - 2 points with the paper's dominance claim checked, and Figure 4 (each method's best
+latency at 10, 40, 100 and 1000 kB/s on the Raspberry Pi 3 / RTX 2080 Ti presets).
+Run: python bench/bench_tradeoff.py [--profile quick] [--data PATH] [--drop 0.02]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+import pandas as pd  # noqa: E402
+
+from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
+from engine.config import PROFILES  # noqa: E402
+from engine.models import SPLIT_POINTS  # noqa: E402
+from engine.pareto import latency_vs_rate  # noqa: E402
+from engine.report import claim_by_split, dominated_points  # noqa: E402
+from engine.store import ResultsStore  # noqa: E402
+
+RATES_KBPS = (10, 40, 100, 1000)
+
+
+def _ms(v: object) -> str:
+    return "–" if v is None or pd.isna(v) else f"{1e3 * float(v):.2f}"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f} %"
+
+
+def in_split_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by split (registry order, input to output), then method."""
+    order = {name: i for i, name in enumerate(SPLIT_POINTS)}
+    return rows.assign(_split=rows["split"].map(order)).sort_values(["_split", "method"], kind="stable")
+
+
+def setting(row: pd.Series) -> str:
+    knobs = row["knobs"] if isinstance(row["knobs"], dict) else {}
+    if row["method"] == "three_step":
+        coding = "learned encoder" if knobs.get("encoder") == "two_step" else "8-bit+Huffman"
+        level = row.get("level")
+        return f"level {int(level)} {coding}" if pd.notna(level) and level >= 0 else f"unpruned {coding}"
+    if row["method"] == "two_step_pruning":
+        return f"step1 {knobs.get('step1')}"
+    if row["method"] == "bottlenet_pp":
+        return f"ratio {knobs.get('ratio')}"
+    return "base"
+
+
+def pruning_section(rows: pd.DataFrame) -> str:
+    out = ["| split | method | setting | channel sparsity | device MFLOPs | FLOPs reduction | device memory kB | "
+           "device CPU ms | bits/image | test acc |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    keep = rows[rows["method"].isin(["original", "three_step", "two_step_pruning"])]
+    keep = keep[~keep["split"].isin(["server_only", "device_only"])]
+    for s in dict.fromkeys(in_split_order(keep)["split"]):
+        at = keep[keep["split"] == s].copy()
+        at["_rank"] = at["method"].map({"original": 0, "three_step": 1, "two_step_pruning": 2})
+        for _, r in at.sort_values(["_rank", "device_flops"], ascending=[True, False]).iterrows():
+            sparsity = r.get("sparsity", 0.0)
+            reduction = r.get("flops_reduction")
+            out.append(f"| {s} | {r['method']} | {setting(r)} | {0.0 if pd.isna(sparsity) else sparsity:.3f} | "
+                       f"{r['device_flops'] / 1e6:.2f} | {'1.00' if pd.isna(reduction) else f'{reduction:.2f}'}x | "
+                       f"{r['device_memory_bytes'] / 1e3:,.0f} | {_ms(r.get('device_cpu_seconds'))} | "
+                       f"{r['bits_actual']:,.1f} | {_pct(r['accuracy'])} |")
+    return "\n".join(out)
+
+
+def claim_section(rows: pd.DataFrame, threshold: float) -> str:
+    claim = claim_by_split(rows, threshold)
+    out = [f"Threshold {_pct(threshold)} (base minus the allowed drop). Per split, `three_step`'s variant with the "
+           "fewest bits at or above it, and the baselines' rows at the same split that dominate it (no more device "
+           "FLOPs and no more bits).", "",
+           "| split | three_step bits/image | device MFLOPs | test acc | nowhere dominated | dominated by |",
+           "|---|---:|---:|---:|---|---|"]
+    for _, c in claim.iterrows():
+        holds = "–" if c["holds"] is None or pd.isna(c["holds"]) else ("yes" if c["holds"] else "**no**")
+        bits = "–" if pd.isna(c["bits"]) else f"{c['bits']:,.1f}"
+        flops = "–" if pd.isna(c["device_flops"]) else f"{c['device_flops'] / 1e6:.2f}"
+        acc = "–" if pd.isna(c["accuracy"]) else _pct(c["accuracy"])
+        out.append(f"| {c['split']} | {bits} | {flops} | {acc} | {holds} | {c['dominated_by'] or ''} |")
+    best = rows[rows["accuracy"] >= threshold].sort_values("bits_actual").drop_duplicates(["split", "method"])
+    out += ["", "Every method's best (fewest bits) at or above the threshold:", "",
+            "| split | method | setting | bits/image (ideal) | device MFLOPs | test acc |",
+            "|---|---|---|---:|---:|---:|"]
+    for _, r in in_split_order(best).iterrows():
+        out.append(f"| {r['split']} | {r['method']} | {setting(r)} | {r['bits_actual']:,.1f} "
+                   f"({r['bits_ideal']:,.1f}) | {r['device_flops'] / 1e6:.2f} | {_pct(r['accuracy'])} |")
+    beaten = dominated_points(rows, threshold)
+    above = int(((rows["method"] == "three_step") & (rows["accuracy"] >= threshold)).sum())
+    out += ["", f"Whole curve: {len(beaten)} of the {above} `three_step` rows at or above the threshold are dominated "
+            "by a baseline row at any split" + (": " + ", ".join(
+                f"{b['split']} ({b['bits']:,.0f} bits) by {b['by_method']} at {b['by_split']} ({b['by_bits']:,.0f} "
+                "bits)" for _, b in beaten.iterrows()) if len(beaten) else "") + "."]
+    return "\n".join(out)
+
+
+def latency_section(rows: pd.DataFrame, threshold: float) -> str:
+    rates = [r * 8e3 for r in RATES_KBPS]
+    ends = {"device_only": "device-only", "server_only": "edge-only"}  # the paper's two end-point baselines
+    rows = rows.assign(method=[ends.get(s, m) for s, m in zip(rows["split"], rows["method"], strict=True)])
+    table = latency_vs_rate(rows, "pi3", "rtx2080ti", rates, threshold)
+    methods = sorted(table["method"].unique())
+    out = ["Latency (s) of each method's best variant at or above the threshold, Raspberry Pi 3 (24 GFLOP/s, 1 GB) "
+           "device, RTX 2080 Ti (13.45 TFLOP/s) server; in brackets: split. Device-only and edge-only are the "
+           "`original` rows at the end points.", "",
+           "| method | " + " | ".join(f"{r:g} kB/s" for r in RATES_KBPS) + " |",
+           "|---|" + "---:|" * len(RATES_KBPS)]
+    for m in methods:
+        cells = []
+        for rate in rates:
+            hit = table[(table["method"] == m) & (table["rate"] == rate)]
+            cells.append("–" if hit.empty else f"{hit['latency'].iloc[0]:.4f} ({hit['split'].iloc[0]})")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES))
+    parser.add_argument("--drop", type=float, default=0.02, help="allowed accuracy drop (fraction, default 0.02)")
+    args = parser.parse_args(argv)
+    profile, data, base = profile_data(args.profile, args.data)
+    rows = ResultsStore().table()
+    rows = rows[rows["base_id"] == base.id] if not rows.empty else rows
+    if rows.empty:
+        raise SystemExit(f"no rows for the {args.profile} base model {base.id}; run "
+                         f"`python -m engine sweep --profile {args.profile}` first")
+    threshold = float(rows["base_test_accuracy"].iloc[0]) - args.drop
+    counts = rows.groupby("method").size()
+    print(f"Profile {args.profile}, base model `{base.id}` (width {base.width:g}, {base.epochs} epochs in "
+          f"{rows['train_seconds'].iloc[0] / 60:.1f} min, test accuracy {_pct(rows['base_test_accuracy'].iloc[0])}); "
+          "rows: "
+          + ", ".join(f"{m} {n}" for m, n in counts.items()) + ".\n")
+    print("### Pruning at each split\n")
+    print(pruning_section(rows))
+    print("\n### Best variant per split and the paper's claim\n")
+    print(claim_section(rows, threshold))
+    print("\n### Figure 4: latency against link rate\n")
+    print(latency_section(rows, threshold))
+
+
+if __name__ == "__main__":
+    main()

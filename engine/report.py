@@ -1,0 +1,102 @@
+"""Pure functions that turn the results table into the paper's comparisons (Shao & Zhang 2020, Fig. 3 and the text
+around it): each method's best variant per split under the accuracy threshold, and whether the `three_step` curve
+is dominated by a baseline in the communication-computation plane.
+
+"Best" at a split is the fewest bits per image among the rows whose accuracy meets the threshold (ties: fewer device
+FLOPs, then the smaller id). A point dominates another when it needs no more device FLOPs and no more bits, and
+strictly less of one. Empty tables give empty results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import UserError
+
+BEST_COLUMNS = ("split", "method", "id", "accuracy", "device_flops", "bits")
+
+
+def _require(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserError(f"the results table lacks column(s) {', '.join(missing)}; profile the variants first")
+
+
+def qualifying(table: pd.DataFrame, threshold: float | None, bits_column: str = "bits_actual") -> pd.DataFrame:
+    """Rows with accuracy >= `threshold` (None: all) and known FLOPs and bits, with a `bits` column."""
+    if table.empty:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in BEST_COLUMNS})
+    _require(table, ("id", "method", "split", "accuracy", "device_flops", bits_column))
+    out = table.assign(bits=pd.to_numeric(table[bits_column], errors="coerce"),
+                       device_flops=pd.to_numeric(table["device_flops"], errors="coerce"),
+                       accuracy=pd.to_numeric(table["accuracy"], errors="coerce"))
+    ok = out["bits"].notna() & out["device_flops"].notna()
+    if threshold is not None:
+        ok &= out["accuracy"] >= threshold
+    return out[ok]
+
+
+def best_per_split(table: pd.DataFrame, threshold: float | None, bits_column: str = "bits_actual") -> pd.DataFrame:
+    """Each (split, method)'s qualifying row with the fewest bits, as a tidy table (BEST_COLUMNS), sorted by split
+    order of appearance then method."""
+    rows = qualifying(table, threshold, bits_column)
+    if rows.empty:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in BEST_COLUMNS})
+    order = {s: i for i, s in enumerate(dict.fromkeys(table["split"]))}
+    best = rows.sort_values(["bits", "device_flops", "id"], kind="stable").drop_duplicates(["split", "method"])
+    best = best.assign(_order=best["split"].map(order)).sort_values(["_order", "method"], kind="stable")
+    return best[list(BEST_COLUMNS)].reset_index(drop=True)
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether point a = (flops, bits) dominates point b: no worse in both, strictly better in one."""
+    return a[0] <= b[0] and a[1] <= b[1] and (a[0] < b[0] or a[1] < b[1])
+
+
+def dominated_points(table: pd.DataFrame, threshold: float | None, method: str = "three_step",
+                     bits_column: str = "bits_actual") -> pd.DataFrame:
+    """Every qualifying `method` row that some other method's qualifying row dominates in (device FLOPs, bits), with
+    the dominating row: columns split, id, device_flops, bits, by_method, by_id, by_split, by_device_flops, by_bits.
+    Empty when the method's curve is nowhere dominated (the paper's claim)."""
+    rows = qualifying(table, threshold, bits_column)
+    mine, others = rows[rows["method"] == method], rows[rows["method"] != method]
+    out = []
+    if not mine.empty and not others.empty:
+        of = others["device_flops"].to_numpy(float)
+        ob = others["bits"].to_numpy(float)
+        for _, r in mine.iterrows():
+            better = (of <= r["device_flops"]) & (ob <= r["bits"]) & ((of < r["device_flops"]) | (ob < r["bits"]))
+            if better.any():
+                # the dominating row closest in bits, so the report names the most telling one
+                i = int(np.flatnonzero(better)[np.argmin(ob[better])])
+                o = others.iloc[i]
+                out.append({"split": r["split"], "id": r["id"], "device_flops": r["device_flops"], "bits": r["bits"],
+                            "by_method": o["method"], "by_id": o["id"], "by_split": o["split"],
+                            "by_device_flops": o["device_flops"], "by_bits": o["bits"]})
+    columns = ["split", "id", "device_flops", "bits", "by_method", "by_id", "by_split", "by_device_flops", "by_bits"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def claim_by_split(table: pd.DataFrame, threshold: float | None, method: str = "three_step",
+                   bits_column: str = "bits_actual") -> pd.DataFrame:
+    """Per split: the `method`'s best qualifying row (fewest bits) and whether another method's qualifying row at the
+    same split dominates it (columns split, bits, device_flops, accuracy, holds, dominated_by), at each split where
+    the method has rows; a split where none of them meets the threshold says so (holds None)."""
+    best = best_per_split(table, threshold, bits_column)
+    out = []
+    tried = set(table["split"][table["method"] == method]) if not table.empty else set()
+    for s in [s for s in dict.fromkeys(table["split"]) if s in tried] if tried else []:
+        mine = best[(best["split"] == s) & (best["method"] == method)]
+        if mine.empty:
+            out.append({"split": s, "bits": np.nan, "device_flops": np.nan, "accuracy": np.nan, "holds": None,
+                        "dominated_by": f"no {method} row meets the threshold"})
+            continue
+        m = mine.iloc[0]
+        rows = qualifying(table[table["split"] == s], threshold, bits_column)
+        rivals = rows[rows["method"] != method]
+        beaten = [f"{o['method']} ({o['device_flops'] / 1e6:.2f} MFLOPs, {o['bits']:,.1f} bits)"
+                  for _, o in rivals.iterrows() if dominates((o["device_flops"], o["bits"]),
+                                                             (m["device_flops"], m["bits"]))]
+        out.append({"split": s, "bits": m["bits"], "device_flops": m["device_flops"], "accuracy": m["accuracy"],
+                    "holds": not beaten, "dominated_by": "; ".join(beaten)})
+    return pd.DataFrame(out, columns=["split", "bits", "device_flops", "accuracy", "holds", "dominated_by"])

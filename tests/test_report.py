@@ -1,0 +1,62 @@
+"""engine.report on small hand-made tables with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from engine.errors import UserError
+from engine.report import best_per_split, claim_by_split, dominated_points, dominates
+
+
+def table(rows: list[tuple[str, str, str, float, float, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["id", "method", "split", "accuracy", "device_flops", "bits_actual"])
+
+
+ROWS = table([
+    ("o3", "original", "conv3_x", 0.90, 30.0, 4000.0),
+    ("o4", "original", "conv4_x", 0.90, 50.0, 2000.0),
+    ("t3a", "three_step", "conv3_x", 0.89, 20.0, 64.0),
+    ("t3b", "three_step", "conv3_x", 0.80, 10.0, 8.0),  # under the threshold
+    ("t4", "three_step", "conv4_x", 0.89, 40.0, 40.0),
+    ("b3", "bottlenet_pp", "conv3_x", 0.895, 30.0, 500.0),
+    ("b4", "bottlenet_pp", "conv4_x", 0.895, 40.0, 30.0),  # beats t4: same FLOPs, fewer bits
+])
+
+
+def test_dominates_needs_one_strict_improvement() -> None:
+    assert dominates((1, 1), (1, 2)) and dominates((1, 1), (2, 1)) and dominates((1, 1), (2, 2))
+    assert not dominates((1, 1), (1, 1)) and not dominates((1, 3), (2, 2))
+
+
+def test_best_per_split_takes_fewest_bits_above_the_threshold() -> None:
+    best = best_per_split(ROWS, threshold=0.88)
+    assert list(zip(best["split"], best["method"], best["id"], strict=True)) == [
+        ("conv3_x", "bottlenet_pp", "b3"), ("conv3_x", "original", "o3"), ("conv3_x", "three_step", "t3a"),
+        ("conv4_x", "bottlenet_pp", "b4"), ("conv4_x", "original", "o4"), ("conv4_x", "three_step", "t4")]
+    assert best_per_split(ROWS, threshold=None).set_index("id").loc["t3b", "bits"] == 8.0
+
+
+def test_claim_holds_where_no_rival_dominates_and_names_the_rival_where_one_does() -> None:
+    claim = claim_by_split(ROWS, threshold=0.88).set_index("split")
+    assert claim["holds"].tolist() == [True, False] and claim.loc["conv3_x", "bits"] == 64.0
+    assert claim.loc["conv4_x", "dominated_by"].startswith("bottlenet_pp")
+    low = ROWS.assign(accuracy=ROWS["accuracy"].where(ROWS["id"] != "t4", 0.5))
+    none = claim_by_split(low, threshold=0.88).set_index("split")
+    assert none.loc["conv4_x", "holds"] is None and math.isnan(none.loc["conv4_x", "bits"])
+
+
+def test_dominated_points_lists_each_beaten_point_once() -> None:
+    beaten = dominated_points(ROWS, threshold=0.88)
+    assert list(beaten["id"]) == ["t4"] and list(beaten["by_id"]) == ["b4"]
+    assert dominated_points(ROWS, threshold=0.95).empty
+
+
+def test_empty_tables_and_missing_columns() -> None:
+    assert best_per_split(ROWS.iloc[:0], 0.9).empty and claim_by_split(ROWS.iloc[:0], 0.9).empty
+    assert claim_by_split(ROWS[ROWS["method"] != "three_step"], 0.88).empty  # no split where three_step ran
+    assert dominated_points(pd.DataFrame(), None).empty
+    with pytest.raises(UserError, match="bits_actual"):
+        best_per_split(ROWS.drop(columns="bits_actual"), 0.9)
