@@ -1,78 +1,118 @@
 """coinfer dashboard: navigation and the shared sidebar (the edge environment). Run with `make run`.
 
-The view state (page, profile, width, device and server, link rate, accuracy drop) lives in the URL's query
-parameters, so a copied URL reopens the same view."""
+The view state (page, profile, width, dataset, device and server, link rate, accuracy drop, the selected variant,
+pins and axes) lives in the URL's query parameters, so a copied URL reopens the same view; switching pages keeps
+it (see `ui.view`)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import streamlit as st
 
+import ui
 from engine.config import PROFILES
 from engine.latency import DEVICES, DeviceProfile
 from engine.units import format_rate
-from ui import Environment
 
 st.set_page_config(page_title="coinfer", page_icon=":material/cell_tower:", layout="wide")
 
-RATES_KBPS = [1, 2, 5, 10, 20, 40, 70, 100, 200, 500, 1000, 2000, 5000, 10000, 100000]  # kB/s, log-spaced
+# Link rates of the slider in kB/s: 1-2-4-7 steps from 100 B/s to 1 GB/s (roughly log-spaced; 40 kB/s is there).
+RATES_KBPS = [round(m * 10.0 ** e, 1) for e in range(-1, 6) for m in (1, 2, 4, 7)] + [1e6]
+ROOT = Path(__file__).resolve().parent
+PAGES = {  # url path -> (file, title, icon); a page file written later joins when it exists
+    "plane": ("pages/plane.py", "Trade-off plane", ":material/scatter_plot:"),
+    "latency": ("pages/latency.py", "Latency vs rate", ":material/timer:"),
+    "noisy": ("pages/noisy.py", "Noisy channels", ":material/cell_tower:"),
+    "live": ("pages/live.py", "Live", ":material/sensors:"),
+    "compare": ("pages/compare.py", "Compare", ":material/compare_arrows:"),
+    "jobs": ("pages/jobs.py", "Jobs", ":material/play_circle:"),
+    "export": ("pages/export.py", "Export / import", ":material/download:"),
+}
+
+v = ui.view()
 
 
-def _param(name: str, default: str) -> str:
-    return st.query_params.get(name, default)
+def _reset_device(role: str) -> None:
+    """A new preset brings its own FLOP/s and memory."""
+    preset = DEVICES.get(st.session_state[f"w_{role}"])
+    st.session_state[f"w_{role}_gflops"] = preset.flops_per_s / 1e9
+    st.session_state[f"w_{role}_mb"] = preset.memory_bytes / 1e6
 
 
-def _float_param(name: str, default: float) -> float:
-    try:
-        value = float(_param(name, str(default)))
-    except ValueError:
-        return default
-    return value if math.isfinite(value) and value > 0 else default
-
-
-def _device_picker(role: str, default: str) -> DeviceProfile:
+def _device_picker(role: str) -> DeviceProfile:
     names = DEVICES.names()
-    chosen = _param(role, default)
-    preset = st.selectbox(f"{role.title()} preset", names, index=names.index(chosen) if chosen in names else 0,
-                          format_func=lambda n: DEVICES.get(n).label or n, key=f"{role}_preset")
-    base = DEVICES.get(preset)
-    gflops = st.number_input(f"{role.title()} GFLOP/s", min_value=0.001, value=_float_param(
-        f"{role}_gflops", base.flops_per_s / 1e9) if chosen == preset else base.flops_per_s / 1e9,
-        format="%.4g", key=f"{role}_gflops_{preset}", help="effective FLOP/s of this side (2 FLOPs per MAC)")
-    memory_mb = st.number_input(f"{role.title()} memory (MB)", min_value=0.001, value=_float_param(
-        f"{role}_mb", base.memory_bytes / 1e6) if chosen == preset else base.memory_bytes / 1e6,
-        format="%.6g", key=f"{role}_mb_{preset}", help="a variant whose device part needs more is infeasible")
-    st.query_params.update({role: preset, f"{role}_gflops": f"{gflops:g}", f"{role}_mb": f"{memory_mb:g}"})
-    custom = not (math.isclose(gflops * 1e9, base.flops_per_s) and math.isclose(memory_mb * 1e6, base.memory_bytes))
-    label = f"{base.label or preset}{' (edited)' if custom else ''}"
-    return DeviceProfile(preset, gflops * 1e9, memory_mb * 1e6, label)
+    key = ui.bind(role, lambda: v[role] if v[role] in names else VIEW_DEFAULT[role])
+    preset = DEVICES.get(st.selectbox(f"{role.title()} preset", names, index=names.index(st.session_state[key]),
+                                      key=key, on_change=_reset_device, args=(role,),
+                                      format_func=lambda n: DEVICES.get(n).label or n))
+    gkey = ui.bind(f"{role}_gflops", lambda: ui.parse_float(v[f"{role}_gflops"], preset.flops_per_s / 1e9, 0, 1e9))
+    gflops = st.number_input(f"{role.title()} GFLOP/s", min_value=0.001, max_value=1e9, value=st.session_state[gkey],
+                             key=gkey, format="%.4g",
+                             help="effective FLOP/s of this side (2 FLOPs per multiply-add)")
+    mkey = ui.bind(f"{role}_mb", lambda: ui.parse_float(v[f"{role}_mb"], preset.memory_bytes / 1e6, 0, 1e12))
+    memory_mb = st.number_input(f"{role.title()} memory (MB)", min_value=0.001, max_value=1e12,
+                                value=st.session_state[mkey], key=mkey,
+                                format="%.6g", help="a variant whose device part needs more is infeasible, not slow")
+    v.update({role: preset.name, f"{role}_gflops": f"{gflops:g}", f"{role}_mb": f"{memory_mb:g}"})
+    edited = not (math.isclose(gflops * 1e9, preset.flops_per_s) and math.isclose(memory_mb * 1e6,
+                                                                                 preset.memory_bytes))
+    return DeviceProfile(preset.name, gflops * 1e9, memory_mb * 1e6, f"{preset.label or preset.name}"
+                         f"{' (edited)' if edited else ''}")
 
 
+def _reset_width() -> None:
+    st.session_state["w_width"] = PROFILES.get(st.session_state["w_profile"]).width
+
+
+VIEW_DEFAULT = ui.VIEW_DEFAULTS
 with st.sidebar:
     st.markdown("### Model")
-    profile_names = PROFILES.names()
-    chosen_profile = _param("profile", "quick")
-    profile = st.selectbox("Profile", profile_names,
-                           index=profile_names.index(chosen_profile) if chosen_profile in profile_names else 1,
-                           help="smoke: seconds, on a data subset; quick: CPU default; paper: width 1.0, for a GPU")
-    width = st.number_input("Width multiplier", min_value=0.0625, max_value=2.0,
-                            value=_float_param("width", PROFILES.get(profile).width), step=0.125, format="%.4g",
+    profiles = PROFILES.names()
+    key = ui.bind("profile", lambda: v["profile"] if v["profile"] in profiles else "quick")
+    profile = st.selectbox("Profile", profiles, index=profiles.index(st.session_state[key]), key=key,
+                           on_change=_reset_width,
+                           help="smoke: seconds, on a data subset; quick: the CPU default; paper: width 1.0, for a GPU")
+    key = ui.bind("width", lambda: ui.parse_float(v["width"], PROFILES.get(profile).width, 0.0, 4.0))
+    width = st.number_input("Width multiplier", min_value=0.0625, max_value=4.0, step=0.125, format="%.4g", key=key,
+                            value=max(0.0625, st.session_state[key]),
                             help="1.0 is the paper's ResNet18; 0.25 is the CPU default")
+    local = ui.local_data(ui.Environment(profile, float(width)))
+    known = ui.all_results()
+    options = {"": f"{local.name} (local)" if local is not None else "no local dataset"}
+    if not known.empty and "dataset_fingerprint" in known:
+        for fp, name in known[["dataset_fingerprint", "dataset"]].dropna().drop_duplicates().itertuples(index=False):
+            if local is None or fp != local.fingerprint:
+                options.setdefault(str(fp), f"{name} ({str(fp)[:10]}…, results only)")
+    key = ui.bind("data", lambda: v["data"] if v["data"] in options else "")
+    if st.session_state[key] not in options:
+        st.session_state[key] = ""
+    data_fp = st.selectbox("Dataset", list(options), index=list(options).index(st.session_state[key]), key=key,
+                           format_func=options.get,
+                           help="the local dataset ($COINFER_DATA or cache/data/), or one whose rows the results "
+                                "store holds (its figures can be viewed; jobs need the data here)")
     st.markdown("### Edge environment")
-    device = _device_picker("device", "pi3")
-    server = _device_picker("server", "rtx2080ti")
-    rate_default = _float_param("rate_kBps", 40.0)
-    rate_kbps = st.select_slider("Link rate", options=RATES_KBPS,
-                                 value=min(RATES_KBPS, key=lambda r: abs(math.log(r / rate_default))),
-                                 format_func=lambda r: format_rate(r * 8e3))
-    drop = st.slider("Accuracy drop allowed (points)", 0.0, 10.0, _float_param("drop", 2.0), 0.5,
-                     help="a variant counts when its test accuracy is at least the base model's minus this")
-    st.query_params.update(profile=profile, width=f"{width:g}", rate_kBps=f"{rate_kbps:g}", drop=f"{drop:g}")
-    st.session_state["env"] = Environment(profile, float(width), device, server, rate_kbps * 8e3, drop / 100)
+    device = _device_picker("device")
+    server = _device_picker("server")
+    key = ui.bind("rate_kBps", lambda: min(RATES_KBPS, key=lambda r: abs(math.log(
+        r / ui.parse_float(v["rate_kBps"], 40.0)))))
+    rate_kbps = st.select_slider("Link rate", options=RATES_KBPS, value=st.session_state[key], key=key,
+                                 format_func=lambda r: format_rate(r * 8e3),
+                                 help="log scale; R in latency = F_dev/C_dev + B/R + F_srv/C_srv")
+    key = ui.bind("drop", lambda: ui.parse_float(v["drop"], 2.0, -1e-9, 10.0))
+    drop = st.slider("Accuracy drop allowed (points)", 0.0, 10.0, value=float(st.session_state[key]), step=0.5, key=key,
+                     help="the accuracy threshold is the base model's test accuracy minus this (the paper: 95 → 93 %)")
+    v.update(profile=profile, width=f"{width:g}", data=data_fp, rate_kBps=f"{rate_kbps:g}", drop=f"{drop:g}")
+    st.session_state["env"] = ui.Environment(profile, float(width), device, server, rate_kbps * 8e3, drop / 100,
+                                             data_fp)
 
-page = st.navigation([
-    st.Page("pages/plane.py", title="Trade-off plane", icon=":material/scatter_plot:", default=True),
-    st.Page("pages/latency.py", title="Latency vs rate", icon=":material/timer:"),
-])
+pages = {name: st.Page(path, title=title, icon=icon, url_path=name, default=name == "plane")
+         for name, (path, title, icon) in PAGES.items() if (ROOT / path).exists()}
+page = st.navigation(list(pages.values()))
+current = next(name for name, p in pages.items() if p is page)
+if ui.first_run() and current == "plane" and v["page"] in pages and v["page"] != "plane":
+    st.switch_page(pages[v["page"]], query_params={k: x for k, x in v.items() if x})  # a URL's ?page=
+v["page"] = current
+ui.sync_url()
 page.run()

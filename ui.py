@@ -1,15 +1,27 @@
-"""Shared state of the dashboard's pages: the environment from the sidebar, the dataset, the base model config and
-its rows in the results store. Thin: everything it computes comes from engine/."""
+"""Shared state of the dashboard's pages: the view state mirrored in the URL, the environment from the sidebar, the
+dataset, the base model config, its rows in the results store, and the job queue. Thin: what it computes comes
+from engine/.
+
+The view state (page, environment, selection, pins, axes) is a dict of strings in the session, written to the URL's
+query parameters on every run. A new session (a reload, a copied URL) reads it from the URL; page switches, which
+clear the query parameters, restore it from the session."""
 
 from __future__ import annotations
 
+import math
 import os
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
+from engine import jobs as jobq
 from engine.config import PROFILES, BaseModelConfig
 from engine.data import ImageData
 from engine.errors import UserError
@@ -17,10 +29,143 @@ from engine.latency import DEVICES, DeviceProfile
 from engine.paths import cache_dir
 from engine.store import ResultsStore
 
+T = TypeVar("T")
+
+# Every key of the view state and its default; "" means "derived" (the profile's width, the preset's figures).
+VIEW_DEFAULTS: dict[str, str] = {
+    "page": "plane", "profile": "quick", "width": "", "data": "",
+    "device": "pi3", "device_gflops": "", "device_mb": "", "server": "rtx2080ti", "server_gflops": "",
+    "server_mb": "", "rate_kBps": "40", "drop": "2",
+    "sel": "", "pins": "", "bits": "actual", "below": "grey", "front": "overall", "splits": "",
+}
+ENVIRONMENT_KEYS = ("profile", "width", "data", "device", "device_gflops", "device_mb", "server", "server_gflops",
+                    "server_mb", "rate_kBps", "drop")
+_MAX_PARAM = 2000  # characters of one query parameter kept from a URL
+_VIEW = "_view"
+
+
+# -- view state ---------------------------------------------------------------------------------------------
+
+
+def view() -> dict[str, str]:
+    """The view state of this session; on its first run, read from the URL's query parameters."""
+    if _VIEW not in st.session_state:
+        state = dict(VIEW_DEFAULTS)
+        for key in VIEW_DEFAULTS:
+            value = st.query_params.get(key)
+            if isinstance(value, str):
+                state[key] = value[:_MAX_PARAM]
+        st.session_state[_VIEW] = state
+        st.session_state["_first_run"] = True
+    else:
+        st.session_state["_first_run"] = False
+    return st.session_state[_VIEW]
+
+
+def first_run() -> bool:
+    """Whether this is the session's first script run (the view came from the URL)."""
+    return bool(st.session_state.get("_first_run", False))
+
+
+def set_view(**values: object) -> None:
+    """Change view keys (None or "" resets one to its default) and write the URL."""
+    state = view()
+    for key, value in values.items():
+        if key not in VIEW_DEFAULTS:
+            raise KeyError(key)
+        state[key] = VIEW_DEFAULTS[key] if value is None or value == "" else str(value)
+    sync_url()
+
+
+def sync_url() -> None:
+    """Write the whole view state to the URL (restoring it after a page switch cleared it)."""
+    wanted = {k: v for k, v in view().items() if v != ""}
+    if st.query_params.to_dict() != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def parse_float(text: str, default: float, low: float = 0.0, high: float = math.inf) -> float:
+    """`text` as a finite number in (low, high], else `default` (a hand-edited URL never breaks the page)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return default
+    return value if math.isfinite(value) and low < value <= high else default
+
+
+def parse_list(text: str) -> list[str]:
+    return [p for p in (s.strip() for s in text.split(",")) if p]
+
+
+def bind(name: str, initial: Callable[[], T]) -> str:
+    """The session key of the widget that shows view key `name`, seeded with `initial()` when the widget has no
+    state yet (first run, or after its page was left)."""
+    key = f"w_{name}"
+    if key not in st.session_state:
+        st.session_state[key] = initial()
+    return key
+
+
+def apply_view(values: Mapping[str, str]) -> None:
+    """Replace view keys and drop the widgets' state so that they show the new values; call it from a callback
+    (before the widgets are drawn)."""
+    state = view()
+    for key, value in values.items():
+        if key in VIEW_DEFAULTS and isinstance(value, str):
+            state[key] = value[:_MAX_PARAM]
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith("w_")]:
+        del st.session_state[key]
+
+
+# -- selection ----------------------------------------------------------------------------------------------
+
+
+def selected_id() -> str | None:
+    return view()["sel"] or None
+
+
+def pinned_ids() -> list[str]:
+    return parse_list(view()["pins"])[:4]
+
+
+def clicked_ids(event: Any) -> list[str]:
+    """The variant ids of the points in a plotly selection event: the point's `ids` entry, else its `customdata`
+    (a string, or the first item of a list)."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return []
+    out = []
+    for p in points or []:
+        if not isinstance(p, Mapping):
+            continue
+        data = p.get("id") if isinstance(p.get("id"), str) else p.get("customdata")  # plotly `ids`, else customdata
+        if isinstance(data, list):
+            data = data[0] if data else None
+        if isinstance(data, str) and data:
+            out.append(data)
+    return out
+
+
+def chart(fig: go.Figure, key: str) -> None:
+    """Draw a figure whose points select their variant when clicked (on every page, through the view state)."""
+    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points", width="stretch")
+    ids = clicked_ids(event)
+    last = f"_clicked_{key}"
+    if ids and ids[0] != st.session_state.get(last):
+        st.session_state[last] = ids[0]
+        if ids[0] != selected_id():
+            set_view(sel=ids[0])
+            st.rerun()
+
+
+# -- environment --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Environment:
-    """What the sidebar sets: the budget profile and width, both ends of the link, and the accuracy requirement."""
+    """What the sidebar sets: the budget profile, width and dataset, both ends of the link, the accuracy
+    requirement."""
 
     profile: str = "quick"
     width: float = 0.25
@@ -28,13 +173,20 @@ class Environment:
     server: DeviceProfile = DEVICES.get("rtx2080ti")
     rate_bps: float = 40e3 * 8
     accuracy_drop: float = 0.02  # allowed drop below the base model's test accuracy (the paper: 95 -> 93 %)
+    data: str = ""  # a dataset fingerprint from the results store; "" for the local dataset
 
 
 def environment() -> Environment:
     return st.session_state.get("env", Environment())
 
 
-@st.cache_resource(show_spinner="Loading the dataset…")
+def environment_params() -> dict[str, str]:
+    """The environment part of the view state (what an exported selection records)."""
+    state = view()
+    return {k: state[k] for k in ENVIRONMENT_KEYS}
+
+
+@st.cache_resource(show_spinner="Loading the dataset…", max_entries=2)
 def _data(profile: str, data_env: str | None, cache: str) -> ImageData:
     """The dataset cut to the profile; keyed by where the data and cache are, so a changed location reloads."""
     from engine.data import load_data, subset
@@ -46,26 +198,19 @@ def _data(profile: str, data_env: str | None, cache: str) -> ImageData:
     return data
 
 
+def data_path() -> str | None:
+    return os.environ.get("COINFER_DATA") or None
+
+
 def dataset(profile: str) -> ImageData:
     """The profile's dataset; raises UserError (saying how to provide data) when there is none."""
-    return _data(profile, os.environ.get("COINFER_DATA") or None, str(cache_dir()))
+    return _data(profile, data_path(), str(cache_dir()))
 
 
-def base_config(env: Environment, data: ImageData) -> BaseModelConfig:
-    return PROFILES.get(env.profile).base_config(data.fingerprint, width=env.width)
-
-
-def results(base: BaseModelConfig) -> pd.DataFrame:
-    """Every stored row built on `base`, all methods."""
-    table = ResultsStore().table()
-    return table[table["base_id"] == base.id] if not table.empty else table
-
-
-def threshold(env: Environment, table: pd.DataFrame) -> float | None:
-    """The accuracy a variant needs: the base model's test accuracy minus the allowed drop."""
-    if table.empty or "base_test_accuracy" not in table:
-        return None
-    return float(table["base_test_accuracy"].iloc[0]) - env.accuracy_drop
+def base_config(env: Environment, data: ImageData | None) -> BaseModelConfig:
+    """The base model the pages show: the profile's recipe on the chosen (or local) dataset at the chosen width."""
+    fingerprint = env.data or (data.fingerprint if data is not None else "")
+    return PROFILES.get(env.profile).base_config(fingerprint, width=env.width)
 
 
 def require_data(env: Environment) -> ImageData:
@@ -76,3 +221,203 @@ def require_data(env: Environment) -> ImageData:
         st.error(str(exc))
         st.stop()
         raise  # unreachable: st.stop() raises
+
+
+def local_data(env: Environment) -> ImageData | None:
+    try:
+        return dataset(env.profile)
+    except UserError:
+        return None
+
+
+def page_base(env: Environment) -> tuple[ImageData | None, BaseModelConfig]:
+    """The local dataset (None when the sidebar chose a dataset known only from the results store) and the base
+    model config; stops the page with a message when neither gives one."""
+    data = local_data(env)
+    if data is None and not env.data:
+        require_data(env)
+    if env.data and data is not None and data.fingerprint != env.data:
+        data = None
+    return data, base_config(env, data)
+
+
+# -- results ------------------------------------------------------------------------------------------------
+
+
+def _store_version(path: Path) -> tuple:
+    """Changes whenever the store is written (SQLite in WAL mode: the database and its -wal file)."""
+    out = []
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            s = p.stat()
+            out.append((s.st_mtime_ns, s.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _table(path: str, version: tuple) -> pd.DataFrame:
+    return ResultsStore(path).table()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _open_store(path: str, exists: bool) -> ResultsStore:
+    return ResultsStore(path)
+
+
+def results_store() -> ResultsStore:
+    """The results store under the cache (opened once per process; reopened when its file is gone)."""
+    from engine.store import default_path
+
+    path = default_path()
+    return _open_store(str(path), path.exists())
+
+
+def all_results() -> pd.DataFrame:
+    """The whole results table (cached until the store changes; treat it as read-only)."""
+    store = results_store()
+    return _table(str(store.path), _store_version(store.path))
+
+
+def results(base: BaseModelConfig) -> pd.DataFrame:
+    """Every stored row built on `base`, all methods."""
+    table = all_results()
+    return table[table["base_id"] == base.id] if not table.empty else table
+
+
+def threshold(env: Environment, table: pd.DataFrame) -> float | None:
+    """The accuracy a variant needs: the base model's test accuracy minus the allowed drop."""
+    if table.empty or "base_test_accuracy" not in table:
+        return None
+    acc = pd.to_numeric(table["base_test_accuracy"], errors="coerce").dropna()
+    return None if acc.empty else float(acc.iloc[0]) - env.accuracy_drop
+
+
+def png_bits(table: pd.DataFrame, data: ImageData | None) -> float | None:
+    """The mean PNG size of the test images: from the rows when they carry it, else measured (cached)."""
+    if "png_bits" in table and table["png_bits"].notna().any():
+        return float(table["png_bits"].dropna().iloc[0])
+    return None if data is None else _png_bits(data.fingerprint, data)
+
+
+@st.cache_data(show_spinner="Measuring the PNG size of the test images…")
+def _png_bits(fingerprint: str, _data: ImageData) -> float:
+    from engine.data import mean_png_bits
+
+    return mean_png_bits(_data, cache_dir())
+
+
+@st.cache_data(show_spinner="Profiling the untrained model at each split…", max_entries=8)
+def untrained_profile(profile: str, width: float, fingerprint: str) -> pd.DataFrame:
+    """FLOPs, memory and 8-bit feature size of each split of the untrained model (the empty state's plane)."""
+    from engine.models import split_names
+    from engine.profile import profile_model
+    from engine.train import make_model
+
+    data = dataset(profile)
+    base = PROFILES.get(profile).base_config(fingerprint, width=width)
+    rows = profile_model(make_model(base, data), (data.channels, *data.image_size), data.num_classes,
+                         split_names(coarse_only=True))
+    return pd.DataFrame(rows).assign(method="profile", id=None)
+
+
+def no_rows(what: str) -> None:
+    """Say that the page needs measured rows, which jobs produce them, and where to start them."""
+    st.info(f"No measured variants for this base model yet: {what} come from the variant jobs (`original` first, "
+            "then `bottlenet_pp`, `two_step_pruning`, `three_step`). Start the profile on the Jobs page or the "
+            "Trade-off plane page, or `python -m engine sweep --profile quick`; rows appear here as jobs finish.")
+    st.page_link("pages/jobs.py", label="Go to Jobs", icon=":material/play_circle:")
+
+
+# -- jobs ---------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _open_queue(path: str, exists: bool) -> jobq.JobQueue:
+    return jobq.JobQueue(path)
+
+
+def job_queue() -> jobq.JobQueue:
+    """The job queue under the cache (opened once per process; reopened when its file is gone)."""
+    path = jobq.default_path()
+    return _open_queue(str(path), path.exists())
+
+
+def start_jobs(specs: Iterable[jobq.JobSpec], priorities: Iterable[int] | int = 0) -> list[str]:
+    """Queue jobs (finished ones of the same ids again) and make sure a worker takes them."""
+    queue = job_queue()
+    ids = queue.submit(list(specs), priorities if isinstance(priorities, int) else list(priorities),
+                       requeue_finished=True)
+    jobq.ensure_worker(queue)
+    return ids
+
+
+def eta_seconds(progress: float, started_at: float | None, now: float | None = None) -> float | None:
+    """Seconds left for a running job at constant speed; None before there is anything to go by."""
+    if started_at is None or not 0.01 <= progress < 1.0:
+        return None
+    elapsed = (time.time() if now is None else now) - started_at
+    return max(elapsed, 0.0) * (1.0 - progress) / progress
+
+
+@st.fragment(run_every=2.0)
+def progress_strip(base_id: str, shown: frozenset[str]) -> None:
+    """One progress bar over this base model's active jobs; a job that finished with a row not drawn yet reruns
+    the page, so new points appear without a reload."""
+    jobs = [j for j in job_queue().jobs(base_id=base_id, reap=False) if j.kind == "variant"]
+    active = [j for j in jobs if j.status in jobq.ACTIVE]
+    if active:
+        batch = [j for j in jobs if j.status in jobq.ACTIVE or (j.finished and j.id not in shown)]
+        fraction = sum(1.0 if j.finished else j.progress for j in batch) / max(len(batch), 1)
+        running = [j for j in active if j.status in ("running", "cancelling")]
+        text = f"{len(batch) - len(active)}/{len(batch)} variants finished · " + (
+            f"{running[0].method} @ {running[0].split}: {running[0].message}" if running else "waiting for a worker")
+        st.progress(min(fraction, 1.0), text=text)
+        if not running and not job_queue().live_workers():
+            jobq.ensure_worker(job_queue())
+    failed = [j for j in jobs if j.status == "failed"]
+    if failed:
+        st.warning(f"{len(failed)} job(s) failed, e.g. {failed[0].method} @ {failed[0].split}: {failed[0].error} — "
+                   "see the Jobs page to retry.")
+    store = results_store()
+    if any(j.status == "done" and j.id not in shown and j.id in store for j in jobs):
+        st.rerun()
+
+
+def parse_knobs(text: str) -> dict[str, Any]:
+    """Knobs typed as `name=value, name=value` (values read as JSON when they can be: 4, 0.5, true, "x")."""
+    import json
+
+    knobs: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.replace("\n", ",").split(","))):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            raise UserError(f"a knob is NAME=VALUE, got {item!r}; e.g. bits=4, sparsity=0.5")
+        try:
+            knobs[name.strip()] = json.loads(value.strip())
+        except ValueError:
+            knobs[name.strip()] = value.strip()
+    return knobs
+
+
+RATES_BPS = np.geomspace(1e2 * 8, 1e9 * 8, 71)  # 100 B/s .. 1 GB/s, as the sidebar's slider
+
+
+def latency_curves(base: BaseModelConfig, env: Environment, need: float | None) -> pd.DataFrame:
+    """`engine.pareto.latency_vs_rate` of this base model's rows over `RATES_BPS` (Fig. 4's curves). It does not
+    depend on the chosen rate, so a rate change reuses it (cached until the store or the environment changes)."""
+    store = results_store()
+    return _latency_curves(str(store.path), _store_version(store.path), base.id,
+                           (env.device.flops_per_s, env.device.memory_bytes),
+                           (env.server.flops_per_s, env.server.memory_bytes), need)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _latency_curves(path: str, version: tuple, base_id: str, device: tuple[float, float],
+                    server: tuple[float, float], need: float | None) -> pd.DataFrame:
+    from engine.pareto import latency_vs_rate
+
+    table = _table(path, version)
+    table = table[table["base_id"] == base_id] if not table.empty else table
+    return latency_vs_rate(table, DeviceProfile("device", *device), DeviceProfile("server", *server), RATES_BPS, need)

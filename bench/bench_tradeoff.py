@@ -25,6 +25,7 @@ from engine.report import claim_by_split, dominated_points  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
 
 RATES_KBPS = (10, 40, 100, 1000)
+CODINGS = {"none": "8-bit+Huffman", "two_step": "learned encoder", "jscc": "JSCC"}
 
 
 def _ms(v: object) -> str:
@@ -44,7 +45,7 @@ def in_split_order(rows: pd.DataFrame) -> pd.DataFrame:
 def setting(row: pd.Series) -> str:
     knobs = row["knobs"] if isinstance(row["knobs"], dict) else {}
     if row["method"] == "three_step":
-        coding = "learned encoder" if knobs.get("encoder") == "two_step" else "8-bit+Huffman"
+        coding = CODINGS.get(str(knobs.get("encoder", "none")), str(knobs.get("encoder")))
         level = row.get("level")
         return f"level {int(level)} {coding}" if pd.notna(level) and level >= 0 else f"unpruned {coding}"
     if row["method"] == "two_step_pruning":
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     profile, data, base = profile_data(args.profile, args.data)
     rows = ResultsStore().table()
     rows = rows[rows["base_id"] == base.id] if not rows.empty else rows
+    # source-coded rows only: JSCC rows send channel symbols, not bits (their figures: `python -m engine noisy`)
+    jscc = rows["knobs"].map(lambda k: isinstance(k, dict) and k.get("encoder") == "jscc") if not rows.empty else []
+    rows = rows[~jscc & rows["bits_actual"].notna()].copy() if not rows.empty else rows
     if rows.empty:
         raise SystemExit(f"no rows for the {args.profile} base model {base.id}; run "
                          f"`python -m engine sweep --profile {args.profile}` first")

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
     fmt.add_argument("--json", action="store_true", help="JSON records on stdout")
     _add_queue_commands(sub)
+    _add_noisy_command(sub)
+    _add_coinference_commands(sub)
     return parser
 
 
@@ -501,8 +503,155 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_coinference_commands(sub: argparse._SubParsersAction) -> None:
+    from engine.protocol import DEFAULT_MAX_PAYLOAD
+
+    p = sub.add_parser("export", help="write the deployable bundle of a variant in the results store")
+    p.add_argument("--id", required=True, help="variant id (or its first characters), see `python -m engine results`")
+    p.add_argument("--out", required=True, type=Path, help="bundle directory, or a .zip archive")
+    p.add_argument("--data", help="dataset the variant was measured on (default: $COINFER_DATA, then cache/data/)")
+    p = sub.add_parser("serve", help="the edge server of co-inference: load a bundle's server part, answer over TCP")
+    p.add_argument("--bundle", required=True, type=Path, help="bundle directory or .zip from `python -m engine export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+    p.add_argument("--max-message", type=int, default=DEFAULT_MAX_PAYLOAD, help="largest accepted message, bytes")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p = sub.add_parser("device", help="the device of co-inference: run a bundle's device part on test images and "
+                                      "send the bitstream over a rate-limited link")
+    p.add_argument("--bundle", required=True, type=Path, help="bundle directory or .zip from `python -m engine export`")
+    p.add_argument("--server", default="127.0.0.1:8765", help="HOST:PORT of `python -m engine serve`")
+    p.add_argument("--rate", default="40kB/s", help="link rate enforced on the sender, e.g. 40kB/s, 1Mbit/s")
+    p.add_argument("--delay", type=float, default=0.0, help="propagation delay per message, milliseconds")
+    p.add_argument("--images", type=int, default=50, help="number of test images (default 50)")
+    p.add_argument("--data", help="dataset (default: $COINFER_DATA, then cache/data/)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="per-image timings and the summary as JSON on stdout")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.data import load_data, subset
+    from engine.export import row_config, write_bundle
+    from engine.methods import RunContext
+    from engine.store import ResultsStore
+
+    store = ResultsStore()
+    rows = [r for r in store.rows() if str(r["id"]).startswith(args.id)]
+    if len(rows) != 1:
+        raise UserError(f"{'no' if not rows else len(rows)} variant(s) in the results store match {args.id!r}; "
+                        "see `python -m engine results` for the ids")
+    row = rows[0]
+    cfg = row_config(row)
+    profile = next(PROFILES.get(n) for n in PROFILES if PROFILES.get(n).base_config(
+        cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base)
+    data = load_data(_data_path(args), cache_dir=_writable_cache())
+    if profile.train_limit or profile.test_limit:
+        data = subset(data, profile.train_limit, profile.test_limit, seed=cfg.base.seed)
+    if data.fingerprint != cfg.base.dataset:
+        raise UserError(f"variant {cfg.id} was measured on data {cfg.base.dataset}, this is {data.fingerprint}: "
+                        "pass the same --data")
+    out = write_bundle(cfg, RunContext(data, profile, _writable_cache()), args.out, metrics=row)
+    print(f"bundle of {cfg.method} @ {cfg.split} ({cfg.id}) written to {out}")
+    return 0
+
+
+def _threads(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.coinference import CoinferenceServer
+    from engine.export import load_bundle
+
+    _threads(args)
+    bundle = load_bundle(args.bundle)
+    server = CoinferenceServer(bundle, args.host, args.port, max_payload=args.max_message)
+    host, port = server.address
+    print(f"serving {bundle.meta['method']} @ {bundle.meta['split']} ({bundle.id}, {bundle.coding}) on {host}:{port}; "
+          "Ctrl-C to stop", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print(f"stopped after {server.stats.images} images from {server.stats.connections} connection(s)")
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    from engine.coinference import DeviceClient, parse_address
+    from engine.data import load_data, subset
+    from engine.export import load_bundle
+    from engine.latency import to_rate_bps
+
+    _threads(args)
+    bundle = load_bundle(args.bundle)
+    host, port = parse_address(args.server)
+    rate = to_rate_bps(args.rate)
+    if args.images < 1:
+        raise UserError(f"--images must be >= 1, got {args.images}")
+    data = load_data(_data_path(args), cache_dir=_writable_cache())
+    profile = PROFILES.get(bundle.meta["profile"]) if bundle.meta.get("profile") in PROFILES else None
+    if profile is not None and (profile.train_limit or profile.test_limit):
+        data = subset(data, profile.train_limit, profile.test_limit, seed=bundle.config().base.seed)
+    n = min(args.images, len(data.test_y))
+    with DeviceClient(bundle, host, port, rate, delay_s=args.delay / 1e3) as client:
+        report = client.run(data.test_x[:n], data.test_y[:n].tolist())
+    if args.json:
+        json.dump({"variant": bundle.id, "rate_bps": rate, "median_s": report.median_s, "p95_s": report.p95_s,
+                   "accuracy": report.accuracy, "wire_bytes": report.wire_bytes, "images": report.rows()},
+                  sys.stdout, indent=1)
+        print()
+    else:
+        print(f"{bundle.meta['method']} @ {bundle.meta['split']} ({bundle.id}): {report.summary()}")
+    return 0
+
+
+def _add_noisy_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("noisy", help="the paper's Fig. 5: JSCC against separate source and channel coding over AWGN "
+                                     "and BSC channels at conv4_x; rows go to the results store")
+    _common(p)
+    p.add_argument("--channel", choices=("awgn", "bsc", "both"), default="both", help="which channel (default both)")
+    p.add_argument("--force", action="store_true", help="measure again the variants already in the results store")
+    p.add_argument("--drop", type=float, default=2.0, help="accuracy drop allowed below the base model, in points "
+                                                           "(default 2)")
+    p.add_argument("--bandwidth", type=_positive_float, default=1e6,
+                   help="AWGN channel uses per second W, Hz (default 1e6: the paper's 1 MHz)")
+
+
+def cmd_noisy(args: argparse.Namespace) -> int:
+    from engine.jscc import fig5_report, run_fig5
+    from engine.methods import RunContext
+    from engine.store import ResultsStore
+
+    if not 0.0 <= args.drop < 100.0:
+        raise UserError(f"--drop is in points, from 0 to 100, got {args.drop:g}")
+    profile, data, base = _load(args)
+    channels = ("awgn", "bsc") if args.channel == "both" else (args.channel,)
+    store = ResultsStore()
+    bar = _Bar(f"noisy {profile.name}")
+    try:
+        rows = run_fig5(RunContext(data, profile, _writable_cache(), progress=bar), base, channels,
+                        skip=() if args.force else store, on_row=store.put)
+        bar(1.0, "done")
+    finally:
+        bar.close()
+    table = store.table()
+    table = table[table["base_id"] == base.id]
+    print(f"Fig. 5 at conv4_x, base model {base.id} (width {base.width:g}), {profile.name} profile: {len(rows)} "
+          "variant(s) measured now, the rest from the results store")
+    print(fig5_report(table, channels, args.drop / 100, args.bandwidth))
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "profile": cmd_profile, "train-base": cmd_train_base, "run": cmd_run,
-            "results": cmd_results, "sweep": cmd_sweep, "jobs": cmd_jobs, "worker": cmd_worker, "best": cmd_best}
+            "results": cmd_results, "sweep": cmd_sweep, "jobs": cmd_jobs, "worker": cmd_worker, "best": cmd_best,
+            "export": cmd_export, "serve": cmd_serve, "device": cmd_device}
+COMMANDS["noisy"] = cmd_noisy
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import math
+from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
+from engine.pareto import meets_threshold, pareto_front
 
 METHOD_COLORS = {
     "original": "#1f77b4",
@@ -15,68 +19,182 @@ METHOD_COLORS = {
     "profile": "#7f7f7f",
 }
 
+SYMBOL_FILLED, SYMBOL_OPEN = 0, 100  # plotly's numeric codes of "circle" and "circle-open" (numeric: fast to send)
 BITS_LABELS = {"bits_actual": "bits per image (actual bitstream)", "bits_ideal": "bits per image (ideal)",
                "bits_8bit": "bits per image (8-bit, uncoded)"}
 
 
-def _hover(row: pd.Series, bits_column: str) -> str:
-    lines = [f"<b>{row['method']} @ {row['split']}</b>"]
-    if pd.notna(row.get("accuracy")):
-        lines.append(f"accuracy {row['accuracy']:.2%}")
-    lines.append(f"device {row['device_flops'] / 1e6:,.2f} MFLOPs, server {row['server_flops'] / 1e6:,.2f} MFLOPs")
-    for col in ("bits_actual", "bits_ideal", "bits_8bit", "bits_raw"):
-        if col in row and pd.notna(row[col]):
-            mark = " ◀" if col == bits_column else ""
-            lines.append(f"{col} {row[col]:,.1f}{mark}")
-    if "device_memory_bytes" in row and pd.notna(row["device_memory_bytes"]):
-        lines.append(f"device memory {row['device_memory_bytes'] / 1e3:,.1f} kB")
-    if "feature_shape" in row and isinstance(row["feature_shape"], list):
-        lines.append("feature " + "x".join(map(str, row["feature_shape"])))
-    if "knobs" in row and isinstance(row["knobs"], dict) and row["knobs"]:
-        lines.append("knobs " + json.dumps(row["knobs"], sort_keys=True))
-    if "id" in row and isinstance(row["id"], str):
+_HOVER_BITS = ("bits_actual", "bits_ideal", "bits_8bit", "bits_raw", "png_bits")
+
+
+def _fmt(value: object, spec: str) -> str | None:
+    """`value` formatted with `spec`, or None when it is missing or not a number."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        return None
+    return None if math.isnan(float(value)) else format(float(value), spec)
+
+
+def hover_text(row: Mapping, bits_column: str = "bits_actual") -> str:
+    """A variant's whole configuration and every metric, as plotly hover HTML (one row of a results table, with the
+    latency columns of `engine.latency.latency_table` when they are there)."""
+    lines = [f"<b>{row.get('method')} @ {row.get('split')}</b>"]
+    knobs = row.get("knobs")
+    if isinstance(knobs, Mapping) and knobs:
+        lines.append("knobs " + ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())))
+    for key, label, spec in (("accuracy", "accuracy", ".2%"), ("device_flops", "device FLOPs", ",.4g"),
+                             ("server_flops", "server FLOPs", ",.4g"),
+                             ("device_memory_bytes", "device memory B", ",.4g"),
+                             ("device_params_bytes", "· parameters B", ",.4g"),
+                             ("device_activation_bytes", "· activations B", ",.4g")):
+        text = _fmt(row.get(key), spec)
+        if text is not None:
+            lines.append(f"{label} {text}")
+    for col in _HOVER_BITS:
+        text = _fmt(row.get(col), ",.1f")
+        if text is not None:
+            lines.append(f"{col} {text}{' ◀' if col == bits_column else ''}")
+    shape = row.get("feature_shape")
+    if isinstance(shape, (list, tuple)) and shape:
+        lines.append("feature " + "x".join(map(str, shape)))
+    latency = _fmt(row.get("latency"), ".4g")
+    if latency is not None:
+        parts = " + ".join(_fmt(row.get(c), ".3g") or "?" for c in ("t_device", "t_transmit", "t_server"))
+        fits = "" if row.get("feasible", True) else " · does NOT fit the device memory"
+        lines.append(f"latency {latency} s = {parts}{fits}")
+    width, seed = _fmt(row.get("width"), "g"), row.get("seed")
+    if width is not None:
+        lines.append(f"width {width}" + (f", seed {seed}" if seed is not None and not pd.isna(seed) else ""))
+    if isinstance(row.get("id"), str):
         lines.append(f"id {row['id']}")
     return "<br>".join(lines)
 
 
+_HOVER_NUMBERS = (("accuracy", "accuracy", ".2%"), ("device_flops", "device FLOPs", ",.4g"),
+                  ("server_flops", "server FLOPs", ",.4g"), ("device_memory_bytes", "device memory B", ",.4g"),
+                  ("device_params_bytes", "· parameters B", ",.4g"),
+                  ("device_activation_bytes", "· activations B", ",.4g"),
+                  *((c, c, ",.1f") for c in _HOVER_BITS), ("latency", "latency s", ".4g"),
+                  ("t_device", "· device s", ".3g"), ("t_transmit", "· link s", ".3g"),
+                  ("t_server", "· server s", ".3g"),
+                  ("width", "width", "g"), ("seed", "seed", "d"))
+
+
+def _hover_data(points: pd.DataFrame, bits_column: str) -> tuple[np.ndarray, pd.Series, str]:
+    """What a point's hover shows (a variant's whole configuration and every metric), built for thousands of rows:
+    the numbers as one float array (`customdata`, sent as binary), the configuration as one short string per point
+    (`hovertext`), and the template that formats them in the browser."""
+    knobs = points["knobs"] if "knobs" in points else pd.Series(None, index=points.index, dtype=object)
+    knob_text = [", ".join(f"{k}={v}" for k, v in sorted(k.items())) if isinstance(k, Mapping) and k else "no knobs"
+                 for k in knobs]
+    feasible = points["feasible"].astype(bool) if "feasible" in points else pd.Series(True, index=points.index)
+    ids = points["id"].fillna("").astype(str) if "id" in points else pd.Series("", index=points.index)
+    head = ("<b>" + points["method"].astype(str) + " @ " + points["split"].astype(str) + "</b> · id " + ids + "<br>"
+            + pd.Series(knob_text, index=points.index)
+            + np.where(feasible, "", "<br><b>does NOT fit the device memory</b>"))
+    lines, columns = ["%{hovertext}"], []
+    for column, label, spec in _HOVER_NUMBERS:
+        if column in points and points[column].notna().any():
+            lines.append(f"{label} %{{customdata[{len(columns)}]:{spec}}}" + (" ◀" if column == bits_column else ""))
+            columns.append(pd.to_numeric(points[column], errors="coerce").to_numpy(dtype=float))
+    numbers = np.column_stack(columns) if columns else np.zeros((len(points), 0))
+    return numbers, head, "<br>".join(lines) + "<extra></extra>"
+
+
+def _scatter(**props: object) -> go.Scatter:
+    """A scatter trace built without plotly's per-property validation (plotly's private `_validate` switch, pinned
+    plotly): with thousands of points validation costs more than drawing; the page tests render every figure."""
+    return go.Scatter(**props, _validate=False)
+
+
+def _point_ids(frame: pd.DataFrame) -> list[str] | None:
+    """Per-point variant ids (plotly's `ids`): a click's selection event carries the point's id."""
+    return frame["id"].astype(str).tolist() if "id" in frame and frame["id"].notna().all() else None
+
+
 def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str = "bits_actual",
-                 title: str = "") -> go.Figure:
+                 title: str = "", *, threshold: float | None = None, below: str = "grey", front: str = "overall",
+                 selected: str | None = None, highlight: Mapping[str, str] | None = None,
+                 height: int = 520) -> go.Figure:
     """The communication-computation plane (Shao & Zhang 2020, Figs. 1 and 3): device FLOPs against bits per image,
-    log axes, one trace per method. The server-only point (0 FLOPs) is the input PNG line; points above that line
-    suffer data amplification and are drawn hollow."""
-    fig = go.Figure()
+    log axes, one colour per method. Variants under the accuracy `threshold` are greyed (`below="grey"`) or left
+    out (`"hide"`); the Pareto front of the others is a step line (`front`: "overall", "method" or "none"). The
+    server-only cost (0 FLOPs) is the input PNG line; the region above it (data amplification) is shaded and points
+    there are hollow. `selected` (an id) gets a star, `highlight` (id -> label) rings with labels."""
+    fig = go.Figure(_validate=False)  # see _scatter
     points = table[(table["device_flops"] > 0) & table[bits_column].notna()].sort_values("device_flops")
-    for method, group in points.groupby("method", sort=False):
-        amplified = group[bits_column] > png_bits if png_bits else pd.Series(False, index=group.index)
-        fig.add_trace(go.Scatter(
-            x=group["device_flops"], y=group[bits_column], mode="lines+markers+text", name=method,
-            text=group["split"], textposition="top center", textfont={"size": 10},
-            line={"color": METHOD_COLORS.get(method, "#444")},
-            marker={"size": 10, "symbol": ["circle-open" if a else "circle" for a in amplified],
-                    "line": {"width": 2}},
-            customdata=group.get("id"),
-            hovertext=[_hover(r, bits_column) for _, r in group.iterrows()], hoverinfo="text",
+    ok = meets_threshold(points, threshold)
+    few = len(points) <= 40
+    numbers, heads, template = _hover_data(points, bits_column)
+    row = pd.Series(np.arange(len(points)), index=points.index)
+    for method, group in points[ok].groupby("method", sort=False):
+        amplified = (group[bits_column] > png_bits).to_numpy() if png_bits else np.zeros(len(group), dtype=bool)
+        fig.add_trace(_scatter(
+            x=group["device_flops"], y=group[bits_column], mode="markers+text" if few else "markers", name=method,
+            legendgroup=method, text=group["split"], textposition="top center", textfont={"size": 10},
+            marker={"size": 10 if few else 7, "color": METHOD_COLORS.get(method, "#444"),
+                    "symbol": np.where(amplified, SYMBOL_OPEN, SYMBOL_FILLED), "line": {"width": 2}},
+            ids=_point_ids(group), customdata=numbers[row[group.index]], hovertext=heads[group.index].tolist(),
+            hovertemplate=template, unselected={"marker": {"opacity": 0.9}},
         ))
+    grey = points[~ok]
+    if len(grey) and below != "hide":
+        fig.add_trace(_scatter(
+            x=grey["device_flops"], y=grey[bits_column], mode="markers", name="below the accuracy threshold",
+            text=grey["split"], marker={"size": 7, "color": "#c7c7c7", "line": {"width": 0}}, opacity=0.7,
+            ids=_point_ids(grey), customdata=numbers[row[grey.index]], hovertext=heads[grey.index].tolist(),
+            hovertemplate=template, unselected={"marker": {"opacity": 0.6}},
+        ))
+    kept = points[ok]
+    fronts = [] if front == "none" or kept.empty else (
+        [("Pareto front", kept, "#222", "solid")] if front == "overall"
+        else [(m, g, METHOD_COLORS.get(m, "#444"), "dot") for m, g in kept.groupby("method", sort=False)])
+    for name, group, color, dash in fronts:
+        pf = pareto_front(group, "device_flops", bits_column)
+        fig.add_trace(_scatter(
+            x=pf["device_flops"], y=pf[bits_column], mode="lines", line={"shape": "hv", "color": color, "dash": dash,
+                                                                         "width": 1.5},
+            name="Pareto front" if front == "overall" else f"{name} front", legendgroup=name,
+            showlegend=front == "overall", hoverinfo="skip"))
+    for ids, name, symbol, size in (([selected] if selected else [], "selected", "star", 18),
+                                    (list(highlight or {}), "pinned", "circle-open", 22)):
+        mark = points[points["id"].isin(ids)] if "id" in points and ids else points.iloc[:0]
+        if mark.empty:
+            continue
+        labels = [(highlight or {}).get(i, "") for i in mark["id"]] if name == "pinned" else None
+        fig.add_trace(_scatter(
+            x=mark["device_flops"], y=mark[bits_column], mode="markers+text" if labels else "markers", name=name,
+            text=labels, textposition="middle right", textfont={"size": 14, "color": "#000"},
+            marker={"symbol": symbol, "size": size, "color": "#ffd700" if symbol == "star" else "#000",
+                    "line": {"width": 2, "color": "#000"}},
+            ids=_point_ids(mark), customdata=numbers[row[mark.index]],
+            hovertext=heads[mark.index].tolist(), hovertemplate=template,
+            hoverinfo="text"))
     if png_bits:
-        fig.add_hline(y=png_bits, line_dash="dash", line_color="#888",
-                      annotation_text=f"input (PNG) {png_bits:,.0f} bits = server-only cost",
-                      annotation_position="bottom right")
         top = max(float(points[bits_column].max()) * 3 if len(points) else png_bits * 10, png_bits * 3)
-        fig.add_hrect(y0=png_bits, y1=top, fillcolor="#d62728", opacity=0.06, line_width=0,
-                      annotation_text="data amplification", annotation_position="top left")
+        fig.add_shape(type="rect", xref="paper", x0=0, x1=1, yref="y", y0=png_bits, y1=top, fillcolor="#d62728",
+                      opacity=0.06, line_width=0, layer="below")
+        fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=png_bits, y1=png_bits,
+                      line={"dash": "dash", "color": "#888"})
+        # annotations on a log axis take log10 coordinates (the shapes above take data values)
+        for text, xpos, anchor in ((f"input (PNG) {png_bits:,.0f} bits = server-only cost", 1.0, "top"),
+                                   ("data amplification ↑", 0.0, "bottom")):
+            fig.add_annotation(text=text, xref="paper", x=xpos, xanchor="right" if xpos else "left", yref="y",
+                               y=math.log10(png_bits), yanchor=anchor, showarrow=False, font={"color": "#666"})
     fig.update_xaxes(type="log", title="on-device computation (FLOPs, FlopCounterMode, batch 1)")
     fig.update_yaxes(type="log", title=BITS_LABELS.get(bits_column, bits_column))
-    fig.update_layout(title=title, legend_title="method", hovermode="closest", height=520,
+    fig.update_layout(title=title, legend_title="method", hovermode="closest", height=height, clickmode="event+select",
                       margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50})
     return fig
 
 
-def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = None) -> go.Figure:
+def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = None, *,
+                        selected: Mapping | None = None) -> go.Figure:
     """End-to-end latency of each method's best qualifying variant against the link rate (Shao & Zhang 2020,
-    Fig. 4), rates shown in kB/s as in the paper; `curves` is `engine.pareto.latency_vs_rate`'s tidy table."""
-    fig = go.Figure()
+    Fig. 4), rates shown in kB/s as in the paper; `curves` is `engine.pareto.latency_vs_rate`'s tidy table. The
+    chosen rate is a dotted line; `selected` (a `latency_table` row) is a star at that rate."""
+    fig = go.Figure(_validate=False)  # see _scatter
     for method, group in curves.groupby("method", sort=False):
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_scatter(
             x=group["rate"] / 8e3, y=group["latency"], mode="lines+markers", name=method,
             line={"color": METHOD_COLORS.get(method, "#444"), "shape": "linear"}, customdata=group["id"],
             hovertext=[f"<b>{method}</b> @ {r.split}<br>{r.rate / 8e3:,.3g} kB/s: {r.latency * 1e3:,.2f} ms "
@@ -86,8 +204,15 @@ def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = No
             hoverinfo="text",
         ))
     if chosen_rate_bps:
-        fig.add_vline(x=chosen_rate_bps / 8e3, line_dash="dot", line_color="#555",
-                      annotation_text=f"{chosen_rate_bps / 8e3:,.3g} kB/s", annotation_position="top")
+        fig.add_shape(type="line", xref="x", x0=chosen_rate_bps / 8e3, x1=chosen_rate_bps / 8e3, yref="paper", y0=0,
+                      y1=1, line={"dash": "dot", "color": "#555"})
+        fig.add_annotation(text=f"{chosen_rate_bps / 8e3:,.3g} kB/s", x=math.log10(chosen_rate_bps / 8e3), xref="x",
+                           y=1.0, yref="paper", yanchor="bottom", showarrow=False)  # log axis: log10 coordinates
+    if chosen_rate_bps and selected is not None and _fmt(selected.get("latency"), "g") is not None:
+        fig.add_trace(_scatter(
+            x=[chosen_rate_bps / 8e3], y=[selected["latency"]], mode="markers", name="selected",
+            marker={"symbol": "star", "size": 18, "color": "#ffd700", "line": {"width": 2, "color": "#000"}},
+            customdata=[selected.get("id")], hovertext=[hover_text(selected)], hoverinfo="text"))
     fig.update_xaxes(type="log", title="link rate (kB/s)")
     fig.update_yaxes(type="log", title="end-to-end latency (s)")
     fig.update_layout(legend_title="method", hovermode="closest", height=460, margin={"l": 60, "r": 20, "t": 30,
@@ -97,12 +222,107 @@ def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = No
 
 def latency_breakdown_figure(best: pd.DataFrame) -> go.Figure:
     """Stacked bars of device compute, transmission and server compute of each method's best variant."""
-    fig = go.Figure()
+    fig = go.Figure(_validate=False)  # see _scatter
     labels = [f"{r.method} @ {r.split}" for r in best.itertuples()]
     for column, name, color in (("t_device", "device compute", "#9467bd"), ("t_transmit", "transmission", "#17becf"),
                                 ("t_server", "server compute", "#bcbd22")):
-        fig.add_trace(go.Bar(y=labels, x=best[column], name=name, orientation="h", marker_color=color,
-                             hovertemplate="%{y}: %{x:.4g} s<extra>" + name + "</extra>"))
+        fig.add_trace(go.Bar(y=labels, x=best[column], name=name, orientation="h", marker_color=color, _validate=False,
+                             customdata=best.get("id"), hovertemplate="%{y}: %{x:.4g} s<extra>" + name + "</extra>"))
     fig.update_layout(barmode="stack", height=90 + 40 * len(best), xaxis_title="seconds",
                       margin={"l": 10, "r": 20, "t": 10, "b": 40}, legend_orientation="h")
+    return fig
+
+
+_CHROME_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def png_export_problem() -> str | None:
+    """Why figures cannot be written as PNG on this machine, in one line; None when they can. Plotly's image export
+    (kaleido) drives a local Chrome or Chromium ($BROWSER_PATH, else the first on PATH)."""
+    import importlib.util
+    import os
+    import shutil
+
+    if importlib.util.find_spec("kaleido") is None:
+        return "PNG export needs the kaleido package (pip install -r requirements.txt); the HTML export works without"
+    path = os.environ.get("BROWSER_PATH")
+    if path and not os.access(path, os.X_OK):
+        return f"PNG export: no browser at BROWSER_PATH={path}; install chromium or fix the path (HTML works without)"
+    if not path and not any(shutil.which(n) for n in _CHROME_NAMES):
+        return "PNG export needs Chrome or Chromium (apt-get install chromium); the HTML export works without"
+    return None
+
+
+def figure_png(fig: go.Figure, scale: float = 2.0) -> bytes:
+    """The figure as a PNG image; a UserError (one line) when this machine cannot render one."""
+    from engine.errors import UserError
+
+    problem = png_export_problem()
+    if problem:
+        raise UserError(problem)
+    try:
+        return fig.to_image(format="png", scale=scale)
+    except Exception as exc:  # noqa: BLE001 - the browser may fail in many ways
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"PNG export failed ({first}); download the HTML instead") from None
+
+
+def figure_html(fig: go.Figure) -> bytes:
+    """The figure as a self-contained HTML page (plotly.js inlined, so it opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True).encode()
+
+
+# -- noisy channels (Shao & Zhang 2020, Fig. 5) -----------------------------------------------------------------
+
+SCHEME_COLORS = {"JSCC": "#d62728", "learned source coding": "#9467bd", "8-bit Huffman feature": "#1f77b4",
+                 "PNG input": "#7f7f7f"}
+NOISY_AXES = {"awgn": ("SNR (dB)", "communication latency (s), W = 1 MHz"),
+              "bsc": ("bit flip probability p", "communication overhead (channel bits per image)")}
+
+
+def noisy_cost_figure(curves: pd.DataFrame, channel: str, chosen: float | None = None) -> go.Figure:
+    """Fig. 5 of Shao & Zhang 2020: each scheme's cost against the channel condition (AWGN: latency against SNR;
+    BSC: channel bits against p), log y; `curves` is `engine.jscc.fig5_curves`'s tidy table. JSCC points carry
+    their number of channel uses, the separate-coding points their source bits."""
+    fig = go.Figure()
+    x_title, y_title = NOISY_AXES.get(channel, ("condition", "cost"))
+    for scheme, group in curves.groupby("scheme", sort=False):
+        group = group.sort_values("condition")
+        jscc = scheme == "JSCC"
+        labels = [f"k={u:g}" if jscc else "" for u in group["uses"]]
+        hover = [f"<b>{scheme}</b> at {r.condition:g}: cost {r.cost:.4g}<br>"
+                 + (f"{r.uses:g} channel uses" if jscc else f"{r.bits:,.1f} source bits at capacity")
+                 + (f"<br>test accuracy {r.accuracy:.2%}" if pd.notna(r.accuracy) else "")
+                 + (f"<br>id {r.id}" if isinstance(r.id, str) else "") for r in group.itertuples()]
+        fig.add_trace(go.Scatter(x=group["condition"], y=group["cost"], mode="lines+markers+text" if jscc else
+                                 "lines+markers", name=scheme, text=labels, textposition="top center",
+                                 line={"color": SCHEME_COLORS.get(scheme, "#444"), "dash": None if jscc else "dot"},
+                                 customdata=group["id"], hovertext=hover, hoverinfo="text"))
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dot", line_color="#555", annotation_text=f"{chosen:g}",
+                      annotation_position="top")
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(type="log", title=y_title)
+    fig.update_layout(legend_title="scheme", hovermode="closest", height=440,
+                      margin={"l": 60, "r": 20, "t": 30, "b": 50})
+    return fig
+
+
+def mismatch_figure(curve: pd.DataFrame, channel: str, threshold: float | None = None,
+                    chosen: float | None = None, name: str = "accuracy") -> go.Figure:
+    """Accuracy of one variant against the channel condition (the mismatch curve: a JSCC model evaluated at
+    conditions other than the one it was chosen for), test mean with the spread over realisations."""
+    x_title = NOISY_AXES.get(channel, ("condition", ""))[0]
+    fig = go.Figure(go.Scatter(x=curve["condition"], y=curve["accuracy"], mode="lines+markers", name=name,
+                               error_y={"type": "data", "array": curve.get("accuracy_std",
+                                                                           pd.Series(0.0, index=curve.index))},
+                               line={"color": SCHEME_COLORS["JSCC"]}))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="#888", annotation_text=f"threshold {threshold:.2%}",
+                      annotation_position="bottom right")
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dot", line_color="#555")
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title="test accuracy", tickformat=".0%")
+    fig.update_layout(height=320, showlegend=False, margin={"l": 60, "r": 20, "t": 20, "b": 50})
     return fig

@@ -123,3 +123,47 @@ def accuracy_threshold_default(base_accuracy: float, drop: float = 0.02) -> floa
         raise UserError(f"the accuracy drop is a fraction in [0, 1], got {drop}; e.g. 0.02 for 2 points")
     return max(0.0, base_accuracy - drop)
 
+
+
+def meets_threshold(table: pd.DataFrame, threshold: float | None) -> pd.Series:
+    """True where a row's accuracy is at least `threshold`; rows without an accuracy (an untrained profile) and
+    every row when `threshold` is None count as meeting it."""
+    if threshold is None or "accuracy" not in table.columns:
+        return pd.Series(True, index=table.index, dtype=bool)
+    acc = pd.to_numeric(table["accuracy"], errors="coerce")
+    return (acc.isna() | (acc >= threshold)).astype(bool)
+
+
+def _same(values: list) -> bool:
+    """Whether the cells of one column are all equal (NaN equals NaN; dicts and lists compare by value)."""
+    keys = []
+    for v in values:
+        if isinstance(v, float) and np.isnan(v) or v is None or v is pd.NA:
+            keys.append(None)
+        elif isinstance(v, (dict, list, tuple)):
+            keys.append(repr(sorted(v.items())) if isinstance(v, dict) else repr(list(v)))
+        else:
+            keys.append(v)
+    return all(k == keys[0] for k in keys[1:])
+
+
+def compare_table(table: pd.DataFrame, ids: Iterable[str], columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """The rows `ids` (in that order, unknown ids left out) with only the columns whose values differ between them;
+    each differing numeric column is followed by `Δ <column>`, its difference from the first row. Indexed by id.
+    With fewer than two rows every column is kept (nothing to compare against)."""
+    ids = [i for i in dict.fromkeys(ids) if "id" in table.columns and (table["id"] == i).any()]
+    cols = [c for c in (columns if columns is not None else table.columns) if c in table.columns and c != "id"]
+    rows = table.drop_duplicates("id").set_index("id").loc[ids, cols] if ids else table.iloc[:0][cols]
+    if len(rows) < 2:
+        return rows
+    out = {}
+    for c in cols:
+        values = rows[c].tolist()
+        if _same(values):
+            continue
+        out[c] = rows[c]
+        numeric = pd.api.types.is_numeric_dtype(rows[c]) and not pd.api.types.is_bool_dtype(rows[c])
+        if numeric:
+            num = pd.to_numeric(rows[c], errors="coerce").astype("float64")
+            out[f"Δ {c}"] = num - num.iloc[0]
+    return pd.DataFrame(out, index=rows.index)

@@ -27,7 +27,7 @@ def qualifying(table: pd.DataFrame, threshold: float | None, bits_column: str = 
     if table.empty:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in BEST_COLUMNS})
     _require(table, ("id", "method", "split", "accuracy", "device_flops", bits_column))
-    out = table.assign(bits=pd.to_numeric(table[bits_column], errors="coerce"),
+    out = table.copy().assign(bits=pd.to_numeric(table[bits_column], errors="coerce"),
                        device_flops=pd.to_numeric(table["device_flops"], errors="coerce"),
                        accuracy=pd.to_numeric(table["accuracy"], errors="coerce"))
     ok = out["bits"].notna() & out["device_flops"].notna()

@@ -1,139 +1,114 @@
-"""The communication-computation plane (Shao & Zhang 2020, Fig. 1): device FLOPs against bits per image."""
+"""The communication-computation plane (Shao & Zhang 2020, Figs. 1 and 3): device FLOPs against bits per image."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import pandas as pd
 import streamlit as st
 
+import ui
 from engine import jobs as jobq
 from engine import sweep
-from engine.config import PROFILES
 from engine.errors import UserError
 from engine.figures import plane_figure
+from engine.latency import latency_table
 from engine.models import split_names
-from engine.paths import cache_dir
-from engine.profile import profile_model
-from engine.store import ResultsStore
-from engine.train import make_model
-from ui import environment
+from engine.pareto import best_variant
+from engine.units import format_flops, format_seconds
 
-
-@st.cache_resource(show_spinner="Loading the dataset…")
-def _data(profile: str, data_env: str | None, cache: str, seed: int = 0):  # noqa: ANN202
-    """The dataset cut to the profile; keyed by where the data and cache are, so a changed location reloads."""
-    from engine.data import load_data, subset
-
-    prof = PROFILES.get(profile)
-    data = load_data(data_env, cache_dir=Path(cache), download=False)
-    if prof.train_limit or prof.test_limit:
-        data = subset(data, prof.train_limit, prof.test_limit, seed=seed)
-    return data
-
-
-@st.cache_data(show_spinner="Profiling the splits…")
-def _profile(profile: str, width: float) -> tuple[pd.DataFrame, float]:
-    from engine.data import mean_png_bits
-
-    data = _data(profile, *_data_location())
-    base = PROFILES.get(profile).base_config(data.fingerprint, width=width)
-    rows = profile_model(make_model(base, data), (data.channels, *data.image_size), data.num_classes,
-                         split_names(coarse_only=True))
-    table = pd.DataFrame(rows).assign(method="profile", id=None)
-    return table, mean_png_bits(data, cache_dir())
-
-
-def _data_location() -> tuple[str | None, str]:
-    return os.environ.get("COINFER_DATA") or None, str(cache_dir())
-
-
-env = environment()
+env = ui.environment()
+ui.sync_url()  # the view survives page switches (see ui.view)
+v = ui.view()
 st.title("Communication-computation plane")
-try:
-    data = _data(env.profile, *_data_location())
-except UserError as exc:
-    st.error(str(exc))
-    queue = jobq.JobQueue()
+
+
+def _no_data(message: str) -> None:
+    """The page without a dataset: how to provide one, and a download button (a job, like the others)."""
+    st.error(message)
     spec = jobq.JobSpec.for_data(None)
-    download = queue.get(spec.id)
+    download = ui.job_queue().get(spec.id)
     downloading = download is not None and download.status in jobq.ACTIVE
     if downloading:
         st.progress(download.progress, text="Downloading CIFAR-10 with torchvision…")
     elif download is not None and download.status == "failed":
         st.warning(f"The download failed: {download.error}")
     if st.button("Download CIFAR-10 (170 MB, needs internet)", disabled=downloading):
-        queue.submit([spec], requeue_finished=True)
-        jobq.ensure_worker(queue)
+        ui.start_jobs([spec])
         st.rerun()
     st.stop()
-base = PROFILES.get(env.profile).base_config(data.fingerprint, width=env.width)
-st.caption(f"dataset **{data.name}** ({len(data.test_y):,} test images) · ResNet18 width **{base.width:g}** · "
-           f"profile **{env.profile}** · base model `{base.id}`")
-
-profile_table, png_bits = _profile(env.profile, base.width)
-results = ResultsStore().table(method="original")
-if not results.empty:
-    results = results[results["base_id"] == base.id]
-queue = jobq.JobQueue()
 
 
-def _original_jobs() -> list[jobq.Job]:
-    return queue.jobs(base_id=base.id, method="original")
+data = ui.local_data(env)
+if data is None and not env.data:
+    try:
+        ui.dataset(env.profile)
+    except UserError as exc:
+        _no_data(str(exc))
+data, base = ui.page_base(env)
+table = ui.results(base)
+st.caption(f"dataset **{data.name if data else env.data}**"
+           + (f" ({len(data.test_y):,} test images)" if data else "")
+           + f" · ResNet18 width **{base.width:g}** · profile **{env.profile}** · base model `{base.id}`")
 
-
-@st.fragment(run_every=2.0)
-def _job_progress(shown: frozenset[str]) -> None:
-    """Progress of this base model's `original` jobs, read from the job table; a new row redraws the page."""
-    jobs = _original_jobs()
-    if not jobs:
-        return
-    active = [j for j in jobs if j.status in jobq.ACTIVE]
-    done = [j for j in jobs if j.status == "done"]
-    if active:
-        fraction = sum(1.0 if j.finished else j.progress for j in jobs) / len(jobs)
-        running = [j for j in active if j.status in ("running", "cancelling")]
-        text = f"{len(done)}/{len(jobs)} splits measured · " + (
-            f"{running[0].split}: {running[0].message}" if running else "waiting for a worker")
-        st.progress(min(fraction, 1.0), text=text)
-        if not running and not queue.live_workers():
-            jobq.ensure_worker(queue)
-    for job in jobs:
-        if job.status == "failed":
-            st.error(f"`original` at {job.split} failed: {job.error} (details: `python -m engine jobs show "
-                     f"{job.id}`)")
-    store = ResultsStore()
-    if any(j.id not in shown and j.id in store for j in done):  # a new row: redraw the plane
+if table.empty:
+    st.info("No measured variants for this base model yet. The plane shows the untrained profile: device FLOPs and "
+            "the 8-bit size of each split's feature (no coding, no accuracy). Start the profile to train the base "
+            "model and measure every method; points appear as their jobs finish.")
+    if data is None:
+        st.warning("This dataset is known only from the results store: put it here (COINFER_DATA) to profile it.")
+        st.stop()
+    active = any(j.status in jobq.ACTIVE for j in ui.job_queue().jobs(base_id=base.id))
+    if st.button(f"Start the {env.profile} profile", type="primary", disabled=active,
+                 help="queues every variant of the profile's sweep, cheapest first (`original` within minutes)"):
+        planned = sweep.plan(env.profile, base, ui.data_path())
+        ui.start_jobs([p.spec for p in planned], [p.priority for p in planned])
         st.rerun()
+    ui.progress_strip(base.id, frozenset())
+    profile = ui.untrained_profile(env.profile, base.width, data.fingerprint)
+    ui.chart(plane_figure(profile, ui.png_bits(table, data), bits_column="bits_8bit"), "plane")
+    st.dataframe(profile[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
+                          "bits_8bit"]], hide_index=True)
+    st.stop()
 
+need = ui.threshold(env, table)
+splits = [s for s in split_names() if s in set(table["split"])]
+c1, c2, c3, c4 = st.columns([1.2, 1.2, 1, 2])
+key = ui.bind("bits", lambda: v["bits"] == "ideal")
+ideal = c1.toggle("Ideal bits", value=st.session_state[key], key=key,
+                  help="the entropy model's ideal size instead of the actual bitstream's length")
+key = ui.bind("below", lambda: v["below"] == "hide")
+hide = c2.toggle("Hide below threshold", value=st.session_state[key], key=key,
+                 help="variants under the accuracy threshold: hidden when on, grey when off")
+fronts = {"overall": "overall", "method": "per method", "none": "none"}
+key = ui.bind("front", lambda: v["front"] if v["front"] in fronts else "overall")
+front = c3.radio("Pareto front", list(fronts), index=list(fronts).index(st.session_state[key]), key=key,
+                 format_func=fronts.get, horizontal=True)
+key = ui.bind("splits", lambda: [s for s in ui.parse_list(v["splits"]) if s in splits])
+chosen = c4.multiselect("Splits", splits, default=st.session_state[key], placeholder="all splits", key=key)
+ui.set_view(bits="ideal" if ideal else "actual", below="hide" if hide else "grey", front=front,
+            splits=",".join(chosen))
+bits_column = "bits_ideal" if ideal else "bits_actual"
 
-if results.empty:
-    st.info("No measured variants for this base model yet. The plane shows the untrained profile: device FLOPs "
-            "and the 8-bit size of each split's feature (no coding, no accuracy). Train the base model and measure "
-            "the `original` method to see real accuracies and Huffman-coded bits.")
-    running = any(j.status in jobq.ACTIVE for j in _original_jobs())
-    if st.button("Train the base model and measure `original`", type="primary", disabled=running):
-        planned = sweep.plan(env.profile, base, os.environ.get("COINFER_DATA") or None, methods=["original"],
-                             splits=split_names())
-        queue.submit([p.spec for p in planned], [p.priority for p in planned], requeue_finished=True)
-        jobq.ensure_worker(queue)
-        st.rerun()
-    _job_progress(frozenset())
-    fig = plane_figure(profile_table, png_bits, bits_column="bits_8bit")
-    st.plotly_chart(fig, key="plane")
-    st.dataframe(profile_table[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
-                                "bits_8bit"]], hide_index=True)
+lat = latency_table(table, env.device, env.server, env.rate_bps)
+shown = lat[lat["split"].isin(chosen)] if chosen else lat
+png = ui.png_bits(table, data)
+fig = plane_figure(shown, png, bits_column=bits_column, threshold=need, below="hide" if hide else "grey",
+                   front=front, selected=ui.selected_id())
+ui.chart(fig, "plane")
+
+best = best_variant(table, env.device, env.server, env.rate_bps, need)
+if best is None:
+    st.warning("No variant meets the accuracy threshold and fits the device memory in this environment.")
 else:
-    bits_column = "bits_ideal" if st.toggle("Ideal bits (model entropy) instead of the actual bitstream") \
-        else "bits_actual"
-    fig = plane_figure(results, png_bits, bits_column=bits_column)
-    st.plotly_chart(fig, key="plane")
-    amplified = results[(results[bits_column] > png_bits) & (results["device_flops"] > 0)]["split"].tolist()
-    if amplified:
-        st.caption("Data amplification (feature larger than the PNG input): " + ", ".join(amplified))
-    _job_progress(frozenset(results["id"]))
-    cols = ["split", "accuracy", "device_flops", "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal",
-            "bits_raw", "id"]
-    st.dataframe(results.sort_values("split_order")[cols], hide_index=True,
-                 column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
+    st.success(f"Best for this environment: **{best['method']} @ {best['split']}** — "
+               f"{format_seconds(best['latency'])} end to end, {best['accuracy']:.2%} accuracy, "
+               f"{best['bits_actual']:,.0f} bits, {format_flops(best['device_flops'])} on the device "
+               f"(`{best['id']}`). Click a point to select a variant.")
+amplified = shown[(shown[bits_column] > (png or float("inf"))) & (shown["device_flops"] > 0)]
+if len(amplified):
+    st.caption(f"Data amplification (feature larger than the PNG input): {len(amplified)} variant(s), e.g. "
+               + ", ".join(sorted(set(amplified["split"]))))
+ui.progress_strip(base.id, frozenset(table["id"]))
+cols = [c for c in ("method", "split", "knobs", "accuracy", "device_flops", "server_flops", "device_memory_bytes",
+                    "bits_actual", "bits_ideal", "bits_raw", "latency", "feasible", "id") if c in shown]
+st.dataframe(shown.sort_values(["method", "device_flops"])[cols], hide_index=True,
+             column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+                            "latency": st.column_config.NumberColumn(format="%.4g s")})

@@ -1,30 +1,51 @@
-"""AppTest of the dashboard's plane page: the figure shows what the store holds, for each state of the page."""
+"""AppTests of the dashboard's pages: each page is run, its widgets changed, and the figure's data and the chosen
+best point checked against the engine's functions on the same rows."""
 
 from __future__ import annotations
 
 import base64
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import cache_sharing_data
 from streamlit.testing.v1 import AppTest
 
+import ui
+from engine import jobs as jobq
 from engine.config import PROFILES
 from engine.data import ImageData
+from engine.export import selection_json
+from engine.figures import figure_png, plane_figure, png_export_problem
+from engine.latency import DEVICES, latency_table
 from engine.methods import METHODS, RunContext
 from engine.models import split_names
+from engine.pareto import best_per_method, best_variant, latency_vs_rate, meets_threshold, pareto_front
 from engine.profile import profile_model
 from engine.store import ResultsStore
 from engine.train import make_model
 
-DASHBOARD = str(Path(__file__).resolve().parents[1] / "dashboard.py")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = str(PROJECT_ROOT / "dashboard.py")
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+from bench_pages import synthetic_rows  # noqa: E402
+
+PI3, GPU = DEVICES.get("pi3"), DEVICES.get("rtx2080ti")
 
 
-def figure(at: AppTest) -> dict:
-    charts = at.get("plotly_chart")
-    assert len(charts) == 1
-    return json.loads(charts[0].proto.spec)
+# -- helpers --------------------------------------------------------------------------------------------------
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def figure(at: AppTest, index: int = 0) -> dict:
+    return figures(at)[index]
 
 
 def decoded(value: list | dict) -> list:
@@ -35,64 +56,365 @@ def decoded(value: list | dict) -> list:
 
 
 def traces(fig: dict) -> dict[str, dict]:
-    return {t["name"]: {k: decoded(v) if k in ("x", "y", "text") else v for k, v in t.items()} for t in fig["data"]}
+    return {t.get("name", ""): {k: decoded(v) if k in ("x", "y", "text", "customdata", "ids") else v
+                                for k, v in t.items()} for t in fig["data"]}
 
 
-def run_page(width: str = "0.125") -> AppTest:
-    at = AppTest.from_file(DASHBOARD, default_timeout=60)
-    at.query_params["profile"] = "smoke"
-    at.query_params["width"] = width
-    return at.run()
+def run_page(page: str = "plane", **params: str) -> AppTest:
+    """A new session of the dashboard opened on a URL with these query parameters. (AppTest reruns only the page
+    script after the first run, not the entrypoint with its sidebar: sidebar changes are tested as new URLs.)"""
+    at = AppTest.from_file(DASHBOARD, default_timeout=90)
+    at.query_params.update({"profile": "smoke", "width": "0.125", "page": page, **params})
+    at.run()
+    assert not at.exception, at.exception[0].message if at.exception else ""
+    return at
 
 
-def test_before_training_the_plane_shows_the_profile(fresh_cache: Path, small_data: ImageData) -> None:
-    at = run_page()
-    assert not at.exception
-    assert "No measured variants" in at.info[0].value
-    assert at.button[0].label.startswith("Train the base model")
+def widget(at: AppTest, kind: str, label: str):  # noqa: ANN201 - a streamlit testing element
+    found = [w for w in at.get(kind) if getattr(w, "label", "") == label] or [
+        w for w in at.get(kind) if getattr(w, "label", "").startswith(label)]
+    assert found, f"no {kind} labelled {label!r}"
+    return found[0]
+
+
+def params(at: AppTest) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else v[-1] for k, v in at.query_params.items()}
+
+
+def texts(at: AppTest, kind: str) -> str:
+    return "\n".join(str(e.value) for e in at.get(kind))
+
+
+@pytest.fixture()
+def no_worker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Pages queue jobs but start no worker process in tests; counts the requests."""
+    calls: list[int] = []
+    monkeypatch.setattr(jobq, "ensure_worker", lambda queue, idle_exit_s=300.0: calls.append(1))
+    return calls
+
+
+def measured_original(root: Path, session_cache: Path, data: ImageData) -> Path:
+    """A fresh cache under `root` with the smoke base model and its `original` rows at every split. The model is
+    trained once per test session, in the session cache, and linked here."""
+    cache = cache_sharing_data(root, session_cache)
     profile = PROFILES.get("smoke")
-    base = profile.base_config(small_data.fingerprint)
+    ctx = RunContext(data, profile, session_cache)
+    method = METHODS.get("original")
+    rows = [method.run(v, ctx) for v in method.variants(profile.base_config(data.fingerprint), split_names())]
+    ResultsStore(cache / "results.sqlite").put_many(rows)
+    (cache / "models").mkdir(exist_ok=True)
+    for f in (session_cache / "models").glob("*"):
+        (cache / "models" / f.name).symlink_to(f)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def measured_cache(tmp_path_factory: pytest.TempPathFactory, tmp_cache: Path, small_data: ImageData) -> Path:
+    """A cache holding the smoke base model and its `original` rows at every split."""
+    return measured_original(tmp_path_factory.mktemp("measured"), tmp_cache, small_data)
+
+
+@pytest.fixture()
+def measured(measured_cache: Path, shared_tar: Path, monkeypatch: pytest.MonkeyPatch) -> pd.DataFrame:
+    monkeypatch.setenv("COINFER_CACHE", str(measured_cache))
+    monkeypatch.setenv("COINFER_DATA", str(shared_tar))
+    return ResultsStore(measured_cache / "results.sqlite").table()
+
+
+@pytest.fixture()
+def synthetic(fresh_cache: Path, small_data: ImageData) -> Iterator[pd.DataFrame]:
+    """60 synthetic rows of the smoke base model (accuracies spread around the threshold) in a fresh cache."""
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    rows = synthetic_rows(base.id, 60, dataset_fingerprint=small_data.fingerprint)
+    store = ResultsStore(fresh_cache / "results.sqlite")
+    store.put_many(rows)
+    yield store.table()
+
+
+# -- pure helpers of ui.py ------------------------------------------------------------------------------------
+
+
+def test_ui_helpers() -> None:
+    event = {"selection": {"points": [{"customdata": "abc"}, {"customdata": ["def"]}, {"x": 1},
+                                      {"id": "ghi", "customdata": [0.5, 3.0]}, {"customdata": [0.5]}]}}
+    assert ui.clicked_ids(event) == ["abc", "def", "ghi"]
+    assert ui.clicked_ids({}) == [] and ui.clicked_ids(None) == []
+    assert ui.eta_seconds(0.25, 100.0, now=110.0) == pytest.approx(30.0)
+    assert ui.eta_seconds(0.0, 100.0, now=110.0) is None and ui.eta_seconds(0.5, None) is None
+    assert ui.parse_knobs("bits=4, sparsity=0.5,name=abc") == {"bits": 4, "sparsity": 0.5, "name": "abc"}
+    assert ui.parse_knobs("") == {}
+    with pytest.raises(ui.UserError, match="NAME=VALUE"):
+        ui.parse_knobs("bits")
+    assert ui.parse_float("1e400", 2.0) == 2.0 and ui.parse_float("nan", 2.0) == 2.0
+    assert ui.parse_float("x", 2.0) == 2.0 and ui.parse_float("3", 2.0) == 3.0
+
+
+# -- empty and partial states -----------------------------------------------------------------------------------
+
+
+def test_before_any_job_the_plane_shows_the_untrained_profile(fresh_cache: Path, small_data: ImageData,
+                                                               no_worker: list[int]) -> None:
+    at = run_page()
+    assert "No measured variants" in at.info[0].value
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
     expected = {r["split"]: r for r in profile_model(make_model(base, small_data), (3, 32, 32), 10, split_names())}
     trace = traces(figure(at))["profile"]
     shown = dict(zip(trace["text"], zip(trace["x"], trace["y"], strict=True), strict=True))
-    assert "server_only" not in shown  # 0 FLOPs: drawn as the PNG line, not a point on log axes
+    assert "server_only" not in shown and len(shown) >= 5  # 0 FLOPs: drawn as the PNG line, not on log axes
     for split, (x, y) in shown.items():
         assert x == expected[split]["device_flops"] and y == expected[split]["bits_8bit"]
+    start = widget(at, "button", "Start the smoke profile")
+    start.click().run()
+    queued = jobq.JobQueue(fresh_cache / "jobs.sqlite").jobs(base_id=base.id)
+    from engine import sweep
 
-
-def test_measured_rows_are_drawn_with_the_png_line(fresh_cache: Path, small_data: ImageData) -> None:
-    profile = PROFILES.get("smoke")
-    ctx = RunContext(small_data, profile, fresh_cache)
-    method = METHODS.get("original")
-    rows = [method.run(v, ctx) for v in method.variants(profile.base_config(small_data.fingerprint), split_names())]
-    ResultsStore(fresh_cache / "results.sqlite").put_many(rows)
-    at = run_page()
-    assert not at.exception
-    fig = figure(at)
-    trace = traces(fig)["original"]
-    by_split = {r["split"]: r for r in rows}
-    for split, x, y in zip(trace["text"], trace["x"], trace["y"], strict=True):
-        assert x == by_split[split]["device_flops"]
-        assert y == pytest.approx(by_split[split]["bits_actual"])
-        assert f"accuracy {by_split[split]['accuracy']:.2%}" in trace["hovertext"][trace["text"].index(split)]
-    png = ctx.png_bits()
-    assert any(s.get("type") == "line" and s["y0"] == pytest.approx(png) for s in fig["layout"]["shapes"])
-    hollow = {s for s, sym in zip(trace["text"], trace["marker"]["symbol"], strict=True) if sym == "circle-open"}
-    assert hollow == {s for s in trace["text"] if by_split[s]["bits_actual"] > png}
-    at.toggle[0].set_value(True).run()
-    trace = traces(figure(at))["original"]
-    for split, y in zip(trace["text"], trace["y"], strict=True):
-        assert y == pytest.approx(by_split[split]["bits_ideal"])
-    # another width is another base model: its rows are not mixed in
-    at = run_page(width="0.25")
-    assert "original" not in traces(figure(at))
+    assert sorted(j.id for j in queued) == sorted(p.id for p in sweep.plan("smoke", base))
+    assert no_worker  # a worker was asked for
+    assert widget(at, "button", "Start the smoke profile").disabled  # jobs are active: no second start
+    # the other pages say which jobs produce their rows
+    for page in ("latency", "compare", "export"):
+        other = run_page(page)
+        assert "`original` first" in texts(other, "info"), page
 
 
 def test_without_data_the_page_says_how_to_provide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("COINFER_DATA", raising=False)
     at = run_page()
-    assert not at.exception
     message = at.error[0].value
     for way in ("--data", "COINFER_DATA", "cache/data"):
         assert way in message
+    assert widget(at, "button", "Download CIFAR-10")
+
+
+# -- the plane --------------------------------------------------------------------------------------------------
+
+
+def test_plane_draws_measured_rows_and_the_best_point(measured: pd.DataFrame) -> None:
+    at = run_page()
+    fig = figure(at)
+    trace = traces(fig)["original"]
+    by_split = {r["split"]: r for r in measured.to_dict("records")}
+    template = trace["hovertemplate"]
+    for part in ("accuracy %{customdata[0]:.2%}", "device FLOPs", "device memory B", "bits_ideal", "latency s",
+                 "· link s", "width"):
+        assert part in template
+    for i, (split, x, y) in enumerate(zip(trace["text"], trace["x"], trace["y"], strict=True)):
+        assert x == by_split[split]["device_flops"]
+        assert y == pytest.approx(by_split[split]["bits_actual"])
+        assert trace["ids"][i] == by_split[split]["id"]
+        assert f"original @ {split}</b> · id {by_split[split]['id']}<br>bits=8" in trace["hovertext"][i]
+        numbers = np.asarray(trace["customdata"]).reshape(len(trace["x"]), -1)[i]
+        assert numbers[0] == pytest.approx(by_split[split]["accuracy"])  # accuracy first, as the template says
+    png = float(measured["png_bits"].iloc[0])
+    assert any(s.get("type") == "line" and s["y0"] == pytest.approx(png) for s in fig["layout"]["shapes"])
+    assert any(s.get("type") == "rect" and s["y0"] == pytest.approx(png) for s in fig["layout"]["shapes"])
+    symbols = decoded(trace["marker"]["symbol"])
+    hollow = {s for s, sym in zip(trace["text"], symbols, strict=True) if sym == 100}  # 100: "circle-open"
+    assert hollow == {s for s in trace["text"] if by_split[s]["bits_actual"] > png}
+    need = float(measured["base_test_accuracy"].iloc[0]) - 0.02
+    best = best_variant(measured, PI3, GPU, 40e3 * 8, need)
+    assert f"`{best['id']}`" in at.success[0].value
+    # the rate changes the best point: at 1 GB/s the fastest is the one with the least device work
+    fast_page = run_page(rate_kBps="1e6")
+    assert widget(fast_page, "select_slider", "Link rate").value == 1e6
+    fast = best_variant(measured, PI3, GPU, 1e9 * 8, need)
+    assert fast["id"] != best["id"] and f"`{fast['id']}`" in fast_page.success[0].value
+    # ideal bits
+    widget(at, "toggle", "Ideal bits").set_value(True).run()
+    trace = traces(figure(at))["original"]
+    for split, y in zip(trace["text"], trace["y"], strict=True):
+        assert y == pytest.approx(by_split[split]["bits_ideal"])
+    assert params(at)["bits"] == "ideal"
+    # filter by split
+    widget(at, "multiselect", "Splits").set_value(["conv4_x"]).run()
+    assert traces(figure(at))["original"]["text"] == ["conv4_x"]
+    # another width is another base model: its rows are not mixed in
+    assert "original" not in traces(figure(run_page(width="0.25")))
+
+
+def test_plane_threshold_front_and_selection(synthetic: pd.DataFrame) -> None:
+    at = run_page(drop="1")
+    need = 0.9 - 0.01
+    points = synthetic[synthetic["device_flops"] > 0]
+    ok = meets_threshold(points, need)
+    shown = traces(figure(at))
+    grey = shown["below the accuracy threshold"]
+    assert sorted(grey["ids"]) == sorted(points[~ok]["id"])
+    drawn = [i for name, t in shown.items() if name in {"original", "two_step_pruning", "bottlenet_pp", "three_step"}
+             for i in t["ids"]]
+    assert sorted(drawn) == sorted(points[ok]["id"])
+    front = pareto_front(points[ok], "device_flops", "bits_actual")
+    assert shown["Pareto front"]["x"] == front["device_flops"].tolist()
+    assert shown["Pareto front"]["line"]["shape"] == "hv"
+    widget(at, "toggle", "Hide below threshold").set_value(True).run()
+    assert "below the accuracy threshold" not in traces(figure(at))
+    widget(at, "radio", "Pareto front").set_value("method").run()
+    names = traces(figure(at))
+    assert "Pareto front" not in names and "three_step front" in names
+    # a selection in the URL is starred on the plane and carried to the latency page
+    pick = points[ok]["id"].iloc[3]
+    at = run_page(sel=pick)
+    assert traces(figure(at))["selected"]["ids"] == [pick]
+    lat = run_page("latency", sel=pick)
+    assert "Selected:" in lat.info[0].value
+    assert traces(figure(lat))["selected"]["customdata"] == [pick]
+
+
+def test_view_state_survives_a_page_switch_and_a_reload(synthetic: pd.DataFrame) -> None:
+    pick = synthetic["id"].iloc[5]
+    at = run_page("latency", rate_kBps="10", sel=pick, device_gflops="5", bits="ideal")
+    assert widget(at, "select_slider", "Link rate").value == 10
+    assert widget(at, "number_input", "Device GFLOP/s").value == 5
+    assert at.title[0].value == "Latency vs link rate"
+    for key in list(at.query_params):  # a page switch in the browser clears the query parameters
+        del at.query_params[key]
+    at.run()
+    assert not at.exception
+    restored = params(at)
+    assert restored["rate_kBps"] == "10" and restored["sel"] == pick and restored["device_gflops"] == "5"
+    assert restored["page"] == "latency" and restored["bits"] == "ideal"
+    # a reload (a new session) reads it all back from the URL
+    again = run_page(**restored)
+    assert widget(again, "select_slider", "Link rate").value == 10
+    assert at.title[0].value == again.title[0].value == "Latency vs link rate"
+    # a hand-edited URL with nonsense falls back to defaults, never a traceback
+    odd = run_page("nope", rate_kBps="-3", device="toaster", device_gflops="inf", drop="1e9", width="abc")
+    assert widget(odd, "select_slider", "Link rate").value == 40
+    assert widget(odd, "number_input", "Device GFLOP/s").value == 24
+
+
+# -- latency vs rate --------------------------------------------------------------------------------------------
+
+
+def test_latency_page_best_per_method(synthetic: pd.DataFrame) -> None:
+    at = run_page("latency", rate_kBps="4")
+    need = 0.9 - 0.02
+    curves = latency_vs_rate(synthetic, PI3, GPU, np.geomspace(8e2, 8e9, 71), need)
+    shown = traces(figure(at, 0))
+    for method, group in curves.groupby("method"):
+        assert shown[method]["y"] == pytest.approx(group["latency"].tolist())
+        assert shown[method]["customdata"] == group["id"].tolist()
+    assert any(s.get("type") == "line" and s["x0"] == pytest.approx(4.0) for s in figure(at, 0)["layout"]["shapes"])
+    best = best_per_method(synthetic, PI3, GPU, 4e3 * 8, need)
+    table = at.dataframe[0].value
+    assert table["id"].tolist() == best["id"].tolist()
+    bars = traces(figure(at, 1))
+    assert bars["transmission"]["x"] == pytest.approx(best["t_transmit"].tolist())
+    assert f"`{best['id'].iloc[0]}`" in at.success[0].value
+    at = run_page("latency", rate_kBps="1e5")
+    faster = best_per_method(synthetic, PI3, GPU, 1e5 * 8e3, need)
+    assert at.dataframe[0].value["id"].tolist() == faster["id"].tolist()
+    assert faster["id"].tolist() != best["id"].tolist()
+    # a device with little memory: the variants that do not fit are said to be infeasible
+    at = run_page("latency", rate_kBps="1e5", device_mb="1")
+    lat = latency_table(synthetic, PI3.__class__("pi3", 24e9, 1e6), GPU, 1e5 * 8e3)
+    assert f"{int((~lat['feasible']).sum())} variant(s) are infeasible" in at.warning[-1].value
+    assert set(at.dataframe[0].value["split"]) <= {"server_only"} | set(lat[lat["feasible"]]["split"])
+
+
+# -- compare ----------------------------------------------------------------------------------------------------
+
+
+def test_compare_shows_only_what_differs(synthetic: pd.DataFrame) -> None:
+    a, b = synthetic["id"].iloc[4], synthetic["id"].iloc[9]
+    at = run_page("compare", pins=f"{a},{b}")
+    diff = at.dataframe[0].value
+    assert len(diff) == 2
+    ra, rb = (synthetic.set_index("id").loc[i] for i in (a, b))
+    assert diff["Δ device_flops"].tolist() == pytest.approx([0.0, rb["device_flops"] - ra["device_flops"]])
+    assert "width" not in diff and "seed" not in diff  # the same for both: not shown
+    pinned = traces(figure(at))["pinned"]
+    assert sorted(pinned["ids"]) == sorted([a, b]) and sorted(pinned["text"]) == ["A", "B"]
+    widget(at, "button", "Pin the baselines").click().run()
+    baselines = synthetic[synthetic["split"].isin(["server_only", "device_only"])]["id"].tolist()
+    assert len(at.dataframe[0].value) == 4
+    assert params(at)["pins"] == ",".join([a, b, *baselines])
+    one = run_page("compare", pins=a)
+    assert "Pin two to four" in one.info[0].value
+
+
+# -- jobs -------------------------------------------------------------------------------------------------------
+
+
+def test_jobs_page_queues_cancels_and_retries(fresh_cache: Path, small_data: ImageData, no_worker: list[int]) -> None:
+    at = run_page("jobs")
+    assert "No jobs yet" in texts(at, "markdown")
+    widget(at, "text_input", "Knobs").set_value("bits")
+    widget(at, "button", "Queue").click().run()
+    assert "a knob is NAME=VALUE" in at.error[0].value
+    queue = jobq.JobQueue(fresh_cache / "jobs.sqlite")
+    assert queue.jobs() == []
+    widget(at, "text_input", "Knobs").set_value("bits=4")
+    widget(at, "button", "Queue").click().run()
+    [job] = queue.jobs()
+    assert (job.method, job.split, job.spec.knobs["bits"], job.status) == ("original", "conv4_x", 4, "queued")
+    at.run()
+    assert job.id in texts(at, "markdown") or job.id in "".join(str(p.proto) for p in at.get("progress"))
+    widget(at, "button", "Cancel").click().run()
+    assert queue.get(job.id).status == "cancelled"
+    widget(at, "button", "Retry").click().run()
+    assert queue.get(job.id).status == "queued"
+    # a failed job shows its error in one line
+    claimed = queue.claim("test-worker")
+    queue.fail(claimed.id, claimed.lease, "UserError: the data went away", "Traceback (most recent call last): ...")
+    at.run()
+    assert "the data went away" in at.error[0].value
+    widget(at, "button", "Queue the smoke sweep").click().run()
+    assert "Queued" in at.success[0].value
+
+
+# -- export and import ------------------------------------------------------------------------------------------
+
+
+def test_export_and_import_a_selection(measured: pd.DataFrame) -> None:
+    row = measured[measured["split"] == "conv4_x"].iloc[0]
+    at = run_page("export", sel=row["id"])
+    assert row["id"] in texts(at, "markdown")
+    labels = [b.proto.label for b in at.get("download_button")]
+    for label in ("Selection (JSON)", "Results table (CSV", "PNG", "HTML"):
+        assert any(x.startswith(label) for x in labels), label
+    widget(at, "button", "Build the deployable bundle").click().run()
+    assert not at.error, at.error[0].value if at.error else ""
+    assert any(b.proto.label == "Bundle (.zip)" for b in at.get("download_button"))
+    # import: another environment and this variant, as an exported file carries them
+    doc = selection_json(row.to_dict(), {**{k: "" for k in ui.ENVIRONMENT_KEYS}, "profile": "smoke",
+                                         "width": "0.125", "device": "pi3", "device_gflops": "5", "device_mb": "1000",
+                                         "rate_kBps": "10", "drop": "3"})
+    fresh = run_page("export")
+    before = params(fresh)
+    for bad in ("not json", json.dumps({**doc, "id": "0" * 16}), json.dumps({**doc, "version": 99}),
+                '{"format": "coinfer-selection", "version": 1, "config": {"method": "__import__(\'os\')"}}',
+                "[" * 100_000, "x" * 2_000_000):
+        fresh.text_area(key="import_text").set_value(bad).run()
+        assert not fresh.exception
+        assert "invalid selection file" in fresh.error[-1].value and "nothing was changed" in fresh.error[-1].value
+        assert params(fresh) == before
+    fresh.text_area(key="import_text").set_value(json.dumps(doc)).run()
+    widget(fresh, "button", "Apply this selection").click().run()
+    assert not fresh.exception
+    assert params(fresh)["sel"] == row["id"]
+    applied = params(fresh)
+    assert (applied["rate_kBps"], applied["device_gflops"], applied["drop"]) == ("10", "5", "3")
+    assert "applied" in fresh.success[0].value
+    shown = run_page(**applied)  # the sidebar shows the imported environment
+    assert widget(shown, "select_slider", "Link rate").value == 10
+    assert widget(shown, "number_input", "Device GFLOP/s").value == 5
+    assert widget(shown, "slider", "Accuracy drop").value == 3
+
+
+def test_figures_export_as_html_and_png(measured: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.figures import figure_html
+
+    fig = plane_figure(measured, float(measured["png_bits"].iloc[0]))
+    html = figure_html(fig).decode()
+    assert "<html>" in html[:100] and "conv4_x" in html and "plotly" in html
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    assert "Chromium" in png_export_problem()
+    with pytest.raises(ui.UserError, match="HTML"):
+        figure_png(fig)
+    monkeypatch.undo()
+    if png_export_problem() is not None:
+        pytest.skip(png_export_problem())
+    assert figure_png(fig, scale=1).startswith(b"\x89PNG")

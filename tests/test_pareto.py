@@ -11,7 +11,9 @@ from engine.pareto import (
     accuracy_threshold_default,
     best_per_method,
     best_variant,
+    compare_table,
     latency_vs_rate,
+    meets_threshold,
     pareto_front,
 )
 
@@ -196,3 +198,27 @@ def test_accuracy_threshold_default():
     for bad in ((95.0, 0.02), (0.95, -0.01), (0.95, 2.0)):
         with pytest.raises(UserError):
             accuracy_threshold_default(*bad)
+
+
+def test_meets_threshold():
+    t = plane().assign(accuracy=[0.8, np.nan, 0.9, 0.84, 0.7, 0.91])
+    assert meets_threshold(t, 0.84).tolist() == [False, True, True, True, False, True]  # no accuracy: a profile row
+    assert meets_threshold(t, None).all()
+    assert meets_threshold(t.drop(columns="accuracy"), 0.99).all()
+
+
+def test_compare_table_keeps_only_what_differs():
+    t = variants().assign(knobs=[{}, {}, {"s": 0.5}, {"s": 0.5}, {"s": 0.5}, {"bits": 4}])
+    out = compare_table(t, ["deep", "shallow", "nope", "deep"])  # unknown ids and repeats are dropped
+    assert out.index.tolist() == ["deep", "shallow"]
+    # same method and knobs: not shown; split, FLOPs, memory, bits and accuracy differ
+    assert "method" not in out and "knobs" not in out
+    assert out["split"].tolist() == ["conv4_x", "stem"]
+    assert out["Δ device_flops"].tolist() == pytest.approx([0.0, 0.02e9 - 0.6e9])
+    assert out["Δ accuracy"].tolist() == pytest.approx([0.0, 0.005])
+    assert "Δ split" not in out
+    three = compare_table(t, ["srv", "dev", "cheap"], columns=["method", "knobs", "bits_actual"])
+    assert list(three.columns) == ["method", "knobs", "bits_actual", "Δ bits_actual"]
+    assert three["Δ bits_actual"].tolist() == pytest.approx([0.0, 4.0 - 2e4, 100.0 - 2e4])
+    assert compare_table(t, ["deep"]).shape == (1, len(t.columns) - 1)  # one row: nothing to compare against
+    assert compare_table(t, []).empty

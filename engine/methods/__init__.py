@@ -43,10 +43,33 @@ class RunContext:
         return mean_png_bits(self.data, self.cache)
 
 
+@dataclass
+class Deployed:
+    """What a variant deploys on each side of the link (eval mode, CPU, batch 1 is enough): `device` maps a normalised
+    image to the symbols it sends ([B, n] integers in [0, alphabet)), `server` maps received symbols to logits. The
+    `coding` says what travels: "entropy" (symbols coded by `codec`), "png" (the input image; `device` is None and
+    `server` takes the normalised image), "label" (the device's argmax, `server` turns it into one-hot logits) or
+    "analog" (the encoder's real values, for JSCC; `channel` names the channel the server applies before decoding).
+    `quantizer` holds the quantiser's tables as plain JSON."""
+
+    device: nn.Module | None
+    server: nn.Module
+    coding: str = "entropy"
+    codec: Any = None  # engine.codecs.EntropyCodec for "entropy"
+    quantizer: dict[str, Any] = field(default_factory=dict)
+    symbols_per_image: int = 0
+    alphabet_size: int = 0
+    channel: dict[str, Any] | None = None
+
+
 class Method(Protocol):
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]: ...
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict: ...
+
+    def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
+        """The parts the variant deploys, built from the cached models (trained now only when missing)."""
+        ...
 
 
 METHODS: Registry[Method] = Registry("method")

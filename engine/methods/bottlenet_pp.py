@@ -20,6 +20,7 @@ from engine.methods import METHODS, Deployed, RunContext, base_row
 from engine.models import END_POINTS, build_model, split
 
 RATIOS = (16, 64, 256)
+PROFILE_RATIOS = {"quick": (64, 256)}  # on a CPU budget two ratios; other profiles: RATIOS
 
 
 def bottleneck_channels(feature_channels: int, ratio: float) -> int:
@@ -30,19 +31,18 @@ def bottleneck_channels(feature_channels: int, ratio: float) -> int:
 
 
 class BottleNetPP:
-    ratios = RATIOS
-
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
-        """One variant per split and distinct encoder width among `ratios`; not at the end points."""
+        """One variant per split and distinct encoder width among the profile's ratios; not at the end points."""
         model = build_model(base.model, base.width, 10, 3).eval()
-        epochs = profile_of(base).encoding_epochs
+        profile = profile_of(base)
+        epochs, ratios = profile.encoding_epochs, PROFILE_RATIOS.get(profile.name, RATIOS)
         out = []
         for s in splits:
             if s in END_POINTS:
                 continue
             channels = feature_shape(split(model, s)[0], (3, 32, 32))[0]
             seen: set[int] = set()
-            for r in self.ratios:
+            for r in ratios:
                 c = bottleneck_channels(channels, r)
                 if c not in seen:
                     seen.add(c)

@@ -9,11 +9,12 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
 from engine.codecs import HuffmanCodec, UniformQuantizer, empirical_entropy_bits
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import normalize
-from engine.methods import METHODS, RunContext, base_row
+from engine.methods import METHODS, Deployed, RunContext, base_row
 from engine.models import split
 from engine.profile import label_bits, profile_split
 from engine.train import predict
@@ -72,6 +73,43 @@ class Original:
             "bits_ideal": float(np.concatenate(ideal).mean()),
             "bits_raw": float(bits * calib[0].numel()),
         }
+
+
+    def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
+        """The base model cut at the split, 8-bit + Huffman; the end points send the input PNG or the label."""
+        from engine.methods.three_step import deploy_uniform_huffman
+
+        model, _ = ctx.base(cfg.base)
+        model = model.eval()
+        if cfg.split == "server_only":
+            return Deployed(None, model, "png")
+        if cfg.split == "device_only":
+            classes = ctx.data.num_classes
+            return Deployed(_Label(model), _OneHot(classes), "label", symbols_per_image=1, alphabet_size=classes)
+        device, server = split(model, cfg.split)
+        return deploy_uniform_huffman(device, server, cfg, ctx)
+
+
+class _Label(nn.Module):
+    """device_only: the whole model on the device, sending its predicted label [B, 1]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).argmax(1, keepdim=True)
+
+
+class _OneHot(nn.Module):
+    """device_only's server: the received label as one-hot logits."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, label: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(label[:, 0].long(), self.classes).float()
 
 
 def _symbols(quantizer: UniformQuantizer, features: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""Real co-inference against the latency model: for each link rate, the best variant of each method (lowest modelled
+latency among those within `--drop` of the base model's test accuracy, under a device and server preset set to this
+CPU's measured FLOP/s), exported as a bundle, served by `python -m engine serve` in a second process and driven by a
+device client in this one over a token-bucket link. Per variant and rate: the modelled terms F_dev / C + B / R +
+F_srv / C (B the row's mean actual bits) beside the measured device program, entropy coding, paced send, decoding,
+server program and end-to-end latency (mean, median, p95), and the error of the model against the measured mean and
+median, against the mean once the measured entropy coding time (not a term of the model) is added to it, and once
+the session's own bytes on the wire (these images, framing included) replace the row's mean bits as well.
+Run: python bench/bench_coinference.py [--profile quick] [--data PATH] [--rates 10kB/s 40kB/s 100kB/s]
+                                       [--images 40] [--threads 1] [--drop 0.02] [--methods ...] [--ids ID ...]"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
+from engine.coinference import DeviceClient, cpu_flops_per_s, modelled_latency  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+from engine.export import load_bundle, row_config, write_bundle  # noqa: E402
+from engine.latency import custom_device, to_rate_bps  # noqa: E402
+from engine.methods import RunContext  # noqa: E402
+from engine.pareto import best_per_method  # noqa: E402
+from engine.paths import cache_dir  # noqa: E402
+from engine.store import ResultsStore  # noqa: E402
+
+METHODS = ("three_step", "original", "two_step_pruning", "bottlenet_pp")
+
+
+def bundle_for(row: pd.Series, ctx: RunContext) -> Path:
+    """The variant's bundle under cache/bundles/, written when missing or unreadable."""
+    path = cache_dir() / "bundles" / str(row["id"])
+    try:
+        load_bundle(path)
+    except UserError:
+        write_bundle(row_config(row), ctx, path, metrics=row.to_dict())
+    return path
+
+
+def start_server(bundle: Path, threads: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--bundle", str(bundle), "--port", "0",
+                             "--threads", str(threads)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    line = proc.stdout.readline()
+    if " on " not in line:
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line}{proc.stdout.read()}")
+    return proc, line.split(" on ")[1].split(";")[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--rates", nargs="+", default=["10kB/s", "40kB/s", "100kB/s"])
+    parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the device and of the server")
+    parser.add_argument("--drop", type=float, default=0.02, help="accuracy drop allowed below the base model")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--ids", nargs="*", default=[], help="variants to measure at every rate besides the best ones "
+                                                              "(id prefixes)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    profile, data, base = profile_data(args.profile, args.data)
+    table = ResultsStore().table()
+    table = table[(table["base_id"] == base.id) & table["method"].isin(args.methods)] if not table.empty else table
+    if table.empty:
+        raise SystemExit(f"no rows of base {base.id} in the results store: run `python -m engine sweep` first")
+    shape = (data.channels, *data.image_size)
+    measured = [cpu_flops_per_s(base.width, shape, data.num_classes) for _ in range(3)]
+    flops = statistics.median(measured)
+    cpu = custom_device(flops, name="this-cpu", label="this CPU")
+    threshold = float(table["base_test_accuracy"].iloc[0]) - args.drop
+    print(f"profile {profile.name}, base {base.id} (width {base.width:g}), test accuracy threshold {threshold:.2%}; "
+          f"this CPU: {flops / 1e9:.2f} GFLOP/s at batch 1 with {args.threads} torch thread(s) (whole base model); "
+          f"device and server preset to it (to pick the best variants); {args.images} test images per session",
+          flush=True)
+    ctx = RunContext(data, profile, cache_dir())
+    plan: dict[str, tuple[pd.Series, list[float]]] = {}
+    for rate_text in args.rates:
+        rate = to_rate_bps(rate_text)
+        for _, row in best_per_method(table, cpu, cpu, rate, threshold).iterrows():
+            plan.setdefault(str(row["id"]), (row, []))[1].append(rate)
+    for prefix in args.ids:
+        match = table[table["id"].str.startswith(prefix)]
+        if len(match) != 1:
+            raise SystemExit(f"--ids {prefix}: {len(match)} rows of this base match")
+        for rate_text in args.rates:
+            rates = plan.setdefault(str(match.iloc[0]["id"]), (match.iloc[0], []))[1]
+            if to_rate_bps(rate_text) not in rates:
+                rates.append(to_rate_bps(rate_text))
+    x, y = data.test_x[: args.images], data.test_y[: args.images].tolist()
+    results: list[dict] = []
+    sessions: list[tuple[pd.Series, float, object]] = []
+    for row, rates in plan.values():
+        bundle_path = bundle_for(row, ctx)
+        bundle = load_bundle(bundle_path)
+        proc, address = start_server(bundle_path, args.threads)
+        try:
+            host, port = address.rsplit(":", 1)
+            for rate in rates:
+                measured.append(cpu_flops_per_s(base.width, shape, data.num_classes))
+                with DeviceClient(bundle, host, int(port), rate) as client:
+                    report = client.run(x, y)
+                sessions.append((row, rate, report))
+                print(f"  {row['method']} @ {row['split']} at {rate / 8e3:g} kB/s: {report.summary()}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    flops = statistics.median(measured)
+    print(f"this CPU over the run: {flops / 1e9:.2f} GFLOP/s (median of {len(measured)} measurements, "
+          f"{min(measured) / 1e9:.2f} to {max(measured) / 1e9:.2f}); the model below uses it for both sides")
+    for row, rate, report in sessions:
+        model = modelled_latency(row, flops, flops, rate)
+        coded = model["latency"] + report.mean("encode_s") + report.mean("decode_s")  # with the measured coding
+        wired = modelled_latency(row, flops, flops, rate, bits=8 * report.mean("wire_bytes"))["latency"] + \
+            report.mean("encode_s") + report.mean("decode_s")  # and the session's own bytes, framing included
+        lat = np.array(report.latencies)
+        results.append({
+            "method": row["method"], "split": row["split"], "id": row["id"], "rate_kBps": rate / 8e3,
+            "row_accuracy": row["accuracy"], "session_accuracy": report.accuracy,
+            "bits_row": row["bits_actual"], "bits_wire": 8 * report.mean("wire_bytes"),
+            "model_dev_ms": 1e3 * model["t_device"], "dev_ms": 1e3 * report.mean("device_s"),
+            "enc_ms": 1e3 * report.mean("encode_s"),
+            "model_tx_ms": 1e3 * model["t_transmit"], "tx_ms": 1e3 * report.mean("transmit_s"),
+            "dec_ms": 1e3 * report.mean("decode_s"),
+            "model_srv_ms": 1e3 * model["t_server"], "srv_ms": 1e3 * report.mean("server_s"),
+            "model_ms": 1e3 * model["latency"], "mean_ms": 1e3 * lat.mean(),
+            "median_ms": 1e3 * np.median(lat), "p95_ms": 1e3 * np.percentile(lat, 95),
+            "error_%": 100 * (lat.mean() - model["latency"]) / model["latency"],
+            "median_error_%": 100 * (np.median(lat) - model["latency"]) / model["latency"],
+            "coding_error_%": 100 * (lat.mean() - coded) / coded,
+            "wire_error_%": 100 * (lat.mean() - wired) / wired,
+        })
+    out = pd.DataFrame(results).sort_values(["rate_kBps", "model_ms"])
+    print(out.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Real co-inference of an exported bundle: a server process that decodes bitstreams and runs the server program, a
+device client that runs the device program and the encoder on images and sends the actual bitstream over a link
+whose rate a token bucket enforces on the sender, and the latency model (Shao & Zhang 2020: F_dev / C_dev + B / R +
+F_srv / C_srv) beside what was measured.
+
+API
+    TokenBucket(rate_bytes_per_s, burst_bytes=0)       the sender's rate limit; `send_paced` writes through it
+    CoinferenceServer(bundle, host, port, ...)         threaded TCP server; start()/stop() or serve_forever()
+    DeviceClient(bundle, host, port, rate_bps, ...)    connect, then infer(image) per image, or run(images, labels)
+    SessionReport                                      per-image timings; median, p95, accuracy, bytes on the wire
+    live_session(bundle, images, labels, rate_bps)     a local server thread and a client, for the dashboard
+    session_terms(report, model)                       measured against modelled terms, a tidy table
+    cpu_flops_per_s(width)                             this CPU's effective FLOP/s on the base model at batch 1
+    modelled_latency(row, flops_per_s, rate_bps)       the latency model's terms for a results row
+
+JSCC bundles (coding "analog") send the encoder's real values; the server passes them through the channel named in
+the bundle (`engine.channels.CHANNELS`, the same simulation as in training) before decoding, or through the
+`channel` callable given to the server."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import math
+import socket
+import socketserver
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from engine import protocol
+from engine.errors import UserError
+from engine.export import Bundle
+from engine.protocol import ProtocolError, Truncated
+
+log = logging.getLogger(__name__)
+
+Channel = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------------------------ the link
+
+
+class TokenBucket:
+    """A token bucket in bytes: tokens accrue at `rate` per second up to `burst`; taking n tokens when fewer are
+    there waits until they have accrued (the bucket may go into debt, so waits of consecutive chunks add up to
+    exactly n / rate). With burst 0 it is a pacer: every byte takes 1 / rate seconds on the link."""
+
+    def __init__(self, rate_bytes_per_s: float, burst_bytes: float = 0.0,
+                 clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> None:
+        if not (math.isfinite(rate_bytes_per_s) and rate_bytes_per_s > 0) or burst_bytes < 0:
+            raise UserError(f"a link rate must be positive and finite and a burst >= 0, got {rate_bytes_per_s} B/s, "
+                            f"burst {burst_bytes} B")
+        self.rate, self.burst = float(rate_bytes_per_s), float(burst_bytes)
+        self.clock, self.sleep = clock, sleep
+        self.tokens = self.burst
+        self.last = clock()
+
+    def reserve(self, n: int) -> float:
+        """Take n tokens; the seconds to wait before the n bytes have gone (0 when the bucket had them)."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= n
+        return max(0.0, -self.tokens / self.rate)
+
+    def consume(self, n: int) -> None:
+        wait = self.reserve(n)
+        if wait > 0:
+            self.sleep(wait)
+
+
+def send_paced(sock: socket.socket, data: bytes, bucket: TokenBucket | None, chunk_bytes: int = 256) -> None:
+    """Write one message at the bucket's rate, as a link carries a message queued whole: the bucket is charged for
+    all of it at once, which fixes when its last byte has gone, and each chunk is written when the link has carried
+    it. The schedule is per message, so a late wake-up (a busy CPU) delays one chunk, never the ones after it; no
+    bucket: written at once."""
+    if bucket is None:
+        sock.sendall(data)
+        return
+    start = bucket.clock()
+    begin = start + bucket.reserve(len(data)) - len(data) / bucket.rate  # when the link starts on this message
+    view = memoryview(data)
+    for i in range(0, len(view), chunk_bytes):
+        piece = view[i:i + chunk_bytes]
+        wait = begin + (i + len(piece)) / bucket.rate - bucket.clock()
+        if wait > 0:
+            bucket.sleep(wait)
+        sock.sendall(piece)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--server wants HOST:PORT, e.g. 127.0.0.1:8765, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def resolve_channel(spec: Mapping[str, Any] | None) -> Channel | None:
+    """The channel simulation a JSCC bundle names (its `spec`: name and condition, e.g. {"name": "awgn", "snr_db":
+    10}), built from `engine.channels.CHANNELS` in eval mode (fixed condition, seeded noise); None for none."""
+    if not spec:
+        return None
+    try:
+        channels = importlib.import_module("engine.channels")
+        cls = channels.CHANNELS.get(str(spec.get("name")))
+    except (ModuleNotFoundError, AttributeError):
+        raise UserError(f"this bundle sends over a simulated {spec.get('name')!r} channel, but this coinfer has no "
+                        "channel registry (engine.channels.CHANNELS): update coinfer") from None
+    condition = spec.get(getattr(cls, "condition_name", "condition"))
+    return cls(condition, None, int(spec.get("seed", 0))).eval()
+
+
+# ------------------------------------------------------------------------------------------------------ the server
+
+
+@dataclass
+class ServerStats:
+    connections: int = 0
+    active: int = 0
+    images: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)  # the last rejection reasons
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _TCPServer
+
+    def handle(self) -> None:
+        self.server.app._serve_connection(self.request, self.client_address)
+
+
+class _TCPServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    app: CoinferenceServer
+
+
+class CoinferenceServer:
+    """The edge server: answers each device's FEATURE frames with the predicted label, one thread per connection.
+    A malformed, truncated or oversized message is logged with its reason and costs only its own connection (or,
+    when the framing is intact, only that message); the server keeps serving the others. Listens on 127.0.0.1
+    unless told otherwise."""
+
+    def __init__(self, bundle: Bundle, host: str = "127.0.0.1", port: int = 0, *,
+                 max_payload: int = protocol.DEFAULT_MAX_PAYLOAD, channel: Channel | None = None,
+                 read_timeout: float = 60.0, max_clients: int = 32) -> None:
+        self.bundle = bundle
+        self.max_payload, self.read_timeout, self.max_clients = max_payload, read_timeout, max_clients
+        self.channel = channel if channel is not None else resolve_channel(bundle.meta.get("channel"))
+        bundle.warm_up("server")
+        self.stats = ServerStats()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        try:
+            self._tcp = _TCPServer((host, port), _Handler)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+        self._tcp.app = self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._tcp.server_address[:2]
+        return str(host), int(port)
+
+    def serve_forever(self) -> None:
+        self._tcp.serve_forever(poll_interval=0.2)
+
+    def start(self) -> CoinferenceServer:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self.serve_forever, name="coinference-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._tcp.shutdown()
+        self._tcp.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> CoinferenceServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _reject(self, sock: socket.socket, peer: Any, reason: str, *, reply: bool = True) -> None:
+        log.warning("rejected a message from %s:%s: %s", peer[0], peer[1], reason)
+        with self._lock:
+            self.stats.rejected += 1
+            self.stats.reasons = [*self.stats.reasons[-19:], reason]
+        if reply:
+            with contextlib.suppress(OSError):
+                sock.sendall(protocol.error(reason))
+
+    def _serve_connection(self, sock: socket.socket, peer: Any) -> None:
+        with self._lock:
+            self.stats.connections += 1
+            self.stats.active += 1
+            busy = self.stats.active > self.max_clients
+        try:
+            sock.settimeout(self.read_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if busy:
+                self._reject(sock, peer, f"server busy: {self.max_clients} devices connected; retry later")
+                return
+            self._converse(sock, peer)
+        except Truncated as exc:
+            self._reject(sock, peer, f"truncated message: {exc}", reply=False)
+        except ProtocolError as exc:
+            self._reject(sock, peer, str(exc))
+        except TimeoutError:
+            self._reject(sock, peer, f"no complete message within {self.read_timeout:g} s", reply=False)
+        except OSError as exc:
+            log.info("connection from %s:%s ended: %s", peer[0], peer[1], exc)
+        finally:
+            with self._lock:
+                self.stats.active -= 1
+
+    def _converse(self, sock: socket.socket, peer: Any) -> None:
+        frame = protocol.read_frame(sock, self.max_payload)
+        if frame is None:
+            return
+        if frame.kind != protocol.HELLO:
+            raise ProtocolError(f"expected HELLO first, got {frame.name}")
+        variant = protocol.control_json(frame)["variant"]
+        if variant != self.bundle.id:
+            raise ProtocolError(f"this server runs variant {self.bundle.id}, the device runs {variant}")
+        sock.sendall(protocol.welcome(self.bundle.id, self.bundle.coding))
+        while (frame := protocol.read_frame(sock, self.max_payload)) is not None:
+            if frame.kind != protocol.FEATURE:
+                raise ProtocolError(f"expected FEATURE, got {frame.name}")
+            seq, count, stream = protocol.parse_feature(frame)
+            try:
+                start = time.perf_counter()
+                received = self.bundle.received(stream, count)
+                if self.channel is not None:
+                    received = self.channel(received)
+                decoded = time.perf_counter()
+                label = int(self.bundle.logits(received).argmax(1))
+                done = time.perf_counter()
+            except (ValueError, RuntimeError) as exc:  # the framing is intact: reject this message only
+                self._reject(sock, peer, f"image {seq}: undecodable bitstream ({str(exc).splitlines()[0][:200]})")
+                continue
+            with self._lock:
+                self.stats.images += 1
+            sock.sendall(protocol.result(seq, label, decoded - start, done - decoded))
+
+
+# ------------------------------------------------------------------------------------------------------ the device
+
+
+@dataclass
+class ImageTiming:
+    """One image's trip, in seconds: device program, entropy encoding, the paced send (propagation delay
+    included), the server's decoding and program (as it reports them), and the end-to-end time."""
+
+    seq: int
+    label: int
+    truth: int | None
+    device_s: float
+    encode_s: float
+    transmit_s: float
+    decode_s: float
+    server_s: float
+    total_s: float
+    payload_bytes: int
+    wire_bytes: int
+
+
+@dataclass
+class SessionReport:
+    variant: str
+    rate_bps: float
+    delay_s: float
+    timings: list[ImageTiming]
+
+    @property
+    def latencies(self) -> list[float]:
+        return [t.total_s for t in self.timings]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.latencies)
+
+    @property
+    def p95_s(self) -> float:
+        return float(np.percentile(self.latencies, 95))
+
+    @property
+    def accuracy(self) -> float | None:
+        known = [t for t in self.timings if t.truth is not None]
+        return sum(t.label == t.truth for t in known) / len(known) if known else None
+
+    @property
+    def wire_bytes(self) -> int:
+        return sum(t.wire_bytes for t in self.timings)
+
+    def mean(self, name: str) -> float:
+        return float(np.mean([getattr(t, name) for t in self.timings]))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [asdict(t) for t in self.timings]
+
+    def summary(self) -> str:
+        acc = self.accuracy
+        return (f"{len(self.timings)} images over {self.rate_bps / 8e3:g} kB/s: latency median "
+                f"{self.median_s * 1e3:.1f} ms, p95 {self.p95_s * 1e3:.1f} ms"
+                + (f", accuracy {acc:.2%}" if acc is not None else "")
+                + f", {self.wire_bytes:,} bytes on the wire ({self.mean('payload_bytes'):.0f} B payload per image)")
+
+
+class DeviceClient:
+    """The device: runs the bundle's device program and encoder on each image, sends the bitstream through a token
+    bucket at `rate_bps` (after `delay_s` of propagation delay), and waits for the label."""
+
+    def __init__(self, bundle: Bundle, host: str, port: int, rate_bps: float, *, delay_s: float = 0.0,
+                 burst_bytes: float = 0.0, chunk_bytes: int = 256, timeout: float = 120.0) -> None:
+        if delay_s < 0:
+            raise UserError(f"the propagation delay must be >= 0, got {delay_s}")
+        self.bundle, self.host, self.port = bundle, host, port
+        self.rate_bps, self.delay_s, self.chunk_bytes, self.timeout = rate_bps, delay_s, chunk_bytes, timeout
+        self.bucket = TokenBucket(rate_bps / 8.0, burst_bytes) if math.isfinite(rate_bps) else None
+        self.sock: socket.socket | None = None
+        self._seq = 0
+
+    def connect(self) -> DeviceClient:
+        self.bundle.warm_up("device")
+        try:
+            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:
+            raise UserError(f"cannot reach the server at {self.host}:{self.port} ({exc.strerror or exc}); start it "
+                            "with `python -m engine serve --bundle B`") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(protocol.hello(self.bundle.id))
+        frame = self._reply()
+        if frame.kind != protocol.WELCOME:
+            raise UserError(f"the server did not accept this device: unexpected {frame.name}")
+        return self
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self) -> DeviceClient:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _reply(self) -> protocol.Frame:
+        assert self.sock is not None
+        try:
+            frame = protocol.read_frame(self.sock)
+        except ProtocolError as exc:
+            raise UserError(f"the server's reply is not valid: {exc}") from None
+        if frame is None:
+            raise UserError("the server closed the connection")
+        if frame.kind == protocol.ERROR:
+            raise UserError(f"the server rejected the message: {frame.payload.decode('utf-8', 'replace')}")
+        return frame
+
+    def infer(self, image: torch.Tensor, truth: int | None = None) -> ImageTiming:
+        """One image end to end."""
+        assert self.sock is not None, "connect() first"
+        seq, self._seq = self._seq, self._seq + 1
+        start = time.perf_counter()
+        sent = self.bundle.device_output(image)
+        computed = time.perf_counter()
+        payload, count = self.bundle.encode(sent)
+        message = protocol.feature(seq, count, payload)
+        encoded = time.perf_counter()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        send_paced(self.sock, message, self.bucket, self.chunk_bytes)
+        transmitted = time.perf_counter()
+        frame = self._reply()
+        end = time.perf_counter()
+        if frame.kind != protocol.RESULT_KIND:
+            raise UserError(f"expected a RESULT from the server, got {frame.name}")
+        got, label, decode_s, server_s = protocol.parse_result(frame)
+        if got != seq:
+            raise UserError(f"the server answered image {got}, expected {seq}")
+        return ImageTiming(seq, label, truth, computed - start, encoded - computed, transmitted - encoded, decode_s,
+                           server_s, end - start, len(payload), len(message))
+
+    def run(self, images: torch.Tensor, labels: Iterable[int] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> SessionReport:
+        truths = list(labels) if labels is not None else [None] * len(images)
+        timings = []
+        for i, (image, truth) in enumerate(zip(images, truths, strict=True)):
+            timings.append(self.infer(image, None if truth is None else int(truth)))
+            if progress:
+                progress(i + 1, len(images))
+        return SessionReport(self.bundle.id, self.rate_bps, self.delay_s, timings)
+
+
+def live_session(bundle: Bundle, images: torch.Tensor, labels: Iterable[int] | None, rate_bps: float, *,
+                 delay_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> SessionReport:
+    """A short session against a server thread on 127.0.0.1 (an ephemeral port), stopped afterwards."""
+    with CoinferenceServer(bundle) as server:
+        host, port = server.address
+        with DeviceClient(bundle, host, port, rate_bps, delay_s=delay_s) as client:
+            return client.run(images, labels, progress)
+
+
+# ------------------------------------------------------------------------------------------------------ the model
+
+
+def cpu_flops_per_s(width: float = 0.25, input_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10,
+                    repeats: int = 21) -> float:
+    """This CPU's effective FLOP/s (2 per MAC) at batch 1 on the whole base ResNet18 of `width`, traced to TorchScript
+    as bundles run it (about a third faster than eager on a CPU), with the current torch thread count: the device
+    preset that makes the latency model describe this machine."""
+    import warnings
+
+    from engine.models import build_model
+    from engine.profile import count_flops, device_seconds
+
+    model = build_model("resnet18", width, classes, input_shape[0]).eval()
+    x = torch.zeros(1, *input_shape)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.jit.trace(model, x)
+    return count_flops(model, x) / device_seconds(program, x, repeats=repeats, warmup=5)
+
+
+def modelled_latency(row: Mapping[str, Any], device_flops_per_s: float, server_flops_per_s: float, rate_bps: float,
+                     delay_s: float = 0.0, bits: float | None = None) -> dict[str, float]:
+    """The latency model's terms for a results row (seconds): F_dev / C_dev, B / R (+ delay), F_srv / C_srv."""
+    b = float(row["bits_actual"]) if bits is None else float(bits)
+    terms = {"t_device": float(row["device_flops"]) / device_flops_per_s,
+             "t_transmit": b / rate_bps + delay_s,
+             "t_server": float(row["server_flops"]) / server_flops_per_s}
+    terms["latency"] = sum(terms.values())
+    return terms
+
+
+def session_terms(report: SessionReport, model: Mapping[str, float]) -> pd.DataFrame:
+    """A tidy table (term, source, seconds) of a session's mean measured terms beside the modelled ones: device
+    (the device program), coding (entropy encoding + decoding: measured, not a term of the model), transmit (the
+    paced send) and server (the server program)."""
+    measured = {"device": report.mean("device_s"), "coding": report.mean("encode_s") + report.mean("decode_s"),
+                "transmit": report.mean("transmit_s"), "server": report.mean("server_s")}
+    modelled = {"device": model["t_device"], "coding": 0.0, "transmit": model["t_transmit"],
+                "server": model["t_server"]}
+    return pd.DataFrame([{"term": k, "source": source, "seconds": v} for source, terms in
+                         (("measured", measured), ("modelled", modelled)) for k, v in terms.items()])

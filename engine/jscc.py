@@ -1,0 +1,800 @@
+"""Learning-driven joint source-channel coding (JSCC) at a split, and the paper's noisy-channel comparison (Shao &
+Zhang 2020, Sec. "Performance of Learning-Driven JSCC over Noisy Channels", Fig. 5).
+
+A JSCC variant is the paper's two-step encoder (conv channel reduction + FC) whose d outputs go straight into a
+channel layer (engine.channels: k = d/2 complex AWGN uses, or n = d bits through a BSC), then the complementary
+decoder and the server part. The channel is a non-trainable layer in training, at one SNR / p or drawn per image from
+a range (`train_range`), so one model per k serves every condition. Its reference, learned source coding with ideal
+channel coding, is the same encoder with learned scalar codewords (engine.quantizers) and an entropy coder instead of
+the channel (`channel="none"`), trained the same way; its bits are real bitstreams.
+
+To keep this affordable on a CPU, the device part stays frozen: its split features are computed once for the
+training, validation and test images and cached (`split_features`); only the encoder and decoder (and the server
+part when `server="train"`) are trained, on those features. Accuracy over a channel is the mean over seeded channel
+realisations on the whole test set, at each condition of `eval_conditions` (the mismatch curve); choices are made on
+validation accuracy, the test set only reports (design notes, section 1).
+
+API
+    JsccConfig                               the knobs (`jscc_*`); `JsccConfig.from_knobs(cfg.knobs)`
+    split_features(device, data, ...)        cached split features of train (a subset), validation and test images
+    build_jscc(device, server, input_shape, jc) -> EncodedSplit
+    train_jscc(model, features, jc, ...)     the training loop on cached features
+    channel_accuracy(model, x, y, ...)       accuracy of each seeded realisation at one condition
+    code_split(device, server, jc, ...)      train (or load) and measure one variant -> CodedSplit
+    jscc_feature_coding                      registered as three_step's feature coding "jscc"
+    FIG5_BUDGETS, fig5_variants, run_fig5    the variants of Fig. 5 per profile, and running them
+    fig5_curves, best_schemes, mismatch_curve    Fig. 5 as pure functions of the results table
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from engine.channels import CHANNELS, Channel, build_channel
+from engine.codecs import CODECS, EntropyCodec, empirical_entropy_bits
+from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
+from engine.data import ImageData, normalize, train_val_split
+from engine.encoders import ENCODERS, EncodedSplit, feature_shape
+from engine.errors import UserError
+from engine.quantizers import ScalarCodebook
+from engine.train import Progress, load_checkpoint, pick_device, save_checkpoint
+
+if TYPE_CHECKING:
+    from engine.methods import RunContext
+    from engine.methods.three_step import CodedSplit
+
+log = logging.getLogger(__name__)
+
+KNOB_PREFIX = "jscc_"
+NOISELESS = "none"  # channel knob of the separate-coding reference: learned source coding, ideal channel coding
+DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {"awgn": (0.0, 5.0, 10.0, 15.0, 20.0),
+                                               "bsc": (0.01, 0.05, 0.1, 0.15, 0.2)}
+FEATURE_DIR = "features"
+_EVAL_BATCH = 1000
+_INIT_IMAGES = 2048
+_T = 2.0  # distillation temperature
+
+
+# ------------------------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True)
+class JsccConfig:
+    """Knobs of a JSCC variant (prefix `jscc_`). `uses`: complex channel uses k (AWGN), bits n (BSC), or latent
+    dimensions d of the source-coding reference (`channel="none"`, `bits` learned codewords per dimension)."""
+
+    channel: str = "awgn"  # a CHANNELS name, or "none"
+    uses: int = 16
+    bits: int = 2  # channel "none": bits per latent dimension (2**bits learned codewords)
+    condition: float | None = None  # nominal SNR (dB) / p: trained at it without a range, `accuracy` reported at it
+    train_range: tuple[float, float] | None = None  # draw each training image's SNR / p uniformly from this range
+    eval_conditions: tuple[float, ...] | None = None  # the mismatch curve; None: DEFAULT_GRIDS of the channel
+    realisations: int = 3  # seeded channel realisations per evaluation
+    channels: int | None = None  # encoder conv channels; None: a quarter of the feature's
+    server: str = "frozen"  # frozen | train (the server part fine-tuned with the decoder)
+    epochs: int = 2
+    train_images: int | None = None  # training images whose features train the coder; None: all
+    batch_size: int = 256
+    lr: float = 3e-3
+    distill: float = 0.5  # weight of distillation from the uncoded split's logits (Hinton et al. 2015); 0: CE only
+    codec: str = "ans"  # channel "none": the entropy coder
+
+    def __post_init__(self) -> None:
+        if self.channel != NOISELESS and self.channel not in CHANNELS:
+            raise UserError(f"unknown channel {self.channel!r}; choose one of: {', '.join(CHANNELS)}, none")
+        if self.uses < 1 or self.realisations < 1 or self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise UserError("jscc needs uses, realisations, epochs and batch size >= 1 and lr > 0")
+        if not 0.0 <= self.distill <= 1.0:
+            raise UserError(f"jscc distill is a weight in [0, 1], got {self.distill}")
+        if self.server not in ("frozen", "train"):
+            raise UserError(f"jscc server must be 'frozen' or 'train', got {self.server!r}")
+        if self.train_images is not None and self.train_images < 1:
+            raise UserError(f"jscc train_images must be >= 1, got {self.train_images}")
+        if self.channel == NOISELESS:
+            if self.codec not in CODECS:
+                raise UserError(f"unknown codec {self.codec!r}; choose one of: {', '.join(CODECS)}")
+            ScalarCodebook(1, self.bits)  # validates bits
+        else:
+            cls = CHANNELS.get(self.channel)
+            for c in (self.nominal, *(self.train_range or ()), *self.grid):
+                cls.check_condition(float(c))
+
+    @property
+    def nominal(self) -> float:
+        if self.channel == NOISELESS:
+            return math.nan
+        return float(CHANNELS.get(self.channel).default_condition if self.condition is None else self.condition)
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """The conditions of the mismatch curve (the nominal one included)."""
+        if self.channel == NOISELESS:
+            return ()
+        grid = self.eval_conditions if self.eval_conditions is not None else DEFAULT_GRIDS.get(self.channel, ())
+        return tuple(sorted({float(c) for c in (*grid, self.nominal)}))
+
+    @classmethod
+    def from_knobs(cls, knobs: Mapping[str, Any] | Iterable[tuple[str, Any]], prefix: str = KNOB_PREFIX,
+                   **defaults: Any) -> JsccConfig:
+        """The config from a variant's `jscc_*` knobs (others ignored); `defaults` fill the rest."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = dict(defaults)
+        for key, value in dict(knobs).items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix):]
+            if name not in names:
+                raise UserError(f"unknown jscc knob {key!r}; known: {', '.join(prefix + n for n in sorted(names))}")
+            kw[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**kw)
+
+    def knobs(self, prefix: str = KNOB_PREFIX) -> dict[str, Any]:
+        """Every field as a `jscc_*` knob (the config is recorded whole in the row)."""
+        return {prefix + f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def training_key(self) -> dict[str, Any]:
+        """The fields that decide the trained model (evaluation knobs excluded)."""
+        skip = {"eval_conditions", "realisations"} | ({"condition"} if self.train_range is not None else set())
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+
+
+# ------------------------------------------------------------------------------------------------------ features
+
+
+@dataclass
+class SplitFeatures:
+    """Split features (float16) and labels of the training subset, the validation and the test images."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    key: str
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a module's structure and weights: which device part computed the features."""
+    h = hashlib.sha256(repr(module).encode())
+    for name, value in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def _features(device: nn.Module, images: Tensor, mean: Tensor, std: Tensor, dev: torch.device) -> Tensor:
+    out = [device(normalize(xb.to(dev), mean, std)).to("cpu", torch.float16) for xb in images.split(500)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def split_features(device: nn.Module, data: ImageData, val_fraction: float, seed: int,
+                   train_images: int | None = None, cache: Path | None = None,
+                   progress: Progress | None = None) -> SplitFeatures:
+    """The frozen device part's features of the first `train_images` training images (the seeded order of
+    `train_val_split`), of the validation and of the test images; cached under `<cache>/features/`."""
+    train_x, train_y, val_x, val_y = train_val_split(data, val_fraction, seed)
+    if train_images is not None:
+        train_x, train_y = train_x[:train_images], train_y[:train_images]
+    key = config_id({"data": data.fingerprint, "val_fraction": val_fraction, "seed": seed, "train": len(train_y),
+                     "device": module_fingerprint(device), "test": len(data.test_y)})
+    path = cache / FEATURE_DIR / f"{key}.pt" if cache is not None else None
+    if path is not None and (hit := load_checkpoint(path)) is not None:
+        return SplitFeatures(**hit, key=key)
+    start = time.perf_counter()
+    dev = pick_device()
+    part = copy.deepcopy(device).to(dev).eval()
+    mean, std = data.mean.to(dev), data.std.to(dev)
+    if progress:
+        progress(0.0, f"split features of {len(train_y) + len(val_y) + len(data.test_y)} images")
+    feats = {"train_x": _features(part, train_x, mean, std, dev), "train_y": train_y.clone(),
+             "val_x": _features(part, val_x, mean, std, dev), "val_y": val_y.clone(),
+             "test_x": _features(part, data.test_x, mean, std, dev), "test_y": data.test_y.clone()}
+    log.info("split features %s computed in %.1f s", key, time.perf_counter() - start)
+    if path is not None:
+        save_checkpoint(feats, path)
+    return SplitFeatures(**feats, key=key)
+
+
+# ------------------------------------------------------------------------------------------------------ model
+
+
+def build_jscc(device: nn.Module, server: nn.Module, input_shape: tuple[int, int, int], jc: JsccConfig,
+               seed: int = 0) -> EncodedSplit:
+    """The two-step encoder sized to the channel (d = uses x reals per use), the channel layer (or, for
+    `channel="none"`, learned scalar codewords) and the complementary decoder, around the given parts."""
+    shape = feature_shape(device, input_shape)
+    if jc.channel == NOISELESS:
+        encoder, decoder = ENCODERS.get("two_step")(shape, jc.channels, jc.uses, None)
+        return EncodedSplit(device, encoder, ScalarCodebook(jc.uses, jc.bits), decoder, server)
+    channel = build_channel(jc.channel, jc.nominal, jc.train_range, seed)
+    encoder, decoder = ENCODERS.get("two_step")(shape, jc.channels, jc.uses * channel.reals_per_use, None)
+    return EncodedSplit(device, encoder, None, decoder, server, channel)
+
+
+def _channel(model: EncodedSplit) -> Channel | None:
+    return model.channel if isinstance(model.channel, Channel) else None
+
+
+def _f32(x: Tensor, dev: torch.device) -> Tensor:
+    return x.to(dev, torch.float32, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def train_jscc(model: EncodedSplit, feats: SplitFeatures, jc: JsccConfig, seed: int = 0,
+               label_smoothing: float = 0.1, progress: Progress | None = None) -> dict[str, Any]:
+    """AdamW with a one-cycle LR on cross-entropy mixed (weight `jc.distill`) with distillation from the logits the
+    server part gives the uncoded features (Hinton et al. 2015, temperature 2), plus the codebook loss of the
+    source-coding reference, over cached features. The device part is unused, the server part frozen (eval mode)
+    unless `jc.server == "train"`. The channel draws its training noise from `seed`. The reference trains
+    unquantised for its first fifth, then its codewords are placed on the latents (k-means) and quantisation
+    switches on (straight-through)."""
+    dev = pick_device()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(dev)
+    teacher = _teacher_logits(model.server_part, feats.train_x, dev) if jc.distill > 0 else None
+    train_server = jc.server == "train"
+    model.device_part.requires_grad_(False)
+    model.server_part.requires_grad_(train_server)
+    params = [*model.encoder.parameters(), *model.decoder.parameters()]
+    if model.quantizer is not None:
+        params += list(model.quantizer.parameters())
+    groups = [{"params": params, "lr": jc.lr}]
+    if train_server:  # the pretrained server part moves at a tenth of the coder's rate
+        groups.append({"params": list(model.server_part.parameters()), "lr": jc.lr / 10})
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
+    n = len(feats.train_y)
+    steps_per_epoch = max(1, math.ceil(n / jc.batch_size))
+    total = jc.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total,
+                                                    pct_start=0.15, cycle_momentum=False)
+    warmup = int(0.2 * total) if model.quantizer is not None else -1
+    channel = _channel(model)
+    if channel is not None:
+        channel.reseed(seed)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    start, step = time.perf_counter(), 0
+    for epoch in range(jc.epochs):
+        model.train()
+        model.device_part.eval()
+        model.server_part.train(train_server)
+        perm = torch.randperm(n, generator=generator)
+        for i in range(steps_per_epoch):
+            idx = perm[i * jc.batch_size:(i + 1) * jc.batch_size]
+            if model.quantizer is not None:
+                if step == warmup:
+                    _place_codewords(model, feats, dev)
+                    model.train()
+                    model.server_part.train(train_server)
+                model.quantizer.enabled = step >= warmup
+            xb, yb = _f32(feats.train_x[idx], dev), feats.train_y[idx].to(dev)
+            logits, qloss = model.decode(model.encoder(xb))
+            loss = loss_fn(logits, yb) + qloss
+            if teacher is not None:
+                soft = nn.functional.kl_div(nn.functional.log_softmax(logits / _T, 1),
+                                            nn.functional.log_softmax(teacher[idx].to(dev) / _T, 1),
+                                            reduction="batchmean", log_target=True)
+                loss = (1 - jc.distill) * loss + jc.distill * _T * _T * soft + jc.distill * qloss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if progress and i % 20 == 0:
+                progress((epoch + i / steps_per_epoch) / jc.epochs,
+                         f"epoch {epoch + 1}/{jc.epochs} loss {loss.item():.3f}")
+    if model.quantizer is not None:
+        model.quantizer.enabled = True
+    model.requires_grad_(False)
+    return {"jscc_train_seconds": time.perf_counter() - start, "jscc_train_steps": total,
+            "jscc_train_images": n, "jscc_train_device": str(dev)}
+
+
+@torch.no_grad()
+def _teacher_logits(server: nn.Module, x: Tensor, dev: torch.device) -> Tensor:
+    """The server part's logits for the uncoded training features (before any fine-tuning), on the CPU."""
+    was = server.training
+    server.eval()
+    out = torch.cat([server(_f32(xb, dev)).float().cpu() for xb in x.split(_EVAL_BATCH)])
+    server.train(was)
+    return out
+
+
+@torch.no_grad()
+def _place_codewords(model: EncodedSplit, feats: SplitFeatures, dev: torch.device) -> None:
+    model.eval()
+    y = torch.cat([model.encoder(_f32(xb, dev)).float().cpu() for xb in feats.train_x[:_INIT_IMAGES].split(500)])
+    model.quantizer.init_from(y)
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+
+
+def realisation_seed(seed: int, r: int) -> int:
+    """The noise seed of realisation r: the same realisations at every condition (common random numbers), and
+    none of them the training noise's seed."""
+    return 1_000_003 * (seed + 1) + r
+
+
+@torch.no_grad()
+def channel_accuracy(model: EncodedSplit, x: Tensor, y: Tensor, condition: float | None = None,
+                     realisations: int = 1, seed: int = 0) -> list[float]:
+    """Top-1 accuracy over all of (x, y) split features, once per seeded channel realisation at `condition`
+    (a noiseless model: once, quantised)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    channel = _channel(model)
+    runs = realisations if channel is not None else 1
+    out = []
+    for r in range(runs):
+        if channel is not None:
+            channel.condition = float(condition)
+            channel.reseed(realisation_seed(seed, r))
+        correct = 0
+        for xb, yb in zip(x.split(_EVAL_BATCH), y.split(_EVAL_BATCH), strict=True):
+            logits, _ = model.decode(model.encoder(_f32(xb, dev)))
+            correct += int((logits.argmax(1).cpu() == yb).sum())
+        out.append(correct / max(1, len(y)))
+    return out
+
+
+@torch.no_grad()
+def _symbols(model: EncodedSplit, x: Tensor) -> np.ndarray:
+    dev = next(model.parameters()).device
+    out = [model.quantizer.quantize(model.encoder(_f32(xb, dev)).float()).cpu() for xb in x.split(_EVAL_BATCH)]
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+@torch.no_grad()
+def source_coded(model: EncodedSplit, codec: EntropyCodec, x: Tensor, y: Tensor) -> dict[str, Any]:
+    """The reference's test figures: each image's symbols entropy-coded into a real bitstream, decoded back (a
+    mismatch raises) and classified from the decoded symbols."""
+    model.eval()
+    dev = next(model.parameters()).device
+    q = model.quantizer
+    n = q.symbols_per_image
+    symbols = _symbols(model, x)
+    correct, actual = 0, []
+    for lo in range(0, len(symbols), _EVAL_BATCH):
+        sent = symbols[lo:lo + _EVAL_BATCH]
+        streams = codec.encode(sent)
+        received = np.stack([codec.decode(s, n) for s in streams]).astype(np.int64).reshape(len(sent), n)
+        if not np.array_equal(received, sent):
+            raise RuntimeError("the entropy decoder did not return the symbols that were sent")
+        logits = model.from_symbols(torch.from_numpy(received).to(dev))
+        correct += int((logits.argmax(1).cpu() == y[lo:lo + _EVAL_BATCH]).sum())
+        actual.append(np.array([8 * len(s) for s in streams]))
+    return {"accuracy": correct / max(1, len(y)), "bits_actual": float(np.concatenate(actual).mean()),
+            "bits_ideal": float(codec.ideal_bits_per_image(symbols).mean()),
+            "bits_entropy": float(sum(empirical_entropy_bits(symbols[:, j]) for j in range(n))),
+            "bits_raw": float(q.raw_bits)}
+
+
+# ------------------------------------------------------------------------------------------------------ one variant
+
+
+@dataclass
+class CodedResult:
+    """A trained and measured variant: the model, the test accuracy at the nominal condition (source coding: over
+    the real bitstreams), bits (NaN for JSCC: it sends channel uses, not bits) and the row's other columns."""
+
+    model: EncodedSplit
+    accuracy: float
+    bits: dict[str, float]
+    extra: dict[str, Any]
+    codec: EntropyCodec | None = None  # the source-coding reference's entropy coder
+
+
+def _train_or_load(device: nn.Module, server: nn.Module, input_shape: tuple[int, int, int], jc: JsccConfig,
+                   feats: SplitFeatures, seed: int, label_smoothing: float, calibration: int, cache: Path | None,
+                   progress: Progress | None) -> tuple[EncodedSplit, dict[str, Any], EntropyCodec | None, str]:
+    model = build_jscc(copy.deepcopy(device).cpu(), copy.deepcopy(server).cpu(), input_shape, jc, seed)
+    key = config_id({"features": feats.key, "jscc": jc.training_key(), "seed": seed,
+                     "label_smoothing": label_smoothing, "calibration": calibration})
+    path = cache / "models" / f"jscc-{key}.pt" if cache is not None else None
+    done = load_checkpoint(path) if path is not None else None
+    if done is not None:
+        try:
+            model.load_state_dict(done["state_dict"])
+            codec = CODECS.get(done["codec"]["codec"]).from_state(done["codec"]) if done.get("codec") else None
+            model.to(pick_device()).requires_grad_(False)
+            return model, dict(done["stats"]), codec, key
+        except (KeyError, RuntimeError, ValueError) as exc:
+            log.warning("jscc checkpoint %s does not match its config (%s): retraining", key, str(exc)[:120])
+    stats = train_jscc(model, feats, jc, seed, label_smoothing, progress)
+    codec = None
+    if model.quantizer is not None:
+        symbols = _symbols(model, feats.train_x[:calibration])
+        cls = CODECS.get(jc.codec)
+        extra = {"contexts": model.quantizer.contexts()} if "contexts" in inspect.signature(cls.fit).parameters else {}
+        codec = cls.fit(symbols, model.quantizer.alphabet_size, **extra)
+    if path is not None:
+        save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "stats": stats,
+                         "codec": codec.state_dict() if codec is not None else None,
+                         "config": dataclasses.asdict(jc)}, path)
+    return model, stats, codec, key
+
+
+def code_split(device: nn.Module, server: nn.Module, data: ImageData, jc: JsccConfig, *, seed: int = 0,
+               val_fraction: float = 0.1, label_smoothing: float = 0.1, calibration: int = 2000,
+               cache: Path | None = None, progress: Progress | None = None, measure: bool = True) -> CodedResult:
+    """Train (or load) one variant between copies of `device` (frozen) and `server` on cached split features and
+    measure it: for a channel, validation and test accuracy of every seeded realisation at every condition of the
+    mismatch curve; for the source-coding reference, the real bitstreams of every test image. `measure=False`
+    returns the trained model alone (accuracy NaN)."""
+    input_shape = (data.channels, *data.image_size)
+    feats = split_features(device, data, val_fraction, seed, jc.train_images, cache, progress)
+    model, stats, codec, key = _train_or_load(device, server, input_shape, jc, feats, seed, label_smoothing,
+                                              calibration, cache, progress)
+    if not measure:
+        return CodedResult(model.cpu().eval(), math.nan, {}, {}, codec)
+    start = time.perf_counter()
+    extra: dict[str, Any] = {"channel": jc.channel, "jscc_model": key, "features_key": feats.key, **stats,
+                             "encoder_d": int(model.encoder.d), "encoder_channels": int(model.encoder.map_shape[0]),
+                             "val_images": len(feats.val_y)}
+    if codec is not None:  # learned source coding: noiseless, so one measurement
+        measured = source_coded(model, codec, feats.test_x, feats.test_y)
+        accuracy = measured.pop("accuracy")
+        extra.update(val_accuracy=channel_accuracy(model, feats.val_x, feats.val_y)[0], codec=type(codec).__name__,
+                     symbols_per_image=model.quantizer.symbols_per_image, channel_uses=None,
+                     bits_entropy=measured.pop("bits_entropy"))
+        bits = measured
+    else:
+        channel = _channel(model)
+        curve_val, curve_test, curve_std, runs = [], [], [], []
+        for i, c in enumerate(jc.grid):
+            if progress:
+                progress(i / len(jc.grid), f"{jc.channel} {channel.condition_name}={c:g}: {jc.realisations} "
+                                           "realisations")
+            val = channel_accuracy(model, feats.val_x, feats.val_y, c, jc.realisations, seed)
+            test = channel_accuracy(model, feats.test_x, feats.test_y, c, jc.realisations, seed)
+            curve_val.append(float(np.mean(val)))
+            curve_test.append(float(np.mean(test)))
+            curve_std.append(float(np.std(test)))
+            runs.append(test)
+        at = jc.grid.index(jc.nominal)
+        accuracy = curve_test[at]
+        channel.condition = jc.nominal
+        bits = {"bits_actual": math.nan, "bits_ideal": math.nan, "bits_raw": math.nan}
+        extra.update(channel_uses=jc.uses, reals_per_use=channel.reals_per_use, condition_name=channel.condition_name,
+                     condition=jc.nominal, train_range=list(jc.train_range) if jc.train_range else None,
+                     realisations=jc.realisations, accuracy_std=curve_std[at], val_accuracy=curve_val[at],
+                     curve_conditions=list(jc.grid), curve_accuracy=curve_test, curve_accuracy_std=curve_std,
+                     curve_val_accuracy=curve_val, curve_accuracy_runs=runs)
+    extra["jscc_eval_seconds"] = time.perf_counter() - start
+    return CodedResult(model.cpu().eval(), float(accuracy), bits, extra, codec)
+
+
+def jscc_defaults(profile: str) -> dict[str, Any]:
+    """The training budget of a profile, for knobs a variant leaves unset."""
+    budget = FIG5_BUDGETS.get(profile, FIG5_BUDGETS["quick"])
+    return {"epochs": budget.epochs, "train_images": budget.train_images, "realisations": budget.realisations}
+
+
+def jscc_result(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext,
+                measure: bool = False) -> CodedResult:
+    """`code_split` for a `three_step` variant: knobs from `cfg` (`jscc_*`, the profile's budget for the rest), seed
+    and validation split of its base model, features and models cached under the run's cache."""
+    jc = JsccConfig.from_knobs(cfg.knobs, **jscc_defaults(profile_of(cfg.base).name))
+    return code_split(device, server, ctx.data, jc, seed=cfg.base.seed, val_fraction=cfg.base.val_fraction,
+                      label_smoothing=cfg.base.label_smoothing, calibration=ctx.profile.calibration_images,
+                      cache=ctx.cache, progress=ctx.progress, measure=measure)
+
+
+def jscc_feature_coding(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> CodedSplit:
+    """`three_step`'s feature coding "jscc": the `jscc_*` variant of `cfg` between the (pruned or not) parts; the
+    deployed device part maps an image to the encoder's output (channel symbols), the server part maps what the
+    channel delivers (at the nominal condition) to logits."""
+    from engine.methods.three_step import CodedSplit
+
+    result = jscc_result(device, server, cfg, ctx, measure=True)
+    deployed_device, deployed_server = result.model.deployed_parts()
+    return CodedSplit(deployed_device.eval(), deployed_server.eval(), result.accuracy, result.bits, result.extra)
+
+
+def _register_coding() -> None:
+    from engine.methods.three_step import FEATURE_CODINGS
+
+    if "jscc" not in FEATURE_CODINGS:
+        FEATURE_CODINGS.add("jscc", jscc_feature_coding)
+
+
+_register_coding()
+
+
+# ------------------------------------------------------------------------------------------------------ Fig. 5
+
+
+@dataclass(frozen=True)
+class Fig5Budget:
+    """The variants of Fig. 5 for a profile: JSCC channel uses per channel (each trained over the whole condition
+    range), the source-coding reference's (d, bits), the evaluation grids, and the training budget."""
+
+    awgn_uses: tuple[int, ...]
+    bsc_bits: tuple[int, ...]
+    source: tuple[tuple[int, int], ...]
+    snr_db: tuple[float, ...]
+    p: tuple[float, ...]
+    epochs: int
+    train_images: int | None
+    realisations: int
+    server: str = "train"  # JsccConfig.server: the server part fine-tuned with the decoder (at a tenth of its lr)
+    batch_size: int = 256
+
+    def conditions(self, channel: str) -> tuple[float, ...]:
+        return self.snr_db if channel == "awgn" else self.p
+
+    def uses(self, channel: str) -> tuple[int, ...]:
+        return self.awgn_uses if channel == "awgn" else self.bsc_bits
+
+
+FIG5_BUDGETS: dict[str, Fig5Budget] = {
+    "smoke": Fig5Budget(awgn_uses=(2, 8), bsc_bits=(8, 32), source=((8, 1), (16, 2)), snr_db=(0.0, 10.0),
+                        p=(0.02, 0.1), epochs=1, train_images=None, realisations=2, server="frozen"),
+    # quick: sized for 2 shared CPU cores (about 4 min per trained model there); the paper profile is the full grid
+    "quick": Fig5Budget(awgn_uses=(2, 8, 32), bsc_bits=(8, 32, 128), source=((8, 1), (16, 2)),
+                        snr_db=(0.0, 10.0, 20.0), p=(0.01, 0.1, 0.2), epochs=2, train_images=8_000, realisations=2,
+                        batch_size=128),
+    "paper": Fig5Budget(awgn_uses=(1, 2, 4, 8, 16, 32, 64), bsc_bits=(4, 8, 16, 32, 64, 128, 256),
+                        source=((4, 1), (8, 1), (8, 2), (16, 1), (16, 2), (32, 2), (64, 2)),
+                        snr_db=(-5.0, 0.0, 5.0, 10.0, 15.0, 20.0), p=(0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3),
+                        epochs=30, train_images=None, realisations=10),
+}
+FIG5_SPLIT = "conv4_x"  # the paper splits behind Conv_4x for Fig. 5
+FIG5_CHANNELS = ("awgn", "bsc")
+SCHEMES = ("JSCC", "learned source coding", "8-bit Huffman feature", "PNG input")
+BANDWIDTH_HZ = 1e6  # Fig. 5a: W = 1 MHz
+
+
+def fig5_variants(base: BaseModelConfig, profile: str, channels: Sequence[str] = FIG5_CHANNELS,
+                  split: str = FIG5_SPLIT) -> list[VariantConfig]:
+    """`three_step` variants without pruning (snapshot "none") at the split: the source-coding references, then
+    one JSCC model per channel and number of uses, trained over the profile's whole condition range."""
+    budget = FIG5_BUDGETS.get(profile) if profile in FIG5_BUDGETS else FIG5_BUDGETS["quick"]
+    common = {"epochs": budget.epochs, "train_images": budget.train_images, "realisations": budget.realisations,
+              "server": budget.server, "batch_size": budget.batch_size}
+
+    def make(jc: JsccConfig) -> VariantConfig:
+        return VariantConfig.make("three_step", split, base, encoder="jscc", snapshot="none", **jc.knobs())
+
+    out = [make(JsccConfig(NOISELESS, uses=d, bits=b, **common)) for d, b in budget.source]
+    for ch in channels:
+        grid = budget.conditions(ch)
+        for k in budget.uses(ch):
+            out.append(make(JsccConfig(ch, uses=k, condition=grid[len(grid) // 2], train_range=(min(grid), max(grid)),
+                                       eval_conditions=grid, **common)))
+    return out
+
+
+def run_fig5(ctx: RunContext, base: BaseModelConfig, channels: Sequence[str] = FIG5_CHANNELS,
+             skip: Container[str] = (), on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Measure the Fig. 5 variants (those whose id is not in `skip`, e.g. a ResultsStore) and the `original` 8-bit
+    Huffman row at the split; `on_row(row)` is called as each row is ready (to store it). Returns the new rows."""
+    from engine.methods import METHODS
+
+    variants = [VariantConfig.make("original", FIG5_SPLIT, base, bits=8),
+                *fig5_variants(base, ctx.profile.name, channels)]
+    todo = [cfg for cfg in variants if cfg.id not in skip]
+    outer, rows = ctx.progress, []
+    try:
+        for i, cfg in enumerate(todo):
+            name = f"{cfg.knob('jscc_channel', cfg.method)} {cfg.knob('jscc_uses', '')}".strip()
+            if outer is not None:
+                ctx.progress = lambda f, m, i=i, name=name: outer((i + min(max(f, 0.0), 1.0)) / len(todo),
+                                                                  f"{i + 1}/{len(todo)} {name}: {m}")
+                outer(i / len(todo), f"{i + 1}/{len(todo)} {name}")
+            row = METHODS.get(cfg.method).run(cfg, ctx)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    finally:
+        ctx.progress = outer
+    return rows
+
+
+def _knob(table: pd.DataFrame, name: str) -> pd.Series:
+    col = f"knob_{name}"
+    return table[col] if col in table.columns else pd.Series([None] * len(table), index=table.index, dtype=object)
+
+
+def _numeric(row: pd.Series, name: str) -> float:
+    value = row.get(name) if name in row else None
+    try:
+        return float(value) if value is not None and pd.notna(value) else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def fig5_rows(table: pd.DataFrame, split: str = FIG5_SPLIT) -> pd.DataFrame:
+    """The rows Fig. 5 reads: unpruned `three_step` "jscc" rows at the split, and `original` at the split."""
+    if table.empty or "method" not in table.columns:
+        return table
+    at = table["split"] == split
+    jscc = (table["method"] == "three_step") & (_knob(table, "encoder") == "jscc") & (_knob(table, "snapshot") ==
+                                                                                    "none")
+    return table[at & (jscc | (table["method"] == "original"))]
+
+
+def thresholds(table: pd.DataFrame, drop: float = 0.02) -> tuple[float, float]:
+    """(validation threshold, test threshold): the base model's validation and test accuracy minus `drop`."""
+    rows = fig5_rows(table)
+    val = pd.to_numeric(rows.get("base_val_accuracy", pd.Series(dtype=float)), errors="coerce").dropna()
+    test = pd.to_numeric(rows.get("base_test_accuracy", pd.Series(dtype=float)), errors="coerce").dropna()
+    return (float(val.iloc[0]) - drop if len(val) else math.nan, float(test.iloc[0]) - drop if len(test) else math.nan)
+
+
+CURVE_COLUMNS = ("channel", "condition", "scheme", "uses", "bits", "cost", "accuracy", "accuracy_std",
+                 "val_accuracy", "meets", "id")
+
+
+def fig5_curves(table: pd.DataFrame, channel: str, drop: float = 0.02, bandwidth_hz: float = BANDWIDTH_HZ,
+                conditions: Sequence[float] | None = None) -> pd.DataFrame:
+    """Fig. 5 as a tidy table, one row per (condition, scheme): for JSCC, the smallest number of channel uses
+    whose validation accuracy (mean over realisations at that condition) is at least the base's validation accuracy
+    minus `drop`; for learned source coding, the fewest actual bits among the references meeting the same
+    threshold, sent at capacity; the 8-bit Huffman feature (`original`) and the PNG input at capacity as they are.
+    `cost` is the communication latency in seconds at `bandwidth_hz` (AWGN: k/W, or B / (W log2(1+SNR))) or the
+    channel bits (BSC: n, or B / (1 - H2(p))); `uses` is channel uses (JSCC), `bits` source bits (separate coding).
+    A scheme with no qualifying variant at a condition has no row there."""
+    cls = CHANNELS.get(channel)
+    rows = fig5_rows(table)
+    out: list[dict[str, Any]] = []
+    if rows.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in CURVE_COLUMNS})
+    val_need, test_need = thresholds(table, drop)
+    jscc = rows[_knob(rows, "jscc_channel") == channel]
+    if conditions is None:
+        conditions = sorted({float(c) for cs in jscc.get("curve_conditions", pd.Series(dtype=object)).dropna()
+                             for c in cs})
+
+    def cost_of_uses(uses: float) -> float:
+        return uses / bandwidth_hz if channel == "awgn" else uses * cls.reals_per_use
+
+    def separate(condition: float, bits: float) -> float:
+        return cost_of_uses(bits / cls.capacity(condition)) if cls.capacity(condition) > 0 else math.inf
+
+    source = rows[_knob(rows, "jscc_channel") == NOISELESS]
+    source = (source[pd.to_numeric(source["val_accuracy"], errors="coerce") >= val_need]
+              if "val_accuracy" in source.columns else source.iloc[:0])
+    best_source = source.sort_values(["bits_actual", "id"]).iloc[0] if len(source) else None
+    original = rows[rows["method"] == "original"]
+    huffman = original.iloc[0] if len(original) else None
+    for c in conditions:
+        candidates = []
+        for _, r in jscc.iterrows():
+            cs = [float(v) for v in (r.get("curve_conditions") or [])]
+            if c not in cs:
+                continue
+            j = cs.index(c)
+            if r["curve_val_accuracy"][j] >= val_need:
+                candidates.append((float(r["knob_jscc_uses"]), r["id"], r, j))
+        if candidates:
+            uses, _, r, j = min(candidates, key=lambda t: (t[0], t[1]))
+            out.append({"scheme": "JSCC", "condition": c, "uses": uses, "bits": math.nan, "cost": cost_of_uses(uses),
+                        "accuracy": r["curve_accuracy"][j], "accuracy_std": r["curve_accuracy_std"][j],
+                        "val_accuracy": r["curve_val_accuracy"][j], "id": r["id"]})
+        if best_source is not None:
+            b = float(best_source["bits_actual"])
+            out.append({"scheme": "learned source coding", "condition": c, "bits": b,
+                        "uses": b / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, b),
+                        "accuracy": float(best_source["accuracy"]), "accuracy_std": 0.0,
+                        "val_accuracy": float(best_source["val_accuracy"]), "id": best_source["id"]})
+        if huffman is not None:
+            b = float(huffman["bits_actual"])
+            out.append({"scheme": "8-bit Huffman feature", "condition": c, "bits": b,
+                        "uses": b / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, b),
+                        "accuracy": float(huffman["accuracy"]), "accuracy_std": 0.0, "val_accuracy": math.nan,
+                        "id": huffman["id"]})
+        png = _numeric(rows.iloc[0], "png_bits")
+        if not math.isnan(png):
+            out.append({"scheme": "PNG input", "condition": c, "bits": png,
+                        "uses": png / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, png),
+                        "accuracy": _numeric(rows.iloc[0], "base_test_accuracy"), "accuracy_std": 0.0,
+                        "val_accuracy": math.nan, "id": None})
+    frame = pd.DataFrame(out, columns=[c for c in CURVE_COLUMNS if c not in ("channel", "meets")])
+    frame.insert(0, "channel", channel)
+    frame["meets"] = frame["accuracy"] >= test_need
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    frame = frame.sort_values(["condition", "scheme"], key=lambda s: s.map(order) if s.name == "scheme" else s)
+    return frame[list(CURVE_COLUMNS)].reset_index(drop=True)
+
+
+def best_schemes(curves: pd.DataFrame) -> pd.DataFrame:
+    """The cheapest scheme at each condition of `fig5_curves` (ties: the order of SCHEMES)."""
+    if curves.empty:
+        return curves
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    ranked = curves.assign(_rank=curves["scheme"].map(order)).sort_values(["condition", "cost", "_rank"])
+    return ranked.drop_duplicates("condition").drop(columns="_rank").reset_index(drop=True)
+
+
+def mismatch_curve(table: pd.DataFrame, row_id: str) -> pd.DataFrame:
+    """Accuracy of one JSCC row at every condition it was evaluated at (test mean and std over realisations,
+    validation mean): how a model trained for some conditions fares at others."""
+    hit = table[table["id"] == row_id]
+    if hit.empty or not isinstance(hit.iloc[0].get("curve_conditions"), list):
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in ("condition", "accuracy", "accuracy_std",
+                                                                  "val_accuracy")})
+    r = hit.iloc[0]
+    return pd.DataFrame({"condition": r["curve_conditions"], "accuracy": r["curve_accuracy"],
+                         "accuracy_std": r["curve_accuracy_std"], "val_accuracy": r["curve_val_accuracy"]})
+
+
+def jscc_summary(table: pd.DataFrame, channel: str) -> pd.DataFrame:
+    """Each JSCC model of a channel at each evaluated condition: uses, test accuracy (mean, std), validation
+    accuracy; a wide view of the mismatch curves for reports."""
+    rows = fig5_rows(table)
+    rows = rows[_knob(rows, "jscc_channel") == channel]
+    out = []
+    for _, r in rows.iterrows():
+        for c, acc, std, val in zip(r["curve_conditions"], r["curve_accuracy"], r["curve_accuracy_std"],
+                                    r["curve_val_accuracy"], strict=True):
+            out.append({"uses": int(r["knob_jscc_uses"]), "condition": c, "accuracy": acc, "accuracy_std": std,
+                        "val_accuracy": val, "id": r["id"]})
+    return pd.DataFrame(out, columns=["uses", "condition", "accuracy", "accuracy_std", "val_accuracy", "id"])
+
+
+def fig5_report(table: pd.DataFrame, channels: Sequence[str] = FIG5_CHANNELS, drop: float = 0.02,
+                bandwidth_hz: float = BANDWIDTH_HZ) -> str:
+    """Fig. 5 as text: per channel, each scheme's cost and choice at each condition, the JSCC models' accuracy
+    at every condition (mismatch curves), the source-coding references, and where JSCC is at or below learned
+    source coding with ideal channel coding."""
+    val_need, test_need = thresholds(table, drop)
+    lines = [f"accuracy threshold: validation {val_need:.2%} (choices), test {test_need:.2%} (reported); "
+             f"base model minus {drop * 100:g} points"]
+    rows = fig5_rows(table)
+    source = rows[_knob(rows, "jscc_channel") == NOISELESS]
+    if len(source):
+        lines.append("\nlearned source coding references (noiseless; bits = mean actual bitstream):")
+        ref = pd.DataFrame({"d": _knob(source, "jscc_uses"), "bits/dim": _knob(source, "jscc_bits"),
+                            "bits_actual": source["bits_actual"], "bits_ideal": source["bits_ideal"],
+                            "val_acc": source["val_accuracy"], "test_acc": source["accuracy"], "id": source["id"]})
+        lines.append(ref.sort_values("bits_actual").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for ch in channels:
+        cls = CHANNELS.get(ch)
+        curves = fig5_curves(table, ch, drop, bandwidth_hz)
+        unit = "latency (ms), W = %g MHz" % (bandwidth_hz / 1e6) if ch == "awgn" else "channel bits"
+        lines.append(f"\n{ch.upper()}: {unit} per scheme vs {cls.condition_label} "
+                     "(JSCC: smallest uses meeting the validation threshold; others at capacity)")
+        if curves.empty:
+            lines.append("  no rows: run `python -m engine noisy`")
+            continue
+        scale = 1e3 if ch == "awgn" else 1.0
+        wide = curves.assign(cost=curves["cost"] * scale).pivot_table(index="condition", columns="scheme",
+                                                                      values="cost", aggfunc="first")
+        wide = wide[[s for s in SCHEMES if s in wide.columns]]
+        jscc = curves[curves["scheme"] == "JSCC"].set_index("condition")
+        wide["JSCC uses"] = jscc["uses"]
+        wide["JSCC test acc"] = jscc["accuracy"]
+        lines.append(wide.to_string(float_format=lambda v: f"{v:.4g}"))
+        summary = jscc_summary(table, ch)
+        if len(summary):
+            lines.append(f"JSCC test accuracy (mean over realisations) by {cls.use_label} and {cls.condition_name}:")
+            grid = summary.pivot_table(index="uses", columns="condition", values="accuracy")
+            lines.append(grid.to_string(float_format=lambda v: f"{v:.2%}"))
+        both = wide.dropna(subset=[c for c in ("JSCC", "learned source coding") if c in wide.columns])
+        if "JSCC" in both and "learned source coding" in both:
+            at_or_below = both.index[both["JSCC"] <= both["learned source coding"]].tolist()
+            above = both.index[both["JSCC"] > both["learned source coding"]].tolist()
+            lines.append(f"JSCC at or below learned source coding + ideal channel coding at {cls.condition_name} "
+                         f"{at_or_below or 'none'}; above it at {cls.condition_name} {above or 'none'}")
+        missing = sorted(set(curves["condition"]) - set(jscc.index))
+        if missing:
+            lines.append(f"no JSCC model meets the threshold at {cls.condition_name} {missing}")
+    return "\n".join(lines)

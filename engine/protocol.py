@@ -1,0 +1,148 @@
+"""The co-inference wire protocol: versioned, length-prefixed frames over TCP.
+
+Frame: an 8-byte header `>2sBBI` (magic b"CI", protocol version, message kind, payload length) and the payload.
+A reader rejects a bad magic, an unknown version or kind, and a payload over its limit before reading the payload,
+so a hostile length costs nothing; a stream that ends inside a frame is a `Truncated` error, one that ends between
+frames a clean end.
+
+Messages (device -> server: HELLO, FEATURE; server -> device: WELCOME, RESULT, ERROR):
+    HELLO    JSON {"variant": id, "protocol": 1}: which bundle the device runs
+    WELCOME  JSON {"variant": id, "coding": ...}: the server runs the same bundle
+    FEATURE  `>II` (sequence number, symbol count) + the bitstream of one image
+    RESULT   `>IHff` (sequence number, predicted label, decode seconds, server-program seconds)
+    ERROR    UTF-8 reason (the connection closes after it unless the framing stayed intact)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+MAGIC = b"CI"
+VERSION = 1
+HEADER = struct.Struct(">2sBBI")
+FEATURE_HEADER = struct.Struct(">II")
+RESULT = struct.Struct(">IHff")
+HELLO, WELCOME, FEATURE, RESULT_KIND, ERROR = 1, 2, 3, 4, 5
+KINDS = {HELLO: "HELLO", WELCOME: "WELCOME", FEATURE: "FEATURE", RESULT_KIND: "RESULT", ERROR: "ERROR"}
+DEFAULT_MAX_PAYLOAD = 4 << 20  # bytes; a CIFAR feature is a few kB, a 224x224 PNG about 150 kB
+MAX_CONTROL_PAYLOAD = 4096  # HELLO / WELCOME / ERROR
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol; `str()` is the reason that is logged and sent back."""
+
+
+class Truncated(ProtocolError):
+    """The stream ended inside a frame (the peer disconnected mid-message)."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    payload: bytes
+
+    @property
+    def name(self) -> str:
+        return KINDS.get(self.kind, str(self.kind))
+
+
+def pack(kind: int, payload: bytes = b"") -> bytes:
+    """One frame: header + payload."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind}")
+    return HEADER.pack(MAGIC, VERSION, kind, len(payload)) + payload
+
+
+def parse_header(header: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[int, int]:
+    """(kind, payload length) of an 8-byte header; ProtocolError when it is not one this reader accepts."""
+    magic, version, kind, length = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}: not a coinfer co-inference stream")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version} is not supported (this side speaks {VERSION})")
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown message kind {kind}")
+    limit = MAX_CONTROL_PAYLOAD if kind in (HELLO, WELCOME, ERROR) else max_payload
+    if length > limit:
+        raise ProtocolError(f"{KINDS[kind]} payload of {length:,} bytes is over the {limit:,}-byte limit")
+    return kind, length
+
+
+def recv_exact(sock: socket.socket, n: int, *, started: bool = False) -> bytes | None:
+    """Exactly n bytes; None on a clean end before the first byte (when not `started`), Truncated after it."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 1 << 16))
+        if not chunk:
+            if got == 0 and not started:
+                return None
+            raise Truncated(f"connection closed after {got} of {n} bytes")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(sock: socket.socket, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame | None:
+    """The next frame, None at a clean end of stream; ProtocolError / Truncated when the stream is bad."""
+    header = recv_exact(sock, HEADER.size)
+    if header is None:
+        return None
+    kind, length = parse_header(header, max_payload)
+    payload = recv_exact(sock, length, started=True) if length else b""
+    assert payload is not None
+    return Frame(kind, payload)
+
+
+# ------------------------------------------------------------------------------------------------------ payloads
+
+
+def hello(variant: str) -> bytes:
+    return pack(HELLO, json.dumps({"variant": variant, "protocol": VERSION}).encode())
+
+
+def welcome(variant: str, coding: str) -> bytes:
+    return pack(WELCOME, json.dumps({"variant": variant, "coding": coding}).encode())
+
+
+def control_json(frame: Frame) -> dict[str, Any]:
+    """The JSON object of a HELLO or WELCOME; ProtocolError when it is not one."""
+    try:
+        obj = json.loads(frame.payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError(f"{frame.name} payload is not JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("variant"), str):
+        raise ProtocolError(f"{frame.name} must be a JSON object naming a variant")
+    return obj
+
+
+def feature(seq: int, count: int, stream: bytes) -> bytes:
+    return pack(FEATURE, FEATURE_HEADER.pack(seq, count) + stream)
+
+
+def parse_feature(frame: Frame) -> tuple[int, int, bytes]:
+    """(sequence number, symbol count, bitstream) of a FEATURE frame."""
+    if len(frame.payload) < FEATURE_HEADER.size:
+        raise ProtocolError(f"FEATURE payload of {len(frame.payload)} bytes is shorter than its "
+                            f"{FEATURE_HEADER.size}-byte header")
+    seq, count = FEATURE_HEADER.unpack_from(frame.payload)
+    return seq, count, frame.payload[FEATURE_HEADER.size:]
+
+
+def result(seq: int, label: int, decode_seconds: float, server_seconds: float) -> bytes:
+    return pack(RESULT_KIND, RESULT.pack(seq, label, decode_seconds, server_seconds))
+
+
+def parse_result(frame: Frame) -> tuple[int, int, float, float]:
+    """(sequence number, label, decode seconds, server-program seconds) of a RESULT frame."""
+    if len(frame.payload) != RESULT.size:
+        raise ProtocolError(f"RESULT payload must be {RESULT.size} bytes, got {len(frame.payload)}")
+    seq, label, decode_s, server_s = RESULT.unpack(frame.payload)
+    return seq, label, float(decode_s), float(server_s)
+
+
+def error(reason: str) -> bytes:
+    return pack(ERROR, reason.encode("utf-8", errors="replace")[:MAX_CONTROL_PAYLOAD])

@@ -1,0 +1,72 @@
+"""Compare two to four pinned variants or baselines: what differs between them, with deltas against the first,
+and where they sit on the communication-computation plane."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui
+from engine.figures import plane_figure
+from engine.latency import latency_table
+from engine.pareto import compare_table
+
+COLUMNS = ("method", "split", "knobs", "accuracy", "latency", "t_device", "t_transmit", "t_server", "feasible",
+           "device_flops", "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal", "bits_raw",
+           "feature_shape", "width", "seed", "code_version")
+LETTERS = "ABCD"
+
+env = ui.environment()
+ui.sync_url()  # the view survives page switches (see ui.view)
+st.title("Compare variants")
+data, base = ui.page_base(env)
+table = ui.results(base)
+if table.empty:
+    ui.no_rows("the variants to compare")
+    st.stop()
+
+lat = latency_table(table, env.device, env.server, env.rate_bps)
+
+
+def _label(row: dict) -> str:
+    knobs = row.get("knobs") if isinstance(row.get("knobs"), dict) else {}
+    return (f"{row['method']} @ {row['split']}" + "".join(f" · {k}={x}" for k, x in sorted(knobs.items()))
+            + f" · {row['accuracy']:.1%} · {row['id'][:8]}")
+
+
+labels = {r["id"]: _label(r) for r in lat.to_dict("records")}
+baselines = [i for i, s in zip(lat["id"], lat["split"], strict=True) if s in ("server_only", "device_only")]
+sel = ui.selected_id()
+
+
+def _pin(extra: list[str]) -> None:
+    """Add variants to the pins (at most four), from a button's callback, before the multiselect is drawn."""
+    pins = list(dict.fromkeys([*st.session_state.get("w_pins", []), *extra]))[:4]
+    st.session_state["w_pins"] = pins
+
+
+key = ui.bind("pins", lambda: [i for i in ui.pinned_ids() if i in labels])
+st.session_state[key] = [i for i in st.session_state[key] if i in labels]
+c1, c2 = st.columns(2)
+c1.button("Pin the selected variant", disabled=not sel or sel not in labels, on_click=_pin, args=([sel],),
+          help="click a point on any plane to select a variant")
+c2.button("Pin the baselines (server only, device only)", disabled=not baselines, on_click=_pin, args=(baselines,))
+pins = st.multiselect("Pinned variants (two to four; the first is the reference of the deltas)", list(labels),
+                      default=st.session_state[key], max_selections=4, format_func=labels.get, key=key)
+ui.set_view(pins=",".join(pins))
+if len(pins) < 2:
+    st.info("Pin two to four variants to compare them: pick them above, or select a point on a plane and pin it.")
+    st.stop()
+
+diff = compare_table(lat, pins, [c for c in COLUMNS if c in lat])
+diff.index = [f"{LETTERS[i]} · {labels[p]}" for i, p in enumerate(pins)]
+if diff.empty or len(diff.columns) == 0:
+    st.info("The pinned variants are identical in every column.")
+else:
+    st.caption(f"Only the columns that differ; Δ is the difference from A. Latency at {env.rate_bps / 8e3:g} kB/s on "
+               f"{env.device.describe()} and {env.server.describe()}.")
+    st.dataframe(diff, column_config={c: st.column_config.NumberColumn(format="%.4g") for c in diff.columns
+                                      if c.startswith("Δ ")})
+need = ui.threshold(env, table)
+fig = plane_figure(lat, ui.png_bits(table, data), threshold=need, front="none", selected=sel,
+                   highlight={p: LETTERS[i] for i, p in enumerate(pins)}, height=380)
+ui.chart(fig, "compare_plane")

@@ -1,0 +1,168 @@
+"""Export the chosen configuration (a versioned selection JSON, a deployable bundle), the results table (CSV) and the
+figures (PNG, HTML); import a selection JSON to reproduce its view. Uploaded files are parsed as JSON only, size
+capped, and validated before anything changes (`engine.export.parse_selection`)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+import ui
+from engine import jobs as jobq
+from engine.config import PROFILES
+from engine.errors import UserError
+from engine.export import parse_selection, selection_json, variant_config, write_bundle
+from engine.figures import (
+    figure_html,
+    figure_png,
+    latency_breakdown_figure,
+    latency_rate_figure,
+    plane_figure,
+    png_export_problem,
+)
+from engine.latency import latency_table
+from engine.pareto import best_per_method, best_variant
+from engine.paths import cache_dir
+
+MAX_IMPORT_MB = 1
+
+env = ui.environment()
+ui.sync_url()  # the view survives page switches (see ui.view)
+v = ui.view()
+st.title("Export and import")
+data, base = ui.page_base(env)
+table = ui.results(base)
+
+
+# -- import -----------------------------------------------------------------------------------------------------
+
+
+def _apply(doc: dict) -> None:
+    """Reproduce an imported selection: its environment in the sidebar and its variant selected (a callback, so the
+    sidebar's widgets are drawn with the new values)."""
+    env_values = {k: str(x)[:64] for k, x in (doc.get("environment") or {}).items()
+                  if k in ui.ENVIRONMENT_KEYS and isinstance(x, (str, int, float)) and not isinstance(x, bool)}
+    ui.apply_view({**env_values, "sel": doc["id"]})
+    st.session_state["_import_done"] = doc["id"]
+
+
+def _import_section() -> None:
+    st.subheader("Import a selection")
+    upload = st.file_uploader("Selection JSON exported by coinfer", type=["json"], max_upload_size=MAX_IMPORT_MB,
+                              key="import_file")
+    pasted = st.text_area("… or paste its text", key="import_text", height=80)
+    if done := st.session_state.pop("_import_done", None):
+        st.success(f"Selection `{done}` applied: the sidebar shows its environment and every page selects it.")
+    raw = upload.getvalue() if upload is not None else pasted.strip()
+    if not raw:
+        return
+    try:
+        doc = parse_selection(raw)
+        cfg = variant_config(doc)
+    except UserError as exc:
+        st.error(f"{exc} — nothing was changed.")
+        return
+    measured = not table.empty and (table["id"] == cfg.id).any() or cfg.id in ui.results_store()
+    st.markdown(f"**{cfg.method} @ {cfg.split}** · `{cfg.id}` · exported by coinfer {doc.get('code_version')} "
+                f"· {'measured here' if measured else 'not measured here'}")
+    st.button("Apply this selection", type="primary", on_click=_apply, args=(doc,))
+    if not measured:
+        local = ui.local_data(env)
+        can_queue = local is not None and local.fingerprint == cfg.base.dataset
+        profile = next((n for n in PROFILES if PROFILES.get(n).base_config(
+            cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base), None)
+        if st.button("Measure it here (queue the job)", disabled=not can_queue or profile is None,
+                     help=None if can_queue else "its dataset is not the local one"):
+            ui.start_jobs([jobq.JobSpec.for_variant(cfg, profile or env.profile, ui.data_path())])
+            st.success(f"Queued `{cfg.id}`; follow it on the Jobs page.")
+
+
+# -- export -----------------------------------------------------------------------------------------------------
+
+
+def _bundle(row: dict, environment: dict) -> None:
+    """Build the bundle (device and server TorchScript programs, codec tables) into the session for download."""
+    try:
+        if data is None or data.fingerprint != str(row.get("dataset_fingerprint")):
+            raise UserError("the bundle is built from the cached models and the dataset, which is not the local one "
+                            "here: choose the local dataset in the sidebar")
+        cfg = variant_config(selection_json(row, environment))
+        ctx_profile = PROFILES.get(env.profile)
+        from engine.methods import RunContext
+
+        with tempfile.TemporaryDirectory() as tmp, st.spinner("Tracing the device and server parts…"):
+            path = write_bundle(cfg, RunContext(data, ctx_profile, cache_dir()), Path(tmp) / f"{cfg.id}.zip",
+                                metrics=row, environment=environment)
+            st.session_state["_bundle"] = (cfg.id, path.read_bytes())
+    except UserError as exc:
+        st.error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a readable line, not a traceback
+        st.error(f"The bundle could not be built: {jobq.one_line(exc)}")
+
+
+def _export_section() -> None:
+    if table.empty:
+        ui.no_rows("the selection, bundle and figures to export")
+        return
+    need = ui.threshold(env, table)
+    lat = latency_table(table, env.device, env.server, env.rate_bps)
+    sel = ui.selected_id()
+    if sel and (lat["id"] == sel).any():
+        row = lat[lat["id"] == sel].iloc[0]
+        st.markdown(f"Chosen: the selected variant **{row['method']} @ {row['split']}** (`{sel}`).")
+    else:
+        row = best_variant(table, env.device, env.server, env.rate_bps, need)
+        if row is None:
+            st.warning("Nothing selected, and no variant meets the accuracy threshold and fits the device: click a "
+                       "point on a plane to choose one.")
+            return
+        st.markdown(f"Chosen: nothing is selected, so the best variant for this environment, **{row['method']} @ "
+                    f"{row['split']}** (`{row['id']}`). Click a point on a plane to choose another.")
+    row_dict = {k: (None if isinstance(x, float) and np.isnan(x) else x) for k, x in row.to_dict().items()}
+    environment = {**ui.environment_params(), "rate_bps": env.rate_bps, "device_profile": env.device.describe(),
+                   "server_profile": env.server.describe(), "accuracy_threshold": need}
+    c1, c2, c3 = st.columns(3)
+    try:
+        doc = selection_json(row_dict, environment)
+        c1.download_button("Selection (JSON)", json.dumps(doc, indent=1, sort_keys=True), f"coinfer-{doc['id']}.json",
+                           "application/json", on_click="ignore", type="primary")
+    except UserError as exc:
+        c1.error(str(exc))
+        doc = None
+    if c2.button("Build the deployable bundle", disabled=doc is None,
+                 help="device and server parts as TorchScript, the quantiser and codec tables, a sha256 manifest"):
+        _bundle(row_dict, environment)
+    if (built := st.session_state.get("_bundle")) and doc is not None and built[0] == doc["id"]:
+        c2.download_button("Bundle (.zip)", built[1], f"coinfer-{built[0]}-bundle.zip", "application/zip",
+                           on_click="ignore")
+    c3.download_button(f"Results table (CSV, {len(ui.all_results())} rows)", lambda: ui.results_store().to_csv(),
+                       "coinfer-results.csv", "text/csv", on_click="ignore")
+
+    st.subheader("Figures")
+    figures = {
+        "plane": lambda: plane_figure(lat, ui.png_bits(table, data), "bits_ideal" if v["bits"] == "ideal"
+                                      else "bits_actual", threshold=need, below=v["below"], front=v["front"],
+                                      selected=sel),
+        "latency-vs-rate": lambda: latency_rate_figure(ui.latency_curves(base, env, need), env.rate_bps),
+        "latency-breakdown": lambda: latency_breakdown_figure(best_per_method(table, env.device, env.server,
+                                                                              env.rate_bps, need)),
+    }
+    problem = png_export_problem()
+    if problem:
+        st.warning(problem)
+    for name, make in figures.items():
+        a, b, c = st.columns([2, 1, 1])
+        a.markdown(f"**{name}**")
+        b.download_button("PNG", lambda make=make: figure_png(make()), f"coinfer-{name}.png", "image/png",
+                          key=f"png_{name}", on_click="ignore", disabled=problem is not None)
+        c.download_button("HTML", lambda make=make: figure_html(make()), f"coinfer-{name}.html", "text/html",
+                          key=f"html_{name}", on_click="ignore")
+
+
+st.subheader("Export")
+_export_section()
+_import_section()

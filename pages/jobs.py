@@ -1,0 +1,118 @@
+"""Jobs: start a profile's sweep or single variants, follow their progress (with ETA), cancel and retry them.
+The list refreshes itself every two seconds, so new jobs and rows appear without reloading the page."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+import ui
+from engine import jobs as jobq
+from engine import sweep
+from engine.errors import UserError
+from engine.models import SPLIT_POINTS
+from engine.units import format_seconds
+
+SHOWN = 40  # jobs listed at most (active first, then the latest finished)
+ICONS = {"queued": "⏳", "running": "▶️", "cancelling": "⏹️", "done": "✅", "failed": "❌", "cancelled": "🚫"}
+
+env = ui.environment()
+ui.sync_url()  # the view survives page switches (see ui.view)
+st.title("Jobs")
+data = ui.local_data(env)
+_, base = ui.page_base(env)
+st.caption(f"base model `{base.id}` · profile **{env.profile}** · width **{base.width:g}** · jobs run in detached "
+           "`python -m engine worker` processes; the queue lives in the cache, so closing the page stops nothing")
+
+with st.expander("Start jobs", expanded=True):
+    if data is None:
+        st.warning("Jobs need the dataset on this machine: the sidebar's dataset is known only from the results "
+                   "store. Set COINFER_DATA to it, or choose the local dataset.")
+    profile_tab, variant_tab = st.tabs(["The profile's sweep", "Single variants"])
+    with profile_tab:
+        methods = st.multiselect("Methods", sweep.methods_in_order(), default=sweep.methods_in_order(),
+                                 help="cheapest first; variants already in the results store are skipped")
+        if st.button(f"Queue the {env.profile} sweep", type="primary", disabled=data is None or not methods):
+            try:
+                planned = sweep.plan(env.profile, base, ui.data_path(), methods=methods)
+                queued, measured = sweep.submit(ui.job_queue(), planned, ui.results_store())
+                if queued:
+                    jobq.ensure_worker(ui.job_queue())
+                st.success(f"Queued {len(queued)} variant(s); {len(measured)} were measured before.")
+            except UserError as exc:
+                st.error(str(exc))
+    with variant_tab:
+        c1, c2, c3 = st.columns([1, 1, 2])
+        method = c1.selectbox("Method", sweep.methods_in_order())
+        splits = c2.multiselect("Splits", SPLIT_POINTS.names(), default=["conv4_x"])
+        knobs = c3.text_input("Knobs (optional)", placeholder="bits=4, sparsity=0.5",
+                              help="NAME=VALUE pairs, values as JSON; the method's defaults fill the rest")
+        if st.button("Queue", disabled=data is None or not splits):
+            try:
+                parsed = ui.parse_knobs(knobs)
+                planned = [sweep.one_variant(method, s, env.profile, base, ui.data_path(), **parsed) for s in splits]
+                ui.start_jobs([p.spec for p in planned], [p.priority for p in planned])
+                st.success(f"Queued {len(planned)} variant(s): {', '.join(p.id for p in planned)}")
+            except UserError as exc:
+                st.error(str(exc))
+
+
+def _cancel(job_id: str) -> None:
+    try:
+        ui.job_queue().cancel(job_id)
+    except UserError as exc:
+        st.session_state["_job_error"] = str(exc)
+
+
+def _retry(job_id: str) -> None:
+    try:
+        ui.job_queue().retry(job_id)
+        jobq.ensure_worker(ui.job_queue())
+    except UserError as exc:
+        st.session_state["_job_error"] = str(exc)
+
+
+@st.fragment(run_every=2.0)
+def job_list(base_id: str | None) -> None:
+    """The jobs, active first: a progress bar with ETA, cancel or retry, the error of a failed one."""
+    queue = ui.job_queue()
+    jobs = queue.jobs(base_id=base_id)
+    if message := st.session_state.pop("_job_error", None):
+        st.error(message)
+    counts = {s: sum(j.status == s for j in jobs) for s in jobq.STATUSES}
+    workers = queue.live_workers()
+    st.markdown(" · ".join(f"{ICONS[s]} {n} {s}" for s, n in counts.items() if n) or "No jobs yet.")
+    st.caption(f"{len(workers)} worker(s) alive")
+    if counts["queued"] and not workers and st.button("Start a worker"):
+        jobq.ensure_worker(queue)
+    order = {"running": 0, "cancelling": 0, "queued": 1, "failed": 2}
+    jobs = sorted(jobs, key=lambda j: (order.get(j.status, 3), -(j.finished_at or j.submitted_at)))
+    now = time.time()
+    for job in jobs[:SHOWN]:
+        what = "dataset" if job.kind == "data" else f"{job.method} @ {job.split}"
+        knobs = ", ".join(f"{k}={x}" for k, x in sorted(job.spec.knobs.items()))
+        c1, c2, c3 = st.columns([5, 1, 1], vertical_alignment="center")
+        with c1:
+            head = f"{ICONS[job.status]} **{what}** {knobs} · `{job.id}` · {job.status}"
+            if job.status in jobq.ACTIVE:
+                eta = ui.eta_seconds(job.progress, job.started_at, now)
+                st.progress(min(max(job.progress, 0.0), 1.0), text=f"{head} · {job.message}"
+                            + (f" · ETA {format_seconds(eta)}" if eta is not None else ""))
+            else:
+                st.markdown(f"{head} · {job.message}")
+            if job.status == "failed" and job.error:
+                st.error(f"{job.error} (attempt {job.attempts} of {job.max_attempts})")
+                if job.traceback:
+                    with st.expander("Traceback"):
+                        st.code(job.traceback, language="text")
+        if job.status in ("queued", "running"):
+            c2.button("Cancel", key=f"cancel_{job.id}", on_click=_cancel, args=(job.id,))
+        if job.status in ("failed", "cancelled"):
+            c3.button("Retry", key=f"retry_{job.id}", on_click=_retry, args=(job.id,))
+    if len(jobs) > SHOWN:
+        st.caption(f"… and {len(jobs) - SHOWN} more (`python -m engine jobs`)")
+
+
+scope = st.radio("Show", ["this base model", "all jobs"], horizontal=True, key="jobs_scope")
+job_list(base.id if scope == "this base model" else None)

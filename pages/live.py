@@ -1,0 +1,101 @@
+"""Live co-inference: a short session of one variant, its exported device and server parts talking over a local
+token-bucket link at the sidebar's rate, with the measured latency beside the latency model's (device and server
+preset to this CPU's measured FLOP/s, since both run here)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine.coinference import cpu_flops_per_s, live_session, modelled_latency, session_terms
+from engine.config import PROFILES
+from engine.errors import UserError
+from engine.export import load_bundle, row_config, write_bundle
+from engine.methods import RunContext
+from engine.pareto import best_per_method
+from engine.paths import cache_dir
+from engine.units import format_rate, format_seconds
+from ui import base_config, environment, require_data, results, threshold
+
+
+@st.cache_data(show_spinner="Measuring this CPU's FLOP/s…", ttl=600)
+def _cpu_flops(width: float, input_shape: tuple[int, int, int], classes: int) -> float:
+    return cpu_flops_per_s(width, input_shape, classes)
+
+
+env = environment()
+st.title("Live co-inference")
+data = require_data(env)
+base = base_config(env, data)
+table = results(base)
+if table.empty:
+    st.info("No measured variants for this base model yet: measure some on the Trade-off plane page first; a live "
+            "session runs an exported variant.")
+    st.stop()
+
+need = threshold(env, table)
+best = best_per_method(table, env.device, env.server, env.rate_bps, need)
+ids = list(dict.fromkeys([*best["id"], *table.sort_values(["method", "device_flops"])["id"]]))
+rows = table.set_index("id")
+variant = st.selectbox("Variant", ids, format_func=lambda i: f"{rows.loc[i, 'method']} @ {rows.loc[i, 'split']} · "
+                       f"accuracy {rows.loc[i, 'accuracy']:.2%} · {rows.loc[i, 'bits_actual']:,.0f} bits · {i}",
+                       help="the best variant of each method at the sidebar's rate first, then every measured one")
+images = st.slider("Test images", 5, 100, 20, help="one image per message, sent one after another")
+row = rows.loc[variant].copy()
+row["id"] = variant
+st.caption(f"link {format_rate(env.rate_bps)}, paced by a token bucket on the sender; device and server run on this "
+           "machine, so the model uses this CPU's measured FLOP/s for both.")
+
+if st.button("Run live session", type="primary"):
+    path = cache_dir() / "bundles" / variant
+    try:
+        try:
+            bundle = load_bundle(path)
+        except UserError:
+            with st.spinner("Exporting the variant's bundle…"):
+                ctx = RunContext(data, PROFILES.get(env.profile), cache_dir())
+                bundle = load_bundle(write_bundle(row_config(row), ctx, path, metrics=row.to_dict()))
+        bar = st.progress(0.0, "session running")
+        report = live_session(bundle, data.test_x[:images], data.test_y[:images].tolist(), env.rate_bps,
+                              progress=lambda i, n: bar.progress(i / n, f"image {i} of {n}"))
+        bar.empty()
+    except UserError as exc:
+        st.error(str(exc))
+        st.stop()
+    st.session_state["live_session"] = (variant, env.rate_bps, report)
+
+done = st.session_state.get("live_session")
+if done is None or done[0] != variant or done[1] != env.rate_bps:
+    st.info("Press **Run live session** to start a local server and send the selected variant's bitstreams to it.")
+    st.stop()
+
+report = done[2]
+flops = _cpu_flops(base.width, (data.channels, *data.image_size), data.num_classes)
+model = modelled_latency(row, flops, flops, env.rate_bps)
+terms = session_terms(report, model)
+cols = st.columns(4)
+cols[0].metric("Median latency", format_seconds(report.median_s),
+               f"{100 * (report.median_s - model['latency']) / model['latency']:+.1f} % vs model", delta_color="off")
+cols[1].metric("p95 latency", format_seconds(report.p95_s))
+cols[2].metric("Accuracy", f"{report.accuracy:.0%}" if report.accuracy is not None else "n/a")
+cols[3].metric("Bytes on the wire", f"{report.wire_bytes:,}")
+
+fig = go.Figure()
+fig.add_trace(go.Scatter(x=[t.seq for t in report.timings], y=report.latencies, mode="markers", name="measured",
+                         marker={"color": "#d62728"}))
+fig.add_trace(go.Scatter(x=[0, len(report.timings) - 1], y=[model["latency"]] * 2, mode="lines", name="modelled",
+                         line={"color": "#1f77b4", "dash": "dash"}))
+fig.update_layout(xaxis_title="image", yaxis_title="end-to-end latency (s)", height=360,
+                  title=f"{row['method']} @ {row['split']} over {format_rate(env.rate_bps)}")
+st.plotly_chart(fig, key="live_latency")
+
+bars = go.Figure()
+for term, color in (("device", "#1f77b4"), ("coding", "#9467bd"), ("transmit", "#ff7f0e"), ("server", "#2ca02c")):
+    part = terms[terms["term"] == term]
+    bars.add_trace(go.Bar(x=part["seconds"].tolist(), y=part["source"].tolist(), name=term, orientation="h",
+                          marker={"color": color}))
+bars.update_layout(barmode="stack", xaxis_title="seconds per image (mean)", height=240)
+st.plotly_chart(bars, key="live_terms")
+st.caption(f"this CPU: {flops / 1e9:.2f} GFLOP/s at batch 1; coding (entropy encoding and decoding) is measured but "
+           "not a term of the model.")
+st.dataframe(terms.pivot(index="term", columns="source", values="seconds"))

@@ -1,0 +1,365 @@
+"""Real co-inference: the token bucket, the server under malformed, truncated, oversized and concurrent traffic, the
+device client's timings, the JSCC channel hook, and `python -m engine serve` / `device` as two processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine import protocol
+from engine.codecs import HuffmanCodec
+from engine.coinference import (
+    CoinferenceServer,
+    DeviceClient,
+    TokenBucket,
+    live_session,
+    modelled_latency,
+    parse_address,
+    resolve_channel,
+    send_paced,
+)
+from engine.config import PROFILES, VariantConfig
+from engine.data import ImageData
+from engine.errors import UserError
+from engine.export import Bundle, write_bundle
+from engine.methods import RunContext
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VARIANT = "0123456789abcdef"
+
+
+class _TinyDevice(nn.Module):
+    """uint8 image -> 48 symbols in [0, 16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 8, stride=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(self.conv(x.float() / 255.0))
+        return torch.round(y * 15).flatten(1).long()
+
+
+class _TinyServer(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n, 10)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.fc(s.float() / 15.0)
+
+
+def tiny_bundle(coding: str = "entropy") -> Bundle:
+    """A bundle of two small random programs (no training, no data): the protocol, not the model, is under test."""
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    device = torch.jit.trace(_TinyDevice().eval(), image)
+    sent = device(image)
+    if coding == "analog":
+        device = torch.jit.trace(nn.Sequential(_TinyDevice(), nn.Flatten()).eval(), image)
+        server = torch.jit.trace(_TinyServer(48).eval(), sent.float())
+        codec = None
+    else:
+        server = torch.jit.trace(_TinyServer(48).eval(), sent)
+        codec = HuffmanCodec.fit(np.random.default_rng(0).integers(0, 16, (64, 48)), alphabet_size=16)
+    meta = {"id": VARIANT, "method": "original", "split": "conv5_x", "coding": coding, "symbols_per_image": 48,
+            "alphabet_size": 16, "sent_shape": [48], "input_shape": [3, 32, 32], "num_classes": 10, "channel": None}
+    return Bundle(Path("tiny"), {}, meta, {"id": VARIANT}, {}, device, server, codec)
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return tiny_bundle()
+
+
+@pytest.fixture()
+def server(bundle: Bundle) -> Iterator[CoinferenceServer]:
+    with CoinferenceServer(bundle, max_payload=10_000, read_timeout=5.0) as srv:
+        yield srv
+        _wait(lambda: srv.stats.active == 0)  # every connection's thread ends
+
+
+def images(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------------------------------------ the link
+
+
+def test_token_bucket_paces_bytes_at_the_rate() -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        now[0] += s
+
+    bucket = TokenBucket(1000.0, burst_bytes=0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(4):
+        bucket.consume(250)
+    assert now[0] == pytest.approx(1.0) and waits == pytest.approx([0.25] * 4)
+    now[0] += 10.0  # idle: with no burst nothing is saved up
+    assert bucket.reserve(100) == pytest.approx(0.1)
+    burst = TokenBucket(1000.0, burst_bytes=500, clock=lambda: now[0], sleep=sleep)
+    assert burst.reserve(300) == 0.0 and burst.reserve(300) == pytest.approx(0.1)
+    now[0] += 0.5  # the debt of 100 is paid and 400 tokens accrue
+    assert burst.reserve(400) == 0.0
+    with pytest.raises(UserError):
+        TokenBucket(0.0)
+
+
+def test_paced_send_takes_bytes_over_rate() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        start = time.perf_counter()
+        send_paced(a, b"z" * 2000, TokenBucket(20_000.0), chunk_bytes=200)  # 0.1 s at 20 kB/s
+        elapsed = time.perf_counter() - start
+        assert b.recv(2000, socket.MSG_WAITALL) == b"z" * 2000
+    assert 0.095 <= elapsed < 0.2
+
+
+def test_late_wake_ups_do_not_slow_the_link() -> None:
+    now = [0.0]
+
+    def oversleep(s: float) -> None:  # a busy CPU wakes the sender 10 ms late every time
+        now[0] += s + 0.01
+
+    bucket = TokenBucket(1000.0, clock=lambda: now[0], sleep=oversleep)
+    a, b = socket.socketpair()
+    with a, b:
+        send_paced(a, b"w" * 1000, bucket, chunk_bytes=100)  # 1 s of link time
+        assert now[0] == pytest.approx(1.01)  # one late wake-up, not ten
+        send_paced(a, b"w" * 500, bucket, chunk_bytes=100)  # the next message starts when this one is there
+        assert now[0] == pytest.approx(1.52)
+        assert len(b.recv(1500, socket.MSG_WAITALL)) == 1500
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:8765") == ("127.0.0.1", 8765)
+    assert parse_address("[::1]:9") == ("::1", 9)
+    for bad in ("localhost", "host:", "host:99999", ":80"):
+        with pytest.raises(UserError, match="HOST:PORT"):
+            parse_address(bad)
+
+
+# ------------------------------------------------------------------------------------------------------ sessions
+
+
+def test_session_predicts_as_the_bundle_does(bundle: Bundle, server: CoinferenceServer) -> None:
+    x = images(8)
+    host, port = server.address
+    assert host == "127.0.0.1"
+    with DeviceClient(bundle, host, port, rate_bps=8e6) as client:
+        report = client.run(x, bundle.predict(x).tolist())
+    assert report.accuracy == 1.0 and server.stats.images == 8 and server.stats.rejected == 0
+    assert [t.label for t in report.timings] == bundle.predict(x).tolist()
+    payloads = [len(bundle.encode(bundle.device_output(im))[0]) for im in x]
+    assert [t.payload_bytes for t in report.timings] == payloads
+    assert report.wire_bytes == sum(payloads) + 8 * (protocol.HEADER.size + protocol.FEATURE_HEADER.size)
+    assert report.median_s <= report.p95_s <= max(report.latencies)
+    for t in report.timings:
+        assert t.total_s >= t.device_s + t.encode_s + t.transmit_s
+
+
+def test_transmit_time_is_bytes_over_rate(bundle: Bundle) -> None:
+    rate_bps = 8 * 400.0  # 400 B/s: a ~40-byte message takes ~100 ms
+    report = live_session(bundle, images(3), None, rate_bps, delay_s=0.01)
+    for t in report.timings:
+        expected = t.wire_bytes * 8 / rate_bps + 0.01
+        # the rate is enforced; above it, only the late wake-ups of a busy CPU (two cores shared in CI)
+        assert 0.98 * expected <= t.transmit_s <= 1.25 * expected + 0.05
+    assert report.accuracy is None and report.rate_bps == rate_bps
+
+
+def test_several_devices_at_once(bundle: Bundle, server: CoinferenceServer) -> None:
+    host, port = server.address
+    results: dict[int, list[int]] = {}
+    expected = {i: bundle.predict(images(4, seed=i)).tolist() for i in range(4)}
+
+    def device(i: int) -> None:
+        with DeviceClient(bundle, host, port, rate_bps=8e5) as client:
+            results[i] = [t.label for t in client.run(images(4, seed=i)).timings]
+
+    threads = [threading.Thread(target=device, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == expected and server.stats.connections == 4 and server.stats.images == 16
+
+
+# ------------------------------------------------------------------------------------------------------ hostility
+
+
+def _connect(server: CoinferenceServer, hello: bool = True) -> socket.socket:
+    sock = socket.create_connection(server.address, timeout=5)
+    if hello:
+        sock.sendall(protocol.hello(VARIANT))
+        assert protocol.read_frame(sock).kind == protocol.WELCOME
+    return sock
+
+
+def _expect_error(sock: socket.socket, reason: str) -> None:
+    frame = protocol.read_frame(sock)
+    assert frame is not None and frame.kind == protocol.ERROR and reason in frame.payload.decode()
+
+
+def _still_serves(bundle: Bundle, server: CoinferenceServer) -> None:
+    with DeviceClient(bundle, *server.address, rate_bps=8e6) as client:
+        assert client.infer(images(1)[0]).label == int(bundle.predict(images(1))[0])
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    (protocol.HEADER.pack(b"HT", 1, protocol.FEATURE, 0), "bad magic"),
+    (protocol.HEADER.pack(b"CI", 2, protocol.FEATURE, 0), "protocol version 2 is not supported"),
+    (protocol.HEADER.pack(b"CI", 1, 99, 0), "unknown message kind 99"),
+    (protocol.HEADER.pack(b"CI", 1, protocol.FEATURE, 50_000_000), "over the 10,000-byte limit"),
+    (protocol.pack(protocol.RESULT_KIND, b"x" * 18), "expected FEATURE, got RESULT"),
+    (protocol.pack(protocol.FEATURE, b"\x00"), "shorter than its 8-byte header"),
+])
+def test_malformed_messages_are_rejected_and_logged(bundle: Bundle, server: CoinferenceServer, message: bytes,
+                                                    reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="engine.coinference"), _connect(server) as sock:
+        sock.sendall(message)
+        _expect_error(sock, reason)
+        assert protocol.read_frame(sock) is None  # the server closed this connection
+    assert any(reason in r.getMessage() for r in caplog.records)
+    _still_serves(bundle, server)
+
+
+def test_handshake_is_checked(server: CoinferenceServer) -> None:
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(protocol.feature(0, 48, b""))
+        _expect_error(sock, "expected HELLO first")
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(protocol.hello("fedcba9876543210"))
+        _expect_error(sock, "the device runs fedcba9876543210")
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(protocol.pack(protocol.HELLO, b"[1, 2]"))
+        _expect_error(sock, "naming a variant")
+    assert server.stats.rejected == 3
+
+
+def test_undecodable_bitstream_costs_only_that_message(bundle: Bundle, server: CoinferenceServer) -> None:
+    payload, count = bundle.encode(bundle.device_output(images(1)[0]))
+    with _connect(server) as sock:
+        sock.sendall(protocol.feature(0, count, b""))  # no bits for 48 symbols
+        _expect_error(sock, "image 0: undecodable bitstream")
+        sock.sendall(protocol.feature(1, 5, payload))  # wrong symbol count
+        _expect_error(sock, "5 symbols announced")
+        sock.sendall(protocol.feature(2, count, payload))  # the connection still works
+        frame = protocol.read_frame(sock)
+        assert frame.kind == protocol.RESULT_KIND and protocol.parse_result(frame)[:2] == (2, int(
+            bundle.predict(images(1))[0]))
+    assert server.stats.rejected == 2 and server.stats.images == 1
+
+
+def test_disconnect_mid_message_costs_nothing(bundle: Bundle, server: CoinferenceServer,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    baseline = threading.active_count()
+    with caplog.at_level(logging.WARNING, logger="engine.coinference"):
+        for cut in (3, protocol.HEADER.size + 4):
+            sock = _connect(server)
+            sock.sendall(protocol.feature(0, 48, b"q" * 40)[:cut])
+            sock.close()
+        _wait(lambda: server.stats.active == 0 and server.stats.rejected == 2)
+    assert sum("truncated message" in r.getMessage() for r in caplog.records) == 2
+    _wait(lambda: threading.active_count() <= baseline)
+    _still_serves(bundle, server)
+
+
+def test_stalled_client_is_dropped(bundle: Bundle) -> None:
+    with CoinferenceServer(bundle, read_timeout=0.2) as srv, _connect(srv) as sock:
+        sock.sendall(protocol.feature(0, 48, b"q" * 40)[:12])
+        _wait(lambda: srv.stats.rejected == 1)
+        assert srv.stats.reasons[-1] == "no complete message within 0.2 s"
+
+
+def test_busy_server_refuses_extra_devices(bundle: Bundle) -> None:
+    with CoinferenceServer(bundle, max_clients=1) as srv, _connect(srv):
+        with socket.create_connection(srv.address, timeout=5) as second:
+            _expect_error(second, "server busy")
+        assert srv.stats.rejected == 1
+
+
+# ------------------------------------------------------------------------------------------------------ JSCC hook
+
+
+def test_channel_is_applied_on_the_server_before_decoding() -> None:
+    analog = tiny_bundle("analog")
+    x = images(3)
+    zeros = int(analog.server(torch.zeros(1, 48)).argmax(1))
+    with CoinferenceServer(analog, channel=torch.zeros_like) as srv, \
+            DeviceClient(analog, *srv.address, rate_bps=8e6) as client:
+        assert [t.label for t in client.run(x).timings] == [zeros] * 3
+        assert all(t.payload_bytes == 4 * 48 for t in client.run(x).timings)  # float32 values on the wire
+    assert resolve_channel(None) is None
+
+
+def test_bundle_channel_spec_is_resolved_from_the_registry() -> None:
+    pytest.importorskip("engine.channels")
+    channel = resolve_channel({"name": "bsc", "p": 0.5, "reals_per_use": 1, "train_range": None})
+    assert channel.condition == 0.5 and not channel.training
+    x = torch.ones(1, 4000)
+    flipped = float((channel(x) < 0).float().mean())
+    assert 0.45 < flipped < 0.55  # half the bits flip at p = 0.5
+    assert resolve_channel({"name": "awgn", "snr_db": 3.0}).condition == 3.0
+
+
+def test_modelled_latency() -> None:
+    row = {"device_flops": 2e9, "server_flops": 4e9, "bits_actual": 8000}
+    terms = modelled_latency(row, 1e9, 2e9, 8e3 * 10, delay_s=0.05)
+    assert terms == pytest.approx({"t_device": 2.0, "t_transmit": 0.15, "t_server": 2.0, "latency": 4.15})
+
+
+# ------------------------------------------------------------------------------------------------------ processes
+
+
+def test_serve_and_device_commands(fresh_cache: Path, tmp_cache: Path, small_data: ImageData,
+                                   tmp_path: Path) -> None:
+    """A real exported bundle, served by `python -m engine serve` and driven by `python -m engine device`."""
+    ctx = RunContext(small_data, PROFILES.get("smoke"), tmp_cache)
+    cfg = VariantConfig.make("original", "conv5_x", ctx.profile.base_config(small_data.fingerprint), bits=8)
+    out = write_bundle(cfg, ctx, tmp_path / "bundle.zip")
+    env = {**os.environ, "COINFER_CACHE": str(fresh_cache), "PYTHONPATH": str(PROJECT_ROOT)}
+    serve = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--bundle", str(out), "--port", "0",
+                              "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        line = serve.stdout.readline()
+        assert "serving original @ conv5_x" in line, line
+        address = line.split(" on ")[1].split(";")[0]
+        device = subprocess.run([sys.executable, "-m", "engine", "device", "--bundle", str(out), "--server", address,
+                                 "--rate", "100kB/s", "--images", "12", "--threads", "1"], cwd=PROJECT_ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert device.returncode == 0, device.stderr
+        assert "12 images over 100 kB/s: latency median" in device.stdout and "p95" in device.stdout
+        assert "accuracy" in device.stdout and "bytes on the wire" in device.stdout
+        bad = subprocess.run([sys.executable, "-m", "engine", "device", "--bundle", str(out), "--server", "nohost",
+                              "--images", "1"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode == 2 and "HOST:PORT" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        serve.terminate()
+        serve.wait(timeout=10)
+        shutil.rmtree(tmp_path / "bundle.zip", ignore_errors=True)

@@ -1,0 +1,219 @@
+"""Selections (versioned JSON of a chosen variant, validated on import) and deployable bundles (device and server
+programs, codec tables, manifest of sha256 digests)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.__main__ import main
+from engine.config import PROFILES, VariantConfig
+from engine.data import ImageData, normalize
+from engine.errors import UserError
+from engine.export import (
+    MAX_SELECTION_BYTES,
+    load_bundle,
+    parse_selection,
+    selection_json,
+    variant_config,
+    write_bundle,
+)
+from engine.methods import METHODS, RunContext
+from engine.store import ResultsStore, rows_to_frame
+
+ENV = {"device": "pi3", "server": "rtx2080ti", "rate_bps": 320e3, "accuracy_drop": 0.02, "note": math.nan}
+
+
+@pytest.fixture(scope="module")
+def ctx(small_data: ImageData, tmp_cache: Path) -> RunContext:
+    return RunContext(small_data, PROFILES.get("smoke"), tmp_cache)
+
+
+@pytest.fixture(scope="module")
+def row(ctx: RunContext) -> dict:
+    cfg = VariantConfig.make("original", "conv5_x", ctx.profile.base_config(ctx.data.fingerprint), bits=8)
+    return METHODS.get("original").run(cfg, ctx)
+
+
+def test_selection_round_trips_through_json(row: dict) -> None:
+    doc = selection_json(row, ENV)
+    text = json.dumps(doc, allow_nan=False)  # finite numbers only
+    back = parse_selection(text.encode())
+    assert back["id"] == row["id"] and back["format"] == "coinfer-selection" and back["version"] == 1
+    cfg = variant_config(back)
+    assert (cfg.method, cfg.split, cfg.id) == ("original", "conv5_x", row["id"])
+    assert back["metrics"]["accuracy"] == pytest.approx(row["accuracy"])
+    assert back["metrics"]["bits_actual"] == pytest.approx(row["bits_actual"])
+    assert "note" not in back["environment"] and back["environment"]["rate_bps"] == 320e3
+    # a row of the pandas table gives the same document
+    series = rows_to_frame([row]).iloc[0]
+    assert selection_json(series, ENV)["config"] == doc["config"]
+
+
+def test_list_knobs_and_missing_figures(ctx: RunContext) -> None:
+    base = ctx.profile.base_config(ctx.data.fingerprint)
+    cfg = VariantConfig.make("two_step_pruning", "conv3_x", base, bits=8, step1=0.5, step1_levels=(0.25, 0.5))
+    row = {"id": cfg.id, "method": cfg.method, "split": cfg.split, "knobs": {"bits": 8, "step1": 0.5,
+           "step1_levels": [0.25, 0.5]}, "dataset_fingerprint": base.dataset, "width": base.width, "seed": 0,
+           "base_id": base.id, "accuracy": 0.5, "bits_ideal": math.nan, "bits_actual": math.inf}
+    doc = parse_selection(json.dumps(selection_json(row, {})))
+    assert variant_config(doc) == cfg
+    assert doc["metrics"] == {"accuracy": 0.5}
+    with pytest.raises(UserError, match="another budget"):
+        selection_json({**row, "base_id": "0" * 16}, {})
+
+
+def _valid(row: dict) -> dict:
+    return selection_json(row, ENV)
+
+
+HOSTILE = {
+    "not JSON": lambda d: b"\x80\x04\x95 pickle?",
+    "not JSON text": lambda d: b"{format: coinfer}",
+    "huge": lambda d: b" " * (MAX_SELECTION_BYTES + 1),
+    "deeply nested": lambda d: b"[" * 100_000 + b"]" * 100_000,
+    "top-level list": lambda d: [d],
+    "wrong format": lambda d: {**d, "format": "something-else"},
+    "wrong version": lambda d: {**d, "version": 2},
+    "version as text": lambda d: {**d, "version": "1"},
+    "version as bool": lambda d: {**d, "version": True},
+    "id mismatch": lambda d: {**d, "id": "0123456789abcdef"},
+    "edited knob": lambda d: {**d, "config": {**d["config"], "knobs": {"bits": 4}}},
+    "unknown method": lambda d: {**d, "config": {**d["config"], "method": "os.system"}},
+    "unknown split": lambda d: {**d, "config": {**d["config"], "split": "conv9_x"}},
+    "nested knob": lambda d: {**d, "config": {**d["config"], "knobs": {"bits": {"__class__": "x"}}}},
+    "nested list knob": lambda d: {**d, "config": {**d["config"], "knobs": {"bits": [[8]]}}},
+    "extra base field": lambda d: {**d, "config": {**d["config"], "base": {**d["config"]["base"], "x": 1}}},
+    "bad base type": lambda d: {**d, "config": {**d["config"], "base": {**d["config"]["base"], "epochs": "1"}}},
+    "invalid base": lambda d: {**d, "config": {**d["config"], "base": {**d["config"]["base"], "width": -1}}},
+    "non-numeric metric": lambda d: {**d, "metrics": {"accuracy": "high"}},
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_selections_are_rejected_in_one_line(row: dict, case: str) -> None:
+    raw = HOSTILE[case](_valid(row))
+    if not isinstance(raw, bytes):
+        raw = json.dumps(raw).encode()
+    with pytest.raises(UserError) as err:
+        parse_selection(raw)
+    message = str(err.value)
+    assert message.startswith("invalid selection file:") and "\n" not in message and len(message) < 300
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_rejected(row: dict, constant: str) -> None:
+    text = json.dumps(_valid(row)).replace('"accuracy": ', f'"accuracy": {constant}, "was": ', 1)
+    with pytest.raises(UserError, match=constant):
+        parse_selection(text)
+    text = json.dumps(_valid(row)).replace('"bits": 8', f'"bits": {constant}', 1)
+    with pytest.raises(UserError, match="not a number JSON allows"):
+        parse_selection(text)
+
+
+def _eager_labels(ctx: RunContext, cfg: VariantConfig, images: torch.Tensor) -> torch.Tensor:
+    """The variant's predictions with its deployed parts run eagerly, one batch."""
+    deployed = METHODS.get(cfg.method).deploy(cfg, ctx)
+    x = normalize(images, ctx.data.mean, ctx.data.std)
+    with torch.no_grad():
+        if deployed.coding == "png":
+            return deployed.server(x).argmax(1)
+        return deployed.server(deployed.device(x)).argmax(1)
+
+
+@pytest.mark.parametrize(("split", "name"), [("conv3_x", "bundle"), ("stem", "bundle.zip"),
+                                             ("server_only", "bundle"), ("device_only", "bundle.zip")])
+def test_bundle_reproduces_the_variant(ctx: RunContext, tmp_path: Path, split: str, name: str) -> None:
+    cfg = VariantConfig.make("original", split, ctx.profile.base_config(ctx.data.fingerprint), bits=8)
+    out = write_bundle(cfg, ctx, tmp_path / name, metrics={"accuracy": 0.5}, environment=ENV)
+    assert out.is_dir() == (name == "bundle")
+    bundle = load_bundle(out)
+    assert bundle.id == cfg.id and bundle.config() == cfg and bundle.selection["metrics"] == {"accuracy": 0.5}
+    assert bundle.coding == {"server_only": "png", "device_only": "label"}.get(split, "entropy")
+    images = ctx.data.test_x[:24]
+    assert torch.equal(bundle.predict(images), _eager_labels(ctx, cfg, images))
+    if bundle.coding == "entropy":
+        assert bundle.quantizer["kind"] == "uniform" and bundle.quantizer["bits"] == 8
+        payload, count = bundle.encode(bundle.device_output(images[0]))
+        assert count == bundle.meta["symbols_per_image"] and len(payload) < count  # Huffman beats 8 bits/symbol
+
+
+@pytest.mark.slow  # prunes and fine-tunes (a few smoke steps, yet minutes on two busy cores)
+@pytest.mark.parametrize(("method", "which"), [("three_step", 1), ("two_step_pruning", -1)])
+def test_pruned_bundles_reproduce_the_variant(ctx: RunContext, tmp_path: Path, method: str, which: int) -> None:
+    """Pruned variants (smoke budgets: a few fine-tuning steps): pruned channels removed, predictions kept."""
+    cfg = METHODS.get(method).variants(ctx.profile.base_config(ctx.data.fingerprint), ["conv4_x"])[which]
+    bundle = load_bundle(write_bundle(cfg, ctx, tmp_path / "b"))
+    assert bundle.config() == cfg and bundle.quantizer["kind"] == "uniform"
+    images = ctx.data.test_x[:16]
+    assert torch.equal(bundle.predict(images), _eager_labels(ctx, cfg, images))
+    if method == "two_step_pruning":  # step 2 cuts the channels sent
+        unpruned = VariantConfig.make("original", "conv4_x", cfg.base, bits=8)
+        full = load_bundle(write_bundle(unpruned, ctx, tmp_path / "o"))
+        assert bundle.meta["symbols_per_image"] < full.meta["symbols_per_image"]
+
+
+@pytest.mark.slow  # trains BottleNet++'s encoder for an epoch (about a minute on two busy cores)
+def test_encoded_bundle_reproduces_bottlenet_pp(ctx: RunContext, tmp_path: Path) -> None:
+    cfg = METHODS.get("bottlenet_pp").variants(ctx.profile.base_config(ctx.data.fingerprint), ["conv5_x"])[-1]
+    bundle = load_bundle(write_bundle(cfg, ctx, tmp_path / "b"))
+    assert bundle.coding == "entropy" and bundle.codec is not None and bundle.quantizer["symbols_per_image"] > 0
+    images = ctx.data.test_x[:16]
+    assert torch.equal(bundle.predict(images), _eager_labels(ctx, cfg, images))
+
+
+def _tamper_zip(path: Path, member: str) -> None:
+    with zipfile.ZipFile(path) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    data = bytearray(files[member])
+    data[len(data) // 2] ^= 0x01
+    files[member] = bytes(data)
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in files.items():
+            zf.writestr(n, b)
+
+
+def test_tampered_bundles_are_detected(ctx: RunContext, tmp_path: Path) -> None:
+    cfg = VariantConfig.make("original", "conv4_x", ctx.profile.base_config(ctx.data.fingerprint), bits=8)
+    good = write_bundle(cfg, ctx, tmp_path / "good")
+    for member in ("server.pt", "codec.json", "device.pt"):
+        bad = shutil.copytree(good, tmp_path / f"bad-{member}")
+        data = bytearray((bad / member).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (bad / member).write_bytes(bytes(data))
+        with pytest.raises(UserError, match=f"{member} does not match its sha256"):
+            load_bundle(bad)
+    extra = shutil.copytree(good, tmp_path / "extra")
+    (extra / "payload.pkl").write_bytes(b"\x80\x04")
+    with pytest.raises(UserError, match="unexpected file"):
+        load_bundle(extra)
+    missing = shutil.copytree(good, tmp_path / "missing")
+    (missing / "device.pt").unlink()
+    with pytest.raises(UserError, match="do not match the manifest"):
+        load_bundle(missing)
+    archive = write_bundle(cfg, ctx, tmp_path / "b.zip")
+    _tamper_zip(archive, "server.pt")
+    with pytest.raises(UserError, match="sha256"):
+        load_bundle(archive)
+    with pytest.raises(UserError, match="no bundle"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_cli_export(fresh_cache: Path, tmp_cache: Path, ctx: RunContext, row: dict, tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    (fresh_cache / "models").mkdir()
+    for f in (tmp_cache / "models").glob("base-*"):  # the trained smoke base model: no retraining
+        shutil.copy(f, fresh_cache / "models" / f.name)
+    ResultsStore(fresh_cache / "results.sqlite").put(row)
+    assert main(["export", "--id", row["id"][:8], "--out", str(tmp_path / "cli.zip")]) == 0
+    assert row["id"] in capsys.readouterr().out
+    bundle = load_bundle(tmp_path / "cli.zip")
+    assert bundle.id == row["id"] and bundle.selection["metrics"]["accuracy"] == pytest.approx(row["accuracy"])
+    assert main(["export", "--id", "ffffffff", "--out", str(tmp_path / "x")]) == 2
+    assert "see `python -m engine results`" in capsys.readouterr().err

@@ -1,0 +1,63 @@
+"""AppTest of the live co-inference page: a short session of a stored variant against a local server, measured
+latency beside the model's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine.config import PROFILES, VariantConfig
+from engine.data import ImageData
+from engine.latency import DEVICES
+from engine.methods import METHODS, RunContext
+from engine.store import ResultsStore
+from ui import Environment
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "live.py")
+ENV = Environment("smoke", 0.125, DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 100e3 * 8, 0.5)
+
+
+def run_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["env"] = ENV
+    return at.run()
+
+
+def test_without_rows_the_page_says_what_to_do(fresh_cache: Path) -> None:
+    at = run_page()
+    assert not at.exception
+    assert "No measured variants" in at.info[0].value
+
+
+def test_live_session_is_drawn_against_the_model(fresh_cache: Path, tmp_cache: Path, small_data: ImageData) -> None:
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    RunContext(small_data, PROFILES.get("smoke"), tmp_cache).base(base)  # trained once per test session
+    (fresh_cache / "models").mkdir()
+    for f in (tmp_cache / "models").glob("base-*"):
+        shutil.copy(f, fresh_cache / "models" / f.name)
+    ctx = RunContext(small_data, PROFILES.get("smoke"), fresh_cache)
+    cfg = VariantConfig.make("original", "conv5_x", base, bits=8)
+    row = METHODS.get("original").run(cfg, ctx)
+    ResultsStore(fresh_cache / "results.sqlite").put(row)
+    at = run_page()
+    assert not at.exception
+    assert at.selectbox[0].value == row["id"]
+    assert "Run live session" in at.info[0].value
+    at.slider[0].set_value(6)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    traces = {t["name"]: t for t in charts[0]["data"]}
+    assert len(traces["measured"]["y"]) == 6 and all(y > 0 for y in traces["measured"]["y"])
+    terms = {(t["name"], y): x for t in charts[1]["data"] for x, y in zip(t["x"], t["y"], strict=True)}
+    assert terms["transmit", "modelled"] == pytest.approx(row["bits_actual"] / ENV.rate_bps)
+    assert terms["coding", "modelled"] == 0 and terms["coding", "measured"] > 0
+    # the paced send takes at least the wire bytes over the rate
+    assert terms["transmit", "measured"] >= 0.95 * terms["transmit", "modelled"]
+    assert (fresh_cache / "bundles" / row["id"] / "manifest.json").is_file()
+    labels = [m.label for m in at.metric]
+    assert labels == ["Median latency", "p95 latency", "Accuracy", "Bytes on the wire"]

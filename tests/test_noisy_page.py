@@ -1,0 +1,79 @@
+"""AppTest of the noisy-channels page (Fig. 5): the figure shows the curves of the stored rows, the slider picks the
+best scheme at a condition and the mismatch curve of its model; without rows the page names the command."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_jscc import synthetic_rows
+
+from engine.config import PROFILES
+from engine.data import ImageData
+from engine.store import ResultsStore
+from ui import Environment
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "noisy.py")
+
+
+def decoded(value: list | dict) -> list:
+    """Plotly serialises numpy arrays as {"dtype", "bdata"} (base64); lists stay lists."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).tolist()
+    return list(value)
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def traces(fig: dict) -> dict[str, dict]:
+    return {t["name"]: {k: decoded(v) if k in ("x", "y") else v for k, v in t.items()} for t in fig["data"]}
+
+
+def run_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["env"] = Environment(profile="smoke", width=0.125)
+    return at.run()
+
+
+def test_without_rows_the_page_names_the_command(fresh_cache: Path, small_data: ImageData) -> None:
+    at = run_page()
+    assert not at.exception
+    assert "python -m engine noisy --profile smoke" in at.info[0].value
+    assert not at.get("plotly_chart")
+
+
+def test_the_slider_picks_the_best_scheme_and_its_mismatch_curve(fresh_cache: Path, small_data: ImageData) -> None:
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    ResultsStore(fresh_cache / "results.sqlite").put_many(synthetic_rows(base.id))
+    at = run_page()
+    assert not at.exception
+    cost = traces(figures(at)[0])
+    assert set(cost) == {"JSCC", "learned source coding", "8-bit Huffman feature", "PNG input"}
+    assert cost["JSCC"]["x"] == [0.0, 10.0, 20.0]
+    assert cost["JSCC"]["y"] == pytest.approx([32e-6, 8e-6, 2e-6])  # k / W at W = 1 MHz
+    assert cost["PNG input"]["y"][1] == pytest.approx(18000 / (1e6 * math.log2(11)))
+    # the slider starts in the middle (10 dB): learned source coding at capacity is cheapest there
+    assert at.select_slider[0].value == 10.0
+    assert "learned source coding" in at.success[0].value and "24 source bits" in at.success[0].value
+    mismatch = traces(figures(at)[1])["learned source coding"]
+    assert mismatch["x"] == [10.0, 20.0] and mismatch["y"] == pytest.approx([0.80, 0.80])  # decodable at >= 10 dB
+
+    at.select_slider[0].set_value(20.0).run()
+    assert not at.exception
+    assert "**JSCC** (2 complex channel uses)" in at.success[0].value and "80.00%" in at.success[0].value
+    mismatch = traces(figures(at)[1])["JSCC"]
+    assert mismatch["x"] == [0.0, 10.0, 20.0] and mismatch["y"] == pytest.approx([0.50, 0.78, 0.80])
+
+    at.radio[0].set_value("bsc").run()
+    assert not at.exception
+    cost = traces(figures(at)[0])
+    assert cost["JSCC"]["x"] == [0.01, 0.1] and cost["JSCC"]["y"] == [16, 64]
+    at.select_slider[0].set_value(0.01).run()
+    assert "**JSCC** (16 channel bits)" in at.success[0].value
