@@ -280,6 +280,20 @@ def all_results() -> pd.DataFrame:
     return _table(str(store.path), _store_version(store.path))
 
 
+def open_page(title: str, needs: str) -> tuple[Environment, ImageData | None, BaseModelConfig, pd.DataFrame]:
+    """A results page's start: the environment, the view written back to the URL (it survives page switches), the
+    title, the base model and its rows; without rows it says which jobs produce `needs` and stops the page."""
+    env = environment()
+    sync_url()
+    st.title(title)
+    data, base = page_base(env)
+    table = results(base)
+    if table.empty:
+        no_rows(needs)
+        st.stop()
+    return env, data, base, table
+
+
 def results(base: BaseModelConfig) -> pd.DataFrame:
     """Every stored row built on `base`, all methods."""
     table = all_results()

@@ -650,8 +650,7 @@ def cmd_noisy(args: argparse.Namespace) -> int:
 
 COMMANDS = {"data": cmd_data, "profile": cmd_profile, "train-base": cmd_train_base, "run": cmd_run,
             "results": cmd_results, "sweep": cmd_sweep, "jobs": cmd_jobs, "worker": cmd_worker, "best": cmd_best,
-            "export": cmd_export, "serve": cmd_serve, "device": cmd_device}
-COMMANDS["noisy"] = cmd_noisy
+            "export": cmd_export, "serve": cmd_serve, "device": cmd_device, "noisy": cmd_noisy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

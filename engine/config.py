@@ -6,13 +6,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.errors import UserError
 from engine.registry import Registry
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+
+def config_from_knobs(cls: type[T], knobs: Mapping[str, Any] | Iterable[tuple[str, Any]], prefix: str, what: str,
+                      **defaults: Any) -> T:
+    """The frozen config `cls` from a variant's knobs named `prefix` + field (other knobs ignored; lists become
+    tuples); `defaults` fill the rest. An unknown knob with the prefix is a UserError naming the known ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = dict(defaults)
+    for key, value in dict(knobs).items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if name not in names:
+            raise UserError(f"unknown {what} knob {key!r}; known: {', '.join(prefix + n for n in sorted(names))}")
+        kw[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kw)
 
 
 def canonical_json(obj: Any) -> str:

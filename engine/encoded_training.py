@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from engine.codecs import CODECS, EntropyCodec, empirical_entropy_bits
+from engine.config import config_from_knobs
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
 from engine.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
 from engine.errors import UserError
@@ -89,16 +90,7 @@ class EncodingConfig:
     def from_knobs(cls, knobs: Mapping[str, Any] | Iterable[tuple[str, Any]], prefix: str = KNOB_PREFIX,
                    **defaults: Any) -> EncodingConfig:
         """The config from a variant's `enc_*` knobs (other knobs are ignored); `defaults` fill the rest."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = dict(defaults)
-        for key, value in dict(knobs).items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix):]
-            if name not in names:
-                raise UserError(f"unknown encoding knob {key!r}; known: {', '.join(prefix + n for n in sorted(names))}")
-            kw[name] = value
-        return cls(**kw)
+        return config_from_knobs(cls, knobs, prefix, "encoding", **defaults)
 
     def knobs(self, prefix: str = KNOB_PREFIX) -> dict[str, Any]:
         """The fields that differ from the defaults, as `enc_*` knobs for `VariantConfig.make`."""

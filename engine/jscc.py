@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from engine.channels import CHANNELS, Channel, build_channel
 from engine.codecs import CODECS, EntropyCodec, empirical_entropy_bits
-from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
+from engine.config import BaseModelConfig, VariantConfig, config_from_knobs, config_id, profile_of
 from engine.data import ImageData, normalize, train_val_split
 from engine.encoders import ENCODERS, EncodedSplit, feature_shape
 from engine.errors import UserError
@@ -132,16 +132,7 @@ class JsccConfig:
     def from_knobs(cls, knobs: Mapping[str, Any] | Iterable[tuple[str, Any]], prefix: str = KNOB_PREFIX,
                    **defaults: Any) -> JsccConfig:
         """The config from a variant's `jscc_*` knobs (others ignored); `defaults` fill the rest."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = dict(defaults)
-        for key, value in dict(knobs).items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix):]
-            if name not in names:
-                raise UserError(f"unknown jscc knob {key!r}; known: {', '.join(prefix + n for n in sorted(names))}")
-            kw[name] = tuple(value) if isinstance(value, list) else value
-        return cls(**kw)
+        return config_from_knobs(cls, knobs, prefix, "jscc", **defaults)
 
     def knobs(self, prefix: str = KNOB_PREFIX) -> dict[str, Any]:
         """Every field as a `jscc_*` knob (the config is recorded whole in the row)."""

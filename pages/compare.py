@@ -15,14 +15,7 @@ COLUMNS = ("method", "split", "knobs", "accuracy", "latency", "t_device", "t_tra
            "feature_shape", "width", "seed", "code_version")
 LETTERS = "ABCD"
 
-env = ui.environment()
-ui.sync_url()  # the view survives page switches (see ui.view)
-st.title("Compare variants")
-data, base = ui.page_base(env)
-table = ui.results(base)
-if table.empty:
-    ui.no_rows("the variants to compare")
-    st.stop()
+env, data, base, table = ui.open_page("Compare variants", "the variants to compare")
 
 lat = latency_table(table, env.device, env.server, env.rate_bps)
 

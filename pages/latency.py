@@ -11,14 +11,8 @@ from engine.latency import latency_table
 from engine.pareto import best_per_method
 from engine.units import format_bytes, format_rate, format_seconds
 
-env = ui.environment()
-ui.sync_url()  # the view survives page switches (see ui.view)
-st.title("Latency vs link rate")
-data, base = ui.page_base(env)
-table = ui.results(base)
-if table.empty:
-    ui.no_rows("the latency curves and the best configuration per method")
-    st.stop()
+env, data, base, table = ui.open_page("Latency vs link rate",
+                                      "the latency curves and the best configuration per method")
 
 need = ui.threshold(env, table)
 st.caption(f"device **{env.device.describe()}** · server **{env.server.describe()}** · accuracy ≥ **{need:.2%}** "

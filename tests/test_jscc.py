@@ -95,7 +95,8 @@ class Head(nn.Module):
         return self.fc(x.flatten(1))
 
 
-@pytest.mark.parametrize("channel,uses,good,bad", [("awgn", 2, 20.0, -10.0), ("bsc", 8, 0.0, 0.4)])
+# k = 4 complex uses separate the four classes at every thread count (k = 2 trained to 0.75-0.94 accuracy by count)
+@pytest.mark.parametrize("channel,uses,good,bad", [("awgn", 4, 20.0, -10.0), ("bsc", 8, 0.0, 0.4)])
 def test_training_through_the_channel_learns_and_noise_costs_accuracy(channel: str, uses: int, good: float,
                                                                        bad: float) -> None:
     feats = synthetic_features()
