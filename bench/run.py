@@ -40,6 +40,9 @@ BENCHES = (
     Bench("sweep", "Quick sweep", ("bench/bench_sweep.py", "--profile", "quick", "--data", "DATA")),
     Bench("tradeoff", "Trade-off figures of the quick profile",
           ("bench/bench_tradeoff.py", "--profile", "quick", "--data", "DATA")),
+    Bench("coinference", "Real co-inference against the latency model",
+          ("bench/bench_coinference.py", "--profile", "quick", "--data", "DATA")),
+    Bench("pages", "Dashboard speed", ("bench/bench_pages.py", "--rows", "2000", "--repeats", "5", "--data", "DATA")),
 )
 
 
