@@ -22,13 +22,13 @@ st.set_page_config(page_title="coinfer", page_icon=":material/cell_tower:", layo
 RATES_KBPS = [round(m * 10.0 ** e, 1) for e in range(-1, 6) for m in (1, 2, 4, 7)] + [1e6]
 ROOT = Path(__file__).resolve().parent
 PAGES = {  # url path -> (file, title, icon); a page file written later joins when it exists
-    "plane": ("pages/plane.py", "Trade-off plane", ":material/scatter_plot:"),
-    "latency": ("pages/latency.py", "Latency vs rate", ":material/timer:"),
-    "noisy": ("pages/noisy.py", "Noisy channels", ":material/cell_tower:"),
-    "live": ("pages/live.py", "Live", ":material/sensors:"),
-    "compare": ("pages/compare.py", "Compare", ":material/compare_arrows:"),
-    "jobs": ("pages/jobs.py", "Jobs", ":material/play_circle:"),
-    "export": ("pages/export.py", "Export / import", ":material/download:"),
+    "plane": ("app_pages/plane.py", "Trade-off plane", ":material/scatter_plot:"),
+    "latency": ("app_pages/latency.py", "Latency vs rate", ":material/timer:"),
+    "noisy": ("app_pages/noisy.py", "Noisy channels", ":material/cell_tower:"),
+    "live": ("app_pages/live.py", "Live", ":material/sensors:"),
+    "compare": ("app_pages/compare.py", "Compare", ":material/compare_arrows:"),
+    "jobs": ("app_pages/jobs.py", "Jobs", ":material/play_circle:"),
+    "export": ("app_pages/export.py", "Export / import", ":material/download:"),
 }
 
 v = ui.view()

@@ -174,7 +174,7 @@ def main() -> None:
         cache, _ = prepare_cache(Path(tmp), args.data, args.rows)
         os.environ["COINFER_CACHE"], os.environ["COINFER_DATA"] = str(cache), str(args.data)
         pages = [p for p in ("plane", "latency", "noisy", "compare", "jobs", "export")
-                 if (PROJECT_ROOT / "pages" / f"{p}.py").exists()]
+                 if (PROJECT_ROOT / "app_pages" / f"{p}.py").exists()]
         print(f"{args.rows} result rows, AppTest, medians of {args.repeats}: new session on the page's URL (warm "
               "caches) / rerun in the session / first session (cold)")
         for page, (cold, opened, rerun) in bench_apptest(pages, args.repeats).items():

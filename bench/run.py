@@ -71,8 +71,11 @@ def run(bench: Bench, data: str) -> str:
         tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise SystemExit(f"benchmark {bench.key} failed (exit {out.returncode}): {tail[0]}")
     command = "python " + " ".join("DATA" if a == data else a for a in argv)
+    text = out.stdout.strip()
+    if not any(line.startswith("|") for line in text.splitlines()):  # plain text: keep its columns
+        text = f"```\n{text}\n```"
     return (f"`{command}` — {time.strftime('%Y-%m-%d')}, {time.perf_counter() - start:.0f} s, load average "
-            f"{os.getloadavg()[0]:.1f} after; {machine()}.\n\n{out.stdout.strip()}")
+            f"{os.getloadavg()[0]:.1f} after; {machine()}.\n\n{text}")
 
 
 def replace_section(text: str, bench: Bench, body: str) -> str:

@@ -158,6 +158,10 @@ def test_every_page_keeps_the_view_and_reacts(server: str, browser, tmp_path: Pa
 
 
 def _every_page(server: str, page, tmp_path: Path) -> None:  # noqa: ANN001
+    # the server's first request is a deep link: the page must run inside the dashboard, sidebar and all
+    page.goto(f"{server}/latency?profile=smoke&width=0.125")
+    page.get_by_role("heading", name="Latency vs link rate").first.wait_for(timeout=90_000)
+    page.get_by_text("Edge environment").first.wait_for(timeout=30_000)
     page.goto(f"{server}/?profile=smoke&width=0.125&rate_kBps=10&drop=3")
     page.wait_for_selector(".js-plotly-plot", timeout=90_000)
     _wait_href(page, "page=plane")
@@ -168,7 +172,7 @@ def _every_page(server: str, page, tmp_path: Path) -> None:  # noqa: ANN001
     page.locator(".js-plotly-plot .g-ytitle", has_text="bits per image (ideal)").wait_for(timeout=60_000)
     _wait_href(page, "bits=ideal")
     for name, title, heading, clickable in PAGES:
-        if not (PROJECT_ROOT / "pages" / f"{name}.py").exists():
+        if not (PROJECT_ROOT / "app_pages" / f"{name}.py").exists():
             continue
         if name != "plane":
             page.get_by_role("link", name=title).click()

@@ -17,7 +17,7 @@ from engine.methods import METHODS, RunContext
 from engine.store import ResultsStore
 from ui import Environment
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "live.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "live.py")
 ENV = Environment("smoke", 0.125, DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 100e3 * 8, 0.5)
 
 

@@ -18,7 +18,7 @@ from engine.data import ImageData
 from engine.store import ResultsStore
 from ui import Environment
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "noisy.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "noisy.py")
 
 
 def decoded(value: list | dict) -> list:
