@@ -49,12 +49,22 @@ def small_data(cifar: ImageData) -> ImageData:
     return subset(cifar, 1200, 400, seed=0)
 
 
-def cache_sharing_data(root: Path, session_cache: Path) -> Path:
-    """A fresh cache under `root` whose data/ links the session cache's decoded datasets (no second decode)."""
+def cache_sharing_data(root: Path, session_cache: Path, subdirs: tuple[str, ...] = ("data",)) -> Path:
+    """A fresh cache under `root` whose `subdirs` link the session cache's files (decoded datasets: no second decode;
+    models: no second training), lock files left out."""
     cache = root / "cache"
-    (cache / "data").mkdir(parents=True)
-    for f in (session_cache / "data").glob("*"):
-        (cache / "data" / f.name).symlink_to(f)
+    for sub in subdirs:
+        (cache / sub).mkdir(parents=True)
+        for f in (session_cache / sub).glob("*"):
+            if not f.name.endswith(".lock"):
+                (cache / sub / f.name).symlink_to(f)
+    return cache
+
+
+def use_cache(monkeypatch: pytest.MonkeyPatch, cache: Path, tar: Path) -> Path:
+    """Point the engine at `cache` ($COINFER_CACHE) and the CIFAR tar ($COINFER_DATA)."""
+    monkeypatch.setenv("COINFER_CACHE", str(cache))
+    monkeypatch.setenv("COINFER_DATA", str(tar))
     return cache
 
 
@@ -62,7 +72,4 @@ def cache_sharing_data(root: Path, session_cache: Path) -> Path:
 def fresh_cache(tmp_path: Path, tmp_cache: Path, shared_tar: Path, cifar: ImageData,
                 monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty results store, job table and model cache ($COINFER_CACHE), with the CIFAR tar as $COINFER_DATA."""
-    cache = cache_sharing_data(tmp_path, tmp_cache)
-    monkeypatch.setenv("COINFER_CACHE", str(cache))
-    monkeypatch.setenv("COINFER_DATA", str(shared_tar))
-    return cache
+    return use_cache(monkeypatch, cache_sharing_data(tmp_path, tmp_cache), shared_tar)

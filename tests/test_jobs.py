@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import cache_sharing_data, use_cache
 from streamlit.testing.v1 import AppTest
 
 import engine.jobs as jobs_mod
@@ -60,15 +61,7 @@ def smoke_models(small_data: ImageData, tmp_cache: Path) -> Path:
 def qenv(tmp_path: Path, tmp_cache: Path, shared_tar: Path, cifar: ImageData, smoke_models: Path,
          monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh cache (job queue, results store) reusing the decoded data and the trained smoke base model."""
-    cache = tmp_path / "cache"
-    for sub in ("data", "models"):
-        (cache / sub).mkdir(parents=True)
-        for f in (tmp_cache / sub).glob("*"):
-            if not f.name.endswith(".lock"):
-                (cache / sub / f.name).symlink_to(f)
-    monkeypatch.setenv("COINFER_CACHE", str(cache))
-    monkeypatch.setenv("COINFER_DATA", str(shared_tar))
-    return cache
+    return use_cache(monkeypatch, cache_sharing_data(tmp_path, tmp_cache, ("data", "models")), shared_tar)
 
 
 # -- the table ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import cache_sharing_data, use_cache
 
 from engine import sweep
 from engine.config import PROFILES, BaseModelConfig, VariantConfig
@@ -99,15 +100,7 @@ def test_one_variant_at_a_time() -> None:
 def trained_cache(tmp_path: Path, tmp_cache: Path, shared_tar: Path, small_data: ImageData,
                   monkeypatch: pytest.MonkeyPatch) -> Path:
     load_or_train_base(PROFILES.get("smoke").base_config(small_data.fingerprint), small_data, tmp_cache)
-    cache = tmp_path / "cache"
-    for sub in ("data", "models"):
-        (cache / sub).mkdir(parents=True)
-        for f in (tmp_cache / sub).glob("*"):
-            if not f.name.endswith(".lock"):
-                (cache / sub / f.name).symlink_to(f)
-    monkeypatch.setenv("COINFER_CACHE", str(cache))
-    monkeypatch.setenv("COINFER_DATA", str(shared_tar))
-    return cache
+    return use_cache(monkeypatch, cache_sharing_data(tmp_path, tmp_cache, ("data", "models")), shared_tar)
 
 
 def test_local_sweep_runs_cheap_first_and_skips_what_is_measured(trained_cache: Path,

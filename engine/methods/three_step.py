@@ -442,7 +442,7 @@ def deploy_encoded(result: Any) -> Deployed:
 
 
 # imported on first use; they register codings
-CODING_MODULES = ("engine.encoders", "engine.encoded_training", "engine.jscc")
+CODING_MODULES = ("engine.encoded_training", "engine.jscc")  # imported on first use; they register their codings
 
 
 def feature_coding(name: str) -> FeatureCoding:
@@ -450,11 +450,7 @@ def feature_coding(name: str) -> FeatureCoding:
     for module in CODING_MODULES:
         if name in FEATURE_CODINGS:
             break
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+        importlib.import_module(module)
     return FEATURE_CODINGS.get(name)
 
 
