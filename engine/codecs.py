@@ -7,6 +7,7 @@ CompressAI-style interface (fit / encode / decode / bits_per_image / ideal_bits_
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,6 +151,19 @@ class EntropyCodec(ABC):
     def bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
         """Sizes in bits of the actual bitstreams (8 * bytes). Subclasses may compute it without encoding."""
         return np.array([8 * len(s) for s in self.encode(symbols_2d)], dtype=np.int64)
+
+    def coding_seconds(self, symbols_2d: np.ndarray, images: int = 200) -> float:
+        """Mean CPU seconds to encode one image's symbols and decode them back, one image at a time as a deployed
+        device and server do (the first `images` rows; the decoded symbols are checked)."""
+        rows = symbols_2d[:images]
+        if len(rows) == 0:
+            return 0.0
+        start = time.perf_counter()
+        for row in rows:
+            (stream,) = self.encode(row[None, :])
+            if not np.array_equal(self.decode(stream, len(row)), row):
+                raise RuntimeError("the entropy decoder did not return the symbols that were sent")
+        return (time.perf_counter() - start) / len(rows)
 
 
 CODECS: Registry[type[EntropyCodec]] = Registry("codec")

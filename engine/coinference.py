@@ -12,6 +12,7 @@ API
     session_terms(report, model)                       measured against modelled terms, a tidy table
     cpu_flops_per_s(width)                             this CPU's effective FLOP/s on the base model at batch 1
     modelled_latency(row, flops_per_s, rate_bps)       the latency model's terms for a results row
+    runtime_overhead_s(rate_bps)                       the runtime's fixed per-image cost, from a null session
 
 JSCC bundles (coding "analog") send the encoder's real values; the server passes them through the channel named in
 the bundle (`engine.channels.CHANNELS`, the same simulation as in training) before decoding, or through the
@@ -30,15 +31,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from engine import protocol
 from engine.errors import UserError
 from engine.export import Bundle
+from engine.latency import OVERHEAD_COLUMNS, Overheads, custom_device, latency_table
 from engine.protocol import ProtocolError, Truncated
 
 log = logging.getLogger(__name__)
@@ -437,23 +441,67 @@ def cpu_flops_per_s(width: float = 0.25, input_shape: tuple[int, int, int] = (3,
 
 
 def modelled_latency(row: Mapping[str, Any], device_flops_per_s: float, server_flops_per_s: float, rate_bps: float,
-                     delay_s: float = 0.0, bits: float | None = None) -> dict[str, float]:
-    """The latency model's terms for a results row (seconds): F_dev / C_dev, B / R (+ delay), F_srv / C_srv."""
-    b = float(row["bits_actual"]) if bits is None else float(bits)
-    terms = {"t_device": float(row["device_flops"]) / device_flops_per_s,
-             "t_transmit": b / rate_bps + delay_s,
-             "t_server": float(row["server_flops"]) / server_flops_per_s}
-    terms["latency"] = sum(terms.values())
+                     delay_s: float = 0.0, overheads: Overheads | None = None) -> dict[str, float]:
+    """The latency model's terms for a results row (seconds), by `engine.latency.latency_table`: F_dev / C_dev,
+    B / R (+ the propagation delay), F_srv / C_srv and, with `overheads`, the measured coding time and the
+    framing and runtime costs; `latency` is their sum."""
+    table = pd.DataFrame([{"device_memory_bytes": math.nan, **dict(row)}])
+    lat = latency_table(table, custom_device(device_flops_per_s, name="device"),
+                        custom_device(server_flops_per_s, name="server"), rate_bps, overheads=overheads).iloc[0]
+    terms = {c: float(lat[c]) for c in ("t_device", "t_transmit", "t_server", *OVERHEAD_COLUMNS) if c in lat.index}
+    terms["t_transmit"] += delay_s
+    terms["latency"] = float(lat["latency"]) + delay_s
     return terms
+
+
+NULL_BUNDLE_ID = "null-session"
+
+
+class _NullDevice(nn.Module):
+    """A device program that computes nothing and sends label 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 1, dtype=torch.int64)
+
+
+class _NullServer(nn.Module):
+    """A server program that turns the received label into one-hot logits."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, label: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(label[:, 0].long(), self.classes).float()
+
+
+def null_bundle(input_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10) -> Bundle:
+    """An in-memory bundle whose programs compute nothing: its sessions measure the runtime alone."""
+    meta = {"id": NULL_BUNDLE_ID, "coding": "label", "num_classes": classes, "input_shape": list(input_shape)}
+    return Bundle(Path(NULL_BUNDLE_ID), {}, meta, {}, {}, torch.jit.script(_NullDevice()),
+                  torch.jit.script(_NullServer(classes)), None)
+
+
+def runtime_overhead_s(rate_bps: float, images: int = 50, input_shape: tuple[int, int, int] = (3, 32, 32),
+                       classes: int = 10) -> float:
+    """The fixed per-image cost of this runtime at `rate_bps`: the median end-to-end time of a null session (programs
+    that compute nothing, a one-byte payload) against a local server, less the modelled time of its bytes on the
+    link. It is what `engine.latency.Overheads.per_image_s` stands for: program calls, pacing, the reply."""
+    x = torch.zeros(images, *input_shape, dtype=torch.uint8)
+    report = live_session(null_bundle(input_shape, classes), x, None, rate_bps)
+    wire_bits = 8.0 * report.mean("wire_bytes")
+    return max(0.0, report.median_s - (wire_bits / rate_bps if math.isfinite(rate_bps) else 0.0))
 
 
 def session_terms(report: SessionReport, model: Mapping[str, float]) -> pd.DataFrame:
     """A tidy table (term, source, seconds) of a session's mean measured terms beside the modelled ones: device
-    (the device program), coding (entropy encoding + decoding: measured, not a term of the model), transmit (the
-    paced send) and server (the server program)."""
-    measured = {"device": report.mean("device_s"), "coding": report.mean("encode_s") + report.mean("decode_s"),
-                "transmit": report.mean("transmit_s"), "server": report.mean("server_s")}
-    modelled = {"device": model["t_device"], "coding": 0.0, "transmit": model["t_transmit"],
-                "server": model["t_server"]}
+    (the device program), coding (entropy encoding + decoding), transmit (the paced send), server (the server
+    program) and other (the rest of the end-to-end time: the reply, scheduling). The paper's model has no coding or
+    other term (0 here); a model with `Overheads` has t_coding and t_overhead."""
+    parts = {"device": report.mean("device_s"), "coding": report.mean("encode_s") + report.mean("decode_s"),
+             "transmit": report.mean("transmit_s"), "server": report.mean("server_s")}
+    measured = {**parts, "other": max(0.0, float(np.mean(report.latencies)) - sum(parts.values()))}
+    modelled = {"device": model["t_device"], "coding": model.get("t_coding", 0.0), "transmit": model["t_transmit"],
+                "server": model["t_server"], "other": model.get("t_overhead", 0.0)}
     return pd.DataFrame([{"term": k, "source": source, "seconds": v} for source, terms in
                          (("measured", measured), ("modelled", modelled)) for k, v in terms.items()])

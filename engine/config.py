@@ -107,6 +107,13 @@ class Profile:
     test_limit: int | None = None  # cap on test images for reported figures
     calibration_images: int = 2000  # training images used to fit quantisers and entropy models
     encoding_epochs: int = 1  # training epochs of a learned feature encoder (the `enc_epochs` knob of its variants)
+    # what trains with the encoder (the `enc_backbone` knob): "finetune" both parts; "server" keeps the device part
+    # frozen, so its features are computed once and only the encoder, decoder and server part train on them
+    encoding_backbone: str = "finetune"
+
+    def encoding_knobs(self) -> dict[str, int | str]:
+        """The knobs a learned encoder's variants carry for this profile's budget."""
+        return {"enc_epochs": self.encoding_epochs, "enc_backbone": self.encoding_backbone}
 
     def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0) -> BaseModelConfig:
         return BaseModelConfig(
@@ -121,8 +128,9 @@ class Profile:
 
 PROFILES: Registry[Profile] = Registry("profile")
 PROFILES.add("smoke", Profile("smoke", width=0.125, epochs=1, batch_size=128, lr=0.1, train_limit=1200,
-                              test_limit=400, calibration_images=200, encoding_epochs=1))
-PROFILES.add("quick", Profile("quick", width=0.25, epochs=8, batch_size=128, lr=0.15, encoding_epochs=1))
+                              test_limit=400, calibration_images=200, encoding_epochs=1, encoding_backbone="server"))
+PROFILES.add("quick", Profile("quick", width=0.25, epochs=8, batch_size=128, lr=0.15, encoding_epochs=2,
+                              encoding_backbone="server"))
 PROFILES.add("paper", Profile("paper", width=1.0, epochs=200, batch_size=128, lr=0.1, encoding_epochs=60))
 
 

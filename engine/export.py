@@ -506,6 +506,16 @@ class Bundle:
         return self.server(received)
 
     @torch.no_grad()
+    def coding_seconds(self, images: torch.Tensor) -> float:
+        """Mean seconds per image to encode the device output into its payload and rebuild the server's input from
+        it (entropy coding, PNG or label), one image at a time: the coding term of `engine.latency.Overheads`."""
+        sent = [self.device_output(image) for image in images]
+        start = time.perf_counter()
+        for s in sent:
+            self.received(*self.encode(s))
+        return (time.perf_counter() - start) / max(1, len(sent))
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Labels of uint8 images [N, C, H, W], each one through device program, bitstream and server program."""
         out = []

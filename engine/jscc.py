@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from engine.channels import CHANNELS, Channel, build_channel
 from engine.codecs import CODECS, EntropyCodec, empirical_entropy_bits
 from engine.config import BaseModelConfig, VariantConfig, config_from_knobs, config_id, profile_of
-from engine.data import ImageData, normalize, train_val_split
+from engine.data import ImageData, train_val_split
+from engine.encoded_training import frozen_features
 from engine.encoders import ENCODERS, EncodedSplit, feature_shape
 from engine.errors import UserError
 from engine.quantizers import ScalarCodebook
@@ -169,12 +170,6 @@ def module_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-@torch.no_grad()
-def _features(device: nn.Module, images: Tensor, mean: Tensor, std: Tensor, dev: torch.device) -> Tensor:
-    out = [device(normalize(xb.to(dev), mean, std)).to("cpu", torch.float16) for xb in images.split(500)]
-    return torch.cat(out) if out else torch.empty(0)
-
-
 def split_features(device: nn.Module, data: ImageData, val_fraction: float, seed: int,
                    train_images: int | None = None, cache: Path | None = None,
                    progress: Progress | None = None) -> SplitFeatures:
@@ -194,9 +189,9 @@ def split_features(device: nn.Module, data: ImageData, val_fraction: float, seed
     mean, std = data.mean.to(dev), data.std.to(dev)
     if progress:
         progress(0.0, f"split features of {len(train_y) + len(val_y) + len(data.test_y)} images")
-    feats = {"train_x": _features(part, train_x, mean, std, dev), "train_y": train_y.clone(),
-             "val_x": _features(part, val_x, mean, std, dev), "val_y": val_y.clone(),
-             "test_x": _features(part, data.test_x, mean, std, dev), "test_y": data.test_y.clone()}
+    feats = {"train_x": frozen_features(part, train_x.to(dev), mean, std).cpu(), "train_y": train_y.clone(),
+             "val_x": frozen_features(part, val_x.to(dev), mean, std).cpu(), "val_y": val_y.clone(),
+             "test_x": frozen_features(part, data.test_x.to(dev), mean, std).cpu(), "test_y": data.test_y.clone()}
     log.info("split features %s computed in %.1f s", key, time.perf_counter() - start)
     if path is not None:
         save_checkpoint(feats, path)
@@ -374,7 +369,7 @@ def source_coded(model: EncodedSplit, codec: EntropyCodec, x: Tensor, y: Tensor)
     return {"accuracy": correct / max(1, len(y)), "bits_actual": float(np.concatenate(actual).mean()),
             "bits_ideal": float(codec.ideal_bits_per_image(symbols).mean()),
             "bits_entropy": float(sum(empirical_entropy_bits(symbols[:, j]) for j in range(n))),
-            "bits_raw": float(q.raw_bits)}
+            "bits_raw": float(q.raw_bits), "coding_cpu_seconds": codec.coding_seconds(symbols)}
 
 
 # ------------------------------------------------------------------------------------------------------ one variant

@@ -4,6 +4,11 @@ study", Fig. 4), plus the capacity conventions for noisy channels (Fig. 5).
 Latency of a variant: ``F_dev / C_dev + B / R + F_srv / C_srv`` with F the FLOPs of each part, C each side's
 effective FLOP/s, B the bits per image and R the link rate in bits/s. A variant whose device part does not fit the
 device memory is infeasible, not slow: it keeps its latency figures but `feasible` is False.
+
+Beside the paper's model, never instead of it, `Overheads` adds what a deployed co-inference pays per image and the
+model leaves out, each a measurement: the entropy coding time (encode + decode) measured for each row on the
+machine that profiled it, the protocol's framing bytes on the uplink, and a fixed runtime cost (program calls,
+pacing, the server's reply) measured with a null session (`engine.coinference.runtime_overhead_s`).
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from engine import protocol
 from engine.errors import UserError
 from engine.registry import Registry
 from engine.units import format_bytes, format_flops, parse_bytes, parse_flops_rate, parse_rate
 
 LATENCY_COLUMNS = ("t_device", "t_transmit", "t_server", "latency", "feasible")
+OVERHEAD_COLUMNS = ("t_coding", "t_overhead")
 NEEDED_COLUMNS = ("device_flops", "server_flops", "device_memory_bytes")
 
 ArrayLike = float | np.ndarray | pd.Series
@@ -83,15 +90,33 @@ def _check_columns(table: pd.DataFrame, bits_column: str) -> None:
                         f"(python -m engine) or choose another bits column")
 
 
+@dataclass(frozen=True)
+class Overheads:
+    """Per-image costs of a deployed co-inference that the paper's model omits: `coding` adds each row's measured
+    entropy coding time (`coding_cpu_seconds`, 0 where a row has none), `framing_bits` cross the link with every
+    image (the protocol's frame and feature headers by default), `per_image_s` is the runtime's fixed cost."""
+
+    per_image_s: float = 0.0
+    framing_bits: float = 8.0 * protocol.FRAMING_BYTES
+    coding: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.per_image_s >= 0 and self.framing_bits >= 0):
+            raise UserError(f"overheads are >= 0, got {self.per_image_s} s and {self.framing_bits} bits per image")
+
+
 def latency_table(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
-                  rate_bps: float | str, bits_column: str = "bits_actual") -> pd.DataFrame:
+                  rate_bps: float | str, bits_column: str = "bits_actual",
+                  overheads: Overheads | None = None) -> pd.DataFrame:
     """A copy of `table` with t_device, t_transmit, t_server, latency (seconds) and feasible (device memory fits)
     added. Missing figures give NaN times; a missing device memory makes a row infeasible (it cannot be shown
-    to fit). The server's memory is not checked: the table does not profile the server part."""
+    to fit). The server's memory is not checked: the table does not profile the server part. With `overheads`,
+    t_coding and t_overhead (framing on the link + the fixed cost) are added too, and counted in latency."""
     dev, srv, rate = resolve_device(device), resolve_device(server), to_rate_bps(rate_bps)
+    columns = LATENCY_COLUMNS + (OVERHEAD_COLUMNS if overheads is not None else ())
     if len(table) == 0:  # empty in, empty out, whatever its columns
         out = table.copy()
-        for c in LATENCY_COLUMNS:
+        for c in columns:
             out[c] = pd.Series(dtype=bool if c == "feasible" else "float64")
         return out
     _check_columns(table, bits_column)
@@ -102,6 +127,12 @@ def latency_table(table: pd.DataFrame, device: DeviceProfile | str, server: Devi
     out["t_transmit"] = num[bits_column] / rate
     out["t_server"] = num["server_flops"] / srv.flops_per_s
     out["latency"] = out["t_device"] + out["t_transmit"] + out["t_server"]
+    if overheads is not None:
+        coding = pd.to_numeric(out["coding_cpu_seconds"], errors="coerce").fillna(0.0).astype("float64") \
+            if overheads.coding and "coding_cpu_seconds" in out.columns else 0.0
+        out["t_coding"] = coding
+        out["t_overhead"] = overheads.framing_bits / rate + overheads.per_image_s
+        out["latency"] = out["latency"] + out["t_coding"] + out["t_overhead"]
     out["feasible"] = (num["device_memory_bytes"] <= dev.memory_bytes).astype(bool)
     return out
 

@@ -26,6 +26,7 @@ VERSION = 1
 HEADER = struct.Struct(">2sBBI")
 FEATURE_HEADER = struct.Struct(">II")
 RESULT = struct.Struct(">IHff")
+FRAMING_BYTES = HEADER.size + FEATURE_HEADER.size  # what a FEATURE frame adds to an image's payload
 HELLO, WELCOME, FEATURE, RESULT_KIND, ERROR = 1, 2, 3, 4, 5
 KINDS = {HELLO: "HELLO", WELCOME: "WELCOME", FEATURE: "FEATURE", RESULT_KIND: "RESULT", ERROR: "ERROR"}
 DEFAULT_MAX_PAYLOAD = 4 << 20  # bytes; a CIFAR feature is a few kB, a 224x224 PNG about 150 kB

@@ -4,6 +4,7 @@ device client's timings, the JSCC channel hook, and `python -m engine serve` / `
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import socket
@@ -27,14 +28,17 @@ from engine.coinference import (
     TokenBucket,
     live_session,
     modelled_latency,
+    null_bundle,
     parse_address,
     resolve_channel,
+    runtime_overhead_s,
     send_paced,
 )
 from engine.config import PROFILES, VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError
 from engine.export import Bundle, write_bundle
+from engine.latency import Overheads
 from engine.methods import RunContext
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -327,9 +331,23 @@ def test_bundle_channel_spec_is_resolved_from_the_registry() -> None:
 
 
 def test_modelled_latency() -> None:
-    row = {"device_flops": 2e9, "server_flops": 4e9, "bits_actual": 8000}
+    row = {"device_flops": 2e9, "server_flops": 4e9, "bits_actual": 8000, "coding_cpu_seconds": 0.01}
     terms = modelled_latency(row, 1e9, 2e9, 8e3 * 10, delay_s=0.05)
     assert terms == pytest.approx({"t_device": 2.0, "t_transmit": 0.15, "t_server": 2.0, "latency": 4.15})
+    deployed = modelled_latency(row, 1e9, 2e9, 8e3 * 10, overheads=Overheads(per_image_s=0.002, framing_bits=800))
+    assert deployed == pytest.approx({"t_device": 2.0, "t_transmit": 0.1, "t_server": 2.0, "t_coding": 0.01,
+                                      "t_overhead": 0.012, "latency": 4.122})
+
+
+def test_runtime_overhead_of_a_null_session() -> None:
+    """The null session's programs compute nothing; what it measures is the runtime's own per-image cost, which is
+    small and positive, and pacing adds no more than the modelled time of its bytes would (which is subtracted)."""
+    bundle = null_bundle((1, 4, 4), classes=3)
+    assert bundle.predict(torch.zeros(2, 1, 4, 4, dtype=torch.uint8)).tolist() == [0, 0]
+    assert bundle.coding_seconds(torch.zeros(3, 1, 4, 4, dtype=torch.uint8)) > 0
+    free = runtime_overhead_s(math.inf, images=10, input_shape=(1, 4, 4), classes=3)
+    paced = runtime_overhead_s(8e3 * 1000, images=10, input_shape=(1, 4, 4), classes=3)
+    assert 0 < free < 0.1 and 0 <= paced < 0.1
 
 
 # ------------------------------------------------------------------------------------------------------ processes

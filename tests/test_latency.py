@@ -8,6 +8,7 @@ from engine.errors import UserError
 from engine.latency import (
     DEVICES,
     DeviceProfile,
+    Overheads,
     awgn_capacity_bps,
     binary_entropy,
     bsc_capacity,
@@ -33,6 +34,25 @@ def table() -> pd.DataFrame:
             "bits_ideal": [4000.0, 16_000.0, 3.3],
         }
     )
+
+
+def test_overheads_are_added_beside_the_papers_terms():
+    t = table().assign(coding_cpu_seconds=[0.002, None, 0.0005])
+    paper = latency_table(t, PI3, GPU, 8000)
+    assert "t_coding" not in paper.columns  # the paper's model, unless overheads are asked for
+    out = latency_table(t, PI3, GPU, 8000, overheads=Overheads(per_image_s=0.001, framing_bits=128))
+    # row a: + 2 ms coding + 128 / 8000 s framing + 1 ms runtime; row b has no coding figure: 0
+    assert out["t_coding"].tolist() == pytest.approx([0.002, 0.0, 0.0005])
+    assert out["t_overhead"].tolist() == pytest.approx([0.017] * 3)
+    assert (out["latency"] - paper["latency"]).tolist() == pytest.approx([0.019, 0.017, 0.0175])
+    assert out[["t_device", "t_transmit", "t_server"]].equals(paper[["t_device", "t_transmit", "t_server"]])
+    no_coding = latency_table(t, PI3, GPU, 8000, overheads=Overheads(coding=False, framing_bits=0))
+    assert no_coding["latency"].tolist() == pytest.approx(paper["latency"].tolist())
+    assert Overheads().framing_bits == 128  # the protocol's 8-byte frame and 8-byte feature headers
+    assert list(latency_table(t.iloc[:0], PI3, GPU, 8000, overheads=Overheads()).columns[-2:]) == \
+        ["t_coding", "t_overhead"]
+    with pytest.raises(UserError, match=">= 0"):
+        Overheads(per_image_s=-1.0)
 
 
 def test_presets_from_the_paper():

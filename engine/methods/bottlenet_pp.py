@@ -35,7 +35,7 @@ class BottleNetPP:
         """One variant per split and distinct encoder width among the profile's ratios; not at the end points."""
         model = build_model(base.model, base.width, 10, 3).eval()
         profile = profile_of(base)
-        epochs, ratios = profile.encoding_epochs, PROFILE_RATIOS.get(profile.name, RATIOS)
+        ratios = PROFILE_RATIOS.get(profile.name, RATIOS)
         out = []
         for s in splits:
             if s in END_POINTS:
@@ -46,7 +46,7 @@ class BottleNetPP:
                 c = bottleneck_channels(channels, r)
                 if c not in seen:
                     seen.add(c)
-                    out.append(VariantConfig.make("bottlenet_pp", s, base, ratio=r, enc_epochs=epochs))
+                    out.append(VariantConfig.make("bottlenet_pp", s, base, ratio=r, **profile.encoding_knobs()))
         return out
 
     @staticmethod

@@ -7,13 +7,11 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
-from engine.codecs import HuffmanCodec, UniformQuantizer, empirical_entropy_bits
+from engine.codecs import empirical_entropy_bits
 from engine.config import BaseModelConfig, VariantConfig
-from engine.data import normalize
 from engine.methods import METHODS, Deployed, RunContext, base_row
 from engine.models import split
 from engine.profile import label_bits, profile_split
@@ -46,33 +44,15 @@ class Original:
             acc, bits = self._measure_feature_coding(cfg, ctx)
         return base_row(cfg, ctx, accuracy=acc, eval_seconds=time.perf_counter() - start, **prof, **bits)
 
-    def _measure_feature_coding(self, cfg: VariantConfig, ctx: RunContext) -> tuple[float, dict]:
-        """Quantise and Huffman-code the split's feature for every test image; accuracy from the decoded feature."""
+    @staticmethod
+    def _measure_feature_coding(cfg: VariantConfig, ctx: RunContext) -> tuple[float, dict]:
+        """Quantise and Huffman-code the split's feature for every test image (three_step's coding "none" on the
+        unpruned parts); accuracy from the decoded feature."""
+        from engine.methods.three_step import huffman_8bit
+
         model, _ = ctx.base(cfg.base)
-        device_part, server_part = split(model, cfg.split)
-        data = ctx.data
-        mean, std = data.mean, data.std
-        bits = int(cfg.knob("bits", self.bits))
-        with torch.no_grad():
-            calib = torch.cat([device_part(normalize(xb, mean, std))
-                               for xb in ctx.calibration_images(cfg.base).split(500)])
-        quantizer = UniformQuantizer(bits)
-        quantizer.fit(calib)
-        codec = HuffmanCodec.fit(_symbols(quantizer, calib), alphabet_size=2**bits)
-        correct, actual, ideal = 0, [], []
-        with torch.no_grad():
-            for xb, yb in zip(data.test_x.split(500), data.test_y.split(500), strict=True):
-                q = quantizer.quantize(device_part(normalize(xb, mean, std)))
-                symbols = q.reshape(len(q), -1).cpu().numpy().astype(np.int64)
-                actual.append(codec.bits_per_image(symbols))
-                ideal.append(codec.ideal_bits_per_image(symbols))
-                logits = server_part(quantizer.dequantize(q))
-                correct += int((logits.argmax(1) == yb).sum())
-        return correct / len(data.test_y), {
-            "bits_actual": float(np.concatenate(actual).mean()),
-            "bits_ideal": float(np.concatenate(ideal).mean()),
-            "bits_raw": float(bits * calib[0].numel()),
-        }
+        coded = huffman_8bit(*split(model, cfg.split), cfg, ctx)
+        return coded.accuracy, {**coded.bits, **coded.extra}
 
 
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
@@ -110,11 +90,6 @@ class _OneHot(nn.Module):
 
     def forward(self, label: torch.Tensor) -> torch.Tensor:
         return nn.functional.one_hot(label[:, 0].long(), self.classes).float()
-
-
-def _symbols(quantizer: UniformQuantizer, features: torch.Tensor) -> np.ndarray:
-    q = quantizer.quantize(features)
-    return q.reshape(len(q), -1).cpu().numpy().astype(np.int64)
 
 
 METHODS.add("original", Original())

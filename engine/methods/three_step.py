@@ -365,11 +365,13 @@ def huffman_8bit(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: 
             actual.append(codec.bits_per_image(symbols))
             ideal.append(codec.ideal_bits_per_image(symbols))
             correct += int((server(quantizer.dequantize(q)).argmax(1) == yb).sum())
+            if len(actual) == 1:
+                coding_seconds = codec.coding_seconds(symbols)
     return CodedSplit(device, server, correct / len(data.test_y), {
         "bits_actual": float(np.concatenate(actual).mean()),
         "bits_ideal": float(np.concatenate(ideal).mean()),
         "bits_raw": float(bits * calib[0].numel()),
-    })
+    }, {"coding_cpu_seconds": coding_seconds})
 
 
 FEATURE_CODINGS.add("none", huffman_8bit)
@@ -487,9 +489,9 @@ class ThreeStep:
         splits = [s for s in splits if s not in END_POINTS]
         pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **budget.knobs())
                   for k in range(budget.levels) for s in splits]
-        epochs = profile_of(base).encoding_epochs
+        encoding = profile_of(base).encoding_knobs()
         encoded = [VariantConfig.make("three_step", s, base, encoder="two_step", snapshot="threshold",
-                                      enc_epochs=epochs, **budget.knobs()) for s in splits]
+                                      **encoding, **budget.knobs()) for s in splits]
         return pruned + encoded
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
