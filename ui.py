@@ -8,6 +8,7 @@ clear the query parameters, restore it from the session."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -25,7 +26,7 @@ from engine import jobs as jobq
 from engine.config import PROFILES, BaseModelConfig
 from engine.data import ImageData
 from engine.errors import UserError
-from engine.latency import DEVICES, DeviceProfile
+from engine.latency import DEVICES, DeviceProfile, Overheads
 from engine.paths import cache_dir
 from engine.store import ResultsStore
 
@@ -36,7 +37,7 @@ VIEW_DEFAULTS: dict[str, str] = {
     "page": "plane", "profile": "quick", "width": "", "data": "",
     "device": "pi3", "device_gflops": "", "device_mb": "", "server": "rtx2080ti", "server_gflops": "",
     "server_mb": "", "rate_kBps": "40", "drop": "2",
-    "sel": "", "pins": "", "bits": "actual", "below": "grey", "front": "overall", "splits": "",
+    "sel": "", "pins": "", "bits": "actual", "below": "grey", "front": "overall", "splits": "", "overheads": "off",
 }
 ENVIRONMENT_KEYS = ("profile", "width", "data", "device", "device_gflops", "device_mb", "server", "server_gflops",
                     "server_mb", "rate_kBps", "drop")
@@ -418,20 +419,30 @@ def parse_knobs(text: str) -> dict[str, Any]:
 RATES_BPS = np.geomspace(1e2 * 8, 1e9 * 8, 71)  # 100 B/s .. 1 GB/s, as the sidebar's slider
 
 
-def latency_curves(base: BaseModelConfig, env: Environment, need: float | None) -> pd.DataFrame:
+def latency_curves(base: BaseModelConfig, env: Environment, need: float | None,
+                   overheads: Overheads | None = None) -> pd.DataFrame:
     """`engine.pareto.latency_vs_rate` of this base model's rows over `RATES_BPS` (Fig. 4's curves). It does not
     depend on the chosen rate, so a rate change reuses it (cached until the store or the environment changes)."""
     store = results_store()
     return _latency_curves(str(store.path), _store_version(store.path), base.id,
                            (env.device.flops_per_s, env.device.memory_bytes),
-                           (env.server.flops_per_s, env.server.memory_bytes), need)
+                           (env.server.flops_per_s, env.server.memory_bytes), need,
+                           None if overheads is None else dataclasses.astuple(overheads))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _latency_curves(path: str, version: tuple, base_id: str, device: tuple[float, float],
-                    server: tuple[float, float], need: float | None) -> pd.DataFrame:
+                    server: tuple[float, float], need: float | None, overheads: tuple | None) -> pd.DataFrame:
     from engine.pareto import latency_vs_rate
 
     table = _table(path, version)
     table = table[table["base_id"] == base_id] if not table.empty else table
-    return latency_vs_rate(table, DeviceProfile("device", *device), DeviceProfile("server", *server), RATES_BPS, need)
+    return latency_vs_rate(table, DeviceProfile("device", *device), DeviceProfile("server", *server), RATES_BPS, need,
+                           overheads=None if overheads is None else Overheads(*overheads))
+
+
+def deployment_overheads(enabled: bool) -> Overheads | None:
+    """What the latency pages add to the paper's model when the overheads toggle is on: each row's entropy coding
+    time (measured on the machine that profiled it) and the protocol's framing bytes; no runtime constant, since it
+    belongs to the deployment (the live page measures this machine's)."""
+    return Overheads() if enabled else None

@@ -15,13 +15,21 @@ env, data, base, table = ui.open_page("Latency vs link rate",
                                       "the latency curves and the best configuration per method")
 
 need = ui.threshold(env, table)
+v = ui.view()
+key = ui.bind("overheads", lambda: v["overheads"] == "on")
+with_overheads = st.toggle("Count measured coding and framing", value=st.session_state[key], key=key,
+                           help="add each variant's entropy coding time (encode + decode, measured on the machine "
+                                "that profiled it) and the protocol's 16 framing bytes per image to the paper's model")
+ui.set_view(overheads="on" if with_overheads else "off")
+overheads = ui.deployment_overheads(with_overheads)
+formula = "F_dev/C_dev + B/R + F_srv/C_srv" + (" + t_coding + framing/R" if with_overheads else "")
 st.caption(f"device **{env.device.describe()}** · server **{env.server.describe()}** · accuracy ≥ **{need:.2%}** "
            f"(base {need + env.accuracy_drop:.2%} − {env.accuracy_drop * 100:g} points) · ResNet18 width "
-           f"{base.width:g} · latency = F_dev/C_dev + B/R + F_srv/C_srv, B = actual bits per image")
+           f"{base.width:g} · latency = {formula}, B = actual bits per image")
 
-lat = latency_table(table, env.device, env.server, env.rate_bps)
+lat = latency_table(table, env.device, env.server, env.rate_bps, overheads=overheads)
 infeasible = lat[~lat["feasible"]]
-curves = ui.latency_curves(base, env, need)
+curves = ui.latency_curves(base, env, need, overheads)
 if curves.empty:
     st.warning("No variant meets the accuracy requirement and fits the device memory. Allow a larger accuracy drop "
                "or a device with more memory in the sidebar.")
@@ -31,14 +39,14 @@ else:
     ui.chart(latency_rate_figure(curves, env.rate_bps, selected=selected), "latency_rate")
 
     st.subheader(f"Best configuration per method at {format_rate(env.rate_bps)}")
-    best = best_per_method(table, env.device, env.server, env.rate_bps, need)
+    best = best_per_method(table, env.device, env.server, env.rate_bps, need, overheads=overheads)
     ui.chart(latency_breakdown_figure(best), "latency_breakdown")
-    shown = best[["method", "split", "accuracy", "latency", "t_device", "t_transmit", "t_server", "bits_actual",
-                  "device_flops", "device_memory_bytes", "id"]]
+    terms = [c for c in ("t_device", "t_coding", "t_transmit", "t_overhead", "t_server") if c in best.columns]
+    shown = best[["method", "split", "accuracy", "latency", *terms, "bits_actual", "device_flops",
+                  "device_memory_bytes", "id"]]
     st.dataframe(shown, hide_index=True, column_config={
         "accuracy": st.column_config.NumberColumn(format="percent"),
-        **{c: st.column_config.NumberColumn(format="%.4g s") for c in ("latency", "t_device", "t_transmit",
-                                                                         "t_server")},
+        **{c: st.column_config.NumberColumn(format="%.4g s") for c in ("latency", *terms)},
     })
     winner = best.iloc[0]
     st.success(f"Fastest: **{winner['method']} @ {winner['split']}**, {format_seconds(winner['latency'])} end to "

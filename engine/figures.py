@@ -221,11 +221,14 @@ def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = No
 
 
 def latency_breakdown_figure(best: pd.DataFrame) -> go.Figure:
-    """Stacked bars of device compute, transmission and server compute of each method's best variant."""
+    """Stacked bars of device compute, transmission and server compute of each method's best variant, and of the
+    measured coding and framing/runtime costs when the table has them (`engine.latency.Overheads`)."""
     fig = go.Figure(_validate=False)  # see _scatter
     labels = [f"{r.method} @ {r.split}" for r in best.itertuples()]
-    for column, name, color in (("t_device", "device compute", "#9467bd"), ("t_transmit", "transmission", "#17becf"),
-                                ("t_server", "server compute", "#bcbd22")):
+    terms = (("t_device", "device compute", "#9467bd"), ("t_coding", "entropy coding", "#8c564b"),
+             ("t_transmit", "transmission", "#17becf"), ("t_overhead", "framing and runtime", "#7f7f7f"),
+             ("t_server", "server compute", "#bcbd22"))
+    for column, name, color in (t for t in terms if t[0] in best.columns):
         fig.add_trace(go.Bar(y=labels, x=best[column], name=name, orientation="h", marker_color=color, _validate=False,
                              customdata=best.get("id"), hovertemplate="%{y}: %{x:.4g} s<extra>" + name + "</extra>"))
     fig.update_layout(barmode="stack", height=90 + 40 * len(best), xaxis_title="seconds",

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import UserError
-from engine.latency import DeviceProfile, latency_table, to_rate_bps
+from engine.latency import DeviceProfile, Overheads, latency_table, to_rate_bps
 
 RATE_COLUMNS = ("rate", "method", "id", "split", "latency", "t_device", "t_transmit", "t_server", "accuracy", "bits")
 _ORDER = ["latency", "device_flops", "id"]  # best first: lowest latency, then fewer device FLOPs, then id
@@ -48,9 +48,10 @@ def pareto_front(table: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool
 
 
 def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
-                rate_bps: float | str, threshold: float | None, bits_column: str) -> pd.DataFrame:
+                rate_bps: float | str, threshold: float | None, bits_column: str,
+                overheads: Overheads | None = None) -> pd.DataFrame:
     """Feasible rows meeting the accuracy threshold with a known latency, best first."""
-    lat = latency_table(table, device, server, rate_bps, bits_column)
+    lat = latency_table(table, device, server, rate_bps, bits_column, overheads)
     if len(lat) == 0:
         return lat
     missing = [c for c in ("id", "method") if c not in lat.columns]
@@ -66,34 +67,35 @@ def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: Device
 
 def best_variant(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                  rate_bps: float | str, threshold: float | None, method: str | None = None,
-                 bits_column: str = "bits_actual") -> pd.Series | None:
+                 bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.Series | None:
     """The feasible row with accuracy >= `threshold` (None: any accuracy) and the lowest latency, of one method or
     of all; ties go to fewer device FLOPs, then the smaller id. None if no row qualifies. The row carries the
-    latency columns of `latency_table`."""
+    latency columns of `latency_table` (with `overheads`, the measured deployment costs counted too)."""
     if method is not None and len(table):
         if "method" not in table.columns:
             raise UserError("the results table has no method column")
         table = table[table["method"] == method]
-    best = _candidates(table, device, server, rate_bps, threshold, bits_column)
+    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads)
     return None if best.empty else best.iloc[0]
 
 
 def best_per_method(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                     rate_bps: float | str, threshold: float | None,
-                    bits_column: str = "bits_actual") -> pd.DataFrame:
+                    bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.DataFrame:
     """`best_variant` of each method that has a qualifying row, one row each, best (lowest latency) first."""
-    best = _candidates(table, device, server, rate_bps, threshold, bits_column)
+    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads)
     return best if best.empty else best.drop_duplicates("method", keep="first")
 
 
 def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                     rates_bps: Iterable[float | str], threshold: float | None,
-                    bits_column: str = "bits_actual") -> pd.DataFrame:
+                    bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.DataFrame:
     """Each method's best qualifying variant at each link rate, as a tidy table (the paper's Fig. 4): columns
     rate (bits/s), method, id, split, latency, t_device, t_transmit, t_server, accuracy, bits; sorted by rate
-    then method. A method with no qualifying variant has no rows (feasibility does not depend on the rate)."""
+    then method. A method with no qualifying variant has no rows (feasibility does not depend on the rate). With
+    `overheads`, latency counts each row's measured coding time and the framing and runtime costs too."""
     rates = [to_rate_bps(r) for r in rates_bps]
-    base = _candidates(table, device, server, rates[0] if rates else 1.0, threshold, bits_column)
+    base = _candidates(table, device, server, rates[0] if rates else 1.0, threshold, bits_column, overheads)
     if base.empty or not rates:
         return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in RATE_COLUMNS})
     n, m = len(base), len(rates)
@@ -102,6 +104,9 @@ def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: De
     grid["bits"] = pd.to_numeric(grid[bits_column], errors="coerce").astype("float64")
     grid["t_transmit"] = grid["bits"] / grid["rate"]
     grid["latency"] = grid["t_device"] + grid["t_transmit"] + grid["t_server"]
+    if overheads is not None:
+        grid["t_overhead"] = overheads.framing_bits / grid["rate"] + overheads.per_image_s
+        grid["latency"] += grid["t_coding"] + grid["t_overhead"]
     if "accuracy" not in grid.columns:
         grid["accuracy"] = np.nan
     grid = grid.sort_values(["rate", *_ORDER], kind="stable", na_position="last")

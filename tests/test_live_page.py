@@ -55,9 +55,12 @@ def test_live_session_is_drawn_against_the_model(fresh_cache: Path, tmp_cache: P
     assert len(traces["measured"]["y"]) == 6 and all(y > 0 for y in traces["measured"]["y"])
     terms = {(t["name"], y): x for t in charts[1]["data"] for x, y in zip(t["x"], t["y"], strict=True)}
     assert terms["transmit", "modelled"] == pytest.approx(row["bits_actual"] / ENV.rate_bps)
-    assert terms["coding", "modelled"] == 0 and terms["coding", "measured"] > 0
+    assert terms["coding", "modelled"] > 0 and terms["coding", "measured"] > 0  # measured offline and in-session
+    assert terms["other", "modelled"] > 0  # framing bytes and the null session's runtime cost
+    assert {"paper's model", "model with overheads"} <= set(traces)
+    assert traces["model with overheads"]["y"][0] > traces["paper's model"]["y"][0]
     # the paced send takes at least the wire bytes over the rate
     assert terms["transmit", "measured"] >= 0.95 * terms["transmit", "modelled"]
     assert (fresh_cache / "bundles" / row["id"] / "manifest.json").is_file()
     labels = [m.label for m in at.metric]
-    assert labels == ["Median latency", "p95 latency", "Accuracy", "Bytes on the wire"]
+    assert labels == ["Median latency", "Model with overheads", "p95 latency", "Accuracy", "Bytes on the wire"]

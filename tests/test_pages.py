@@ -21,7 +21,7 @@ from engine.config import PROFILES
 from engine.data import ImageData
 from engine.export import selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem
-from engine.latency import DEVICES, latency_table
+from engine.latency import DEVICES, Overheads, latency_table
 from engine.methods import METHODS, RunContext
 from engine.models import split_names
 from engine.pareto import best_per_method, best_variant, latency_vs_rate, meets_threshold, pareto_front
@@ -302,6 +302,16 @@ def test_latency_page_best_per_method(synthetic: pd.DataFrame) -> None:
     bars = traces(figure(at, 1))
     assert bars["transmission"]["x"] == pytest.approx(best["t_transmit"].tolist())
     assert f"`{best['id'].iloc[0]}`" in at.success[0].value
+    assert "t_coding" not in table.columns and "entropy coding" not in bars
+    # with the measured overheads counted: coding and framing columns and bars, from the same pure functions
+    at = run_page("latency", rate_kBps="4", overheads="on")
+    assert widget(at, "toggle", "Count measured coding and framing").value
+    counted = best_per_method(synthetic, PI3, GPU, 4e3 * 8, need, overheads=Overheads())
+    table = at.dataframe[0].value
+    assert table["id"].tolist() == counted["id"].tolist()
+    assert table["latency"].tolist() == pytest.approx(counted["latency"].tolist())
+    assert table["t_overhead"].tolist() == pytest.approx([128 / 32e3] * len(table))
+    assert {"entropy coding", "framing and runtime"} <= set(traces(figure(at, 1)))
     at = run_page("latency", rate_kBps="1e5")
     faster = best_per_method(synthetic, PI3, GPU, 1e5 * 8e3, need)
     assert at.dataframe[0].value["id"].tolist() == faster["id"].tolist()

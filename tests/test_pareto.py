@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from engine.errors import UserError
-from engine.latency import DEVICES, custom_device
+from engine.latency import DEVICES, Overheads, custom_device
 from engine.pareto import (
     RATE_COLUMNS,
     accuracy_threshold_default,
@@ -174,6 +174,22 @@ def test_latency_vs_rate():
     # with more rate, no method's best latency rises
     for _, g in out.groupby("method"):
         assert g["latency"].is_monotonic_decreasing
+
+
+def test_overheads_can_change_the_best_variant():
+    """A variant with few bits but a slow entropy coder loses to one without coding once coding time counts; the
+    curves and the best variant agree at every rate."""
+    t = variants()
+    t["coding_cpu_seconds"] = np.where(t["id"] == "deep", 5.0, 0.0)  # 5 s of coding against srv's 2.5 s link
+    assert best_variant(t, PI3, GPU, SLOW, 0.93)["id"] == "deep"
+    counted = best_variant(t, PI3, GPU, SLOW, 0.93, overheads=Overheads(framing_bits=0))
+    assert counted["id"] == "srv" and counted["t_coding"] == 0
+    assert counted["latency"] == pytest.approx(best_variant(t, PI3, GPU, SLOW, 0.95)["latency"], rel=1e-12)
+    out = latency_vs_rate(t, PI3, GPU, [SLOW, 1e6], 0.93, overheads=Overheads(per_image_s=0.01))
+    for row in out.itertuples():
+        best = best_variant(t, PI3, GPU, row.rate, 0.93, method=row.method, overheads=Overheads(per_image_s=0.01))
+        assert row.id == best["id"]
+        assert row.latency == pytest.approx(best["latency"], rel=1e-12)
 
 
 def test_empty_results():
