@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -655,6 +656,10 @@ COMMANDS = {"data": cmd_data, "profile": cmd_profile, "train-base": cmd_train_ba
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        from engine.jobs import interrupt_on_terminate
+
+        interrupt_on_terminate()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return COMMANDS[args.command](args)

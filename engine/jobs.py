@@ -811,10 +811,26 @@ def _setup_process(options: WorkerOptions) -> None:
         torch.set_num_threads(options.threads)
 
 
+def interrupt_on_terminate() -> None:
+    """Make SIGTERM interrupt like Ctrl-C (and restore Ctrl-C where a background shell had it ignored): a stopped
+    sweep then shuts its workers down, and a stopped worker gives its job back to the queue at once, instead of
+    leaving it to the lease's expiry. Call it from the main thread."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def worker_main(queue_path: str, options: WorkerOptions, stop: Any = None, parent_pid: int | None = None) -> None:
     """Entry point of a worker process (multiprocessing, spawn start method)."""
+    interrupt_on_terminate()
     _setup_process(options)
-    Worker(JobQueue(queue_path), options).work(stop, parent_pid)
+    try:
+        Worker(JobQueue(queue_path), options).work(stop, parent_pid)
+    except KeyboardInterrupt as exc:  # its job, if any, is back in the queue
+        log.info("worker %s stopped (%s)", os.getpid(), exc or "interrupted")
 
 
 def start_worker_process(queue_path: Path | str, options: WorkerOptions, stop: Any = None,
@@ -879,8 +895,16 @@ class WorkerPool:
         finally:
             self.shutdown()
 
-    def shutdown(self, timeout: float = 30.0) -> None:
+    def shutdown(self, timeout: float = 30.0, idle_s: float = 2.0) -> None:
+        """Stop the workers: idle ones exit at once; one still in a job after `idle_s` gets SIGTERM, gives its job
+        back to the queue (resumable from its checkpoint) and exits; one that has not after `timeout` is killed."""
         self.stop.set()
+        deadline = time.monotonic() + idle_s
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
         deadline = time.monotonic() + timeout
         for p in self.procs:
             p.join(max(0.1, deadline - time.monotonic()))

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # A method object may carry its own `cost` attribute; unknown methods come after these, by name.
 COST_RANK = {"original": 0, "bottlenet_pp": 1, "two_step_pruning": 2, "three_step": 3}
 PRIORITY_STRIDE = 1000  # priority = cost rank * stride + position within the method's variants
+# Variants that train a learned encoder (`enc_*` knobs) cost minutes each: they come after every other variant of
+# every method, so the plane fills in with the cheap rows first.
+ENCODER_TIER = len(COST_RANK) + 1
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ class Planned:
 
 def plan(profile: str, base: BaseModelConfig, data: str | None = None, methods: Iterable[str] | None = None,
          splits: Iterable[str] | None = None, grid: Grid | None = None) -> list[Planned]:
-    """The sweep of `profile` for this base model, cheapest first. `methods` and `splits` narrow it."""
+    """The sweep of `profile` for this base model, cheapest first (methods by cost rank, variants that train an
+    encoder after all others). `methods` and `splits` narrow it."""
     grid = grid or GRIDS.get(profile)
     only = None if splits is None else list(splits)
     out: list[Planned] = []
@@ -129,8 +133,14 @@ def plan(profile: str, base: BaseModelConfig, data: str | None = None, methods: 
             mg = MethodGrid(tuple(only), mg.knobs)
         rank = method_cost(name)[0]
         for i, v in enumerate(method_variants(name, base, mg)):
-            out.append(Planned(JobSpec.for_variant(v, profile, data), int(rank * PRIORITY_STRIDE) + i))
-    return out
+            tier = ENCODER_TIER if trains_encoder(v) else 0
+            out.append(Planned(JobSpec.for_variant(v, profile, data), int((tier + rank) * PRIORITY_STRIDE) + i))
+    return sorted(out, key=lambda p: p.priority)
+
+
+def trains_encoder(cfg: VariantConfig) -> bool:
+    """Whether a variant trains a learned feature encoder (it has `enc_*` knobs): the expensive kind."""
+    return any(k.startswith("enc_") for k in dict(cfg.knobs))
 
 
 def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, data: str | None = None,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -288,6 +290,43 @@ def test_an_ignored_cancel_gets_the_worker_killed(qenv: Path, small_data: ImageD
     assert job.status == "cancelled" and "grace period" in job.message
     assert s.id not in ResultsStore()
     assert queue.retry(s.id) == "queued"
+
+
+def test_a_terminated_sweep_stops_its_workers_and_gives_the_job_back(qenv: Path, small_data: ImageData) -> None:
+    """SIGTERM to a running `python -m engine sweep`: the command ends, its worker processes end too (none keeps
+    training in the background), and the job it was running is queued again at once, not after its lease."""
+    profile = PROFILES.get("smoke")
+    base = dataclasses.replace(profile.base_config(small_data.fingerprint), lr=0.12, epochs=3)  # not trained: slow
+    s = one_variant("original", "server_only", "smoke", base, os.environ["COINFER_DATA"]).spec
+    queue = JobQueue()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    code = ("import sys, dataclasses; from engine.jobs import JobQueue, WorkerOptions, interrupt_on_terminate; "
+            "from engine.jobs import JobSpec; from engine.sweep import run_local; interrupt_on_terminate(); "
+            f"q = JobQueue(); q.submit([JobSpec.from_json({s.to_json()!r})]); "
+            f"run_local(q, [{s.id!r}], 1, WorkerOptions(threads=1, lease_s=600, heartbeat_s=0.2, poll_s=0.1))")
+    sweep = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    try:
+        wait_until(lambda: (job := queue.get(s.id)) is not None and "loss" in job.message, 120,
+                   "the worker's first training batches")
+        worker_pid = queue.get(s.id).worker_pid
+        assert worker_pid != sweep.pid and os.getpgid(worker_pid) == sweep.pid  # a child of the sweep
+        sweep.send_signal(signal.SIGTERM)
+        assert sweep.wait(60) is not None
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    wait_until(lambda: not _alive(worker_pid), 30, "the worker to exit")
+    job = queue.get(s.id)
+    assert job.status == "queued" and job.attempts == 0, (job.status, job.message)  # lease was 600 s: released
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, ended but not yet reaped by whoever adopted it, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.slow
