@@ -168,6 +168,28 @@ def test_encoded_bundle_reproduces_bottlenet_pp(ctx: RunContext, tmp_path: Path)
     assert torch.equal(bundle.predict(images), _eager_labels(ctx, cfg, images))
 
 
+def test_jscc_bundle_runs_over_its_simulated_channel(ctx: RunContext, tmp_path: Path) -> None:
+    """A trained AWGN JSCC variant, exported and run: the device sends its 2k real channel inputs, the server passes
+    them through the AWGN channel the bundle names (at the nominal SNR) before decoding. With an ideal channel the
+    labels are the eager model's noiseless ones; with the named channel they come out of the noise."""
+    from engine.coinference import CoinferenceServer, DeviceClient, live_session
+    from engine.jscc import JsccConfig, fig5_variants
+
+    base = ctx.profile.base_config(ctx.data.fingerprint)
+    cfg = next(v for v in fig5_variants(base, "smoke", channels=("awgn",)) if dict(v.knobs)["jscc_channel"] == "awgn")
+    jc = JsccConfig.from_knobs(cfg.knobs)
+    bundle = load_bundle(write_bundle(cfg, ctx, tmp_path / "jscc"))
+    assert bundle.coding == "analog" and bundle.meta["channel"]["name"] == "awgn"
+    assert bundle.meta["channel"]["snr_db"] == jc.nominal
+    images, labels = ctx.data.test_x[:12], ctx.data.test_y[:12].tolist()
+    noisy = live_session(bundle, images, labels, rate_bps=8e6)
+    assert [t.payload_bytes for t in noisy.timings] == [4 * 2 * jc.uses] * len(images)  # float32, k complex uses
+    with CoinferenceServer(bundle, channel=lambda x: x) as srv, DeviceClient(bundle, *srv.address, 8e6) as client:
+        ideal = client.run(images, labels)
+    assert [t.label for t in ideal.timings] == _eager_labels(ctx, cfg, images).tolist()  # deploy() has no channel
+    assert noisy.accuracy is not None and 0.0 <= noisy.accuracy <= 1.0
+
+
 def _tamper_zip(path: Path, member: str) -> None:
     with zipfile.ZipFile(path) as zf:
         files = {n: zf.read(n) for n in zf.namelist()}
