@@ -364,6 +364,7 @@ def start_jobs(specs: Iterable[jobq.JobSpec], priorities: Iterable[int] | int = 
     queue = job_queue()
     ids = queue.submit(list(specs), priorities if isinstance(priorities, int) else list(priorities),
                        requeue_finished=True)
+    queue.resume()  # asking for jobs from the page is asking for them to run
     jobq.ensure_worker(queue)
     return ids
 
@@ -386,10 +387,12 @@ def progress_strip(base_id: str, shown: frozenset[str]) -> None:
         batch = [j for j in jobs if j.status in jobq.ACTIVE or (j.finished and j.id not in shown)]
         fraction = sum(1.0 if j.finished else j.progress for j in batch) / max(len(batch), 1)
         running = [j for j in active if j.status in ("running", "cancelling")]
+        paused = job_queue().paused()
+        waiting = "the queue is paused (the Jobs page resumes it)" if paused else "waiting for a worker"
         text = f"{len(batch) - len(active)}/{len(batch)} variants finished · " + (
-            f"{running[0].method} @ {running[0].split}: {running[0].message}" if running else "waiting for a worker")
+            f"{running[0].method} @ {running[0].split}: {running[0].message}" if running else waiting)
         st.progress(min(fraction, 1.0), text=text)
-        if not running and not job_queue().live_workers():
+        if not running and not paused and not job_queue().live_workers():
             jobq.ensure_worker(job_queue())
     failed = [j for j in jobs if j.status == "failed"]
     if failed:

@@ -38,6 +38,7 @@ with st.expander("Start jobs", expanded=True):
                 planned = sweep.plan(env.profile, base, ui.data_path(), methods=methods)
                 queued, measured = sweep.submit(ui.job_queue(), planned, ui.results_store())
                 if queued:
+                    ui.job_queue().resume()
                     jobq.ensure_worker(ui.job_queue())
                 st.success(f"Queued {len(queued)} variant(s); {len(measured)} were measured before.")
             except UserError as exc:
@@ -68,9 +69,15 @@ def _cancel(job_id: str) -> None:
 def _retry(job_id: str) -> None:
     try:
         ui.job_queue().retry(job_id)
+        ui.job_queue().resume()
         jobq.ensure_worker(ui.job_queue())
     except UserError as exc:
         st.session_state["_job_error"] = str(exc)
+
+
+def _resume() -> None:
+    ui.job_queue().resume()
+    jobq.ensure_worker(ui.job_queue())
 
 
 @st.fragment(run_every=2.0)
@@ -84,8 +91,15 @@ def job_list(base_id: str | None) -> None:
     workers = queue.live_workers()
     st.markdown(" · ".join(f"{ICONS[s]} {n} {s}" for s, n in counts.items() if n) or "No jobs yet.")
     st.caption(f"{len(workers)} worker(s) alive")
-    if counts["queued"] and not workers and st.button("Start a worker"):
-        jobq.ensure_worker(queue)
+    if (reason := queue.paused()) is not None:
+        st.info(f"The queue is paused: {reason}. Running jobs go on; queued ones wait.")
+        st.button("Resume the queue", on_click=_resume)
+    elif counts["queued"]:
+        c1, c2, _ = st.columns([1, 1, 4])
+        if not workers and c1.button("Start a worker"):
+            jobq.ensure_worker(queue)
+        c2.button("Pause the queue", on_click=lambda: queue.pause("paused from the Jobs page"),
+                  help="running jobs go on; queued ones wait, and no worker starts on its own")
     order = {"running": 0, "cancelling": 0, "queued": 1, "failed": 2}
     jobs = sorted(jobs, key=lambda j: (order.get(j.status, 3), -(j.finished_at or j.submitted_at)))
     now = time.time()

@@ -88,7 +88,7 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", help="run the jobs on the Dask cluster at this address, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--force", action="store_true", help="measure again the variants already in the results store")
 
-    p = sub.add_parser("jobs", help="the job queue: list, show, cancel, retry, submit, clean")
+    p = sub.add_parser("jobs", help="the job queue: list, show, cancel, retry, submit, clean, pause, resume")
     actions = p.add_subparsers(dest="action")
     q = actions.add_parser("list", help="jobs in claim order (the default action)")
     q.add_argument("--status", choices=STATUSES, action="append", help="only jobs in this state (repeatable)")
@@ -112,6 +112,9 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                    help="a knob of the method, e.g. bits=4 (repeatable; values are read as JSON when they can be)")
     actions.add_parser("clean", help="remove done and cancelled jobs from the table (results stay)")
+    actions.add_parser("pause", help="hand out no more jobs (running ones go on, queued ones wait) until resume; "
+                                     "nothing starts a worker on its own meanwhile")
+    actions.add_parser("resume", help="hand out jobs again")
 
     p = sub.add_parser("worker", help="take jobs from the queue and run them until stopped (Ctrl-C)")
     p.add_argument("--processes", type=_non_negative_int, default=1, help="worker processes (default 1)")
@@ -383,6 +386,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         workers = queue.live_workers()
         print(f"{len(workers)} live worker(s)" + (": " + ", ".join(f"pid {w['pid']}" for w in workers)
                                                    if workers else "; start one with `python -m engine worker`"))
+        if (reason := queue.paused()) is not None:
+            print(f"the queue is paused ({reason})")
         return 0
     if args.action == "show":
         job = queue.resolve(args.id)
@@ -436,6 +441,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.action == "clean":
         print(f"removed {queue.delete_finished()} done or cancelled jobs")
         return 0
+    if args.action == "pause":
+        queue.pause("paused by hand; `python -m engine jobs resume` goes on")
+        print("paused: running jobs go on, queued ones wait for `python -m engine jobs resume`")
+        return 0
+    if args.action == "resume":
+        print("resumed: workers take queued jobs again" if queue.resume() else "the queue was not paused")
+        return 0
     raise UserError(f"unknown jobs action {args.action!r}")
 
 
@@ -452,6 +464,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     pool = WorkerPool(queue, args.processes, options)
     print(f"worker: {args.processes} process(es) on {queue.path}"
           + (f", exiting after {args.idle_exit:g} s idle" if args.idle_exit else "; Ctrl-C to stop"), flush=True)
+    if (reason := queue.paused()) is not None:
+        print(f"the queue is paused ({reason}): this worker waits until `python -m engine jobs resume`", flush=True)
     pool.run(keep_alive=args.idle_exit is None)
     return 0
 

@@ -389,10 +389,13 @@ class JobQueue:
 
     def claim(self, worker: str, pid: int | None = None, lease_s: float = LEASE_S,
               ids: Iterable[str] | None = None) -> Job | None:
-        """Atomically take the first queued job (of `ids`, if given) and mark it running under a fresh lease."""
+        """Atomically take the first queued job (of `ids`, if given) and mark it running under a fresh lease;
+        None when there is none or the queue is paused."""
         now = time.time()
         with self._tx() as conn:
             self._reap(conn, now)
+            if conn.execute("SELECT 1 FROM meta WHERE key='paused'").fetchone() is not None:
+                return None
             sql, args = "SELECT id FROM jobs WHERE status='queued'", []
             if ids is not None:
                 ids = list(ids)
@@ -515,6 +518,25 @@ class JobQueue:
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM workers WHERE heartbeat + lease_s >= ?", (time.time(),)).fetchall()
         return [dict(r) for r in rows]
+
+    # -- pause -----------------------------------------------------------------------------------------------
+
+    def pause(self, reason: str = "paused") -> None:
+        """Stop handing out jobs (running ones go on; queued ones stay queued) until `resume`: workers idle, and
+        nothing starts a worker on its own (the dashboard does when jobs wait and no worker is alive)."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('paused', ?)", (reason or "paused",))
+
+    def resume(self) -> bool:
+        """Hand out jobs again; True when the queue was paused."""
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM meta WHERE key='paused'").rowcount == 1
+
+    def paused(self) -> str | None:
+        """Why the queue is paused, or None when it is not."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='paused'").fetchone()
+        return None if row is None else str(row[0])
 
     def claim_spawn(self, guard_s: float = WORKER_SPAWN_GUARD_S) -> bool:
         """True for the one caller that may start a worker now: none is alive and none was started within
@@ -922,8 +944,9 @@ def worker_log_dir() -> Path:
 
 
 def ensure_worker(queue: JobQueue, idle_exit_s: float = 300.0) -> int | None:
-    """Start a detached `python -m engine worker` unless one is alive (or was just started); returns its pid."""
-    if not queue.claim_spawn():
+    """Start a detached `python -m engine worker` unless one is alive (or was just started) or the queue is paused;
+    returns its pid."""
+    if queue.paused() is not None or not queue.claim_spawn():
         return None
     log_dir = worker_log_dir()
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -358,15 +358,22 @@ def run(planned: list[Planned], *, queue: JobQueue | None = None, store: Results
     store = ResultsStore() if store is None else store  # an empty store is falsy
     start, t0 = time.perf_counter(), time.time()
     ids, measured = submit(queue, planned, store, force)
-    if not ids:
-        jobs: list[Job] = []
-    elif scheduler is not None:
-        jobs = run_dask(queue, store, ids, scheduler, on_update)
-    elif workers > 0:
-        options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),
-                                           console_level=logging.WARNING)
-        jobs = run_local(queue, ids, workers, dataclasses.replace(options, store_path=str(store.path)), on_update)
-    else:
-        jobs = queue.jobs(ids)
+    if ids and (workers > 0 or scheduler is not None) and queue.resume():
+        log.info("the job queue was paused; running a sweep resumes it")
+    try:
+        if not ids:
+            jobs: list[Job] = []
+        elif scheduler is not None:
+            jobs = run_dask(queue, store, ids, scheduler, on_update)
+        elif workers > 0:
+            options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),
+                                               console_level=logging.WARNING)
+            jobs = run_local(queue, ids, workers, dataclasses.replace(options, store_path=str(store.path)),
+                             on_update)
+        else:
+            jobs = queue.jobs(ids)
+    except KeyboardInterrupt:  # stopped by hand: its jobs stay queued, and nothing restarts them behind its back
+        queue.pause("the sweep was interrupted; run it again, or `python -m engine jobs resume`")
+        raise
     done = [j.finished_at for j in jobs if j.status == "done" and j.finished_at]
     return SweepReport(planned, measured, jobs, time.perf_counter() - start, min(done) - t0 if done else None)

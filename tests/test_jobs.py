@@ -300,10 +300,10 @@ def test_a_terminated_sweep_stops_its_workers_and_gives_the_job_back(qenv: Path,
     s = one_variant("original", "server_only", "smoke", base, os.environ["COINFER_DATA"]).spec
     queue = JobQueue()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    code = ("import sys, dataclasses; from engine.jobs import JobQueue, WorkerOptions, interrupt_on_terminate; "
-            "from engine.jobs import JobSpec; from engine.sweep import run_local; interrupt_on_terminate(); "
-            f"q = JobQueue(); q.submit([JobSpec.from_json({s.to_json()!r})]); "
-            f"run_local(q, [{s.id!r}], 1, WorkerOptions(threads=1, lease_s=600, heartbeat_s=0.2, poll_s=0.1))")
+    code = ("from engine.jobs import JobSpec, WorkerOptions, interrupt_on_terminate; "
+            "from engine.sweep import Planned, run; interrupt_on_terminate(); "
+            f"run([Planned(JobSpec.from_json({s.to_json()!r}), 0)], workers=1, "
+            "options=WorkerOptions(threads=1, lease_s=600, heartbeat_s=0.2, poll_s=0.1))")
     sweep = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     try:
         wait_until(lambda: (job := queue.get(s.id)) is not None and "loss" in job.message, 120,
@@ -318,7 +318,27 @@ def test_a_terminated_sweep_stops_its_workers_and_gives_the_job_back(qenv: Path,
     wait_until(lambda: not _alive(worker_pid), 30, "the worker to exit")
     job = queue.get(s.id)
     assert job.status == "queued" and job.attempts == 0, (job.status, job.message)  # lease was 600 s: released
+    # the interrupted sweep paused the queue: nothing takes its job or starts a worker behind the user's back
+    assert "interrupted" in queue.paused()
+    assert queue.claim("w", 1) is None and jobs_mod.ensure_worker(queue) is None
+    assert queue.resume() and queue.paused() is None
+    assert queue.claim("w", 1).id == s.id
 
+
+def test_a_paused_queue_hands_out_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COINFER_CACHE", str(tmp_path))
+    queue = JobQueue()
+    queue.submit([spec("conv3_x"), spec("conv4_x")])
+    first = queue.claim("w1", 1)
+    assert main(["jobs", "pause"]) == 0
+    assert "by hand" in queue.paused()
+    assert queue.claim("w2", 2) is None  # queued jobs wait; the running one goes on
+    assert queue.get(first.id).status == "running"
+    assert main(["jobs", "list"]) == 0 and "the queue is paused" in capsys.readouterr().out
+    assert main(["jobs", "resume"]) == 0 and queue.paused() is None
+    assert main(["jobs", "resume"]) == 0 and "was not paused" in capsys.readouterr().out
+    assert queue.claim("w2", 2) is not None
 
 def _alive(pid: int) -> bool:
     """Whether a process runs (a zombie, ended but not yet reaped by whoever adopted it, does not)."""

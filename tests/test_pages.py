@@ -372,6 +372,12 @@ def test_jobs_page_queues_cancels_and_retries(fresh_cache: Path, small_data: Ima
     assert "the data went away" in at.error[0].value
     widget(at, "button", "Queue the smoke sweep").click().run()
     assert "Queued" in at.success[0].value
+    # pause: queued jobs wait and no worker is started for them until the queue is resumed
+    widget(at, "button", "Pause the queue").click().run()
+    assert queue.paused() == "paused from the Jobs page" and "The queue is paused" in at.info[0].value
+    asked = len(no_worker)
+    widget(at, "button", "Resume the queue").click().run()
+    assert queue.paused() is None and len(no_worker) == asked + 1
 
 
 # -- export and import ------------------------------------------------------------------------------------------
