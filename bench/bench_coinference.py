@@ -8,7 +8,8 @@ measured mean, and of the model with `engine.latency.Overheads`: the bundle's co
 test images than the session's), the protocol's framing bytes and the runtime's fixed per-image cost measured by a
 null session at the same rate (`engine.coinference.runtime_overhead_s`).
 Run: python bench/bench_coinference.py [--profile quick] [--data PATH] [--rates 10kB/s 40kB/s 100kB/s]
-                                       [--images 40] [--threads 1] [--drop 0.02] [--methods ...] [--ids ID ...]"""
+                                       [--images 40] [--threads 1] [--drop 0.02] [--methods ...] [--splits conv4_x]
+                                       [--ids ID ...]"""
 
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the device and of the server")
     parser.add_argument("--drop", type=float, default=0.02, help="accuracy drop allowed below the base model")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--splits", nargs="*", default=[],
+                        help="also each method's best variant at these splits (the paper's Fig. 4 split: conv4_x)")
     parser.add_argument("--ids", nargs="*", default=[], help="variants to measure at every rate besides the best ones "
                                                               "(id prefixes)")
     args = parser.parse_args(argv)
@@ -92,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     plan: dict[str, tuple[pd.Series, list[float]]] = {}
     for rate_text in args.rates:
         rate = to_rate_bps(rate_text)
-        for _, row in best_per_method(table, cpu, cpu, rate, threshold).iterrows():
-            plan.setdefault(str(row["id"]), (row, []))[1].append(rate)
+        for subset in [table, *(table[table["split"] == s] for s in args.splits)]:
+            for _, row in best_per_method(subset, cpu, cpu, rate, threshold).iterrows():
+                rates = plan.setdefault(str(row["id"]), (row, []))[1]
+                if rate not in rates:
+                    rates.append(rate)
     for prefix in args.ids:
         match = table[table["id"].str.startswith(prefix)]
         if len(match) != 1:
