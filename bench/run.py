@@ -41,7 +41,8 @@ BENCHES = (
     Bench("tradeoff", "Trade-off figures of the quick profile",
           ("bench/bench_tradeoff.py", "--profile", "quick", "--data", "DATA")),
     Bench("coinference", "Real co-inference against the latency model",
-          ("bench/bench_coinference.py", "--profile", "quick", "--data", "DATA", "--splits", "conv4_x", "conv5_x", "server_only")),
+          ("bench/bench_coinference.py", "--profile", "quick", "--data", "DATA",
+           "--splits", "conv4_x", "conv5_x", "server_only")),
     Bench("pages", "Dashboard speed", ("bench/bench_pages.py", "--rows", "2000", "--repeats", "5", "--data", "DATA")),
 )
 

@@ -1,4 +1,7 @@
 import math
+import sys
+import threading
+import time
 
 import torch
 from torch import nn
@@ -55,6 +58,30 @@ def test_peak_activation_is_measured() -> None:
     x = torch.zeros(1, 3, 32, 32)
     feature_bytes = 4 * 16 * 32 * 32
     assert peak_activation_bytes(device, x) >= 3 * feature_bytes
+
+
+def test_peak_activation_ignores_a_sampling_profiler() -> None:
+    """A thread that samples the other threads' frames (as Dask workers do every 10 ms) keeps a frame, and its
+    tensors, alive for a moment if the call returns meanwhile: the measured peak must not depend on it."""
+    device, _ = split(CifarResNet18(0.125).eval(), "conv4_x")
+    x = torch.zeros(1, 3, 32, 32)
+    quiet = peak_activation_bytes(device, x)
+    stop = threading.Event()
+
+    def sample() -> None:  # every 10 ms, hold the other threads' frames for 1 ms
+        me = threading.get_ident()
+        while not stop.wait(0.01):
+            held = [f for ident, f in sys._current_frames().items() if ident != me]
+            time.sleep(0.001)
+            del held
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        assert {peak_activation_bytes(device, x) for _ in range(20)} == {quiet}
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def test_profile_memory_is_params_plus_activations() -> None:
