@@ -464,22 +464,13 @@ class _NullDevice(nn.Module):
         return torch.zeros(x.shape[0], 1, dtype=torch.int64)
 
 
-class _NullServer(nn.Module):
-    """A server program that turns the received label into one-hot logits."""
-
-    def __init__(self, classes: int) -> None:
-        super().__init__()
-        self.classes = classes
-
-    def forward(self, label: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(label[:, 0].long(), self.classes).float()
-
-
 def null_bundle(input_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10) -> Bundle:
     """An in-memory bundle whose programs compute nothing: its sessions measure the runtime alone."""
+    from engine.methods.original import OneHotLogits
+
     meta = {"id": NULL_BUNDLE_ID, "coding": "label", "num_classes": classes, "input_shape": list(input_shape)}
     return Bundle(Path(NULL_BUNDLE_ID), {}, meta, {}, {}, torch.jit.script(_NullDevice()),
-                  torch.jit.script(_NullServer(classes)), None)
+                  torch.jit.script(OneHotLogits(classes)), None)
 
 
 def runtime_overhead_s(rate_bps: float, images: int = 50, input_shape: tuple[int, int, int] = (3, 32, 32),

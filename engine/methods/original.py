@@ -65,7 +65,7 @@ class Original:
             return Deployed(None, model, "png")
         if cfg.split == "device_only":
             classes = ctx.data.num_classes
-            return Deployed(_Label(model), _OneHot(classes), "label", symbols_per_image=1, alphabet_size=classes)
+            return Deployed(_Label(model), OneHotLogits(classes), "label", symbols_per_image=1, alphabet_size=classes)
         device, server = split(model, cfg.split)
         return deploy_uniform_huffman(device, server, cfg, ctx)
 
@@ -81,8 +81,8 @@ class _Label(nn.Module):
         return self.model(x).argmax(1, keepdim=True)
 
 
-class _OneHot(nn.Module):
-    """device_only's server: the received label as one-hot logits."""
+class OneHotLogits(nn.Module):
+    """device_only's server (and the null session's): the received label [B, 1] as one-hot logits."""
 
     def __init__(self, classes: int) -> None:
         super().__init__()
