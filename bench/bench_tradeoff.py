@@ -25,7 +25,7 @@ from engine.report import claim_by_split, dominated_points  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
 
 RATES_KBPS = (10, 40, 100, 1000)
-CODINGS = {"none": "8-bit+Huffman", "two_step": "learned encoder", "jscc": "JSCC"}
+CODINGS = {"two_step": "learned encoder", "jscc": "JSCC"}  # encoder "none": uniform quantisation + Huffman
 
 
 def _ms(v: object) -> str:
@@ -45,7 +45,8 @@ def in_split_order(rows: pd.DataFrame) -> pd.DataFrame:
 def setting(row: pd.Series) -> str:
     knobs = row["knobs"] if isinstance(row["knobs"], dict) else {}
     if row["method"] == "three_step":
-        coding = CODINGS.get(str(knobs.get("encoder", "none")), str(knobs.get("encoder")))
+        encoder = str(knobs.get("encoder", "none"))
+        coding = f"{knobs.get('bits', 8)}-bit+Huffman" if encoder == "none" else CODINGS.get(encoder, encoder)
         level = row.get("level")
         return f"level {int(level)} {coding}" if pd.notna(level) and level >= 0 else f"unpruned {coding}"
     if row["method"] == "two_step_pruning":
