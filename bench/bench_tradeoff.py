@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.config import PROFILES  # noqa: E402
+from engine.methods.three_step import BUDGETS  # noqa: E402
 from engine.models import SPLIT_POINTS  # noqa: E402
 from engine.pareto import latency_vs_rate  # noqa: E402
 from engine.report import claim_by_split, dominated_points  # noqa: E402
@@ -42,13 +43,16 @@ def in_split_order(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(_split=rows["split"].map(order)).sort_values(["_split", "method"], kind="stable")
 
 
-def setting(row: pd.Series) -> str:
+def setting(row: pd.Series, budget: dict | None = None) -> str:
+    """A row's knobs in a few words; pruning knobs that differ from the grid's `budget` are named."""
     knobs = row["knobs"] if isinstance(row["knobs"], dict) else {}
     if row["method"] == "three_step":
         encoder = str(knobs.get("encoder", "none"))
         coding = f"{knobs.get('bits', 8)}-bit+Huffman" if encoder == "none" else CODINGS.get(encoder, encoder)
         level = row.get("level")
-        return f"level {int(level)} {coding}" if pd.notna(level) and level >= 0 else f"unpruned {coding}"
+        text = f"level {int(level)} {coding}" if pd.notna(level) and level >= 0 else f"unpruned {coding}"
+        other = {k: knobs[k] for k in (budget or {}) if k in knobs and knobs[k] != budget[k]}
+        return text + (" (" + ", ".join(f"{k}={v}" for k, v in other.items()) + ")" if other else "")
     if row["method"] == "two_step_pruning":
         return f"step1 {knobs.get('step1')}"
     if row["method"] == "bottlenet_pp":
@@ -56,7 +60,7 @@ def setting(row: pd.Series) -> str:
     return "base"
 
 
-def pruning_section(rows: pd.DataFrame) -> str:
+def pruning_section(rows: pd.DataFrame, budget: dict | None = None) -> str:
     out = ["| split | method | setting | channel sparsity | device MFLOPs | FLOPs reduction | device memory kB | "
            "device CPU ms | bits/image | test acc |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     keep = rows[rows["method"].isin(["original", "three_step", "two_step_pruning"])]
@@ -67,14 +71,14 @@ def pruning_section(rows: pd.DataFrame) -> str:
         for _, r in at.sort_values(["_rank", "device_flops"], ascending=[True, False]).iterrows():
             sparsity = r.get("sparsity", 0.0)
             reduction = r.get("flops_reduction")
-            out.append(f"| {s} | {r['method']} | {setting(r)} | {0.0 if pd.isna(sparsity) else sparsity:.3f} | "
+            out.append(f"| {s} | {r['method']} | {setting(r, budget)} | {0.0 if pd.isna(sparsity) else sparsity:.3f} | "
                        f"{r['device_flops'] / 1e6:.2f} | {'1.00' if pd.isna(reduction) else f'{reduction:.2f}'}x | "
                        f"{r['device_memory_bytes'] / 1e3:,.0f} | {_ms(r.get('device_cpu_seconds'))} | "
                        f"{r['bits_actual']:,.1f} | {_pct(r['accuracy'])} |")
     return "\n".join(out)
 
 
-def claim_section(rows: pd.DataFrame, threshold: float) -> str:
+def claim_section(rows: pd.DataFrame, threshold: float, budget: dict | None = None) -> str:
     claim = claim_by_split(rows, threshold)
     out = [f"Threshold {_pct(threshold)} (base minus the allowed drop). Per split, `three_step`'s variant with the "
            "fewest bits at or above it, and the baselines' rows at the same split that dominate it (no more device "
@@ -92,7 +96,7 @@ def claim_section(rows: pd.DataFrame, threshold: float) -> str:
             "| split | method | setting | bits/image (ideal) | device MFLOPs | test acc |",
             "|---|---|---|---:|---:|---:|"]
     for _, r in in_split_order(best).iterrows():
-        out.append(f"| {r['split']} | {r['method']} | {setting(r)} | {r['bits_actual']:,.1f} "
+        out.append(f"| {r['split']} | {r['method']} | {setting(r, budget)} | {r['bits_actual']:,.1f} "
                    f"({r['bits_ideal']:,.1f}) | {r['device_flops'] / 1e6:.2f} | {_pct(r['accuracy'])} |")
     beaten = dominated_points(rows, threshold)
     above = int(((rows["method"] == "three_step") & (rows["accuracy"] >= threshold)).sum())
@@ -145,9 +149,10 @@ def main(argv: list[str] | None = None) -> None:
           "rows: "
           + ", ".join(f"{m} {n}" for m, n in counts.items()) + ".\n")
     print("### Pruning at each split\n")
-    print(pruning_section(rows))
+    budget = BUDGETS[profile.name].knobs() if profile.name in BUDGETS else None
+    print(pruning_section(rows, budget))
     print("\n### Best variant per split and the paper's claim\n")
-    print(claim_section(rows, threshold))
+    print(claim_section(rows, threshold, budget))
     print("\n### Figure 4: latency against link rate\n")
     print(latency_section(rows, threshold))
 
