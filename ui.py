@@ -364,9 +364,16 @@ def start_jobs(specs: Iterable[jobq.JobSpec], priorities: Iterable[int] | int = 
     queue = job_queue()
     ids = queue.submit(list(specs), priorities if isinstance(priorities, int) else list(priorities),
                        requeue_finished=True)
-    queue.resume()  # asking for jobs from the page is asking for them to run
-    jobq.ensure_worker(queue)
+    run_queue()
     return ids
+
+
+def run_queue() -> None:
+    """Resume the job queue and make sure a worker takes its jobs: asking for jobs from a page is asking for them
+    to run."""
+    queue = job_queue()
+    queue.resume()
+    jobq.ensure_worker(queue)
 
 
 def eta_seconds(progress: float, started_at: float | None, now: float | None = None) -> float | None:

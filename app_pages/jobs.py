@@ -38,8 +38,7 @@ with st.expander("Start jobs", expanded=True):
                 planned = sweep.plan(env.profile, base, ui.data_path(), methods=methods)
                 queued, measured = sweep.submit(ui.job_queue(), planned, ui.results_store())
                 if queued:
-                    ui.job_queue().resume()
-                    jobq.ensure_worker(ui.job_queue())
+                    ui.run_queue()
                 st.success(f"Queued {len(queued)} variant(s); {len(measured)} were measured before.")
             except UserError as exc:
                 st.error(str(exc))
@@ -69,15 +68,9 @@ def _cancel(job_id: str) -> None:
 def _retry(job_id: str) -> None:
     try:
         ui.job_queue().retry(job_id)
-        ui.job_queue().resume()
-        jobq.ensure_worker(ui.job_queue())
+        ui.run_queue()
     except UserError as exc:
         st.session_state["_job_error"] = str(exc)
-
-
-def _resume() -> None:
-    ui.job_queue().resume()
-    jobq.ensure_worker(ui.job_queue())
 
 
 @st.fragment(run_every=2.0)
@@ -93,7 +86,7 @@ def job_list(base_id: str | None) -> None:
     st.caption(f"{len(workers)} worker(s) alive")
     if (reason := queue.paused()) is not None:
         st.info(f"The queue is paused: {reason}. Running jobs go on; queued ones wait.")
-        st.button("Resume the queue", on_click=_resume)
+        st.button("Resume the queue", on_click=ui.run_queue)
     elif counts["queued"]:
         c1, c2, _ = st.columns([1, 1, 4])
         if not workers and c1.button("Start a worker"):
