@@ -190,50 +190,58 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
 def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = None, *,
                         selected: Mapping | None = None) -> go.Figure:
     """End-to-end latency of each method's best qualifying variant against the link rate (Shao & Zhang 2020,
-    Fig. 4), rates shown in kB/s as in the paper; `curves` is `engine.pareto.latency_vs_rate`'s tidy table. The
-    chosen rate is a dotted line; `selected` (a `latency_table` row) is a star at that rate."""
-    fig = go.Figure(_validate=False)  # see _scatter
+    Fig. 4), rates shown in kB/s as in the paper; `curves` is `engine.pareto.latency_vs_rate`'s tidy table. Each
+    method's curve is a line (hover on every rate) with a marker where each variant becomes the method's best:
+    few marks to draw however fine the rate grid, one to click per variant. The chosen rate is a dotted line;
+    `selected` (a `latency_table` row) is a star at that rate."""
+    traces, shapes, annotations = [], [], []
     for method, group in curves.groupby("method", sort=False):
-        fig.add_trace(_scatter(
-            x=group["rate"] / 8e3, y=group["latency"], mode="lines+markers", name=method,
-            line={"color": METHOD_COLORS.get(method, "#444"), "shape": "linear"}, customdata=group["id"],
-            hovertext=[f"<b>{method}</b> @ {r.split}<br>{r.rate / 8e3:,.3g} kB/s: {r.latency * 1e3:,.2f} ms "
-                       f"(device {r.t_device * 1e3:,.2f} + link {r.t_transmit * 1e3:,.2f} + server "
-                       f"{r.t_server * 1e3:,.3f})<br>accuracy {r.accuracy:.2%}, {r.bits:,.0f} bits<br>id {r.id}"
-                       for r in group.itertuples()],
-            hoverinfo="text",
-        ))
+        color = METHOD_COLORS.get(method, "#444")
+        kbps, latency, ids = group["rate"].to_numpy() / 8e3, group["latency"].to_numpy(), group["id"].to_numpy()
+        hover = [f"<b>{method}</b> @ {split}<br>{k:,.3g} kB/s: {t * 1e3:,.2f} ms (device {d * 1e3:,.2f} + link "
+                 f"{x * 1e3:,.2f} + server {s * 1e3:,.3f})<br>accuracy {a:.2%}, {b:,.0f} bits<br>id {i}"
+                 for split, k, t, d, x, s, a, b, i in zip(group["split"], kbps, latency, group["t_device"],
+                                                          group["t_transmit"], group["t_server"], group["accuracy"],
+                                                          group["bits"], ids, strict=True)]
+        traces.append(_scatter(x=kbps, y=latency, mode="lines", name=method, legendgroup=method,
+                               line={"color": color}, customdata=ids, hovertext=hover, hoverinfo="text"))
+        first = np.r_[True, ids[1:] != ids[:-1]]
+        traces.append(_scatter(x=kbps[first], y=latency[first], mode="markers", name=f"{method} variants",
+                               legendgroup=method, showlegend=False, marker={"color": color, "size": 8},
+                               customdata=ids[first], hovertext=[h for h, f in zip(hover, first, strict=True) if f],
+                               hoverinfo="text"))
     if chosen_rate_bps:
-        fig.add_shape(type="line", xref="x", x0=chosen_rate_bps / 8e3, x1=chosen_rate_bps / 8e3, yref="paper", y0=0,
-                      y1=1, line={"dash": "dot", "color": "#555"})
-        fig.add_annotation(text=f"{chosen_rate_bps / 8e3:,.3g} kB/s", x=math.log10(chosen_rate_bps / 8e3), xref="x",
-                           y=1.0, yref="paper", yanchor="bottom", showarrow=False)  # log axis: log10 coordinates
+        shapes.append({"type": "line", "xref": "x", "x0": chosen_rate_bps / 8e3, "x1": chosen_rate_bps / 8e3,
+                       "yref": "paper", "y0": 0, "y1": 1, "line": {"dash": "dot", "color": "#555"}})
+        annotations.append({"text": f"{chosen_rate_bps / 8e3:,.3g} kB/s", "x": math.log10(chosen_rate_bps / 8e3),
+                            "xref": "x", "y": 1.0, "yref": "paper", "yanchor": "bottom",
+                            "showarrow": False})  # log axis: log10 coordinates
     if chosen_rate_bps and selected is not None and _fmt(selected.get("latency"), "g") is not None:
-        fig.add_trace(_scatter(
+        traces.append(_scatter(
             x=[chosen_rate_bps / 8e3], y=[selected["latency"]], mode="markers", name="selected",
             marker={"symbol": "star", "size": 18, "color": "#ffd700", "line": {"width": 2, "color": "#000"}},
             customdata=[selected.get("id")], hovertext=[hover_text(selected)], hoverinfo="text"))
-    fig.update_xaxes(type="log", title="link rate (kB/s)")
-    fig.update_yaxes(type="log", title="end-to-end latency (s)")
-    fig.update_layout(legend_title="method", hovermode="closest", height=460, margin={"l": 60, "r": 20, "t": 30,
-                                                                                       "b": 50})
-    return fig
+    layout = {"xaxis": {"type": "log", "title": {"text": "link rate (kB/s)"}},
+              "yaxis": {"type": "log", "title": {"text": "end-to-end latency (s)"}},
+              "legend": {"title": {"text": "method"}}, "hovermode": "closest", "height": 460,
+              "margin": {"l": 60, "r": 20, "t": 30, "b": 50}, "shapes": shapes, "annotations": annotations}
+    return go.Figure(data=traces, layout=layout, _validate=False)  # one figure, built once: see _scatter
 
 
 def latency_breakdown_figure(best: pd.DataFrame) -> go.Figure:
     """Stacked bars of device compute, transmission and server compute of each method's best variant, and of the
     measured coding and framing/runtime costs when the table has them (`engine.latency.Overheads`)."""
-    fig = go.Figure(_validate=False)  # see _scatter
-    labels = [f"{r.method} @ {r.split}" for r in best.itertuples()]
+    labels = [f"{m} @ {s}" for m, s in zip(best["method"], best["split"], strict=True)]
     terms = (("t_device", "device compute", "#9467bd"), ("t_coding", "entropy coding", "#8c564b"),
              ("t_transmit", "transmission", "#17becf"), ("t_overhead", "framing and runtime", "#7f7f7f"),
              ("t_server", "server compute", "#bcbd22"))
-    for column, name, color in (t for t in terms if t[0] in best.columns):
-        fig.add_trace(go.Bar(y=labels, x=best[column], name=name, orientation="h", marker_color=color, _validate=False,
-                             customdata=best.get("id"), hovertemplate="%{y}: %{x:.4g} s<extra>" + name + "</extra>"))
-    fig.update_layout(barmode="stack", height=90 + 40 * len(best), xaxis_title="seconds",
-                      margin={"l": 10, "r": 20, "t": 10, "b": 40}, legend_orientation="h")
-    return fig
+    ids = best["id"].tolist() if "id" in best else None
+    bars = [go.Bar(y=labels, x=best[column].to_numpy(), name=name, orientation="h", marker_color=color,
+                   customdata=ids, hovertemplate="%{y}: %{x:.4g} s<extra>" + name + "</extra>", _validate=False)
+            for column, name, color in terms if column in best.columns]
+    layout = {"barmode": "stack", "height": 90 + 40 * len(best), "xaxis": {"title": {"text": "seconds"}},
+              "margin": {"l": 10, "r": 20, "t": 10, "b": 40}, "legend": {"orientation": "h"}}
+    return go.Figure(data=bars, layout=layout, _validate=False)  # built once: see _scatter
 
 
 _CHROME_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
