@@ -198,11 +198,14 @@ def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = No
     for method, group in curves.groupby("method", sort=False):
         color = METHOD_COLORS.get(method, "#444")
         kbps, latency, ids = group["rate"].to_numpy() / 8e3, group["latency"].to_numpy(), group["id"].to_numpy()
-        hover = [f"<b>{method}</b> @ {split}<br>{k:,.3g} kB/s: {t * 1e3:,.2f} ms (device {d * 1e3:,.2f} + link "
-                 f"{x * 1e3:,.2f} + server {s * 1e3:,.3f})<br>accuracy {a:.2%}, {b:,.0f} bits<br>id {i}"
-                 for split, k, t, d, x, s, a, b, i in zip(group["split"], kbps, latency, group["t_device"],
-                                                          group["t_transmit"], group["t_server"], group["accuracy"],
-                                                          group["bits"], ids, strict=True)]
+        knobs = [", ".join(f"{k}={v}" for k, v in sorted(kn.items())) if isinstance(kn, Mapping) else ""
+                 for kn in group["knobs"]] if "knobs" in group else [""] * len(group)
+        hover = [f"<b>{method}</b> @ {split}{f'<br>knobs {kn}' if kn else ''}<br>{k:,.3g} kB/s: {t * 1e3:,.2f} ms "
+                 f"(device {d * 1e3:,.2f} + link {x * 1e3:,.2f} + server {s * 1e3:,.3f})<br>accuracy {a:.2%}, "
+                 f"{b:,.0f} bits<br>id {i}"
+                 for split, kn, k, t, d, x, s, a, b, i in zip(group["split"], knobs, kbps, latency, group["t_device"],
+                                                              group["t_transmit"], group["t_server"],
+                                                              group["accuracy"], group["bits"], ids, strict=True)]
         traces.append(_scatter(x=kbps, y=latency, mode="lines", name=method, legendgroup=method,
                                line={"color": color}, customdata=ids, hovertext=hover, hoverinfo="text"))
         first = np.r_[True, ids[1:] != ids[:-1]]

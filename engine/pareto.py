@@ -15,7 +15,8 @@ import pandas as pd
 from engine.errors import UserError
 from engine.latency import DeviceProfile, Overheads, latency_table, to_rate_bps
 
-RATE_COLUMNS = ("rate", "method", "id", "split", "latency", "t_device", "t_transmit", "t_server", "accuracy", "bits")
+RATE_COLUMNS = ("rate", "method", "id", "split", "knobs", "latency", "t_device", "t_transmit", "t_server", "accuracy",
+                "bits")
 _ORDER = ["latency", "device_flops", "id"]  # best first: lowest latency, then fewer device FLOPs, then id
 
 
@@ -91,7 +92,7 @@ def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: De
                     rates_bps: Iterable[float | str], threshold: float | None,
                     bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.DataFrame:
     """Each method's best qualifying variant at each link rate, as a tidy table (the paper's Fig. 4): columns
-    rate (bits/s), method, id, split, latency, t_device, t_transmit, t_server, accuracy, bits; sorted by rate
+    rate (bits/s), method, id, split, knobs, latency, t_device, t_transmit, t_server, accuracy, bits; sorted by rate
     then method. A method with no qualifying variant has no rows (feasibility does not depend on the rate). With
     `overheads`, latency counts each row's measured coding time and the framing and runtime costs too."""
     rates = [to_rate_bps(r) for r in rates_bps]
@@ -109,6 +110,8 @@ def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: De
         grid["latency"] += grid["t_coding"] + grid["t_overhead"]
     if "accuracy" not in grid.columns:
         grid["accuracy"] = np.nan
+    if "knobs" not in grid.columns:
+        grid["knobs"] = [{}] * len(grid)
     grid = grid.sort_values(["rate", *_ORDER], kind="stable", na_position="last")
     best = grid.drop_duplicates(["rate", "method"], keep="first")
     best = best.sort_values(["rate", "method"], kind="stable").reset_index(drop=True)
@@ -116,7 +119,7 @@ def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: De
 
 
 def _dtype(column: str) -> str:
-    return "object" if column in ("method", "id", "split") else "float64"
+    return "object" if column in ("method", "id", "split", "knobs") else "float64"
 
 
 def accuracy_threshold_default(base_accuracy: float, drop: float = 0.02) -> float:

@@ -298,6 +298,7 @@ def test_latency_page_best_per_method(synthetic: pd.DataFrame) -> None:
         # a clickable marker where each variant becomes the method's best (rising rate)
         ids = group["id"].tolist()
         assert shown[f"{method} variants"]["customdata"] == [i for k, i in enumerate(ids) if k == 0 or ids[k - 1] != i]
+    assert "knobs bits=" in shown["three_step variants"]["hovertext"][0]  # the variant's whole configuration
     assert any(s.get("type") == "line" and s["x0"] == pytest.approx(4.0) for s in figure(at, 0)["layout"]["shapes"])
     best = best_per_method(synthetic, PI3, GPU, 4e3 * 8, need)
     table = at.dataframe[0].value
