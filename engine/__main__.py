@@ -639,7 +639,7 @@ def _add_noisy_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_noisy(args: argparse.Namespace) -> int:
-    from engine.jscc import fig5_report, run_fig5
+    from engine.jscc import fig5_plan, fig5_report, run_fig5
     from engine.methods import RunContext
     from engine.store import ResultsStore
 
@@ -656,9 +656,11 @@ def cmd_noisy(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     table = store.table()
-    table = table[table["base_id"] == base.id]
+    planned = {cfg.id for cfg in fig5_plan(base, profile.name, channels)}
+    table = table[table["id"].isin(planned)] if not table.empty else table
     print(f"Fig. 5 at conv4_x, base model {base.id} (width {base.width:g}), {profile.name} profile: {len(rows)} "
-          "variant(s) measured now, the rest from the results store")
+          "variant(s) measured now, the rest from the results store (this profile's variants only; the dashboard's "
+          "Noisy channels page reads every Fig. 5 row of the base model)")
     print(fig5_report(table, channels, args.drop / 100, args.bandwidth))
     return 0
 

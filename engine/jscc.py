@@ -569,15 +569,18 @@ def fig5_variants(base: BaseModelConfig, profile: str, channels: Sequence[str] =
     return out
 
 
+def fig5_plan(base: BaseModelConfig, profile: str, channels: Sequence[str] = FIG5_CHANNELS) -> list[VariantConfig]:
+    """What Fig. 5 of a profile measures: the `original` 8-bit Huffman row at the split, then `fig5_variants`."""
+    return [VariantConfig.make("original", FIG5_SPLIT, base, bits=8), *fig5_variants(base, profile, channels)]
+
+
 def run_fig5(ctx: RunContext, base: BaseModelConfig, channels: Sequence[str] = FIG5_CHANNELS,
              skip: Container[str] = (), on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Measure the Fig. 5 variants (those whose id is not in `skip`, e.g. a ResultsStore) and the `original` 8-bit
-    Huffman row at the split; `on_row(row)` is called as each row is ready (to store it). Returns the new rows."""
+    """Measure the variants of `fig5_plan` whose id is not in `skip` (e.g. a ResultsStore); `on_row(row)` is called
+    as each row is ready (to store it). Returns the new rows."""
     from engine.methods import METHODS
 
-    variants = [VariantConfig.make("original", FIG5_SPLIT, base, bits=8),
-                *fig5_variants(base, ctx.profile.name, channels)]
-    todo = [cfg for cfg in variants if cfg.id not in skip]
+    todo = [cfg for cfg in fig5_plan(base, ctx.profile.name, channels) if cfg.id not in skip]
     outer, rows = ctx.progress, []
     try:
         for i, cfg in enumerate(todo):
