@@ -6,7 +6,9 @@ B / R + F_srv / C (B the row's mean actual bits) beside the measured device prog
 decoding, server program and end-to-end latency (mean, median, p95); the error of the paper's model against the
 measured mean, and of the model with `engine.latency.Overheads`: the bundle's coding time measured offline (other
 test images than the session's), the protocol's framing bytes and the runtime's fixed per-image cost measured by a
-null session at the same rate (`engine.coinference.runtime_overhead_s`).
+null session at the same rate (`engine.coinference.runtime_overhead_s`); and of that model with each side's compute
+slowed as this CPU's is after idling for the rest of the per-image period (`engine.coinference.idle_slowdown`); and of
+the last with the bundle's own device and server programs timed offline (`Bundle.program_seconds`) instead of F / C.
 Run: python bench/bench_coinference.py [--profile quick] [--data PATH] [--rates 10kB/s 40kB/s 100kB/s]
                                        [--images 40] [--threads 1] [--drop 0.02] [--methods ...] [--splits conv4_x]
                                        [--ids ID ...]"""
@@ -29,7 +31,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
-from engine.coinference import DeviceClient, cpu_flops_per_s, modelled_latency, runtime_overhead_s  # noqa: E402
+from engine.coinference import (  # noqa: E402
+    DeviceClient,
+    cpu_flops_per_s,
+    idle_slowdown,
+    modelled_latency,
+    runtime_overhead_s,
+)
 from engine.errors import UserError  # noqa: E402
 from engine.export import load_bundle, row_config, write_bundle  # noqa: E402
 from engine.latency import Overheads, custom_device, to_rate_bps  # noqa: E402
@@ -49,6 +57,18 @@ def bundle_for(row: pd.Series, ctx: RunContext) -> Path:
     except UserError:
         write_bundle(row_config(row), ctx, path, metrics=row.to_dict())
     return path
+
+
+def cold_model(deployed: dict[str, float], slowdown, rounds: int = 4) -> float:  # noqa: ANN001
+    """The deployed model's latency with each side's compute slowed by `slowdown` of the time that side idles per
+    image (the rest of the per-image period, which is the modelled latency itself): a fixed point."""
+    others = deployed["latency"] - deployed["t_device"] - deployed["t_server"]
+    t_dev, t_srv = deployed["t_device"], deployed["t_server"]
+    for _ in range(rounds):
+        period = others + t_dev + t_srv
+        t_dev = deployed["t_device"] * slowdown(period - t_dev)
+        t_srv = deployed["t_server"] * slowdown(period - t_srv)
+    return others + t_dev + t_srv
 
 
 def start_server(bundle: Path, threads: int) -> tuple[subprocess.Popen, str]:
@@ -112,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     sessions: list[tuple[pd.Series, float, object]] = []
     coding: dict[str, float] = {}
+    programs: dict[str, tuple[float, float]] = {}
     for row, rates in plan.values():
         bundle_path = bundle_for(row, ctx)
         bundle = load_bundle(bundle_path)
         bundle.warm_up()
         coding[str(row["id"])] = bundle.coding_seconds(data.test_x[args.images: 2 * args.images])
+        programs[str(row["id"])] = bundle.program_seconds(data.test_x[args.images: 2 * args.images])
         proc, address = start_server(bundle_path, args.threads)
         try:
             host, port = address.rsplit(":", 1)
@@ -136,11 +158,20 @@ def main(argv: list[str] | None = None) -> int:
                for rate in sorted({rate for _, rate, _ in sessions})}
     print("runtime cost per image (null session): " +
           ", ".join(f"{1e3 * s:.2f} ms at {rate / 8e3:g} kB/s" for rate, s in runtime.items()))
+    idle_grid = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+    slowdown = idle_slowdown(idle_grid, base.width, shape, data.num_classes)
+    print("the base model after an idle time, against warm (batch 1, median of 21): " +
+          ", ".join(f"{slowdown(g):.2f}x after {1e3 * g:g} ms" for g in idle_grid))
     for row, rate, report in sessions:
         model = modelled_latency(row, flops, flops, rate)
         overheads = Overheads(per_image_s=runtime[rate], coding=True)
         deployed = modelled_latency({**row.to_dict(), "coding_cpu_seconds": coding[str(row["id"])]}, flops, flops,
                                     rate, overheads=overheads)
+        cold = cold_model(deployed, slowdown)
+        dev_s, srv_s = programs[str(row["id"])]
+        rest = deployed["latency"] - deployed["t_device"] - deployed["t_server"]
+        measured_programs = {**deployed, "t_device": dev_s, "t_server": srv_s, "latency": rest + dev_s + srv_s}
+        cold_programs = cold_model(measured_programs, slowdown)
         lat = np.array(report.latencies)
         results.append({
             "method": row["method"], "split": row["split"], "id": row["id"], "rate_kBps": rate / 8e3,
@@ -155,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             "mean_ms": 1e3 * lat.mean(), "median_ms": 1e3 * np.median(lat), "p95_ms": 1e3 * np.percentile(lat, 95),
             "error_%": 100 * (lat.mean() - model["latency"]) / model["latency"],
             "deployed_error_%": 100 * (lat.mean() - deployed["latency"]) / deployed["latency"],
+            "cold_model_ms": 1e3 * cold, "cold_error_%": 100 * (lat.mean() - cold) / cold,
+            "offline_dev_ms": 1e3 * dev_s, "offline_srv_ms": 1e3 * srv_s,
+            "programs_model_ms": 1e3 * cold_programs,
+            "programs_error_%": 100 * (lat.mean() - cold_programs) / cold_programs,
         })
     out = pd.DataFrame(results).sort_values(["rate_kBps", "model_ms"])
     print(out.to_string(index=False, float_format=lambda v: f"{v:.1f}"))

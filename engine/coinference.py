@@ -11,6 +11,7 @@ API
     live_session(bundle, images, labels, rate_bps)     a local server thread and a client, for the dashboard
     session_terms(report, model)                       measured against modelled terms, a tidy table
     cpu_flops_per_s(width)                             this CPU's effective FLOP/s on the base model at batch 1
+    idle_slowdown(idle_s, width)                       how much slower a program runs after idling, by idle time
     modelled_latency(row, flops_per_s, rate_bps)       the latency model's terms for a results row
     runtime_overhead_s(rate_bps)                       the runtime's fixed per-image cost, from a null session
 
@@ -29,7 +30,7 @@ import socketserver
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -422,22 +423,64 @@ def live_session(bundle: Bundle, images: torch.Tensor, labels: Iterable[int] | N
 # ------------------------------------------------------------------------------------------------------ the model
 
 
-def cpu_flops_per_s(width: float = 0.25, input_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10,
-                    repeats: int = 21) -> float:
-    """This CPU's effective FLOP/s (2 per MAC) at batch 1 on the whole base ResNet18 of `width`, traced to TorchScript
-    as bundles run it (about a third faster than eager on a CPU), with the current torch thread count: the device
-    preset that makes the latency model describe this machine."""
+def _traced_base(width: float, input_shape: tuple[int, int, int], classes: int) -> tuple[nn.Module, Any, torch.Tensor]:
+    """The base ResNet18 of `width`, its TorchScript trace (as bundles run it) and a batch-1 input."""
     import warnings
 
     from engine.models import build_model
-    from engine.profile import count_flops, device_seconds
 
     model = build_model("resnet18", width, classes, input_shape[0]).eval()
     x = torch.zeros(1, *input_shape)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.jit.trace(model, x)
+    return model, program, x
+
+
+def cpu_flops_per_s(width: float = 0.25, input_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10,
+                    repeats: int = 21) -> float:
+    """This CPU's effective FLOP/s (2 per MAC) at batch 1 on the whole base ResNet18 of `width`, traced to TorchScript
+    as bundles run it (about a third faster than eager on a CPU), with the current torch thread count: the device
+    preset that makes the latency model describe this machine."""
+    from engine.profile import count_flops, device_seconds
+
+    model, program, x = _traced_base(width, input_shape, classes)
     return count_flops(model, x) / device_seconds(program, x, repeats=repeats, warmup=5)
+
+
+def idle_slowdown(idle_s: Sequence[float], width: float = 0.25, input_shape: tuple[int, int, int] = (3, 32, 32),
+                  classes: int = 10, repeats: int = 21) -> Callable[[float], float]:
+    """How much longer the base model takes at batch 1 when called after sleeping, as a session calls its programs
+    (once per image, idle for the rest of the pipeline): caches and clocks go cold. For each idle time of `idle_s`
+    (seconds, > 0), the median over `repeats` of a cold call's time over the warm call just before its sleep (a
+    ratio, so drifts of the CPU's speed cancel); returned as a function of the idle time, interpolated on log idle
+    time and held at the ends (1 below the shortest)."""
+    gaps = np.asarray(sorted(idle_s), dtype=float)
+    if len(gaps) == 0 or gaps[0] <= 0:
+        raise ValueError("idle_slowdown needs positive idle times")
+    _, program, x = _traced_base(width, input_shape, classes)
+    ratios = []
+    with torch.no_grad():
+        for _ in range(3):
+            program(x)
+        for gap in gaps:
+            per = []
+            for _ in range(repeats):
+                program(x)
+                start = time.perf_counter()
+                program(x)
+                warm = time.perf_counter() - start
+                time.sleep(gap)
+                start = time.perf_counter()
+                program(x)
+                per.append((time.perf_counter() - start) / warm)
+            ratios.append(max(1.0, statistics.median(per)))
+    log_gaps, factors = np.log(np.r_[gaps[0] / 10, gaps]), np.r_[1.0, ratios]
+
+    def at(idle: float) -> float:
+        return float(np.interp(math.log(max(idle, 1e-12)), log_gaps, factors))
+
+    return at
 
 
 def modelled_latency(row: Mapping[str, Any], device_flops_per_s: float, server_flops_per_s: float, rate_bps: float,

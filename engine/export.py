@@ -516,6 +516,21 @@ class Bundle:
         return (time.perf_counter() - start) / max(1, len(sent))
 
     @torch.no_grad()
+    def program_seconds(self, images: torch.Tensor) -> tuple[float, float]:
+        """Median seconds per image of the device program and of the server program (on what the bitstream
+        rebuilds), one image at a time and warm: the compute terms measured instead of modelled from FLOPs."""
+        device_s, server_s = [], []
+        for image in images:
+            start = time.perf_counter()
+            sent = self.device_output(image)
+            device_s.append(time.perf_counter() - start)
+            received = self.received(*self.encode(sent))
+            start = time.perf_counter()
+            self.logits(received)
+            server_s.append(time.perf_counter() - start)
+        return float(np.median(device_s)) if device_s else 0.0, float(np.median(server_s)) if server_s else 0.0
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Labels of uint8 images [N, C, H, W], each one through device program, bitstream and server program."""
         out = []

@@ -381,3 +381,16 @@ def test_serve_and_device_commands(fresh_cache: Path, tmp_cache: Path, small_dat
         serve.terminate()
         serve.wait(timeout=10)
         shutil.rmtree(tmp_path / "bundle.zip", ignore_errors=True)
+
+
+def test_idle_slowdown_is_a_ratio_held_at_the_ends() -> None:
+    from engine.coinference import idle_slowdown
+
+    slowdown = idle_slowdown((0.001, 0.002), width=0.0625, repeats=3)
+    assert slowdown(1e-6) == 1.0  # below a tenth of the shortest idle time: warm
+    assert slowdown(10.0) == slowdown(0.002) >= 1.0  # held at the longest
+    assert 1.0 <= slowdown(0.0015) <= max(slowdown(0.001), slowdown(0.002))
+    with pytest.raises(ValueError):
+        idle_slowdown(())
+    with pytest.raises(ValueError):
+        idle_slowdown((0.0, 0.01))
