@@ -337,6 +337,6 @@ def mismatch_figure(curve: pd.DataFrame, channel: str, threshold: float | None =
     if chosen is not None:
         fig.add_vline(x=chosen, line_dash="dot", line_color="#555")
     fig.update_xaxes(title=x_title)
-    fig.update_yaxes(title="test accuracy", tickformat=".0%")
+    fig.update_yaxes(title="test accuracy", tickformat=".1%")
     fig.update_layout(height=320, showlegend=False, margin={"l": 60, "r": 20, "t": 20, "b": 50})
     return fig
