@@ -345,6 +345,9 @@ def test_runtime_overhead_of_a_null_session() -> None:
     bundle = null_bundle((1, 4, 4), classes=3)
     assert bundle.predict(torch.zeros(2, 1, 4, 4, dtype=torch.uint8)).tolist() == [0, 0]
     assert bundle.coding_seconds(torch.zeros(3, 1, 4, 4, dtype=torch.uint8)) > 0
+    device_s, server_s = bundle.program_seconds(torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
+    assert 0 < device_s < 0.1 and 0 < server_s < 0.1
+    assert bundle.program_seconds(torch.zeros(0, 1, 4, 4, dtype=torch.uint8)) == (0.0, 0.0)
     free = runtime_overhead_s(math.inf, images=10, input_shape=(1, 4, 4), classes=3)
     paced = runtime_overhead_s(8e3 * 1000, images=10, input_shape=(1, 4, 4), classes=3)
     assert 0 < free < 0.1 and 0 <= paced < 0.1
