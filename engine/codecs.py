@@ -192,7 +192,7 @@ class HuffmanCodec(EntropyCodec):
         self.code_lengths = np.array(lengths, dtype=np.int64)
         self.codes = np.array(values, dtype=np.uint64)
         self.alphabet_size = len(lengths)
-        self._decode_tables: tuple[list[int], list[int], dict[tuple[int, int], int], int] | None = None
+        self._decode_tables: tuple[np.ndarray, np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]], int] | None = None
 
     # -- building and exporting -------------------------------------------------------------------------------------
 
@@ -278,55 +278,81 @@ class HuffmanCodec(EntropyCodec):
         return out
 
     def decode(self, stream: bytes, count: int) -> np.ndarray:
-        """Table-driven decoder: a 16-bit lookup resolves short codes; longer ones walk the code bit by bit."""
+        """Vectorised decoder: the codeword that would start at every bit position is resolved at once (a k-bit
+        lookup table, then the longer codes by length), which gives each position's successor; the positions where
+        the `count` symbols start follow by pointer doubling (the first 2^j starts map to the next 2^j)."""
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
+        dtype = np.uint8 if self.alphabet_size <= 256 else np.int64
+        if count == 0:
+            return np.zeros(0, dtype=dtype)
         sym_of, len_of, long_codes, k = self._tables()
-        bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8))
-        nbits = int(bits.size)
-        padded = np.concatenate([bits, np.zeros(k, dtype=np.uint8)]).astype(np.int64)
-        weights = np.left_shift(1, np.arange(k - 1, -1, -1, dtype=np.int64))
-        windows = (np.lib.stride_tricks.sliding_window_view(padded, k)[: nbits + 1] @ weights).tolist()
-        out = [0] * count
-        pos = 0
-        max_len = int(self.code_lengths.max())
-        for i in range(count):
-            if pos >= nbits:
+        nbits = 8 * len(stream)
+        padded = np.frombuffer(bytes(stream) + bytes(13), dtype=np.uint8)  # 8 bytes past the last start, + 4
+        prefix = _windows(padded, k, nbits).astype(np.int64)
+        length, symbol = len_of[prefix], sym_of[prefix]
+        need = np.flatnonzero(length == 0)
+        for n, (values, symbols) in long_codes.items():  # codes longer than the table, rising lengths
+            if need.size == 0:
+                break
+            value = _windows(padded, n, nbits, need)
+            found = np.minimum(np.searchsorted(values, value), values.size - 1)
+            hit = values[found] == value
+            length[need[hit]], symbol[need[hit]] = n, symbols[found[hit]]
+            need = need[~hit]
+        end = nbits + 1  # a sentinel past the stream; an invalid codeword leads there too
+        successor = np.append(np.where(length > 0, np.minimum(np.arange(nbits + 1) + length, end), end), end)
+        starts, jump = np.zeros(1, dtype=np.int64), successor
+        while starts.size < count:
+            more = jump[starts[: count - starts.size]]
+            starts = np.concatenate([starts, more])
+            if starts.size < count:
+                jump = jump[jump]
+        inside = starts < nbits
+        at = length[np.minimum(starts, nbits)]
+        failed = np.flatnonzero(~inside | (at == 0))
+        if failed.size:  # the first symbol that cannot be read: past the end, or no codeword starts there
+            i = int(failed[0])
+            if not inside[i]:
                 raise ValueError(f"stream ends after {i} of {count} symbols")
-            w = windows[pos]
-            n = len_of[w]
-            if n:
-                out[i] = sym_of[w]
-                pos += n
-                continue
-            value, n = w, k  # a code longer than the table: extend the prefix one bit at a time
-            while (n, value) not in long_codes:
-                if n >= max_len or pos + n >= nbits:
-                    raise ValueError(f"invalid codeword at bit {pos}")
-                value = (value << 1) | int(bits[pos + n])
-                n += 1
-            out[i] = long_codes[n, value]
-            pos += n
-        if pos > nbits:
+            raise ValueError(f"invalid codeword at bit {int(starts[i])}")
+        if int(starts[-1]) + int(at[-1]) > nbits:
             raise ValueError(f"stream ends inside symbol {count - 1}")
-        return np.array(out, dtype=np.uint8 if self.alphabet_size <= 256 else np.int64)
+        return symbol[starts].astype(dtype)
 
-    def _tables(self) -> tuple[list[int], list[int], dict[tuple[int, int], int], int]:
-        """(symbol, length) per k-bit prefix (length 0 marks a longer code) and {(length, value): symbol}."""
+    def _tables(self) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]], int]:
+        """(symbol, length) per k-bit prefix (length 0 marks a longer code), and per longer length its code values
+        (sorted) with their symbols."""
         if self._decode_tables is None:
             k = min(int(self.code_lengths.max()), _DECODE_TABLE_BITS)
             sym_of = np.zeros(1 << k, dtype=np.int64)
             len_of = np.zeros(1 << k, dtype=np.int64)
-            long_codes: dict[tuple[int, int], int] = {}
+            long: dict[int, list[tuple[int, int]]] = {}
             for s, (n, v) in enumerate(zip(self.code_lengths.tolist(), self.codes.tolist(), strict=True)):
                 if n <= k:
                     first = v << (k - n)
                     sym_of[first:first + (1 << (k - n))] = s
                     len_of[first:first + (1 << (k - n))] = n
                 else:
-                    long_codes[n, v] = s
-            self._decode_tables = (sym_of.tolist(), len_of.tolist(), long_codes, k)
+                    long.setdefault(n, []).append((v, s))
+            long_codes = {n: (np.array([v for v, _ in sorted(c)], dtype=np.uint64),
+                              np.array([s for _, s in sorted(c)], dtype=np.int64)) for n, c in sorted(long.items())}
+            self._decode_tables = (sym_of, len_of, long_codes, k)
         return self._decode_tables
+
+
+def _windows(stream: np.ndarray, n: int, nbits: int, at: np.ndarray | None = None) -> np.ndarray:
+    """The n-bit big-endian values (uint64, n <= 64) starting at each bit position 0..nbits of the byte array `stream`
+    (which ends in at least 13 zero bytes of padding), or at the positions `at`: the bytes holding one, shifted."""
+    pos = np.arange(nbits + 1, dtype=np.int64) if at is None else at
+    if n > 57:  # more than 8 bytes may hold it: the first 32 bits, then the rest
+        return (_windows(stream, 32, nbits, pos) << np.uint64(n - 32)) | _windows(stream, n - 32, nbits, pos + 32)
+    first, width = pos >> 3, (n + 14) // 8  # the bytes that hold n bits from any bit offset
+    word = stream[first].astype(np.uint64)
+    for j in range(1, width):
+        word = (word << np.uint64(8)) | stream[first + j]
+    shift = (8 * width - n - (pos & 7)).astype(np.uint64)
+    return (word >> shift) & np.uint64((1 << n) - 1)
 
 
 def _encode_chunk(sym: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> list[bytes]:
