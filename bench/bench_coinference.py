@@ -59,15 +59,19 @@ def bundle_for(row: pd.Series, ctx: RunContext) -> Path:
     return path
 
 
-def cold_model(deployed: dict[str, float], slowdown, rounds: int = 4) -> float:  # noqa: ANN001
-    """The deployed model's latency with each side's compute slowed by `slowdown` of the time that side idles per
-    image (the rest of the per-image period, which is the modelled latency itself): a fixed point."""
+def cold_model(deployed: dict[str, float], slowdown, device_s: float | None = None,  # noqa: ANN001
+               server_s: float | None = None, rounds: int = 4) -> float:
+    """The deployed model's latency with each side's compute (its modelled term, or `device_s` / `server_s` when
+    given) slowed by `slowdown` of the time that side idles per image (the rest of the per-image period, which is
+    the modelled latency itself): a fixed point."""
     others = deployed["latency"] - deployed["t_device"] - deployed["t_server"]
-    t_dev, t_srv = deployed["t_device"], deployed["t_server"]
+    warm_dev = deployed["t_device"] if device_s is None else device_s
+    warm_srv = deployed["t_server"] if server_s is None else server_s
+    t_dev, t_srv = warm_dev, warm_srv
     for _ in range(rounds):
         period = others + t_dev + t_srv
-        t_dev = deployed["t_device"] * slowdown(period - t_dev)
-        t_srv = deployed["t_server"] * slowdown(period - t_srv)
+        t_dev = warm_dev * slowdown(period - t_dev)
+        t_srv = warm_srv * slowdown(period - t_srv)
     return others + t_dev + t_srv
 
 
@@ -169,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                     rate, overheads=overheads)
         cold = cold_model(deployed, slowdown)
         dev_s, srv_s = programs[str(row["id"])]
-        rest = deployed["latency"] - deployed["t_device"] - deployed["t_server"]
-        measured_programs = {**deployed, "t_device": dev_s, "t_server": srv_s, "latency": rest + dev_s + srv_s}
-        cold_programs = cold_model(measured_programs, slowdown)
+        cold_programs = cold_model(deployed, slowdown, dev_s, srv_s)
         lat = np.array(report.latencies)
         results.append({
             "method": row["method"], "split": row["split"], "id": row["id"], "rate_kBps": rate / 8e3,

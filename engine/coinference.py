@@ -454,7 +454,7 @@ def idle_slowdown(idle_s: Sequence[float], width: float = 0.25, input_shape: tup
     (once per image, idle for the rest of the pipeline): caches and clocks go cold. For each idle time of `idle_s`
     (seconds, > 0), the median over `repeats` of a cold call's time over the warm call just before its sleep (a
     ratio, so drifts of the CPU's speed cancel); returned as a function of the idle time, interpolated on log idle
-    time and held at the ends (1 below the shortest)."""
+    time from 1 at a tenth of the shortest, and held at the longest."""
     gaps = np.asarray(sorted(idle_s), dtype=float)
     if len(gaps) == 0 or gaps[0] <= 0:
         raise ValueError("idle_slowdown needs positive idle times")

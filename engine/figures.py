@@ -34,13 +34,17 @@ def _fmt(value: object, spec: str) -> str | None:
     return None if math.isnan(float(value)) else format(float(value), spec)
 
 
+def knobs_text(knobs: object) -> str:
+    """A variant's knobs as "a=1, b=2" (sorted); "" when it has none."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())) if isinstance(knobs, Mapping) else ""
+
+
 def hover_text(row: Mapping, bits_column: str = "bits_actual") -> str:
     """A variant's whole configuration and every metric, as plotly hover HTML (one row of a results table, with the
     latency columns of `engine.latency.latency_table` when they are there)."""
     lines = [f"<b>{row.get('method')} @ {row.get('split')}</b>"]
-    knobs = row.get("knobs")
-    if isinstance(knobs, Mapping) and knobs:
-        lines.append("knobs " + ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())))
+    if knobs := knobs_text(row.get("knobs")):
+        lines.append(f"knobs {knobs}")
     for key, label, spec in (("accuracy", "accuracy", ".2%"), ("device_flops", "device FLOPs", ",.4g"),
                              ("server_flops", "server FLOPs", ",.4g"),
                              ("device_memory_bytes", "device memory B", ",.4g"),
@@ -84,8 +88,7 @@ def _hover_data(points: pd.DataFrame, bits_column: str) -> tuple[np.ndarray, pd.
     the numbers as one float array (`customdata`, sent as binary), the configuration as one short string per point
     (`hovertext`), and the template that formats them in the browser."""
     knobs = points["knobs"] if "knobs" in points else pd.Series(None, index=points.index, dtype=object)
-    knob_text = [", ".join(f"{k}={v}" for k, v in sorted(k.items())) if isinstance(k, Mapping) and k else "no knobs"
-                 for k in knobs]
+    knob_text = [knobs_text(k) or "no knobs" for k in knobs]
     feasible = points["feasible"].astype(bool) if "feasible" in points else pd.Series(True, index=points.index)
     ids = points["id"].fillna("").astype(str) if "id" in points else pd.Series("", index=points.index)
     head = ("<b>" + points["method"].astype(str) + " @ " + points["split"].astype(str) + "</b> · id " + ids + "<br>"
@@ -198,8 +201,7 @@ def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = No
     for method, group in curves.groupby("method", sort=False):
         color = METHOD_COLORS.get(method, "#444")
         kbps, latency, ids = group["rate"].to_numpy() / 8e3, group["latency"].to_numpy(), group["id"].to_numpy()
-        knobs = [", ".join(f"{k}={v}" for k, v in sorted(kn.items())) if isinstance(kn, Mapping) else ""
-                 for kn in group["knobs"]] if "knobs" in group else [""] * len(group)
+        knobs = [knobs_text(kn) for kn in group["knobs"]] if "knobs" in group else [""] * len(group)
         hover = [f"<b>{method}</b> @ {split}{f'<br>knobs {kn}' if kn else ''}<br>{k:,.3g} kB/s: {t * 1e3:,.2f} ms "
                  f"(device {d * 1e3:,.2f} + link {x * 1e3:,.2f} + server {s * 1e3:,.3f})<br>accuracy {a:.2%}, "
                  f"{b:,.0f} bits<br>id {i}"
