@@ -22,7 +22,7 @@ from torch import nn  # noqa: E402
 
 from engine.config import PROFILES  # noqa: E402
 from engine.data import load_data, normalize, subset, train_val_split  # noqa: E402
-from engine.train import make_model, pick_device, train_base  # noqa: E402
+from engine.train import autocast, make_model, pick_device, train_base  # noqa: E402
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -34,7 +34,8 @@ def bare_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     model.train()
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
-        loss = loss_fn(model(x[i : i + batch_size]), y[i : i + batch_size])
+        with autocast(x.device):  # bf16 on CUDA, as the engine's loop
+            loss = loss_fn(model(x[i : i + batch_size]), y[i : i + batch_size])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
