@@ -29,6 +29,7 @@ from engine.errors import UserError
 from engine.latency import DEVICES, DeviceProfile, Overheads
 from engine.paths import cache_dir
 from engine.store import ResultsStore
+from plotly_component import plotly_chart
 
 T = TypeVar("T")
 
@@ -149,15 +150,12 @@ def clicked_ids(event: Any) -> list[str]:
 
 
 def chart(fig: go.Figure, key: str) -> None:
-    """Draw a figure whose points select their variant when clicked (on every page, through the view state)."""
-    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points", width="stretch")
-    ids = clicked_ids(event)
-    last = f"_clicked_{key}"
-    if ids and ids[0] != st.session_state.get(last):
-        st.session_state[last] = ids[0]
-        if ids[0] != selected_id():
-            set_view(sel=ids[0])
-            st.rerun()
+    """Draw a figure whose points select their variant when clicked (on every page, through the view state); it is
+    updated in place when the figure changes (`plotly_component`)."""
+    ids = clicked_ids(plotly_chart(fig, key))
+    if ids and ids[0] != selected_id():
+        set_view(sel=ids[0])
+        st.rerun()
 
 
 # -- environment --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ else:
     ui.chart(latency_rate_figure(curves, env.rate_bps, selected=selected), "latency_rate")
 
     st.subheader(f"Best configuration per method at {format_rate(env.rate_bps)}")
-    best = best_per_method(table, env.device, env.server, env.rate_bps, need, overheads=overheads)
+    best = best_per_method(table, env.device, env.server, env.rate_bps, need, overheads=overheads, latencies=lat)
     ui.chart(latency_breakdown_figure(best), "latency_breakdown")
     terms = [c for c in ("t_device", "t_coding", "t_transmit", "t_overhead", "t_server") if c in best.columns]
     shown = best[["method", "split", "accuracy", "latency", *terms, "bits_actual", "device_flops",

@@ -17,6 +17,7 @@ from engine.methods import RunContext
 from engine.pareto import best_per_method
 from engine.paths import cache_dir
 from engine.units import format_rate, format_seconds
+from plotly_component import plotly_chart
 from ui import base_config, environment, require_data, results, threshold
 
 
@@ -105,7 +106,7 @@ fig.add_trace(go.Scatter(x=[0, len(report.timings) - 1], y=[deployed["latency"]]
                          name="model with overheads", line={"color": "#2ca02c", "dash": "dot"}))
 fig.update_layout(xaxis_title="image", yaxis_title="end-to-end latency (s)", height=360,
                   title=f"{row['method']} @ {row['split']} over {format_rate(env.rate_bps)}")
-st.plotly_chart(fig, key="live_latency")
+plotly_chart(fig, "live_latency")
 
 bars = go.Figure()
 for term, color in (("device", "#1f77b4"), ("coding", "#9467bd"), ("transmit", "#ff7f0e"), ("server", "#2ca02c"),
@@ -114,7 +115,7 @@ for term, color in (("device", "#1f77b4"), ("coding", "#9467bd"), ("transmit", "
     bars.add_trace(go.Bar(x=part["seconds"].tolist(), y=part["source"].tolist(), name=term, orientation="h",
                           marker={"color": color}))
 bars.update_layout(barmode="stack", xaxis_title="seconds per image (mean)", height=240)
-st.plotly_chart(bars, key="live_terms")
+plotly_chart(bars, "live_terms")
 st.caption(f"this CPU: {flops / 1e9:.2f} GFLOP/s at batch 1. Modelled bars: the model with overheads (coding: this "
            f"bundle's measured encoding + decoding; other: framing bytes on the link and the runtime's "
            f"{format_seconds(runtime)} per image measured with a null session); the paper's model is the same "

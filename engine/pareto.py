@@ -50,9 +50,10 @@ def pareto_front(table: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool
 
 def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                 rate_bps: float | str, threshold: float | None, bits_column: str,
-                overheads: Overheads | None = None) -> pd.DataFrame:
-    """Feasible rows meeting the accuracy threshold with a known latency, best first."""
-    lat = latency_table(table, device, server, rate_bps, bits_column, overheads)
+                overheads: Overheads | None = None, latencies: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Feasible rows meeting the accuracy threshold with a known latency, best first (from `latencies`, the
+    `latency_table` of these arguments, when the caller has it already)."""
+    lat = latency_table(table, device, server, rate_bps, bits_column, overheads) if latencies is None else latencies
     if len(lat) == 0:
         return lat
     missing = [c for c in ("id", "method") if c not in lat.columns]
@@ -82,9 +83,11 @@ def best_variant(table: pd.DataFrame, device: DeviceProfile | str, server: Devic
 
 def best_per_method(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                     rate_bps: float | str, threshold: float | None,
-                    bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.DataFrame:
-    """`best_variant` of each method that has a qualifying row, one row each, best (lowest latency) first."""
-    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads)
+                    bits_column: str = "bits_actual", overheads: Overheads | None = None,
+                    latencies: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`best_variant` of each method that has a qualifying row, one row each, best (lowest latency) first.
+    `latencies`: the `latency_table` of these same arguments, when the caller has computed it already."""
+    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads, latencies)
     return best if best.empty else best.drop_duplicates("method", keep="first")
 
 

@@ -194,6 +194,9 @@ def _every_page(server: str, page, tmp_path: Path) -> None:  # noqa: ANN001
         # the view survived the page switch: still the smoke profile, the chosen rate and accuracy drop
         for part in ("profile=smoke", "width=0.125", "drop=3", "bits=ideal"):
             _wait_href(page, part)
+        if name == "latency":  # mark the chart, to see that the rate change updates it in place
+            page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+            page.evaluate("() => { document.querySelector('.js-plotly-plot').dataset.mark = 'before'; }")
         rate = _move_rate(page)
         if name == "compare":
             page.get_by_role("button", name="Pin the baselines (server only, device only)").click()
@@ -202,6 +205,7 @@ def _every_page(server: str, page, tmp_path: Path) -> None:  # noqa: ANN001
         if name == "latency":
             label = page.locator(".js-plotly-plot .annotation-text").first
             playwright_api.expect(label).to_have_text(f"{float(rate):,.3g} kB/s", timeout=60_000)
+            assert page.evaluate("() => document.querySelector('.js-plotly-plot').dataset.mark") == "before"
         if clickable:
             page.wait_for_selector(".js-plotly-plot", timeout=60_000)
             _click_point(page)

@@ -3,12 +3,12 @@ latency beside the model's."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_pages import figures
 
 from engine.config import PROFILES, VariantConfig
 from engine.data import ImageData
@@ -50,7 +50,7 @@ def test_live_session_is_drawn_against_the_model(fresh_cache: Path, tmp_cache: P
     at.slider[0].set_value(6)
     at.button[0].click().run()
     assert not at.exception, at.exception
-    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    charts = figures(at)
     traces = {t["name"]: t for t in charts[0]["data"]}
     assert len(traces["measured"]["y"]) == 6 and all(y > 0 for y in traces["measured"]["y"])
     terms = {(t["name"], y): x for t in charts[1]["data"] for x, y in zip(t["x"], t["y"], strict=True)}

@@ -3,15 +3,13 @@ best scheme at a condition and the mismatch curve of its model; without rows the
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 from test_jscc import synthetic_rows
+from test_pages import decoded, figures
 
 from engine.config import PROFILES
 from engine.data import ImageData
@@ -19,17 +17,6 @@ from engine.store import ResultsStore
 from ui import Environment
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "noisy.py")
-
-
-def decoded(value: list | dict) -> list:
-    """Plotly serialises numpy arrays as {"dtype", "bdata"} (base64); lists stay lists."""
-    if isinstance(value, dict) and "bdata" in value:
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).tolist()
-    return list(value)
-
-
-def figures(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
 def traces(fig: dict) -> dict[str, dict]:
@@ -46,7 +33,7 @@ def test_without_rows_the_page_names_the_command(fresh_cache: Path, small_data: 
     at = run_page()
     assert not at.exception
     assert "python -m engine noisy --profile smoke" in at.info[0].value
-    assert not at.get("plotly_chart")
+    assert not figures(at)
 
 
 def test_the_slider_picks_the_best_scheme_and_its_mismatch_curve(fresh_cache: Path, small_data: ImageData) -> None:

@@ -41,7 +41,9 @@ PI3, GPU = DEVICES.get("pi3"), DEVICES.get("rtx2080ti")
 
 
 def figures(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    """The figures the page drew (`plotly_component`'s elements, in page order)."""
+    return [json.loads(json.loads(c.proto.json)["figure"]) for c in at.get("bidi_component")
+            if c.proto.component_name == "coinfer_plotly_chart"]
 
 
 def figure(at: AppTest, index: int = 0) -> dict:
@@ -129,6 +131,33 @@ def synthetic(fresh_cache: Path, small_data: ImageData) -> Iterator[pd.DataFrame
     store = ResultsStore(fresh_cache / "results.sqlite")
     store.put_many(rows)
     yield store.table()
+
+
+# -- the chart component --------------------------------------------------------------------------------------
+
+
+def test_chart_component_serves_plotly_js_and_themes_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import plotly
+    import plotly.graph_objects as go
+
+    import plotly_component
+
+    monkeypatch.setattr(plotly_component, "STATIC_DIR", tmp_path / "static")
+    src = plotly_component.plotly_js_src()
+    served = tmp_path / "static" / src.rsplit("/", 1)[1]
+    assert src.startswith("app/static/") and plotly.__version__ in src
+    shipped = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    assert served.read_bytes() == shipped.read_bytes()
+    served.write_text("kept")  # an existing copy is not written again
+    assert plotly_component.plotly_js_src() == src and served.read_text() == "kept"
+    assert [p.name for p in served.parent.iterdir()] == [served.name]  # no temporary file left behind
+
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[3, 4], customdata=["a", "b"]), layout={"height": 300})
+    spec = json.loads(plotly_component.figure_json(fig))
+    assert decoded(spec["data"][0]["y"]) == [3, 4] and spec["data"][0]["customdata"] == ["a", "b"]
+    assert spec["layout"]["height"] == 300
+    template = spec["layout"]["template"]["layout"]
+    assert template["yaxis"]["automargin"] and template["paper_bgcolor"] == "white"
 
 
 # -- pure helpers of ui.py ------------------------------------------------------------------------------------

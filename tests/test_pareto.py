@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from engine.errors import UserError
-from engine.latency import DEVICES, Overheads, custom_device
+from engine.latency import DEVICES, Overheads, custom_device, latency_table
 from engine.pareto import (
     RATE_COLUMNS,
     accuracy_threshold_default,
@@ -154,6 +154,8 @@ def test_best_per_method():
     assert out["latency"].is_monotonic_increasing
     out = best_per_method(variants(), PI3, GPU, FAST, 0.93)
     assert dict(zip(out["method"], out["id"], strict=True)) == {"original": "srv", "three_step": "shallow"}
+    latencies = latency_table(variants(), PI3, GPU, FAST)  # the page's own table, passed in: the same answer
+    pd.testing.assert_frame_equal(best_per_method(variants(), PI3, GPU, FAST, 0.93, latencies=latencies), out)
 
 
 def test_latency_vs_rate():
