@@ -18,8 +18,6 @@ from engine.units import format_rate
 
 st.set_page_config(page_title="coinfer", page_icon=":material/cell_tower:", layout="wide")
 
-# Link rates of the slider in kB/s: 1-2-4-7 steps from 100 B/s to 1 GB/s (roughly log-spaced; 40 kB/s is there).
-RATES_KBPS = [round(m * 10.0 ** e, 1) for e in range(-1, 6) for m in (1, 2, 4, 7)] + [1e6]
 ROOT = Path(__file__).resolve().parent
 PAGES = {  # url path -> (file, title, icon); a page file written later joins when it exists
     "plane": ("app_pages/plane.py", "Trade-off plane", ":material/scatter_plot:"),
@@ -32,6 +30,7 @@ PAGES = {  # url path -> (file, title, icon); a page file written later joins wh
 }
 
 v = ui.view()
+from_url = ui.take_from_url()
 
 
 def _reset_device(role: str) -> None:
@@ -67,6 +66,10 @@ def _reset_width() -> None:
 
 
 VIEW_DEFAULT = ui.VIEW_DEFAULTS
+pages = {name: st.Page(path, title=title, icon=icon, url_path=name, default=name == "plane")
+         for name, (path, title, icon) in PAGES.items() if (ROOT / path).exists()}
+page = st.navigation(list(pages.values()))
+current = next(name for name, p in pages.items() if p is page)
 with st.sidebar:
     st.markdown("### Model")
     profiles = PROFILES.names()
@@ -95,11 +98,11 @@ with st.sidebar:
     st.markdown("### Edge environment")
     device = _device_picker("device")
     server = _device_picker("server")
-    key = ui.bind("rate_kBps", lambda: min(RATES_KBPS, key=lambda r: abs(math.log(
-        r / ui.parse_float(v["rate_kBps"], 40.0)))))
-    rate_kbps = st.select_slider("Link rate", options=RATES_KBPS, value=st.session_state[key], key=key,
-                                 format_func=lambda r: format_rate(r * 8e3),
-                                 help="log scale; R in latency = F_dev/C_dev + B/R + F_srv/C_srv")
+    if current == "latency":  # that page draws the slider beside its chart, where moving it reruns only the chart
+        rate_kbps = ui.view_rate_kbps()
+        st.caption(f"Link rate **{format_rate(rate_kbps * 8e3)}**: set on this page, above the chart")
+    else:
+        rate_kbps = ui.rate_slider()
     key = ui.bind("drop", lambda: ui.parse_float(v["drop"], 2.0, -1e-9, 10.0))
     drop = st.slider("Accuracy drop allowed (points)", 0.0, 10.0, value=float(st.session_state[key]), step=0.5, key=key,
                      help="the accuracy threshold is the base model's test accuracy minus this (the paper: 95 → 93 %)")
@@ -107,11 +110,7 @@ with st.sidebar:
     st.session_state["env"] = ui.Environment(profile, float(width), device, server, rate_kbps * 8e3, drop / 100,
                                              data_fp)
 
-pages = {name: st.Page(path, title=title, icon=icon, url_path=name, default=name == "plane")
-         for name, (path, title, icon) in PAGES.items() if (ROOT / path).exists()}
-page = st.navigation(list(pages.values()))
-current = next(name for name, p in pages.items() if p is page)
-if ui.first_run() and current == "plane" and v["page"] in pages and v["page"] != "plane":
+if from_url and current == "plane" and v["page"] in pages and v["page"] != "plane":
     st.switch_page(pages[v["page"]], query_params={k: x for k, x in v.items() if x})  # a URL's ?page=
 v["page"] = current
 ui.sync_url()

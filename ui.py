@@ -29,6 +29,7 @@ from engine.errors import UserError
 from engine.latency import DEVICES, DeviceProfile, Overheads
 from engine.paths import cache_dir
 from engine.store import ResultsStore
+from engine.units import format_rate
 from plotly_component import plotly_chart
 
 T = TypeVar("T")
@@ -58,15 +59,13 @@ def view() -> dict[str, str]:
             if isinstance(value, str):
                 state[key] = value[:_MAX_PARAM]
         st.session_state[_VIEW] = state
-        st.session_state["_first_run"] = True
-    else:
-        st.session_state["_first_run"] = False
+        st.session_state["_from_url"] = True
     return st.session_state[_VIEW]
 
 
-def first_run() -> bool:
-    """Whether this is the session's first script run (the view came from the URL)."""
-    return bool(st.session_state.get("_first_run", False))
+def take_from_url() -> bool:
+    """Whether the view state was just read from the URL (the session's first run), once: later calls say False."""
+    return bool(st.session_state.pop("_from_url", False))
 
 
 def set_view(**values: object) -> None:
@@ -156,6 +155,27 @@ def chart(fig: go.Figure, key: str) -> None:
     if ids and ids[0] != selected_id():
         set_view(sel=ids[0])
         st.rerun()
+
+
+# -- link rate ----------------------------------------------------------------------------------------------
+
+# Link rates of the slider in kB/s: 1-2-4-7 steps from 100 B/s to 1 GB/s (roughly log-spaced; 40 kB/s is there).
+RATES_KBPS = [round(m * 10.0 ** e, 1) for e in range(-1, 6) for m in (1, 2, 4, 7)] + [1e6]
+
+
+def view_rate_kbps() -> float:
+    """The view state's link rate in kB/s, snapped to the slider's nearest stop."""
+    wanted = parse_float(view()["rate_kBps"], 40.0)
+    return min(RATES_KBPS, key=lambda r: abs(math.log(r / wanted)))
+
+
+def rate_slider() -> float:
+    """The link-rate slider (kB/s), bound to the view state: in the sidebar, or on the latency page above its
+    chart (in a fragment there, so that a moved rate reruns the chart alone)."""
+    key = bind("rate_kBps", view_rate_kbps)
+    return float(st.select_slider("Link rate", options=RATES_KBPS, value=st.session_state[key], key=key,
+                                  format_func=lambda r: format_rate(r * 8e3),
+                                  help="log scale; R in latency = F_dev/C_dev + B/R + F_srv/C_srv"))
 
 
 # -- environment --------------------------------------------------------------------------------------------

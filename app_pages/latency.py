@@ -3,6 +3,8 @@ the sidebar's device, server and accuracy requirement."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 import ui
@@ -23,43 +25,55 @@ with_overheads = st.toggle("Count measured coding and framing", value=st.session
 ui.set_view(overheads="on" if with_overheads else "off")
 overheads = ui.deployment_overheads(with_overheads)
 formula = "F_dev/C_dev + B/R + F_srv/C_srv" + (" + t_coding + framing/R" if with_overheads else "")
+curves = ui.latency_curves(base, env, need, overheads)
 st.caption(f"device **{env.device.describe()}** · server **{env.server.describe()}** · accuracy ≥ **{need:.2%}** "
            f"(base {need + env.accuracy_drop:.2%} − {env.accuracy_drop * 100:g} points) · ResNet18 width "
            f"{base.width:g} · latency = {formula}, B = actual bits per image")
 
-lat = latency_table(table, env.device, env.server, env.rate_bps, overheads=overheads)
-infeasible = lat[~lat["feasible"]]
-curves = ui.latency_curves(base, env, need, overheads)
-if curves.empty:
-    st.warning("No variant meets the accuracy requirement and fits the device memory. Allow a larger accuracy drop "
-               "or a device with more memory in the sidebar.")
-else:
-    sel = ui.selected_id()
-    selected = lat[lat["id"] == sel].iloc[0] if sel and (lat["id"] == sel).any() else None
-    ui.chart(latency_rate_figure(curves, env.rate_bps, selected=selected), "latency_rate")
 
-    st.subheader(f"Best configuration per method at {format_rate(env.rate_bps)}")
-    best = best_per_method(table, env.device, env.server, env.rate_bps, need, overheads=overheads, latencies=lat)
-    ui.chart(latency_breakdown_figure(best), "latency_breakdown")
-    terms = [c for c in ("t_device", "t_coding", "t_transmit", "t_overhead", "t_server") if c in best.columns]
-    shown = best[["method", "split", "accuracy", "latency", *terms, "bits_actual", "device_flops",
-                  "device_memory_bytes", "id"]]
-    st.dataframe(shown, hide_index=True, column_config={
-        "accuracy": st.column_config.NumberColumn(format="percent"),
-        **{c: st.column_config.NumberColumn(format="%.4g s") for c in ("latency", *terms)},
-    })
-    winner = best.iloc[0]
-    st.success(f"Fastest: **{winner['method']} @ {winner['split']}**, {format_seconds(winner['latency'])} end to "
-               f"end ({format_seconds(winner['t_device'])} device + {format_seconds(winner['t_transmit'])} link + "
-               f"{format_seconds(winner['t_server'])} server), {winner['accuracy']:.2%} accuracy (`{winner['id']}`).")
-    if selected is not None:
-        fits = "" if selected["feasible"] else " — infeasible: its device part does not fit the device memory"
-        st.info(f"Selected: **{selected['method']} @ {selected['split']}**, {format_seconds(selected['latency'])} "
-                f"at this rate{fits}.")
+@st.fragment
+def at_rate(env: ui.Environment) -> None:
+    """The link-rate slider and what depends on the rate: moving it reruns this fragment, not the whole app."""
+    rate_kbps = ui.rate_slider()
+    ui.set_view(rate_kBps=f"{rate_kbps:g}")
+    env = dataclasses.replace(env, rate_bps=rate_kbps * 8e3)
+    st.session_state["env"] = env
+    lat = latency_table(table, env.device, env.server, env.rate_bps, overheads=overheads)
+    infeasible = lat[~lat["feasible"]]
+    if curves.empty:
+        st.warning("No variant meets the accuracy requirement and fits the device memory. Allow a larger accuracy drop "
+                   "or a device with more memory in the sidebar.")
+    else:
+        sel = ui.selected_id()
+        selected = lat[lat["id"] == sel].iloc[0] if sel and (lat["id"] == sel).any() else None
+        ui.chart(latency_rate_figure(curves, env.rate_bps, selected=selected), "latency_rate")
 
-if not infeasible.empty:
-    st.warning(f"{len(infeasible)} variant(s) are infeasible: their device part does not fit the device's "
-               f"{format_bytes(env.device.memory_bytes)}: "
-               + ", ".join(f"{r.method} @ {r.split} ({format_bytes(r.device_memory_bytes)})"
-                           for r in infeasible.head(12).itertuples())
-               + (" …" if len(infeasible) > 12 else ""))
+        st.subheader(f"Best configuration per method at {format_rate(env.rate_bps)}")
+        best = best_per_method(table, env.device, env.server, env.rate_bps, need, overheads=overheads, latencies=lat)
+        ui.chart(latency_breakdown_figure(best), "latency_breakdown")
+        terms = [c for c in ("t_device", "t_coding", "t_transmit", "t_overhead", "t_server") if c in best.columns]
+        shown = best[["method", "split", "accuracy", "latency", *terms, "bits_actual", "device_flops",
+                      "device_memory_bytes", "id"]]
+        st.dataframe(shown, hide_index=True, column_config={
+            "accuracy": st.column_config.NumberColumn(format="percent"),
+            **{c: st.column_config.NumberColumn(format="%.4g s") for c in ("latency", *terms)},
+        })
+        winner = best.iloc[0]
+        st.success(f"Fastest: **{winner['method']} @ {winner['split']}**, {format_seconds(winner['latency'])} end "
+                   f"to end ({format_seconds(winner['t_device'])} device + {format_seconds(winner['t_transmit'])} "
+                   f"link + {format_seconds(winner['t_server'])} server), {winner['accuracy']:.2%} accuracy "
+                   f"(`{winner['id']}`).")
+        if selected is not None:
+            fits = "" if selected["feasible"] else " — infeasible: its device part does not fit the device memory"
+            st.info(f"Selected: **{selected['method']} @ {selected['split']}**, {format_seconds(selected['latency'])} "
+                    f"at this rate{fits}.")
+
+    if not infeasible.empty:
+        st.warning(f"{len(infeasible)} variant(s) are infeasible: their device part does not fit the device's "
+                   f"{format_bytes(env.device.memory_bytes)}: "
+                   + ", ".join(f"{r.method} @ {r.split} ({format_bytes(r.device_memory_bytes)})"
+                               for r in infeasible.head(12).itertuples())
+                   + (" …" if len(infeasible) > 12 else ""))
+
+
+at_rate(env)

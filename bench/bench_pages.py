@@ -157,8 +157,8 @@ def bench_browser(cache: Path, data: Path, repeats: int) -> list[float]:
 
 
 def _rate_slider(page):  # noqa: ANN001, ANN202
-    """The sidebar's link-rate slider (its range input)."""
-    return page.locator('[data-testid="stSidebar"] input[type="range"][aria-label="Link rate"]')
+    """The link-rate slider's range input (in the sidebar; on the latency page, above its chart)."""
+    return page.locator('input[type="range"][aria-label="Link rate"]')
 
 
 def main() -> None:

@@ -90,8 +90,8 @@ def _wait_href(page, part: str, present: bool = True) -> None:  # noqa: ANN001
 
 
 def _rate_slider(page):  # noqa: ANN001, ANN202
-    """The sidebar's link-rate slider (its range input)."""
-    return page.locator('[data-testid="stSidebar"] input[type="range"][aria-label="Link rate"]')
+    """The link-rate slider's range input (in the sidebar; on the latency page, above its chart)."""
+    return page.locator('input[type="range"][aria-label="Link rate"]')
 
 
 def _move_rate(page) -> str:  # noqa: ANN001

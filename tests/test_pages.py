@@ -349,6 +349,12 @@ def test_latency_page_best_per_method(synthetic: pd.DataFrame) -> None:
     faster = best_per_method(synthetic, PI3, GPU, 1e5 * 8e3, need)
     assert at.dataframe[0].value["id"].tolist() == faster["id"].tolist()
     assert faster["id"].tolist() != best["id"].tolist()
+    # the page's own rate slider (the sidebar names the rate only): moved, the chart, table and URL follow
+    assert not [s for s in at.sidebar.select_slider if s.label == "Link rate"]
+    assert "set on this page" in " ".join(c.value for c in at.sidebar.caption)
+    widget(at, "select_slider", "Link rate").set_value(4.0).run()
+    assert at.dataframe[0].value["id"].tolist() == best["id"].tolist()
+    assert figure(at, 0)["layout"]["annotations"][0]["text"] == "4 kB/s" and params(at)["rate_kBps"] == "4"
     # a device with little memory: the variants that do not fit are said to be infeasible
     at = run_page("latency", rate_kBps="1e5", device_mb="1")
     lat = latency_table(synthetic, PI3.__class__("pi3", 24e9, 1e6), GPU, 1e5 * 8e3)
