@@ -8,7 +8,6 @@ static folder (`server.enableStaticServing`)."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import shutil
@@ -17,9 +16,10 @@ from typing import Any
 
 import plotly
 import plotly.graph_objects as go
-import plotly.io as pio
 import streamlit as st
 from plotly.io.json import to_json_plotly
+
+from engine.figures import page_template
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # the app's static folder: beside the main script
 
@@ -76,26 +76,15 @@ def plotly_js_src() -> str:
     return f"app/static/{name}"
 
 
-@functools.cache
-def _template() -> dict:
-    """plotly_white in the page's font, axes making room for their labels: close to Streamlit's own chart theme."""
-    template = pio.templates["plotly_white"].to_plotly_json()
-    layout = template.setdefault("layout", {})
-    layout["font"] = {**layout.get("font", {}), "family": '"Source Sans", "Source Sans Pro", sans-serif'}
-    for axis in ("xaxis", "yaxis"):
-        layout[axis] = {**layout.get(axis, {}), "automargin": True}
-    return template
-
-
 def figure_json(fig: go.Figure, key: str = "") -> str:
-    """The figure as Plotly JSON in the dashboard's look (`_template()` in place of plotly's default), with a
+    """The figure as Plotly JSON in the dashboard's look (`engine.figures.page_template`), with a
     `datarevision` that changes exactly when the traces do, so `Plotly.react` skips the data (autoranges, trace
     drawing) when only the layout moved, and a `uirevision` (the chart's key) that keeps a person's zoom and legend
     clicks across updates."""
     spec = fig.to_plotly_json()
     data = to_json_plotly(spec.get("data", []))
     layout = spec.get("layout", {})
-    layout["template"] = _template()
+    layout["template"] = page_template()
     layout["datarevision"] = hashlib.sha1(data.encode()).hexdigest()[:16]
     layout.setdefault("uirevision", key or "chart")
     return f'{{"data":{data},"layout":{to_json_plotly(layout)}}}'

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from engine.pareto import meets_threshold, pareto_front
 
@@ -269,23 +271,40 @@ def png_export_problem() -> str | None:
     return None
 
 
+@functools.cache
+def page_template() -> dict:
+    """The look of the dashboard's charts, which exports share: plotly_white in the page's sans font, axes making
+    room for their labels (close to Streamlit's own chart theme)."""
+    template = pio.templates["plotly_white"].to_plotly_json()
+    layout = template.setdefault("layout", {})
+    layout["font"] = {**layout.get("font", {}), "family": '"Source Sans", "Source Sans Pro", sans-serif'}
+    for axis in ("xaxis", "yaxis"):
+        layout[axis] = {**layout.get(axis, {}), "automargin": True}
+    return template
+
+
+def _as_on_page(fig: go.Figure) -> go.Figure:
+    return go.Figure(fig).update_layout(template=page_template())  # a copy: the caller's figure stays as it was
+
+
 def figure_png(fig: go.Figure, scale: float = 2.0) -> bytes:
-    """The figure as a PNG image; a UserError (one line) when this machine cannot render one."""
+    """The figure as a PNG image, as the dashboard draws it; a UserError (one line) when this machine cannot render
+    one."""
     from engine.errors import UserError
 
     problem = png_export_problem()
     if problem:
         raise UserError(problem)
     try:
-        return fig.to_image(format="png", scale=scale)
+        return _as_on_page(fig).to_image(format="png", scale=scale)
     except Exception as exc:  # noqa: BLE001 - the browser may fail in many ways
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"PNG export failed ({first}); download the HTML instead") from None
 
 
 def figure_html(fig: go.Figure) -> bytes:
-    """The figure as a self-contained HTML page (plotly.js inlined, so it opens offline)."""
-    return fig.to_html(include_plotlyjs=True, full_html=True).encode()
+    """The figure as a self-contained HTML page, as the dashboard draws it (plotly.js inlined: it opens offline)."""
+    return _as_on_page(fig).to_html(include_plotlyjs=True, full_html=True).encode()
 
 
 # -- noisy channels (Shao & Zhang 2020, Fig. 5) -----------------------------------------------------------------

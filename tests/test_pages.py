@@ -464,6 +464,7 @@ def test_figures_export_as_html_and_png(measured: pd.DataFrame, monkeypatch: pyt
     fig = plane_figure(measured, float(measured["png_bits"].iloc[0]))
     html = figure_html(fig).decode()
     assert "<html>" in html[:100] and "conv4_x" in html and "plotly" in html
+    assert "Source Sans" in html and fig.layout.template.layout.font.family is None  # the page's look, on a copy
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("BROWSER_PATH", raising=False)
     assert "Chromium" in png_export_problem()
