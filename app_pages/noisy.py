@@ -11,7 +11,16 @@ import streamlit as st
 import ui
 from engine.channels import CHANNELS
 from engine.figures import mismatch_figure, noisy_cost_figure
-from engine.jscc import FIG5_CHANNELS, FIG5_SPLIT, best_schemes, fig5_curves, fig5_rows, mismatch_curve, thresholds
+from engine.jscc import (
+    FIG5_CHANNELS,
+    FIG5_SPLIT,
+    best_schemes,
+    fig5_curves,
+    fig5_plan,
+    fig5_rows,
+    mismatch_curve,
+    thresholds,
+)
 
 env = ui.environment()
 st.title("Noisy channels")
@@ -24,6 +33,14 @@ if jscc.empty:
             f"{FIG5_SPLIT}, plus the `original` row there); as jobs they are `three_step` variants with knobs "
             "`encoder=jscc`, `snapshot=none` and `jscc_*`.")
     st.stop()
+
+planned = table["id"].isin({cfg.id for cfg in fig5_plan(base, env.profile)})
+if planned[jscc.index].any() and not planned.all():  # other budgets' or hand-run variants of this base model too
+    only_plan = st.toggle(f"Only the {env.profile} profile's variants", value=True, key="noisy_plan_only",
+                          help=f"what `python -m engine noisy --profile {env.profile}` measures ({int(planned.sum())} "
+                               f"row(s)); off: also the {int((~planned).sum())} other Fig. 5 rows of this base model "
+                               "(earlier budgets, hand-run variants), each a measured model")
+    table = table[planned] if only_plan else table
 
 val_need, test_need = thresholds(table, env.accuracy_drop)
 st.caption(f"split **{FIG5_SPLIT}** · ResNet18 width {base.width:g} · accuracy ≥ **{test_need:.2%}** on test "

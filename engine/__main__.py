@@ -659,8 +659,8 @@ def cmd_noisy(args: argparse.Namespace) -> int:
     planned = {cfg.id for cfg in fig5_plan(base, profile.name, channels)}
     table = table[table["id"].isin(planned)] if not table.empty else table
     print(f"Fig. 5 at conv4_x, base model {base.id} (width {base.width:g}), {profile.name} profile: {len(rows)} "
-          "variant(s) measured now, the rest from the results store (this profile's variants only; the dashboard's "
-          "Noisy channels page reads every Fig. 5 row of the base model)")
+          "variant(s) measured now, the rest from the results store (this profile's variants only, as the dashboard's "
+          "Noisy channels page shows them by default)")
     print(fig5_report(table, channels, args.drop / 100, args.bandwidth))
     return 0
 

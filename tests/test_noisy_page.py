@@ -13,6 +13,7 @@ from test_pages import decoded, figures
 
 from engine.config import PROFILES
 from engine.data import ImageData
+from engine.jscc import fig5_plan
 from engine.store import ResultsStore
 from ui import Environment
 
@@ -64,3 +65,22 @@ def test_the_slider_picks_the_best_scheme_and_its_mismatch_curve(fresh_cache: Pa
     assert cost["JSCC"]["x"] == [0.01, 0.1] and cost["JSCC"]["y"] == [16, 64]
     at.select_slider[0].set_value(0.01).run()
     assert "**JSCC** (16 channel bits)" in at.success[0].value
+
+
+def test_the_profiles_own_variants_by_default(fresh_cache: Path, small_data: ImageData) -> None:
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    rows = synthetic_rows(base.id)
+    planned = next(c for c in fig5_plan(base, "smoke") if c.knob("jscc_channel") == "awgn")
+    awgn8 = next(r for r in rows if r["id"] == "awgn8")
+    rows.append({**awgn8, "id": planned.id, "knobs": dict(planned.knobs)})  # measured as the smoke profile plans it
+    ResultsStore(fresh_cache / "results.sqlite").put_many(rows)
+    at = run_page()
+    assert not at.exception
+    only = at.toggle(key="noisy_plan_only")
+    assert only.value and "also the 8 other Fig. 5 rows" in only.help
+    cost = traces(figures(at)[0])
+    assert set(cost) == {"JSCC", "PNG input"}  # the hand-made rows' ids are not the profile's
+    uses = planned.knob("jscc_uses")  # the awgn8 row's accuracies under the planned k: cost k / W at 1 MHz
+    assert cost["JSCC"]["x"] == [10.0, 20.0] and cost["JSCC"]["y"] == pytest.approx([uses / 1e6] * 2)
+    only.set_value(False).run()
+    assert set(traces(figures(at)[0])) == {"JSCC", "learned source coding", "8-bit Huffman feature", "PNG input"}
