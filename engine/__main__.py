@@ -4,6 +4,7 @@ step shows progress; a user mistake prints one line and exits with status 2."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -31,6 +32,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """"16x6,24x4,32x3" (size x epochs) or "16,16,24,32" (one size per epoch) -> one size per epoch."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            size, _, times = part.strip().partition("x")
+            out += [int(size)] * (int(times) if times else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not sizes: {text!r}; e.g. 16x6,24x4,32x3 (size x epochs)") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive: {text!r}")
+    return tuple(out)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset: CIFAR-10 root, ImageFolder dir with train/ and test/, or a .tar/.tar.gz "
                                   "of one (default: $COINFER_DATA, then cache/data/, then torchvision's download)")
@@ -50,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-splits", action="store_true", help="include every BasicBlock boundary")
     p = sub.add_parser("train-base", help="train (or load from the cache) the base model")
     _common(p)
+    p.add_argument("--sizes", type=_sizes, help="progressive resizing: the input size of each epoch as SIZExEPOCHS "
+                                               "parts, e.g. 16x6,24x4,32x3 (13 epochs; replaces the profile's count)")
     p = sub.add_parser("run", help="build and measure a method's variants; rows go to the results store")
     _common(p)
     p.add_argument("method", help="method name, e.g. original")
@@ -217,14 +234,18 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     from engine.train import load_or_train_base
 
     profile, data, base = _load(args)
+    if args.sizes:
+        base = dataclasses.replace(base, epochs=len(args.sizes), sizes=args.sizes)
     bar = _Bar(f"base {base.id}")
     try:
         _, ckpt = load_or_train_base(base, data, _writable_cache(), bar)
     finally:
         bar.close()
     m = ckpt["metrics"]
-    print(f"base model {base.id}: width {base.width}, {base.epochs} epochs, test accuracy {m['test_accuracy']:.4f}, "
-          f"validation {m['val_accuracy']:.4f}, trained in {m['train_seconds']:.0f} s on {m['device']}")
+    sizes = f" (sizes {','.join(map(str, base.sizes))})" if base.sizes else ""
+    print(f"base model {base.id}: width {base.width}, {base.epochs} epochs{sizes}, test accuracy "
+          f"{m['test_accuracy']:.4f}, validation {m['val_accuracy']:.4f}, trained in {m['train_seconds']:.0f} s on "
+          f"{m['device']}")
     return 0
 
 

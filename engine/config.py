@@ -3,12 +3,13 @@ URL parameter and export name of everything built from it."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from engine.errors import UserError
 from engine.registry import Registry
@@ -33,9 +34,23 @@ def config_from_knobs(cls: type[T], knobs: Mapping[str, Any] | Iterable[tuple[st
     return cls(**kw)
 
 
+def _id_fields(obj: Any) -> dict[str, Any]:
+    """A config dataclass's fields as plain data (nested configs too), leaving out the fields of its `ID_OPTIONAL`
+    that are at their default: fields added after a config was released, so that configs not using them keep
+    their ids."""
+    optional = getattr(obj, "ID_OPTIONAL", ())
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in optional and value == f.default:
+            continue
+        out[f.name] = _id_fields(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
+
+
 def canonical_json(obj: Any) -> str:
     if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
+        obj = _id_fields(obj)
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -59,12 +74,25 @@ class BaseModelConfig:
     label_smoothing: float = 0.1
     val_fraction: float = 0.1
     model: str = "resnet18"
+    # the input size of each epoch (progressive resizing: small images first, the data's own size last); empty:
+    # every epoch at the data's size
+    sizes: tuple[int, ...] = ()
+    ID_OPTIONAL: ClassVar[tuple[str, ...]] = ("sizes",)  # added later: in the id (and repr) only when set
 
     def __post_init__(self) -> None:
         if not self.width > 0:
             raise UserError(f"width must be > 0, got {self.width}; try --width 0.25")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("epochs and batch size must be positive integers")
+        object.__setattr__(self, "sizes", tuple(self.sizes))  # a JSON round trip gives a list
+        if self.sizes and (len(self.sizes) != self.epochs or min(self.sizes) < 1):
+            raise UserError(f"sizes must give a positive input size for each of the {self.epochs} epochs, got "
+                            f"{list(self.sizes)}; e.g. --sizes 16x6,24x4,32x3")
+
+    def __repr__(self) -> str:  # the generated repr, optional fields only when set (intermediate caches key on it)
+        shown = [f for f in dataclasses.fields(self)
+                 if f.name not in self.ID_OPTIONAL or getattr(self, f.name) != f.default]
+        return f"{type(self).__qualname__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in shown)})"
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 

@@ -744,6 +744,16 @@ def augment_batch(x_uint8: torch.Tensor, generator: torch.Generator | None, padd
     return padded.gather(2, index).reshape(n, c, h, w)
 
 
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Square `size` x `size` images of a float (N, C, H, W) batch, for progressive resizing: 2x2 average pooling
+    for an exact half, antialiased bilinear otherwise; unchanged at the batch's own size."""
+    if x.shape[-2:] == (size, size):
+        return x
+    if x.shape[-2] == x.shape[-1] == 2 * size:
+        return F.avg_pool2d(x, 2)
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor | Sequence[float], std: torch.Tensor | Sequence[float],
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(x / 255 - mean) / std per channel, as `dtype`; mean and std in [0, 1] units (ImageData.mean/std)."""

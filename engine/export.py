@@ -215,12 +215,21 @@ def parse_selection(raw: bytes | str) -> dict:
         if not (_is_scalar(v) or (isinstance(v, list) and all(_is_scalar(x) for x in v))):
             raise _reject(f"knob {k!r} must be a number, string, boolean, null or a flat list of them")
     base = config.get("base")
-    if not isinstance(base, dict) or set(base) != set(_BASE_FIELDS):
-        raise _reject(f"'config.base' must have exactly the fields {', '.join(_BASE_FIELDS)}")
+    required = set(_BASE_FIELDS) - set(BaseModelConfig.ID_OPTIONAL)  # an export of an earlier release lacks those
+    if not isinstance(base, dict) or not required <= set(base) <= set(_BASE_FIELDS):
+        raise _reject(f"'config.base' must have the fields {', '.join(_BASE_FIELDS)} (optional: "
+                      f"{', '.join(BaseModelConfig.ID_OPTIONAL)})")
     for k, v in base.items():
         kind = _BASE_FIELDS[k].type
-        ok = isinstance(v, str) if kind == "str" else (isinstance(v, int) and not isinstance(v, bool)) \
-            if kind == "int" else isinstance(v, (int, float)) and not isinstance(v, bool)
+        if kind == "tuple[int, ...]":
+            ok = isinstance(v, list) and len(v) <= 10_000 and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                   for i in v)
+        elif kind == "str":
+            ok = isinstance(v, str)
+        elif kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if not ok:
             raise _reject(f"base field {k!r} must be of type {kind}, got {v!r}")
     metrics = doc.get("metrics", {})

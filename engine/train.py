@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engine.config import BaseModelConfig
-from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
+from engine.data import ImageData, augment_batch, iterate_batches, normalize, resize_batch, train_val_split
 from engine.models import build_model
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,9 @@ def make_model(cfg: BaseModelConfig, data: ImageData) -> nn.Module:
 
 def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Progress | None = None) -> dict:
     """Train the base model (SGD + Nesterov, one-cycle LR, label smoothing), resuming from the last finished epoch
-    of an interrupted run. Returns the checkpoint dict: state_dict, config, metrics."""
+    of an interrupted run; with `cfg.sizes`, each epoch's augmented images are resized to that epoch's size
+    (progressive resizing; validation and test at the data's own size). Returns the checkpoint dict: state_dict,
+    config, metrics."""
     device = pick_device()
     generator = seed_everything(cfg.seed)
     train_x, train_y, val_x, val_y = train_val_split(data, cfg.val_fraction, cfg.seed)
@@ -141,10 +143,14 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
     while state.epoch < cfg.epochs:
         start = time.perf_counter()
         model.train()
+        size = cfg.sizes[state.epoch] if cfg.sizes else None
         for step, (xb, yb) in enumerate(
             iterate_batches(train_x_dev, train_y_dev, cfg.batch_size, shuffle=True, generator=generator)
         ):
-            xb = normalize(augment_batch(xb, generator), mean, std).contiguous(memory_format=torch.channels_last)
+            xb = normalize(augment_batch(xb, generator), mean, std)
+            if size is not None:
+                xb = resize_batch(xb, size)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 loss = loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)

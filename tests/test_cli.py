@@ -51,6 +51,14 @@ def test_width_must_be_positive(capsys: pytest.CaptureFixture) -> None:
     assert "must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("sizes", "message"), [("abc", "e.g. 16x6,24x4,32x3"), ("16x2,0", "must be positive")])
+def test_sizes_must_be_a_schedule(capsys: pytest.CaptureFixture, sizes: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train-base", "--sizes", sizes])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_missing_and_corrupt_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "cache"))

@@ -54,6 +54,13 @@ def test_selection_round_trips_through_json(row: dict) -> None:
     # a row of the pandas table gives the same document
     series = rows_to_frame([row]).iloc[0]
     assert selection_json(series, ENV)["config"] == doc["config"]
+    # an export written before the base config had `sizes` imports as the same variant; a wrong type is refused
+    older = json.loads(text)
+    del older["config"]["base"]["sizes"]
+    assert variant_config(parse_selection(json.dumps(older).encode())).id == row["id"]
+    older["config"]["base"]["sizes"] = ["16"]
+    with pytest.raises(UserError, match="base field 'sizes'"):
+        parse_selection(json.dumps(older).encode())
 
 
 def test_list_knobs_and_missing_figures(ctx: RunContext) -> None:

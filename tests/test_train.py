@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 import engine.train as train_mod
 from engine.config import PROFILES
-from engine.data import ImageData
+from engine.data import ImageData, resize_batch
 from engine.train import base_checkpoint_path, load_checkpoint, load_or_train_base, save_checkpoint
 
 
@@ -94,3 +95,28 @@ def test_interrupted_training_resumes(small_data: ImageData, tmp_path: Path, mon
     assert not partial.exists()
     for key, value in straight["state_dict"].items():
         assert torch.allclose(value.float(), resumed["state_dict"][key].float(), atol=1e-5), key
+
+
+def test_progressive_resizing_trains_each_epoch_at_its_size(small_data: ImageData, base_cfg, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = dataclasses.replace(base_cfg, epochs=3, sizes=(16, 24, 32))
+    seen = []
+
+    def recording_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+        out = resize_batch(x, size)
+        seen.append((x.shape[-1], out.shape[-1]))
+        return out
+
+    monkeypatch.setattr(train_mod, "resize_batch", recording_resize)
+    _, ckpt = load_or_train_base(cfg, small_data, tmp_path)
+    steps = -(-1080 // cfg.batch_size)  # batches per epoch
+    assert seen == [(32, 16)] * steps + [(32, 24)] * steps + [(32, 32)] * steps
+    assert ckpt["config"]["sizes"] == [16, 24, 32] and cfg.id != base_cfg.id
+    assert 0.0 <= ckpt["metrics"]["test_accuracy"] <= 1.0  # evaluated at the data's own size
+
+
+def test_resize_batch() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert resize_batch(x, 4) is x
+    assert torch.equal(resize_batch(x, 2), torch.nn.functional.avg_pool2d(x, 2))  # an exact half: 2x2 means
+    assert resize_batch(x, 3).shape == (2, 3, 3, 3) and resize_batch(x, 6).shape == (2, 3, 6, 6)
