@@ -84,6 +84,8 @@ class BaseModelConfig:
             raise UserError(f"width must be > 0, got {self.width}; try --width 0.25")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("epochs and batch size must be positive integers")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         object.__setattr__(self, "sizes", tuple(self.sizes))  # a JSON round trip gives a list
         if self.sizes and (len(self.sizes) != self.epochs or min(self.sizes) < 1):
             raise UserError(f"sizes must give a positive input size for each of the {self.epochs} epochs, got "
@@ -93,8 +95,6 @@ class BaseModelConfig:
         shown = [f for f in dataclasses.fields(self)
                  if f.name not in self.ID_OPTIONAL or getattr(self, f.name) != f.default]
         return f"{type(self).__qualname__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in shown)})"
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
     @property
     def id(self) -> str:

@@ -32,3 +32,11 @@ def test_a_later_optional_field_changes_no_id_until_it_is_set() -> None:
 def test_sizes_name_one_positive_size_per_epoch(sizes: tuple[int, ...]) -> None:
     with pytest.raises(UserError, match="--sizes 16x6,24x4,32x3"):
         BaseModelConfig("d", epochs=3, sizes=sizes)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [("width", 0.0, "width must be > 0"),
+                                                         ("epochs", 0, "positive integers"),
+                                                         ("val_fraction", 1.0, "val_fraction must be in")])
+def test_a_bad_base_config_is_a_user_error(field: str, value: float, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        BaseModelConfig("d", **{field: value})
