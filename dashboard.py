@@ -14,7 +14,6 @@ import streamlit as st
 import ui
 from engine.config import PROFILES
 from engine.latency import DEVICES, DeviceProfile
-from engine.units import format_rate
 
 st.set_page_config(page_title="coinfer", page_icon=":material/cell_tower:", layout="wide")
 
@@ -100,7 +99,7 @@ with st.sidebar:
     server = _device_picker("server")
     if current == "latency":  # that page draws the slider beside its chart, where moving it reruns only the chart
         rate_kbps = ui.view_rate_kbps()
-        st.caption(f"Link rate **{format_rate(rate_kbps * 8e3)}**: set on this page, above the chart")
+        st.caption("Link rate: set on this page, above the chart")  # no value here: the page's fragment moves it
     else:
         rate_kbps = ui.rate_slider()
     key = ui.bind("drop", lambda: ui.parse_float(v["drop"], 2.0, -1e-9, 10.0))
