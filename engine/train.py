@@ -115,8 +115,8 @@ def make_model(cfg: BaseModelConfig, data: ImageData) -> nn.Module:
 def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Progress | None = None) -> dict:
     """Train the base model (SGD + Nesterov, one-cycle LR, label smoothing), resuming from the last finished epoch
     of an interrupted run; with `cfg.sizes`, each epoch's augmented images are resized to that epoch's size
-    (progressive resizing; validation and test at the data's own size). Returns the checkpoint dict: state_dict,
-    config, metrics."""
+    (progressive resizing; validation and test at the data's own size, validation only after epochs at that size
+    and after the last). Returns the checkpoint dict: state_dict, config, metrics."""
     device = pick_device()
     generator = seed_everything(cfg.seed)
     train_x, train_y, val_x, val_y = train_val_split(data, cfg.val_fraction, cfg.seed)
@@ -161,10 +161,16 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
                 done = (state.epoch + step / steps_per_epoch) / cfg.epochs
                 progress(done, f"epoch {state.epoch + 1}/{cfg.epochs} loss {loss.item():.3f}")
         state.epoch += 1
-        val_acc = accuracy(model, val_x, val_y, mean, std)
+        # validation at the data's size, so not after an epoch at another size (batch norm's statistics are that
+        # size's, the figure would mean little), except after the last
+        if size is None or (size, size) == tuple(data.image_size) or state.epoch == cfg.epochs:
+            val_acc = accuracy(model, val_x, val_y, mean, std)
+            shown = f"val acc {val_acc:.4f}"
+        else:
+            shown = f"at {size}x{size} (validation at full size only)"
         state.seconds += time.perf_counter() - start
         if progress:
-            progress(state.epoch / cfg.epochs, f"epoch {state.epoch}/{cfg.epochs} val acc {val_acc:.4f}")
+            progress(state.epoch / cfg.epochs, f"epoch {state.epoch}/{cfg.epochs} {shown}")
         if state.epoch < cfg.epochs:
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "generator": generator.get_state(),

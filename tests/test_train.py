@@ -107,12 +107,20 @@ def test_progressive_resizing_trains_each_epoch_at_its_size(small_data: ImageDat
         seen.append((x.shape[-1], out.shape[-1]))
         return out
 
+    evaluated, accuracy = [], train_mod.accuracy
+
+    def recording_accuracy(model, x: torch.Tensor, *args) -> float:  # noqa: ANN001
+        evaluated.append(len(x))
+        return accuracy(model, x, *args)
+
     monkeypatch.setattr(train_mod, "resize_batch", recording_resize)
+    monkeypatch.setattr(train_mod, "accuracy", recording_accuracy)
     _, ckpt = load_or_train_base(cfg, small_data, tmp_path)
     steps = -(-1080 // cfg.batch_size)  # batches per epoch
     assert seen == [(32, 16)] * steps + [(32, 24)] * steps + [(32, 32)] * steps
+    assert evaluated == [120, 400]  # validation after the last epoch only (the others ran at 16 and 24), then test
     assert ckpt["config"]["sizes"] == [16, 24, 32] and cfg.id != base_cfg.id
-    assert 0.0 <= ckpt["metrics"]["test_accuracy"] <= 1.0  # evaluated at the data's own size
+    assert 0.0 <= ckpt["metrics"]["val_accuracy"] <= 1.0 and 0.0 <= ckpt["metrics"]["test_accuracy"] <= 1.0
 
 
 def test_resize_batch() -> None:
