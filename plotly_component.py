@@ -8,7 +8,7 @@ static folder (`server.enableStaticServing`)."""
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -66,10 +66,15 @@ _component = st.components.v2.component("coinfer_plotly_chart", js=_JS, css=_CSS
 def plotly_js_src() -> str:
     """The URL of plotly.js, relative to the page: the installed plotly's own file, copied once per version into
     the static folder (atomically, so concurrent sessions never serve half a file)."""
+    return _served_plotly_js(STATIC_DIR)
+
+
+@functools.cache
+def _served_plotly_js(static_dir: Path) -> str:  # once per process and folder: no file check on every chart drawn
     name = f"plotly-{plotly.__version__}.min.js"
-    target = STATIC_DIR / name
+    target = static_dir / name
     if not target.exists():
-        STATIC_DIR.mkdir(exist_ok=True)
+        static_dir.mkdir(exist_ok=True)
         tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
         shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", tmp)
         os.replace(tmp, target)
@@ -77,17 +82,13 @@ def plotly_js_src() -> str:
 
 
 def figure_json(fig: go.Figure, key: str = "") -> str:
-    """The figure as Plotly JSON in the dashboard's look (`engine.figures.page_template`), with a
-    `datarevision` that changes exactly when the traces do, so `Plotly.react` skips the data (autoranges, trace
-    drawing) when only the layout moved, and a `uirevision` (the chart's key) that keeps a person's zoom and legend
-    clicks across updates."""
+    """The figure as Plotly JSON in the dashboard's look (`engine.figures.page_template`), with a `uirevision` (the
+    chart's key) that keeps a person's zoom and legend clicks across updates."""
     spec = fig.to_plotly_json()
-    data = to_json_plotly(spec.get("data", []))
-    layout = spec.get("layout", {})
+    layout = spec.setdefault("layout", {})
     layout["template"] = page_template()
-    layout["datarevision"] = hashlib.sha1(data.encode()).hexdigest()[:16]
     layout.setdefault("uirevision", key or "chart")
-    return f'{{"data":{data},"layout":{to_json_plotly(layout)}}}'
+    return to_json_plotly(spec)
 
 
 def plotly_chart(fig: go.Figure, key: str) -> Any:

@@ -37,7 +37,6 @@ def at_rate(env: ui.Environment) -> None:
     rate_kbps = ui.rate_slider()
     ui.set_view(rate_kBps=f"{rate_kbps:g}")
     env = dataclasses.replace(env, rate_bps=rate_kbps * 8e3)
-    st.session_state["env"] = env
     lat = latency_table(table, env.device, env.server, env.rate_bps, overheads=overheads)
     infeasible = lat[~lat["feasible"]]
     if curves.empty:

@@ -163,7 +163,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
         state.epoch += 1
         # validation at the data's size, so not after an epoch at another size (batch norm's statistics are that
         # size's, the figure would mean little), except after the last
-        if size is None or (size, size) == tuple(data.image_size) or state.epoch == cfg.epochs:
+        if size is None or (size, size) == data.image_size or state.epoch == cfg.epochs:
             val_acc = accuracy(model, val_x, val_y, mean, std)
             shown = f"val acc {val_acc:.4f}"
         else:
