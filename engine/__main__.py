@@ -235,14 +235,15 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 
     profile, data, base = _load(args)
     if args.sizes:
-        base = dataclasses.replace(base, epochs=len(args.sizes), sizes=args.sizes)
+        base = dataclasses.replace(base, epochs=len(args.sizes), sizes=args.sizes, scales=())
     bar = _Bar(f"base {base.id}")
     try:
         _, ckpt = load_or_train_base(base, data, _writable_cache(), bar)
     finally:
         bar.close()
     m = ckpt["metrics"]
-    sizes = f" (sizes {','.join(map(str, base.sizes))})" if base.sizes else ""
+    sizes = (f" (sizes {','.join(map(str, base.sizes))})" if base.sizes else
+             f" (scales {','.join(f'{f:g}' for f in base.scales)})" if base.scales else "")
     print(f"base model {base.id}: width {base.width}, {base.epochs} epochs{sizes}, test accuracy "
           f"{m['test_accuracy']:.4f}, validation {m['val_accuracy']:.4f}, trained in {m['train_seconds']:.0f} s on "
           f"{m['device']}")

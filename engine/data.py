@@ -744,14 +744,15 @@ def augment_batch(x_uint8: torch.Tensor, generator: torch.Generator | None, padd
     return padded.gather(2, index).reshape(n, c, h, w)
 
 
-def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Square `size` x `size` images of a float (N, C, H, W) batch, for progressive resizing: 2x2 average pooling
-    for an exact half, antialiased bilinear otherwise; unchanged at the batch's own size."""
-    if x.shape[-2:] == (size, size):
+def resize_batch(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """The images of a float (N, C, H, W) batch at `size` (height, width; an int: square), for progressive resizing:
+    2x2 average pooling for an exact half, antialiased bilinear otherwise; unchanged at the batch's own size."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if x.shape[-2:] == (h, w):
         return x
-    if x.shape[-2] == x.shape[-1] == 2 * size:
+    if x.shape[-2:] == (2 * h, 2 * w):
         return F.avg_pool2d(x, 2)
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor | Sequence[float], std: torch.Tensor | Sequence[float],

@@ -224,6 +224,9 @@ def parse_selection(raw: bytes | str) -> dict:
         if kind == "tuple[int, ...]":
             ok = isinstance(v, list) and len(v) <= 10_000 and all(isinstance(i, int) and not isinstance(i, bool)
                                                                    for i in v)
+        elif kind == "tuple[float, ...]":
+            ok = isinstance(v, list) and len(v) <= 10_000 and all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) for f in v)
         elif kind == "str":
             ok = isinstance(v, str)
         elif kind == "int":

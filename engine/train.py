@@ -114,9 +114,9 @@ def make_model(cfg: BaseModelConfig, data: ImageData) -> nn.Module:
 
 def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Progress | None = None) -> dict:
     """Train the base model (SGD + Nesterov, one-cycle LR, label smoothing), resuming from the last finished epoch
-    of an interrupted run; with `cfg.sizes`, each epoch's augmented images are resized to that epoch's size
-    (progressive resizing; validation and test at the data's own size, validation only after epochs at that size
-    and after the last). Returns the checkpoint dict: state_dict, config, metrics."""
+    of an interrupted run; with `cfg.sizes` or `cfg.scales`, each epoch's augmented images are resized to that
+    epoch's size (progressive resizing; validation and test at the data's own size, validation only after epochs at
+    that size and after the last). Returns the checkpoint dict: state_dict, config, metrics."""
     device = pick_device()
     generator = seed_everything(cfg.seed)
     train_x, train_y, val_x, val_y = train_val_split(data, cfg.val_fraction, cfg.seed)
@@ -143,13 +143,12 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
     while state.epoch < cfg.epochs:
         start = time.perf_counter()
         model.train()
-        size = cfg.sizes[state.epoch] if cfg.sizes else None
+        size = cfg.input_size(state.epoch, data.image_size)
         for step, (xb, yb) in enumerate(
             iterate_batches(train_x_dev, train_y_dev, cfg.batch_size, shuffle=True, generator=generator)
         ):
             xb = normalize(augment_batch(xb, generator), mean, std)
-            if size is not None:
-                xb = resize_batch(xb, size)
+            xb = resize_batch(xb, size)
             xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 loss = loss_fn(model(xb), yb)
@@ -163,11 +162,11 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
         state.epoch += 1
         # validation at the data's size, so not after an epoch at another size (batch norm's statistics are that
         # size's, the figure would mean little), except after the last
-        if size is None or (size, size) == data.image_size or state.epoch == cfg.epochs:
+        if size == data.image_size or state.epoch == cfg.epochs:
             val_acc = accuracy(model, val_x, val_y, mean, std)
             shown = f"val acc {val_acc:.4f}"
         else:
-            shown = f"at {size}x{size} (validation at full size only)"
+            shown = f"at {size[0]}x{size[1]} (validation at full size only)"
         state.seconds += time.perf_counter() - start
         if progress:
             progress(state.epoch / cfg.epochs, f"epoch {state.epoch}/{cfg.epochs} {shown}")

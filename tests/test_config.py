@@ -7,18 +7,19 @@ import json
 
 import pytest
 
-from engine.config import PROFILES, BaseModelConfig, VariantConfig, config_id
+from engine.config import PROFILES, BaseModelConfig, VariantConfig, config_id, profile_of, size_schedule
 from engine.errors import UserError
 
 
 def test_a_later_optional_field_changes_no_id_until_it_is_set() -> None:
-    base = PROFILES.get("quick").base_config("45b041e867f5a40f")
-    assert base.id == "5ce18a3797658519"  # the quick base model of the CIFAR-10 JPEG copy, as measured before
-    released = {k: v for k, v in dataclasses.asdict(base).items() if k != "sizes"}
-    assert base.id == config_id(released) and "sizes" not in repr(base)
+    # the quick profile's base model of the CIFAR-10 JPEG copy as first released and measured: 8 epochs at 32x32
+    base = BaseModelConfig("45b041e867f5a40f", epochs=8, batch_size=128, lr=0.15)
+    assert base.id == "5ce18a3797658519"
+    released = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("sizes", "scales")}
+    assert base.id == config_id(released) and "sizes" not in repr(base) and "scales" not in repr(base)
     variant = VariantConfig.make("three_step", "conv4_x", base, sparsity=0.5, bits=4)
     as_released = dataclasses.asdict(variant)
-    del as_released["base"]["sizes"]
+    del as_released["base"]["sizes"], as_released["base"]["scales"]
     assert variant.id == config_id(as_released)
 
     resized = dataclasses.replace(base, epochs=3, sizes=(16, 24, 32))
@@ -26,6 +27,31 @@ def test_a_later_optional_field_changes_no_id_until_it_is_set() -> None:
     assert VariantConfig.make("three_step", "conv4_x", resized, sparsity=0.5, bits=4).id != variant.id
     again = BaseModelConfig(**json.loads(json.dumps(resized.__dict__)))  # a checkpoint's or a job's copy
     assert again == resized and again.id == resized.id and again.sizes == (16, 24, 32)
+
+
+def test_scales_follow_the_data_and_the_profile_carries_them() -> None:
+    assert size_schedule((0.5, 2), (1.0, 1)) == (0.5, 0.5, 1.0)
+    base = BaseModelConfig("d", epochs=3, scales=(0.5, 0.75, 1.0))
+    assert [base.input_size(e, (32, 32)) for e in range(3)] == [(16, 16), (24, 24), (32, 32)]
+    assert [base.input_size(e, (28, 20)) for e in range(3)] == [(14, 10), (21, 15), (28, 20)]
+    assert BaseModelConfig("d", epochs=2, sizes=(8, 16)).input_size(0, (32, 32)) == (8, 8)
+    assert BaseModelConfig("d").input_size(0, (28, 28)) == (28, 28)
+    again = BaseModelConfig(**json.loads(json.dumps(base.__dict__)))
+    assert again == base and again.id == base.id and "scales=(0.5, 0.75, 1.0)" in repr(base)
+    for name in PROFILES:  # each profile's base config is recognised as that profile's
+        profile = PROFILES.get(name)
+        base = profile.base_config("d")
+        assert base.scales == profile.scales and profile_of(base) is profile
+
+
+@pytest.mark.parametrize(("scales", "message"), [((0.5, 1.0), "for each of the 3 epochs"),
+                                                 ((0.5, 0.0, 1.0), r"fraction in \(0, 1\]"),
+                                                 ((0.5, 1.5, 1.0), r"fraction in \(0, 1\]")])
+def test_scales_name_one_fraction_per_epoch(scales: tuple[float, ...], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        BaseModelConfig("d", epochs=3, scales=scales)
+    with pytest.raises(UserError, match="not both"):
+        BaseModelConfig("d", epochs=2, sizes=(16, 32), scales=(0.5, 1.0))
 
 
 @pytest.mark.parametrize("sizes", [(16, 32), (16, 0, 32)])

@@ -61,6 +61,10 @@ def test_selection_round_trips_through_json(row: dict) -> None:
     older["config"]["base"]["sizes"] = ["16"]
     with pytest.raises(UserError, match="base field 'sizes'"):
         parse_selection(json.dumps(older).encode())
+    del older["config"]["base"]["sizes"]
+    older["config"]["base"]["scales"] = ["half"]
+    with pytest.raises(UserError, match="base field 'scales'"):
+        parse_selection(json.dumps(older).encode())
 
 
 def test_list_knobs_and_missing_figures(ctx: RunContext) -> None:

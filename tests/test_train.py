@@ -97,14 +97,16 @@ def test_interrupted_training_resumes(small_data: ImageData, tmp_path: Path, mon
         assert torch.allclose(value.float(), resumed["state_dict"][key].float(), atol=1e-5), key
 
 
+@pytest.mark.parametrize(("field", "schedule"), [("sizes", (16, 24, 32)), ("scales", (0.5, 0.75, 1.0))])
 def test_progressive_resizing_trains_each_epoch_at_its_size(small_data: ImageData, base_cfg, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = dataclasses.replace(base_cfg, epochs=3, sizes=(16, 24, 32))
+                                                            monkeypatch: pytest.MonkeyPatch, field: str,
+                                                            schedule: tuple) -> None:
+    cfg = dataclasses.replace(base_cfg, epochs=3, **{field: schedule})
     seen = []
 
-    def recording_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    def recording_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         out = resize_batch(x, size)
-        seen.append((x.shape[-1], out.shape[-1]))
+        seen.append((x.shape[-1], tuple(out.shape[-2:])))
         return out
 
     evaluated, accuracy = [], train_mod.accuracy
@@ -117,9 +119,9 @@ def test_progressive_resizing_trains_each_epoch_at_its_size(small_data: ImageDat
     monkeypatch.setattr(train_mod, "accuracy", recording_accuracy)
     _, ckpt = load_or_train_base(cfg, small_data, tmp_path)
     steps = -(-1080 // cfg.batch_size)  # batches per epoch
-    assert seen == [(32, 16)] * steps + [(32, 24)] * steps + [(32, 32)] * steps
+    assert seen == [(32, (16, 16))] * steps + [(32, (24, 24))] * steps + [(32, (32, 32))] * steps
     assert evaluated == [120, 400]  # validation after the last epoch only (the others ran at 16 and 24), then test
-    assert ckpt["config"]["sizes"] == [16, 24, 32] and cfg.id != base_cfg.id
+    assert ckpt["config"][field] == list(schedule) and cfg.id != base_cfg.id
     assert 0.0 <= ckpt["metrics"]["val_accuracy"] <= 1.0 and 0.0 <= ckpt["metrics"]["test_accuracy"] <= 1.0
 
 
