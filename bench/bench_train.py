@@ -55,7 +55,7 @@ def main() -> None:
 
     data = subset(load_data(args.data), args.images, 1000, seed=0)
     profile = PROFILES.get("quick")
-    cfg = dataclasses.replace(profile.base_config(data.fingerprint, width=args.width), epochs=1,
+    cfg = dataclasses.replace(profile.base_config(data.fingerprint, width=args.width), epochs=1, scales=(),
                               batch_size=args.batch_size)
     device = pick_device()
     train_x, train_y, _, _ = train_val_split(data, cfg.val_fraction, cfg.seed)

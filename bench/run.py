@@ -50,14 +50,20 @@ BENCHES = (
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
+    cpu, flags = platform.processor() or "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
+    # CPUs of one name differ by their vector units, which set the speed of training on them
+    vector = next((name for flag, name in (("avx512_bf16", "AVX-512 with bf16"), ("avx512f", "AVX-512"),
+                                           ("avx2", "AVX2")) if flag in flags), None)
+    cpu = f"{cpu} ({vector})" if vector else cpu
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, {mem:.0f} GiB RAM, GPU: {gpu}; Python "
