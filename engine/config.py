@@ -181,8 +181,9 @@ class Profile:
 PROFILES: Registry[Profile] = Registry("profile")
 PROFILES.add("smoke", Profile("smoke", width=0.125, epochs=1, batch_size=128, lr=0.1, train_limit=1200,
                               test_limit=400, calibration_images=200, encoding_epochs=1, encoding_backbone="server"))
-# quick: width 0.25 on 2 CPU cores in about 11 minutes, with progressive resizing: 8 epochs each at half, three
-# quarters and all of the data's size (16, 24 and 32 pixels on CIFAR-10), one one-cycle schedule over the 24
+# quick: width 0.25 in 11-12 minutes on 2 CPU cores (BENCHMARKS.md), with progressive resizing: 8 epochs each at
+# half, three quarters and all of the data's size (16, 24 and 32 pixels on CIFAR-10), one one-cycle schedule over
+# the 24
 PROFILES.add("quick", Profile("quick", width=0.25, epochs=24, batch_size=128, lr=0.15, encoding_epochs=2,
                               encoding_backbone="server", scales=size_schedule((0.5, 8), (0.75, 8), (1.0, 8))))
 # paper: the paper's model (width 1.0) in its ~95 % regime on one GPU: 60 one-cycle epochs at batch 512 (lr scaled
