@@ -108,12 +108,14 @@ def main() -> None:
     unknown = sorted(set(args.only or ()) - set(keys))
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; choose from: {', '.join(keys)}")
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
     for bench in BENCHES:
         if args.only and bench.key not in args.only:
             continue
         print(f"running {bench.key}: {bench.title}…", file=sys.stderr)
-        text = replace_section(text, bench, run(bench, args.data))
+        body = run(bench, args.data)
+        # read again after each benchmark (which may run for an hour): edits made meanwhile outside its section stay
+        text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+        text = replace_section(text, bench, body)
         tmp = BENCHMARKS.with_suffix(".md.tmp")
         tmp.write_text(text)
         tmp.replace(BENCHMARKS)  # after each benchmark, atomically: a long run interrupted keeps what it measured
