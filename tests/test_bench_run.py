@@ -1,7 +1,14 @@
-"""bench/run.py keeps the analysis outside its markers and replaces only the benchmark's own section."""
+"""bench/run.py keeps the analysis outside its markers and replaces only the benchmark's own section, even when the
+analysis is edited while a benchmark runs."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import run as bench_run
 from bench.run import Bench, replace_section
 
 BENCH = Bench("data", "Data load", ("bench/bench_data.py",))
@@ -17,3 +24,19 @@ def test_a_missing_section_is_appended_with_its_title() -> None:
     out = replace_section("# B\n", BENCH, "figures")
     assert out == "# B\n\n## Data load\n\n<!-- bench:data -->\nfigures\n<!-- /bench:data -->\n"
     assert replace_section(out, BENCH, "again").count("<!-- bench:data -->") == 1
+
+
+def test_edits_made_while_a_benchmark_runs_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "BENCHMARKS.md"
+    target.write_text("# B\n\nintro\n\n<!-- bench:data -->\nold figures\n<!-- /bench:data -->\n")
+
+    def editing_run(bench: Bench, data: str) -> str:  # someone edits the analysis while the benchmark runs
+        target.write_text(target.read_text().replace("intro", "intro edited meanwhile"))
+        return "new figures"
+
+    monkeypatch.setattr(bench_run, "BENCHMARKS", target)
+    monkeypatch.setattr(bench_run, "run", editing_run)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "data"])
+    bench_run.main()
+    text = target.read_text()
+    assert "intro edited meanwhile" in text and "new figures" in text and "old figures" not in text
