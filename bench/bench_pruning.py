@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> None:
             table.append((name, setting, row["sparsity"], footprint(masked, x), footprint(pruned.device, x),
                           latencies([masked, pruned.device], x), row, row["val_accuracy"], row["prune_seconds"]))
     print(file=sys.stderr)
-    print(f"Split {args.split}, profile {args.profile} (width {base.width:g}, {len(data.train_y):,} training / "
-          f"{len(data.test_y):,} test images), {torch.get_num_threads()} CPU threads, load average "
-          f"{os.getloadavg()[0]:.1f}; {time.perf_counter() - start:.0f} s in all.\n")
+    print(f"Split {args.split}, profile {args.profile} (width {base.width:g}, {len(data.train_y):,} training images, "
+          f"{base.val_fraction:.0%} of them held out for validation, {len(data.test_y):,} test images), "
+          f"{torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f}; "
+          f"{time.perf_counter() - start:.0f} s in all.\n")
     print("| method | setting | channel sparsity | device MFLOPs masked -> removed | device memory kB masked -> "
           "removed | device CPU ms masked -> removed | feature | bits/image (ideal) | test acc | val acc | "
           "prune s |")
