@@ -372,7 +372,9 @@ def test_a_sigkilled_worker_s_job_is_requeued_resumed_and_finished_once(qenv: Pa
     assert first.exitcode == -signal.SIGKILL
     orphan = queue.get(s.id)
     assert orphan.status == "running"  # until the lease expires
-    second = start_worker_process(queue.path, dataclasses.replace(opts, idle_exit_s=0.5,
+    # idle for longer than the lease: the orphan becomes claimable only once its lease has expired (with an idle
+    # exit shorter than the lease, a worker started quickly gave up before that)
+    second = start_worker_process(queue.path, dataclasses.replace(opts, idle_exit_s=opts.lease_s + 2.0,
                                                                   log_path=str(qenv / "w2.log")))
     try:
         wait_until(lambda: queue.get(s.id).status in ("done", "failed"), 300, "the requeued job")
