@@ -136,7 +136,8 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="take jobs from the queue and run them until stopped (Ctrl-C)")
     p.add_argument("--processes", type=_non_negative_int, default=1, help="worker processes (default 1)")
     p.add_argument("--idle-exit", type=_positive_float, metavar="SECONDS",
-                   help="exit after this long without a job (default: keep waiting)")
+                   help="exit after this long without a job, and not before one lease while jobs run elsewhere "
+                        "(a dead worker's job is taken over) (default: keep waiting)")
     p.add_argument("--heartbeat", type=_positive_float, default=HEARTBEAT_S,
                    help=f"seconds between heartbeats (default {HEARTBEAT_S:g})")
     p.add_argument("--lease", type=_positive_float, default=LEASE_S,

@@ -659,7 +659,8 @@ class WorkerOptions:
     heartbeat_s: float = HEARTBEAT_S
     lease_s: float = LEASE_S
     poll_s: float = 1.0
-    idle_exit_s: float | None = None  # exit after this long without a job (None: never)
+    idle_exit_s: float | None = None  # exit after this long without a job (None: never); one lease at least while
+    # jobs run, so that a dead worker's job is taken over
     max_jobs: int | None = None
     ids: tuple[str, ...] | None = None  # only these jobs
     threads: int | None = None  # torch threads
@@ -786,6 +787,14 @@ class Worker:
         log.info("job %s: %s", job.id, status)
         return status
 
+    def _patience(self) -> float:
+        """How long an idle worker waits before its idle exit: `idle_exit_s`, and while any job is running, at least
+        one lease, so that a job whose worker died (claimable only once its lease expires) is taken over."""
+        idle_exit = float(self.options.idle_exit_s or 0.0)
+        if idle_exit >= self.options.lease_s or not self.queue.jobs(status="running"):
+            return idle_exit
+        return self.options.lease_s
+
     def work(self, stop: threading.Event | Any | None = None, parent_pid: int | None = None) -> int:
         """Claim and run jobs until `stop` is set, the idle timeout passes, `max_jobs` ran, or the parent
         process is gone; returns the number of jobs run."""
@@ -799,7 +808,7 @@ class Worker:
                     break
                 job = self.queue.claim(self.name, self.pid, opts.lease_s, opts.ids)
                 if job is None:
-                    if opts.idle_exit_s is not None and time.monotonic() - idle_since > opts.idle_exit_s:
+                    if opts.idle_exit_s is not None and time.monotonic() - idle_since > self._patience():
                         break
                     if stop is not None:
                         stop.wait(opts.poll_s)

@@ -142,6 +142,28 @@ def test_an_expired_lease_requeues_the_job_and_the_old_worker_cannot_finish_it(t
     assert job.status == "done" and job.result == {"accuracy": 0.25} and job.worker_pid == 222
 
 
+@pytest.mark.parametrize("orphaned", [True, False])
+def test_an_idle_worker_waits_one_lease_for_a_dead_worker_s_job(tmp_path: Path, orphaned: bool) -> None:
+    """With an idle exit shorter than the lease, a worker still takes over a job whose worker died (it becomes
+    claimable when its lease expires); with nothing running it exits after its idle time."""
+    queue = JobQueue(tmp_path / "jobs.sqlite")
+    s = spec()
+    if orphaned:
+        queue.submit([s])
+        queue.claim("dead", 111, lease_s=1.0)  # and never heart-beats again
+    worker = Worker(queue, WorkerOptions(store_path=str(tmp_path / "results.sqlite"), lease_s=1.0, poll_s=0.05,
+                                         idle_exit_s=0.1, max_jobs=1))
+    taken: list[jobs_mod.Job] = []
+    worker.run_one = lambda job: taken.append(job) or "done"  # type: ignore[method-assign]
+    start = time.monotonic()
+    assert worker.work() == int(orphaned)
+    waited = time.monotonic() - start
+    if orphaned:
+        assert [(j.id, j.attempts) for j in taken] == [(s.id, 2)] and waited >= 0.9
+    else:
+        assert taken == [] and waited < 0.9
+
+
 def test_a_job_that_keeps_killing_workers_fails_after_max_attempts(tmp_path: Path) -> None:
     queue = JobQueue(tmp_path / "jobs.sqlite")
     s = spec()
