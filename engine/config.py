@@ -114,7 +114,8 @@ class BaseModelConfig:
         if self.sizes:
             return self.sizes[epoch], self.sizes[epoch]
         if self.scales:
-            return tuple(max(1, round(side * self.scales[epoch])) for side in image_size)  # type: ignore[return-value]
+            (h, w), f = image_size, self.scales[epoch]
+            return max(1, round(h * f)), max(1, round(w * f))
         return image_size
 
 

@@ -221,12 +221,10 @@ def parse_selection(raw: bytes | str) -> dict:
                       f"{', '.join(BaseModelConfig.ID_OPTIONAL)})")
     for k, v in base.items():
         kind = _BASE_FIELDS[k].type
-        if kind == "tuple[int, ...]":
-            ok = isinstance(v, list) and len(v) <= 10_000 and all(isinstance(i, int) and not isinstance(i, bool)
-                                                                   for i in v)
-        elif kind == "tuple[float, ...]":
-            ok = isinstance(v, list) and len(v) <= 10_000 and all(
-                isinstance(f, (int, float)) and not isinstance(f, bool) for f in v)
+        if kind in ("tuple[int, ...]", "tuple[float, ...]"):
+            numbers = int if kind == "tuple[int, ...]" else (int, float)
+            ok = isinstance(v, list) and len(v) <= 10_000 and all(isinstance(x, numbers) and not isinstance(x, bool)
+                                                                   for x in v)
         elif kind == "str":
             ok = isinstance(v, str)
         elif kind == "int":

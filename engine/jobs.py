@@ -787,14 +787,6 @@ class Worker:
         log.info("job %s: %s", job.id, status)
         return status
 
-    def _patience(self) -> float:
-        """How long an idle worker waits before its idle exit: `idle_exit_s`, and while any job is running, at least
-        one lease, so that a job whose worker died (claimable only once its lease expires) is taken over."""
-        idle_exit = float(self.options.idle_exit_s or 0.0)
-        if idle_exit >= self.options.lease_s or not self.queue.jobs(status="running"):
-            return idle_exit
-        return self.options.lease_s
-
     def work(self, stop: threading.Event | Any | None = None, parent_pid: int | None = None) -> int:
         """Claim and run jobs until `stop` is set, the idle timeout passes, `max_jobs` ran, or the parent
         process is gone; returns the number of jobs run."""
@@ -808,7 +800,11 @@ class Worker:
                     break
                 job = self.queue.claim(self.name, self.pid, opts.lease_s, opts.ids)
                 if job is None:
-                    if opts.idle_exit_s is not None and time.monotonic() - idle_since > self._patience():
+                    idle = time.monotonic() - idle_since
+                    # while jobs run, idle for one lease at least: a job whose worker died is claimable only once
+                    # its lease expires (the queue is asked only after the idle time has passed)
+                    if (opts.idle_exit_s is not None and idle > opts.idle_exit_s
+                            and (idle > opts.lease_s or not self.queue.jobs(status="running"))):
                         break
                     if stop is not None:
                         stop.wait(opts.poll_s)
