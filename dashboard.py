@@ -75,7 +75,9 @@ with st.sidebar:
     key = ui.bind("profile", lambda: v["profile"] if v["profile"] in profiles else "quick")
     profile = st.selectbox("Profile", profiles, index=profiles.index(st.session_state[key]), key=key,
                            on_change=_reset_width,
-                           help="smoke: seconds, on a data subset; quick: the CPU default; paper: width 1.0, for a GPU")
+                           help="smoke: seconds, on a data subset; quick: the CPU default; quick-bf16: quick trained "
+                                "under bf16 autocast, for a CPU with native bf16 (AVX-512 BF16 or AMX); paper: width "
+                                "1.0, for a GPU")
     key = ui.bind("width", lambda: ui.parse_float(v["width"], PROFILES.get(profile).width, 0.0, 4.0))
     width = st.number_input("Width multiplier", min_value=0.0625, max_value=4.0, step=0.125, format="%.4g", key=key,
                             value=max(0.0625, st.session_state[key]),

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     epochs = args.epochs or profile.encoding_epochs
     budget = EncodedTraining(epochs=epochs, batch_size=profile.batch_size, seed=base.seed,
                              val_fraction=base.val_fraction, calibration_images=profile.calibration_images,
-                             label_smoothing=base.label_smoothing)
+                             label_smoothing=base.label_smoothing, precision=base.precision)
     input_shape = (data.channels, *data.image_size)
     device, server = split(model, args.split)
     shape = feature_shape(device, input_shape)

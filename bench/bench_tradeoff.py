@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
           "rows: "
           + ", ".join(f"{m} {n}" for m, n in counts.items()) + ".\n")
     print("### Pruning at each split\n")
-    budget = BUDGETS[profile.name].knobs() if profile.name in BUDGETS else None
+    budget = BUDGETS[profile.budget_name].knobs() if profile.budget_name in BUDGETS else None
     print(pruning_section(rows, budget))
     print("\n### Best variant per split and the paper's claim\n")
     print(claim_section(rows, threshold, budget))

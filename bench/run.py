@@ -30,7 +30,7 @@ class Bench:
 # Cheapest first; the quick-profile ones train (minutes to an hour on 2 cores) unless their checkpoints are cached.
 BENCHES = (
     Bench("data", "Data load", ("bench/bench_data.py", "--data", "DATA")),
-    Bench("train", "Training throughput", ("bench/bench_train.py", "--data", "DATA")),
+    Bench("train", "Training throughput", ("bench/bench_train.py", "--data", "DATA", "--precision", "auto", "bf16")),
     Bench("codecs", "Huffman encoder", ("-m", "bench.bench_codecs")),
     Bench("original", "Quick profile: the `original` method",
           ("-m", "engine", "run", "original", "--profile", "quick", "--data", "DATA")),

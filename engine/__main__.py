@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import sys
@@ -49,7 +50,8 @@ def _sizes(text: str) -> tuple[int, ...]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset: CIFAR-10 root, ImageFolder dir with train/ and test/, or a .tar/.tar.gz "
                                   "of one (default: $COINFER_DATA, then cache/data/, then torchvision's download)")
-    p.add_argument("--profile", default="quick", help="budget: smoke, quick (CPU default) or paper (GPU)")
+    p.add_argument("--profile", default="quick", help="budget: smoke, quick (CPU default), quick-bf16 (quick in "
+                                                       "bf16, for a CPU with AVX-512 BF16 or AMX) or paper (GPU)")
     p.add_argument("--width", type=_positive_float, help="width multiplier (default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="seed of training, splits and subsets (default 0)")
 
@@ -231,6 +233,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(values: tuple[float, ...]) -> str:
+    """A per-epoch schedule as VALUExEPOCHS runs, the form `--sizes` takes: 16x6,24x4,32x3."""
+    return ",".join(f"{v:g}x{len(list(run))}" for v, run in itertools.groupby(values))
+
+
 def cmd_train_base(args: argparse.Namespace) -> int:
     from engine.train import load_or_train_base
 
@@ -243,11 +250,12 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     m = ckpt["metrics"]
-    sizes = (f" (sizes {','.join(map(str, base.sizes))})" if base.sizes else
-             f" (scales {','.join(f'{f:g}' for f in base.scales)})" if base.scales else "")
+    schedule = ("sizes", base.sizes) if base.sizes else ("scales", base.scales) if base.scales else None
+    sizes = f" ({schedule[0]} {_runs(schedule[1])})" if schedule else ""
+    precision = f" in {base.precision}" if base.precision != "auto" else ""
     print(f"base model {base.id}: width {base.width}, {base.epochs} epochs{sizes}, test accuracy "
-          f"{m['test_accuracy']:.4f}, validation {m['val_accuracy']:.4f}, trained in {m['train_seconds']:.0f} s on "
-          f"{m['device']}")
+          f"{m['test_accuracy']:.4f}, validation {m['val_accuracy']:.4f}, trained{precision} in "
+          f"{m['train_seconds']:.0f} s on {m['device']}")
     return 0
 
 
@@ -679,7 +687,7 @@ def cmd_noisy(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     table = store.table()
-    planned = {cfg.id for cfg in fig5_plan(base, profile.name, channels)}
+    planned = {cfg.id for cfg in fig5_plan(base, profile.budget_name, channels)}
     table = table[table["id"].isin(planned)] if not table.empty else table
     print(f"Fig. 5 at conv4_x, base model {base.id} (width {base.width:g}), {profile.name} profile: {len(rows)} "
           "variant(s) measured now, the rest from the results store (this profile's variants only, as the dashboard's "

@@ -109,6 +109,7 @@ class EncodedTraining:
     val_fraction: float = 0.1
     calibration_images: int = 2000
     label_smoothing: float = 0.1
+    precision: str = "auto"  # engine.config.PRECISIONS: the base model's
 
 
 @dataclass
@@ -259,7 +260,7 @@ def _fit(model: EncodedSplit, data: ImageData, enc: EncodingConfig, budget: Enco
                     _place_codewords(model, train_x_dev[:_INIT_IMAGES], mean, std, budget.seed)
                     _set_train_mode(model, enc)
                 model.quantizer.enabled = step >= warmup_steps
-            with autocast(dev):
+            with autocast(dev, budget.precision):
                 if train_device:
                     xb = normalize(augment_batch(xb, generator), mean, std).contiguous(
                         memory_format=torch.channels_last)
@@ -426,7 +427,7 @@ def run_encoded(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: 
     budget = EncodedTraining(epochs=ctx.profile.encoding_epochs,
                              batch_size=ctx.profile.batch_size, seed=cfg.base.seed,
                              val_fraction=cfg.base.val_fraction, calibration_images=ctx.profile.calibration_images,
-                             label_smoothing=cfg.base.label_smoothing)
+                             label_smoothing=cfg.base.label_smoothing, precision=cfg.base.precision)
     checkpoint = ctx.cache / "models" / f"encoded-{cfg.id}.pt"
     return train_encoded(device, server, ctx.data, cfg.split, enc, budget, checkpoint, progress or ctx.progress)
 

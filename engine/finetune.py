@@ -46,6 +46,7 @@ class FinetuneConfig:
     lr_schedule: str = "constant"
     augment: bool = True
     seed: int = 0
+    precision: str = "auto"  # engine.config.PRECISIONS: the base model's
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
@@ -190,7 +191,7 @@ def finetune(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, mea
             hooks.before_step(step)
             if not model.training:
                 model.train()
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 loss = loss_fn(model, xb, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

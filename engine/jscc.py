@@ -477,7 +477,7 @@ def jscc_result(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: R
                 measure: bool = False) -> CodedResult:
     """`code_split` for a `three_step` variant: knobs from `cfg` (`jscc_*`, the profile's budget for the rest), seed
     and validation split of its base model, features and models cached under the run's cache."""
-    jc = JsccConfig.from_knobs(cfg.knobs, **jscc_defaults(profile_of(cfg.base).name))
+    jc = JsccConfig.from_knobs(cfg.knobs, **jscc_defaults(profile_of(cfg.base).budget_name))
     return code_split(device, server, ctx.data, jc, seed=cfg.base.seed, val_fraction=cfg.base.val_fraction,
                       label_smoothing=cfg.base.label_smoothing, calibration=ctx.profile.calibration_images,
                       cache=ctx.cache, progress=ctx.progress, measure=measure)
@@ -580,7 +580,7 @@ def run_fig5(ctx: RunContext, base: BaseModelConfig, channels: Sequence[str] = F
     as each row is ready (to store it). Returns the new rows."""
     from engine.methods import METHODS
 
-    todo = [cfg for cfg in fig5_plan(base, ctx.profile.name, channels) if cfg.id not in skip]
+    todo = [cfg for cfg in fig5_plan(base, ctx.profile.budget_name, channels) if cfg.id not in skip]
     outer, rows = ctx.progress, []
     try:
         for i, cfg in enumerate(todo):

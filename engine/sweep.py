@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.config import BaseModelConfig, VariantConfig
+from engine.config import PROFILES, BaseModelConfig, VariantConfig
 from engine.errors import UserError
 from engine.jobs import (
     LEASE_S,
@@ -124,7 +124,7 @@ def plan(profile: str, base: BaseModelConfig, data: str | None = None, methods: 
          splits: Iterable[str] | None = None, grid: Grid | None = None) -> list[Planned]:
     """The sweep of `profile` for this base model, cheapest first (methods by cost rank, variants that train an
     encoder after all others). `methods` and `splits` narrow it."""
-    grid = grid or GRIDS.get(profile)
+    grid = grid or GRIDS.get(PROFILES.get(profile).budget_name)
     only = None if splits is None else list(splits)
     out: list[Planned] = []
     for name in methods_in_order(methods):

@@ -1,5 +1,5 @@
 """Training and evaluation loops. Data stays in uint8 tensors; augmentation and normalisation run on whole
-batches on the training device, channels_last. CUDA when available (with bf16 autocast)."""
+batches on the training device, channels_last. CUDA when available; precision per `engine.config.PRECISIONS`."""
 
 from __future__ import annotations
 
@@ -34,8 +34,23 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def autocast(device: torch.device):  # noqa: ANN201
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str = "auto"):  # noqa: ANN201
+    """The autocast context of `precision` (one of `engine.config.PRECISIONS`) on `device`. Evaluation (the
+    reported accuracies) runs as deployed, "auto": fp32 on a CPU."""
+    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively (CUDA, or a CPU with AVX-512 BF16 or AMX); elsewhere bf16 autocast
+    is emulated and slower than fp32."""
+    if device.type != "cpu":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: trust oneDNN's check
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @torch.no_grad()
@@ -118,6 +133,8 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
     epoch's size (progressive resizing; validation and test at the data's own size, validation only after epochs at
     that size and after the last). Returns the checkpoint dict: state_dict, config, metrics."""
     device = pick_device()
+    if cfg.precision == "bf16" and not native_bf16(device):
+        log.warning("this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 training will be slower than fp32")
     generator = seed_everything(cfg.seed)
     train_x, train_y, val_x, val_y = train_val_split(data, cfg.val_fraction, cfg.seed)
     mean, std = data.mean.to(device), data.std.to(device)
@@ -150,7 +167,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
             xb = normalize(augment_batch(xb, generator), mean, std)
             xb = resize_batch(xb, size)
             xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 loss = loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -180,7 +197,8 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "config": json.loads(json.dumps(cfg.__dict__)),
         "metrics": {"val_accuracy": val_acc, "test_accuracy": test_acc, "train_seconds": state.seconds,
-                    "device": str(device), "epochs": cfg.epochs, "train_images": len(train_x)},
+                    "device": str(device), "precision": cfg.precision, "epochs": cfg.epochs,
+                    "train_images": len(train_x)},
     }
     save_checkpoint(ckpt, base_checkpoint_path(cfg, cache))
     partial.unlink(missing_ok=True)

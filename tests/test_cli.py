@@ -59,6 +59,13 @@ def test_sizes_must_be_a_schedule(capsys: pytest.CaptureFixture, sizes: str, mes
     assert message in capsys.readouterr().err
 
 
+def test_a_schedule_prints_as_the_sizes_option_takes_it() -> None:
+    from engine.__main__ import _runs
+
+    assert _runs((16, 16, 24, 32, 32, 32)) == "16x2,24x1,32x3"
+    assert _runs((0.5, 0.5, 0.75, 1.0)) == "0.5x2,0.75x1,1x1"
+
+
 def test_missing_and_corrupt_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "cache"))

@@ -15,11 +15,13 @@ def test_a_later_optional_field_changes_no_id_until_it_is_set() -> None:
     # the quick profile's base model of the CIFAR-10 JPEG copy as first released and measured: 8 epochs at 32x32
     base = BaseModelConfig("45b041e867f5a40f", epochs=8, batch_size=128, lr=0.15)
     assert base.id == "5ce18a3797658519"
-    released = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("sizes", "scales")}
-    assert base.id == config_id(released) and "sizes" not in repr(base) and "scales" not in repr(base)
+    later = ("sizes", "scales", "precision")
+    released = {k: v for k, v in dataclasses.asdict(base).items() if k not in later}
+    assert base.id == config_id(released) and not any(f"{k}=" in repr(base) for k in later)
     variant = VariantConfig.make("three_step", "conv4_x", base, sparsity=0.5, bits=4)
     as_released = dataclasses.asdict(variant)
-    del as_released["base"]["sizes"], as_released["base"]["scales"]
+    for k in later:
+        del as_released["base"][k]
     assert variant.id == config_id(as_released)
 
     resized = dataclasses.replace(base, epochs=3, sizes=(16, 24, 32))
@@ -66,3 +68,17 @@ def test_sizes_name_one_positive_size_per_epoch(sizes: tuple[int, ...]) -> None:
 def test_a_bad_base_config_is_a_user_error(field: str, value: float, message: str) -> None:
     with pytest.raises(UserError, match=message):
         BaseModelConfig("d", **{field: value})
+
+
+def test_precision_is_in_the_id_when_set_and_the_bf16_profile_is_quick_in_bf16() -> None:
+    quick, bf16 = PROFILES.get("quick"), PROFILES.get("quick-bf16")
+    base = quick.base_config("45b041e867f5a40f")
+    assert base.id == "8908804af14e6974" and base.precision == "auto"  # the measured quick base model's id stands
+    trained_bf16 = bf16.base_config("45b041e867f5a40f")
+    assert trained_bf16 == dataclasses.replace(base, precision="bf16") and trained_bf16.id != base.id
+    assert "precision='bf16'" in repr(trained_bf16) and profile_of(trained_bf16) is bf16 and profile_of(base) is quick
+    assert bf16.budget_name == quick.budget_name == "quick"
+    again = BaseModelConfig(**json.loads(json.dumps(trained_bf16.__dict__)))
+    assert again == trained_bf16 and again.id == trained_bf16.id
+    with pytest.raises(UserError, match="unknown precision 'fp16'; choose one of: auto, bf16, fp32"):
+        BaseModelConfig("d", precision="fp16")

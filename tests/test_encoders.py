@@ -4,6 +4,7 @@ or fine-tuned backbone, seeded, resumable)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -285,3 +286,18 @@ def test_feature_coding_for_three_step(smoke_ctx: RunContext, tiny_data: ImageDa
     assert prof["feature_shape"] == [8] and coded.bits["bits_raw"] == 8.0
     assert (ctx.cache / "models" / f"encoded-{cfg.id}.pt").exists()
     assert math.isfinite(coded.accuracy) and coded.extra["encoder_d"] == 8
+
+
+def test_a_variant_s_encoder_trains_in_its_base_model_s_precision(tiny_data: ImageData, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.encoded_training as encoded_training
+
+    budgets = []
+    monkeypatch.setattr(encoded_training, "train_encoded", lambda *args: budgets.append(args[5]))
+    ctx = RunContext(tiny_data, PROFILES.get("quick-bf16"), tmp_path)
+    for precision in ("bf16", "auto"):
+        base = PROFILES.get("smoke").base_config(tiny_data.fingerprint)
+        cfg = VariantConfig.make("three_step", "conv5_x", dataclasses.replace(base, precision=precision),
+                                 encoder="two_step", enc_d=8, enc_bits=1)
+        encoded_training.run_encoded(cfg, ctx, nn.Identity(), nn.Identity())
+    assert [b.precision for b in budgets] == ["bf16", "auto"]

@@ -140,3 +140,18 @@ def test_bad_budgets_are_user_errors() -> None:
         FinetuneConfig(epochs=0)
     with pytest.raises(UserError):
         FinetuneConfig(lr_schedule="step")
+
+
+def test_the_precision_sets_autocast(tiny: tuple) -> None:
+    x, y, mean, std = tiny
+    seen = []
+
+    def loss_fn(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        logits = m(xb)
+        seen.append(logits.dtype)
+        return nn.functional.cross_entropy(logits.float(), yb)
+
+    for precision in ("bf16", "auto"):
+        cfg = FinetuneConfig(steps_per_epoch=1, batch_size=8, precision=precision)
+        finetune(_model(), x, y, mean, std, cfg, loss_fn=loss_fn, device=CPU)
+    assert seen == [torch.bfloat16, torch.float32]

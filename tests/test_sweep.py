@@ -52,6 +52,15 @@ def extra_methods() -> Iterator[None]:
         METHODS._items.pop(name, None)
 
 
+def test_the_bf16_profile_plans_the_quick_grid_in_bf16() -> None:
+    quick = sweep.plan("quick", PROFILES.get("quick").base_config("d"))
+    in_bf16 = sweep.plan("quick-bf16", PROFILES.get("quick-bf16").base_config("d"))
+    assert [(p.spec.method, p.spec.split) for p in in_bf16] == [(p.spec.method, p.spec.split) for p in quick]
+    assert [dict(p.spec.knobs) for p in in_bf16] == [dict(p.spec.knobs) for p in quick]
+    assert all(p.spec.profile == "quick-bf16" and p.spec.variant().base.precision == "bf16" for p in in_bf16)
+    assert not {p.id for p in in_bf16} & {p.id for p in quick}
+
+
 def test_plan_covers_every_registered_method_cheapest_first(extra_methods: None) -> None:
     planned = sweep.plan("smoke", FAKE_BASE)
     methods = list(dict.fromkeys(p.spec.method for p in planned))
@@ -91,9 +100,9 @@ def test_one_variant_at_a_time() -> None:
         sweep.one_variant("original", "conv9_x", "quick", FAKE_BASE)
     with pytest.raises(UserError, match="unknown method"):
         sweep.plan("smoke", FAKE_BASE, methods=["nope"])
-    with pytest.raises(UserError, match="unknown sweep grid"):
+    with pytest.raises(UserError, match="unknown profile 'huge'"):
         sweep.plan("huge", FAKE_BASE)
-    assert set(GRIDS) == set(PROFILES)
+    assert set(GRIDS) == {PROFILES.get(name).budget_name for name in PROFILES}  # a grid for each profile
 
 
 # -- running sweeps (smoke base model, trained once) -----------------------------------------------------------

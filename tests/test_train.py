@@ -12,7 +12,7 @@ import torch
 import engine.train as train_mod
 from engine.config import PROFILES
 from engine.data import ImageData, resize_batch
-from engine.train import base_checkpoint_path, load_checkpoint, load_or_train_base, save_checkpoint
+from engine.train import autocast, base_checkpoint_path, load_checkpoint, load_or_train_base, save_checkpoint
 
 
 @pytest.fixture()
@@ -130,3 +130,34 @@ def test_resize_batch() -> None:
     assert resize_batch(x, 4) is x
     assert torch.equal(resize_batch(x, 2), torch.nn.functional.avg_pool2d(x, 2))  # an exact half: 2x2 means
     assert resize_batch(x, 3).shape == (2, 3, 3, 3) and resize_batch(x, 6).shape == (2, 3, 6, 6)
+
+
+def test_autocast_follows_the_precision() -> None:
+    cpu = torch.device("cpu")
+    for precision, enabled in (("auto", False), ("fp32", False), ("bf16", True)):
+        with autocast(cpu, precision):
+            assert torch.is_autocast_enabled("cpu") is enabled
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if enabled else torch.float32)
+
+
+@pytest.mark.parametrize(("precision", "trained_in"), [("auto", torch.float32), ("bf16", torch.bfloat16)])
+def test_a_bf16_base_model_trains_under_autocast_and_is_evaluated_in_fp32(
+        small_data: ImageData, base_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, precision: str, trained_in: torch.dtype) -> None:
+    cfg = dataclasses.replace(base_cfg, precision=precision)
+    seen: set[tuple[bool, torch.dtype]] = set()
+    make_model = train_mod.make_model
+
+    def recording_model(*args):  # noqa: ANN202
+        model = make_model(*args)
+        model.stem[0].register_forward_hook(lambda m, i, out: seen.add((m.training, out.dtype)))
+        return model
+
+    monkeypatch.setattr(train_mod, "make_model", recording_model)
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: False)
+    with caplog.at_level(logging.WARNING):
+        _, ckpt = load_or_train_base(cfg, small_data, tmp_path)
+    assert seen == {(True, trained_in), (False, torch.float32)}  # evaluation as deployed: fp32 on a CPU
+    assert ckpt["metrics"]["precision"] == precision and ckpt["config"]["precision"] == precision
+    assert ("no native bf16" in caplog.text) is (precision == "bf16")
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["state_dict"].values())  # fp32 weights either way

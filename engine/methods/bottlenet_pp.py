@@ -35,7 +35,7 @@ class BottleNetPP:
         """One variant per split and distinct encoder width among the profile's ratios; not at the end points."""
         model = build_model(base.model, base.width, 10, 3).eval()
         profile = profile_of(base)
-        ratios = PROFILE_RATIOS.get(profile.name, RATIOS)
+        ratios = PROFILE_RATIOS.get(profile.budget_name, RATIOS)
         out = []
         for s in splits:
             if s in END_POINTS:

@@ -209,7 +209,7 @@ def pruning_run(cfg: VariantConfig, ctx: RunContext) -> dict[str, Any]:
     if cfg.split in END_POINTS:
         raise UserError(f"three_step prunes the device part of a split; {cfg.split!r} has none to prune and "
                         "transmit: use the `original` method for the end points")
-    knobs = run_knobs(cfg, ctx.profile.name)
+    knobs = run_knobs(cfg, ctx.profile.budget_name)
     key = run_key(cfg, knobs)
     path = ctx.cache / "models" / f"three_step-{key}.pt"
     if (cached := load_checkpoint(path)) is not None:
@@ -234,7 +234,7 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     ft = FinetuneConfig(epochs=schedule.levels, steps_per_epoch=schedule.level_steps,
                         batch_size=int(knobs["batch_size"]), lr=float(knobs["lr"]), momentum=float(knobs["momentum"]),
                         weight_decay=float(knobs["weight_decay"]), lr_schedule=str(knobs["lr_schedule"]),
-                        seed=cfg.base.seed)
+                        seed=cfg.base.seed, precision=cfg.base.precision)
     progress = ctx.progress
 
     def report(fraction: float, message: str) -> None:
@@ -484,7 +484,7 @@ class ThreeStep:
         """One pruning run per split in the profile's budget, one variant per snapshot level (8-bit + Huffman), then
         the whole framework per split: the threshold snapshot with the learned two-step encoder (`enc_*` defaults).
         Level-major, so that parallel workers start different runs first and later ones find their run cached."""
-        budget = BUDGETS[profile_of(base).name]
+        budget = BUDGETS[profile_of(base).budget_name]
         splits = [s for s in splits if s not in END_POINTS]
         pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **budget.knobs())
                   for k in range(budget.levels) for s in splits]

@@ -84,11 +84,11 @@ def knobs_of(cfg: VariantConfig, profile: str) -> dict[str, Any]:
     return knobs
 
 
-def _finetune_config(knobs: Mapping[str, Any], epochs: int, steps: int, seed: int) -> FinetuneConfig:
+def _finetune_config(knobs: Mapping[str, Any], epochs: int, steps: int, seed: int, precision: str) -> FinetuneConfig:
     return FinetuneConfig(epochs=epochs, steps_per_epoch=steps, batch_size=int(knobs["batch_size"]),
                           lr=float(knobs["lr"]), momentum=float(knobs["momentum"]),
                           weight_decay=float(knobs["weight_decay"]), lr_schedule=str(knobs["lr_schedule"]),
-                          seed=seed)
+                          seed=seed, precision=precision)
 
 
 def _hold(model: nn.Module, masks: ChannelMasks | None, target: float = 0.0) -> IncrementalPruner:
@@ -183,7 +183,7 @@ def _step1(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], step1:
             progress(fraction, f"two_step_pruning step 1: {message}")
 
     result = finetune(model, train_x, train_y, ctx.data.mean, ctx.data.std,
-                      _finetune_config(knobs, len(levels), steps, cfg.base.seed), hooks=hooks,
+                      _finetune_config(knobs, len(levels), steps, cfg.base.seed, cfg.base.precision), hooks=hooks,
                       checkpoint=path.with_suffix(".partial.pt"), progress=report, device=device)
     hooks.close()
     run = {"key": key, "knobs": step1, "seconds": result.seconds, "snapshots": hooks.snapshots}
@@ -250,7 +250,8 @@ def _step2(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], s1: Ma
         if progress:
             progress(fraction, f"two_step_pruning step 2 at {cfg.split}: {message}")
 
-    ft = _finetune_config(knobs, 1, int(knobs["step2_steps"]), cfg.base.seed + 1)
+    ft = _finetune_config(knobs, 1, int(knobs["step2_steps"]), cfg.base.seed + 1,
+                          cfg.base.precision)
     result = finetune(model, train_x, train_y, ctx.data.mean, ctx.data.std, ft, hooks=_HoldHooks(pruner),
                       checkpoint=path.with_suffix(".partial.pt"), progress=report, device=device)
     pruner.close()
@@ -273,7 +274,7 @@ class TwoStepPruned:
 
 def pruned_split(cfg: VariantConfig, ctx: RunContext) -> TwoStepPruned:
     """The masked whole model of a variant and its deployed parts, pruned channels removed on both sides."""
-    knobs = knobs_of(cfg, ctx.profile.name)
+    knobs = knobs_of(cfg, ctx.profile.budget_name)
     run = step2_run(cfg, ctx, knobs)
     model = make_model(cfg.base, ctx.data)
     model.load_state_dict(run["state_dict"])
@@ -294,7 +295,7 @@ class TwoStepPruning:
     """Shi et al. 2019: whole-network channel pruning, then pruning of the layer before the split; 8-bit + Huffman."""
 
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
-        budget = BUDGETS[profile_of(base).name]
+        budget = BUDGETS[profile_of(base).budget_name]
         return [VariantConfig.make("two_step_pruning", s, base, bits=8, step1=s1, **budget.knobs())
                 for s1 in budget.step1_levels for s in splits if s not in END_POINTS]
 
