@@ -428,6 +428,12 @@ def progress_strip(base_id: str, shown: frozenset[str]) -> None:
         st.rerun()
 
 
+def knob_text(knobs: Any) -> str:
+    """Knobs as `name=value, name=value` (the form `parse_knobs` reads), for tables: a column of dicts whose values
+    mix types (`snapshot` is 2 or "threshold") has no Arrow type."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())) if isinstance(knobs, dict) else str(knobs)
+
+
 def parse_knobs(text: str) -> dict[str, Any]:
     """Knobs typed as `name=value, name=value` (values read as JSON when they can be: 4, 0.5, true, "x")."""
     import json

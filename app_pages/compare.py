@@ -57,6 +57,8 @@ if diff.empty or len(diff.columns) == 0:
 else:
     st.caption(f"Only the columns that differ; Δ is the difference from A. Latency at {env.rate_bps / 8e3:g} kB/s on "
                f"{env.device.describe()} and {env.server.describe()}.")
+    if "knobs" in diff.columns:
+        diff["knobs"] = diff["knobs"].map(ui.knob_text)
     st.dataframe(diff, column_config={c: st.column_config.NumberColumn(format="%.4g") for c in diff.columns
                                       if c.startswith("Δ ")})
 need = ui.threshold(env, table)

@@ -98,7 +98,7 @@ def job_list(base_id: str | None) -> None:
     now = time.time()
     for job in jobs[:SHOWN]:
         what = "dataset" if job.kind == "data" else f"{job.method} @ {job.split}"
-        knobs = ", ".join(f"{k}={x}" for k, x in sorted(job.spec.knobs.items()))
+        knobs = ui.knob_text(job.spec.knobs)
         c1, c2, c3 = st.columns([5, 1, 1], vertical_alignment="center")
         with c1:
             head = f"{ICONS[job.status]} **{what}** {knobs} · `{job.id}` · {job.status}"

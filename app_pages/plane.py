@@ -109,6 +109,7 @@ if len(amplified):
 ui.progress_strip(base.id, frozenset(table["id"]))
 cols = [c for c in ("method", "split", "knobs", "accuracy", "device_flops", "server_flops", "device_memory_bytes",
                     "bits_actual", "bits_ideal", "bits_raw", "latency", "feasible", "id") if c in shown]
-st.dataframe(shown.sort_values(["method", "device_flops"])[cols], hide_index=True,
+listed = shown.sort_values(["method", "device_flops"])[cols]
+st.dataframe(listed.assign(knobs=listed["knobs"].map(ui.knob_text)) if "knobs" in cols else listed, hide_index=True,
              column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
                             "latency": st.column_config.NumberColumn(format="%.4g s")})

@@ -172,6 +172,9 @@ def test_ui_helpers() -> None:
     assert ui.eta_seconds(0.0, 100.0, now=110.0) is None and ui.eta_seconds(0.5, None) is None
     assert ui.parse_knobs("bits=4, sparsity=0.5,name=abc") == {"bits": 4, "sparsity": 0.5, "name": "abc"}
     assert ui.parse_knobs("") == {}
+    knobs = {"snapshot": "threshold", "bits": 8, "sparsity": 0.5}
+    assert ui.knob_text(knobs) == "bits=8, snapshot=threshold, sparsity=0.5" and ui.knob_text(None) == "None"
+    assert ui.parse_knobs(ui.knob_text(knobs)) == knobs
     with pytest.raises(ui.UserError, match="NAME=VALUE"):
         ui.parse_knobs("bits")
     assert ui.parse_float("1e400", 2.0) == 2.0 and ui.parse_float("nan", 2.0) == 2.0
@@ -244,6 +247,7 @@ def test_plane_draws_measured_rows_and_the_best_point(measured: pd.DataFrame) ->
     need = float(measured["base_test_accuracy"].iloc[0]) - 0.02
     best = best_variant(measured, PI3, GPU, 40e3 * 8, need)
     assert f"`{best['id']}`" in at.success[0].value
+    assert set(at.dataframe[-1].value["knobs"]) == {"bits=8"}  # the listing's knobs as text: Arrow types no dicts
     # the rate changes the best point: at 1 GB/s the fastest is the one with the least device work
     fast_page = run_page(rate_kBps="1e6")
     assert widget(fast_page, "select_slider", "Link rate").value == 1e6
