@@ -8,7 +8,10 @@ measured mean, and of the model with `engine.latency.Overheads`: the bundle's co
 test images than the session's), the protocol's framing bytes and the runtime's fixed per-image cost measured by a
 null session at the same rate (`engine.coinference.runtime_overhead_s`); and of that model with each side's compute
 slowed as this CPU's is after idling for the rest of the per-image period (`engine.coinference.idle_slowdown`); and of
-the last with the bundle's own device and server programs timed offline (`Bundle.program_seconds`) instead of F / C.
+the last with the bundle's own device and server programs timed offline (`Bundle.program_seconds`) instead of F / C;
+and of that one with the program times scaled to the CPU's speed measured just before the session and the runtime's
+cost from a null session run just before it (this CPU's speed drifts over a run; the programs were timed and the
+run-level null sessions run at other moments).
 Run: python bench/bench_coinference.py [--profile quick] [--data PATH] [--rates 10kB/s 40kB/s 100kB/s]
                                        [--images 40] [--threads 1] [--drop 0.02] [--methods ...] [--splits conv4_x]
                                        [--ids ID ...]"""
@@ -33,6 +36,7 @@ import torch  # noqa: E402
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.coinference import (  # noqa: E402
     DeviceClient,
+    cold_coding_seconds,
     cpu_flops_per_s,
     idle_slowdown,
     modelled_latency,
@@ -60,19 +64,23 @@ def bundle_for(row: pd.Series, ctx: RunContext) -> Path:
 
 
 def cold_model(deployed: dict[str, float], slowdown, device_s: float | None = None,  # noqa: ANN001
-               server_s: float | None = None, rounds: int = 4) -> float:
+               server_s: float | None = None, coding_at=None, rounds: int = 4) -> dict[str, float]:  # noqa: ANN001
     """The deployed model's latency with each side's compute (its modelled term, or `device_s` / `server_s` when
     given) slowed by `slowdown` of the time that side idles per image (the rest of the per-image period, which is
-    the modelled latency itself): a fixed point."""
-    others = deployed["latency"] - deployed["t_device"] - deployed["t_server"]
+    the modelled latency itself), and with `coding_at` the coding time measured after that idle time instead of
+    the warm one: a fixed point. Returns its terms: latency, t_device, t_server, t_coding."""
+    t_cod = deployed["t_coding"]
+    others = deployed["latency"] - deployed["t_device"] - deployed["t_server"] - t_cod
     warm_dev = deployed["t_device"] if device_s is None else device_s
     warm_srv = deployed["t_server"] if server_s is None else server_s
     t_dev, t_srv = warm_dev, warm_srv
     for _ in range(rounds):
-        period = others + t_dev + t_srv
+        period = others + t_dev + t_srv + t_cod
         t_dev = warm_dev * slowdown(period - t_dev)
         t_srv = warm_srv * slowdown(period - t_srv)
-    return others + t_dev + t_srv
+        if coding_at is not None:
+            t_cod = coding_at(period - t_cod)
+    return {"latency": others + t_dev + t_srv + t_cod, "t_device": t_dev, "t_server": t_srv, "t_coding": t_cod}
 
 
 def start_server(bundle: Path, threads: int) -> tuple[subprocess.Popen, str]:
@@ -136,21 +144,28 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     sessions: list[tuple[pd.Series, float, object]] = []
     coding: dict[str, float] = {}
-    programs: dict[str, tuple[float, float]] = {}
+    programs: dict[str, tuple[float, float, float]] = {}
+    cold_coding = {}
+    idle_grid = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
     for row, rates in plan.values():
         bundle_path = bundle_for(row, ctx)
         bundle = load_bundle(bundle_path)
         bundle.warm_up()
         coding[str(row["id"])] = bundle.coding_seconds(data.test_x[args.images: 2 * args.images])
-        programs[str(row["id"])] = bundle.program_seconds(data.test_x[args.images: 2 * args.images])
+        cold_coding[str(row["id"])] = cold_coding_seconds(bundle, data.test_x[args.images: args.images + 20],
+                                                          idle_grid[:-1])
+        timed_at = cpu_flops_per_s(base.width, shape, data.num_classes)  # the CPU's speed when they are timed
+        programs[str(row["id"])] = (*bundle.program_seconds(data.test_x[args.images: 2 * args.images]), timed_at)
         proc, address = start_server(bundle_path, args.threads)
         try:
             host, port = address.rsplit(":", 1)
             for rate in rates:
                 measured.append(cpu_flops_per_s(base.width, shape, data.num_classes))
+                runtime_now = runtime_overhead_s(rate, images=args.images, input_shape=shape,
+                                                 classes=data.num_classes)
                 with DeviceClient(bundle, host, int(port), rate) as client:
                     report = client.run(x, y)
-                sessions.append((row, rate, report))
+                sessions.append((row, rate, report, measured[-1], runtime_now))
                 print(f"  {row['method']} @ {row['split']} at {rate / 8e3:g} kB/s: {report.summary()}", flush=True)
         finally:
             proc.terminate()
@@ -159,21 +174,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"this CPU over the run: {flops / 1e9:.2f} GFLOP/s (median of {len(measured)} measurements, "
           f"{min(measured) / 1e9:.2f} to {max(measured) / 1e9:.2f}); the model below uses it for both sides")
     runtime = {rate: runtime_overhead_s(rate, images=args.images, input_shape=shape, classes=data.num_classes)
-               for rate in sorted({rate for _, rate, _ in sessions})}
+               for rate in sorted({rate for _, rate, *_ in sessions})}
     print("runtime cost per image (null session): " +
           ", ".join(f"{1e3 * s:.2f} ms at {rate / 8e3:g} kB/s" for rate, s in runtime.items()))
-    idle_grid = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
     slowdown = idle_slowdown(idle_grid, base.width, shape, data.num_classes)
     print("the base model after an idle time, against warm (batch 1, median of 21): " +
           ", ".join(f"{slowdown(g):.2f}x after {1e3 * g:g} ms" for g in idle_grid))
-    for row, rate, report in sessions:
+    for row, rate, report, session_flops, runtime_now in sessions:
         model = modelled_latency(row, flops, flops, rate)
         overheads = Overheads(per_image_s=runtime[rate], coding=True)
         deployed = modelled_latency({**row.to_dict(), "coding_cpu_seconds": coding[str(row["id"])]}, flops, flops,
                                     rate, overheads=overheads)
-        cold = cold_model(deployed, slowdown)
-        dev_s, srv_s = programs[str(row["id"])]
-        cold_programs = cold_model(deployed, slowdown, dev_s, srv_s)
+        cold = cold_model(deployed, slowdown)["latency"]
+        dev_s, srv_s, timed_at = programs[str(row["id"])]
+        cold_programs = cold_model(deployed, slowdown, dev_s, srv_s)["latency"]
+        speed = timed_at / session_flops  # > 1: the CPU runs slower in the session than when the programs were timed
+        deployed_now = modelled_latency({**row.to_dict(), "coding_cpu_seconds": coding[str(row["id"])]}, flops,
+                                        flops, rate, overheads=Overheads(per_image_s=runtime_now, coding=True))
+        cold_now = cold_model(deployed_now, slowdown, dev_s * speed, srv_s * speed)["latency"]
+        last = cold_model(deployed_now, slowdown, dev_s * speed, srv_s * speed, cold_coding[str(row["id"])])
         lat = np.array(report.latencies)
         results.append({
             "method": row["method"], "split": row["split"], "id": row["id"], "rate_kBps": rate / 8e3,
@@ -192,9 +211,18 @@ def main(argv: list[str] | None = None) -> int:
             "offline_dev_ms": 1e3 * dev_s, "offline_srv_ms": 1e3 * srv_s,
             "programs_model_ms": 1e3 * cold_programs,
             "programs_error_%": 100 * (lat.mean() - cold_programs) / cold_programs,
+            "session_gflops": session_flops / 1e9, "session_runtime_ms": 1e3 * runtime_now,
+            "now_model_ms": 1e3 * cold_now,
+            "now_error_%": 100 * (lat.mean() - cold_now) / cold_now,
+            "cold_coding_ms": 1e3 * last["t_coding"], "last_model_ms": 1e3 * last["latency"],
+            "last_error_%": 100 * (lat.mean() - last["latency"]) / last["latency"],
         })
     out = pd.DataFrame(results).sort_values(["rate_kBps", "model_ms"])
     print(out.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    errors = [c for c in out.columns if c.endswith("error_%")]
+    print(f"within 15 % of the measured mean, of {len(out)} sessions: "
+          + ", ".join(f"{c.removesuffix('_%')} {int((out[c].abs() <= 15).sum())}" for c in errors))
+    print("median |error|: " + ", ".join(f"{c.removesuffix('_%')} {out[c].abs().median():.1f} %" for c in errors))
     return 0
 
 

@@ -12,6 +12,7 @@ API
     session_terms(report, model)                       measured against modelled terms, a tidy table
     cpu_flops_per_s(width)                             this CPU's effective FLOP/s on the base model at batch 1
     idle_slowdown(idle_s, width)                       how much slower a program runs after idling, by idle time
+    cold_coding_seconds(bundle, images, idle_s)        a bundle's coding time per image after idling, by idle time
     modelled_latency(row, flops_per_s, rate_bps)       the latency model's terms for a results row
     runtime_overhead_s(rate_bps)                       the runtime's fixed per-image cost, from a null session
 
@@ -475,12 +476,28 @@ def idle_slowdown(idle_s: Sequence[float], width: float = 0.25, input_shape: tup
                 program(x)
                 per.append((time.perf_counter() - start) / warm)
             ratios.append(max(1.0, statistics.median(per)))
-    log_gaps, factors = np.log(np.r_[gaps[0] / 10, gaps]), np.r_[1.0, ratios]
+    return idle_curve(gaps, ratios, 1.0)
+
+
+def idle_curve(idle_s: Sequence[float], values: Sequence[float], warm: float) -> Callable[[float], float]:
+    """A quantity measured after each idle time of `idle_s` (rising, > 0) as a function of the idle time: `warm` at
+    a tenth of the shortest, interpolated on log idle time between, held at the longest."""
+    log_gaps, ys = np.log(np.r_[idle_s[0] / 10, idle_s]), np.r_[warm, values]
 
     def at(idle: float) -> float:
-        return float(np.interp(math.log(max(idle, 1e-12)), log_gaps, factors))
+        return float(np.interp(math.log(max(idle, 1e-12)), log_gaps, ys))
 
     return at
+
+
+def cold_coding_seconds(bundle: Bundle, images: torch.Tensor, idle_s: Sequence[float]) -> Callable[[float], float]:
+    """The bundle's coding time per image (`Bundle.coding_seconds`) after each idle time of `idle_s` (seconds, > 0)
+    and back to back, as a function of the idle time (`idle_curve`)."""
+    gaps = sorted(float(g) for g in idle_s)
+    if not gaps or gaps[0] <= 0:
+        raise ValueError("cold_coding_seconds needs positive idle times")
+    warm = bundle.coding_seconds(images)
+    return idle_curve(gaps, [bundle.coding_seconds(images, g) for g in gaps], warm)
 
 
 def modelled_latency(row: Mapping[str, Any], device_flops_per_s: float, server_flops_per_s: float, rate_bps: float,

@@ -516,14 +516,20 @@ class Bundle:
         return self.server(received)
 
     @torch.no_grad()
-    def coding_seconds(self, images: torch.Tensor) -> float:
+    def coding_seconds(self, images: torch.Tensor, idle_s: float = 0.0) -> float:
         """Mean seconds per image to encode the device output into its payload and rebuild the server's input from
-        it (entropy coding, PNG or label), one image at a time: the coding term of `engine.latency.Overheads`."""
+        it (entropy coding, PNG or label), one image at a time: the coding term of `engine.latency.Overheads`. With
+        `idle_s`, each image's coding follows that long a sleep, as in a session that codes once per image (coding
+        is Python over small tables: after 10 ms asleep it takes about 3x its back-to-back time, BENCHMARKS.md)."""
         sent = [self.device_output(image) for image in images]
-        start = time.perf_counter()
+        total = 0.0
         for s in sent:
+            if idle_s > 0:
+                time.sleep(idle_s)
+            start = time.perf_counter()
             self.received(*self.encode(s))
-        return (time.perf_counter() - start) / max(1, len(sent))
+            total += time.perf_counter() - start
+        return total / max(1, len(sent))
 
     @torch.no_grad()
     def program_seconds(self, images: torch.Tensor) -> tuple[float, float]:

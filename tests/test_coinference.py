@@ -397,3 +397,29 @@ def test_idle_slowdown_is_a_ratio_held_at_the_ends() -> None:
         idle_slowdown(())
     with pytest.raises(ValueError):
         idle_slowdown((0.0, 0.01))
+
+
+def test_idle_curve_interpolates_on_log_idle_time() -> None:
+    from engine.coinference import idle_curve
+
+    curve = idle_curve((0.001, 0.01), (2.0, 4.0), warm=1.0)
+    assert curve(0.0) == curve(1e-4) == 1.0  # a tenth of the shortest idle time and below: warm
+    assert curve(0.001) == 2.0 and curve(10.0) == 4.0  # measured, then held at the longest
+    assert curve(math.sqrt(0.001 * 0.01)) == pytest.approx(3.0)  # halfway on log idle time
+    assert curve(math.sqrt(1e-4 * 1e-3)) == pytest.approx(1.5)
+
+
+def test_coding_after_idling_times_the_coding_only() -> None:
+    """`coding_seconds(idle_s=...)` sleeps before each image's coding and leaves the sleep out of its figure;
+    `cold_coding_seconds` is that figure as a function of the idle time, the back-to-back one when warm."""
+    from engine.coinference import cold_coding_seconds
+
+    bundle = null_bundle((1, 4, 4), classes=3)
+    images = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
+    start = time.perf_counter()
+    after_sleep = bundle.coding_seconds(images, idle_s=0.02)
+    assert time.perf_counter() - start >= 4 * 0.02 and 0 < after_sleep < 0.02
+    coding = cold_coding_seconds(bundle, images, (0.001, 0.002))
+    assert all(0 < coding(idle) < 0.01 for idle in (0.0, 0.001, 0.0015, 1.0))
+    with pytest.raises(ValueError):
+        cold_coding_seconds(bundle, images, ())
