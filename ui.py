@@ -355,11 +355,21 @@ def untrained_profile(profile: str, width: float, fingerprint: str) -> pd.DataFr
     return pd.DataFrame(rows).assign(method="profile", id=None)
 
 
+def emulated_bf16_warning(base: BaseModelConfig) -> None:
+    """Warn before training a bf16 profile where bf16 is only emulated (a CPU without AVX-512 BF16 or AMX)."""
+    from engine.train import native_bf16, pick_device
+
+    if base.precision == "bf16" and not native_bf16(pick_device()):
+        st.warning("This machine computes bf16 only by emulation: a bf16 profile trains slower here than in fp32. "
+                   "Pick the quick profile instead.")
+
+
 def no_rows(what: str) -> None:
     """Say that the page needs measured rows, which jobs produce them, and where to start them."""
     st.info(f"No measured variants for this base model yet: {what} come from the variant jobs (`original` first, "
             "then `bottlenet_pp`, `two_step_pruning`, `three_step`). Start the profile on the Jobs page or the "
-            "Trade-off plane page, or `python -m engine sweep --profile quick`; rows appear here as jobs finish.")
+            "Trade-off plane page, or `python -m engine sweep --profile "
+            f"{environment().profile}`; rows appear here as jobs finish.")
     st.page_link("app_pages/jobs.py", label="Go to Jobs", icon=":material/play_circle:")
 
 

@@ -26,6 +26,7 @@ st.caption(f"base model `{base.id}` · profile **{env.profile}** · width **{bas
            "`python -m engine worker` processes; the queue lives in the cache, so closing the page stops nothing")
 
 with st.expander("Start jobs", expanded=True):
+    ui.emulated_bf16_warning(base)
     if data is None:
         st.warning("Jobs need the dataset on this machine: the sidebar's dataset is known only from the results "
                    "store. Set COINFER_DATA to it, or choose the local dataset.")

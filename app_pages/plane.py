@@ -56,6 +56,7 @@ if table.empty:
         st.warning("This dataset is known only from the results store: put it here (COINFER_DATA) to profile it.")
         st.stop()
     active = any(j.status in jobq.ACTIVE for j in ui.job_queue().jobs(base_id=base.id))
+    ui.emulated_bf16_warning(base)
     if st.button(f"Start the {env.profile} profile", type="primary", disabled=active,
                  help="queues every variant of the profile's sweep, cheapest first (`original` within minutes)"):
         planned = sweep.plan(env.profile, base, ui.data_path())

@@ -207,6 +207,18 @@ def test_before_any_job_the_plane_shows_the_untrained_profile(fresh_cache: Path,
     for page in ("latency", "compare", "export"):
         other = run_page(page)
         assert "`original` first" in texts(other, "info"), page
+        assert "sweep --profile smoke`" in texts(other, "info"), page
+    assert "bf16" not in texts(at, "warning")
+
+
+def test_a_bf16_profile_warns_where_bf16_is_emulated(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.train
+
+    for native in (True, False):
+        monkeypatch.setattr(engine.train, "native_bf16", lambda device, native=native: native)
+        for page in ("plane", "jobs"):
+            at = run_page(page, profile="quick-bf16", width="0.125")
+            assert ("only by emulation" in texts(at, "warning")) is not native, (page, native)
 
 
 def test_without_data_the_page_says_how_to_provide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
