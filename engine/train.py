@@ -42,15 +42,15 @@ def autocast(device: torch.device, precision: str = "auto"):  # noqa: ANN201
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes in bf16 natively (CUDA, or a CPU with AVX-512 BF16 or AMX); elsewhere bf16 autocast
-    is emulated and slower than fp32."""
+    """Whether `device` computes in bf16 natively (CUDA, or a CPU with AVX-512 BF16, AMX or Arm's BF16 extension);
+    elsewhere bf16 autocast is emulated and slower than fp32."""
     if device.type != "cpu":
         return True
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:  # not Linux: trust oneDNN's check
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 @torch.no_grad()

@@ -250,8 +250,7 @@ def _step2(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], s1: Ma
         if progress:
             progress(fraction, f"two_step_pruning step 2 at {cfg.split}: {message}")
 
-    ft = _finetune_config(knobs, 1, int(knobs["step2_steps"]), cfg.base.seed + 1,
-                          cfg.base.precision)
+    ft = _finetune_config(knobs, 1, int(knobs["step2_steps"]), cfg.base.seed + 1, cfg.base.precision)
     result = finetune(model, train_x, train_y, ctx.data.mean, ctx.data.std, ft, hooks=_HoldHooks(pruner),
                       checkpoint=path.with_suffix(".partial.pt"), progress=report, device=device)
     pruner.close()
