@@ -23,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -142,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
                 rates.append(to_rate_bps(rate_text))
     x, y = data.test_x[: args.images], data.test_y[: args.images].tolist()
     results: list[dict] = []
-    sessions: list[tuple[pd.Series, float, object]] = []
+    sessions: list[tuple[pd.Series, float, object, float, float]] = []  # row, rate, report, FLOP/s, runtime s
     coding: dict[str, float] = {}
     programs: dict[str, tuple[float, float, float]] = {}
-    cold_coding = {}
+    cold_coding: dict[str, Callable[[float], float]] = {}
     idle_grid = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
     for row, rates in plan.values():
         bundle_path = bundle_for(row, ctx)
@@ -182,15 +183,13 @@ def main(argv: list[str] | None = None) -> int:
           ", ".join(f"{slowdown(g):.2f}x after {1e3 * g:g} ms" for g in idle_grid))
     for row, rate, report, session_flops, runtime_now in sessions:
         model = modelled_latency(row, flops, flops, rate)
-        overheads = Overheads(per_image_s=runtime[rate], coding=True)
-        deployed = modelled_latency({**row.to_dict(), "coding_cpu_seconds": coding[str(row["id"])]}, flops, flops,
-                                    rate, overheads=overheads)
+        coded = {**row.to_dict(), "coding_cpu_seconds": coding[str(row["id"])]}
+        deployed = modelled_latency(coded, flops, flops, rate, overheads=Overheads(per_image_s=runtime[rate]))
         cold = cold_model(deployed, slowdown)["latency"]
         dev_s, srv_s, timed_at = programs[str(row["id"])]
         cold_programs = cold_model(deployed, slowdown, dev_s, srv_s)["latency"]
         speed = timed_at / session_flops  # > 1: the CPU runs slower in the session than when the programs were timed
-        deployed_now = modelled_latency({**row.to_dict(), "coding_cpu_seconds": coding[str(row["id"])]}, flops,
-                                        flops, rate, overheads=Overheads(per_image_s=runtime_now, coding=True))
+        deployed_now = modelled_latency(coded, flops, flops, rate, overheads=Overheads(per_image_s=runtime_now))
         cold_now = cold_model(deployed_now, slowdown, dev_s * speed, srv_s * speed)["latency"]
         last = cold_model(deployed_now, slowdown, dev_s * speed, srv_s * speed, cold_coding[str(row["id"])])
         lat = np.array(report.latencies)
