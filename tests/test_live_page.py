@@ -56,6 +56,7 @@ def test_live_session_is_drawn_against_the_model(fresh_cache: Path, tmp_cache: P
     terms = {(t["name"], y): x for t in charts[1]["data"] for x, y in zip(t["x"], t["y"], strict=True)}
     assert terms["transmit", "modelled"] == pytest.approx(row["bits_actual"] / ENV.rate_bps)
     assert terms["coding", "modelled"] > 0 and terms["coding", "measured"] > 0  # measured offline and in-session
+    assert any("timed after idling" in c.value for c in at.caption)  # coding as a session runs it, once per image
     assert terms["other", "modelled"] > 0  # framing bytes and the null session's runtime cost
     assert {"paper's model", "model with overheads"} <= set(traces)
     assert traces["model with overheads"]["y"][0] > traces["paper's model"]["y"][0]
