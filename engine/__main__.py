@@ -239,6 +239,7 @@ def _runs(values: tuple[float, ...]) -> str:
 
 
 def cmd_train_base(args: argparse.Namespace) -> int:
+    from engine.provenance import describe_environments
     from engine.train import load_or_train_base
 
     profile, data, base = _load(args)
@@ -250,12 +251,13 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     m = ckpt["metrics"]
+    where = describe_environments([m["trained_on"]]) if "trained_on" in m else m["device"]
     schedule = ("sizes", base.sizes) if base.sizes else ("scales", base.scales) if base.scales else None
     sizes = f" ({schedule[0]} {_runs(schedule[1])})" if schedule else ""
     precision = f" in {base.precision}" if base.precision != "auto" else ""
     print(f"base model {base.id}: width {base.width}, {base.epochs} epochs{sizes}, test accuracy "
           f"{m['test_accuracy']:.4f}, validation {m['val_accuracy']:.4f}, trained{precision} in "
-          f"{m['train_seconds']:.0f} s on {m['device']}")
+          f"{m['train_seconds']:.0f} s on {where}")
     return 0
 
 

@@ -38,8 +38,17 @@ from engine.data import ImageData, augment_batch, iterate_batches, normalize, tr
 from engine.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
 from engine.errors import UserError
 from engine.profile import count_flops, profile_parts
+from engine.provenance import add_environment
 from engine.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook, UniformRounding, VectorCodebook
-from engine.train import Progress, autocast, load_checkpoint, pick_device, save_checkpoint, seed_everything
+from engine.train import (
+    Progress,
+    autocast,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    seed_everything,
+    seeded,
+)
 
 if TYPE_CHECKING:
     from engine.config import VariantConfig
@@ -240,6 +249,7 @@ def _fit(model: EncodedSplit, data: ImageData, enc: EncodingConfig, budget: Enco
         generator.set_state(resumed["generator"])
         epoch, seconds = int(resumed["epoch"]), float(resumed["seconds"])
         log.info("resuming encoder training at epoch %d", epoch)
+    trained_on = add_environment(resumed.get("trained_on") if resumed is not None else None, dev)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=budget.label_smoothing)
     train_device = BACKBONES[enc.backbone][0]
     train_x_dev, train_y_dev = train_x.to(dev), train_y.to(dev)
@@ -283,13 +293,13 @@ def _fit(model: EncodedSplit, data: ImageData, enc: EncodingConfig, budget: Enco
         if partial is not None and epoch < epochs:
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                             "epoch": epoch, "seconds": seconds}, partial)
+                             "epoch": epoch, "seconds": seconds, "trained_on": trained_on}, partial)
         if progress:
             progress(epoch / epochs, f"encoder epoch {epoch}/{epochs} val acc {val_acc:.4f}")
     if model.quantizer is not None:
         model.quantizer.enabled = True
     return {"encode_val_accuracy": val_acc, "encode_train_seconds": seconds, "encode_epochs": epochs,
-            "encode_train_images": len(train_x), "encode_train_device": str(dev),
+            "encode_train_images": len(train_x), "encode_train_device": str(dev), "encode_trained_on": trained_on,
             "encode_train_inputs": "augmented images" if train_device else "frozen device features"}
 
 
@@ -388,7 +398,8 @@ def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: 
     `enc.backbone`), fit the entropy model on training symbols and measure the result on the whole test set.
     With `checkpoint`, an interrupted run resumes at its last finished epoch and a finished one is loaded."""
     input_shape = (data.channels, *data.image_size)
-    model = build_encoded(copy.deepcopy(device).cpu(), copy.deepcopy(server).cpu(), input_shape, enc)
+    with seeded(budget.seed):  # the encoder's and decoder's initial weights
+        model = build_encoded(copy.deepcopy(device).cpu(), copy.deepcopy(server).cpu(), input_shape, enc)
     if model.quantizer is None:
         raise UserError("train_encoded measures source-coded bits: choose a quantizer (JSCC uses the channel issue)")
     done = load_checkpoint(checkpoint) if checkpoint is not None else None
@@ -396,7 +407,8 @@ def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: 
         try:
             model.load_state_dict(done["state_dict"])
             codec = CODECS.get(done["codec"]["codec"]).from_state(done["codec"])
-            return EncodedResult(model.eval(), codec, dict(done["metrics"]), dict(done["profile"]))
+            metrics = {"encode_trained_on": None, **done["metrics"]}  # None: saved before it was recorded
+            return EncodedResult(model.eval(), codec, metrics, dict(done["profile"]))
         except (KeyError, RuntimeError, ValueError) as exc:
             log.warning("encoded checkpoint %s does not match its config (%s): retraining", checkpoint.name,
                         str(exc)[:120])

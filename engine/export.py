@@ -144,6 +144,7 @@ def selection_document(cfg: VariantConfig, metrics: Mapping[str, Any] | None = N
                    "base": dataclasses.asdict(cfg.base)},
         "id": cfg.id,
         "metrics": _metrics(dict(metrics or {})),
+        "trained_on": (metrics or {}).get("trained_on"),  # engine.provenance: where its trained parts were computed
         "environment": _finite_json(dict(env), "environment"),
         "code_version": engine.__version__,
         "torch_version": torch.__version__,
@@ -233,6 +234,8 @@ def parse_selection(raw: bytes | str) -> dict:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if not ok:
             raise _reject(f"base field {k!r} must be of type {kind}, got {v!r}")
+    if not isinstance(doc.get("trained_on"), (str, type(None))):
+        raise _reject("'trained_on' must be text or null")
     metrics = doc.get("metrics", {})
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                  for v in metrics.values()):

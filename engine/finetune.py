@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch import nn
 
 from engine.data import augment_batch, normalize
 from engine.errors import UserError
+from engine.provenance import add_environment
 from engine.train import Progress, autocast, load_checkpoint, pick_device, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class FinetuneResult:
     seconds: float  # training time, summed over resumes
     stopped: bool  # a hook stopped training before the budget ran out
     resumed_from: int  # the epoch a checkpoint resumed from (0: fresh start)
+    trained_on: list[dict[str, Any]] = field(default_factory=list)  # engine.provenance environments, over resumes
 
 
 @contextlib.contextmanager
@@ -177,6 +179,7 @@ def finetune(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, mea
         epoch, seconds, stopped = int(saved["epoch"]), float(saved["seconds"]), bool(saved["stopped"])
         resumed_from = epoch
         log.info("resuming fine-tuning at epoch %d/%d", epoch, cfg.epochs)
+    trained_on = add_environment(saved.get("trained_on") if saved is not None else None, device)
     x_dev, y_dev = train_x.to(device), train_y.to(device)
     while epoch < cfg.epochs and not stopped:
         start = time.perf_counter()
@@ -208,10 +211,11 @@ def finetune(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, mea
         if checkpoint is not None and epoch < cfg.epochs and not stopped:
             save_checkpoint({"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                             "hooks": hooks.state_dict(), "epoch": epoch, "seconds": seconds, "stopped": stopped},
+                             "hooks": hooks.state_dict(), "epoch": epoch, "seconds": seconds, "stopped": stopped,
+                             "trained_on": trained_on},
                             checkpoint)
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
         checkpoint.with_suffix(checkpoint.suffix + ".sha256").unlink(missing_ok=True)
     model.to(memory_format=torch.contiguous_format).eval()
-    return FinetuneResult(epoch, epoch * steps_per_epoch, seconds, stopped, resumed_from)
+    return FinetuneResult(epoch, epoch * steps_per_epoch, seconds, stopped, resumed_from, trained_on)

@@ -52,8 +52,9 @@ from engine.data import ImageData, train_val_split
 from engine.encoded_training import frozen_features
 from engine.encoders import ENCODERS, EncodedSplit, feature_shape
 from engine.errors import UserError
+from engine.provenance import training_environment
 from engine.quantizers import ScalarCodebook
-from engine.train import Progress, load_checkpoint, pick_device, save_checkpoint
+from engine.train import Progress, load_checkpoint, pick_device, save_checkpoint, seeded
 
 if TYPE_CHECKING:
     from engine.methods import RunContext
@@ -289,7 +290,7 @@ def train_jscc(model: EncodedSplit, feats: SplitFeatures, jc: JsccConfig, seed: 
         model.quantizer.enabled = True
     model.requires_grad_(False)
     return {"jscc_train_seconds": time.perf_counter() - start, "jscc_train_steps": total,
-            "jscc_train_images": n, "jscc_train_device": str(dev)}
+            "jscc_train_images": n, "jscc_train_device": str(dev), "jscc_trained_on": [training_environment(dev)]}
 
 
 @torch.no_grad()
@@ -390,7 +391,8 @@ class CodedResult:
 def _train_or_load(device: nn.Module, server: nn.Module, input_shape: tuple[int, int, int], jc: JsccConfig,
                    feats: SplitFeatures, seed: int, label_smoothing: float, calibration: int, cache: Path | None,
                    progress: Progress | None) -> tuple[EncodedSplit, dict[str, Any], EntropyCodec | None, str]:
-    model = build_jscc(copy.deepcopy(device).cpu(), copy.deepcopy(server).cpu(), input_shape, jc, seed)
+    with seeded(seed):  # the encoder's and decoder's initial weights
+        model = build_jscc(copy.deepcopy(device).cpu(), copy.deepcopy(server).cpu(), input_shape, jc, seed)
     key = config_id({"features": feats.key, "jscc": jc.training_key(), "seed": seed,
                      "label_smoothing": label_smoothing, "calibration": calibration})
     path = cache / "models" / f"jscc-{key}.pt" if cache is not None else None
@@ -400,7 +402,7 @@ def _train_or_load(device: nn.Module, server: nn.Module, input_shape: tuple[int,
             model.load_state_dict(done["state_dict"])
             codec = CODECS.get(done["codec"]["codec"]).from_state(done["codec"]) if done.get("codec") else None
             model.to(pick_device()).requires_grad_(False)
-            return model, dict(done["stats"]), codec, key
+            return model, {"jscc_trained_on": None, **done["stats"]}, codec, key  # None: saved before it was recorded
         except (KeyError, RuntimeError, ValueError) as exc:
             log.warning("jscc checkpoint %s does not match its config (%s): retraining", key, str(exc)[:120])
     stats = train_jscc(model, feats, jc, seed, label_smoothing, progress)

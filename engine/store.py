@@ -48,6 +48,7 @@ COMMON = (
     *FLOAT_COLUMNS,
     "feature_shape",
     "seed",
+    "trained_on",
     "code_version",
     "base_id",
     "schema_version",

@@ -3,13 +3,14 @@ batches on the training device, channels_last. CUDA when available; precision pe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch import nn
 from engine.config import BaseModelConfig
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, resize_batch, train_val_split
 from engine.models import build_model
+from engine.provenance import add_environment
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,15 @@ def pick_device() -> torch.device:
 def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's global generator seeded with `seed` for the block (a new module's initial weights, say) and restored
+    after it: what the block draws does not depend on what the process drew before (a sweep worker's earlier jobs)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def autocast(device: torch.device, precision: str = "auto"):  # noqa: ANN201
@@ -154,6 +165,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
         generator.set_state(resumed["generator"])
         state.epoch, state.seconds = int(resumed["epoch"]), float(resumed["seconds"])
         log.info("resuming base model %s at epoch %d", cfg.id, state.epoch)
+    trained_on = add_environment(resumed.get("trained_on") if resumed is not None else None, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     train_x_dev, train_y_dev = train_x.to(device), train_y.to(device)
     val_acc = float("nan")
@@ -190,7 +202,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
         if state.epoch < cfg.epochs:
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                             "epoch": state.epoch, "seconds": state.seconds}, partial)
+                             "epoch": state.epoch, "seconds": state.seconds, "trained_on": trained_on}, partial)
     model = model.to(memory_format=torch.contiguous_format)
     test_acc = accuracy(model, data.test_x, data.test_y, mean, std)
     ckpt = {
@@ -198,7 +210,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
         "config": json.loads(json.dumps(cfg.__dict__)),
         "metrics": {"val_accuracy": val_acc, "test_accuracy": test_acc, "train_seconds": state.seconds,
                     "device": str(device), "precision": cfg.precision, "epochs": cfg.epochs,
-                    "train_images": len(train_x)},
+                    "train_images": len(train_x), "trained_on": trained_on},
     }
     save_checkpoint(ckpt, base_checkpoint_path(cfg, cache))
     partial.unlink(missing_ok=True)

@@ -270,6 +270,10 @@ def test_training_is_seeded_and_resumes(base_model: CifarResNet18, tiny_data: Im
     cached = train_encoded(device, server, tiny_data, "conv4_x", enc, BUDGET, tmp_path / "b.pt", interrupt, False)
     assert cached.metrics == resumed.metrics and cached.codec.encode(np.zeros((1, 2), dtype=np.int64)) == \
         resumed.codec.encode(np.zeros((1, 2), dtype=np.int64))
+    torch.manual_seed(12345)  # another history of the process's generator (a sweep worker's earlier jobs)
+    again = train_encoded(device, server, tiny_data, "conv4_x", enc, BUDGET, time_device=False)
+    assert all(torch.equal(a[k], again.model.state_dict()[k]) for k in a)
+    assert again.metrics["bits_actual"] == whole.metrics["bits_actual"]
 
 
 def test_feature_coding_for_three_step(smoke_ctx: RunContext, tiny_data: ImageData) -> None:

@@ -22,6 +22,7 @@ from engine.jscc import (
     Fig5Budget,
     JsccConfig,
     SplitFeatures,
+    _train_or_load,
     best_schemes,
     build_jscc,
     channel_accuracy,
@@ -123,6 +124,19 @@ def test_source_coding_reference_trains_with_learned_codewords() -> None:
     assert model.quantizer.enabled
     acc = channel_accuracy(model, feats.test_x, feats.test_y)
     assert len(acc) == 1 and acc[0] > 0.9
+
+
+def test_a_trained_variant_does_not_depend_on_what_the_process_drew_before() -> None:
+    """A sweep worker runs many jobs in one process: the coder's initial weights come from the variant's seed, not
+    from the state the earlier jobs left in torch's global generator."""
+    feats = synthetic_features(n_train=400, n_eval=100)
+    jc = JsccConfig("awgn", uses=4, epochs=1, batch_size=128, lr=1e-2, server="frozen", distill=0.0)
+    runs, server = [], Head()
+    for history in (1, 2):
+        torch.manual_seed(history)
+        model, _, _, _ = _train_or_load(nn.Identity(), server, (8, 2, 2), jc, feats, 0, 0.1, 100, None, None)
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
 # ------------------------------------------------------------------------------------------------ on CIFAR (smoke)

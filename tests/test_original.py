@@ -11,6 +11,7 @@ from engine.config import PROFILES
 from engine.data import ImageData, normalize
 from engine.methods import METHODS, RunContext
 from engine.models import split, split_names
+from engine.provenance import describe_environments, training_environment
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def test_rows_follow_the_definitions(rows: dict) -> None:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["test_images"] == 400
         assert row["png_bits"] == pytest.approx(ctx.png_bits())
+        assert row["trained_on"] == describe_environments([[training_environment(torch.device("cpu"))]])
     assert rows["server_only"]["bits_actual"] == pytest.approx(ctx.png_bits())
     assert rows["server_only"]["device_flops"] == 0
     assert rows["device_only"]["bits_actual"] == 4.0

@@ -19,6 +19,7 @@ from engine.methods import METHODS, RunContext
 from engine.methods.three_step import LevelSchedule, ThreeStep, pruned_split, pruning_run, threshold_level
 from engine.models import split
 from engine.profile import profile_split
+from engine.provenance import describe_environments, training_environment
 from engine.prune import prunable_groups
 
 SPLIT = "conv4_x"  # 32 output channels at the smoke width 0.125
@@ -225,5 +226,25 @@ def test_the_whole_framework_encodes_the_pruned_split(ctx: RunContext, base, row
     assert row["threshold_pick"] and row["sparsity"] == (pruned[0]["sparsity"] if pruned else 0.0)
     assert row["bits_raw"] == 8 * 2 and row["bits_actual"] < min(r["bits_actual"] for r in rows) / 10
     assert row["encoder_d"] == 8 and 0.0 <= row["accuracy"] <= 1.0
+    here = describe_environments([[training_environment(torch.device("cpu"))]])
+    assert row["trained_on"] == here and not any(k.endswith("_trained_on") for k in row)  # one column for all parts
     if pruned:
         assert row["device_flops"] > pruned[0]["device_flops"]  # the encoder runs on the device
+
+
+def test_a_pruning_run_cached_before_environments_were_recorded_says_so(ctx: RunContext, base,  # noqa: ANN001
+                                                                          rows: list[dict]) -> None:
+    cfg = VariantConfig.make("three_step", SPLIT, base, **rows[1]["knobs"])
+    path = ctx.cache / "models" / f"three_step-{rows[1]['prune_run']}.pt"
+    run = three_step.load_checkpoint(path)
+    here = describe_environments([run["trained_on"]])
+    assert rows[1]["trained_on"] == here
+    del run["trained_on"]  # as an earlier release saved it
+    three_step.save_checkpoint(run, path)
+    try:
+        row = ThreeStep().run(cfg, RunContext(ctx.data, ctx.profile, ctx.cache))
+    finally:
+        three_step.save_checkpoint({**run, "trained_on": [training_environment(torch.device("cpu"))]}, path)
+    assert row["trained_on"] == f"{here} + not recorded"
+    for key in ("id", "accuracy", "bits_actual", "device_flops", "sparsity", "prune_seconds"):
+        assert row[key] == rows[1][key], key  # the same run, read the same way

@@ -13,6 +13,7 @@ from torch import nn
 import engine
 from engine.config import BaseModelConfig, Profile, VariantConfig
 from engine.data import ImageData, mean_png_bits, train_val_split
+from engine.provenance import describe_environments
 from engine.registry import Registry
 from engine.train import Progress, load_or_train_base
 
@@ -76,8 +77,12 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def base_row(cfg: VariantConfig, ctx: RunContext, **metrics: Any) -> dict:
-    """The columns every row carries: identity, provenance and the data's reference figures."""
+    """The columns every row carries: identity, provenance and the data's reference figures. The environments of
+    the trained parts the row uses (`<part>_trained_on` metrics: pruning run, encoder) and the base model's become
+    one `trained_on` column."""
     _, ckpt = ctx.base(cfg.base)
+    parts = [metrics.pop(k) for k in sorted((k for k in metrics if k.endswith("_trained_on")),
+                                            key=lambda k: k != "prune_trained_on")]
     return {
         "id": cfg.id,
         "method": cfg.method,
@@ -90,6 +95,7 @@ def base_row(cfg: VariantConfig, ctx: RunContext, **metrics: Any) -> dict:
         "base_id": cfg.base.id,
         "base_test_accuracy": ckpt["metrics"]["test_accuracy"],
         "train_seconds": ckpt["metrics"]["train_seconds"],
+        "trained_on": describe_environments([ckpt["metrics"].get("trained_on"), *parts]),
         "test_images": len(ctx.data.test_y),
         "png_bits": ctx.png_bits(),
         "code_version": engine.__version__,

@@ -246,7 +246,8 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     pruner.close()
     run = {"key": key, "split": cfg.split, "base_id": cfg.base.id, "knobs": dict(knobs),
            "base_val_accuracy": base_val, "threshold": threshold, "stopped": result.stopped,
-           "seconds": result.seconds, "steps": result.steps, "snapshots": hooks.snapshots}
+           "seconds": result.seconds, "steps": result.steps, "snapshots": hooks.snapshots,
+           "trained_on": result.trained_on}
     save_checkpoint(run, path)
     return run
 
@@ -327,6 +328,7 @@ def pruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
         "prune_steps": 0 if snap is None else int(snap["steps"]),
         "prune_seconds": run["seconds"],
         "prune_run": run["key"],
+        "prune_trained_on": run.get("trained_on"),
     }
     return PrunedSplit(model, masks, device.eval(), server.eval(), info)
 

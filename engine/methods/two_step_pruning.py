@@ -29,6 +29,7 @@ from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
 from engine.methods import METHODS, Deployed, RunContext
 from engine.methods.three_step import deploy_uniform_huffman, measure_row, validation_accuracy
 from engine.models import END_POINTS, CifarResNet18, split
+from engine.provenance import merge_environments
 from engine.prune import (
     ChannelGroup,
     ChannelMasks,
@@ -186,7 +187,8 @@ def _step1(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], step1:
                       _finetune_config(knobs, len(levels), steps, cfg.base.seed, cfg.base.precision), hooks=hooks,
                       checkpoint=path.with_suffix(".partial.pt"), progress=report, device=device)
     hooks.close()
-    run = {"key": key, "knobs": step1, "seconds": result.seconds, "snapshots": hooks.snapshots}
+    run = {"key": key, "knobs": step1, "seconds": result.seconds, "snapshots": hooks.snapshots,
+           "trained_on": result.trained_on}
     save_checkpoint(run, path)
     return run
 
@@ -257,6 +259,7 @@ def _step2(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], s1: Ma
     run = {"key": key, "step1_key": s1["key"], "masks": masks2.to_dict(), "output_group": group.name,
            "val_accuracy": validation_accuracy(model, ctx.data, val_x, val_y),
            "step1_val_accuracy": snap["val_accuracy"], "seconds": s1["seconds"] + result.seconds,
+           "trained_on": merge_environments(s1.get("trained_on"), result.trained_on),
            "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
     save_checkpoint(run, path)
     return run
@@ -286,7 +289,7 @@ def pruned_split(cfg: VariantConfig, ctx: RunContext) -> TwoStepPruned:
     info = {"step1_sparsity": knobs["step1"], "step2_sparsity": float(knobs["step2"]),
             "sparsity": dev.sparsity(), "output_sparsity": dev.sparsity(out), "network_sparsity": masks.sparsity(),
             "val_accuracy": run["val_accuracy"], "step1_val_accuracy": run["step1_val_accuracy"],
-            "prune_seconds": run["seconds"]}
+            "prune_seconds": run["seconds"], "prune_trained_on": run.get("trained_on")}
     return TwoStepPruned(model, masks, device, server, info)
 
 
