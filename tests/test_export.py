@@ -51,6 +51,7 @@ def test_selection_round_trips_through_json(row: dict) -> None:
     assert back["metrics"]["accuracy"] == pytest.approx(row["accuracy"])
     assert back["metrics"]["bits_actual"] == pytest.approx(row["bits_actual"])
     assert "note" not in back["environment"] and back["environment"]["rate_bps"] == 320e3
+    assert back["trained_on"] == row["trained_on"] and back["trained_on"].startswith("cpu, ")
     # a row of the pandas table gives the same document
     series = rows_to_frame([row]).iloc[0]
     assert selection_json(series, ENV)["config"] == doc["config"]
@@ -104,6 +105,7 @@ HOSTILE = {
     "bad base type": lambda d: {**d, "config": {**d["config"], "base": {**d["config"]["base"], "epochs": "1"}}},
     "invalid base": lambda d: {**d, "config": {**d["config"], "base": {**d["config"]["base"], "width": -1}}},
     "non-numeric metric": lambda d: {**d, "metrics": {"accuracy": "high"}},
+    "trained_on not text": lambda d: {**d, "trained_on": {"device": "cpu"}},
 }
 
 
