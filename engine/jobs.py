@@ -48,6 +48,7 @@ CANCEL_GRACE_S = 15.0
 MAX_ATTEMPTS = 3
 BUSY_TIMEOUT_S = 30.0
 WORKER_SPAWN_GUARD_S = 20.0  # two dashboards asking for a worker within this window start one
+FAILED_STARTS = 3  # per worker slot: workers that end in error without any job moving before a pool gives up
 BASE_SHARE = 0.6  # of a job's progress bar, when its base model must be trained first
 
 _DDL = f"""
@@ -883,6 +884,8 @@ class WorkerPool:
         self.procs: list[multiprocessing.process.BaseProcess] = []
         self.options = dataclasses.replace(options, hard_kill=True,
                                            threads=options.threads or max(1, (os.cpu_count() or 1) // n))
+        self._failed: list[int] = []  # exit statuses of the workers that ended in error since a job last moved
+        self._jobs_seen: object = None
 
     def _claimable(self) -> bool:
         ids = list(self.options.ids) if self.options.ids is not None else None
@@ -892,9 +895,15 @@ class WorkerPool:
         ids = list(self.options.ids) if self.options.ids is not None else None
         return bool(self.queue.jobs(ids, status=ACTIVE))
 
+    def _jobs_state(self) -> object:
+        ids = list(self.options.ids) if self.options.ids is not None else None
+        return sorted((j.id, j.status, j.attempts) for j in self.queue.jobs(ids))
+
     def poll(self, keep_alive: bool = False) -> None:
-        """Reap ended processes; start new ones while jobs wait (or always, with `keep_alive`)."""
-        alive = []
+        """Reap ended processes; start new ones while jobs wait (or always, with `keep_alive`). Raises UserError when
+        `FAILED_STARTS` workers per slot have ended in error with no job claimed or finished meanwhile (a worker that
+        cannot start: replacing it would loop for ever)."""
+        alive, failed = [], []
         for p in self.procs:
             if p.is_alive():
                 alive.append(p)
@@ -902,7 +911,16 @@ class WorkerPool:
             p.join()
             if p.exitcode not in (0, None):
                 log.warning("worker pid %s ended with status %s", p.pid, p.exitcode)
+                failed.append(p.exitcode)
         self.procs = alive
+        if failed:
+            state = self._jobs_state()
+            self._failed = [*self._failed, *failed] if state == self._jobs_seen else failed
+            self._jobs_seen = state
+            if len(self._failed) >= FAILED_STARTS * self.n:
+                raise UserError(f"{len(self._failed)} local workers in a row ended with an error before taking a job "
+                                f"(last exit status {self._failed[-1]}); the jobs stay queued: run `python -m engine "
+                                "worker` in a terminal to see why")
         if len(self.procs) < self.n and (keep_alive or self._claimable() or (not self.procs and self._busy())):
             for _ in range(self.n - len(self.procs)):
                 self.procs.append(start_worker_process(self.queue.path, self.options, self.stop, self.ctx))

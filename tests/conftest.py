@@ -4,6 +4,7 @@ dataset and a small stratified subset of it. Tests use at most 2 CPU threads."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,19 @@ SHARED_TAR = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 # One thread per pytest-xdist worker (two workers share the two cores), else at most two.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+
+MAIN_MODULE = sys.modules["__main__"]
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module() -> Iterator[None]:
+    """Streamlit's AppTest leaves the page it ran as `sys.modules["__main__"]`; a process started later with the
+    spawn method (job workers, concurrent store writers) would re-run that page as its main module and die. Each test
+    starts and ends with the test run's own `__main__`."""
+    sys.modules["__main__"] = MAIN_MODULE
+    yield
+    sys.modules["__main__"] = MAIN_MODULE
 
 
 @pytest.fixture(scope="session")

@@ -457,3 +457,22 @@ def test_ensure_worker_starts_one_detached_worker(tmp_path: Path, monkeypatch: p
     wait_until(lambda: not queue.live_workers(), 60, "the idle worker to exit")
     logs = list((tmp_path / "cache" / "jobs").glob("worker-*.log"))
     assert len(logs) == 1 and "worker: 1 process(es)" in logs[0].read_text()
+
+
+def test_a_pool_whose_workers_cannot_start_gives_up_in_one_line(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker process that dies before taking a job (here: its spawned interpreter re-runs a main script that
+    exits) is not replaced for ever: after FAILED_STARTS per slot the pool stops, says so, and the job stays queued."""
+    script = tmp_path / "broken_main.py"
+    script.write_text("raise SystemExit(3)\n")
+    broken = type(sys)("__main__")
+    broken.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", broken)
+    queue = JobQueue(tmp_path / "jobs.sqlite")
+    queue.submit([spec()])
+    pool = jobs_mod.WorkerPool(queue, 1, WorkerOptions(poll_s=0.05))
+    with pytest.raises(UserError, match=r"^3 local workers in a row ended with an error before taking a job "
+                                        r"\(last exit status 3\)") as err:
+        pool.run(interval=0.05, keep_alive=True)
+    assert "\n" not in str(err.value) and not pool.procs
+    assert [j.status for j in queue.jobs()] == ["queued"]
