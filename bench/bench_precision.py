@@ -56,6 +56,14 @@ def worker_minutes(base_id: str, ids: set[str]) -> dict[str, float]:
     return out
 
 
+def minutes_text(methods: list[str], reference: dict[str, float], other: dict[str, float]) -> str:
+    """"method ref / other" per method, each side's worker minutes or – where it has none."""
+    def shown(side: dict[str, float], method: str) -> str:
+        return f"{side[method]:.1f}" if method in side else "–"
+
+    return ", ".join(f"{m} {shown(reference, m)} / {shown(other, m)}" for m in methods)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profiles", nargs=2, default=["quick", "quick-bf16"], choices=list(PROFILES),
@@ -95,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     print(comparison(usable).to_markdown(index=False, floatfmt=".2f") if len(usable) else "none")
     minutes = [worker_minutes(ref.id, set(pairs["id_ref"])), worker_minutes(other.id, set(pairs["id_other"]))]
     print(f"\nWorker minutes of these variants' jobs per method ({ref_profile.name} / {other_profile.name}; – where "
-          "a variant was measured outside the job queue): "
-          + ", ".join(f"{m} {minutes[0][m]:.1f} / {minutes[1][m]:.1f}" if m in minutes[0] and m in minutes[1]
-                      else f"{m} – / –" for m in sorted(set(pairs["method"]))) + ".")
+          "the job table holds no finished job of them: measured outside the queue, or its history cleared): "
+          + minutes_text(sorted(set(pairs["method"])), *minutes) + ".")
     return 0
 
 

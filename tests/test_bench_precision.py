@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench.bench_precision import comparison, paired
+from bench.bench_precision import comparison, minutes_text, paired
 
 COLUMNS = ("id", "base_id", "method", "split", "knobs", "accuracy", "bits_actual")
 ROWS = [
@@ -32,3 +32,8 @@ def test_variants_pair_on_method_split_and_knobs() -> None:
     assert out.loc["original", "median_bits_ratio"] == pytest.approx((1.1 + 0.8) / 2)
     assert out.loc["three_step", "median_points"] == pytest.approx(-1.0)
     assert out.loc["three_step", "median_bits_ratio"] == pytest.approx(1.1)
+
+
+def test_worker_minutes_show_each_side_on_its_own() -> None:
+    text = minutes_text(["original", "three_step"], {"three_step": 16.64}, {"original": 1.8, "three_step": 19.2})
+    assert text == "original – / 1.8, three_step 16.6 / 19.2"
