@@ -57,7 +57,7 @@ def worker_minutes(base_id: str, ids: set[str]) -> dict[str, float]:
 
 
 def minutes_text(methods: list[str], reference: dict[str, float], other: dict[str, float]) -> str:
-    """"method ref / other" per method, each side's worker minutes or – where it has none."""
+    """Each method's worker minutes as "method reference / other", – for a side with none."""
     def shown(side: dict[str, float], method: str) -> str:
         return f"{side[method]:.1f}" if method in side else "–"
 
