@@ -36,14 +36,15 @@ def _positive_float(text: str) -> float:
 def _sizes(text: str) -> tuple[int, ...]:
     """"16x6,24x4,32x3" (size x epochs) or "16,16,24,32" (one size per epoch) -> one size per epoch."""
     out: list[int] = []
-    try:
-        for part in text.split(","):
-            size, _, times = part.strip().partition("x")
-            out += [int(size)] * (int(times) if times else 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not sizes: {text!r}; e.g. 16x6,24x4,32x3 (size x epochs)") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive: {text!r}")
+    for part in text.split(","):
+        size, cross, times = part.strip().partition("x")
+        try:
+            stage = (int(size), int(times) if cross else 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not sizes: {text!r}; e.g. 16x6,24x4,32x3 (size x epochs)") from None
+        if min(stage) < 1:
+            raise argparse.ArgumentTypeError(f"sizes and epochs must be positive: {part.strip()!r} in {text!r}")
+        out += [stage[0]] * stage[1]
     return tuple(out)
 
 

@@ -51,7 +51,10 @@ def test_width_must_be_positive(capsys: pytest.CaptureFixture) -> None:
     assert "must be > 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("sizes", "message"), [("abc", "e.g. 16x6,24x4,32x3"), ("16x2,0", "must be positive")])
+@pytest.mark.parametrize(("sizes", "message"), [
+    ("abc", "e.g. 16x6,24x4,32x3"), ("16x", "e.g. 16x6,24x4,32x3"), ("16x2,0", "must be positive"),
+    ("16x0,32x2", "must be positive"), ("16x-1", "must be positive"),
+])
 def test_sizes_must_be_a_schedule(capsys: pytest.CaptureFixture, sizes: str, message: str) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["train-base", "--sizes", sizes])
