@@ -47,8 +47,10 @@ with st.expander("Start jobs", expanded=True):
         c1, c2, c3 = st.columns([1, 1, 2])
         method = c1.selectbox("Method", sweep.methods_in_order())
         splits = c2.multiselect("Splits", SPLIT_POINTS.names(), default=["conv4_x"])
-        knobs = c3.text_input("Knobs (optional)", placeholder="bits=4, sparsity=0.5",
-                              help="NAME=VALUE pairs, values as JSON; the method's defaults fill the rest")
+        defaults = sweep.default_knobs(method, splits[0], base) if splits else {}
+        knobs = c3.text_input("Knobs (optional)", placeholder=ui.knob_text(defaults) if defaults else "bits=4",
+                              help="NAME=VALUE pairs, values as JSON; the method's defaults (shown greyed) fill "
+                                   "the rest, and a knob it does not have is refused")
         if st.button("Queue", disabled=data is None or not splits):
             try:
                 parsed = ui.parse_knobs(knobs)

@@ -7,6 +7,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -21,7 +23,9 @@ T = TypeVar("T")
 def config_from_knobs(cls: type[T], knobs: Mapping[str, Any] | Iterable[tuple[str, Any]], prefix: str, what: str,
                       **defaults: Any) -> T:
     """The frozen config `cls` from a variant's knobs named `prefix` + field (other knobs ignored; lists become
-    tuples); `defaults` fill the rest. An unknown knob with the prefix is a UserError naming the known ones."""
+    tuples); `defaults` fill the rest. An unknown knob with the prefix, or one whose value is not of its field's
+    type, is a UserError naming it."""
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kw = dict(defaults)
     for key, value in dict(knobs).items():
@@ -30,8 +34,29 @@ def config_from_knobs(cls: type[T], knobs: Mapping[str, Any] | Iterable[tuple[st
         name = key[len(prefix):]
         if name not in names:
             raise UserError(f"unknown {what} knob {key!r}; known: {', '.join(prefix + n for n in sorted(names))}")
-        kw[name] = tuple(value) if isinstance(value, list) else value
+        value = tuple(value) if isinstance(value, list) else value
+        if not _is_of(value, hints[name]):
+            raise UserError(f"{what} knob {key} must be {_type_text(hints[name])}, got {value!r}")
+        kw[name] = value
     return cls(**kw)
+
+
+def _is_of(value: Any, hint: Any) -> bool:
+    """Whether `value` fits a field's type hint (outer types only: tuple[float, ...] takes any tuple); an int fits
+    float, a bool fits only bool."""
+    if hint is Any:
+        return True
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kinds = tuple(typing.get_origin(o) or o for o in options)
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (isinstance(value, int) and float in kinds)
+
+
+def _type_text(hint: Any) -> str:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return " or ".join("None" if o is type(None) else getattr(typing.get_origin(o) or o, "__name__", str(o))
+                       for o in options)
 
 
 def _id_fields(obj: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from engine.jobs import (
     result_summary,
     worker_log_dir,
 )
-from engine.methods import METHODS
+from engine.methods import METHODS, check_variant
 from engine.models import END_POINTS, SPLIT_POINTS, split_names
 from engine.registry import Registry
 from engine.store import ResultsStore
@@ -143,13 +143,19 @@ def trains_encoder(cfg: VariantConfig) -> bool:
     return any(k.startswith("enc_") for k in dict(cfg.knobs))
 
 
-def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, data: str | None = None,
-                **knobs: Any) -> Planned:
-    """A single variant added by hand: the method's own knobs at that split, overridden by `knobs`."""
+def default_knobs(method: str, split: str, base: BaseModelConfig) -> dict[str, Any]:
+    """The knobs of the method's first proposed variant at `split` for this base model ({} where it proposes none)."""
     SPLIT_POINTS.get(split)
     proposed = [v for v in METHODS.get(method).variants(base, [split]) if v.split == split]
-    defaults = dict(proposed[0].knobs) if proposed else {}
-    cfg = VariantConfig.make(method, split, base, **{**defaults, **knobs})
+    return dict(proposed[0].knobs) if proposed else {}
+
+
+def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, data: str | None = None,
+                **knobs: Any) -> Planned:
+    """A single variant added by hand: the method's own knobs at that split, overridden by `knobs`; a knob the
+    method does not have, or cannot use, is a UserError before anything is queued."""
+    cfg = VariantConfig.make(method, split, base, **{**default_knobs(method, split, base), **knobs})
+    check_variant(cfg, PROFILES.get(profile).budget_name)
     return Planned(JobSpec.for_variant(cfg, profile, data), int(method_cost(method)[0] * PRIORITY_STRIDE))
 
 

@@ -408,6 +408,10 @@ def test_jobs_page_queues_cancels_and_retries(fresh_cache: Path, small_data: Ima
     widget(at, "text_input", "Knobs").set_value("bits")
     widget(at, "button", "Queue").click().run()
     assert "a knob is NAME=VALUE" in at.error[0].value
+    assert widget(at, "text_input", "Knobs").placeholder == "bits=8"  # the method's own knobs at the split
+    widget(at, "text_input", "Knobs").set_value("sparsity=0.5")
+    widget(at, "button", "Queue").click().run()
+    assert at.error[0].value == "original has no knob 'sparsity'; its knobs: bits"
     queue = jobq.JobQueue(fresh_cache / "jobs.sqlite")
     assert queue.jobs() == []
     widget(at, "text_input", "Knobs").set_value("bits=4")

@@ -91,6 +91,60 @@ def test_grid_knobs_cross_the_method_s_variants() -> None:
     assert sweep.plan("smoke", FAKE_BASE, methods=["original"], splits=["conv2_x"])[0].spec.split == "conv2_x"
 
 
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_variant_the_engine_proposes_passes_its_check(profile: str) -> None:
+    from engine.jscc import fig5_variants
+    from engine.methods import check_variant
+
+    base = PROFILES.get(profile).base_config("fake-fingerprint")
+    budget = PROFILES.get(profile).budget_name
+    variants = [p.spec.variant() for p in sweep.plan(profile, base)] + fig5_variants(base, budget)
+    assert {v.method for v in variants} == set(METHODS)
+    for cfg in variants:
+        check_variant(cfg, budget)
+
+
+@pytest.mark.parametrize(("method", "split", "knobs", "message"), [
+    ("original", "conv3_x", {"bits": "abc"}, "knob bits must be a whole number, got 'abc'"),
+    ("original", "conv3_x", {"bits": 99}, r"knob bits must be in \[1, 16\], got 99"),
+    ("original", "conv3_x", {"bits": 4.5}, "knob bits must be a whole number"),
+    ("original", "conv3_x", {"sparsity": 0.5}, "original has no knob 'sparsity'; its knobs: bits"),
+    ("three_step", "conv4_x", {"target": 2}, r"knob target must be in \[0, 1\]"),
+    ("three_step", "conv4_x", {"levels": True}, "knob levels must be a whole number"),
+    ("three_step", "conv4_x", {"snapshot": 3}, "knob snapshot is a level from 0 to 2, 'threshold' or 'none', got 3"),
+    ("three_step", "conv4_x", {"stop": "yes"}, "knob stop must be true or false"),
+    ("three_step", "conv4_x", {"lr_schedule": "step"}, "unknown lr_schedule 'step'"),
+    ("three_step", "conv4_x", {"per_stage": 3}, "a knob cannot be used"),
+    ("three_step", "conv4_x", {"encoder": "zip"}, "unknown feature coding 'zip'"),
+    ("three_step", "conv4_x", {"enc_d": 16}, "knob enc_d does not apply to encoder=none"),
+    ("three_step", "conv4_x", {"encoder": "two_step", "enc_d": "x"}, "encoding knob enc_d must be int, got 'x'"),
+    ("three_step", "conv4_x", {"encoder": "two_step", "enc_lr": True}, "encoding knob enc_lr must be float"),
+    ("three_step", "conv4_x", {"encoder": "jscc", "snapshot": "none", "jscc_uses": 0}, "uses"),
+    ("three_step", "server_only", {}, "use the `original` method for the end points"),
+    ("two_step_pruning", "conv4_x", {"step1": 0.3}, "is not one of step1_levels"),
+    ("two_step_pruning", "conv4_x", {"step2_steps": 0}, "knob step2_steps must be at least 1, got 0"),
+    ("two_step_pruning", "device_only", {}, "use the `original` method for the end points"),
+    ("bottlenet_pp", "conv4_x", {"ratio": 0}, "knob ratio must be > 0"),
+    ("bottlenet_pp", "conv4_x", {"enc_codec": "zip"}, "unknown codec 'zip'"),
+    ("bottlenet_pp", "conv4_x", {"bits": 4}, "bottlenet_pp has no knob 'bits'"),
+])
+def test_a_variant_with_a_knob_it_cannot_use_is_refused_before_it_is_queued(method: str, split: str, knobs: dict,
+                                                                            message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        sweep.one_variant(method, split, "quick", FAKE_BASE, **knobs)
+
+
+def test_hand_added_variants_a_user_would_submit_pass() -> None:
+    pruned = sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, target=0.32, levels=2, iteration_steps=64,
+                               hold_iterations=30, snapshot=1)
+    assert pruned.spec.knobs["levels"] == 2
+    assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot="2").spec.knobs["snapshot"] == "2"
+    assert sweep.one_variant("two_step_pruning", "conv3_x", "quick", FAKE_BASE, step1=0.25).spec.knobs["step1"] == 0.25
+    assert sweep.one_variant("bottlenet_pp", "conv5_x", "quick", FAKE_BASE, ratio=64, enc_codec="huffman").spec
+    assert sweep.default_knobs("original", "stem", FAKE_BASE) == {"bits": 8}
+    assert sweep.default_knobs("three_step", "server_only", FAKE_BASE) == {}
+
+
 def test_one_variant_at_a_time() -> None:
     p = sweep.one_variant("original", "conv3_x", "quick", FAKE_BASE, bits=4)
     assert p.spec.knobs == {"bits": 4} and p.spec.split == "conv3_x"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,6 +15,7 @@ from torch import nn
 import engine
 from engine.config import BaseModelConfig, Profile, VariantConfig
 from engine.data import ImageData, mean_png_bits, train_val_split
+from engine.errors import UserError
 from engine.provenance import describe_environments
 from engine.registry import Registry
 from engine.train import Progress, load_or_train_base
@@ -66,6 +69,11 @@ class Deployed:
 class Method(Protocol):
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]: ...
 
+    def check(self, cfg: VariantConfig, profile: str) -> None:
+        """Raise a UserError for an unknown knob or one whose value the run could not use, before any job is queued:
+        every knob the run reads, read the way it reads it, over the budget of `profile`."""
+        ...
+
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict: ...
 
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
@@ -74,6 +82,41 @@ class Method(Protocol):
 
 
 METHODS: Registry[Method] = Registry("method")
+
+
+def check_variant(cfg: VariantConfig, profile: str) -> None:
+    """The method's `check` of a variant's knobs (a registered method without one takes any knobs); a knob of the
+    wrong type is a UserError too."""
+    check = getattr(METHODS.get(cfg.method), "check", None)
+    try:
+        if check is not None:
+            check(cfg, profile)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{cfg.method} at {cfg.split}: a knob cannot be used: {exc}") from None
+
+
+def check_knob_names(cfg: VariantConfig, known: Iterable[str], prefixes: Iterable[str] = ()) -> None:
+    """A UserError naming the first knob of `cfg` that is neither in `known` nor starts with one of `prefixes`."""
+    known, prefixes = sorted(known), tuple(prefixes)
+    for name, _ in cfg.knobs:
+        if name not in known and not name.startswith(prefixes):
+            names = ", ".join([*known, *(p + "*" for p in prefixes)])
+            raise UserError(f"{cfg.method} has no knob {name!r}; its knobs: {names}")
+
+
+def knob_number(name: str, value: Any, kind: Callable[[Any], Any] = float, low: float = -math.inf,
+                high: float = math.inf) -> Any:
+    """`value` as an int or a float in [low, high]; a UserError naming the knob otherwise (2.5 is no int, nor is
+    True a number)."""
+    what = "a whole number" if kind is int else "a number"
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or (kind is int and value != int(value))):
+        raise UserError(f"knob {name} must be {what}, got {value!r}")
+    if not low <= value <= high:
+        bounds = (f"at least {low:g}" if high == math.inf else f"at most {high:g}" if low == -math.inf
+                  else f"in [{low:g}, {high:g}]")
+        raise UserError(f"knob {name} must be {bounds}, got {value!r}")
+    return kind(value)
 
 
 def base_row(cfg: VariantConfig, ctx: RunContext, **metrics: Any) -> dict:

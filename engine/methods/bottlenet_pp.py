@@ -16,7 +16,8 @@ import time
 from engine.config import BaseModelConfig, VariantConfig, profile_of
 from engine.encoded_training import EncodingConfig, run_encoded
 from engine.encoders import feature_shape
-from engine.methods import METHODS, Deployed, RunContext, base_row
+from engine.errors import UserError
+from engine.methods import METHODS, Deployed, RunContext, base_row, check_knob_names, knob_number
 from engine.models import END_POINTS, build_model, split
 
 RATIOS = (16, 64, 256)
@@ -56,6 +57,17 @@ class BottleNetPP:
         channels = bottleneck_channels(feature_channels, float(cfg.knob("ratio", RATIOS[0])))
         return EncodingConfig.from_knobs(cfg.knobs, encoder="bottleneck", channels=channels, stride=2,
                                          quantizer="uniform", bits=8)
+
+    def check(self, cfg: VariantConfig, profile: str) -> None:
+        """`ratio` (> 0) and the `enc_*` knobs of the encoder."""
+        check_knob_names(cfg, ["ratio"], ["enc_"])
+        if cfg.split in END_POINTS:
+            raise UserError(f"bottlenet_pp encodes a split feature; {cfg.split!r} has none: use the `original` "
+                            "method for the end points")
+        ratio = knob_number("ratio", cfg.knob("ratio", RATIOS[0]), float, 0.0)
+        if ratio == 0:
+            raise UserError("knob ratio must be > 0, got 0")
+        self.encoding(cfg, feature_channels=64)
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
         start = time.perf_counter()

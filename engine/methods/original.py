@@ -12,7 +12,7 @@ from torch import nn
 
 from engine.codecs import empirical_entropy_bits
 from engine.config import BaseModelConfig, VariantConfig
-from engine.methods import METHODS, Deployed, RunContext, base_row
+from engine.methods import METHODS, Deployed, RunContext, base_row, check_knob_names, knob_number
 from engine.models import split
 from engine.profile import label_bits, profile_split
 from engine.train import predict
@@ -23,6 +23,11 @@ class Original:
 
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
         return [VariantConfig.make("original", s, base, bits=self.bits) for s in splits]
+
+    def check(self, cfg: VariantConfig, profile: str) -> None:
+        """One knob: `bits` of the uniform quantiser (1 to 16)."""
+        check_knob_names(cfg, ["bits"])
+        knob_number("bits", cfg.knob("bits", self.bits), int, 1, 16)
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
         start = time.perf_counter()

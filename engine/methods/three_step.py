@@ -34,7 +34,7 @@ from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
 from engine.data import ImageData, normalize, train_val_split
 from engine.errors import UserError
 from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
-from engine.methods import METHODS, Deployed, RunContext, base_row
+from engine.methods import METHODS, Deployed, RunContext, base_row, check_knob_names, knob_number
 from engine.models import END_POINTS, split
 from engine.profile import count_flops, profile_parts
 from engine.prune import (
@@ -142,6 +142,31 @@ def schedule_of(knobs: Mapping[str, Any]) -> LevelSchedule:
                          int(knobs["hold_iterations"]))
 
 
+def finetune_config(knobs: Mapping[str, Any], schedule: LevelSchedule, base: BaseModelConfig) -> FinetuneConfig:
+    """The fine-tuning of a pruning run: one epoch per level, seeded and in the precision of its base model."""
+    return FinetuneConfig(epochs=schedule.levels, steps_per_epoch=schedule.level_steps,
+                          batch_size=int(knobs["batch_size"]), lr=float(knobs["lr"]), momentum=float(knobs["momentum"]),
+                          weight_decay=float(knobs["weight_decay"]), lr_schedule=str(knobs["lr_schedule"]),
+                          seed=base.seed, precision=base.precision)
+
+
+def check_run_knobs(knobs: Mapping[str, Any], base: BaseModelConfig) -> LevelSchedule:
+    """The schedule of a pruning run's knobs (`run_knobs`), each checked for its type and range first."""
+    for name in ("levels", "iteration_steps", "ramp_iterations", "batch_size"):
+        knob_number(name, knobs[name], int, 1)
+    knob_number("hold_iterations", knobs["hold_iterations"], int, 0)
+    knob_number("target", knobs["target"], float, 0.0, 1.0)
+    if knobs["output"] is not None:
+        knob_number("output", knobs["output"], float, 0.0, 1.0)
+    for name, high in (("lr", float("inf")), ("momentum", 1.0), ("weight_decay", 1.0), ("threshold_drop", 100.0)):
+        knob_number(name, knobs[name], float, 0.0, high)
+    if not isinstance(knobs["stop"], bool):
+        raise UserError(f"knob stop must be true or false, got {knobs['stop']!r}")
+    schedule = schedule_of(knobs)
+    finetune_config(knobs, schedule, base)
+    return schedule
+
+
 # ---------------------------------------------------------------------------------------------------- the run
 
 
@@ -231,10 +256,7 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     device_part, _ = split(model, cfg.split)
     pruner = IncrementalPruner(device_part, schedule)
     hooks = _PruneHooks(model, pruner, schedule, ctx.data, (val_x, val_y), threshold, bool(knobs["stop"]))
-    ft = FinetuneConfig(epochs=schedule.levels, steps_per_epoch=schedule.level_steps,
-                        batch_size=int(knobs["batch_size"]), lr=float(knobs["lr"]), momentum=float(knobs["momentum"]),
-                        weight_decay=float(knobs["weight_decay"]), lr_schedule=str(knobs["lr_schedule"]),
-                        seed=cfg.base.seed, precision=cfg.base.precision)
+    ft = finetune_config(knobs, schedule, cfg.base)
     progress = ctx.progress
 
     def report(fraction: float, message: str) -> None:
@@ -494,6 +516,36 @@ class ThreeStep:
         encoded = [VariantConfig.make("three_step", s, base, encoder="two_step", snapshot="threshold",
                                       **encoding, **budget.knobs()) for s in splits]
         return pruned + encoded
+
+    def check(self, cfg: VariantConfig, profile: str) -> None:
+        """The pruning run's knobs (RUN_KNOBS over the profile's budget) and `snapshot` (a level, "threshold" or
+        "none": no pruning), `bits` of the 8-bit + Huffman coding, and the `enc_*` or `jscc_*` knobs of the encoder."""
+        check_knob_names(cfg, [*RUN_KNOBS, "snapshot", "encoder", "bits"], ["enc_", "jscc_"])
+        if cfg.split in END_POINTS:
+            raise UserError(f"three_step prunes and codes a split feature; {cfg.split!r} has none: use the "
+                            "`original` method for the end points")
+        encoder = cfg.knob("encoder", "none")
+        feature_coding(str(encoder))
+        knob_number("bits", cfg.knob("bits", 8), int, 1, 16)
+        snapshot = cfg.knob("snapshot", "threshold")
+        if snapshot != "none":
+            schedule = check_run_knobs(run_knobs(cfg, profile), cfg.base)
+            level = int(snapshot) if isinstance(snapshot, str) and snapshot.isdigit() else snapshot
+            if snapshot != "threshold" and (isinstance(level, bool) or level not in range(schedule.levels)):
+                raise UserError(f"knob snapshot is a level from 0 to {schedule.levels - 1}, 'threshold' or 'none', "
+                                f"got {snapshot!r}")
+        own = {"two_step": "enc_", "jscc": "jscc_"}.get(encoder)
+        stray = [n for n, _ in cfg.knobs if n.startswith(("enc_", "jscc_")) and not (own and n.startswith(own))]
+        if stray:
+            raise UserError(f"knob {stray[0]} does not apply to encoder={encoder}")
+        if encoder == "two_step":
+            from engine.encoded_training import EncodingConfig
+
+            EncodingConfig.from_knobs(cfg.knobs)
+        elif encoder == "jscc":
+            from engine.jscc import JsccConfig, jscc_defaults
+
+            JsccConfig.from_knobs(cfg.knobs, **jscc_defaults(profile))
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
         pruned = pruned_split(cfg, ctx)
