@@ -143,18 +143,22 @@ def trains_encoder(cfg: VariantConfig) -> bool:
     return any(k.startswith("enc_") for k in dict(cfg.knobs))
 
 
-def default_knobs(method: str, split: str, base: BaseModelConfig) -> dict[str, Any]:
-    """The knobs of the method's first proposed variant at `split` for this base model ({} where it proposes none)."""
+def default_knobs(method: str, split: str, base: BaseModelConfig, **given: Any) -> dict[str, Any]:
+    """The knobs of the method's proposed variant at `split` for this base model that shares the most knob values
+    with `given` (the first on a tie; {} where it proposes none): `encoder="two_step"` starts from the grid's
+    encoded variant, with the profile's `enc_*` knobs, not from a pruned one."""
     SPLIT_POINTS.get(split)
-    proposed = [v for v in METHODS.get(method).variants(base, [split]) if v.split == split]
-    return dict(proposed[0].knobs) if proposed else {}
+    proposed = [dict(v.knobs) for v in METHODS.get(method).variants(base, [split]) if v.split == split]
+    if not proposed:
+        return {}
+    return max(proposed, key=lambda knobs: sum(name in knobs and knobs[name] == value for name, value in given.items()))
 
 
 def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, data: str | None = None,
                 **knobs: Any) -> Planned:
     """A single variant added by hand: the method's own knobs at that split, overridden by `knobs`; a knob the
     method does not have, or cannot use, is a UserError before anything is queued."""
-    cfg = VariantConfig.make(method, split, base, **{**default_knobs(method, split, base), **knobs})
+    cfg = VariantConfig.make(method, split, base, **{**default_knobs(method, split, base, **knobs), **knobs})
     check_variant(cfg, PROFILES.get(profile).budget_name)
     return Planned(JobSpec.for_variant(cfg, profile, data), int(method_cost(method)[0] * PRIORITY_STRIDE))
 

@@ -142,6 +142,11 @@ def test_hand_added_variants_a_user_would_submit_pass() -> None:
     assert sweep.one_variant("two_step_pruning", "conv3_x", "quick", FAKE_BASE, step1=0.25).spec.knobs["step1"] == 0.25
     assert sweep.one_variant("bottlenet_pp", "conv5_x", "quick", FAKE_BASE, ratio=64, enc_codec="huffman").spec
     assert sweep.default_knobs("original", "stem", FAKE_BASE) == {"bits": 8}
+    # the defaults come from the proposal that matches: the grid's encoded variant for encoder="two_step"
+    grid = [v for v in METHODS.get("three_step").variants(FAKE_BASE, ["conv4_x"])]
+    encoded = next(v for v in grid if v.knob("encoder") == "two_step")
+    assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, encoder="two_step").id == encoded.id
+    assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot=1).id == grid[1].id
     assert sweep.default_knobs("three_step", "server_only", FAKE_BASE) == {}
 
 
