@@ -144,14 +144,15 @@ def trains_encoder(cfg: VariantConfig) -> bool:
 
 
 def default_knobs(method: str, split: str, base: BaseModelConfig, **given: Any) -> dict[str, Any]:
-    """The knobs of the method's proposed variant at `split` for this base model that shares the most knob values
-    with `given` (the first on a tie; {} where it proposes none): `encoder="two_step"` starts from the grid's
-    encoded variant, with the profile's `enc_*` knobs, not from a pruned one."""
+    """The knobs of the method's first proposed variant at `split` for this base model ({} where it proposes none)
+    that agrees with `given` on the knobs the method names in `defaults_by`: `three_step` with `encoder="two_step"`
+    starts from the grid's encoded variant, with the profile's `enc_*` knobs, not from a pruned one."""
     SPLIT_POINTS.get(split)
-    proposed = [dict(v.knobs) for v in METHODS.get(method).variants(base, [split]) if v.split == split]
-    if not proposed:
-        return {}
-    return max(proposed, key=lambda knobs: sum(name in knobs and knobs[name] == value for name, value in given.items()))
+    impl = METHODS.get(method)
+    proposed = [dict(v.knobs) for v in impl.variants(base, [split]) if v.split == split]
+    keys = [k for k in getattr(impl, "defaults_by", ()) if k in given]
+    agreeing = [knobs for knobs in proposed if all(knobs.get(k) == given[k] for k in keys)]
+    return (agreeing or proposed or [{}])[0]
 
 
 def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, data: str | None = None,

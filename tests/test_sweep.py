@@ -147,6 +147,8 @@ def test_hand_added_variants_a_user_would_submit_pass() -> None:
     encoded = next(v for v in grid if v.knob("encoder") == "two_step")
     assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, encoder="two_step").id == encoded.id
     assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot=1).id == grid[1].id
+    threshold = sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot="threshold").spec.knobs
+    assert threshold == {**dict(grid[0].knobs), "snapshot": "threshold"}  # still 8-bit + Huffman
     assert sweep.default_knobs("three_step", "server_only", FAKE_BASE) == {}
 
 

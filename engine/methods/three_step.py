@@ -504,6 +504,8 @@ class ThreeStep:
     """Shao & Zhang 2020: split, incremental l2 channel pruning of the device part with activation pruning of its
     output, feature coding (`encoder` knob: "none" for 8-bit + Huffman, "two_step" for the learned encoder)."""
 
+    defaults_by = ("encoder",)  # a variant added by hand starts from the grid's variant with its encoder
+
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
         """One pruning run per split in the profile's budget, one variant per snapshot level (8-bit + Huffman), then
         the whole framework per split: the threshold snapshot with the learned two-step encoder (`enc_*` defaults).
