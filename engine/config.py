@@ -176,7 +176,7 @@ class VariantConfig:
         return dict(self.knobs).get(name, default)
 
     @staticmethod
-    def make(method: str, split: str, base: BaseModelConfig, **knobs: Any) -> VariantConfig:
+    def make(method: str, split: str, base: BaseModelConfig, /, **knobs: Any) -> VariantConfig:
         return VariantConfig(method, split, base, tuple(sorted(knobs.items())))
 
 

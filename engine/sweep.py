@@ -143,7 +143,7 @@ def trains_encoder(cfg: VariantConfig) -> bool:
     return any(k.startswith("enc_") for k in dict(cfg.knobs))
 
 
-def default_knobs(method: str, split: str, base: BaseModelConfig, **given: Any) -> dict[str, Any]:
+def default_knobs(method: str, split: str, base: BaseModelConfig, /, **given: Any) -> dict[str, Any]:
     """The knobs of the method's first proposed variant at `split` for this base model ({} where it proposes none)
     that agrees with `given` on the knobs the method names in `defaults_by`: `three_step` with `encoder="two_step"`
     starts from the grid's encoded variant, with the profile's `enc_*` knobs, not from a pruned one."""
@@ -155,7 +155,7 @@ def default_knobs(method: str, split: str, base: BaseModelConfig, **given: Any) 
     return (agreeing or proposed or [{}])[0]
 
 
-def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, data: str | None = None,
+def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, data: str | None = None, /,
                 **knobs: Any) -> Planned:
     """A single variant added by hand: the method's own knobs at that split, overridden by `knobs`; a knob the
     method does not have, or cannot use, is a UserError before anything is queued."""

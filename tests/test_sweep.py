@@ -127,6 +127,8 @@ def test_every_variant_the_engine_proposes_passes_its_check(profile: str) -> Non
     ("bottlenet_pp", "conv4_x", {"ratio": 0}, "knob ratio must be > 0"),
     ("bottlenet_pp", "conv4_x", {"enc_codec": "zip"}, "unknown codec 'zip'"),
     ("bottlenet_pp", "conv4_x", {"bits": 4}, "bottlenet_pp has no knob 'bits'"),
+    ("original", "conv4_x", {"split": 3}, "original has no knob 'split'"),  # not taken for an argument
+    ("original", "conv4_x", {"data": 3}, "original has no knob 'data'"),
 ])
 def test_a_variant_with_a_knob_it_cannot_use_is_refused_before_it_is_queued(method: str, split: str, knobs: dict,
                                                                             message: str) -> None:
