@@ -74,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("method", help="method name, e.g. original")
     p.add_argument("--split", action="append", help="split point (repeatable; default: the paper's split points)")
-    p = sub.add_parser("results", help="print the results table")
+    p = sub.add_parser("results", help="print the results table",
+                       description="The results table: every row in the store; with --profile or --data, the rows of "
+                                   "that base model (--width and --seed pick it, as in the other commands); with "
+                                   "--width or --seed alone, the rows of that width or seed.")
+    _common(p)
+    p.set_defaults(profile=None, seed=None)
     p.add_argument("--method", help="only this method")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
@@ -293,17 +298,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from engine.store import ResultsStore
+    from engine.store import ResultsStore, frame_to_csv, frame_to_json
 
-    store = ResultsStore()
-    table = store.table(method=args.method)
+    table = ResultsStore().table(method=args.method)
+    narrowed, run = "", "python -m engine run original"
+    if args.profile is not None or args.data is not None:
+        args.profile, args.seed = args.profile or "quick", args.seed or 0
+        base_id = _load(args)[2].id
+        table, narrowed, run = table[table["base_id"] == base_id], f" of base model {base_id}", \
+            f"{run} --profile {args.profile}"
+    else:
+        for column in ("width", "seed"):
+            if getattr(args, column) is not None:
+                table, narrowed = table[table[column] == getattr(args, column)], " with these options"
     if args.csv:
-        table.to_csv(sys.stdout, index=False)
+        frame_to_csv(table, sys.stdout)
     elif args.json:
-        json.dump(json.loads(table.to_json(orient="records")), sys.stdout, indent=1)
+        frame_to_json(table, sys.stdout, indent=1)
         print()
     elif table.empty:
-        print("no results yet: run `python -m engine run original` or start a job from the dashboard")
+        print(f"no results{narrowed} yet: run `{run}` or start a job from the dashboard")
     else:
         cols = [c for c in ("id", "method", "split", "width", "accuracy", "device_flops", "bits_actual", "bits_ideal",
                             "created_at") if c in table]

@@ -298,27 +298,37 @@ class ResultsStore:
     # -- export --------------------------------------------------------------------------------------
 
     def to_csv(self, path_or_buf: str | Path | IO[str] | None = None, method: str | None = None) -> str | None:
-        """The tidy table as CSV; `knobs`, `feature_shape` and other nested values are written as JSON."""
-        frame = self.table(method)
-        for col in frame.columns:
-            if frame[col].dtype == object and frame[col].map(lambda v: isinstance(v, (dict, list))).any():
-                frame[col] = frame[col].map(lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v)
-        return frame.to_csv(path_or_buf, index=False)
+        """The tidy table as CSV (`frame_to_csv`)."""
+        return frame_to_csv(self.table(method), path_or_buf)
 
     def to_json(
         self, path_or_buf: str | Path | IO[str] | None = None, method: str | None = None, indent: int | None = None
     ) -> str | None:
-        """The tidy table as a JSON list of records (missing values as null); returns the text if no target."""
-        frame = self.table(method)
-        records = [{k: _plain(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
-        text = json.dumps(records, indent=indent, allow_nan=False)
-        if path_or_buf is None:
-            return text
-        if isinstance(path_or_buf, (str, PurePath)):
-            Path(path_or_buf).write_text(text + "\n")
-        else:
-            path_or_buf.write(text)
-        return None
+        """The tidy table as JSON records (`frame_to_json`)."""
+        return frame_to_json(self.table(method), path_or_buf, indent)
+
+
+def frame_to_csv(frame: pd.DataFrame, path_or_buf: str | Path | IO[str] | None = None) -> str | None:
+    """A tidy table as CSV; `knobs`, `feature_shape` and other nested values are written as JSON."""
+    frame = frame.copy()
+    for col in frame.columns:
+        if frame[col].dtype == object and frame[col].map(lambda v: isinstance(v, (dict, list))).any():
+            frame[col] = frame[col].map(lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v)
+    return frame.to_csv(path_or_buf, index=False)
+
+
+def frame_to_json(frame: pd.DataFrame, path_or_buf: str | Path | IO[str] | None = None,
+                  indent: int | None = None) -> str | None:
+    """A tidy table as a JSON list of records (missing values as null); returns the text if no target."""
+    records = [{k: _plain(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
+    text = json.dumps(records, indent=indent, allow_nan=False)
+    if path_or_buf is None:
+        return text
+    if isinstance(path_or_buf, (str, PurePath)):
+        Path(path_or_buf).write_text(text + "\n")
+    else:
+        path_or_buf.write(text)
+    return None
 
 
 def _plain(v: Any) -> Any:
