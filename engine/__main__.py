@@ -305,8 +305,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.profile is not None or args.data is not None:
         args.profile, args.seed = args.profile or "quick", args.seed or 0
         base_id = _load(args)[2].id
-        table, narrowed, run = table[table["base_id"] == base_id], f" of base model {base_id}", \
-            f"{run} --profile {args.profile}"
+        table = table[table["base_id"] == base_id]
+        narrowed, run = f" of base model {base_id}", f"{run} --profile {args.profile}"
     else:
         for column in ("width", "seed"):
             if getattr(args, column) is not None:
