@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -74,10 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("method", help="method name, e.g. original")
     p.add_argument("--split", action="append", help="split point (repeatable; default: the paper's split points)")
-    p = sub.add_parser("results", help="print the results table",
-                       description="The results table: every row in the store; with --profile or --data, the rows of "
-                                   "that base model (--width and --seed pick it, as in the other commands); with "
-                                   "--width or --seed alone, the rows of that width or seed.")
+    p = sub.add_parser("results", help="print the results table", description=f"The results table. {NARROWING}")
     _common(p)
     p.set_defaults(profile=None, seed=None)
     p.add_argument("--method", help="only this method")
@@ -152,7 +150,10 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
                    help=f"seconds without a heartbeat after which a job returns to the queue (default {LEASE_S:g})")
 
     p = sub.add_parser("best", help="the best measured variant of each method for an edge environment "
-                                    "(lowest latency among feasible variants meeting the accuracy threshold)")
+                                    "(lowest latency among feasible variants meeting the accuracy threshold)",
+                       description=f"The best measured variant of each method for an edge environment. {NARROWING}")
+    _common(p)
+    p.set_defaults(profile=None, seed=None)
     p.add_argument("--rate", required=True, help="link rate with a unit: 40kB/s, 1Mbit/s, 250kbps ...")
     p.add_argument("--device", default="pi3", help="device preset (default pi3)")
     p.add_argument("--server", default="rtx2080ti", help="server preset (default rtx2080ti)")
@@ -297,27 +298,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_results(args: argparse.Namespace) -> int:
-    from engine.store import ResultsStore, frame_to_csv, frame_to_json
+NARROWING = ("Every row in the store; with --profile or --data, the rows of that base model (--width and --seed pick "
+             "it, as in the other commands); with --width or --seed alone, the rows of that width or seed.")
 
-    table = ResultsStore().table(method=args.method)
-    narrowed, run = "", "python -m engine run original"
+
+def _narrow(table: pd.DataFrame, args: argparse.Namespace) -> tuple[pd.DataFrame, str, str]:
+    """The rows NARROWING says, the words that name them ("" for all) and the options that name the profile."""
     if args.profile is not None or args.data is not None:
         args.profile, args.seed = args.profile or "quick", args.seed or 0
         base_id = _load(args)[2].id
-        table = table[table["base_id"] == base_id]
-        narrowed, run = f" of base model {base_id}", f"{run} --profile {args.profile}"
-    else:
-        for column in ("width", "seed"):
-            if getattr(args, column) is not None:
-                table, narrowed = table[table[column] == getattr(args, column)], " with these options"
+        return table[table["base_id"] == base_id], f" of base model {base_id}", f" --profile {args.profile}"
+    narrowed = ""
+    for column in ("width", "seed"):
+        if getattr(args, column) is not None:
+            table, narrowed = table[table[column] == getattr(args, column)], " with these options"
+    return table, narrowed, ""
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from engine.store import ResultsStore, frame_to_csv, frame_to_json
+
+    table, narrowed, profile = _narrow(ResultsStore().table(method=args.method), args)
     if args.csv:
         frame_to_csv(table, sys.stdout)
     elif args.json:
         frame_to_json(table, sys.stdout, indent=1)
         print()
     elif table.empty:
-        print(f"no results{narrowed} yet: run `{run}` or start a job from the dashboard")
+        print(f"no results{narrowed} yet: run `python -m engine run original{profile}` or start a job from the "
+              "dashboard")
     else:
         cols = [c for c in ("id", "method", "split", "width", "accuracy", "device_flops", "bits_actual", "bits_ideal",
                             "created_at") if c in table]
@@ -326,8 +335,6 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _data_path(args: argparse.Namespace) -> str | None:
-    import os
-
     return args.data or os.environ.get("COINFER_DATA") or None
 
 
@@ -528,7 +535,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     device, server = resolve_device(args.device), resolve_device(args.server)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold is a fraction in [0, 1], got {args.threshold:g}; e.g. 0.93 for 93 %")
-    table = ResultsStore().table()
+    table, narrowed, profile = _narrow(ResultsStore().table(), args)
     if args.base:
         table = table[table["base_id"] == args.base]
     bits_column = f"bits_{args.bits}"
@@ -545,14 +552,14 @@ def cmd_best(args: argparse.Namespace) -> int:
         print()
         return 0
     if table.empty:
-        print("the results table is empty: run `python -m engine sweep` first")
+        print(f"no results{narrowed} yet: run `python -m engine sweep{profile}` first")
         return 0
     if best.empty:
         print(f"no measured variant fits at {where}: lower --threshold or measure more variants")
         return 0
     bases = table["base_id"].nunique() if "base_id" in table else 1
     if bases > 1:
-        print(f"note: the table mixes rows of {bases} base models; narrow it with --base ID")
+        print(f"note: the table mixes rows of {bases} base models; narrow it with --profile (or --base ID)")
     print(f"best per method at {where}:")
     shown = pd.DataFrame({
         "method": best["method"], "split": best["split"], "accuracy": best["accuracy"].map("{:.2%}".format),
@@ -726,13 +733,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupt_on_terminate()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        return status
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`results | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when stdout is flushed
+        return 141
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +153,19 @@ def test_best_picks_the_lowest_latency_feasible_accurate_variant(best_store: Non
     assert "best: three_step at conv4_x (t-conv4), latency 45 ms" in text and "40 kB/s (320 kbit/s)" in text
     assert main([*argv[:-1], "0.999"]) == 0
     assert "no measured variant fits" in capsys.readouterr().out
+    assert main([*argv, "--width", "0.5", "--json"]) == 0  # narrowed as `results` narrows: none of width 0.5
+    assert json.loads(capsys.readouterr().out)["best"] is None
+    assert main([*argv, "--width", "0.5"]) == 0
+    assert "no results with these options yet: run `python -m engine sweep` first" in capsys.readouterr().out
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    env = {**os.environ, "COINFER_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "results"], cwd=Path(__file__).parents[1], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head` does once it has read enough
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
 
 
 def test_jobs_commands_submit_once_cancel_retry(fresh_cache: Path, capsys: pytest.CaptureFixture) -> None:
