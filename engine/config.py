@@ -41,22 +41,25 @@ def config_from_knobs(cls: type[T], knobs: Mapping[str, Any] | Iterable[tuple[st
     return cls(**kw)
 
 
+def _kinds(hint: Any) -> tuple[type, ...]:
+    """The outer types a field's hint allows: `int | None` -> (int, NoneType), `tuple[float, ...]` -> (tuple,)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(typing.get_origin(o) or o for o in options)
+
+
 def _is_of(value: Any, hint: Any) -> bool:
     """Whether `value` fits a field's type hint (outer types only: tuple[float, ...] takes any tuple); an int fits
     float, a bool fits only bool."""
     if hint is Any:
         return True
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    kinds = tuple(typing.get_origin(o) or o for o in options)
+    kinds = _kinds(hint)
     if isinstance(value, bool):
         return bool in kinds
     return isinstance(value, kinds) or (isinstance(value, int) and float in kinds)
 
 
 def _type_text(hint: Any) -> str:
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    return " or ".join("None" if o is type(None) else getattr(typing.get_origin(o) or o, "__name__", str(o))
-                       for o in options)
+    return " or ".join("None" if k is type(None) else getattr(k, "__name__", str(k)) for k in _kinds(hint))
 
 
 def _id_fields(obj: Any) -> dict[str, Any]:

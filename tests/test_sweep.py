@@ -142,7 +142,8 @@ def test_hand_added_variants_a_user_would_submit_pass() -> None:
     assert pruned.spec.knobs["levels"] == 2
     assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot="2").spec.knobs["snapshot"] == "2"
     assert sweep.one_variant("two_step_pruning", "conv3_x", "quick", FAKE_BASE, step1=0.25).spec.knobs["step1"] == 0.25
-    assert sweep.one_variant("bottlenet_pp", "conv5_x", "quick", FAKE_BASE, ratio=64, enc_codec="huffman").spec
+    assert sweep.one_variant("bottlenet_pp", "conv5_x", "quick", FAKE_BASE, ratio=64,
+                             enc_codec="huffman").spec.knobs["enc_codec"] == "huffman"
     assert sweep.default_knobs("original", "stem", FAKE_BASE) == {"bits": 8}
     # the defaults come from the proposal that matches: the grid's encoded variant for encoder="two_step"
     grid = [v for v in METHODS.get("three_step").variants(FAKE_BASE, ["conv4_x"])]

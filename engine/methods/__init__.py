@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +16,7 @@ import engine
 from engine.config import BaseModelConfig, Profile, VariantConfig
 from engine.data import ImageData, mean_png_bits, train_val_split
 from engine.errors import UserError
+from engine.models import END_POINTS
 from engine.provenance import describe_environments
 from engine.registry import Registry
 from engine.train import Progress, load_or_train_base
@@ -88,9 +89,10 @@ def check_variant(cfg: VariantConfig, profile: str) -> None:
     """The method's `check` of a variant's knobs (a registered method without one takes any knobs); a knob of the
     wrong type is a UserError too."""
     check = getattr(METHODS.get(cfg.method), "check", None)
+    if check is None:
+        return
     try:
-        if check is not None:
-            check(cfg, profile)
+        check(cfg, profile)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{cfg.method} at {cfg.split}: a knob cannot be used: {exc}") from None
 
@@ -102,6 +104,19 @@ def check_knob_names(cfg: VariantConfig, known: Iterable[str], prefixes: Iterabl
         if name not in known and not name.startswith(prefixes):
             names = ", ".join([*known, *(p + "*" for p in prefixes)])
             raise UserError(f"{cfg.method} has no knob {name!r}; its knobs: {names}")
+
+
+def refuse_end_points(cfg: VariantConfig, does: str) -> None:
+    """A UserError when `cfg` is at an end point, which has no split feature for the method to work on."""
+    if cfg.split in END_POINTS:
+        raise UserError(f"{cfg.method} {does}; {cfg.split!r} has none: use the `original` method for the end points")
+
+
+def check_training_knobs(knobs: Mapping[str, Any]) -> None:
+    """The fine-tuning knobs a pruning method shares: batch_size, lr, momentum and weight_decay."""
+    knob_number("batch_size", knobs["batch_size"], int, 1)
+    for name, high in (("lr", math.inf), ("momentum", 1.0), ("weight_decay", 1.0)):
+        knob_number(name, knobs[name], float, 0.0, high)
 
 
 def knob_number(name: str, value: Any, kind: Callable[[Any], Any] = float, low: float = -math.inf,

@@ -17,7 +17,7 @@ from engine.config import BaseModelConfig, VariantConfig, profile_of
 from engine.encoded_training import EncodingConfig, run_encoded
 from engine.encoders import feature_shape
 from engine.errors import UserError
-from engine.methods import METHODS, Deployed, RunContext, base_row, check_knob_names, knob_number
+from engine.methods import METHODS, Deployed, RunContext, base_row, check_knob_names, knob_number, refuse_end_points
 from engine.models import END_POINTS, build_model, split
 
 RATIOS = (16, 64, 256)
@@ -61,9 +61,7 @@ class BottleNetPP:
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """`ratio` (> 0) and the `enc_*` knobs of the encoder."""
         check_knob_names(cfg, ["ratio"], ["enc_"])
-        if cfg.split in END_POINTS:
-            raise UserError(f"bottlenet_pp encodes a split feature; {cfg.split!r} has none: use the `original` "
-                            "method for the end points")
+        refuse_end_points(cfg, "encodes a split feature")
         ratio = knob_number("ratio", cfg.knob("ratio", RATIOS[0]), float, 0.0)
         if ratio == 0:
             raise UserError("knob ratio must be > 0, got 0")

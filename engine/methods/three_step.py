@@ -34,7 +34,16 @@ from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
 from engine.data import ImageData, normalize, train_val_split
 from engine.errors import UserError
 from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
-from engine.methods import METHODS, Deployed, RunContext, base_row, check_knob_names, knob_number
+from engine.methods import (
+    METHODS,
+    Deployed,
+    RunContext,
+    base_row,
+    check_knob_names,
+    check_training_knobs,
+    knob_number,
+    refuse_end_points,
+)
 from engine.models import END_POINTS, split
 from engine.profile import count_flops, profile_parts
 from engine.prune import (
@@ -152,14 +161,14 @@ def finetune_config(knobs: Mapping[str, Any], schedule: LevelSchedule, base: Bas
 
 def check_run_knobs(knobs: Mapping[str, Any], base: BaseModelConfig) -> LevelSchedule:
     """The schedule of a pruning run's knobs (`run_knobs`), each checked for its type and range first."""
-    for name in ("levels", "iteration_steps", "ramp_iterations", "batch_size"):
+    for name in ("levels", "iteration_steps", "ramp_iterations"):
         knob_number(name, knobs[name], int, 1)
     knob_number("hold_iterations", knobs["hold_iterations"], int, 0)
     knob_number("target", knobs["target"], float, 0.0, 1.0)
     if knobs["output"] is not None:
         knob_number("output", knobs["output"], float, 0.0, 1.0)
-    for name, high in (("lr", float("inf")), ("momentum", 1.0), ("weight_decay", 1.0), ("threshold_drop", 100.0)):
-        knob_number(name, knobs[name], float, 0.0, high)
+    knob_number("threshold_drop", knobs["threshold_drop"], float, 0.0, 100.0)
+    check_training_knobs(knobs)
     if not isinstance(knobs["stop"], bool):
         raise UserError(f"knob stop must be true or false, got {knobs['stop']!r}")
     schedule = schedule_of(knobs)
@@ -523,9 +532,7 @@ class ThreeStep:
         """The pruning run's knobs (RUN_KNOBS over the profile's budget) and `snapshot` (a level, "threshold" or
         "none": no pruning), `bits` of the 8-bit + Huffman coding, and the `enc_*` or `jscc_*` knobs of the encoder."""
         check_knob_names(cfg, [*RUN_KNOBS, "snapshot", "encoder", "bits"], ["enc_", "jscc_"])
-        if cfg.split in END_POINTS:
-            raise UserError(f"three_step prunes and codes a split feature; {cfg.split!r} has none: use the "
-                            "`original` method for the end points")
+        refuse_end_points(cfg, "prunes and codes a split feature")
         encoder = cfg.knob("encoder", "none")
         feature_coding(str(encoder))
         knob_number("bits", cfg.knob("bits", 8), int, 1, 16)

@@ -26,7 +26,15 @@ from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
 from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
-from engine.methods import METHODS, Deployed, RunContext, check_knob_names, knob_number
+from engine.methods import (
+    METHODS,
+    Deployed,
+    RunContext,
+    check_knob_names,
+    check_training_knobs,
+    knob_number,
+    refuse_end_points,
+)
 from engine.methods.three_step import deploy_uniform_huffman, measure_row, validation_accuracy
 from engine.models import END_POINTS, CifarResNet18, split
 from engine.provenance import merge_environments
@@ -304,15 +312,12 @@ class TwoStepPruning:
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """The budget's knobs, DEFAULTS, `step1` (one of step1_levels) and `bits` of the 8-bit + Huffman coding."""
         check_knob_names(cfg, [*TwoStepBudget.__dataclass_fields__, *DEFAULTS, "step1", "bits"])
-        if cfg.split in END_POINTS:
-            raise UserError(f"two_step_pruning cuts the channels before a split; {cfg.split!r} has none: use the "
-                            "`original` method for the end points")
+        refuse_end_points(cfg, "cuts the channels before a split")
         knob_number("bits", cfg.knob("bits", 8), int, 1, 16)
         knobs = knobs_of(cfg, profile)
-        for name in ("step1_steps", "step2_steps", "batch_size"):
+        for name in ("step1_steps", "step2_steps"):
             knob_number(name, knobs[name], int, 1)
-        for name, high in (("lr", float("inf")), ("momentum", 1.0), ("weight_decay", 1.0)):
-            knob_number(name, knobs[name], float, 0.0, high)
+        check_training_knobs(knobs)
         _finetune_config(knobs, len(knobs["step1_levels"]), int(knobs["step1_steps"]), cfg.base.seed,
                          cfg.base.precision)
 
