@@ -1,0 +1,88 @@
+"""The smoke sweep and `noisy --profile smoke` give the very rows recorded in `golden/smoke.json`: the same variant
+ids and, bit for bit, the same figures. A restructuring of the engine must not move a number; a change that is
+meant to (a new budget, a fixed bug) regenerates the file with `COINFER_WRITE_GOLDEN=1 pytest
+tests/test_golden_smoke.py` and says why in its commit."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.config import PROFILES
+from engine.data import ImageData
+from engine.jobs import execute, load_job_data
+from engine.jscc import run_fig5
+from engine.methods import RunContext
+from engine.sweep import plan
+
+GOLDEN = Path(__file__).parent / "golden" / "smoke.json"
+# Columns that depend on when, where or how fast a row was measured, not on what was measured.
+UNSTABLE = ("measured_at", "code_version", "torch_version", "trained_on", "dataset")
+UNSTABLE_SUFFIXES = ("_seconds", "_s")
+
+
+def stable(row: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a row that a restructuring must leave unchanged, as JSON would store them."""
+    kept = {k: v for k, v in row.items() if k not in UNSTABLE and not k.endswith(UNSTABLE_SUFFIXES)}
+    return json.loads(json.dumps(kept, sort_keys=True, default=str))
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """One torch thread: the recorded figures were trained with one, and another count sums in another order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def measure(cache: Path, data_path: str, fingerprint: str) -> dict[str, dict[str, Any]]:
+    """Every row of the smoke sweep (through the job code path) and of Fig. 5 on the smoke profile, by id."""
+    profile = PROFILES.get("smoke")
+    rows: dict[str, dict[str, Any]] = {}
+    planned = None
+    for p in plan("smoke", profile.base_config(fingerprint), data_path):
+        planned = p
+        row = execute(p.spec, cache=cache)
+        rows[row["id"]] = stable(row)
+    assert planned is not None
+    data = load_job_data(planned.spec, cache)
+    ctx = RunContext(data, profile, cache)
+    for row in run_fig5(ctx, profile.base_config(data.fingerprint), skip=rows):
+        rows[row["id"]] = stable(row)
+    return rows
+
+
+def differences(expected: dict[str, Any], got: dict[str, Any], where: str = "") -> list[str]:
+    """Each place where `got` differs from `expected` (floats bit for bit, NaN equal to NaN)."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        out = [f"{where}.{k}: missing" for k in expected if k not in got]
+        out += [f"{where}.{k}: not expected" for k in got if k not in expected]
+        for k in expected.keys() & got.keys():
+            out += differences(expected[k], got[k], f"{where}.{k}")
+        return out
+    if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
+        pairs = enumerate(zip(expected, got, strict=True))
+        return [d for i, (e, g) in pairs for d in differences(e, g, f"{where}[{i}]")]
+    if isinstance(expected, float) and isinstance(got, float) and math.isnan(expected) and math.isnan(got):
+        return []
+    return [] if expected == got and type(expected) is type(got) else [f"{where}: {expected!r} -> {got!r}"]
+
+
+@pytest.mark.slow
+def test_smoke_sweep_and_fig5_rows_are_unchanged(fresh_cache: Path, small_data: ImageData, one_thread: None) -> None:
+    rows = measure(fresh_cache, os.environ["COINFER_DATA"], small_data.fingerprint)
+    if os.environ.get("COINFER_WRITE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(GOLDEN.read_text())
+    assert sorted(rows) == sorted(expected), "variant ids changed"
+    diff = differences(expected, rows)
+    assert not diff, f"{len(diff)} figure(s) changed:\n" + "\n".join(diff[:40])
