@@ -12,8 +12,8 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from engine.config import PROFILES
 from engine.latency import DEVICES, DeviceProfile
+from engine.profiles import PROFILES
 
 st.set_page_config(page_title="coinfer", page_icon=":material/cell_tower:", layout="wide")
 

@@ -23,11 +23,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine import jobs as jobq
-from engine.config import PROFILES, BaseModelConfig
+from engine.coding import NotTrained
+from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError
 from engine.latency import DEVICES, DeviceProfile, Overheads
 from engine.paths import cache_dir
+from engine.profiles import PROFILES
 from engine.store import ResultsStore
 from engine.units import format_rate
 from plotly_component import plotly_chart
@@ -394,6 +396,13 @@ def start_jobs(specs: Iterable[jobq.JobSpec], priorities: Iterable[int] | int = 
                        requeue_finished=True)
     run_queue()
     return ids
+
+
+def queue_untrained(cfg: VariantConfig, profile: str, exc: NotTrained) -> None:
+    """A page needed a trained part that is not in the cache: pages never train in the script run, so the variant
+    goes to the queue, and the page says so."""
+    start_jobs([jobq.JobSpec.for_variant(cfg, profile, data_path())])
+    st.warning(f"{exc} It is queued (`{cfg.id}`); follow it on the Jobs page and try again when it is done.")
 
 
 def run_queue() -> None:

@@ -13,7 +13,7 @@ import streamlit as st
 
 import ui
 from engine import jobs as jobq
-from engine.config import PROFILES
+from engine.coding import NotTrained
 from engine.errors import UserError
 from engine.export import parse_selection, selection_json, variant_config, write_bundle
 from engine.figures import (
@@ -27,6 +27,7 @@ from engine.figures import (
 from engine.latency import latency_table
 from engine.pareto import best_per_method, best_variant
 from engine.paths import cache_dir
+from engine.profiles import PROFILES
 
 MAX_IMPORT_MB = 1
 
@@ -95,9 +96,11 @@ def _bundle(row: dict, environment: dict) -> None:
         from engine.methods import RunContext
 
         with tempfile.TemporaryDirectory() as tmp, st.spinner("Tracing the device and server parts…"):
-            path = write_bundle(cfg, RunContext(data, ctx_profile, cache_dir()), Path(tmp) / f"{cfg.id}.zip",
-                                metrics=row, environment=environment)
+            path = write_bundle(cfg, RunContext(data, ctx_profile, cache_dir(), may_train=False),
+                                Path(tmp) / f"{cfg.id}.zip", metrics=row, environment=environment)
             st.session_state["_bundle"] = (cfg.id, path.read_bytes())
+    except NotTrained as exc:
+        ui.queue_untrained(cfg, env.profile, exc)
     except UserError as exc:
         st.error(str(exc))
     except Exception as exc:  # noqa: BLE001 - a readable line, not a traceback

@@ -9,6 +9,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from engine.coding import NotTrained
 from engine.coinference import (
     cold_coding_seconds,
     cpu_flops_per_s,
@@ -17,16 +18,16 @@ from engine.coinference import (
     runtime_overhead_s,
     session_terms,
 )
-from engine.config import PROFILES
 from engine.errors import UserError
 from engine.export import load_bundle, row_config, write_bundle
 from engine.latency import Overheads
 from engine.methods import RunContext
 from engine.pareto import best_per_method
 from engine.paths import cache_dir
+from engine.profiles import PROFILES
 from engine.units import format_rate, format_seconds
 from plotly_component import plotly_chart
-from ui import base_config, environment, require_data, results, threshold
+from ui import base_config, environment, queue_untrained, require_data, results, threshold
 
 IDLE_S = (0.001, 0.003, 0.01, 0.03, 0.1)  # idle times the coding is timed after (s)
 
@@ -71,12 +72,15 @@ if st.button("Run live session", type="primary"):
             bundle = load_bundle(path)
         except UserError:
             with st.spinner("Exporting the variant's bundle…"):
-                ctx = RunContext(data, PROFILES.get(env.profile), cache_dir())
+                ctx = RunContext(data, PROFILES.get(env.profile), cache_dir(), may_train=False)
                 bundle = load_bundle(write_bundle(row_config(row), ctx, path, metrics=row.to_dict()))
         bar = st.progress(0.0, "session running")
         report = live_session(bundle, data.test_x[:images], data.test_y[:images].tolist(), env.rate_bps,
                               progress=lambda i, n: bar.progress(i / n, f"image {i} of {n}"))
         bar.empty()
+    except NotTrained as exc:
+        queue_untrained(row_config(row), env.profile, exc)
+        st.stop()
     except UserError as exc:
         st.error(str(exc))
         st.stop()

@@ -9,9 +9,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from engine.channels import CHANNELS
-from engine.figures import mismatch_figure, noisy_cost_figure
-from engine.jscc import (
+from engine.coding.channels import CHANNELS
+from engine.fig5 import (
     FIG5_CHANNELS,
     FIG5_SPLIT,
     best_schemes,
@@ -21,6 +20,7 @@ from engine.jscc import (
     mismatch_curve,
     thresholds,
 )
+from engine.figures import mismatch_figure, noisy_cost_figure
 
 env = ui.environment()
 st.title("Noisy channels")

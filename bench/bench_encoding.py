@@ -23,14 +23,14 @@ if str(PROJECT_ROOT) not in sys.path:
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from engine.config import PROFILES  # noqa: E402
+from engine.coding.encoders import feature_shape  # noqa: E402
+from engine.coding.learned import EncodedTraining, EncodingConfig, train_encoded  # noqa: E402
 from engine.data import load_data, subset  # noqa: E402
-from engine.encoded_training import EncodedTraining, EncodingConfig, train_encoded  # noqa: E402
-from engine.encoders import feature_shape  # noqa: E402
 from engine.methods.bottlenet_pp import RATIOS, bottleneck_channels  # noqa: E402
 from engine.models import split  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
 from engine.profile import count_flops  # noqa: E402
+from engine.profiles import PROFILES  # noqa: E402
 from engine.train import load_or_train_base  # noqa: E402
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -69,8 +69,8 @@ def synthetic_rows(base_id: str, n: int, seed: int = 0, base_accuracy: float = 0
 def prepare_cache(root: Path, data: Path, rows: int) -> tuple[Path, str]:
     """A cache holding the decoded data (shared with the project's cache when there) and `rows` synthetic rows on
     the smoke profile's base model; returns it and that base id."""
-    from engine.config import PROFILES
     from engine.data import load_data, subset
+    from engine.profiles import PROFILES
     from engine.store import ResultsStore
 
     cache = root / "cache"

@@ -24,11 +24,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
-from engine.config import PROFILES, VariantConfig  # noqa: E402
+from engine.config import VariantConfig  # noqa: E402
 from engine.methods import METHODS, RunContext, three_step, two_step_pruning  # noqa: E402
 from engine.models import split  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
 from engine.profile import count_flops, device_seconds, param_bytes, peak_activation_bytes  # noqa: E402
+from engine.profiles import PROFILES  # noqa: E402
 
 PRUNERS = {"three_step": three_step.pruned_split, "two_step_pruning": two_step_pruning.pruned_split}
 

@@ -18,10 +18,9 @@ if str(PROJECT_ROOT) not in sys.path:
 import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
-from engine.config import PROFILES  # noqa: E402
-from engine.methods.three_step import BUDGETS  # noqa: E402
 from engine.models import SPLIT_POINTS  # noqa: E402
 from engine.pareto import latency_vs_rate  # noqa: E402
+from engine.profiles import PROFILES  # noqa: E402
 from engine.report import claim_by_split, dominated_points  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
 
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
           "rows: "
           + ", ".join(f"{m} {n}" for m, n in counts.items()) + ".\n")
     print("### Pruning at each split\n")
-    budget = BUDGETS[profile.budget_name].knobs() if profile.budget_name in BUDGETS else None
+    budget = profile.prune.knobs()
     print(pruning_section(rows, budget))
     print("\n### Best variant per split and the paper's claim\n")
     print(claim_section(rows, threshold, budget))

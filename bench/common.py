@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config import PROFILES, BaseModelConfig, Profile
+from engine.config import BaseModelConfig
 from engine.data import ImageData, load_data, subset
+from engine.profiles import PROFILES, Profile
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine.config import PROFILES
 from engine.errors import UserError
 from engine.paths import cache_dir
+from engine.profiles import PROFILES
 
 log = logging.getLogger("engine")
 
@@ -694,7 +694,7 @@ def _add_noisy_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_noisy(args: argparse.Namespace) -> int:
-    from engine.jscc import fig5_plan, fig5_report, run_fig5
+    from engine.fig5 import fig5_plan, fig5_report, run_fig5
     from engine.methods import RunContext
     from engine.store import ResultsStore
 

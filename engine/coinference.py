@@ -17,7 +17,7 @@ API
     runtime_overhead_s(rate_bps)                       the runtime's fixed per-image cost, from a null session
 
 JSCC bundles (coding "analog") send the encoder's real values; the server passes them through the channel named in
-the bundle (`engine.channels.CHANNELS`, the same simulation as in training) before decoding, or through the
+the bundle (`engine.coding.channels.CHANNELS`, the same simulation as in training) before decoding, or through the
 `channel` callable given to the server."""
 
 from __future__ import annotations
@@ -113,15 +113,15 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def resolve_channel(spec: Mapping[str, Any] | None) -> Channel | None:
     """The channel simulation a JSCC bundle names (its `spec`: name and condition, e.g. {"name": "awgn", "snr_db":
-    10}), built from `engine.channels.CHANNELS` in eval mode (fixed condition, seeded noise); None for none."""
+    10}), built from `engine.coding.channels.CHANNELS` in eval mode (fixed condition, seeded noise); None for none."""
     if not spec:
         return None
     try:
-        channels = importlib.import_module("engine.channels")
+        channels = importlib.import_module("engine.coding.channels")
         cls = channels.CHANNELS.get(str(spec.get("name")))
     except (ModuleNotFoundError, AttributeError):
         raise UserError(f"this bundle sends over a simulated {spec.get('name')!r} channel, but this coinfer has no "
-                        "channel registry (engine.channels.CHANNELS): update coinfer") from None
+                        "channel registry (engine.coding.channels.CHANNELS): update coinfer") from None
     condition = spec.get(getattr(cls, "condition_name", "condition"))
     return cls(condition, None, int(spec.get("seed", 0))).eval()
 

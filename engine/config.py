@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from engine.errors import UserError
-from engine.registry import Registry
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -63,14 +62,15 @@ def _type_text(hint: Any) -> str:
 
 
 def _id_fields(obj: Any) -> dict[str, Any]:
-    """A config dataclass's fields as plain data (nested configs too), leaving out the fields of its `ID_OPTIONAL`
-    that are at their default: fields added after a config was released, so that configs not using them keep
-    their ids."""
+    """A config dataclass's fields as plain data (nested configs too), leaving out its `ID_EXCLUDED` fields (labels)
+    and the fields of its `ID_OPTIONAL` that are at their default: fields added after a config was released, so
+    that configs not using them keep their ids."""
     optional = getattr(obj, "ID_OPTIONAL", ())
+    excluded = getattr(obj, "ID_EXCLUDED", ())
     out = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if f.name in optional and value == f.default:
+        if f.name in excluded or (f.name in optional and value == f.default):
             continue
         out[f.name] = _id_fields(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return out
@@ -115,8 +115,12 @@ class BaseModelConfig:
     scales: tuple[float, ...] = ()
     # training precision of the base model and of the variants trained from it (`PRECISIONS`)
     precision: str = "auto"
+    # the profile (engine.profiles) whose budgets its variants follow: a label, in neither the id nor the repr (the
+    # model it names is the same whichever profile asked for it); "" in configs saved before it was recorded
+    profile: str = field(default="", compare=False)
     # added later: in the id (and repr) only when set
     ID_OPTIONAL: ClassVar[tuple[str, ...]] = ("sizes", "scales", "precision")
+    ID_EXCLUDED: ClassVar[tuple[str, ...]] = ("profile",)
 
     def __post_init__(self) -> None:
         if not self.width > 0:
@@ -139,8 +143,8 @@ class BaseModelConfig:
             raise UserError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
 
     def __repr__(self) -> str:  # the generated repr, optional fields only when set (intermediate caches key on it)
-        shown = [f for f in dataclasses.fields(self)
-                 if f.name not in self.ID_OPTIONAL or getattr(self, f.name) != f.default]
+        shown = [f for f in dataclasses.fields(self) if f.name not in self.ID_EXCLUDED
+                 and (f.name not in self.ID_OPTIONAL or getattr(self, f.name) != f.default)]
         return f"{type(self).__qualname__}({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in shown)})"
 
     @property
@@ -181,73 +185,3 @@ class VariantConfig:
     @staticmethod
     def make(method: str, split: str, base: BaseModelConfig, /, **knobs: Any) -> VariantConfig:
         return VariantConfig(method, split, base, tuple(sorted(knobs.items())))
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A training/evaluation budget: smoke (tests, seconds), quick (CPU default), quick-bf16 (quick on a CPU with
-    native bf16), paper (GPU)."""
-
-    name: str
-    width: float
-    epochs: int
-    batch_size: int
-    lr: float
-    train_limit: int | None = None  # cap on training images (before the validation split)
-    test_limit: int | None = None  # cap on test images for reported figures
-    calibration_images: int = 2000  # training images used to fit quantisers and entropy models
-    encoding_epochs: int = 1  # training epochs of a learned feature encoder (the `enc_epochs` knob of its variants)
-    # what trains with the encoder (the `enc_backbone` knob): "finetune" both parts; "server" keeps the device part
-    # frozen, so its features are computed once and only the encoder, decoder and server part train on them
-    encoding_backbone: str = "finetune"
-    scales: tuple[float, ...] = ()  # progressive resizing of the base model (BaseModelConfig.scales); one per epoch
-    precision: str = "auto"  # training precision (BaseModelConfig.precision)
-    budgets: str = ""  # the profile whose method budgets and sweep grid apply; "" for this one's own
-
-    @property
-    def budget_name(self) -> str:
-        """The key of this profile's method budgets and sweep grid."""
-        return self.budgets or self.name
-
-    def encoding_knobs(self) -> dict[str, int | str]:
-        """The knobs a learned encoder's variants carry for this profile's budget."""
-        return {"enc_epochs": self.encoding_epochs, "enc_backbone": self.encoding_backbone}
-
-    def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0) -> BaseModelConfig:
-        return BaseModelConfig(
-            dataset=dataset,
-            width=self.width if width is None else width,
-            seed=seed,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            scales=self.scales,
-            precision=self.precision,
-        )
-
-
-PROFILES: Registry[Profile] = Registry("profile")
-PROFILES.add("smoke", Profile("smoke", width=0.125, epochs=1, batch_size=128, lr=0.1, train_limit=1200,
-                              test_limit=400, calibration_images=200, encoding_epochs=1, encoding_backbone="server"))
-# quick: width 0.25 in 11-12 minutes on 2 CPU cores (BENCHMARKS.md), with progressive resizing: 8 epochs each at
-# half, three quarters and all of the data's size (16, 24 and 32 pixels on CIFAR-10), one one-cycle schedule over
-# the 24
-PROFILES.add("quick", Profile("quick", width=0.25, epochs=24, batch_size=128, lr=0.15, encoding_epochs=2,
-                              encoding_backbone="server", scales=size_schedule((0.5, 8), (0.75, 8), (1.0, 8))))
-# quick-bf16: the quick recipe under bf16 autocast, for a CPU with native bf16 (AVX-512 BF16 or AMX), where it trains
-# about 1.6x faster at the same accuracy (BENCHMARKS.md); elsewhere slower than quick
-PROFILES.add("quick-bf16", dataclasses.replace(PROFILES.get("quick"), name="quick-bf16", precision="bf16",
-                                                    budgets="quick"))
-# paper: the paper's model (width 1.0) in its ~95 % regime on one GPU: 60 one-cycle epochs at batch 512 (lr scaled
-# linearly from 0.1 at 128)
-PROFILES.add("paper", Profile("paper", width=1.0, epochs=60, batch_size=512, lr=0.4, encoding_epochs=60))
-
-
-def profile_of(base: BaseModelConfig) -> Profile:
-    """The profile a base config was made from (matched on its training budget); quick when none matches."""
-    for name in PROFILES:
-        p = PROFILES.get(name)
-        if (p.epochs, p.batch_size, p.lr, p.scales, p.precision) == \
-                (base.epochs, base.batch_size, base.lr, base.scales, base.precision):
-            return p
-    return PROFILES.get("quick")

@@ -39,10 +39,11 @@ import torch
 from torch import nn
 
 import engine
-from engine.codecs import CODECS, EntropyCodec
-from engine.config import PROFILES, BaseModelConfig, VariantConfig
+from engine.coding.codecs import CODECS, EntropyCodec
+from engine.config import BaseModelConfig, VariantConfig
 from engine.data import normalize
 from engine.errors import UserError
+from engine.profiles import PROFILES
 
 SELECTION_FORMAT = "coinfer-selection"
 SELECTION_VERSION = 1

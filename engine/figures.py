@@ -317,7 +317,7 @@ NOISY_AXES = {"awgn": ("SNR (dB)", "communication latency (s), W = 1 MHz"),
 
 def noisy_cost_figure(curves: pd.DataFrame, channel: str, chosen: float | None = None) -> go.Figure:
     """Fig. 5 of Shao & Zhang 2020: each scheme's cost against the channel condition (AWGN: latency against SNR;
-    BSC: channel bits against p), log y; `curves` is `engine.jscc.fig5_curves`'s tidy table. JSCC points carry
+    BSC: channel bits against p), log y; `curves` is `engine.fig5.fig5_curves`'s tidy table. JSCC points carry
     their number of channel uses, the separate-coding points their source bits."""
     fig = go.Figure()
     x_title, y_title = NOISY_AXES.get(channel, ("condition", "cost"))

@@ -584,8 +584,8 @@ def load_job_data(spec: JobSpec, cache: Path):  # noqa: ANN201 - ImageData, impo
     """The dataset a spec was planned on, cut to its profile; cached per process. A data path missing on this
     machine falls back to $COINFER_DATA and cache/data/ (a Dask worker elsewhere), and the fingerprint check
     catches a different dataset."""
-    from engine.config import PROFILES
     from engine.data import load_data, subset
+    from engine.profiles import PROFILES
 
     path = spec.data if spec.data and Path(spec.data).exists() else None
     profile = PROFILES.get(spec.profile)
@@ -608,8 +608,8 @@ def load_job_data(spec: JobSpec, cache: Path):  # noqa: ANN201 - ImageData, impo
 def execute(spec: JobSpec, progress: Progress | None = None, cache: Path | None = None) -> dict | None:
     """Run one job here and return its results row (None for a data job): the code path of local workers and
     Dask tasks alike, so both produce the same row for the same spec."""
-    from engine.config import PROFILES
     from engine.methods import METHODS, RunContext
+    from engine.profiles import PROFILES
 
     cache = cache_dir() if cache is None else cache
     if spec.kind == "data":

@@ -14,10 +14,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from engine.config import PROFILES, BaseModelConfig, VariantConfig
+from engine.config import BaseModelConfig, VariantConfig
 from engine.errors import UserError
 from engine.jobs import (
     LEASE_S,
@@ -33,7 +33,7 @@ from engine.jobs import (
 )
 from engine.methods import METHODS, check_variant
 from engine.models import END_POINTS, SPLIT_POINTS, split_names
-from engine.registry import Registry
+from engine.profiles import PROFILES, Grid, MethodGrid
 from engine.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -45,41 +45,6 @@ PRIORITY_STRIDE = 1000  # priority = cost rank * stride + position within the me
 # Variants that train a learned encoder (`enc_*` knobs) cost minutes each: they come after every other variant of
 # every method, so the plane fills in with the cheap rows first.
 ENCODER_TIER = len(COST_RANK) + 1
-
-
-@dataclass(frozen=True)
-class MethodGrid:
-    """The variants of one method in a sweep: its splits (None: the paper's split points) and knob values, each
-    crossed with the variants the method itself proposes."""
-
-    splits: tuple[str, ...] | None = None
-    knobs: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-
-    @staticmethod
-    def of(splits: Iterable[str] | None = None, **knobs: Iterable[Any]) -> MethodGrid:
-        return MethodGrid(None if splits is None else tuple(splits),
-                          tuple(sorted((k, tuple(v)) for k, v in knobs.items())))
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A profile's sweep: the grid of each named method, and `default` for any other registered method."""
-
-    profile: str
-    default: MethodGrid = field(default_factory=MethodGrid)
-    methods: tuple[tuple[str, MethodGrid], ...] = ()
-
-    def for_method(self, name: str) -> MethodGrid:
-        return dict(self.methods).get(name, self.default)
-
-
-GRIDS: Registry[Grid] = Registry("sweep grid")
-# smoke: seconds per variant (tests); the end points and one mid split.
-GRIDS.add("smoke", Grid("smoke", MethodGrid.of(["conv4_x"]),
-                        (("original", MethodGrid.of(["server_only", "conv4_x", "device_only"])),)))
-# quick and paper: every coarse split point of every method, with each method's own knob choices for the profile.
-GRIDS.add("quick", Grid("quick"))
-GRIDS.add("paper", Grid("paper"))
 
 
 def method_cost(name: str) -> tuple[float, str]:
@@ -124,7 +89,7 @@ def plan(profile: str, base: BaseModelConfig, data: str | None = None, methods: 
          splits: Iterable[str] | None = None, grid: Grid | None = None) -> list[Planned]:
     """The sweep of `profile` for this base model, cheapest first (methods by cost rank, variants that train an
     encoder after all others). `methods` and `splits` narrow it."""
-    grid = grid or GRIDS.get(PROFILES.get(profile).budget_name)
+    grid = grid or PROFILES.get(profile).grid
     only = None if splits is None else list(splits)
     out: list[Planned] = []
     for name in methods_in_order(methods):

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import PROFILES, VariantConfig
+from engine.coding.learned import run_encoded
+from engine.config import VariantConfig
 from engine.data import ImageData, normalize
-from engine.encoded_training import run_encoded
 from engine.methods import METHODS, RunContext
 from engine.methods.bottlenet_pp import BottleNetPP, bottleneck_channels
 from engine.models import split
 from engine.profile import count_flops
+from engine.profiles import PROFILES
 
 
 @pytest.fixture(scope="module")

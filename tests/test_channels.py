@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from engine.channels import (
+from engine.coding.channels import (
     CHANNELS,
     AWGNChannel,
     BinarySymmetricChannel,
@@ -123,7 +123,7 @@ class BinaryErasure(Channel):
 
 
 def test_a_new_channel_is_one_small_class(monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.jscc import JsccConfig, build_jscc
+    from engine.coding.jscc import JsccConfig, build_jscc
 
     monkeypatch.setitem(CHANNELS._items, "bec", BinaryErasure)
     channel = build_channel("bec", 0.25, seed=4).eval()

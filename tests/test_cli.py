@@ -193,7 +193,7 @@ def test_jobs_commands_submit_once_cancel_retry(fresh_cache: Path, capsys: pytes
 
 @pytest.fixture()
 def trained_fresh_cache(fresh_cache: Path, tmp_cache: Path, small_data) -> Path:  # noqa: ANN001
-    from engine.config import PROFILES
+    from engine.profiles import PROFILES
     from engine.train import load_or_train_base
 
     load_or_train_base(PROFILES.get("smoke").base_config(small_data.fingerprint), small_data, tmp_cache)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from dahuffman.huffmancodec import PrefixCodec
 
-from engine.codecs import CODECS, EntropyCodec, HuffmanCodec, UniformQuantizer, empirical_entropy_bits
+from engine.coding.codecs import CODECS, EntropyCodec, HuffmanCodec, UniformQuantizer, empirical_entropy_bits
 from engine.errors import UserError
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from engine import protocol
-from engine.codecs import HuffmanCodec
+from engine.coding.codecs import HuffmanCodec
 from engine.coinference import (
     CoinferenceServer,
     DeviceClient,
@@ -34,12 +34,13 @@ from engine.coinference import (
     runtime_overhead_s,
     send_paced,
 )
-from engine.config import PROFILES, VariantConfig
+from engine.config import VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError
 from engine.export import Bundle, write_bundle
 from engine.latency import Overheads
 from engine.methods import RunContext
+from engine.profiles import PROFILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "0123456789abcdef"
@@ -321,7 +322,7 @@ def test_channel_is_applied_on_the_server_before_decoding() -> None:
 
 
 def test_bundle_channel_spec_is_resolved_from_the_registry() -> None:
-    pytest.importorskip("engine.channels")
+    pytest.importorskip("engine.coding.channels")
     channel = resolve_channel({"name": "bsc", "p": 0.5, "reals_per_use": 1, "train_range": None})
     assert channel.condition == 0.5 and not channel.training
     x = torch.ones(1, 4000)

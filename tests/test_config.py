@@ -7,15 +7,16 @@ import json
 
 import pytest
 
-from engine.config import PROFILES, BaseModelConfig, VariantConfig, config_id, profile_of, size_schedule
+from engine.config import BaseModelConfig, VariantConfig, config_id, size_schedule
 from engine.errors import UserError
+from engine.profiles import PROFILES, profile_of
 
 
 def test_a_later_optional_field_changes_no_id_until_it_is_set() -> None:
     # the quick profile's base model of the CIFAR-10 JPEG copy as first released and measured: 8 epochs at 32x32
     base = BaseModelConfig("45b041e867f5a40f", epochs=8, batch_size=128, lr=0.15)
     assert base.id == "5ce18a3797658519"
-    later = ("sizes", "scales", "precision")
+    later = ("sizes", "scales", "precision", "profile")
     released = {k: v for k, v in dataclasses.asdict(base).items() if k not in later}
     assert base.id == config_id(released) and not any(f"{k}=" in repr(base) for k in later)
     variant = VariantConfig.make("three_step", "conv4_x", base, sparsity=0.5, bits=4)
@@ -44,6 +45,19 @@ def test_scales_follow_the_data_and_the_profile_carries_them() -> None:
         profile = PROFILES.get(name)
         base = profile.base_config("d")
         assert base.scales == profile.scales and profile_of(base) is profile
+
+
+def test_the_profile_is_recorded_but_names_the_same_model() -> None:
+    """A base model records the profile it was trained for (its variants follow that profile's budgets, even with
+    a hand-set size schedule); the label is in neither its id nor its repr, so every stored id stands."""
+    paper = PROFILES.get("paper").base_config("d")
+    resized = dataclasses.replace(paper, epochs=3, scales=(), sizes=(16, 24, 32))
+    assert paper.profile == "paper" and profile_of(resized) is PROFILES.get("paper")
+    unlabelled = dataclasses.replace(resized, profile="")
+    assert unlabelled.id == resized.id and repr(unlabelled) == repr(resized) and unlabelled == resized
+    assert profile_of(unlabelled) is PROFILES.get("quick")  # an old config's guess: no profile trains 3 epochs
+    again = BaseModelConfig(**json.loads(json.dumps(resized.__dict__)))  # a job's copy keeps the label
+    assert again.profile == "paper" and again.id == resized.id
 
 
 @pytest.mark.parametrize(("scales", "message"), [((0.5, 1.0), "for each of the 3 epochs"),

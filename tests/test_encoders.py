@@ -13,22 +13,23 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import PROFILES, VariantConfig
-from engine.data import ImageData, normalize, subset
-from engine.encoded_training import (
+from engine.coding import FEATURE_CODINGS
+from engine.coding.encoders import ENCODERS, TwoStepEncoder, default_stride, feature_shape, two_step
+from engine.coding.learned import (
     EncodedResult,
     EncodedTraining,
     EncodingConfig,
     build_encoded,
-    encoded_feature_coding,
     train_encoded,
 )
-from engine.encoders import ENCODERS, TwoStepEncoder, default_stride, feature_shape, two_step
+from engine.coding.quantizers import ScalarCodebook
+from engine.config import VariantConfig
+from engine.data import ImageData, normalize, subset
 from engine.errors import UserError
 from engine.methods import RunContext
 from engine.models import END_POINTS, SPLIT_POINTS, CifarResNet18, split, split_names
 from engine.profile import count_flops, profile_parts
-from engine.quantizers import ScalarCodebook
+from engine.profiles import PROFILES
 
 WIDTHS = (0.125, 0.25, 1.0)
 FEATURE_SPLITS = [s for s in split_names(coarse_only=False) if s not in END_POINTS]
@@ -277,14 +278,14 @@ def test_training_is_seeded_and_resumes(base_model: CifarResNet18, tiny_data: Im
 
 
 def test_feature_coding_for_three_step(smoke_ctx: RunContext, tiny_data: ImageData) -> None:
-    """The adapter three_step registers: deployed parts, accuracy, bits and extra columns that do not collide with
+    """The coding registered as "two_step": deployed parts, accuracy, bits and extra columns that do not collide with
     profile_parts' keys; the trained variant is cached under its config id."""
     ctx = RunContext(tiny_data, smoke_ctx.profile, smoke_ctx.cache)
     base = ctx.profile.base_config(tiny_data.fingerprint)
     model, _ = ctx.base(base)
     device, server = split(model, "conv5_x")
     cfg = VariantConfig.make("three_step", "conv5_x", base, encoder="two_step", enc_d=8, enc_bits=1)
-    coded = encoded_feature_coding(device, server, cfg, ctx)
+    coded = FEATURE_CODINGS.get("two_step").measure(device, server, cfg, ctx)
     prof = profile_parts(coded.device, coded.server, "conv5_x", (3, 32, 32), 10, time_device=False)
     assert not set(prof) & set(coded.extra) and set(coded.bits) == {"bits_actual", "bits_ideal", "bits_raw"}
     assert prof["feature_shape"] == [8] and coded.bits["bits_raw"] == 8.0
@@ -294,14 +295,14 @@ def test_feature_coding_for_three_step(smoke_ctx: RunContext, tiny_data: ImageDa
 
 def test_a_variant_s_encoder_trains_in_its_base_model_s_precision(tiny_data: ImageData, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.encoded_training as encoded_training
+    import engine.coding.learned as learned
 
     budgets = []
-    monkeypatch.setattr(encoded_training, "train_encoded", lambda *args: budgets.append(args[5]))
+    monkeypatch.setattr(learned, "train_encoded", lambda *args: budgets.append(args[5]))
     ctx = RunContext(tiny_data, PROFILES.get("quick-bf16"), tmp_path)
     for precision in ("bf16", "auto"):
         base = PROFILES.get("smoke").base_config(tiny_data.fingerprint)
         cfg = VariantConfig.make("three_step", "conv5_x", dataclasses.replace(base, precision=precision),
                                  encoder="two_step", enc_d=8, enc_bits=1)
-        encoded_training.run_encoded(cfg, ctx, nn.Identity(), nn.Identity())
+        learned.run_encoded(cfg, ctx, nn.Identity(), nn.Identity())
     assert [b.precision for b in budgets] == ["bf16", "auto"]

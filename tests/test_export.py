@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.__main__ import main
-from engine.config import PROFILES, VariantConfig
+from engine.config import VariantConfig
 from engine.data import ImageData, normalize
 from engine.errors import UserError
 from engine.export import (
@@ -25,6 +25,7 @@ from engine.export import (
     write_bundle,
 )
 from engine.methods import METHODS, RunContext
+from engine.profiles import PROFILES
 from engine.store import ResultsStore, rows_to_frame
 
 ENV = {"device": "pi3", "server": "rtx2080ti", "rate_bps": 320e3, "accuracy_drop": 0.02, "note": math.nan}
@@ -185,8 +186,9 @@ def test_jscc_bundle_runs_over_its_simulated_channel(ctx: RunContext, tmp_path: 
     """A trained AWGN JSCC variant, exported and run: the device sends its 2k real channel inputs, the server passes
     them through the AWGN channel the bundle names (at the nominal SNR) before decoding. With an ideal channel the
     labels are the eager model's noiseless ones; with the named channel they come out of the noise."""
+    from engine.coding.jscc import JsccConfig
     from engine.coinference import CoinferenceServer, DeviceClient, live_session
-    from engine.jscc import JsccConfig, fig5_variants
+    from engine.fig5 import fig5_variants
 
     base = ctx.profile.base_config(ctx.data.fingerprint)
     cfg = next(v for v in fig5_variants(base, "smoke", channels=("awgn",)) if dict(v.knobs)["jscc_channel"] == "awgn")
@@ -252,3 +254,32 @@ def test_cli_export(fresh_cache: Path, tmp_cache: Path, ctx: RunContext, row: di
     assert bundle.id == row["id"] and bundle.selection["metrics"]["accuracy"] == pytest.approx(row["accuracy"])
     assert main(["export", "--id", "ffffffff", "--out", str(tmp_path / "x")]) == 2
     assert "see `python -m engine results`" in capsys.readouterr().err
+
+
+def test_where_nothing_may_train_a_missing_part_is_named_and_nothing_trains(ctx: RunContext, row: dict,
+                                                                             tmp_path: Path) -> None:
+    """The dashboard builds bundles with `may_train=False`: a part missing from the cache raises NotTrained naming
+    it (the page queues the variant as a job) instead of training in the script run; cached parts still load."""
+    from conftest import cache_sharing_data
+
+    from engine.coding import NotTrained
+
+    base = ctx.profile.base_config(ctx.data.fingerprint)
+    empty = RunContext(ctx.data, ctx.profile, cache_sharing_data(tmp_path / "a", ctx.cache), may_train=False)
+    with pytest.raises(NotTrained, match="the base model"):
+        write_bundle(VariantConfig.make("original", "conv5_x", base, bits=8), empty, tmp_path / "o")
+    assert not (empty.cache / "models").exists()
+
+    trained = RunContext(ctx.data, ctx.profile, cache_sharing_data(tmp_path / "b", ctx.cache, ("data", "models")),
+                         may_train=False)
+    assert load_bundle(write_bundle(VariantConfig.make("original", "conv5_x", base, bits=8), trained,
+                                    tmp_path / "b.zip")).id == row["id"]
+    before = sorted(p.name for p in (trained.cache / "models").iterdir())
+    pruned = VariantConfig.make("three_step", "conv5_x", base, encoder="none", snapshot=0, levels=1, target=0.25,
+                                iteration_steps=1)
+    with pytest.raises(NotTrained, match="pruning run at conv5_x"):
+        write_bundle(pruned, trained, tmp_path / "p")
+    coded = VariantConfig.make("three_step", "conv5_x", base, encoder="two_step", snapshot="none", enc_d=4)
+    with pytest.raises(NotTrained, match="two_step encoder of three_step at conv5_x"):
+        write_bundle(coded, trained, tmp_path / "e")
+    assert sorted(p.name for p in (trained.cache / "models").iterdir()) == before

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import torch
 
-from engine.config import PROFILES
 from engine.data import ImageData
+from engine.fig5 import run_fig5
 from engine.jobs import execute, load_job_data
-from engine.jscc import run_fig5
 from engine.methods import RunContext
+from engine.profiles import PROFILES
 from engine.sweep import plan
 
 GOLDEN = Path(__file__).parent / "golden" / "smoke.json"

@@ -20,11 +20,12 @@ from streamlit.testing.v1 import AppTest
 
 import engine.jobs as jobs_mod
 from engine.__main__ import main
-from engine.config import PROFILES, BaseModelConfig, VariantConfig
+from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError
 from engine.jobs import JobQueue, JobSpec, Worker, WorkerOptions, start_worker_process
 from engine.methods import METHODS, base_row
+from engine.profiles import PROFILES
 from engine.store import ResultsStore
 from engine.sweep import one_variant
 from engine.train import base_checkpoint_path, load_or_train_base

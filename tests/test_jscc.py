@@ -4,6 +4,7 @@ table, and the `noisy` command on the smoke profile."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,28 +14,23 @@ import pytest
 import torch
 from torch import nn
 
-from engine.channels import AWGNChannel, BinarySymmetricChannel
-from engine.config import PROFILES, VariantConfig
-from engine.data import ImageData
-from engine.errors import UserError
-from engine.jscc import (
-    FIG5_BUDGETS,
-    Fig5Budget,
+from engine.coding.channels import AWGNChannel, BinarySymmetricChannel
+from engine.coding.jscc import (
     JsccConfig,
     SplitFeatures,
     _train_or_load,
-    best_schemes,
     build_jscc,
     channel_accuracy,
-    fig5_curves,
-    fig5_report,
-    fig5_variants,
-    mismatch_curve,
     split_features,
     train_jscc,
 )
+from engine.coding.quantizers import ScalarCodebook
+from engine.config import VariantConfig
+from engine.data import ImageData
+from engine.errors import UserError
+from engine.fig5 import best_schemes, fig5_curves, fig5_report, fig5_variants, mismatch_curve
 from engine.methods import METHODS, RunContext
-from engine.quantizers import ScalarCodebook
+from engine.profiles import PROFILES, Fig5Budget
 from engine.store import ResultsStore, rows_to_frame
 
 # ------------------------------------------------------------------------------------------------ config, model
@@ -200,7 +196,7 @@ def test_noisy_command_runs_fig5_and_reports(small_data: ImageData, module_cache
 
     tiny = Fig5Budget(awgn_uses=(2,), bsc_bits=(8,), source=((8, 1),), snr_db=(0.0, 10.0), p=(0.02, 0.1), epochs=1,
                       train_images=None, realisations=2)
-    monkeypatch.setitem(FIG5_BUDGETS, "smoke", tiny)
+    monkeypatch.setitem(PROFILES._items, "smoke", dataclasses.replace(PROFILES.get("smoke"), fig5=tiny))
     assert main(["noisy", "--profile", "smoke", "--channel", "bsc"]) == 0
     out = capsys.readouterr().out
     assert "BSC: channel bits" in out and "8-bit Huffman feature" in out and "learned source coding" in out

@@ -10,10 +10,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_pages import figures
 
-from engine.config import PROFILES, VariantConfig
+from engine.config import VariantConfig
 from engine.data import ImageData
 from engine.latency import DEVICES
 from engine.methods import METHODS, RunContext
+from engine.profiles import PROFILES
 from engine.store import ResultsStore
 from ui import Environment
 

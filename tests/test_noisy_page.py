@@ -11,9 +11,9 @@ from streamlit.testing.v1 import AppTest
 from test_jscc import synthetic_rows
 from test_pages import decoded, figures
 
-from engine.config import PROFILES
 from engine.data import ImageData
-from engine.jscc import fig5_plan
+from engine.fig5 import fig5_plan
+from engine.profiles import PROFILES
 from engine.store import ResultsStore
 from ui import Environment
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.codecs import HuffmanCodec, UniformQuantizer
-from engine.config import PROFILES
+from engine.coding.codecs import HuffmanCodec, UniformQuantizer
 from engine.data import ImageData, normalize
 from engine.methods import METHODS, RunContext
 from engine.models import split, split_names
+from engine.profiles import PROFILES
 from engine.provenance import describe_environments, training_environment
 
 

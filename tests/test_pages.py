@@ -17,7 +17,6 @@ from streamlit.testing.v1 import AppTest
 
 import ui
 from engine import jobs as jobq
-from engine.config import PROFILES
 from engine.data import ImageData
 from engine.export import selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem
@@ -26,6 +25,7 @@ from engine.methods import METHODS, RunContext
 from engine.models import split_names
 from engine.pareto import best_per_method, best_variant, latency_vs_rate, meets_threshold, pareto_front
 from engine.profile import profile_model
+from engine.profiles import PROFILES
 from engine.store import ResultsStore
 from engine.train import make_model
 

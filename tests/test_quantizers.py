@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.codecs import CODECS, AnsCodec, EntropyCodec
+from engine.coding.codecs import CODECS, AnsCodec, EntropyCodec
+from engine.coding.quantizers import QUANTIZERS, ScalarCodebook, UniformRounding, VectorCodebook
 from engine.errors import UserError
-from engine.quantizers import QUANTIZERS, ScalarCodebook, UniformRounding, VectorCodebook
 
 # -- nearest-codeword assignment -----------------------------------------------------------------------------------
 

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 import engine.methods.three_step as three_step
-from engine.config import PROFILES, VariantConfig
+from engine.config import VariantConfig
 from engine.data import ImageData, normalize
 from engine.errors import UserError
 from engine.methods import METHODS, RunContext
 from engine.methods.three_step import LevelSchedule, ThreeStep, pruned_split, pruning_run, threshold_level
 from engine.models import split
 from engine.profile import profile_split
+from engine.profiles import PROFILES
 from engine.provenance import describe_environments, training_environment
 from engine.prune import prunable_groups
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import engine.train as train_mod
-from engine.config import PROFILES
 from engine.data import ImageData, resize_batch
+from engine.profiles import PROFILES
 from engine.train import autocast, base_checkpoint_path, load_checkpoint, load_or_train_base, save_checkpoint
 
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 import engine.methods.two_step_pruning as two_step
-from engine.config import PROFILES, VariantConfig
+from engine.config import VariantConfig
 from engine.data import ImageData, normalize
 from engine.errors import UserError
 from engine.methods import METHODS, RunContext
 from engine.methods.two_step_pruning import TwoStepPruning, output_group, pruned_split, step1_run
 from engine.models import CifarResNet18, split
 from engine.profile import profile_split
+from engine.profiles import PROFILES
 
 SPLIT = "conv4_x"  # 32 output channels at the smoke width 0.125
 

@@ -13,58 +13,52 @@ import torch
 from torch import nn
 
 import engine
-from engine.config import BaseModelConfig, Profile, VariantConfig
-from engine.data import ImageData, mean_png_bits, train_val_split
+from engine.coding import CodingEnv, Deployed
+from engine.config import BaseModelConfig, VariantConfig
+from engine.data import mean_png_bits
 from engine.errors import UserError
+from engine.finetune import exclusive
 from engine.models import END_POINTS
 from engine.provenance import describe_environments
 from engine.registry import Registry
-from engine.train import Progress, load_or_train_base
+from engine.train import base_checkpoint_path, load_checkpoint, load_or_train_base
 
 
 @dataclass
-class RunContext:
-    """What a method needs to build and measure a variant: the data (already cut to the profile), the cache, the
-    profile's budgets, and the base models loaded so far."""
+class RunContext(CodingEnv):
+    """What a method needs to build and measure a variant: a coding's environment (the data cut to the profile, the
+    profile's budgets, the cache, progress) and the base models loaded so far."""
 
-    data: ImageData
-    profile: Profile
-    cache: Path
-    progress: Progress | None = None
     _bases: dict[str, tuple[nn.Module, dict]] = field(default_factory=dict)
 
     def base(self, cfg: BaseModelConfig) -> tuple[nn.Module, dict]:
-        """The trained base model and its checkpoint (trained now when not cached)."""
+        """The trained base model and its checkpoint (trained now when not cached and training is allowed)."""
         if cfg.id not in self._bases:
+            if not base_checkpoint_path(cfg, self.cache).exists():
+                self.require_training(f"the base model {cfg.id}")
             self._bases[cfg.id] = load_or_train_base(cfg, self.data, self.cache, self.progress)
         return self._bases[cfg.id]
 
-    def calibration_images(self, cfg: BaseModelConfig) -> torch.Tensor:
-        """The first training images (never validation or test) used to fit quantisers and entropy models."""
-        train_x, _, _, _ = train_val_split(self.data, cfg.val_fraction, cfg.seed)
-        return train_x[: self.profile.calibration_images]
+    def cached_run(self, path: Path, what: str, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """A training run checkpointed at `path`: loaded when cached, else trained once (a worker that finds another
+        training the same run waits for it, then loads it).
+
+        Args:
+            path: the finished run's checkpoint; what: the run, named in a `NotTrained` error; train: runs it and
+                saves it at `path`.
+        Returns:
+            the run's checkpoint.
+        """
+        if (cached := load_checkpoint(path)) is not None:
+            return cached
+        self.require_training(what)
+        with exclusive(path):
+            if (cached := load_checkpoint(path)) is not None:
+                return cached
+            return train()
 
     def png_bits(self) -> float:
         return mean_png_bits(self.data, self.cache)
-
-
-@dataclass
-class Deployed:
-    """What a variant deploys on each side of the link (eval mode, CPU, batch 1 is enough): `device` maps a normalised
-    image to the symbols it sends ([B, n] integers in [0, alphabet)), `server` maps received symbols to logits. The
-    `coding` says what travels: "entropy" (symbols coded by `codec`), "png" (the input image; `device` is None and
-    `server` takes the normalised image), "label" (the device's argmax, `server` turns it into one-hot logits) or
-    "analog" (the encoder's real values, for JSCC; `channel` names the channel the server applies before decoding).
-    `quantizer` holds the quantiser's tables as plain JSON."""
-
-    device: nn.Module | None
-    server: nn.Module
-    coding: str = "entropy"
-    codec: Any = None  # engine.codecs.EntropyCodec for "entropy"
-    quantizer: dict[str, Any] = field(default_factory=dict)
-    symbols_per_image: int = 0
-    alphabet_size: int = 0
-    channel: dict[str, Any] | None = None
 
 
 class Method(Protocol):

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import time
 
-from engine.config import BaseModelConfig, VariantConfig, profile_of
-from engine.encoded_training import EncodingConfig, run_encoded
-from engine.encoders import feature_shape
+from engine.coding import Deployed
+from engine.coding.encoders import feature_shape
+from engine.coding.learned import EncodedResult, EncodingConfig, deploy_encoded, run_encoded
+from engine.config import BaseModelConfig, VariantConfig
 from engine.errors import UserError
-from engine.methods import METHODS, Deployed, RunContext, base_row, check_knob_names, knob_number, refuse_end_points
+from engine.methods import METHODS, RunContext, base_row, check_knob_names, knob_number, refuse_end_points
 from engine.models import END_POINTS, build_model, split
+from engine.profiles import BOTTLENET_RATIOS, profile_of
 
-RATIOS = (16, 64, 256)
-PROFILE_RATIOS = {"quick": (64, 256)}  # on a CPU budget two ratios; other profiles: RATIOS
+RATIOS = BOTTLENET_RATIOS
 
 
 def bottleneck_channels(feature_channels: int, ratio: float) -> int:
@@ -36,7 +37,7 @@ class BottleNetPP:
         """One variant per split and distinct encoder width among the profile's ratios; not at the end points."""
         model = build_model(base.model, base.width, 10, 3).eval()
         profile = profile_of(base)
-        ratios = PROFILE_RATIOS.get(profile.budget_name, RATIOS)
+        ratios = profile.bottlenet_ratios
         out = []
         for s in splits:
             if s in END_POINTS:
@@ -69,12 +70,7 @@ class BottleNetPP:
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
         start = time.perf_counter()
-        if cfg.split in END_POINTS:
-            raise ValueError(f"bottlenet_pp encodes a split feature; {cfg.split!r} has none")
-        model, _ = ctx.base(cfg.base)
-        device, server = split(model, cfg.split)
-        shape = feature_shape(device, (ctx.data.channels, *ctx.data.image_size))
-        result = run_encoded(cfg, ctx, device, server, enc=self.encoding(cfg, shape[0]))
+        result, shape = self._trained(cfg, ctx)
         latent = result.metrics["symbols_per_image"]
         feature = shape[0] * shape[1] * shape[2]
         row = result.row()
@@ -82,16 +78,18 @@ class BottleNetPP:
                         compression_ratio_bits=32 * feature / row["bits_actual"],
                         eval_seconds=time.perf_counter() - start)
 
-
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
-        from engine.methods.three_step import deploy_encoded
+        result, _ = self._trained(cfg, ctx)
+        return deploy_encoded(result.model, result.codec)
 
+    def _trained(self, cfg: VariantConfig, ctx: RunContext) -> tuple[EncodedResult, tuple[int, int, int]]:
+        """The variant's trained (or cached) encoding between the unpruned parts, and the split feature's shape."""
         if cfg.split in END_POINTS:
             raise ValueError(f"bottlenet_pp encodes a split feature; {cfg.split!r} has none")
         model, _ = ctx.base(cfg.base)
         device, server = split(model, cfg.split)
         shape = feature_shape(device, (ctx.data.channels, *ctx.data.image_size))
-        return deploy_encoded(run_encoded(cfg, ctx, device, server, enc=self.encoding(cfg, shape[0])))
+        return run_encoded(cfg, ctx, device, server, enc=self.encoding(cfg, shape[0])), shape
 
 
 METHODS.add("bottlenet_pp", BottleNetPP())

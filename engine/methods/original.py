@@ -10,9 +10,10 @@ import time
 import torch
 from torch import nn
 
-from engine.codecs import empirical_entropy_bits
+from engine.coding import FEATURE_CODINGS, Deployed
+from engine.coding.codecs import empirical_entropy_bits
 from engine.config import BaseModelConfig, VariantConfig
-from engine.methods import METHODS, Deployed, RunContext, base_row, check_knob_names, knob_number
+from engine.methods import METHODS, RunContext, base_row, check_knob_names, knob_number
 from engine.models import split
 from engine.profile import label_bits, profile_split
 from engine.train import predict
@@ -51,19 +52,15 @@ class Original:
 
     @staticmethod
     def _measure_feature_coding(cfg: VariantConfig, ctx: RunContext) -> tuple[float, dict]:
-        """Quantise and Huffman-code the split's feature for every test image (three_step's coding "none" on the
-        unpruned parts); accuracy from the decoded feature."""
-        from engine.methods.three_step import huffman_8bit
-
+        """Quantise and Huffman-code the split's feature for every test image (the coding "none" on the unpruned
+        parts); accuracy from the decoded feature."""
         model, _ = ctx.base(cfg.base)
-        coded = huffman_8bit(*split(model, cfg.split), cfg, ctx)
+        coded = FEATURE_CODINGS.get("none").measure(*split(model, cfg.split), cfg, ctx)
         return coded.accuracy, {**coded.bits, **coded.extra}
 
 
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
         """The base model cut at the split, 8-bit + Huffman; the end points send the input PNG or the label."""
-        from engine.methods.three_step import deploy_uniform_huffman
-
         model, _ = ctx.base(cfg.base)
         model = model.eval()
         if cfg.split == "server_only":
@@ -72,7 +69,7 @@ class Original:
             classes = ctx.data.num_classes
             return Deployed(_Label(model), OneHotLogits(classes), "label", symbols_per_image=1, alphabet_size=classes)
         device, server = split(model, cfg.split)
-        return deploy_uniform_huffman(device, server, cfg, ctx)
+        return FEATURE_CODINGS.get("none").deploy(device, server, cfg, ctx)
 
 
 class _Label(nn.Module):

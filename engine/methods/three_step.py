@@ -1,7 +1,7 @@
 """`three_step`: the paper's framework (Shao & Zhang 2020, Fig. 2): split the network, compress the device part by
-incremental network pruning, encode the feature. This module does the first two steps; the third is a pluggable
-feature coding (`encoder` knob, registry `FEATURE_CODINGS`): `encoder="none"` sends the pruned split output 8-bit
-quantised and Huffman-coded, as `original` does; learned encoders register themselves under other names.
+incremental network pruning, encode the feature. This module does the first two steps; the third is any registered
+feature coding (`encoder` knob, `engine.coding.FEATURE_CODINGS`): `encoder="none"` sends the pruned split output
+8-bit quantised and Huffman-coded, as `original` does.
 
 One pruning run per (base, split, pruning knobs): starting from the cached base model, l2-norm channel pruning of
 the device part only, with the paper's per-iteration mask / train / restore (`engine.prune.IncrementalPruner`) and
@@ -17,26 +17,23 @@ removed before it is profiled and measured on the whole test set."""
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from engine.codecs import HuffmanCodec, UniformQuantizer
-from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
-from engine.data import ImageData, normalize, train_val_split
+from engine.coding import FEATURE_CODINGS, Deployed
+from engine.config import BaseModelConfig, VariantConfig, config_id
+from engine.data import ImageData, train_val_split
 from engine.errors import UserError
-from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
+from engine.finetune import FinetuneConfig, TrainHooks, finetune
 from engine.methods import (
     METHODS,
-    Deployed,
     RunContext,
     base_row,
     check_knob_names,
@@ -46,6 +43,7 @@ from engine.methods import (
 )
 from engine.models import END_POINTS, split
 from engine.profile import count_flops, profile_parts
+from engine.profiles import PROFILES, PruneBudget, profile_of
 from engine.prune import (
     RAMPS,
     ChannelMasks,
@@ -54,8 +52,7 @@ from engine.prune import (
     prunable_groups,
     remove_pruned_channels,
 )
-from engine.registry import Registry
-from engine.train import accuracy, load_checkpoint, make_model, pick_device, save_checkpoint
+from engine.train import accuracy, make_model, pick_device, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,36 +93,7 @@ class LevelSchedule(SparsitySchedule):
         return prev + (cur - prev) * float(RAMPS.get(self.ramp)((j + 1) / self.ramp_iterations))
 
 
-# ---------------------------------------------------------------------------------------------------- budgets
-
-
-@dataclass(frozen=True)
-class PruneBudget:
-    """Default pruning knobs of a profile. quick: 3 levels x 80 steps of 128 images per split (about 1.5 min per
-    split at 350 images/s; 4 min measured on 2 busy cores); paper: the paper code's 150-step mask iterations (GPU)."""
-
-    target: float
-    levels: int
-    iteration_steps: int
-    ramp_iterations: int
-    hold_iterations: int
-    lr: float
-    batch_size: int
-
-    def knobs(self) -> dict[str, Any]:
-        return {"target": self.target, "levels": self.levels, "iteration_steps": self.iteration_steps,
-                "ramp_iterations": self.ramp_iterations, "hold_iterations": self.hold_iterations, "lr": self.lr,
-                "batch_size": self.batch_size}
-
-
-BUDGETS: dict[str, PruneBudget] = {
-    "smoke": PruneBudget(0.5, levels=3, iteration_steps=2, ramp_iterations=1, hold_iterations=1, lr=0.02,
-                         batch_size=64),
-    "quick": PruneBudget(0.6, levels=3, iteration_steps=16, ramp_iterations=2, hold_iterations=3, lr=0.01,
-                         batch_size=128),
-    "paper": PruneBudget(0.75, levels=5, iteration_steps=150, ramp_iterations=4, hold_iterations=4, lr=0.01,
-                         batch_size=128),
-}
+# ---------------------------------------------------------------------------------------------------- knobs
 
 # Knobs that define a pruning run (its cache key), with their defaults beyond the profile budget.
 RUN_DEFAULTS: dict[str, Any] = {"per_stage": (), "output": None, "ramp": "cubic", "momentum": 0.9,
@@ -136,7 +104,7 @@ RUN_KNOBS = (*PruneBudget.__dataclass_fields__, *RUN_DEFAULTS)
 
 def run_knobs(cfg: VariantConfig, profile: str) -> dict[str, Any]:
     """The pruning-run knobs of a variant: its own, else the profile budget's, else RUN_DEFAULTS."""
-    knobs = {**BUDGETS.get(profile, BUDGETS["quick"]).knobs(), **RUN_DEFAULTS}
+    knobs = {**PROFILES.get(profile).prune.knobs(), **RUN_DEFAULTS}
     knobs.update({k: v for k, v in cfg.knobs if k in RUN_KNOBS})
     knobs["per_stage"] = tuple(sorted((str(k), float(v)) for k, v in dict(knobs["per_stage"]).items()))
     return knobs
@@ -246,12 +214,7 @@ def pruning_run(cfg: VariantConfig, ctx: RunContext) -> dict[str, Any]:
     knobs = run_knobs(cfg, ctx.profile.budget_name)
     key = run_key(cfg, knobs)
     path = ctx.cache / "models" / f"three_step-{key}.pt"
-    if (cached := load_checkpoint(path)) is not None:
-        return cached
-    with exclusive(path):  # another worker may be training this very run: wait for it, then load
-        if (cached := load_checkpoint(path)) is not None:
-            return cached
-        return _prune(cfg, ctx, knobs, key, path)
+    return ctx.cached_run(path, f"three_step's pruning run at {cfg.split}", lambda: _prune(cfg, ctx, knobs, key, path))
 
 
 def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -364,128 +327,7 @@ def pruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
     return PrunedSplit(model, masks, device.eval(), server.eval(), info)
 
 
-# ---------------------------------------------------------------------------------------------------- coding
-
-
-@dataclass
-class CodedSplit:
-    """What a feature coding deploys and measures: the device and server parts as deployed (encoder and decoder
-    included), the test accuracy through the coded feature, and the bits per image."""
-
-    device: nn.Module
-    server: nn.Module
-    accuracy: float
-    bits: dict[str, float]  # bits_actual (the real bitstream, mean per test image), bits_ideal, bits_raw
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-FeatureCoding = Callable[[nn.Module, nn.Module, VariantConfig, RunContext], CodedSplit]
-FEATURE_CODINGS: Registry[FeatureCoding] = Registry("feature coding")
-
-
-def huffman_8bit(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> CodedSplit:
-    """The `original` baseline's coding of the (pruned) split output: uniform `bits`-bit quantisation calibrated on
-    training features and a Huffman code built on them; bits and accuracy from every test image's bitstream."""
-    data, bits = ctx.data, int(cfg.knob("bits", 8))
-    mean, std = data.mean, data.std
-    device, server = device.eval(), server.eval()
-    quantizer, codec, calib = fit_uniform_huffman(device, cfg, ctx)
-    correct, actual, ideal, first = 0, [], [], None  # first: the first batch's symbols, to time the coding on
-    with torch.no_grad():
-        for xb, yb in zip(data.test_x.split(500), data.test_y.split(500), strict=True):
-            q = quantizer.quantize(device(normalize(xb, mean, std)))
-            symbols = q.reshape(len(q), -1).numpy().astype(np.int64)
-            actual.append(codec.bits_per_image(symbols))
-            ideal.append(codec.ideal_bits_per_image(symbols))
-            correct += int((server(quantizer.dequantize(q)).argmax(1) == yb).sum())
-            first = symbols if first is None else first
-    return CodedSplit(device, server, correct / len(data.test_y), {
-        "bits_actual": float(np.concatenate(actual).mean()),
-        "bits_ideal": float(np.concatenate(ideal).mean()),
-        "bits_raw": float(bits * calib[0].numel()),
-    }, {"coding_cpu_seconds": codec.coding_seconds(first)})
-
-
-FEATURE_CODINGS.add("none", huffman_8bit)
-
-
-def fit_uniform_huffman(device: nn.Module, cfg: VariantConfig,
-                        ctx: RunContext) -> tuple[UniformQuantizer, HuffmanCodec, torch.Tensor]:
-    """The `bits`-bit uniform quantiser and the Huffman code of the split output of `device`, both fitted on the
-    calibration (training) images; returns them and the calibration features."""
-    bits = int(cfg.knob("bits", 8))
-    with torch.no_grad():
-        calib = torch.cat([device.eval()(normalize(xb, ctx.data.mean, ctx.data.std))
-                           for xb in ctx.calibration_images(cfg.base).split(500)])
-    quantizer = UniformQuantizer(bits).fit(calib)
-    q = quantizer.quantize(calib)
-    codec = HuffmanCodec.fit(q.reshape(len(q), -1).numpy().astype(np.int64), alphabet_size=2**bits)
-    return quantizer, codec, calib
-
-
-class UniformSymbols(nn.Module):
-    """Deployed device side of 8-bit + Huffman: the split output quantised to flat int64 symbols [B, n]."""
-
-    def __init__(self, device: nn.Module, quantizer: UniformQuantizer) -> None:
-        super().__init__()
-        self.device_part, self.bits, self.lo, self.hi = device, quantizer.bits, quantizer.lo, quantizer.hi
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return UniformQuantizer(self.bits, self.lo, self.hi).quantize(self.device_part(x)).flatten(1).long()
-
-
-class UniformValues(nn.Module):
-    """Deployed server side of 8-bit + Huffman: flat symbols back to the feature map, then the server part."""
-
-    def __init__(self, quantizer: UniformQuantizer, shape: tuple[int, ...], server: nn.Module) -> None:
-        super().__init__()
-        self.bits, self.lo, self.hi, self.shape, self.server_part = quantizer.bits, quantizer.lo, quantizer.hi, \
-            tuple(shape), server
-
-    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
-        values = UniformQuantizer(self.bits, self.lo, self.hi).dequantize(symbols)
-        return self.server_part(values.unflatten(1, self.shape))
-
-
-def deploy_uniform_huffman(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> Deployed:
-    """The deployed parts of a (pruned) split coded as `huffman_8bit` codes it."""
-    quantizer, codec, calib = fit_uniform_huffman(device, cfg, ctx)
-    shape = tuple(calib.shape[1:])
-    tables = {"kind": "uniform", **quantizer.state_dict(), "feature_shape": list(shape)}
-    return Deployed(UniformSymbols(device.eval(), quantizer).eval(),
-                    UniformValues(quantizer, shape, server.eval()).eval(), "entropy", codec, tables,
-                    int(calib[0].numel()), quantizer.levels)
-
-
-def deploy_encoded(result: Any) -> Deployed:
-    """The deployed parts of a trained encoded split (an `EncodedResult`): image -> symbols, symbols -> logits; a
-    split without a quantiser (JSCC) sends the encoder's real values and names its channel."""
-    model = result.model.eval()
-    q = model.quantizer
-    device, server = model.deployed_parts()
-    if q is None:
-        channel = model.channel
-        spec = {"name": getattr(channel, "name", type(channel).__name__), **dict(getattr(channel, "spec", {}))}
-        return Deployed(device.eval(), nn.Sequential(model.decoder, model.server_part).eval(), "analog",
-                        channel=None if isinstance(channel, nn.Identity) else spec)
-    tables = {"kind": type(q).__name__, "alphabet_size": int(q.alphabet_size),
-              "symbols_per_image": int(q.symbols_per_image),
-              **{k: v.detach().cpu().tolist() for k, v in q.state_dict().items()}}
-    return Deployed(device.eval(), server.eval(), "entropy", result.codec, tables, int(q.symbols_per_image),
-                    int(q.alphabet_size))
-
-
-# imported on first use; they register codings
-CODING_MODULES = ("engine.encoded_training", "engine.jscc")  # imported on first use; they register their codings
-
-
-def feature_coding(name: str) -> FeatureCoding:
-    """A registered feature coding; the learned encoders' modules (CODING_MODULES) are imported on first use."""
-    for module in CODING_MODULES:
-        if name in FEATURE_CODINGS:
-            break
-        importlib.import_module(module)
-    return FEATURE_CODINGS.get(name)
+# ---------------------------------------------------------------------------------------------------- row
 
 
 def measure_row(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: nn.Module, coding: str = "none",
@@ -494,7 +336,7 @@ def measure_row(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: 
     device FLOPs at the same split beside them, and `extra` columns."""
     start = time.perf_counter()
     data = ctx.data
-    coded = feature_coding(coding)(device, server, cfg, ctx)
+    coded = FEATURE_CODINGS.get(coding).measure(device, server, cfg, ctx)
     input_shape = (data.channels, *data.image_size)
     prof = profile_parts(coded.device, coded.server, cfg.split, input_shape, data.num_classes)
     base, _ = ctx.base(cfg.base)
@@ -519,7 +361,7 @@ class ThreeStep:
         """One pruning run per split in the profile's budget, one variant per snapshot level (8-bit + Huffman), then
         the whole framework per split: the threshold snapshot with the learned two-step encoder (`enc_*` defaults).
         Level-major, so that parallel workers start different runs first and later ones find their run cached."""
-        budget = BUDGETS[profile_of(base).budget_name]
+        budget = profile_of(base).prune
         splits = [s for s in splits if s not in END_POINTS]
         pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **budget.knobs())
                   for k in range(budget.levels) for s in splits]
@@ -531,10 +373,10 @@ class ThreeStep:
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """The pruning run's knobs (RUN_KNOBS over the profile's budget) and `snapshot` (a level, "threshold" or
         "none": no pruning), `bits` of the 8-bit + Huffman coding, and the `enc_*` or `jscc_*` knobs of the encoder."""
-        check_knob_names(cfg, [*RUN_KNOBS, "snapshot", "encoder", "bits"], ["enc_", "jscc_"])
+        check_knob_names(cfg, [*RUN_KNOBS, "snapshot", "encoder", "bits"], _coding_prefixes())
         refuse_end_points(cfg, "prunes and codes a split feature")
         encoder = cfg.knob("encoder", "none")
-        feature_coding(str(encoder))
+        coding = FEATURE_CODINGS.get(str(encoder))
         knob_number("bits", cfg.knob("bits", 8), int, 1, 16)
         snapshot = cfg.knob("snapshot", "threshold")
         if snapshot != "none":
@@ -543,18 +385,11 @@ class ThreeStep:
             if snapshot != "threshold" and (isinstance(level, bool) or level not in range(schedule.levels)):
                 raise UserError(f"knob snapshot is a level from 0 to {schedule.levels - 1}, 'threshold' or 'none', "
                                 f"got {snapshot!r}")
-        own = {"two_step": "enc_", "jscc": "jscc_"}.get(encoder)
-        stray = [n for n, _ in cfg.knobs if n.startswith(("enc_", "jscc_")) and not (own and n.startswith(own))]
+        own = coding.prefix
+        stray = [n for n, _ in cfg.knobs if n.startswith(_coding_prefixes()) and not (own and n.startswith(own))]
         if stray:
             raise UserError(f"knob {stray[0]} does not apply to encoder={encoder}")
-        if encoder == "two_step":
-            from engine.encoded_training import EncodingConfig
-
-            EncodingConfig.from_knobs(cfg.knobs)
-        elif encoder == "jscc":
-            from engine.jscc import JsccConfig, jscc_defaults
-
-            JsccConfig.from_knobs(cfg.knobs, **jscc_defaults(profile))
+        coding.check(cfg, profile)
 
     def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
         pruned = pruned_split(cfg, ctx)
@@ -562,15 +397,12 @@ class ThreeStep:
 
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
         pruned = pruned_split(cfg, ctx)
-        if str(cfg.knob("encoder", "none")) == "none":
-            return deploy_uniform_huffman(pruned.device, pruned.server, cfg, ctx)
-        if str(cfg.knob("encoder")) == "jscc":
-            from engine.jscc import jscc_result
+        return FEATURE_CODINGS.get(str(cfg.knob("encoder", "none"))).deploy(pruned.device, pruned.server, cfg, ctx)
 
-            return deploy_encoded(jscc_result(pruned.device, pruned.server, cfg, ctx))
-        from engine.encoded_training import run_encoded
 
-        return deploy_encoded(run_encoded(cfg, ctx, pruned.device, pruned.server))
+def _coding_prefixes() -> tuple[str, ...]:
+    """The knob prefixes of every registered coding (a variant may carry only its own coding's)."""
+    return tuple(sorted({p for name in FEATURE_CODINGS if (p := FEATURE_CODINGS.get(name).prefix)}))
 
 
 METHODS.add("three_step", ThreeStep())

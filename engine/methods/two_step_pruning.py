@@ -22,21 +22,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
+from engine.coding import FEATURE_CODINGS, Deployed
+from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
-from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
+from engine.finetune import FinetuneConfig, TrainHooks, finetune
 from engine.methods import (
     METHODS,
-    Deployed,
     RunContext,
     check_knob_names,
     check_training_knobs,
     knob_number,
     refuse_end_points,
 )
-from engine.methods.three_step import deploy_uniform_huffman, measure_row, validation_accuracy
+from engine.methods.three_step import measure_row, validation_accuracy
 from engine.models import END_POINTS, CifarResNet18, split
+from engine.profiles import PROFILES, TwoStepBudget, profile_of
 from engine.provenance import merge_environments
 from engine.prune import (
     ChannelGroup,
@@ -48,39 +49,15 @@ from engine.prune import (
     prunable_groups,
     remove_pruned_channels,
 )
-from engine.train import load_checkpoint, make_model, pick_device, save_checkpoint
+from engine.train import make_model, pick_device, save_checkpoint
 
-
-@dataclass(frozen=True)
-class TwoStepBudget:
-    """Default knobs of a profile. quick: 2 rounds x 120 steps shared by all splits, then 40 steps per split and
-    round (about 4 min in all on 2 cores)."""
-
-    step1_levels: tuple[float, ...]
-    step1_steps: int
-    step2: float
-    step2_steps: int
-    lr: float
-    batch_size: int
-
-    def knobs(self) -> dict[str, Any]:
-        return {"step1_levels": self.step1_levels, "step1_steps": self.step1_steps, "step2": self.step2,
-                "step2_steps": self.step2_steps, "lr": self.lr, "batch_size": self.batch_size}
-
-
-BUDGETS: dict[str, TwoStepBudget] = {
-    "smoke": TwoStepBudget((0.25, 0.5), step1_steps=4, step2=0.5, step2_steps=3, lr=0.02, batch_size=64),
-    "quick": TwoStepBudget((0.25, 0.5), step1_steps=120, step2=0.5, step2_steps=40, lr=0.01, batch_size=128),
-    "paper": TwoStepBudget((0.25, 0.5, 0.75), step1_steps=1500, step2=0.5, step2_steps=600, lr=0.01,
-                           batch_size=128),
-}
 DEFAULTS: dict[str, Any] = {"momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine_restarts"}
 STEP1_KNOBS = ("step1_levels", "step1_steps", "lr", "batch_size", "momentum", "weight_decay", "lr_schedule")
 
 
 def knobs_of(cfg: VariantConfig, profile: str) -> dict[str, Any]:
     """The variant's knobs over the profile budget's and DEFAULTS; `step1` defaults to the last step-1 level."""
-    knobs = {**BUDGETS.get(profile, BUDGETS["quick"]).knobs(), **DEFAULTS, **dict(cfg.knobs)}
+    knobs = {**PROFILES.get(profile).two_step.knobs(), **DEFAULTS, **dict(cfg.knobs)}
     knobs["step1_levels"] = tuple(float(s) for s in knobs["step1_levels"])
     levels = knobs["step1_levels"]
     if not levels or any(not 0.0 <= s < 1.0 for s in levels) or list(levels) != sorted(levels):
@@ -169,12 +146,7 @@ def step1_run(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any]) -> 
     step1 = {k: knobs[k] for k in STEP1_KNOBS}
     key = config_id({"method": "two_step_pruning/step1", "base": cfg.base, "knobs": step1})
     path = ctx.cache / "models" / f"two_step_pruning-step1-{key}.pt"
-    if (cached := load_checkpoint(path)) is not None:
-        return cached
-    with exclusive(path):  # another worker may be training it: wait, then load
-        if (cached := load_checkpoint(path)) is not None:
-            return cached
-        return _step1(cfg, ctx, knobs, step1, key, path)
+    return ctx.cached_run(path, "two_step_pruning's step-1 run", lambda: _step1(cfg, ctx, knobs, step1, key, path))
 
 
 def _step1(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], step1: dict[str, Any], key: str,
@@ -230,12 +202,8 @@ def step2_run(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any]) -> 
     key = config_id({"method": "two_step_pruning/step2", "step1": s1["key"], "step1_sparsity": knobs["step1"],
                      "split": cfg.split, "step2": float(knobs["step2"]), "steps": int(knobs["step2_steps"])})
     path = ctx.cache / "models" / f"two_step_pruning-{key}.pt"
-    if (cached := load_checkpoint(path)) is not None:
-        return cached
-    with exclusive(path):
-        if (cached := load_checkpoint(path)) is not None:
-            return cached
-        return _step2(cfg, ctx, knobs, s1, snap, key, path)
+    return ctx.cached_run(path, f"two_step_pruning's step-2 run at {cfg.split}",
+                          lambda: _step2(cfg, ctx, knobs, s1, snap, key, path))
 
 
 def _step2(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], s1: Mapping[str, Any],
@@ -305,7 +273,7 @@ class TwoStepPruning:
     """Shi et al. 2019: whole-network channel pruning, then pruning of the layer before the split; 8-bit + Huffman."""
 
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
-        budget = BUDGETS[profile_of(base).budget_name]
+        budget = profile_of(base).two_step
         return [VariantConfig.make("two_step_pruning", s, base, bits=8, step1=s1, **budget.knobs())
                 for s1 in budget.step1_levels for s in splits if s not in END_POINTS]
 
@@ -327,7 +295,7 @@ class TwoStepPruning:
 
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
         pruned = pruned_split(cfg, ctx)
-        return deploy_uniform_huffman(pruned.device, pruned.server, cfg, ctx)
+        return FEATURE_CODINGS.get("none").deploy(pruned.device, pruned.server, cfg, ctx)
 
 
 METHODS.add("two_step_pruning", TwoStepPruning())

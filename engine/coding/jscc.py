@@ -1,30 +1,9 @@
-"""Learning-driven joint source-channel coding (JSCC) at a split, and the paper's noisy-channel comparison (Shao &
-Zhang 2020, Sec. "Performance of Learning-Driven JSCC over Noisy Channels", Fig. 5).
-
-A JSCC variant is the paper's two-step encoder (conv channel reduction + FC) whose d outputs go straight into a
-channel layer (engine.channels: k = d/2 complex AWGN uses, or n = d bits through a BSC), then the complementary
-decoder and the server part. The channel is a non-trainable layer in training, at one SNR / p or drawn per image from
-a range (`train_range`), so one model per k serves every condition. Its reference, learned source coding with ideal
-channel coding, is the same encoder with learned scalar codewords (engine.quantizers) and an entropy coder instead of
-the channel (`channel="none"`), trained the same way; its bits are real bitstreams.
-
-To keep this affordable on a CPU, the device part stays frozen: its split features are computed once for the
-training, validation and test images and cached (`split_features`); only the encoder and decoder (and the server
-part when `server="train"`) are trained, on those features. Accuracy over a channel is the mean over seeded channel
-realisations on the whole test set, at each condition of `eval_conditions` (the mismatch curve); choices are made on
-validation accuracy, the test set only reports (design notes, section 1).
-
-API
-    JsccConfig                               the knobs (`jscc_*`); `JsccConfig.from_knobs(cfg.knobs)`
-    split_features(device, data, ...)        cached split features of train (a subset), validation and test images
-    build_jscc(device, server, input_shape, jc) -> EncodedSplit
-    train_jscc(model, features, jc, ...)     the training loop on cached features
-    channel_accuracy(model, x, y, ...)       accuracy of each seeded realisation at one condition
-    code_split(device, server, jc, ...)      train (or load) and measure one variant -> CodedSplit
-    jscc_feature_coding                      registered as three_step's feature coding "jscc"
-    FIG5_BUDGETS, fig5_variants, run_fig5    the variants of Fig. 5 per profile, and running them
-    fig5_curves, best_schemes, mismatch_curve    Fig. 5 as pure functions of the results table
-"""
+"""Learning-driven joint source-channel coding (JSCC) at a split (Shao & Zhang 2020, Sec. "Performance of
+Learning-Driven JSCC over Noisy Channels"): the two-step encoder's d outputs go straight into a non-trainable channel
+layer (`engine.coding.channels`: k = d/2 complex AWGN uses, or n = d bits through a BSC), then the decoder and the
+server part; its reference, learned source coding, puts learned codewords and an entropy coder in the channel's
+place. The device part stays frozen: its split features are computed once and cached, and accuracy over a channel is
+the mean over seeded realisations at each condition of the mismatch curve."""
 
 from __future__ import annotations
 
@@ -35,30 +14,27 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from engine.channels import CHANNELS, Channel, build_channel
-from engine.codecs import CODECS, EntropyCodec, empirical_entropy_bits
-from engine.config import BaseModelConfig, VariantConfig, config_from_knobs, config_id, profile_of
+from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, NotTrained, register_coding
+from engine.coding.channels import CHANNELS, Channel, build_channel
+from engine.coding.codecs import CODECS, EntropyCodec, empirical_entropy_bits
+from engine.coding.encoders import ENCODERS, EncodedSplit, feature_shape
+from engine.coding.learned import deploy_encoded, frozen_features
+from engine.coding.quantizers import ScalarCodebook
+from engine.config import VariantConfig, config_from_knobs, config_id
 from engine.data import ImageData, train_val_split
-from engine.encoded_training import frozen_features
-from engine.encoders import ENCODERS, EncodedSplit, feature_shape
 from engine.errors import UserError
+from engine.profiles import PROFILES, profile_of
 from engine.provenance import training_environment
-from engine.quantizers import ScalarCodebook
 from engine.train import Progress, load_checkpoint, pick_device, save_checkpoint, seeded
-
-if TYPE_CHECKING:
-    from engine.methods import RunContext
-    from engine.methods.three_step import CodedSplit
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +366,8 @@ class CodedResult:
 
 def _train_or_load(device: nn.Module, server: nn.Module, input_shape: tuple[int, int, int], jc: JsccConfig,
                    feats: SplitFeatures, seed: int, label_smoothing: float, calibration: int, cache: Path | None,
-                   progress: Progress | None) -> tuple[EncodedSplit, dict[str, Any], EntropyCodec | None, str]:
+                   progress: Progress | None,
+                   may_train: bool = True) -> tuple[EncodedSplit, dict[str, Any], EntropyCodec | None, str]:
     with seeded(seed):  # the encoder's and decoder's initial weights
         model = build_jscc(copy.deepcopy(device).cpu(), copy.deepcopy(server).cpu(), input_shape, jc, seed)
     key = config_id({"features": feats.key, "jscc": jc.training_key(), "seed": seed,
@@ -405,6 +382,8 @@ def _train_or_load(device: nn.Module, server: nn.Module, input_shape: tuple[int,
             return model, {"jscc_trained_on": None, **done["stats"]}, codec, key  # None: saved before it was recorded
         except (KeyError, RuntimeError, ValueError) as exc:
             log.warning("jscc checkpoint %s does not match its config (%s): retraining", key, str(exc)[:120])
+    if not may_train:
+        raise NotTrained(f"the jscc coder {key} is not trained in this cache yet: run the variant as a job first")
     stats = train_jscc(model, feats, jc, seed, label_smoothing, progress)
     codec = None
     if model.quantizer is not None:
@@ -421,15 +400,16 @@ def _train_or_load(device: nn.Module, server: nn.Module, input_shape: tuple[int,
 
 def code_split(device: nn.Module, server: nn.Module, data: ImageData, jc: JsccConfig, *, seed: int = 0,
                val_fraction: float = 0.1, label_smoothing: float = 0.1, calibration: int = 2000,
-               cache: Path | None = None, progress: Progress | None = None, measure: bool = True) -> CodedResult:
+               cache: Path | None = None, progress: Progress | None = None, measure: bool = True,
+               may_train: bool = True) -> CodedResult:
     """Train (or load) one variant between copies of `device` (frozen) and `server` on cached split features and
     measure it: for a channel, validation and test accuracy of every seeded realisation at every condition of the
     mismatch curve; for the source-coding reference, the real bitstreams of every test image. `measure=False`
-    returns the trained model alone (accuracy NaN)."""
+    returns the trained model alone (accuracy NaN); `may_train=False` raises `NotTrained` instead of training."""
     input_shape = (data.channels, *data.image_size)
     feats = split_features(device, data, val_fraction, seed, jc.train_images, cache, progress)
     model, stats, codec, key = _train_or_load(device, server, input_shape, jc, feats, seed, label_smoothing,
-                                              calibration, cache, progress)
+                                              calibration, cache, progress, may_train)
     if not measure:
         return CodedResult(model.cpu().eval(), math.nan, {}, {}, codec)
     start = time.perf_counter()
@@ -470,323 +450,47 @@ def code_split(device: nn.Module, server: nn.Module, data: ImageData, jc: JsccCo
 
 
 def jscc_defaults(profile: str) -> dict[str, Any]:
-    """The training budget of a profile, for knobs a variant leaves unset."""
-    budget = FIG5_BUDGETS.get(profile, FIG5_BUDGETS["quick"])
+    """The training budget of a profile (its `fig5` budget), for knobs a variant leaves unset."""
+    budget = PROFILES.get(profile).fig5
     return {"epochs": budget.epochs, "train_images": budget.train_images, "realisations": budget.realisations}
 
 
-def jscc_result(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext,
+def jscc_result(device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv,
                 measure: bool = False) -> CodedResult:
-    """`code_split` for a `three_step` variant: knobs from `cfg` (`jscc_*`, the profile's budget for the rest), seed
-    and validation split of its base model, features and models cached under the run's cache."""
+    """`code_split` for a variant: knobs from `cfg` (`jscc_*`, the profile's budget for the rest), seed and
+    validation split of its base model, features and models cached under the env's cache.
+
+    Args:
+        device, server: the parts around the coder; cfg: the variant; env: data, profile, cache and progress;
+        measure: measure on the whole test set too (else the trained model alone).
+    Returns:
+        the trained (or cached) coder and, when measured, its figures.
+    """
     jc = JsccConfig.from_knobs(cfg.knobs, **jscc_defaults(profile_of(cfg.base).budget_name))
-    return code_split(device, server, ctx.data, jc, seed=cfg.base.seed, val_fraction=cfg.base.val_fraction,
-                      label_smoothing=cfg.base.label_smoothing, calibration=ctx.profile.calibration_images,
-                      cache=ctx.cache, progress=ctx.progress, measure=measure)
+    return code_split(device, server, env.data, jc, seed=cfg.base.seed, val_fraction=cfg.base.val_fraction,
+                      label_smoothing=cfg.base.label_smoothing, calibration=env.profile.calibration_images,
+                      cache=env.cache, progress=env.progress, measure=measure, may_train=env.may_train)
 
 
-def jscc_feature_coding(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> CodedSplit:
-    """`three_step`'s feature coding "jscc": the `jscc_*` variant of `cfg` between the (pruned or not) parts; the
-    deployed device part maps an image to the encoder's output (channel symbols), the server part maps what the
-    channel delivers (at the nominal condition) to logits."""
-    from engine.methods.three_step import CodedSplit
+@register_coding("jscc")
+class Jscc(FeatureCoding):
+    """Learning-driven joint source-channel coding: the two-step encoder's outputs sent straight through an AWGN or
+    BSC channel layer (knobs `jscc_*`, `JsccConfig`); `jscc_channel="none"` is its separate-coding reference."""
 
-    result = jscc_result(device, server, cfg, ctx, measure=True)
-    deployed_device, deployed_server = result.model.deployed_parts()
-    return CodedSplit(deployed_device.eval(), deployed_server.eval(), result.accuracy, result.bits, result.extra)
+    prefix = KNOB_PREFIX
 
+    def check(self, cfg: VariantConfig, profile: str) -> None:
+        """Every `jscc_*` knob read as `JsccConfig` reads it, over the profile's Fig. 5 budget."""
+        JsccConfig.from_knobs(cfg.knobs, **jscc_defaults(profile))
 
-def _register_coding() -> None:
-    from engine.methods.three_step import FEATURE_CODINGS
+    def measure(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> CodedSplit:
+        """The deployed device part maps an image to the encoder's output (channel symbols), the server part maps
+        what the channel delivers (at the nominal condition) to logits (see `FeatureCoding.measure`)."""
+        result = jscc_result(device, server, cfg, env, measure=True)
+        deployed_device, deployed_server = result.model.deployed_parts()
+        return CodedSplit(deployed_device.eval(), deployed_server.eval(), result.accuracy, result.bits, result.extra)
 
-    if "jscc" not in FEATURE_CODINGS:
-        FEATURE_CODINGS.add("jscc", jscc_feature_coding)
-
-
-_register_coding()
-
-
-# ------------------------------------------------------------------------------------------------------ Fig. 5
-
-
-@dataclass(frozen=True)
-class Fig5Budget:
-    """The variants of Fig. 5 for a profile: JSCC channel uses per channel (each trained over the whole condition
-    range), the source-coding reference's (d, bits), the evaluation grids, and the training budget."""
-
-    awgn_uses: tuple[int, ...]
-    bsc_bits: tuple[int, ...]
-    source: tuple[tuple[int, int], ...]
-    snr_db: tuple[float, ...]
-    p: tuple[float, ...]
-    epochs: int
-    train_images: int | None
-    realisations: int
-    server: str = "train"  # JsccConfig.server: the server part fine-tuned with the decoder (at a tenth of its lr)
-    batch_size: int = 256
-
-    def conditions(self, channel: str) -> tuple[float, ...]:
-        return self.snr_db if channel == "awgn" else self.p
-
-    def uses(self, channel: str) -> tuple[int, ...]:
-        return self.awgn_uses if channel == "awgn" else self.bsc_bits
-
-
-FIG5_BUDGETS: dict[str, Fig5Budget] = {
-    "smoke": Fig5Budget(awgn_uses=(2, 8), bsc_bits=(8, 32), source=((8, 1), (16, 2)), snr_db=(0.0, 10.0),
-                        p=(0.02, 0.1), epochs=1, train_images=None, realisations=2, server="frozen"),
-    # quick: sized for 2 CPU cores (about 2.5 min per model there, trained on every training image's cached
-    # features: 8,000 of them left every model 2-4 points short of the base); the paper profile is the full grid
-    "quick": Fig5Budget(awgn_uses=(4, 8, 16, 32), bsc_bits=(16, 32, 64, 128), source=((8, 1), (16, 2), (32, 2)),
-                        snr_db=(0.0, 10.0, 20.0), p=(0.01, 0.1, 0.2), epochs=2, train_images=None, realisations=2,
-                        batch_size=128),
-    "paper": Fig5Budget(awgn_uses=(1, 2, 4, 8, 16, 32, 64), bsc_bits=(4, 8, 16, 32, 64, 128, 256),
-                        source=((4, 1), (8, 1), (8, 2), (16, 1), (16, 2), (32, 2), (64, 2)),
-                        snr_db=(-5.0, 0.0, 5.0, 10.0, 15.0, 20.0), p=(0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3),
-                        epochs=30, train_images=None, realisations=10),
-}
-FIG5_SPLIT = "conv4_x"  # the paper splits behind Conv_4x for Fig. 5
-FIG5_CHANNELS = ("awgn", "bsc")
-SCHEMES = ("JSCC", "learned source coding", "8-bit Huffman feature", "PNG input")
-BANDWIDTH_HZ = 1e6  # Fig. 5a: W = 1 MHz
-
-
-def fig5_variants(base: BaseModelConfig, profile: str, channels: Sequence[str] = FIG5_CHANNELS,
-                  split: str = FIG5_SPLIT) -> list[VariantConfig]:
-    """`three_step` variants without pruning (snapshot "none") at the split: the source-coding references, then
-    one JSCC model per channel and number of uses, trained over the profile's whole condition range."""
-    budget = FIG5_BUDGETS.get(profile) if profile in FIG5_BUDGETS else FIG5_BUDGETS["quick"]
-    common = {"epochs": budget.epochs, "train_images": budget.train_images, "realisations": budget.realisations,
-              "server": budget.server, "batch_size": budget.batch_size}
-
-    def make(jc: JsccConfig) -> VariantConfig:
-        return VariantConfig.make("three_step", split, base, encoder="jscc", snapshot="none", **jc.knobs())
-
-    out = [make(JsccConfig(NOISELESS, uses=d, bits=b, **common)) for d, b in budget.source]
-    for ch in channels:
-        grid = budget.conditions(ch)
-        for k in budget.uses(ch):
-            out.append(make(JsccConfig(ch, uses=k, condition=grid[len(grid) // 2], train_range=(min(grid), max(grid)),
-                                       eval_conditions=grid, **common)))
-    return out
-
-
-def fig5_plan(base: BaseModelConfig, profile: str, channels: Sequence[str] = FIG5_CHANNELS) -> list[VariantConfig]:
-    """What Fig. 5 of a profile measures: the `original` 8-bit Huffman row at the split, then `fig5_variants`."""
-    return [VariantConfig.make("original", FIG5_SPLIT, base, bits=8), *fig5_variants(base, profile, channels)]
-
-
-def run_fig5(ctx: RunContext, base: BaseModelConfig, channels: Sequence[str] = FIG5_CHANNELS,
-             skip: Container[str] = (), on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Measure the variants of `fig5_plan` whose id is not in `skip` (e.g. a ResultsStore); `on_row(row)` is called
-    as each row is ready (to store it). Returns the new rows."""
-    from engine.methods import METHODS
-
-    todo = [cfg for cfg in fig5_plan(base, ctx.profile.budget_name, channels) if cfg.id not in skip]
-    outer, rows = ctx.progress, []
-    try:
-        for i, cfg in enumerate(todo):
-            name = f"{cfg.knob('jscc_channel', cfg.method)} {cfg.knob('jscc_uses', '')}".strip()
-            if outer is not None:
-                ctx.progress = lambda f, m, i=i, name=name: outer((i + min(max(f, 0.0), 1.0)) / len(todo),
-                                                                  f"{i + 1}/{len(todo)} {name}: {m}")
-                outer(i / len(todo), f"{i + 1}/{len(todo)} {name}")
-            row = METHODS.get(cfg.method).run(cfg, ctx)
-            rows.append(row)
-            if on_row is not None:
-                on_row(row)
-    finally:
-        ctx.progress = outer
-    return rows
-
-
-def _knob(table: pd.DataFrame, name: str) -> pd.Series:
-    col = f"knob_{name}"
-    return table[col] if col in table.columns else pd.Series([None] * len(table), index=table.index, dtype=object)
-
-
-def _numeric(row: pd.Series, name: str) -> float:
-    value = row.get(name) if name in row else None
-    try:
-        return float(value) if value is not None and pd.notna(value) else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def fig5_rows(table: pd.DataFrame, split: str = FIG5_SPLIT) -> pd.DataFrame:
-    """The rows Fig. 5 reads: unpruned `three_step` "jscc" rows at the split, and `original` at the split."""
-    if table.empty or "method" not in table.columns:
-        return table
-    at = table["split"] == split
-    jscc = (table["method"] == "three_step") & (_knob(table, "encoder") == "jscc") & (_knob(table, "snapshot") ==
-                                                                                    "none")
-    return table[at & (jscc | (table["method"] == "original"))]
-
-
-def thresholds(table: pd.DataFrame, drop: float = 0.02) -> tuple[float, float]:
-    """(validation threshold, test threshold): the base model's validation and test accuracy minus `drop`."""
-    rows = fig5_rows(table)
-    val = pd.to_numeric(rows.get("base_val_accuracy", pd.Series(dtype=float)), errors="coerce").dropna()
-    test = pd.to_numeric(rows.get("base_test_accuracy", pd.Series(dtype=float)), errors="coerce").dropna()
-    return (float(val.iloc[0]) - drop if len(val) else math.nan, float(test.iloc[0]) - drop if len(test) else math.nan)
-
-
-CURVE_COLUMNS = ("channel", "condition", "scheme", "uses", "bits", "cost", "accuracy", "accuracy_std",
-                 "val_accuracy", "meets", "id")
-
-
-def fig5_curves(table: pd.DataFrame, channel: str, drop: float = 0.02, bandwidth_hz: float = BANDWIDTH_HZ,
-                conditions: Sequence[float] | None = None) -> pd.DataFrame:
-    """Fig. 5 as a tidy table, one row per (condition, scheme): for JSCC, the smallest number of channel uses
-    whose validation accuracy (mean over realisations at that condition) is at least the base's validation accuracy
-    minus `drop`; for learned source coding, the fewest actual bits among the references meeting the same
-    threshold, sent at capacity; the 8-bit Huffman feature (`original`) and the PNG input at capacity as they are.
-    `cost` is the communication latency in seconds at `bandwidth_hz` (AWGN: k/W, or B / (W log2(1+SNR))) or the
-    channel bits (BSC: n, or B / (1 - H2(p))); `uses` is channel uses (JSCC), `bits` source bits (separate coding).
-    A scheme with no qualifying variant at a condition has no row there."""
-    cls = CHANNELS.get(channel)
-    rows = fig5_rows(table)
-    out: list[dict[str, Any]] = []
-    if rows.empty:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in CURVE_COLUMNS})
-    val_need, test_need = thresholds(table, drop)
-    jscc = rows[_knob(rows, "jscc_channel") == channel]
-    if conditions is None:
-        conditions = sorted({float(c) for cs in jscc.get("curve_conditions", pd.Series(dtype=object)).dropna()
-                             for c in cs})
-
-    def cost_of_uses(uses: float) -> float:
-        return uses / bandwidth_hz if channel == "awgn" else uses * cls.reals_per_use
-
-    def separate(condition: float, bits: float) -> float:
-        return cost_of_uses(bits / cls.capacity(condition)) if cls.capacity(condition) > 0 else math.inf
-
-    source = rows[_knob(rows, "jscc_channel") == NOISELESS]
-    source = (source[pd.to_numeric(source["val_accuracy"], errors="coerce") >= val_need]
-              if "val_accuracy" in source.columns else source.iloc[:0])
-    best_source = source.sort_values(["bits_actual", "id"]).iloc[0] if len(source) else None
-    original = rows[rows["method"] == "original"]
-    huffman = original.iloc[0] if len(original) else None
-    for c in conditions:
-        candidates = []
-        for _, r in jscc.iterrows():
-            cs = [float(v) for v in (r.get("curve_conditions") or [])]
-            if c not in cs:
-                continue
-            j = cs.index(c)
-            if r["curve_val_accuracy"][j] >= val_need:
-                candidates.append((float(r["knob_jscc_uses"]), r["id"], r, j))
-        if candidates:
-            uses, _, r, j = min(candidates, key=lambda t: (t[0], t[1]))
-            out.append({"scheme": "JSCC", "condition": c, "uses": uses, "bits": math.nan, "cost": cost_of_uses(uses),
-                        "accuracy": r["curve_accuracy"][j], "accuracy_std": r["curve_accuracy_std"][j],
-                        "val_accuracy": r["curve_val_accuracy"][j], "id": r["id"]})
-        if best_source is not None:
-            b = float(best_source["bits_actual"])
-            out.append({"scheme": "learned source coding", "condition": c, "bits": b,
-                        "uses": b / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, b),
-                        "accuracy": float(best_source["accuracy"]), "accuracy_std": 0.0,
-                        "val_accuracy": float(best_source["val_accuracy"]), "id": best_source["id"]})
-        if huffman is not None:
-            b = float(huffman["bits_actual"])
-            out.append({"scheme": "8-bit Huffman feature", "condition": c, "bits": b,
-                        "uses": b / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, b),
-                        "accuracy": float(huffman["accuracy"]), "accuracy_std": 0.0, "val_accuracy": math.nan,
-                        "id": huffman["id"]})
-        png = _numeric(rows.iloc[0], "png_bits")
-        if not math.isnan(png):
-            out.append({"scheme": "PNG input", "condition": c, "bits": png,
-                        "uses": png / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, png),
-                        "accuracy": _numeric(rows.iloc[0], "base_test_accuracy"), "accuracy_std": 0.0,
-                        "val_accuracy": math.nan, "id": None})
-    frame = pd.DataFrame(out, columns=[c for c in CURVE_COLUMNS if c not in ("channel", "meets")])
-    frame.insert(0, "channel", channel)
-    frame["meets"] = frame["accuracy"] >= test_need
-    order = {s: i for i, s in enumerate(SCHEMES)}
-    frame = frame.sort_values(["condition", "scheme"], key=lambda s: s.map(order) if s.name == "scheme" else s)
-    return frame[list(CURVE_COLUMNS)].reset_index(drop=True)
-
-
-def best_schemes(curves: pd.DataFrame) -> pd.DataFrame:
-    """The cheapest scheme at each condition of `fig5_curves` (ties: the order of SCHEMES)."""
-    if curves.empty:
-        return curves
-    order = {s: i for i, s in enumerate(SCHEMES)}
-    ranked = curves.assign(_rank=curves["scheme"].map(order)).sort_values(["condition", "cost", "_rank"])
-    return ranked.drop_duplicates("condition").drop(columns="_rank").reset_index(drop=True)
-
-
-def mismatch_curve(table: pd.DataFrame, row_id: str) -> pd.DataFrame:
-    """Accuracy of one JSCC row at every condition it was evaluated at (test mean and std over realisations,
-    validation mean): how a model trained for some conditions fares at others."""
-    hit = table[table["id"] == row_id]
-    if hit.empty or not isinstance(hit.iloc[0].get("curve_conditions"), list):
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in ("condition", "accuracy", "accuracy_std",
-                                                                  "val_accuracy")})
-    r = hit.iloc[0]
-    return pd.DataFrame({"condition": r["curve_conditions"], "accuracy": r["curve_accuracy"],
-                         "accuracy_std": r["curve_accuracy_std"], "val_accuracy": r["curve_val_accuracy"]})
-
-
-def jscc_summary(table: pd.DataFrame, channel: str) -> pd.DataFrame:
-    """Each JSCC model of a channel at each evaluated condition: uses, test accuracy (mean, std), validation
-    accuracy; a wide view of the mismatch curves for reports."""
-    rows = fig5_rows(table)
-    rows = rows[_knob(rows, "jscc_channel") == channel]
-    out = []
-    for _, r in rows.iterrows():
-        for c, acc, std, val in zip(r["curve_conditions"], r["curve_accuracy"], r["curve_accuracy_std"],
-                                    r["curve_val_accuracy"], strict=True):
-            out.append({"uses": int(r["knob_jscc_uses"]), "condition": c, "accuracy": acc, "accuracy_std": std,
-                        "val_accuracy": val, "id": r["id"]})
-    return pd.DataFrame(out, columns=["uses", "condition", "accuracy", "accuracy_std", "val_accuracy", "id"])
-
-
-def fig5_report(table: pd.DataFrame, channels: Sequence[str] = FIG5_CHANNELS, drop: float = 0.02,
-                bandwidth_hz: float = BANDWIDTH_HZ) -> str:
-    """Fig. 5 as text: per channel, each scheme's cost and choice at each condition, the JSCC models' accuracy
-    at every condition (mismatch curves), the source-coding references, and where JSCC is at or below learned
-    source coding with ideal channel coding."""
-    val_need, test_need = thresholds(table, drop)
-    lines = [f"accuracy threshold: validation {val_need:.2%} (choices), test {test_need:.2%} (reported); "
-             f"base model minus {drop * 100:g} points"]
-    rows = fig5_rows(table)
-    source = rows[_knob(rows, "jscc_channel") == NOISELESS]
-    if len(source):
-        lines.append("\nlearned source coding references (noiseless; bits = mean actual bitstream):")
-        ref = pd.DataFrame({"d": _knob(source, "jscc_uses"), "bits/dim": _knob(source, "jscc_bits"),
-                            "bits_actual": source["bits_actual"], "bits_ideal": source["bits_ideal"],
-                            "val_acc": source["val_accuracy"], "test_acc": source["accuracy"], "id": source["id"]})
-        lines.append(ref.sort_values("bits_actual").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    for ch in channels:
-        cls = CHANNELS.get(ch)
-        curves = fig5_curves(table, ch, drop, bandwidth_hz)
-        unit = "latency (ms), W = %g MHz" % (bandwidth_hz / 1e6) if ch == "awgn" else "channel bits"
-        lines.append(f"\n{ch.upper()}: {unit} per scheme vs {cls.condition_label} "
-                     "(JSCC: smallest uses meeting the validation threshold; others at capacity)")
-        if curves.empty:
-            lines.append("  no rows: run `python -m engine noisy`")
-            continue
-        scale = 1e3 if ch == "awgn" else 1.0
-        wide = curves.assign(cost=curves["cost"] * scale).pivot_table(index="condition", columns="scheme",
-                                                                      values="cost", aggfunc="first")
-        wide = wide[[s for s in SCHEMES if s in wide.columns]]
-        jscc = curves[curves["scheme"] == "JSCC"].set_index("condition")
-        wide["JSCC uses"] = jscc["uses"]
-        wide["JSCC test acc"] = jscc["accuracy"]
-        lines.append(wide.to_string(float_format=lambda v: f"{v:.4g}"))
-        summary = jscc_summary(table, ch)
-        if len(summary):
-            lines.append(f"JSCC test accuracy (mean over realisations) by {cls.use_label} and {cls.condition_name}:")
-            grid = summary.pivot_table(index="uses", columns="condition", values="accuracy")
-            lines.append(grid.to_string(float_format=lambda v: f"{v:.2%}"))
-        both = wide.dropna(subset=[c for c in ("JSCC", "learned source coding") if c in wide.columns])
-        if "JSCC" in both and "learned source coding" in both:
-            at_or_below = both.index[both["JSCC"] <= both["learned source coding"]].tolist()
-            above = both.index[both["JSCC"] > both["learned source coding"]].tolist()
-            lines.append(f"JSCC at or below learned source coding + ideal channel coding at {cls.condition_name} "
-                         f"{at_or_below or 'none'}; above it at {cls.condition_name} {above or 'none'}")
-        missing = sorted(set(curves["condition"]) - set(jscc.index))
-        if missing:
-            lines.append(f"no JSCC model meets the threshold at {cls.condition_name} {missing}")
-    return "\n".join(lines)
+    def deploy(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> Deployed:
+        """The trained coder's parts (see `FeatureCoding.deploy`)."""
+        result = jscc_result(device, server, cfg, env)
+        return deploy_encoded(result.model, result.codec)

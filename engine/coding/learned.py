@@ -1,19 +1,7 @@
-"""End-to-end training and measurement of an encoded split, step 3 of Shao & Zhang 2020 ("task-oriented feature
-encoding"): device part + encoder + quantiser + decoder + server part trained together for task accuracy, then the
+"""Learned feature encodings, step 3 of Shao & Zhang 2020 ("task-oriented feature encoding"): an encoder, quantiser
+and decoder trained for task accuracy between the device and server parts (the two-step encoder, BottleNet++'s), the
 entropy model fitted on training symbols, and every test image sent as a real bitstream, decoded back and checked.
-
-API
-    EncodingConfig                      the knobs; `EncodingConfig.from_knobs(cfg.knobs)` reads the `enc_*` knobs
-    EncodedTraining                     the training budget: epochs, batch size, seed, validation and calibration
-    build_encoded(device, server, input_shape, enc) -> EncodedSplit            untrained encoder/quantiser/decoder
-    train_encoded(device, server, data, split, enc, budget, checkpoint=None, progress=None) -> EncodedResult
-    run_encoded(cfg, ctx, device, server, enc=None) -> EncodedResult           the same, budget/cache from a method's
-                                                                               VariantConfig and RunContext
-    measure_encoded(model, codec, data, split) -> metrics                     accuracy, bits, FLOPs, profile
-
-`train_encoded` deep-copies the device and server parts it is given (pruned ones included), so a cached base model is
-never modified. With a checkpoint path it resumes an interrupted run at its last finished epoch and, once finished,
-returns the stored result without training again."""
+`train_encoded` copies the parts it is given, resumes an interrupted run and loads a finished one."""
 
 from __future__ import annotations
 
@@ -26,20 +14,21 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.codecs import CODECS, EntropyCodec, empirical_entropy_bits
-from engine.config import config_from_knobs
+from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, register_coding
+from engine.coding.codecs import CODECS, EntropyCodec, empirical_entropy_bits
+from engine.coding.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
+from engine.coding.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook, UniformRounding, VectorCodebook
+from engine.config import VariantConfig, config_from_knobs
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
-from engine.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
 from engine.errors import UserError
 from engine.profile import count_flops, profile_parts
 from engine.provenance import add_environment
-from engine.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook, UniformRounding, VectorCodebook
 from engine.train import (
     Progress,
     autocast,
@@ -49,11 +38,6 @@ from engine.train import (
     seed_everything,
     seeded,
 )
-
-if TYPE_CHECKING:
-    from engine.config import VariantConfig
-    from engine.methods import RunContext
-    from engine.methods.three_step import CodedSplit
 
 log = logging.getLogger(__name__)
 
@@ -431,38 +415,67 @@ def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: 
     return EncodedResult(model, codec, metrics, profile)
 
 
-def run_encoded(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: nn.Module,
+def run_encoded(cfg: VariantConfig, env: CodingEnv, device: nn.Module, server: nn.Module,
                 enc: EncodingConfig | None = None, progress: Progress | None = None) -> EncodedResult:
-    """`train_encoded` for a method's variant: knobs from `cfg.knobs` (`enc_*`) unless `enc` is given, the budget from
-    the profile, the seed and validation split of the base model, the checkpoint under the cache keyed by `cfg.id`."""
+    """`train_encoded` for a variant: knobs from `cfg.knobs` (`enc_*`) unless `enc` is given, the budget from the
+    profile, the seed and validation split of the base model, the checkpoint under the cache keyed by `cfg.id`.
+
+    Args:
+        cfg: the variant; env: data, profile, cache and progress; device, server: the parts around the encoder;
+        enc: an encoding that replaces the `enc_*` knobs (BottleNet++ builds its own); progress: overrides env's.
+    Returns:
+        the trained (or cached) encoded split, measured on the whole test set.
+    """
     enc = enc if enc is not None else EncodingConfig.from_knobs(cfg.knobs)
-    budget = EncodedTraining(epochs=ctx.profile.encoding_epochs,
-                             batch_size=ctx.profile.batch_size, seed=cfg.base.seed,
-                             val_fraction=cfg.base.val_fraction, calibration_images=ctx.profile.calibration_images,
+    budget = EncodedTraining(epochs=env.profile.encoding_epochs,
+                             batch_size=env.profile.batch_size, seed=cfg.base.seed,
+                             val_fraction=cfg.base.val_fraction, calibration_images=env.profile.calibration_images,
                              label_smoothing=cfg.base.label_smoothing, precision=cfg.base.precision)
-    checkpoint = ctx.cache / "models" / f"encoded-{cfg.id}.pt"
-    return train_encoded(device, server, ctx.data, cfg.split, enc, budget, checkpoint, progress or ctx.progress)
+    checkpoint = env.cache / "models" / f"encoded-{cfg.id}.pt"
+    if not checkpoint.exists():
+        env.require_training(f"the {enc.encoder} encoder of {cfg.method} at {cfg.split}")
+    return train_encoded(device, server, env.data, cfg.split, enc, budget, checkpoint, progress or env.progress)
 
 
-def encoded_feature_coding(device: nn.Module, server: nn.Module, cfg: VariantConfig, ctx: RunContext) -> CodedSplit:
-    """`three_step`'s learned feature coding (registered as "two_step"): train the `enc_*` encoding of `cfg` between
-    the pruned parts and measure it; the deployed parts map an image to symbols (device) and symbols to logits
-    (server)."""
-    from engine.methods.three_step import CodedSplit
-
-    result = run_encoded(cfg, ctx, device, server)
-    deployed_device, deployed_server = result.model.deployed_parts()
-    metrics = dict(result.metrics)
-    accuracy = float(metrics.pop("accuracy"))
-    bits = {k: float(metrics.pop(k)) for k in ("bits_actual", "bits_ideal", "bits_raw")}
-    return CodedSplit(deployed_device.eval(), deployed_server.eval(), accuracy, bits, metrics)
-
-
-def _register_coding() -> None:
-    from engine.methods.three_step import FEATURE_CODINGS
-
-    if "two_step" not in FEATURE_CODINGS:
-        FEATURE_CODINGS.add("two_step", encoded_feature_coding)
+def deploy_encoded(model: EncodedSplit, codec: EntropyCodec | None) -> Deployed:
+    """The deployed parts of a trained encoded split: image -> symbols, symbols -> logits; a split without a
+    quantiser (JSCC) sends the encoder's real values and names its channel."""
+    model = model.eval()
+    q = model.quantizer
+    device, server = model.deployed_parts()
+    if q is None:
+        channel = model.channel
+        spec = {"name": getattr(channel, "name", type(channel).__name__), **dict(getattr(channel, "spec", {}))}
+        return Deployed(device.eval(), nn.Sequential(model.decoder, model.server_part).eval(), "analog",
+                        channel=None if isinstance(channel, nn.Identity) else spec)
+    tables = {"kind": type(q).__name__, "alphabet_size": int(q.alphabet_size),
+              "symbols_per_image": int(q.symbols_per_image),
+              **{k: v.detach().cpu().tolist() for k, v in q.state_dict().items()}}
+    return Deployed(device.eval(), server.eval(), "entropy", codec, tables, int(q.symbols_per_image),
+                    int(q.alphabet_size))
 
 
-_register_coding()
+@register_coding("two_step")
+class LearnedEncoding(FeatureCoding):
+    """The paper's two-step encoder (conv channel reduction + FC dimension reduction) with learned quantisation
+    codewords and an entropy coder, trained for the task between the parts (knobs `enc_*`, `EncodingConfig`)."""
+
+    prefix = KNOB_PREFIX
+
+    def check(self, cfg: VariantConfig, profile: str) -> None:
+        """Every `enc_*` knob read as `EncodingConfig` reads it."""
+        EncodingConfig.from_knobs(cfg.knobs)
+
+    def measure(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> CodedSplit:
+        """Train (or load) the encoding and code every test image (see `FeatureCoding.measure`)."""
+        result = run_encoded(cfg, env, device, server)
+        deployed_device, deployed_server = result.model.deployed_parts()
+        metrics = dict(result.metrics)
+        accuracy = float(metrics.pop("accuracy"))
+        bits = {k: float(metrics.pop(k)) for k in ("bits_actual", "bits_ideal", "bits_raw")}
+        return CodedSplit(deployed_device.eval(), deployed_server.eval(), accuracy, bits, metrics)
+
+    def deploy(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> Deployed:
+        """The trained encoding's parts (see `FeatureCoding.deploy`)."""
+        result = run_encoded(cfg, env, device, server)
+        return deploy_encoded(result.model, result.codec)

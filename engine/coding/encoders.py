@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from engine.coding.quantizers import LatentQuantizer
 from engine.errors import UserError
-from engine.quantizers import LatentQuantizer
 from engine.registry import Registry
 
 Shape = tuple[int, int, int]

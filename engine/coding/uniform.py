@@ -1,0 +1,91 @@
+"""Uniform `bits`-bit quantisation of the split output, calibrated on training features, with a Huffman code built on
+them: the `original` baseline's coding in Shao & Zhang 2020 (Fig. 3), and `three_step`'s `encoder="none"`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, register_coding
+from engine.coding.codecs import HuffmanCodec, UniformQuantizer
+from engine.config import VariantConfig
+from engine.data import normalize
+
+
+def fit_uniform_huffman(device: nn.Module, cfg: VariantConfig,
+                        env: CodingEnv) -> tuple[UniformQuantizer, HuffmanCodec, torch.Tensor]:
+    """The `bits`-bit uniform quantiser and the Huffman code of the split output of `device`, both fitted on the
+    calibration (training) images.
+
+    Returns:
+        the quantiser, the code and the calibration features.
+    """
+    bits = int(cfg.knob("bits", 8))
+    with torch.no_grad():
+        calib = torch.cat([device.eval()(normalize(xb, env.data.mean, env.data.std))
+                           for xb in env.calibration_images(cfg.base).split(500)])
+    quantizer = UniformQuantizer(bits).fit(calib)
+    q = quantizer.quantize(calib)
+    codec = HuffmanCodec.fit(q.reshape(len(q), -1).numpy().astype(np.int64), alphabet_size=2**bits)
+    return quantizer, codec, calib
+
+
+class UniformSymbols(nn.Module):
+    """Deployed device side of 8-bit + Huffman: the split output quantised to flat int64 symbols [B, n]."""
+
+    def __init__(self, device: nn.Module, quantizer: UniformQuantizer) -> None:
+        super().__init__()
+        self.device_part, self.bits, self.lo, self.hi = device, quantizer.bits, quantizer.lo, quantizer.hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return UniformQuantizer(self.bits, self.lo, self.hi).quantize(self.device_part(x)).flatten(1).long()
+
+
+class UniformValues(nn.Module):
+    """Deployed server side of 8-bit + Huffman: flat symbols back to the feature map, then the server part."""
+
+    def __init__(self, quantizer: UniformQuantizer, shape: tuple[int, ...], server: nn.Module) -> None:
+        super().__init__()
+        self.bits, self.lo, self.hi, self.shape, self.server_part = quantizer.bits, quantizer.lo, quantizer.hi, \
+            tuple(shape), server
+
+    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
+        values = UniformQuantizer(self.bits, self.lo, self.hi).dequantize(symbols)
+        return self.server_part(values.unflatten(1, self.shape))
+
+
+@register_coding("none")
+class UniformHuffman(FeatureCoding):
+    """The split output sent as it is: uniform `bits`-bit quantisation (knob `bits`, 8 by default) and a Huffman
+    code, both fitted on training features; nothing is trained."""
+
+    def measure(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> CodedSplit:
+        """Bits and accuracy from every test image's bitstream (see `FeatureCoding.measure`)."""
+        data, bits = env.data, int(cfg.knob("bits", 8))
+        mean, std = data.mean, data.std
+        device, server = device.eval(), server.eval()
+        quantizer, codec, calib = fit_uniform_huffman(device, cfg, env)
+        correct, actual, ideal, first = 0, [], [], None  # first: the first batch's symbols, to time the coding on
+        with torch.no_grad():
+            for xb, yb in zip(data.test_x.split(500), data.test_y.split(500), strict=True):
+                q = quantizer.quantize(device(normalize(xb, mean, std)))
+                symbols = q.reshape(len(q), -1).numpy().astype(np.int64)
+                actual.append(codec.bits_per_image(symbols))
+                ideal.append(codec.ideal_bits_per_image(symbols))
+                correct += int((server(quantizer.dequantize(q)).argmax(1) == yb).sum())
+                first = symbols if first is None else first
+        return CodedSplit(device, server, correct / len(data.test_y), {
+            "bits_actual": float(np.concatenate(actual).mean()),
+            "bits_ideal": float(np.concatenate(ideal).mean()),
+            "bits_raw": float(bits * calib[0].numel()),
+        }, {"coding_cpu_seconds": codec.coding_seconds(first)})
+
+    def deploy(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> Deployed:
+        """Image -> flat symbols on the device, symbols -> logits on the server (see `FeatureCoding.deploy`)."""
+        quantizer, codec, calib = fit_uniform_huffman(device, cfg, env)
+        shape = tuple(calib.shape[1:])
+        tables = {"kind": "uniform", **quantizer.state_dict(), "feature_shape": list(shape)}
+        return Deployed(UniformSymbols(device.eval(), quantizer).eval(),
+                        UniformValues(quantizer, shape, server.eval()).eval(), "entropy", codec, tables,
+                        int(calib[0].numel()), quantizer.levels)

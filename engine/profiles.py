@@ -1,0 +1,215 @@
+"""Every profile with all its budgets and grids, in one place: the base model's training recipe, each method's
+default knobs, the Fig. 5 plan and the sweep grid. Methods, the sweep and the noisy-channel runner read their
+budgets from here, keyed by profile name; nothing else holds a per-profile number."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import BaseModelConfig, size_schedule
+from engine.registry import Registry
+
+
+@dataclass(frozen=True)
+class PruneBudget:
+    """`three_step`'s pruning run: `levels` snapshots, each `ramp_iterations` + `hold_iterations` mask iterations of
+    `iteration_steps` fine-tuning steps (Shao & Zhang 2020's incremental pruning)."""
+
+    target: float
+    levels: int
+    iteration_steps: int
+    ramp_iterations: int
+    hold_iterations: int
+    lr: float
+    batch_size: int
+
+    def knobs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TwoStepBudget:
+    """`two_step_pruning` (Shi et al. 2019): step-1 rounds shared by every split, then step 2 per split."""
+
+    step1_levels: tuple[float, ...]
+    step1_steps: int
+    step2: float
+    step2_steps: int
+    lr: float
+    batch_size: int
+
+    def knobs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Fig5Budget:
+    """The variants of Fig. 5: JSCC channel uses per channel (each trained over the whole condition range), the
+    source-coding reference's (d, bits), the evaluation grids, and the training budget."""
+
+    awgn_uses: tuple[int, ...]
+    bsc_bits: tuple[int, ...]
+    source: tuple[tuple[int, int], ...]
+    snr_db: tuple[float, ...]
+    p: tuple[float, ...]
+    epochs: int
+    train_images: int | None
+    realisations: int
+    server: str = "train"  # JsccConfig.server: the server part fine-tuned with the decoder (at a tenth of its lr)
+    batch_size: int = 256
+
+    def conditions(self, channel: str) -> tuple[float, ...]:
+        return self.snr_db if channel == "awgn" else self.p
+
+    def uses(self, channel: str) -> tuple[int, ...]:
+        return self.awgn_uses if channel == "awgn" else self.bsc_bits
+
+
+@dataclass(frozen=True)
+class MethodGrid:
+    """The variants of one method in a sweep: its splits (None: the paper's split points) and knob values, each
+    crossed with the variants the method itself proposes."""
+
+    splits: tuple[str, ...] | None = None
+    knobs: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    @staticmethod
+    def of(splits: Iterable[str] | None = None, **knobs: Iterable[Any]) -> MethodGrid:
+        return MethodGrid(None if splits is None else tuple(splits),
+                          tuple(sorted((k, tuple(v)) for k, v in knobs.items())))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A profile's sweep: the grid of each named method, and `default` for any other registered method."""
+
+    profile: str
+    default: MethodGrid = field(default_factory=MethodGrid)
+    methods: tuple[tuple[str, MethodGrid], ...] = ()
+
+    def for_method(self, name: str) -> MethodGrid:
+        return dict(self.methods).get(name, self.default)
+
+
+BOTTLENET_RATIOS = (16, 64, 256)  # BottleNet++'s element-count compression ratios
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A training/evaluation budget: smoke (tests, seconds), quick (CPU default), quick-bf16 (quick on a CPU with
+    native bf16), paper (GPU). Besides the base model's recipe it holds every method's budget and the sweep grid."""
+
+    name: str
+    width: float
+    epochs: int
+    batch_size: int
+    lr: float
+    prune: PruneBudget
+    two_step: TwoStepBudget
+    fig5: Fig5Budget
+    grid: Grid
+    train_limit: int | None = None  # cap on training images (before the validation split)
+    test_limit: int | None = None  # cap on test images for reported figures
+    calibration_images: int = 2000  # training images used to fit quantisers and entropy models
+    encoding_epochs: int = 1  # training epochs of a learned feature encoder (the `enc_epochs` knob of its variants)
+    # what trains with the encoder (the `enc_backbone` knob): "finetune" both parts; "server" keeps the device part
+    # frozen, so its features are computed once and only the encoder, decoder and server part train on them
+    encoding_backbone: str = "finetune"
+    bottlenet_ratios: tuple[int, ...] = BOTTLENET_RATIOS
+    scales: tuple[float, ...] = ()  # progressive resizing of the base model (BaseModelConfig.scales); one per epoch
+    precision: str = "auto"  # training precision (BaseModelConfig.precision)
+    budgets: str = ""  # the profile whose budgets this one shares (its name keys them); "" for this one's own
+
+    @property
+    def budget_name(self) -> str:
+        """The name under which this profile's method budgets and sweep grid are known."""
+        return self.budgets or self.name
+
+    def encoding_knobs(self) -> dict[str, int | str]:
+        """The knobs a learned encoder's variants carry for this profile's budget."""
+        return {"enc_epochs": self.encoding_epochs, "enc_backbone": self.encoding_backbone}
+
+    def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0) -> BaseModelConfig:
+        """The base model this profile trains on `dataset` (a data fingerprint), recording the profile's name."""
+        return BaseModelConfig(
+            dataset=dataset,
+            width=self.width if width is None else width,
+            seed=seed,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            scales=self.scales,
+            precision=self.precision,
+            profile=self.name,
+        )
+
+
+PROFILES: Registry[Profile] = Registry("profile")
+
+# smoke: seconds per variant (tests); the sweep covers the end points and one mid split.
+PROFILES.add("smoke", Profile(
+    "smoke", width=0.125, epochs=1, batch_size=128, lr=0.1, train_limit=1200, test_limit=400, calibration_images=200,
+    encoding_epochs=1, encoding_backbone="server",
+    prune=PruneBudget(0.5, levels=3, iteration_steps=2, ramp_iterations=1, hold_iterations=1, lr=0.02, batch_size=64),
+    two_step=TwoStepBudget((0.25, 0.5), step1_steps=4, step2=0.5, step2_steps=3, lr=0.02, batch_size=64),
+    fig5=Fig5Budget(awgn_uses=(2, 8), bsc_bits=(8, 32), source=((8, 1), (16, 2)), snr_db=(0.0, 10.0), p=(0.02, 0.1),
+                    epochs=1, train_images=None, realisations=2, server="frozen"),
+    grid=Grid("smoke", MethodGrid.of(["conv4_x"]),
+              (("original", MethodGrid.of(["server_only", "conv4_x", "device_only"])),)),
+))
+# quick: width 0.25 in 11-12 minutes on 2 CPU cores (BENCHMARKS.md), with progressive resizing: 8 epochs each at
+# half, three quarters and all of the data's size (16, 24 and 32 pixels on CIFAR-10), one one-cycle schedule over
+# the 24. Pruning: 3 levels x 80 steps of 128 images per split (4 min measured on 2 busy cores); 2-step pruning: 2
+# rounds x 120 steps shared by all splits, then 40 steps per split and round; BottleNet++: two ratios; Fig. 5: about
+# 2.5 min per model on 2 cores, trained on every training image's cached features (8,000 of them left every model
+# 2-4 points short of the base). The sweep covers every coarse split point of every method.
+PROFILES.add("quick", Profile(
+    "quick", width=0.25, epochs=24, batch_size=128, lr=0.15, encoding_epochs=2, encoding_backbone="server",
+    scales=size_schedule((0.5, 8), (0.75, 8), (1.0, 8)), bottlenet_ratios=(64, 256),
+    prune=PruneBudget(0.6, levels=3, iteration_steps=16, ramp_iterations=2, hold_iterations=3, lr=0.01,
+                      batch_size=128),
+    two_step=TwoStepBudget((0.25, 0.5), step1_steps=120, step2=0.5, step2_steps=40, lr=0.01, batch_size=128),
+    fig5=Fig5Budget(awgn_uses=(4, 8, 16, 32), bsc_bits=(16, 32, 64, 128), source=((8, 1), (16, 2), (32, 2)),
+                    snr_db=(0.0, 10.0, 20.0), p=(0.01, 0.1, 0.2), epochs=2, train_images=None, realisations=2,
+                    batch_size=128),
+    grid=Grid("quick"),
+))
+# quick-bf16: the quick recipe and budgets under bf16 autocast, for a CPU with native bf16 (AVX-512 BF16 or AMX),
+# where it trains about 1.6x faster at the same accuracy (BENCHMARKS.md); elsewhere slower than quick
+PROFILES.add("quick-bf16", dataclasses.replace(PROFILES.get("quick"), name="quick-bf16", precision="bf16",
+                                               budgets="quick"))
+# paper: the paper's model (width 1.0) in its ~95 % regime on one GPU: 60 one-cycle epochs at batch 512 (lr scaled
+# linearly from 0.1 at 128); pruning with the paper code's 150-step mask iterations; the full Fig. 5 grid
+PROFILES.add("paper", Profile(
+    "paper", width=1.0, epochs=60, batch_size=512, lr=0.4, encoding_epochs=60,
+    prune=PruneBudget(0.75, levels=5, iteration_steps=150, ramp_iterations=4, hold_iterations=4, lr=0.01,
+                      batch_size=128),
+    two_step=TwoStepBudget((0.25, 0.5, 0.75), step1_steps=1500, step2=0.5, step2_steps=600, lr=0.01, batch_size=128),
+    fig5=Fig5Budget(awgn_uses=(1, 2, 4, 8, 16, 32, 64), bsc_bits=(4, 8, 16, 32, 64, 128, 256),
+                    source=((4, 1), (8, 1), (8, 2), (16, 1), (16, 2), (32, 2), (64, 2)),
+                    snr_db=(-5.0, 0.0, 5.0, 10.0, 15.0, 20.0), p=(0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3),
+                    epochs=30, train_images=None, realisations=10),
+    grid=Grid("paper"),
+))
+
+
+def profile_of(base: BaseModelConfig) -> Profile:
+    """The profile a base model was trained for: the one its config records; for a config saved before profiles
+    were recorded, the one whose training budget it matches (quick when none does).
+
+    Args:
+        base: the base model's config.
+    Returns:
+        the profile whose budgets its variants follow.
+    """
+    if base.profile:
+        return PROFILES.get(base.profile)
+    for name in PROFILES:
+        p = PROFILES.get(name)
+        if (p.epochs, p.batch_size, p.lr, p.scales, p.precision) == \
+                (base.epochs, base.batch_size, base.lr, base.scales, base.precision):
+            return p
+    return PROFILES.get("quick")
