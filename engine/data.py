@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.errors import CorruptCacheError, DataNotFoundError, UserError
+from engine.files import atomic_write
 from engine.paths import PROJECT_ROOT
 from engine.paths import cache_dir as default_cache_dir
 
@@ -471,15 +472,11 @@ def _decode_source(src: _Source) -> _Decoded:
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> bool:
     """Write through a temporary file and os.replace; False (with a warning) when the cache is not writable."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, write)
         return True
     except OSError as exc:
         log.warning("cannot write cache file %s (%s); continuing without it", path.name, exc.strerror or exc)
-        tmp.unlink(missing_ok=True)
         return False
 
 
