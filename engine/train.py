@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from torch import nn
 
 from engine.config import BaseModelConfig
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, resize_batch, train_val_split
+from engine.files import atomic_write
 from engine.models import build_model
 from engine.provenance import add_environment
 
@@ -105,15 +105,15 @@ def _sha256(path: Path) -> str:
 
 def save_checkpoint(obj: dict, path: Path) -> None:
     """Atomic torch.save with a sha256 sidecar, so a truncated or altered file is detected on load."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    digest = _sha256(tmp)
-    os.replace(tmp, path)
-    side = path.with_suffix(path.suffix + ".sha256")
-    tmp_side = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    tmp_side.write_text(digest)
-    os.replace(tmp_side, side)
+    digest = ""
+
+    def write(tmp: Path) -> None:
+        nonlocal digest
+        torch.save(obj, tmp)
+        digest = _sha256(tmp)
+
+    atomic_write(path, write)
+    atomic_write(path.with_suffix(path.suffix + ".sha256"), lambda tmp: tmp.write_text(digest))
 
 
 def load_checkpoint(path: Path) -> dict | None:

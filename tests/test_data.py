@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-import engine.data as data_mod
 from engine.data import (
     ImageData,
     augment_batch,
@@ -28,6 +27,10 @@ from engine.data import (
     subset,
     train_val_split,
 )
+from engine.data import cache as cache_mod
+from engine.data import decode as decode_mod
+from engine.data import load as load_mod
+from engine.data import png as png_mod
 from engine.errors import DataNotFoundError, UserError
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -116,7 +119,7 @@ def test_second_load_hits_cache(cifar: ImageData, shared_tar: Path, tmp_cache: P
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data_mod, "_decode_source", no_decoding)
+    monkeypatch.setattr(cache_mod, "decode_source", no_decoding)
     again = load_data(shared_tar, cache_dir=tmp_cache)
     assert again.fingerprint == cifar.fingerprint and again.classes == cifar.classes
     assert torch.equal(again.train_x, cifar.train_x) and torch.equal(again.test_y, cifar.test_y)
@@ -168,7 +171,7 @@ def test_cifar_root_its_tar_and_cache_data(tmp_path: Path, monkeypatch: pytest.M
 
 def test_jpeg_folder_matches_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """JPEGs take a fast path (PIL's decoder without Image.open); it must give Image.open's pixels."""
-    monkeypatch.setattr(data_mod, "_worker_count", lambda n: 2)
+    monkeypatch.setattr(decode_mod, "_worker_count", lambda n: 2)
     for mode in ("RGB", "L"):
         root = tmp_path / mode
         write_folder(root, size=(20, 12), mode=mode, ext="jpg", n_train=3)
@@ -189,7 +192,7 @@ def test_jpeg_folder_matches_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("ext", ["png", "jpg"])
 def test_mixed_images_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, odd: str, workers: int,
                             ext: str) -> None:
-    monkeypatch.setattr(data_mod, "_worker_count", lambda n: workers)
+    monkeypatch.setattr(decode_mod, "_worker_count", lambda n: workers)
     write_folder(tmp_path / "mixed", size=(28, 28), mode="RGB", ext=ext)
     odd_img = Image.new("RGB", (30, 28)) if odd == "size" else Image.new("L", (28, 28))
     odd_img.save(tmp_path / "mixed" / "test" / "c_three" / f"zzz.{ext}")
@@ -226,15 +229,15 @@ def test_no_data_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     def offline(data_dir: Path) -> Path:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data_mod, "_download_cifar", offline)
+    monkeypatch.setattr(load_mod, "_download_cifar", offline)
     with pytest.raises(DataNotFoundError, match="download failed: network is unreachable"):
         load_data(cache_dir=cache)
 
 
 def test_download_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COINFER_DATA", raising=False)
-    monkeypatch.setattr(data_mod, "CIFAR_URL_HOST", "cifar.invalid")  # never resolves, online or not
-    monkeypatch.setattr(data_mod, "DOWNLOAD_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(load_mod, "CIFAR_URL_HOST", "cifar.invalid")  # never resolves, online or not
+    monkeypatch.setattr(load_mod, "DOWNLOAD_TIMEOUT_S", 2.0)
     start = time.perf_counter()
     with pytest.raises(DataNotFoundError, match="download failed"):
         load_data(cache_dir=tmp_path / "cache")
@@ -263,7 +266,7 @@ def test_corrupt_cache_is_redone(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert torch.equal(again.train_x, first.train_x) and torch.equal(again.train_y, first.train_y)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "corrupt" in warnings[0] and "\n" not in warnings[0]
-    assert data_mod._load_decoded(cached, first.fingerprint).fingerprint == first.fingerprint  # rewritten, valid
+    assert cache_mod._load_decoded(cached, first.fingerprint).fingerprint == first.fingerprint  # rewritten, valid
     assert not list((tmp_path / "cache" / "data").glob(".*.tmp"))
 
 
@@ -397,7 +400,7 @@ def test_png_bits_are_lossless_sizes(small_data: ImageData) -> None:
         bits = png_bits(images)
         assert bits.shape == (len(images),) and (bits > 0).all()
         for img, b in zip(images, bits, strict=True):
-            encoded = data_mod._png_bytes(img.permute(1, 2, 0).numpy())
+            encoded = png_mod._png_bytes(img.permute(1, 2, 0).numpy())
             assert 8 * len(encoded) == b
             with Image.open(io.BytesIO(encoded)) as im:
                 back = torch.from_numpy(np.array(im)).reshape(img.shape[1], img.shape[2], -1).permute(2, 0, 1)
@@ -409,12 +412,12 @@ def test_mean_png_bits_is_cached(small_data: ImageData, tmp_path: Path, monkeypa
     value = mean_png_bits(small_data, tmp_path)
     assert value == pytest.approx(float(png_bits(small_data.test_x).mean()))
     assert 8_000 < value < 30_000  # 32x32x3 JPEG-decoded photos: well under the raw 24,576 bits, mostly
-    real = data_mod.png_bits
-    monkeypatch.setattr(data_mod, "png_bits", lambda images: pytest.fail("recomputed a cached value"))
+    real = png_mod.png_bits
+    monkeypatch.setattr(png_mod, "png_bits", lambda images: pytest.fail("recomputed a cached value"))
     assert mean_png_bits(small_data, tmp_path) == value
     (path,) = (tmp_path / "data").glob("png-*.json")
     path.write_text("{not json")
-    monkeypatch.setattr(data_mod, "png_bits", real)
+    monkeypatch.setattr(png_mod, "png_bits", real)
     with caplog.at_level(logging.WARNING, logger="engine.data"):
         assert mean_png_bits(small_data, tmp_path) == value
     assert any("corrupt" in r.getMessage() for r in caplog.records)
