@@ -120,7 +120,6 @@ def fig5_curves(table: pd.DataFrame, channel: str, drop: float = 0.02, bandwidth
     A scheme with no qualifying variant at a condition has no row there."""
     cls = CHANNELS.get(channel)
     rows = fig5_rows(table)
-    out: list[dict[str, Any]] = []
     if rows.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in CURVE_COLUMNS})
     val_need, test_need = thresholds(table, drop)
@@ -132,8 +131,11 @@ def fig5_curves(table: pd.DataFrame, channel: str, drop: float = 0.02, bandwidth
     def cost_of_uses(uses: float) -> float:
         return uses / bandwidth_hz if channel == "awgn" else uses * cls.reals_per_use
 
-    def separate(condition: float, bits: float) -> float:
-        return cost_of_uses(bits / cls.capacity(condition)) if cls.capacity(condition) > 0 else math.inf
+    def separate(scheme: str, c: float, bits: float, accuracy: float, val: float, row_id: Any) -> dict[str, Any]:
+        uses = bits / cls.capacity(c) if cls.capacity(c) > 0 else math.inf
+        return {"scheme": scheme, "condition": c, "bits": bits, "uses": uses,
+                "cost": cost_of_uses(uses) if cls.capacity(c) > 0 else math.inf, "accuracy": accuracy,
+                "accuracy_std": 0.0, "val_accuracy": val, "id": row_id}
 
     source = rows[_knob(rows, "jscc_channel") == NOISELESS]
     source = (source[pd.to_numeric(source["val_accuracy"], errors="coerce") >= val_need]
@@ -141,44 +143,42 @@ def fig5_curves(table: pd.DataFrame, channel: str, drop: float = 0.02, bandwidth
     best_source = source.sort_values(["bits_actual", "id"]).iloc[0] if len(source) else None
     original = rows[rows["method"] == "original"]
     huffman = original.iloc[0] if len(original) else None
+    png = _numeric(rows.iloc[0], "png_bits")
+    out: list[dict[str, Any]] = []
     for c in conditions:
-        candidates = []
-        for _, r in jscc.iterrows():
-            cs = [float(v) for v in (r.get("curve_conditions") or [])]
-            if c not in cs:
-                continue
-            j = cs.index(c)
-            if r["curve_val_accuracy"][j] >= val_need:
-                candidates.append((float(r["knob_jscc_uses"]), r["id"], r, j))
-        if candidates:
-            uses, _, r, j = min(candidates, key=lambda t: (t[0], t[1]))
+        if (found := _fewest_uses(jscc, c, val_need)) is not None:
+            uses, r, j = found
             out.append({"scheme": "JSCC", "condition": c, "uses": uses, "bits": math.nan, "cost": cost_of_uses(uses),
                         "accuracy": r["curve_accuracy"][j], "accuracy_std": r["curve_accuracy_std"][j],
                         "val_accuracy": r["curve_val_accuracy"][j], "id": r["id"]})
         if best_source is not None:
-            b = float(best_source["bits_actual"])
-            out.append({"scheme": "learned source coding", "condition": c, "bits": b,
-                        "uses": b / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, b),
-                        "accuracy": float(best_source["accuracy"]), "accuracy_std": 0.0,
-                        "val_accuracy": float(best_source["val_accuracy"]), "id": best_source["id"]})
+            out.append(separate("learned source coding", c, float(best_source["bits_actual"]),
+                                float(best_source["accuracy"]), float(best_source["val_accuracy"]), best_source["id"]))
         if huffman is not None:
-            b = float(huffman["bits_actual"])
-            out.append({"scheme": "8-bit Huffman feature", "condition": c, "bits": b,
-                        "uses": b / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, b),
-                        "accuracy": float(huffman["accuracy"]), "accuracy_std": 0.0, "val_accuracy": math.nan,
-                        "id": huffman["id"]})
-        png = _numeric(rows.iloc[0], "png_bits")
+            out.append(separate("8-bit Huffman feature", c, float(huffman["bits_actual"]), float(huffman["accuracy"]),
+                                math.nan, huffman["id"]))
         if not math.isnan(png):
-            out.append({"scheme": "PNG input", "condition": c, "bits": png,
-                        "uses": png / cls.capacity(c) if cls.capacity(c) > 0 else math.inf, "cost": separate(c, png),
-                        "accuracy": _numeric(rows.iloc[0], "base_test_accuracy"), "accuracy_std": 0.0,
-                        "val_accuracy": math.nan, "id": None})
+            out.append(separate("PNG input", c, png, _numeric(rows.iloc[0], "base_test_accuracy"), math.nan, None))
     frame = pd.DataFrame(out, columns=[c for c in CURVE_COLUMNS if c not in ("channel", "meets")])
     frame.insert(0, "channel", channel)
     frame["meets"] = frame["accuracy"] >= test_need
     order = {s: i for i, s in enumerate(SCHEMES)}
     frame = frame.sort_values(["condition", "scheme"], key=lambda s: s.map(order) if s.name == "scheme" else s)
     return frame[list(CURVE_COLUMNS)].reset_index(drop=True)
+
+
+def _fewest_uses(jscc: pd.DataFrame, condition: float, val_need: float) -> tuple[float, pd.Series, int] | None:
+    """The JSCC row with the fewest channel uses (ties: the smaller id) whose validation accuracy at `condition`
+    meets `val_need`: (uses, row, the condition's index in its curve); None when none does."""
+    candidates = []
+    for _, r in jscc.iterrows():
+        cs = [float(v) for v in (r.get("curve_conditions") or [])]
+        if condition in cs and r["curve_val_accuracy"][j := cs.index(condition)] >= val_need:
+            candidates.append((float(r["knob_jscc_uses"]), r["id"], r, j))
+    if not candidates:
+        return None
+    uses, _, r, j = min(candidates, key=lambda t: (t[0], t[1]))
+    return uses, r, j
 
 
 def best_schemes(curves: pd.DataFrame) -> pd.DataFrame:

@@ -149,17 +149,7 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
             ids=_point_ids(grey), customdata=numbers[row[grey.index]], hovertext=heads[grey.index].tolist(),
             hovertemplate=template, unselected={"marker": {"opacity": 0.6}},
         ))
-    kept = points[ok]
-    fronts = [] if front == "none" or kept.empty else (
-        [("Pareto front", kept, "#222", "solid")] if front == "overall"
-        else [(m, g, METHOD_COLORS.get(m, "#444"), "dot") for m, g in kept.groupby("method", sort=False)])
-    for name, group, color, dash in fronts:
-        pf = pareto_front(group, "device_flops", bits_column)
-        fig.add_trace(_scatter(
-            x=pf["device_flops"], y=pf[bits_column], mode="lines", line={"shape": "hv", "color": color, "dash": dash,
-                                                                         "width": 1.5},
-            name="Pareto front" if front == "overall" else f"{name} front", legendgroup=name,
-            showlegend=front == "overall", hoverinfo="skip"))
+    _add_fronts(fig, points[ok], front, bits_column)
     for ids, name, symbol, size in (([selected] if selected else [], "selected", "star", 18),
                                     (list(highlight or {}), "pinned", "circle-open", 22)):
         mark = points[points["id"].isin(ids)] if "id" in points and ids else points.iloc[:0]
@@ -175,21 +165,40 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
             hovertext=heads[mark.index].tolist(), hovertemplate=template,
             hoverinfo="text"))
     if png_bits:
-        top = max(float(points[bits_column].max()) * 3 if len(points) else png_bits * 10, png_bits * 3)
-        fig.add_shape(type="rect", xref="paper", x0=0, x1=1, yref="y", y0=png_bits, y1=top, fillcolor="#d62728",
-                      opacity=0.06, line_width=0, layer="below")
-        fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=png_bits, y1=png_bits,
-                      line={"dash": "dash", "color": "#888"})
-        # annotations on a log axis take log10 coordinates (the shapes above take data values)
-        for text, xpos, anchor in ((f"input (PNG) {png_bits:,.0f} bits = server-only cost", 1.0, "top"),
-                                   ("data amplification ↑", 0.0, "bottom")):
-            fig.add_annotation(text=text, xref="paper", x=xpos, xanchor="right" if xpos else "left", yref="y",
-                               y=math.log10(png_bits), yanchor=anchor, showarrow=False, font={"color": "#666"})
+        _add_png_line(fig, png_bits, float(points[bits_column].max()) * 3 if len(points) else png_bits * 10)
     fig.update_xaxes(type="log", title="on-device computation (FLOPs, FlopCounterMode, batch 1)")
     fig.update_yaxes(type="log", title=BITS_LABELS.get(bits_column, bits_column))
     fig.update_layout(title=title, legend_title="method", hovermode="closest", height=height, clickmode="event+select",
                       margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50})
     return fig
+
+
+def _add_fronts(fig: go.Figure, kept: pd.DataFrame, front: str, bits_column: str) -> None:
+    """The Pareto front of the variants over the threshold as a step line: one overall, one per method, or none."""
+    fronts = [] if front == "none" or kept.empty else (
+        [("Pareto front", kept, "#222", "solid")] if front == "overall"
+        else [(m, g, METHOD_COLORS.get(m, "#444"), "dot") for m, g in kept.groupby("method", sort=False)])
+    for name, group, color, dash in fronts:
+        pf = pareto_front(group, "device_flops", bits_column)
+        fig.add_trace(_scatter(
+            x=pf["device_flops"], y=pf[bits_column], mode="lines", line={"shape": "hv", "color": color, "dash": dash,
+                                                                         "width": 1.5},
+            name="Pareto front" if front == "overall" else f"{name} front", legendgroup=name,
+            showlegend=front == "overall", hoverinfo="skip"))
+
+
+def _add_png_line(fig: go.Figure, png_bits: float, points_top: float) -> None:
+    """The input PNG line (the server-only cost) and the shaded data-amplification region above it."""
+    top = max(points_top, png_bits * 3)
+    fig.add_shape(type="rect", xref="paper", x0=0, x1=1, yref="y", y0=png_bits, y1=top, fillcolor="#d62728",
+                  opacity=0.06, line_width=0, layer="below")
+    fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=png_bits, y1=png_bits,
+                  line={"dash": "dash", "color": "#888"})
+    # annotations on a log axis take log10 coordinates (the shapes above take data values)
+    for text, xpos, anchor in ((f"input (PNG) {png_bits:,.0f} bits = server-only cost", 1.0, "top"),
+                               ("data amplification ↑", 0.0, "bottom")):
+        fig.add_annotation(text=text, xref="paper", x=xpos, xanchor="right" if xpos else "left", yref="y",
+                           y=math.log10(png_bits), yanchor=anchor, showarrow=False, font={"color": "#666"})
 
 
 def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = None, *,
