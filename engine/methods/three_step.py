@@ -33,7 +33,8 @@ from engine.codecs import HuffmanCodec, UniformQuantizer
 from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
 from engine.data import ImageData, normalize, train_val_split
 from engine.errors import UserError
-from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
+from engine.finetune import FinetuneConfig, TrainHooks, finetune
+from engine.locks import exclusive
 from engine.methods import (
     METHODS,
     Deployed,

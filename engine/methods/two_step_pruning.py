@@ -25,7 +25,8 @@ from torch import nn
 from engine.config import BaseModelConfig, VariantConfig, config_id, profile_of
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
-from engine.finetune import FinetuneConfig, TrainHooks, exclusive, finetune
+from engine.finetune import FinetuneConfig, TrainHooks, finetune
+from engine.locks import exclusive
 from engine.methods import (
     METHODS,
     Deployed,
