@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs as jobq
+from engine import queue as jobq
 from engine.config import PROFILES, BaseModelConfig
 from engine.data import ImageData
 from engine.errors import UserError

@@ -20,8 +20,8 @@ import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.config import PROFILES  # noqa: E402
-from engine.jobs import JobQueue  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
+from engine.queue import JobQueue  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
 from engine.train import base_checkpoint_path, load_checkpoint  # noqa: E402
 

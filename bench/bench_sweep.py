@@ -15,7 +15,7 @@ if str(PROJECT_ROOT) not in sys.path:
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.config import PROFILES  # noqa: E402
-from engine.jobs import Job, JobQueue  # noqa: E402
+from engine.queue import Job, JobQueue  # noqa: E402
 
 
 def summary(jobs: list[Job]) -> list[str]:
