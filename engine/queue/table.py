@@ -243,18 +243,8 @@ class JobQueue:
 
     def jobs(self, ids: Iterable[str] | None = None, *, status: str | Iterable[str] | None = None,
              base_id: str | None = None, method: str | None = None, reap: bool = True) -> list[Job]:
-        """Jobs in claim order (priority, then submission).
-
-        Args:
-            ids: only these jobs.
-            status: only jobs in this status (or these).
-            base_id: only jobs on this base model.
-            method: only jobs of this method.
-            reap: first return expired leases to the queue (`reap`).
-
-        Returns:
-            The matching jobs.
-        """
+        """The jobs of `ids`, in `status` (one or several), on `base_id`, of `method` (each None: any), in claim
+        order (priority, then submission); with `reap`, expired leases are returned to the queue first."""
         if reap:
             self.reap()
         where, args = [], []
@@ -382,17 +372,8 @@ class JobQueue:
             return cur.rowcount == 1
 
     def complete(self, job_id: str, lease: str, result: dict | None = None, message: str = "done") -> bool:
-        """Mark a claimed job done.
-
-        Args:
-            job_id: the job.
-            lease: the token its claim returned.
-            result: the few figures shown beside the job (`result_summary`).
-            message: the job's last message.
-
-        Returns:
-            False when the lease was lost meanwhile (nothing changed).
-        """
+        """Mark a claimed job done with the figures of its row (`result_summary`); False when the lease was lost
+        meanwhile (nothing changed)."""
         return self._finish(job_id, lease, "done", progress=1.0, message=message, error=None, traceback=None,
                             result=json.dumps(result) if result is not None else None)
 
