@@ -11,12 +11,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.errors import UserError
 from engine.locks import file_lock
 from engine.paths import cache_dir
+
+if TYPE_CHECKING:  # torch and the data sources load with it: only when a job runs
+    from engine.data import ImageData
 
 BASE_SHARE = 0.6  # of a job's progress bar, when its base model must be trained first
 
@@ -90,7 +93,7 @@ class JobSpec:
         return JobSpec(**json.loads(text))
 
 
-def load_job_data(spec: JobSpec, cache: Path):  # noqa: ANN201 - ImageData, imported lazily
+def load_job_data(spec: JobSpec, cache: Path) -> ImageData:
     """The dataset a spec was planned on, cut to its profile; cached per process. A data path missing on this
     machine falls back to $COINFER_DATA and cache/data/ (a Dask worker elsewhere), and the fingerprint check
     catches a different dataset."""
