@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs as jobq
+from engine import queue as jobq
 from engine.coding import NotTrained
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData

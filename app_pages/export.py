@@ -12,9 +12,9 @@ import numpy as np
 import streamlit as st
 
 import ui
-from engine import jobs as jobq
+from engine import queue as jobq
 from engine.coding import NotTrained
-from engine.errors import UserError
+from engine.errors import UserError, one_line
 from engine.export import parse_selection, selection_json, variant_config, write_bundle
 from engine.figures import (
     figure_html,
@@ -104,7 +104,7 @@ def _bundle(row: dict, environment: dict) -> None:
     except UserError as exc:
         st.error(str(exc))
     except Exception as exc:  # noqa: BLE001 - a readable line, not a traceback
-        st.error(f"The bundle could not be built: {jobq.one_line(exc)}")
+        st.error(f"The bundle could not be built: {one_line(exc)}")
 
 
 def _export_section() -> None:

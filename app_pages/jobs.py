@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 import ui
-from engine import jobs as jobq
+from engine import queue as jobq
 from engine import sweep
 from engine.errors import UserError
 from engine.models import SPLIT_POINTS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from engine import jobs as jobq
+from engine import queue as jobq
 from engine import sweep
 from engine.errors import UserError
 from engine.figures import plane_figure

@@ -19,9 +19,9 @@ if str(PROJECT_ROOT) not in sys.path:
 import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
-from engine.jobs import JobQueue  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
 from engine.profiles import PROFILES  # noqa: E402
+from engine.queue import JobQueue  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
 from engine.train import base_checkpoint_path, load_checkpoint  # noqa: E402
 

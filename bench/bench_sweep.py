@@ -14,8 +14,8 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
-from engine.jobs import Job, JobQueue  # noqa: E402
 from engine.profiles import PROFILES  # noqa: E402
+from engine.queue import Job, JobQueue  # noqa: E402
 
 
 def summary(jobs: list[Job]) -> list[str]:

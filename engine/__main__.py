@@ -99,7 +99,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
-    from engine.jobs import CANCEL_GRACE_S, HEARTBEAT_S, LEASE_S, STATUSES
+    from engine.queue import CANCEL_GRACE_S, HEARTBEAT_S, LEASE_S, STATUSES
 
     p = sub.add_parser("sweep", help="queue a profile's grid of variants (cheapest first) and run it with local "
                                      "worker processes or on a Dask cluster")
@@ -338,7 +338,7 @@ def _data_path(args: argparse.Namespace) -> str | None:
     return args.data or os.environ.get("COINFER_DATA") or None
 
 
-def _fmt_job_line(job) -> str:  # noqa: ANN001 - engine.jobs.Job
+def _fmt_job_line(job) -> str:  # noqa: ANN001 - engine.queue.Job
     r = job.result or {}
     if job.status == "failed":
         return f"failed {job.describe()}: {job.error}"
@@ -351,7 +351,7 @@ def _fmt_job_line(job) -> str:  # noqa: ANN001 - engine.jobs.Job
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from engine import sweep
-    from engine.jobs import JobQueue
+    from engine.queue import JobQueue
     from engine.store import ResultsStore
 
     if args.scheduler is not None and "://" not in args.scheduler and ":" not in args.scheduler:
@@ -420,13 +420,13 @@ def _jobs_table(jobs: list) -> pd.DataFrame:
     } for j in jobs])
 
 
-def _resolve_ids(queue, ids: list[str]) -> list:  # noqa: ANN001 - engine.jobs.JobQueue
+def _resolve_ids(queue, ids: list[str]) -> list:  # noqa: ANN001 - engine.queue.JobQueue
     return [queue.resolve(i) for i in ids]
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from engine import sweep
-    from engine.jobs import ACTIVE, JobQueue
+    from engine.queue import ACTIVE, JobQueue
 
     queue = JobQueue()
     if args.action == "list":
@@ -507,7 +507,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from engine.jobs import JobQueue, WorkerOptions, WorkerPool
+    from engine.queue import JobQueue, WorkerOptions, WorkerPool
 
     _writable_cache()
     if args.processes < 1:
@@ -728,7 +728,7 @@ COMMANDS = {"data": cmd_data, "profile": cmd_profile, "train-base": cmd_train_ba
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
-        from engine.jobs import interrupt_on_terminate
+        from engine.queue import interrupt_on_terminate
 
         interrupt_on_terminate()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")

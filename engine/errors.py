@@ -15,3 +15,9 @@ class DataNotFoundError(UserError):
 
 class CorruptCacheError(Exception):
     """A cache entry failed validation; callers recompute it."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line of at most 400 characters: a UserError's message, else `Type: message`."""
+    text = (str(exc).strip().splitlines() or [""])[0][:400]
+    return text if isinstance(exc, UserError) else f"{type(exc).__name__}: {text}"

@@ -9,7 +9,6 @@ generator's state at the boundary."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -93,24 +92,6 @@ class FinetuneResult:
     stopped: bool  # a hook stopped training before the budget ran out
     resumed_from: int  # the epoch a checkpoint resumed from (0: fresh start)
     trained_on: list[dict[str, Any]] = field(default_factory=list)  # engine.provenance environments, over resumes
-
-
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """An advisory lock on `<path>.lock` held for the block, so that of several processes (sweep workers) wanting
-    the same cached run one trains it and the others then load it. No-op where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _batches(n: int, steps: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

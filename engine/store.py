@@ -20,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from engine import sqlite
 from engine.config import SCHEMA_VERSION
 from engine.errors import UserError
 from engine.paths import cache_dir
@@ -54,7 +55,6 @@ COMMON = (
     "schema_version",
     "created_at",
 )
-BUSY_TIMEOUT_S = 30.0
 _COLUMNS = {"id", "method", "split", "created_at", "schema_version", "row"}
 _DDL = """
 CREATE TABLE IF NOT EXISTS results (
@@ -142,11 +142,7 @@ class ResultsStore:
         except OSError as e:
             raise self._unwritable(e.strerror or type(e).__name__) from None
         with self._connection() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            for stmt in filter(str.strip, _DDL.split(";")):
-                conn.execute(stmt)
-            conn.execute("COMMIT")
+            sqlite.create(conn, _DDL)
             columns = {r[1] for r in conn.execute("PRAGMA table_info(results)")}
         if not columns >= _COLUMNS:
             raise UserError(
@@ -173,7 +169,7 @@ class ResultsStore:
             )
         if "locked" in msg or "busy" in msg:
             return UserError(
-                f"results store {self.path} stayed locked by another process for {BUSY_TIMEOUT_S:g} s: "
+                f"results store {self.path} stayed locked by another process for {sqlite.BUSY_TIMEOUT_S:g} s: "
                 "let it finish, then retry"
             )
         if "unable to open" in msg or "readonly" in msg or "read-only" in msg or "disk i/o" in msg:
@@ -184,38 +180,21 @@ class ResultsStore:
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A fresh autocommit connection (safe across threads and processes); sqlite errors become UserErrors."""
-        conn = None
+        """A fresh autocommit connection (engine.sqlite.connect); sqlite errors become UserErrors."""
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: durable against a killed process
-            yield conn
+            with sqlite.connect(self.path) as conn:
+                yield conn
         except sqlite3.Error as e:
-            if conn is not None and conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
             err = self._translate(e)
             if err is None:
                 raise
             raise err from e
-        finally:
-            if conn is not None:
-                conn.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: takes the write lock at once (waiting up to the busy timeout), commits at the
-        end, rolls back on any error."""
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        """One write transaction (engine.sqlite.transaction): commits at the end, rolls back on any error."""
+        with self._connection() as conn, sqlite.transaction(conn):
+            yield conn
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> None:

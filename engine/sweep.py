@@ -2,7 +2,7 @@
 2020, Sec. "Case study"). Each profile's grid lists, per method, the splits and knob values it covers; the methods
 come from the METHODS registry, cheapest first (`original` before the methods that train), so the plane fills in
 within minutes. A sweep queues one job per variant missing from the results store and runs them with local worker
-processes or on a Dask cluster; both run `engine.jobs.execute`, so a seeded variant gives the same row either way.
+processes or on a Dask cluster; both run `engine.queue.execute`, so a seeded variant gives the same row either way.
 """
 
 from __future__ import annotations
@@ -10,30 +10,24 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import threading
 import time
-import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from engine.config import BaseModelConfig, VariantConfig
-from engine.errors import UserError
-from engine.jobs import (
-    LEASE_S,
+from engine.methods import METHODS, check_variant
+from engine.models import END_POINTS, SPLIT_POINTS, split_names
+from engine.profiles import PROFILES, Grid, MethodGrid
+from engine.queue import (
     Job,
     JobQueue,
     JobSpec,
     WorkerOptions,
     WorkerPool,
-    execute,
-    one_line,
-    result_summary,
+    run_dask,
     worker_log_dir,
 )
-from engine.methods import METHODS, check_variant
-from engine.models import END_POINTS, SPLIT_POINTS, split_names
-from engine.profiles import PROFILES, Grid, MethodGrid
 from engine.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -186,143 +180,6 @@ def run_local(queue: JobQueue, ids: list[str], workers: int, options: WorkerOpti
 
     pool.run(until=finished, interval=interval)
     return latest
-
-
-# -- Dask ----------------------------------------------------------------------------------------------------
-
-PROGRESS_TOPIC = "coinfer-progress"
-
-
-def _cancel_event_name(job_id: str) -> str:
-    return f"coinfer-cancel-{job_id}"
-
-
-def dask_task(spec_json: str) -> dict | None:
-    """A job on a Dask worker: `execute` with progress sent to the client as events and a cooperative cancel
-    through a distributed Event. The data path of the spec, $COINFER_DATA or the worker's cache/data/ must hold
-    the same dataset (its fingerprint is checked)."""
-    from distributed import Event, get_worker
-
-    spec = JobSpec.from_json(spec_json)
-    job_id = spec.id
-    worker = get_worker()
-    cancel = Event(_cancel_event_name(job_id))
-    last = [0.0]
-
-    def progress(fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 1.0:
-            last[0] = now
-            worker.log_event(PROGRESS_TOPIC, {"id": job_id, "progress": fraction, "message": message,
-                                              "worker": worker.address})
-            if cancel.is_set():
-                raise UserError("cancelled")
-
-    return execute(spec, progress)
-
-
-def run_dask(queue: JobQueue, store: ResultsStore, ids: list[str], scheduler: str | Any,
-             on_update: Callable[[list[Job]], None] | None = None, lease_s: float = LEASE_S,
-             heartbeat_s: float = 2.0, poll_s: float = 0.5) -> list[Job]:
-    """Run the jobs `ids` on the Dask cluster at `scheduler` (an address such as tcp://host:8786, or a Client),
-    until every one is finished. This process claims each queued job, holds its lease and heart-beats it, writes
-    the returned row to `store` and marks the job done; if it dies, the jobs go back to the queue. A job another
-    worker holds is left to it (and taken over if that worker dies). A cancel (`python -m engine jobs cancel`)
-    drops a waiting task and asks a running one to stop at its next progress report."""
-    import os
-
-    from distributed import Client, Event, as_completed
-
-    own = not isinstance(scheduler, Client)
-    try:
-        client = Client(scheduler, timeout="20s") if own else scheduler
-    except (OSError, TimeoutError) as exc:
-        raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {one_line(exc)}") from None
-    owner = f"dask:{client.scheduler.address}"
-    leases: dict[str, Job] = {}
-    futures: dict[str, Any] = {}
-    progress: dict[str, tuple[float, str]] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-    pending = as_completed()
-
-    def on_event(event: tuple[float, Mapping[str, Any]]) -> None:
-        msg = event[1]
-        if isinstance(msg, Mapping) and msg.get("id") in futures:
-            with lock:
-                progress[msg["id"]] = (float(msg["progress"]), f"{msg['message']} (on {msg.get('worker')})")
-
-    def dispatch() -> None:
-        for job_id in ids:
-            if job_id in futures:
-                continue
-            job = queue.claim(owner, os.getpid(), lease_s, [job_id])
-            if job is None:
-                continue
-            fut = client.submit(dask_task, job.spec.to_json(), key=f"coinfer-{job.id}-{(job.lease or '')[:8]}",
-                                pure=False, priority=-job.priority, retries=0)
-            with lock:
-                leases[job_id], futures[job_id] = job, fut
-            pending.add(fut)
-            queue.heartbeat(job.id, job.lease or "", 0.0, f"sent to {owner}")
-
-    def beat() -> None:
-        while not stop.wait(heartbeat_s):
-            with lock:
-                held = [(i, leases[i].lease, futures[i], *progress.get(i, (None, None))) for i in futures
-                        if leases[i].lease is not None]
-            for job_id, lease, fut, frac, msg in held:
-                try:
-                    state = queue.heartbeat(job_id, lease, frac, msg)
-                except Exception as exc:  # noqa: BLE001 - keep beating through a busy database
-                    log.warning("heartbeat failed: %s", one_line(exc))
-                    continue
-                if state is not None and state[0] == "cancelling":
-                    Event(_cancel_event_name(job_id), client=client).set()
-                    fut.cancel()
-
-    def settle(fut: Any) -> None:
-        job_id = next(i for i, f in futures.items() if f is fut)
-        lease = leases[job_id].lease or ""
-        if fut.status == "finished":
-            row = fut.result()
-            if row is not None and queue.still_holds(job_id, lease):
-                store.put(row)
-            queue.complete(job_id, lease, result_summary(row), f"done on {owner}")
-        elif fut.status == "cancelled" or queue.get(job_id).status == "cancelling":
-            queue.mark_cancelled(job_id, lease)
-        else:
-            exc = fut.exception()
-            queue.fail(job_id, lease, one_line(exc),
-                       "".join(traceback.format_exception(type(exc), exc, fut.traceback())))
-        with lock:
-            leases[job_id] = dataclasses.replace(leases[job_id], lease=None)
-
-    client.subscribe_topic(PROGRESS_TOPIC, on_event)
-    thread = threading.Thread(target=beat, name="coinfer-dask-heartbeat", daemon=True)
-    thread.start()
-    try:
-        while True:
-            dispatch()
-            ready = pending.next_batch(block=False) if pending.has_ready() else []
-            for fut in ready:
-                settle(fut)
-            jobs = queue.jobs(ids)
-            if on_update:
-                on_update(jobs)
-            if all(j.finished for j in jobs):
-                return jobs
-            if not ready:
-                time.sleep(poll_s)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        for job_id, job in leases.items():  # interrupted: give what is still held back to the queue
-            if job.lease is not None:
-                queue.release(job_id, job.lease, "queued again: the Dask sweep stopped")
-        client.unsubscribe_topic(PROGRESS_TOPIC)
-        if own:
-            client.close()
 
 
 def run(planned: list[Planned], *, queue: JobQueue | None = None, store: ResultsStore | None = None,

@@ -169,7 +169,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
 
 
 def test_jobs_commands_submit_once_cancel_retry(fresh_cache: Path, capsys: pytest.CaptureFixture) -> None:
-    from engine.jobs import JobQueue
+    from engine.queue import JobQueue
 
     submit = ["jobs", "submit", "original", "--profile", "smoke", "--split", "conv4_x", "--split", "stem",
               "--knob", "bits=4"]
@@ -249,7 +249,7 @@ def test_queue_and_best_mistakes_exit_2_with_one_line(fresh_cache: Path, capsys:
 
 def test_worker_command_runs_queued_jobs_then_exits_when_idle(trained_fresh_cache: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
-    from engine.jobs import JobQueue
+    from engine.queue import JobQueue
     from engine.store import ResultsStore
 
     assert main(["jobs", "submit", "original", "--profile", "smoke", "--split", "device_only"]) == 0

@@ -17,9 +17,9 @@ import torch
 
 from engine.data import ImageData
 from engine.fig5 import run_fig5
-from engine.jobs import execute, load_job_data
 from engine.methods import RunContext
 from engine.profiles import PROFILES
+from engine.queue import execute, load_job_data
 from engine.sweep import plan
 
 GOLDEN = Path(__file__).parent / "golden" / "smoke.json"

@@ -18,14 +18,14 @@ import pytest
 from conftest import cache_sharing_data, use_cache
 from streamlit.testing.v1 import AppTest
 
-import engine.jobs as jobs_mod
+import engine.queue as jobs_mod
 from engine.__main__ import main
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError
-from engine.jobs import JobQueue, JobSpec, Worker, WorkerOptions, start_worker_process
 from engine.methods import METHODS, base_row
 from engine.profiles import PROFILES
+from engine.queue import JobQueue, JobSpec, Worker, WorkerOptions, start_worker_process
 from engine.store import ResultsStore
 from engine.sweep import one_variant
 from engine.train import base_checkpoint_path, load_or_train_base
@@ -323,7 +323,7 @@ def test_a_terminated_sweep_stops_its_workers_and_gives_the_job_back(qenv: Path,
     s = one_variant("original", "server_only", "smoke", base, os.environ["COINFER_DATA"]).spec
     queue = JobQueue()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    code = ("from engine.jobs import JobSpec, WorkerOptions, interrupt_on_terminate; "
+    code = ("from engine.queue import JobSpec, WorkerOptions, interrupt_on_terminate; "
             "from engine.sweep import Planned, run; interrupt_on_terminate(); "
             f"run([Planned(JobSpec.from_json({s.to_json()!r}), 0)], workers=1, "
             "options=WorkerOptions(threads=1, lease_s=600, heartbeat_s=0.2, poll_s=0.1))")

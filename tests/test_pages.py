@@ -16,7 +16,7 @@ from conftest import cache_sharing_data
 from streamlit.testing.v1 import AppTest
 
 import ui
-from engine import jobs as jobq
+from engine import queue as jobq
 from engine.data import ImageData
 from engine.export import selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem

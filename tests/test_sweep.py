@@ -14,10 +14,10 @@ from engine import sweep
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError
-from engine.jobs import JobQueue, Worker, WorkerOptions
 from engine.methods import METHODS
 from engine.models import split_names
 from engine.profiles import PROFILES, Grid, MethodGrid
+from engine.queue import JobQueue, Worker, WorkerOptions
 from engine.store import ResultsStore
 from engine.train import load_or_train_base
 

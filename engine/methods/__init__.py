@@ -17,7 +17,7 @@ from engine.coding import CodingEnv, Deployed
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import mean_png_bits
 from engine.errors import UserError
-from engine.finetune import exclusive
+from engine.locks import exclusive
 from engine.models import END_POINTS
 from engine.provenance import describe_environments
 from engine.registry import Registry
