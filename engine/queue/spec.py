@@ -97,8 +97,8 @@ def load_job_data(spec: JobSpec, cache: Path) -> ImageData:
     """The dataset a spec was planned on, cut to its profile; cached per process. A data path missing on this
     machine falls back to $COINFER_DATA and cache/data/ (a Dask worker elsewhere), and the fingerprint check
     catches a different dataset."""
-    from engine.profiles import PROFILES
     from engine.data import load_data, subset
+    from engine.profiles import PROFILES
 
     path = spec.data if spec.data and Path(spec.data).exists() else None
     profile = PROFILES.get(spec.profile)
@@ -130,8 +130,8 @@ def execute(spec: JobSpec, progress: Progress | None = None, cache: Path | None 
     Returns:
         The variant's results row, or None for a data job.
     """
-    from engine.profiles import PROFILES
     from engine.methods import METHODS, RunContext
+    from engine.profiles import PROFILES
 
     cache = cache_dir() if cache is None else cache
     if spec.kind == "data":
