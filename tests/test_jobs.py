@@ -19,7 +19,7 @@ from conftest import cache_sharing_data, use_cache
 from streamlit.testing.v1 import AppTest
 
 import engine.jobs as jobs_mod
-from engine.__main__ import main
+from engine.cli import main
 from engine.config import PROFILES, BaseModelConfig, VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError
