@@ -438,28 +438,6 @@ def progress_strip(base_id: str, shown: frozenset[str]) -> None:
         st.rerun()
 
 
-def knob_text(knobs: Any) -> str:
-    """Knobs as `name=value, name=value` (the form `parse_knobs` reads), for tables: a column of dicts whose values
-    mix types (`snapshot` is 2 or "threshold") has no Arrow type."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())) if isinstance(knobs, dict) else str(knobs)
-
-
-def parse_knobs(text: str) -> dict[str, Any]:
-    """Knobs typed as `name=value, name=value` (values read as JSON when they can be: 4, 0.5, true, "x")."""
-    import json
-
-    knobs: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in text.replace("\n", ",").split(","))):
-        name, eq, value = item.partition("=")
-        if not eq or not name.strip() or not value.strip():
-            raise UserError(f"a knob is NAME=VALUE, got {item!r}; e.g. bits=4, sparsity=0.5")
-        try:
-            knobs[name.strip()] = json.loads(value.strip())
-        except ValueError:
-            knobs[name.strip()] = value.strip()
-    return knobs
-
-
 RATES_BPS = np.geomspace(1e2 * 8, 1e9 * 8, 71)  # 100 B/s .. 1 GB/s, as the sidebar's slider
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config import BaseModelConfig, VariantConfig, config_id
+from engine.config import BaseModelConfig, VariantConfig, config_id, frozen_value
 from engine.errors import UserError
 from engine.paths import PROJECT_ROOT, cache_dir
 
@@ -108,15 +108,6 @@ def default_path() -> Path:
     return cache_dir() / "jobs.sqlite"
 
 
-def _plain(value: Any) -> Any:
-    """JSON lists back to tuples, so knob values stay hashable in a frozen VariantConfig."""
-    if isinstance(value, list):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 @dataclass(frozen=True)
 class JobSpec:
     """What a worker needs to rebuild and measure one variant: the method, split and knobs, the base model's full
@@ -152,7 +143,7 @@ class JobSpec:
 
     def variant(self) -> VariantConfig:
         base = BaseModelConfig(**self.base)
-        knobs = tuple(sorted((k, _plain(v)) for k, v in self.knobs.items()))
+        knobs = tuple(sorted(frozen_value(self.knobs).items()))
         return VariantConfig(self.method, self.split, base, knobs)
 
     @property

@@ -237,6 +237,7 @@ def test_sweep_runs_queued_variants_with_a_worker_process(trained_fresh_cache: P
         (["jobs", "retry"], "name the job(s) to retry"),
         (["jobs", "submit", "original", "--profile", "smoke", "--split", "conv9_x"], "unknown split point 'conv9_x'"),
         (["jobs", "submit", "original", "--profile", "smoke", "--split", "stem", "--knob", "bits"], "NAME=VALUE"),
+        (["jobs", "submit", "original", "--profile", "smoke", "--split", "stem", "--knob", "bits="], "NAME=VALUE"),
         (["worker", "--lease", "2", "--heartbeat", "1"], "must be more than twice --heartbeat"),
     ],
 )

@@ -246,16 +246,9 @@ def jobs_retry(queue: JobQueue, args: argparse.Namespace) -> int:
 def jobs_submit(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs submit`: add one variant (at each named split) to the queue."""
     from engine import sweep
+    from engine.knobs import parse_knob_items
 
-    knobs = {}
-    for item in args.knob:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise UserError(f"a knob is NAME=VALUE, got {item!r}")
-        try:
-            knobs[name.strip()] = json.loads(value)
-        except ValueError:
-            knobs[name.strip()] = value
+    knobs = parse_knob_items(args.knob)
     profile, _, base = load(args)
     planned = [sweep.one_variant(args.method, s, profile.name, base, data_path(args), **knobs) for s in args.split]
     ids = queue.submit([p.spec for p in planned], [p.priority for p in planned])
