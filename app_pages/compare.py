@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui
+from app import ui
 from engine.figures import plane_figure
 from engine.knobs import knob_text
 from engine.latency import latency_table

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-import ui
+from app import ui
 from engine import jobs as jobq
 from engine.config import PROFILES
 from engine.errors import UserError

@@ -7,7 +7,7 @@ import time
 
 import streamlit as st
 
-import ui
+from app import ui
 from engine import jobs as jobq
 from engine import sweep
 from engine.errors import UserError

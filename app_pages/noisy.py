@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import ui
+from app import ui
 from engine.channels import CHANNELS
 from engine.figures import mismatch_figure, noisy_cost_figure
 from engine.jscc import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui
+from app import ui
 from engine import jobs as jobq
 from engine import sweep
 from engine.errors import UserError

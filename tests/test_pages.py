@@ -15,7 +15,7 @@ import pytest
 from conftest import cache_sharing_data
 from streamlit.testing.v1 import AppTest
 
-import ui
+from app import ui
 from engine import jobs as jobq
 from engine.config import PROFILES
 from engine.data import ImageData
@@ -140,7 +140,7 @@ def test_chart_component_serves_plotly_js_and_themes_figures(tmp_path: Path, mon
     import plotly
     import plotly.graph_objects as go
 
-    import plotly_component
+    from app import plotly_component
 
     monkeypatch.setattr(plotly_component, "STATIC_DIR", tmp_path / "static")
     src = plotly_component.plotly_js_src()

@@ -22,6 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from app.plotly_component import plotly_chart
 from engine import jobs as jobq
 from engine.config import PROFILES, BaseModelConfig
 from engine.data import ImageData
@@ -30,7 +31,6 @@ from engine.latency import DEVICES, DeviceProfile, Overheads
 from engine.paths import cache_dir
 from engine.store import ResultsStore
 from engine.units import format_rate
-from plotly_component import plotly_chart
 
 T = TypeVar("T")
 
