@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="per-image timings and the summary as JSON on stdout")
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _cmd_export(args: argparse.Namespace) -> int:
     """Write the bundle of the one variant in the results store whose id starts with --id."""
     from engine.data import load_data, subset
     from engine.export import row_config, write_bundle
@@ -81,7 +81,7 @@ def _threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve a bundle's server part until Ctrl-C."""
     from engine.coinference import CoinferenceServer
     from engine.export import load_bundle
@@ -101,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_device(args: argparse.Namespace) -> int:
+def _cmd_device(args: argparse.Namespace) -> int:
     """Run a bundle's device part on test images against a server and print the timings."""
     from engine.coinference import DeviceClient, parse_address
     from engine.data import load_data, subset
@@ -131,7 +131,7 @@ def cmd_device(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "serve": cmd_serve, "device": cmd_device}
+COMMANDS = {"export": _cmd_export, "serve": _cmd_serve, "device": _cmd_device}
 
 
 def run(args: argparse.Namespace) -> int:

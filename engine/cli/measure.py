@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fmt.add_argument("--json", action="store_true", help="JSON records on stdout")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     """Measure a method's variants at the named splits, store the rows and print them."""
     from engine.methods import METHODS, RunContext
     from engine.models import SPLIT_POINTS, split_names
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_results(args: argparse.Namespace) -> int:
+def _cmd_results(args: argparse.Namespace) -> int:
     """Print the (narrowed) results table as text, CSV or JSON."""
     from engine.store import ResultsStore, frame_to_csv, frame_to_json
 
@@ -82,7 +82,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "results": cmd_results}
+COMMANDS = {"run": _cmd_run, "results": _cmd_results}
 
 
 def run(args: argparse.Namespace) -> int:

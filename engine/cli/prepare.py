@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                               "parts, e.g. 16x6,24x4,32x3 (13 epochs; replaces the profile's count)")
 
 
-def cmd_data(args: argparse.Namespace) -> int:
+def _cmd_data(args: argparse.Namespace) -> int:
     """Print a summary of the dataset, decoding and caching it on the way."""
     from engine.data import mean_png_bits
 
@@ -81,7 +81,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
+def _cmd_profile(args: argparse.Namespace) -> int:
     """Print the FLOPs, memory and feature size of the untrained base model at each split."""
     from engine.models import split_names
     from engine.profile import profile_model
@@ -101,7 +101,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_base(args: argparse.Namespace) -> int:
+def _cmd_train_base(args: argparse.Namespace) -> int:
     """Train (or load from the cache) the base model and print its accuracy and training cost."""
     from engine.provenance import describe_environments
     from engine.train import load_or_train_base
@@ -125,7 +125,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "profile": cmd_profile, "train-base": cmd_train_base}
+COMMANDS = {"data": _cmd_data, "profile": _cmd_profile, "train-base": _cmd_train_base}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -119,7 +119,7 @@ def _sweep_progress(bar: Bar) -> Callable[[list[Job]], None]:
     return on_update
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
+def _cmd_sweep(args: argparse.Namespace) -> int:
     """Queue the profile's grid of variants and run it; exit status 1 when a job failed."""
     from engine import sweep
     from engine.jobs import JobQueue
@@ -182,7 +182,7 @@ def _resolve_ids(queue: JobQueue, ids: list[str]) -> list[Job]:
     return [queue.resolve(i) for i in ids]
 
 
-def jobs_list(queue: JobQueue, args: argparse.Namespace) -> int:
+def _jobs_list(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs list`: the jobs in claim order, the counts per state, the live workers and whether paused."""
     jobs = queue.jobs(status=args.status)
     if not jobs:
@@ -200,7 +200,7 @@ def jobs_list(queue: JobQueue, args: argparse.Namespace) -> int:
     return 0
 
 
-def jobs_show(queue: JobQueue, args: argparse.Namespace) -> int:
+def _jobs_show(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs show`: everything about one job, its error and traceback included."""
     job = queue.resolve(args.id)
     print(f"job        {job.id} ({job.kind})")
@@ -221,7 +221,7 @@ def jobs_show(queue: JobQueue, args: argparse.Namespace) -> int:
     return 0
 
 
-def jobs_cancel(queue: JobQueue, args: argparse.Namespace) -> int:
+def _jobs_cancel(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs cancel`: cancel the named jobs, or every queued or running one."""
     from engine.jobs import ACTIVE
 
@@ -233,7 +233,7 @@ def jobs_cancel(queue: JobQueue, args: argparse.Namespace) -> int:
     return 0
 
 
-def jobs_retry(queue: JobQueue, args: argparse.Namespace) -> int:
+def _jobs_retry(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs retry`: queue the named jobs again, or every failed one."""
     if not args.id and not args.failed:
         raise UserError("name the job(s) to retry, or pass --failed")
@@ -243,7 +243,7 @@ def jobs_retry(queue: JobQueue, args: argparse.Namespace) -> int:
     return 0
 
 
-def jobs_submit(queue: JobQueue, args: argparse.Namespace) -> int:
+def _jobs_submit(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs submit`: add one variant (at each named split) to the queue."""
     from engine import sweep
     from engine.knobs import parse_knob_items
@@ -257,31 +257,31 @@ def jobs_submit(queue: JobQueue, args: argparse.Namespace) -> int:
     return 0
 
 
-def jobs_clean(queue: JobQueue, args: argparse.Namespace) -> int:
+def _jobs_clean(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs clean`: remove done and cancelled jobs from the table."""
     print(f"removed {queue.delete_finished()} done or cancelled jobs")
     return 0
 
 
-def jobs_pause(queue: JobQueue, args: argparse.Namespace) -> int:
+def _jobs_pause(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs pause`: hand out no more jobs until `jobs resume`."""
     queue.pause("paused by hand; `python -m engine jobs resume` goes on")
     print("paused: running jobs go on, queued ones wait for `python -m engine jobs resume`")
     return 0
 
 
-def jobs_resume(queue: JobQueue, args: argparse.Namespace) -> int:
+def _jobs_resume(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs resume`: hand out jobs again."""
     print("resumed: workers take queued jobs again" if queue.resume() else "the queue was not paused")
     return 0
 
 
 JOBS_ACTIONS: dict[str, Callable[[JobQueue, argparse.Namespace], int]] = {
-    "list": jobs_list, "show": jobs_show, "cancel": jobs_cancel, "retry": jobs_retry, "submit": jobs_submit,
-    "clean": jobs_clean, "pause": jobs_pause, "resume": jobs_resume}
+    "list": _jobs_list, "show": _jobs_show, "cancel": _jobs_cancel, "retry": _jobs_retry, "submit": _jobs_submit,
+    "clean": _jobs_clean, "pause": _jobs_pause, "resume": _jobs_resume}
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
+def _cmd_jobs(args: argparse.Namespace) -> int:
     """Run the `jobs` action the command line names on the job queue."""
     from engine.jobs import JobQueue
 
@@ -295,7 +295,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 # -- worker ---------------------------------------------------------------------------------------------------
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def _cmd_worker(args: argparse.Namespace) -> int:
     """Take jobs from the queue and run them in worker processes until stopped (or idle, with --idle-exit)."""
     from engine.jobs import JobQueue, WorkerOptions, WorkerPool
 
@@ -315,7 +315,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sweep": cmd_sweep, "jobs": cmd_jobs, "worker": cmd_worker}
+COMMANDS = {"sweep": _cmd_sweep, "jobs": _cmd_jobs, "worker": _cmd_worker}
 
 
 def run(args: argparse.Namespace) -> int:
