@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui
+from app import ui
 from engine.latency import DEVICES, DeviceProfile
 from engine.profiles import PROFILES
 

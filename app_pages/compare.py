@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui
+from app import ui
 from engine.figures import plane_figure
+from engine.knobs import knob_text
 from engine.latency import latency_table
 from engine.pareto import compare_table
 
@@ -58,7 +59,7 @@ else:
     st.caption(f"Only the columns that differ; Δ is the difference from A. Latency at {env.rate_bps / 8e3:g} kB/s on "
                f"{env.device.describe()} and {env.server.describe()}.")
     if "knobs" in diff.columns:
-        diff["knobs"] = diff["knobs"].map(ui.knob_text)
+        diff["knobs"] = diff["knobs"].map(knob_text)
     st.dataframe(diff, column_config={c: st.column_config.NumberColumn(format="%.4g") for c in diff.columns
                                       if c.startswith("Δ ")})
 need = ui.threshold(env, table)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-import ui
+from app import ui
 from engine import queue as jobq
 from engine.coding import NotTrained
 from engine.errors import UserError, one_line

@@ -7,10 +7,11 @@ import time
 
 import streamlit as st
 
-import ui
+from app import ui
 from engine import queue as jobq
 from engine import sweep
 from engine.errors import UserError
+from engine.knobs import knob_text, parse_knobs
 from engine.models import SPLIT_POINTS
 from engine.units import format_seconds
 
@@ -48,12 +49,12 @@ with st.expander("Start jobs", expanded=True):
         method = c1.selectbox("Method", sweep.methods_in_order())
         splits = c2.multiselect("Splits", SPLIT_POINTS.names(), default=["conv4_x"])
         defaults = sweep.default_knobs(method, splits[0], base) if splits else {}
-        knobs = c3.text_input("Knobs (optional)", placeholder=ui.knob_text(defaults) if defaults else "bits=4",
+        knobs = c3.text_input("Knobs (optional)", placeholder=knob_text(defaults) if defaults else "bits=4",
                               help="NAME=VALUE pairs, values as JSON; the method's defaults (shown greyed) fill "
                                    "the rest, and a knob it does not have is refused")
         if st.button("Queue", disabled=data is None or not splits):
             try:
-                parsed = ui.parse_knobs(knobs)
+                parsed = parse_knobs(knobs)
                 planned = [sweep.one_variant(method, s, env.profile, base, ui.data_path(), **parsed) for s in splits]
                 ui.start_jobs([p.spec for p in planned], [p.priority for p in planned])
                 st.success(f"Queued {len(planned)} variant(s): {', '.join(p.id for p in planned)}")
@@ -101,7 +102,7 @@ def job_list(base_id: str | None) -> None:
     now = time.time()
     for job in jobs[:SHOWN]:
         what = "dataset" if job.kind == "data" else f"{job.method} @ {job.split}"
-        knobs = ui.knob_text(job.spec.knobs)
+        knobs = knob_text(job.spec.knobs)
         c1, c2, c3 = st.columns([5, 1, 1], vertical_alignment="center")
         with c1:
             head = f"{ICONS[job.status]} **{what}** {knobs} · `{job.id}` · {job.status}"

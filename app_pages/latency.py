@@ -7,7 +7,7 @@ import dataclasses
 
 import streamlit as st
 
-import ui
+from app import ui
 from engine.figures import latency_breakdown_figure, latency_rate_figure
 from engine.latency import latency_table
 from engine.pareto import best_per_method

@@ -9,6 +9,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from app.plotly_component import plotly_chart
+from app.ui import base_config, environment, queue_untrained, require_data, results, threshold
 from engine.coding import NotTrained
 from engine.coinference import (
     cold_coding_seconds,
@@ -26,8 +28,6 @@ from engine.pareto import best_per_method
 from engine.paths import cache_dir
 from engine.profiles import PROFILES
 from engine.units import format_rate, format_seconds
-from plotly_component import plotly_chart
-from ui import base_config, environment, queue_untrained, require_data, results, threshold
 
 IDLE_S = (0.001, 0.003, 0.01, 0.03, 0.1)  # idle times the coding is timed after (s)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import ui
+from app import ui
 from engine.coding.channels import CHANNELS
 from engine.fig5 import (
     FIG5_CHANNELS,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui
+from app import ui
 from engine import queue as jobq
 from engine import sweep
 from engine.errors import UserError
 from engine.figures import plane_figure
+from engine.knobs import knob_text
 from engine.latency import latency_table
 from engine.models import split_names
 from engine.pareto import best_variant
@@ -111,6 +112,6 @@ ui.progress_strip(base.id, frozenset(table["id"]))
 cols = [c for c in ("method", "split", "knobs", "accuracy", "device_flops", "server_flops", "device_memory_bytes",
                     "bits_actual", "bits_ideal", "bits_raw", "latency", "feasible", "id") if c in shown]
 listed = shown.sort_values(["method", "device_flops"])[cols]
-st.dataframe(listed.assign(knobs=listed["knobs"].map(ui.knob_text)) if "knobs" in cols else listed, hide_index=True,
+st.dataframe(listed.assign(knobs=listed["knobs"].map(knob_text)) if "knobs" in cols else listed, hide_index=True,
              column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
                             "latency": st.column_config.NumberColumn(format="%.4g s")})

@@ -19,6 +19,23 @@ SCHEMA_VERSION = 1
 T = TypeVar("T")
 
 
+def frozen_value(value: Any) -> Any:
+    """A value decoded from JSON as configs hold it: lists become tuples, recursively (hashable, and the same
+    canonical JSON, so the same config id); a mapping keeps its keys, its values converted.
+
+    Args:
+        value: what json.loads gave (or a config value already frozen).
+
+    Returns:
+        The value with every list a tuple.
+    """
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen_value(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: frozen_value(v) for k, v in value.items()}
+    return value
+
+
 def config_from_knobs(cls: type[T], knobs: Mapping[str, Any] | Iterable[tuple[str, Any]], prefix: str, what: str,
                       **defaults: Any) -> T:
     """The frozen config `cls` from a variant's knobs named `prefix` + field (other knobs ignored; lists become
@@ -33,7 +50,7 @@ def config_from_knobs(cls: type[T], knobs: Mapping[str, Any] | Iterable[tuple[st
         name = key[len(prefix):]
         if name not in names:
             raise UserError(f"unknown {what} knob {key!r}; known: {', '.join(prefix + n for n in sorted(names))}")
-        value = tuple(value) if isinstance(value, list) else value
+        value = frozen_value(value)
         if not _is_of(value, hints[name]):
             raise UserError(f"{what} knob {key} must be {_type_text(hints[name])}, got {value!r}")
         kw[name] = value
@@ -129,7 +146,7 @@ class BaseModelConfig:
             raise UserError("epochs and batch size must be positive integers")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        object.__setattr__(self, "sizes", tuple(self.sizes))  # a JSON round trip gives a list
+        object.__setattr__(self, "sizes", frozen_value(self.sizes))  # a JSON round trip gives a list
         object.__setattr__(self, "scales", tuple(float(f) for f in self.scales))
         if self.sizes and (len(self.sizes) != self.epochs or min(self.sizes) < 1):
             raise UserError(f"sizes must give a positive input size for each of the {self.epochs} epochs, got "

@@ -40,9 +40,10 @@ from torch import nn
 
 import engine
 from engine.coding.codecs import CODECS, EntropyCodec
-from engine.config import BaseModelConfig, VariantConfig
+from engine.config import BaseModelConfig, VariantConfig, frozen_value
 from engine.data import normalize
 from engine.errors import UserError
+from engine.knobs import is_knob_value
 from engine.profiles import PROFILES
 
 SELECTION_FORMAT = "coinfer-selection"
@@ -109,16 +110,11 @@ def row_config(row: Mapping[str, Any]) -> VariantConfig:
     knobs = row.get("knobs") or {}
     if not isinstance(knobs, Mapping):
         raise UserError(f"row {row.get('id')!r} has no knobs mapping: re-measure it")
-    cfg = VariantConfig.make(str(row["method"]), str(row["split"]), base_of_row(row), **_tuples(dict(knobs)))
+    cfg = VariantConfig.make(str(row["method"]), str(row["split"]), base_of_row(row), **frozen_value(dict(knobs)))
     if cfg.id != row.get("id"):
         raise UserError(f"row {row.get('id')!r} does not hash to its config (got {cfg.id}); it was written by another "
                         "version of the engine: re-measure it")
     return cfg
-
-
-def _tuples(knobs: dict[str, Any]) -> dict[str, Any]:
-    """JSON lists back to the tuples configs hold (same canonical JSON, so the same id; and hashable)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in knobs.items()}
 
 
 def _metrics(row: Mapping[str, Any]) -> dict[str, float | int]:
@@ -168,17 +164,8 @@ def _reject_constant(name: str) -> Any:
     raise _reject(f"{name} is not a number JSON allows; export the selection again from the dashboard")
 
 
-def _is_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
-def parse_selection(raw: bytes | str) -> dict:
-    """A selection read from untrusted bytes or text: at most 1 MB of UTF-8 JSON (never pickle), the right format and
-    version, a known method and split, knobs of JSON scalars (or flat lists of them), finite numbers, and an id that
-    is the hash of its config. Anything else raises UserError saying what is wrong."""
-    from engine.methods import METHODS
-    from engine.models import SPLIT_POINTS
-
+def _read_json(raw: bytes | str) -> dict:
+    """The JSON object in at most MAX_SELECTION_BYTES of UTF-8 (never pickle)."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", errors="replace")
     if not isinstance(raw, (bytes, bytearray)):
@@ -196,13 +183,14 @@ def parse_selection(raw: bytes | str) -> dict:
         raise _reject(f"not JSON ({exc.msg} at line {exc.lineno}); upload the .json file coinfer exported") from None
     if not isinstance(doc, dict):
         raise _reject("the top level must be a JSON object")
-    if doc.get("format") != SELECTION_FORMAT:
-        raise _reject(f"format is {doc.get('format')!r}, expected {SELECTION_FORMAT!r}")
-    version = doc.get("version")
-    if type(version) is not int or version != SELECTION_VERSION:
-        raise _reject(f"version {version!r} is not supported (this coinfer reads version {SELECTION_VERSION}); "
-                      "export it again with this version")
-    config = doc.get("config")
+    return doc
+
+
+def _check_config(config: Any) -> None:
+    """A selection's `config`: a known method and split, plain knobs, and a base of the right fields and types."""
+    from engine.methods import METHODS
+    from engine.models import SPLIT_POINTS
+
     if not isinstance(config, dict):
         raise _reject("'config' must be an object with method, split, knobs and base")
     method, split = config.get("method"), config.get("split")
@@ -214,9 +202,13 @@ def parse_selection(raw: bytes | str) -> dict:
     if not isinstance(knobs, dict):
         raise _reject("'config.knobs' must be an object")
     for k, v in knobs.items():
-        if not (_is_scalar(v) or (isinstance(v, list) and all(_is_scalar(x) for x in v))):
+        if not is_knob_value(v):
             raise _reject(f"knob {k!r} must be a number, string, boolean, null or a flat list of them")
-    base = config.get("base")
+    _check_base(config.get("base"))
+
+
+def _check_base(base: Any) -> None:
+    """A selection's `config.base`: the fields of BaseModelConfig (those added later optional), each of its type."""
     required = set(_BASE_FIELDS) - set(BaseModelConfig.ID_OPTIONAL)  # an export of an earlier release lacks those
     if not isinstance(base, dict) or not required <= set(base) <= set(_BASE_FIELDS):
         raise _reject(f"'config.base' must have the fields {', '.join(_BASE_FIELDS)} (optional: "
@@ -235,6 +227,31 @@ def parse_selection(raw: bytes | str) -> dict:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if not ok:
             raise _reject(f"base field {k!r} must be of type {kind}, got {v!r}")
+
+
+def parse_selection(raw: bytes | str) -> dict:
+    """A selection read from untrusted bytes or text: at most 1 MB of UTF-8 JSON (never pickle), the right format and
+    version, a known method and split, knobs of JSON scalars (or flat lists of them), finite numbers, and an id that
+    is the hash of its config.
+
+    Args:
+        raw: the file's bytes, or its text.
+
+    Returns:
+        The selection document.
+
+    Raises:
+        UserError: saying what is wrong, for anything else.
+    """
+    doc = _read_json(raw)
+    if doc.get("format") != SELECTION_FORMAT:
+        raise _reject(f"format is {doc.get('format')!r}, expected {SELECTION_FORMAT!r}")
+    version = doc.get("version")
+    if type(version) is not int or version != SELECTION_VERSION:
+        raise _reject(f"version {version!r} is not supported (this coinfer reads version {SELECTION_VERSION}); "
+                      "export it again with this version")
+    config = doc.get("config")
+    _check_config(config)
     if not isinstance(doc.get("trained_on"), (str, type(None))):
         raise _reject("'trained_on' must be text or null")
     metrics = doc.get("metrics", {})
@@ -244,7 +261,8 @@ def parse_selection(raw: bytes | str) -> dict:
     if not isinstance(doc.get("environment", {}), dict):
         raise _reject("'environment' must be an object")
     try:
-        cfg = VariantConfig.make(method, split, BaseModelConfig(**base), **_tuples(knobs))
+        cfg = VariantConfig.make(config["method"], config["split"], BaseModelConfig(**config["base"]),
+                                 **frozen_value(dict(config.get("knobs", {}))))
     except UserError as exc:
         raise _reject(str(exc)) from None
     if doc.get("id") != cfg.id:
@@ -257,7 +275,7 @@ def variant_config(selection: dict) -> VariantConfig:
     """The VariantConfig a validated selection names (checked against its id)."""
     config = selection["config"]
     cfg = VariantConfig.make(config["method"], config["split"], BaseModelConfig(**config["base"]),
-                             **_tuples(dict(config["knobs"])))
+                             **frozen_value(dict(config["knobs"])))
     if cfg.id != selection.get("id"):
         raise _reject(f"id {selection.get('id')!r} is not the hash of its config ({cfg.id})")
     return cfg

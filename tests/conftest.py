@@ -14,6 +14,11 @@ import torch
 from engine.data import ImageData, load_data, subset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Only engine is installed (`pip install -e .`); the dashboard's package (app/) and the benchmarks (bench/) stay in
+# the checkout, where Streamlit finds app/ beside dashboard.py. The tests of the pages and of the benchmarks import
+# them from there. Appended, so that engine itself still comes from the installed package.
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.append(str(PROJECT_ROOT))
 SHARED_TAR = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 # One thread per pytest-xdist worker (two workers share the two cores), else at most two.

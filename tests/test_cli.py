@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.__main__ import main
+from engine.cli import main
 
 
 def test_data_and_profile(fresh_cache: Path, capsys: pytest.CaptureFixture) -> None:
@@ -76,7 +76,7 @@ def test_sizes_must_be_a_schedule(capsys: pytest.CaptureFixture, sizes: str, mes
 
 
 def test_a_schedule_prints_as_the_sizes_option_takes_it() -> None:
-    from engine.__main__ import _runs
+    from engine.cli.prepare import runs as _runs
 
     assert _runs((16, 16, 24, 32, 32, 32)) == "16x2,24x1,32x3"
     assert _runs((0.5, 0.5, 0.75, 1.0)) == "0.5x2,0.75x1,1x1"
@@ -237,6 +237,7 @@ def test_sweep_runs_queued_variants_with_a_worker_process(trained_fresh_cache: P
         (["jobs", "retry"], "name the job(s) to retry"),
         (["jobs", "submit", "original", "--profile", "smoke", "--split", "conv9_x"], "unknown split point 'conv9_x'"),
         (["jobs", "submit", "original", "--profile", "smoke", "--split", "stem", "--knob", "bits"], "NAME=VALUE"),
+        (["jobs", "submit", "original", "--profile", "smoke", "--split", "stem", "--knob", "bits="], "NAME=VALUE"),
         (["worker", "--lease", "2", "--heartbeat", "1"], "must be more than twice --heartbeat"),
     ],
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.__main__ import main
+from engine.cli import main
 from engine.config import VariantConfig
 from engine.data import ImageData, normalize
 from engine.errors import UserError

@@ -19,7 +19,7 @@ from conftest import cache_sharing_data, use_cache
 from streamlit.testing.v1 import AppTest
 
 import engine.queue as jobs_mod
-from engine.__main__ import main
+from engine.cli import main
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError

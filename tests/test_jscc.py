@@ -192,7 +192,7 @@ def test_a_jscc_variant_end_to_end(small_data: ImageData, module_cache: Path) ->
 
 def test_noisy_command_runs_fig5_and_reports(small_data: ImageData, module_cache: Path,
                                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from engine.__main__ import main
+    from engine.cli import main
 
     tiny = Fig5Budget(awgn_uses=(2,), bsc_bits=(8,), source=((8, 1),), snr_db=(0.0, 10.0), p=(0.02, 0.1), epochs=1,
                       train_images=None, realisations=2)

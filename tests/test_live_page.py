@@ -10,13 +10,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_pages import figures
 
+from app.ui import Environment
 from engine.config import VariantConfig
 from engine.data import ImageData
 from engine.latency import DEVICES
 from engine.methods import METHODS, RunContext
 from engine.profiles import PROFILES
 from engine.store import ResultsStore
-from ui import Environment
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "live.py")
 ENV = Environment("smoke", 0.125, DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 100e3 * 8, 0.5)

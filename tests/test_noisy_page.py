@@ -11,11 +11,11 @@ from streamlit.testing.v1 import AppTest
 from test_jscc import synthetic_rows
 from test_pages import decoded, figures
 
+from app.ui import Environment
 from engine.data import ImageData
 from engine.fig5 import fig5_plan
 from engine.profiles import PROFILES
 from engine.store import ResultsStore
-from ui import Environment
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "noisy.py")
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import cache_sharing_data
 from streamlit.testing.v1 import AppTest
 
-import ui
+from app import ui
 from engine import queue as jobq
 from engine.data import ImageData
 from engine.export import selection_json
@@ -140,7 +140,7 @@ def test_chart_component_serves_plotly_js_and_themes_figures(tmp_path: Path, mon
     import plotly
     import plotly.graph_objects as go
 
-    import plotly_component
+    from app import plotly_component
 
     monkeypatch.setattr(plotly_component, "STATIC_DIR", tmp_path / "static")
     src = plotly_component.plotly_js_src()
@@ -170,13 +170,6 @@ def test_ui_helpers() -> None:
     assert ui.clicked_ids({}) == [] and ui.clicked_ids(None) == []
     assert ui.eta_seconds(0.25, 100.0, now=110.0) == pytest.approx(30.0)
     assert ui.eta_seconds(0.0, 100.0, now=110.0) is None and ui.eta_seconds(0.5, None) is None
-    assert ui.parse_knobs("bits=4, sparsity=0.5,name=abc") == {"bits": 4, "sparsity": 0.5, "name": "abc"}
-    assert ui.parse_knobs("") == {}
-    knobs = {"snapshot": "threshold", "bits": 8, "sparsity": 0.5}
-    assert ui.knob_text(knobs) == "bits=8, snapshot=threshold, sparsity=0.5" and ui.knob_text(None) == "None"
-    assert ui.parse_knobs(ui.knob_text(knobs)) == knobs
-    with pytest.raises(ui.UserError, match="NAME=VALUE"):
-        ui.parse_knobs("bits")
     assert ui.parse_float("1e400", 2.0) == 2.0 and ui.parse_float("nan", 2.0) == 2.0
     assert ui.parse_float("x", 2.0) == 2.0 and ui.parse_float("3", 2.0) == 3.0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.config import BaseModelConfig, VariantConfig, config_id
+from engine.config import BaseModelConfig, VariantConfig, config_id, frozen_value
 from engine.errors import UserError
 from engine.locks import file_lock
 from engine.paths import cache_dir
@@ -26,15 +26,6 @@ BASE_SHARE = 0.6  # of a job's progress bar, when its base model must be trained
 Progress = Callable[[float, str], None]
 _DATA_CACHE: dict[tuple, Any] = {}
 _DATA_LOCK = threading.Lock()
-
-
-def _plain(value: Any) -> Any:
-    """JSON lists back to tuples, so knob values stay hashable in a frozen VariantConfig."""
-    if isinstance(value, list):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 @dataclass(frozen=True)
@@ -72,7 +63,7 @@ class JobSpec:
 
     def variant(self) -> VariantConfig:
         base = BaseModelConfig(**self.base)
-        knobs = tuple(sorted((k, _plain(v)) for k, v in self.knobs.items()))
+        knobs = tuple(sorted(frozen_value(self.knobs).items()))
         return VariantConfig(self.method, self.split, base, knobs)
 
     @property

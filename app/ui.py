@@ -22,6 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from app.plotly_component import plotly_chart
 from engine import queue as jobq
 from engine.coding import NotTrained
 from engine.config import BaseModelConfig, VariantConfig
@@ -32,7 +33,6 @@ from engine.paths import cache_dir
 from engine.profiles import PROFILES
 from engine.store import ResultsStore
 from engine.units import format_rate
-from plotly_component import plotly_chart
 
 T = TypeVar("T")
 
@@ -445,28 +445,6 @@ def progress_strip(base_id: str, shown: frozenset[str]) -> None:
     store = results_store()
     if any(j.status == "done" and j.id not in shown and j.id in store for j in jobs):
         st.rerun()
-
-
-def knob_text(knobs: Any) -> str:
-    """Knobs as `name=value, name=value` (the form `parse_knobs` reads), for tables: a column of dicts whose values
-    mix types (`snapshot` is 2 or "threshold") has no Arrow type."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())) if isinstance(knobs, dict) else str(knobs)
-
-
-def parse_knobs(text: str) -> dict[str, Any]:
-    """Knobs typed as `name=value, name=value` (values read as JSON when they can be: 4, 0.5, true, "x")."""
-    import json
-
-    knobs: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in text.replace("\n", ",").split(","))):
-        name, eq, value = item.partition("=")
-        if not eq or not name.strip() or not value.strip():
-            raise UserError(f"a knob is NAME=VALUE, got {item!r}; e.g. bits=4, sparsity=0.5")
-        try:
-            knobs[name.strip()] = json.loads(value.strip())
-        except ValueError:
-            knobs[name.strip()] = value.strip()
-    return knobs
 
 
 RATES_BPS = np.geomspace(1e2 * 8, 1e9 * 8, 71)  # 100 B/s .. 1 GB/s, as the sidebar's slider

@@ -21,7 +21,7 @@ from plotly.io.json import to_json_plotly
 
 from engine.figures import page_template
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"  # the app's static folder: beside the main script
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"  # the app's static folder: beside the main script
 
 _JS = """
 export default function (component) {

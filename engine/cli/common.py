@@ -1,0 +1,161 @@
+"""What the command groups share: argument types, the dataset/profile/width/seed options, the writable cache,
+the progress bar, loading the profile's data and base model, and narrowing the results table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from engine.config import BaseModelConfig
+from engine.errors import UserError
+from engine.paths import cache_dir
+from engine.profiles import PROFILES, Profile
+
+if TYPE_CHECKING:
+    from engine.data import ImageData
+
+NARROWING = ("Every row in the store; with --profile or --data, the rows of that base model (--width and --seed pick "
+             "it, as in the other commands); with --width or --seed alone, the rows of that width or seed.")
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0.
+
+    Args:
+        text: the option's value as typed.
+
+    Returns:
+        The number.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0.
+
+    Args:
+        text: the option's value as typed.
+
+    Returns:
+        The number.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Add the options that pick the dataset and base model: --data, --profile, --width and --seed.
+
+    Args:
+        p: the parser of one command.
+    """
+    p.add_argument("--data", help="dataset: CIFAR-10 root, ImageFolder dir with train/ and test/, or a .tar/.tar.gz "
+                                  "of one (default: $COINFER_DATA, then cache/data/, then torchvision's download)")
+    p.add_argument("--profile", default="quick", help="budget: smoke, quick (CPU default), quick-bf16 (quick in "
+                                                       "bf16, for a CPU with AVX-512 BF16 or AMX) or paper (GPU)")
+    p.add_argument("--width", type=positive_float, help="width multiplier (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of training, splits and subsets (default 0)")
+
+
+def writable_cache() -> Path:
+    """The cache directory, created and checked writable.
+
+    Returns:
+        Its path; a UserError saying to set COINFER_CACHE when it cannot be written.
+    """
+    cache = cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        probe = cache / f".write-probe-{time.time_ns()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cache directory {cache} is not writable ({exc.strerror}): "
+                        "set COINFER_CACHE to a writable directory") from None
+    return cache
+
+
+def data_path(args: argparse.Namespace) -> str | None:
+    """The dataset the command names: --data, else $COINFER_DATA, else None (the default lookup).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The path, or None.
+    """
+    return args.data or os.environ.get("COINFER_DATA") or None
+
+
+class Bar:
+    """A tqdm bar on stderr driven by (fraction, message) progress callbacks."""
+
+    def __init__(self, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, leave=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        self.bar.set_postfix_str(message, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def load(args: argparse.Namespace) -> tuple[Profile, ImageData, BaseModelConfig]:
+    """The profile, its (subset of the) dataset and the base model config the options name.
+
+    Args:
+        args: the parsed command line, with the options of `add_common`.
+
+    Returns:
+        The profile, the data and the base model config.
+    """
+    from engine.data import load_data, subset
+
+    profile = PROFILES.get(args.profile)
+    data = load_data(args.data, cache_dir=writable_cache())
+    if profile.train_limit or profile.test_limit:
+        data = subset(data, profile.train_limit, profile.test_limit, seed=args.seed)
+    base = profile.base_config(data.fingerprint, width=args.width, seed=args.seed)
+    return profile, data, base
+
+
+def narrow(table: pd.DataFrame, args: argparse.Namespace) -> tuple[pd.DataFrame, str, str]:
+    """The rows NARROWING says.
+
+    Args:
+        table: the results table.
+        args: the parsed command line (profile and seed default to None).
+
+    Returns:
+        The rows, the words that name them ("" for all) and the options that name the profile.
+    """
+    if args.profile is not None or args.data is not None:
+        args.profile, args.seed = args.profile or "quick", args.seed or 0
+        base_id = load(args)[2].id
+        return table[table["base_id"] == base_id], f" of base model {base_id}", f" --profile {args.profile}"
+    narrowed = ""
+    for column in ("width", "seed"):
+        if getattr(args, column) is not None:
+            table, narrowed = table[table[column] == getattr(args, column)], " with these options"
+    return table, narrowed, ""

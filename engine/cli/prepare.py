@@ -1,0 +1,140 @@
+"""Commands that prepare a base model: `data` (locate, decode and cache the dataset), `profile` (cost of each split,
+no training) and `train-base` (train or load the base model)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import time
+
+import pandas as pd
+
+from engine.cli.common import Bar, add_common, load, writable_cache
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    """An argparse type: "16x6,24x4,32x3" (size x epochs) or "16,16,24,32" (one size per epoch).
+
+    Args:
+        text: the option's value as typed.
+
+    Returns:
+        One input size per epoch.
+    """
+    out: list[int] = []
+    for part in text.split(","):
+        size, cross, times = part.strip().partition("x")
+        try:
+            stage = (int(size), int(times) if cross else 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not sizes: {text!r}; e.g. 16x6,24x4,32x3 (size x epochs)") from None
+        if min(stage) < 1:
+            raise argparse.ArgumentTypeError(f"sizes and epochs must be positive: {part.strip()!r} in {text!r}")
+        out += [stage[0]] * stage[1]
+    return tuple(out)
+
+
+def runs(values: tuple[float, ...]) -> str:
+    """A per-epoch schedule as VALUExEPOCHS runs, the form `--sizes` takes.
+
+    Args:
+        values: one value per epoch.
+
+    Returns:
+        The runs, e.g. "16x6,24x4,32x3".
+    """
+    return ",".join(f"{v:g}x{len(list(run))}" for v, run in itertools.groupby(values))
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `data`, `profile` and `train-base` commands.
+
+    Args:
+        subparsers: the command line's subcommands.
+    """
+    p = subparsers.add_parser("data", help="locate, decode and cache the dataset; print a summary")
+    add_common(p)
+    p = subparsers.add_parser("profile", help="FLOPs, memory and feature size at each split (no training needed)")
+    add_common(p)
+    p.add_argument("--all-splits", action="store_true", help="include every BasicBlock boundary")
+    p = subparsers.add_parser("train-base", help="train (or load from the cache) the base model")
+    add_common(p)
+    p.add_argument("--sizes", type=sizes, help="progressive resizing: the input size of each epoch as SIZExEPOCHS "
+                                              "parts, e.g. 16x6,24x4,32x3 (13 epochs; replaces the profile's count)")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    """Print a summary of the dataset, decoding and caching it on the way."""
+    from engine.data import mean_png_bits
+
+    start = time.perf_counter()
+    _, data, _ = load(args)
+    seconds = time.perf_counter() - start
+    print(f"dataset      {data.name} ({data.source})")
+    print(f"fingerprint  {data.fingerprint}")
+    print(f"train/test   {len(data.train_y)} / {len(data.test_y)} images, {data.channels}x"
+          f"{data.image_size[0]}x{data.image_size[1]}, {data.num_classes} classes")
+    print(f"classes      {' '.join(data.classes)}")
+    print(f"PNG input    {mean_png_bits(data, writable_cache()):.0f} bits per test image (mean)")
+    print(f"loaded in    {seconds:.2f} s")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    """Print the FLOPs, memory and feature size of the untrained base model at each split."""
+    from engine.models import split_names
+    from engine.profile import profile_model
+    from engine.train import make_model
+
+    _, data, base = load(args)
+    model = make_model(base, data)
+    rows = profile_model(model, (data.channels, *data.image_size), data.num_classes,
+                         split_names(coarse_only=not args.all_splits))
+    table = pd.DataFrame(rows)[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
+                                "bits_fp32", "bits_8bit"]]
+    table["device_MFLOPs"] = table.pop("device_flops") / 1e6
+    table["server_MFLOPs"] = table.pop("server_flops") / 1e6
+    table["device_memory_kB"] = table.pop("device_memory_bytes") / 1e3
+    print(f"width {base.width}, input {data.channels}x{data.image_size[0]}x{data.image_size[1]}")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    return 0
+
+
+def _cmd_train_base(args: argparse.Namespace) -> int:
+    """Train (or load from the cache) the base model and print its accuracy and training cost."""
+    from engine.provenance import describe_environments
+    from engine.train import load_or_train_base
+
+    _, data, base = load(args)
+    if args.sizes:
+        base = dataclasses.replace(base, epochs=len(args.sizes), sizes=args.sizes, scales=())
+    bar = Bar(f"base {base.id}")
+    try:
+        _, ckpt = load_or_train_base(base, data, writable_cache(), bar)
+    finally:
+        bar.close()
+    m = ckpt["metrics"]
+    where = describe_environments([m["trained_on"]]) if "trained_on" in m else m["device"]
+    schedule = ("sizes", base.sizes) if base.sizes else ("scales", base.scales) if base.scales else None
+    schedule_text = f" ({schedule[0]} {runs(schedule[1])})" if schedule else ""
+    precision = f" in {base.precision}" if base.precision != "auto" else ""
+    print(f"base model {base.id}: width {base.width}, {base.epochs} epochs{schedule_text}, test accuracy "
+          f"{m['test_accuracy']:.4f}, validation {m['val_accuracy']:.4f}, trained{precision} in "
+          f"{m['train_seconds']:.0f} s on {where}")
+    return 0
+
+
+COMMANDS = {"data": _cmd_data, "profile": _cmd_profile, "train-base": _cmd_train_base}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command of this group that the command line names.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
+    return COMMANDS[args.command](args)
