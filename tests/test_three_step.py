@@ -22,6 +22,7 @@ from engine.profile import profile_split
 from engine.profiles import PROFILES
 from engine.provenance import describe_environments, training_environment
 from engine.prune import prunable_groups
+from engine.train import load_checkpoint, save_checkpoint
 
 SPLIT = "conv4_x"  # 32 output channels at the smoke width 0.125
 
@@ -237,15 +238,15 @@ def test_a_pruning_run_cached_before_environments_were_recorded_says_so(ctx: Run
                                                                           rows: list[dict]) -> None:
     cfg = VariantConfig.make("three_step", SPLIT, base, **rows[1]["knobs"])
     path = ctx.cache / "models" / f"three_step-{rows[1]['prune_run']}.pt"
-    run = three_step.load_checkpoint(path)
+    run = load_checkpoint(path)
     here = describe_environments([run["trained_on"]])
     assert rows[1]["trained_on"] == here
     del run["trained_on"]  # as an earlier release saved it
-    three_step.save_checkpoint(run, path)
+    save_checkpoint(run, path)
     try:
         row = ThreeStep().run(cfg, RunContext(ctx.data, ctx.profile, ctx.cache))
     finally:
-        three_step.save_checkpoint({**run, "trained_on": [training_environment(torch.device("cpu"))]}, path)
+        save_checkpoint({**run, "trained_on": [training_environment(torch.device("cpu"))]}, path)
     assert row["trained_on"] == f"{here} + not recorded"
     for key in ("id", "accuracy", "bits_actual", "device_flops", "sparsity", "prune_seconds"):
         assert row[key] == rows[1][key], key  # the same run, read the same way
