@@ -52,8 +52,15 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def autocast(device: torch.device, precision: str = "auto"):  # noqa: ANN201
-    """The autocast context of `precision` (one of `engine.config.PRECISIONS`) on `device`. Evaluation (the
-    reported accuracies) runs as deployed, "auto": fp32 on a CPU."""
+    """The autocast context of `precision` on `device`. Evaluation (the reported accuracies) runs as deployed,
+    "auto": fp32 on a CPU.
+
+    Args:
+        device: where the block computes.
+        precision: one of `engine.config.PRECISIONS`: "auto" (bf16 on CUDA, fp32 on a CPU), "bf16" or "fp32".
+    Returns:
+        A `torch.autocast` context, enabled for bf16 only.
+    """
     enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -67,7 +74,12 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    """Atomic torch.save with a sha256 sidecar, so a truncated or altered file is detected on load."""
+    """Atomic torch.save with a sha256 sidecar, so a truncated or altered file is detected on load.
+
+    Args:
+        obj: tensors and plain values (loaded back with weights_only).
+        path: the file; `<path>.sha256` is its sidecar.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
@@ -80,7 +92,13 @@ def save_checkpoint(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at `path`, or None when missing; a corrupt one is reported in one line and ignored."""
+    """A checkpoint written by `save_checkpoint`; a corrupt one is reported in one line and ignored.
+
+    Args:
+        path: the file.
+    Returns:
+        Its contents (on the CPU), or None when missing or corrupt.
+    """
     if not path.exists():
         return None
     side = path.with_suffix(path.suffix + ".sha256")
@@ -129,6 +147,7 @@ class Loop:
 
     @property
     def total_steps(self) -> int:
+        """Optimizer steps of the whole budget."""
         return self.epochs * self.steps_per_epoch
 
 
