@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +21,16 @@ from torch import nn
 
 from engine.data import augment_batch, normalize
 from engine.errors import UserError
-from engine.provenance import add_environment
-from engine.train import Progress, autocast, load_checkpoint, pick_device, save_checkpoint
+from engine.training import (
+    Hooks,
+    Loop,
+    Optimizer,
+    Progress,
+    Scheduler,
+    discard_checkpoint,
+    pick_device,
+    run_loop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,87 +123,97 @@ def lr_factor(schedule: str, total_steps: int, epoch_steps: int) -> Callable[[in
     return lambda step: 1.0
 
 
+class _Finetuning(Hooks):
+    """`finetune`'s hooks: SGD with Nesterov momentum and `lr_factor`'s schedule, full batches from consecutive
+    seeded permutations (augmented or not), and the caller's `TrainHooks` around each step and at each epoch's end."""
+
+    def __init__(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor, cfg: FinetuneConfig, hooks: TrainHooks, loss_fn: LossFn,
+                 parameters: list[nn.Parameter] | None, device: torch.device) -> None:
+        self.model, self.train_x, self.train_y, self.cfg, self.hooks = model, train_x, train_y, cfg, hooks
+        self.loss_fn, self.parameters, self.device = loss_fn, parameters, device
+        self.mean, self.std = mean.to(device), std.to(device)
+        self.steps_per_epoch = cfg.steps(len(train_x))
+
+    def build(self) -> tuple[nn.Module, Optimizer, Scheduler]:
+        cfg, model = self.cfg, self.model
+        model.to(self.device, memory_format=torch.channels_last)  # in place: hooks on the parameters stay valid
+        params = self.parameters if self.parameters is not None else [p for p in model.parameters()
+                                                                      if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                    weight_decay=cfg.weight_decay)
+        factor = lr_factor(cfg.lr_schedule, cfg.epochs * self.steps_per_epoch, self.steps_per_epoch)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def prepare(self) -> None:
+        self.x_dev, self.y_dev = self.train_x.to(self.device), self.train_y.to(self.device)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in _batches(len(self.train_x), self.steps_per_epoch, self.cfg.batch_size, self.generator):
+            idx = idx.to(self.device)
+            xb, yb = self.x_dev.index_select(0, idx), self.y_dev.index_select(0, idx)
+            if self.cfg.augment:
+                xb = augment_batch(xb, self.generator)
+            yield normalize(xb, self.mean, self.std).contiguous(memory_format=torch.channels_last), yb
+
+    def before_step(self, step: int) -> None:
+        self.hooks.before_step(step)
+        if not self.model.training:  # a hook evaluated the model
+            self.model.train()
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.loss_fn(self.model, *batch)
+
+    def after_step(self, step: int) -> None:
+        self.hooks.after_step(step)
+
+    def end_epoch(self, epochs_done: int) -> bool:
+        return self.hooks.end_epoch(epochs_done)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.hooks.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.hooks.load_state_dict(state)
+
+
 def finetune(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
              cfg: FinetuneConfig, *, hooks: TrainHooks | None = None, checkpoint: Path | None = None,
              loss_fn: LossFn | None = None, parameters: list[nn.Parameter] | None = None,
              progress: Progress | None = None, device: torch.device | None = None) -> FinetuneResult:
     """Train `model` (in place, on `device`, default CUDA when available) on uint8 images for `cfg.epochs` epochs.
 
-    `loss_fn(model, x, y)` defaults to label-smoothed cross-entropy of `model(x)`; `parameters` (default: all that
-    require grad) are optimised by SGD with Nesterov momentum. With `checkpoint`, the model, optimizer, scheduler,
-    generator and hooks' state are saved there atomically after every epoch but the last, and a later call with the
-    same arguments resumes from it; the file is removed when the run ends."""
+    With `checkpoint`, the model, optimizer, scheduler, generator and hooks' state are saved there atomically after
+    every epoch but the last, and a later call with the same arguments resumes from it; the file is removed when the
+    run ends.
+
+    Args:
+        model, train_x, train_y, mean, std: the model and its uint8 training images, labels and normalisation.
+        cfg: the budget and optimiser.
+        hooks: called around each step and at each epoch's end (the pruner).
+        checkpoint: where the resumable state goes.
+        loss_fn: `loss_fn(model, x, y)`; default label-smoothed cross-entropy of `model(x)`.
+        parameters: what SGD with Nesterov momentum optimises; default all that require grad.
+        progress: called with (fraction done, message).
+        device: default CUDA when available.
+    Returns:
+        Epochs and steps done, seconds, whether a hook stopped it, where it resumed from, environments.
+    """
     device = device or pick_device()
-    hooks = hooks or TrainHooks()
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model.to(device, memory_format=torch.channels_last)  # in place: hooks on the parameters stay valid
-    mean_d, std_d = mean.to(device), std.to(device)
-    n = len(train_x)
-    if n == 0:
+    if len(train_x) == 0:
         raise UserError("no training images to fine-tune on")
-    steps_per_epoch = cfg.steps(n)
-    total = cfg.epochs * steps_per_epoch
-    params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                                weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.lr_schedule, total, steps_per_epoch))
     if loss_fn is None:
         ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
         def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return ce(m(x), y)
 
-    epoch, seconds, stopped, resumed_from = 0, 0.0, False, 0
-    saved = load_checkpoint(checkpoint) if checkpoint is not None else None
-    if saved is not None and saved.get("config") != asdict(cfg):
-        log.warning("fine-tuning checkpoint %s was written for another budget: starting over", checkpoint.name)
-        saved = None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        hooks.load_state_dict(saved["hooks"])
-        epoch, seconds, stopped = int(saved["epoch"]), float(saved["seconds"]), bool(saved["stopped"])
-        resumed_from = epoch
-        log.info("resuming fine-tuning at epoch %d/%d", epoch, cfg.epochs)
-    trained_on = add_environment(saved.get("trained_on") if saved is not None else None, device)
-    x_dev, y_dev = train_x.to(device), train_y.to(device)
-    while epoch < cfg.epochs and not stopped:
-        start = time.perf_counter()
-        model.train()
-        for i, idx in enumerate(_batches(n, steps_per_epoch, cfg.batch_size, generator)):
-            step = epoch * steps_per_epoch + i
-            idx = idx.to(device)
-            xb, yb = x_dev.index_select(0, idx), y_dev.index_select(0, idx)
-            if cfg.augment:
-                xb = augment_batch(xb, generator)
-            xb = normalize(xb, mean_d, std_d).contiguous(memory_format=torch.channels_last)
-            hooks.before_step(step)
-            if not model.training:
-                model.train()
-            with autocast(device, cfg.precision):
-                loss = loss_fn(model, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            hooks.after_step(step)
-            if progress and i % 10 == 0:
-                progress((step + 1) / total, f"step {step + 1}/{total} loss {loss.item():.3f}")
-        epoch += 1
-        stopped = bool(hooks.end_epoch(epoch))
-        seconds += time.perf_counter() - start
-        if progress:
-            progress(epoch / cfg.epochs, f"epoch {epoch}/{cfg.epochs}{' (stopped)' if stopped else ''}")
-        if checkpoint is not None and epoch < cfg.epochs and not stopped:
-            save_checkpoint({"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                             "hooks": hooks.state_dict(), "epoch": epoch, "seconds": seconds, "stopped": stopped,
-                             "trained_on": trained_on},
-                            checkpoint)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
-        checkpoint.with_suffix(checkpoint.suffix + ".sha256").unlink(missing_ok=True)
+    run = _Finetuning(model, train_x, train_y, mean, std, cfg, hooks or TrainHooks(), loss_fn, parameters, device)
+    # the batch generator only: fine-tuning never seeded torch's global generator
+    loop = Loop("fine-tuning", device, cfg.epochs, run.steps_per_epoch, cfg.seed, seed_global=False,
+                precision=cfg.precision, checkpoint=checkpoint, key=asdict(cfg), progress=progress,
+                report_steps=True)
+    done = run_loop(loop, run)
+    discard_checkpoint(checkpoint)
     model.to(memory_format=torch.contiguous_format).eval()
-    return FinetuneResult(epoch, epoch * steps_per_epoch, seconds, stopped, resumed_from, trained_on)
+    return FinetuneResult(done.epochs, done.steps, done.seconds, done.stopped, done.resumed_from, done.trained_on)

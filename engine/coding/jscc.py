@@ -14,7 +14,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from engine.errors import UserError
 from engine.profiles import PROFILES, profile_of
 from engine.provenance import training_environment
 from engine.train import Progress, load_checkpoint, pick_device, save_checkpoint, seeded
+from engine.training import Hooks, Loop, Optimizer, Scheduler, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,71 @@ def _f32(x: Tensor, dev: torch.device) -> Tensor:
     return x.to(dev, torch.float32, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
+class _JsccTraining(Hooks):
+    """`train_jscc`'s hooks: AdamW with a one-cycle LR over cached features, CE mixed with distillation from the
+    uncoded features' logits, the reference's codewords placed at the warm-up step, channel noise from `seed`."""
+
+    def __init__(self, model: EncodedSplit, feats: SplitFeatures, jc: JsccConfig, seed: int, label_smoothing: float,
+                 dev: torch.device, steps_per_epoch: int) -> None:
+        self.model, self.feats, self.jc, self.seed, self.dev = model, feats, jc, seed, dev
+        self.steps_per_epoch = steps_per_epoch
+        self.train_server = jc.server == "train"
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # the reference trains unquantised for its first fifth
+        self.warmup = int(0.2 * jc.epochs * steps_per_epoch) if model.quantizer is not None else -1
+
+    def build(self) -> tuple[nn.Module, Optimizer, Scheduler]:
+        model, jc = self.model, self.jc
+        model.to(self.dev)
+        self.teacher = _teacher_logits(model.server_part, self.feats.train_x, self.dev) if jc.distill > 0 else None
+        model.device_part.requires_grad_(False)
+        model.server_part.requires_grad_(self.train_server)
+        params = [*model.encoder.parameters(), *model.decoder.parameters()]
+        if model.quantizer is not None:
+            params += list(model.quantizer.parameters())
+        groups = [{"params": params, "lr": jc.lr}]
+        if self.train_server:  # the pretrained server part moves at a tenth of the coder's rate
+            groups.append({"params": list(model.server_part.parameters()), "lr": jc.lr / 10})
+        optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
+                                                        total_steps=jc.epochs * self.steps_per_epoch,
+                                                        pct_start=0.15, cycle_momentum=False)
+        channel = _channel(model)
+        if channel is not None:
+            channel.reseed(self.seed)
+        return model, optimizer, scheduler
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.device_part.eval()
+        self.model.server_part.train(self.train_server)
+
+    def batches(self, epoch: int) -> Iterator[Tensor]:
+        perm = torch.randperm(len(self.feats.train_y), generator=self.generator)
+        for i in range(self.steps_per_epoch):
+            yield perm[i * self.jc.batch_size:(i + 1) * self.jc.batch_size]
+
+    def before_step(self, step: int) -> None:
+        model = self.model
+        if model.quantizer is not None:
+            if step == self.warmup:
+                _place_codewords(model, self.feats, self.dev)
+                model.train()  # the device part too: it is unused here
+                model.server_part.train(self.train_server)
+            model.quantizer.enabled = step >= self.warmup
+
+    def loss(self, idx: Tensor) -> Tensor:
+        jc, dev = self.jc, self.dev
+        xb, yb = _f32(self.feats.train_x[idx], dev), self.feats.train_y[idx].to(dev)
+        logits, qloss = self.model.decode(self.model.encoder(xb))
+        loss = self.loss_fn(logits, yb) + qloss
+        if self.teacher is None:
+            return loss
+        soft = nn.functional.kl_div(nn.functional.log_softmax(logits / _T, 1),
+                                    nn.functional.log_softmax(self.teacher[idx].to(dev) / _T, 1),
+                                    reduction="batchmean", log_target=True)
+        return (1 - jc.distill) * loss + jc.distill * _T * _T * soft + jc.distill * qloss
+
+
 def train_jscc(model: EncodedSplit, feats: SplitFeatures, jc: JsccConfig, seed: int = 0,
                label_smoothing: float = 0.1, progress: Progress | None = None) -> dict[str, Any]:
     """AdamW with a one-cycle LR on cross-entropy mixed (weight `jc.distill`) with distillation from the logits the
@@ -206,66 +272,30 @@ def train_jscc(model: EncodedSplit, feats: SplitFeatures, jc: JsccConfig, seed: 
     source-coding reference, over cached features. The device part is unused, the server part frozen (eval mode)
     unless `jc.server == "train"`. The channel draws its training noise from `seed`. The reference trains
     unquantised for its first fifth, then its codewords are placed on the latents (k-means) and quantisation
-    switches on (straight-through)."""
+    switches on (straight-through).
+
+    Args:
+        model: a `build_jscc` split, trained in place (left on the training device, gradients off).
+        feats: the cached split features it trains on.
+        jc: the variant's knobs (epochs, batch size, lr, server, distill).
+        seed: seeds the batch order, torch's global generator and the channel's training noise.
+        label_smoothing: of the cross-entropy.
+        progress: called with (fraction done, message).
+    Returns:
+        The row's training columns: jscc_train_seconds, _steps, _images, _device, jscc_trained_on.
+    """
     dev = pick_device()
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model.to(dev)
-    teacher = _teacher_logits(model.server_part, feats.train_x, dev) if jc.distill > 0 else None
-    train_server = jc.server == "train"
-    model.device_part.requires_grad_(False)
-    model.server_part.requires_grad_(train_server)
-    params = [*model.encoder.parameters(), *model.decoder.parameters()]
-    if model.quantizer is not None:
-        params += list(model.quantizer.parameters())
-    groups = [{"params": params, "lr": jc.lr}]
-    if train_server:  # the pretrained server part moves at a tenth of the coder's rate
-        groups.append({"params": list(model.server_part.parameters()), "lr": jc.lr / 10})
-    optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
     n = len(feats.train_y)
-    steps_per_epoch = max(1, math.ceil(n / jc.batch_size))
-    total = jc.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total,
-                                                    pct_start=0.15, cycle_momentum=False)
-    warmup = int(0.2 * total) if model.quantizer is not None else -1
-    channel = _channel(model)
-    if channel is not None:
-        channel.reseed(seed)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    start, step = time.perf_counter(), 0
-    for epoch in range(jc.epochs):
-        model.train()
-        model.device_part.eval()
-        model.server_part.train(train_server)
-        perm = torch.randperm(n, generator=generator)
-        for i in range(steps_per_epoch):
-            idx = perm[i * jc.batch_size:(i + 1) * jc.batch_size]
-            if model.quantizer is not None:
-                if step == warmup:
-                    _place_codewords(model, feats, dev)
-                    model.train()
-                    model.server_part.train(train_server)
-                model.quantizer.enabled = step >= warmup
-            xb, yb = _f32(feats.train_x[idx], dev), feats.train_y[idx].to(dev)
-            logits, qloss = model.decode(model.encoder(xb))
-            loss = loss_fn(logits, yb) + qloss
-            if teacher is not None:
-                soft = nn.functional.kl_div(nn.functional.log_softmax(logits / _T, 1),
-                                            nn.functional.log_softmax(teacher[idx].to(dev) / _T, 1),
-                                            reduction="batchmean", log_target=True)
-                loss = (1 - jc.distill) * loss + jc.distill * _T * _T * soft + jc.distill * qloss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if progress and i % 20 == 0:
-                progress((epoch + i / steps_per_epoch) / jc.epochs,
-                         f"epoch {epoch + 1}/{jc.epochs} loss {loss.item():.3f}")
+    hooks = _JsccTraining(model, feats, jc, seed, label_smoothing, dev, max(1, math.ceil(n / jc.batch_size)))
+    # Unlike encoder training, never under autocast ("fp32"), not checkpointed (a killed run starts over) and
+    # without per-epoch validation or epoch reports: kept as they were, so the figures stay the same.
+    loop = Loop("jscc training", dev, jc.epochs, hooks.steps_per_epoch, seed, precision="fp32", progress=progress,
+                report_every=20, report_epochs=False)
+    done = run_loop(loop, hooks)
     if model.quantizer is not None:
         model.quantizer.enabled = True
     model.requires_grad_(False)
-    return {"jscc_train_seconds": time.perf_counter() - start, "jscc_train_steps": total,
+    return {"jscc_train_seconds": done.seconds, "jscc_train_steps": loop.total_steps,
             "jscc_train_images": n, "jscc_train_device": str(dev), "jscc_trained_on": [training_environment(dev)]}
 
 
@@ -281,6 +311,8 @@ def _teacher_logits(server: nn.Module, x: Tensor, dev: torch.device) -> Tensor:
 
 @torch.no_grad()
 def _place_codewords(model: EncodedSplit, feats: SplitFeatures, dev: torch.device) -> None:
+    # The reference's codebook is always a ScalarCodebook, whose placement draws nothing: unlike encoder training's
+    # _place_codewords, no seed is passed (a VectorCodebook would draw its k-means start from seed 0).
     model.eval()
     y = torch.cat([model.encoder(_f32(xb, dev)).float().cpu() for xb in feats.train_x[:_INIT_IMAGES].split(500)])
     model.quantizer.init_from(y)

@@ -10,8 +10,7 @@ import dataclasses
 import inspect
 import logging
 import math
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,15 @@ from engine.config import VariantConfig, config_from_knobs
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
 from engine.errors import UserError
 from engine.profile import count_flops, profile_parts
-from engine.provenance import add_environment
 from engine.train import (
     Progress,
     autocast,
     load_checkpoint,
     pick_device,
     save_checkpoint,
-    seed_everything,
     seeded,
 )
+from engine.training import Hooks, Loop, Optimizer, Scheduler, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -207,84 +205,89 @@ def frozen_features(device: nn.Module, images: torch.Tensor, mean: torch.Tensor,
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float16, device=dev)
 
 
+class _EncoderTraining(Hooks):
+    """`_fit`'s hooks: AdamW with a one-cycle LR (warm-up 15 %) on CE + quantiser loss; batches of augmented images,
+    or of the frozen device part's features computed once; quantisation switched on after `enc.warmup` of the
+    steps with the codewords placed on data; validation after every epoch."""
+
+    def __init__(self, model: EncodedSplit, data: ImageData, enc: EncodingConfig, budget: EncodedTraining,
+                 dev: torch.device, split: tuple[torch.Tensor, ...], epochs: int, steps_per_epoch: int) -> None:
+        self.model, self.enc, self.budget, self.dev = model, enc, budget, dev
+        self.train_x, self.train_y, self.val_x, self.val_y = split
+        self.mean, self.std = data.mean.to(dev), data.std.to(dev)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=budget.label_smoothing)
+        self.train_device = BACKBONES[enc.backbone][0]
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.warmup_steps = int(enc.warmup * epochs * steps_per_epoch)
+        self.val_acc = float("nan")
+
+    def build(self) -> tuple[nn.Module, Optimizer, Scheduler]:
+        self.model.to(self.dev)
+        groups = _param_groups(self.model, self.enc)
+        optimizer = torch.optim.AdamW(groups)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
+                                                        total_steps=self.epochs * self.steps_per_epoch,
+                                                        pct_start=0.15, cycle_momentum=False)
+        return self.model, optimizer, scheduler
+
+    def prepare(self) -> None:
+        self.x_dev, self.y_dev = self.train_x.to(self.dev), self.train_y.to(self.dev)
+        # A frozen device part computes the same feature at every step: compute it once (without augmentation), and
+        # train the encoder, decoder (and server part) on those features.
+        self.inputs = self.x_dev if self.train_device else frozen_features(self.model.device_part.eval(), self.x_dev,
+                                                                           self.mean, self.std)
+
+    def start_epoch(self, epoch: int) -> None:
+        _set_train_mode(self.model, self.enc)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iterate_batches(self.inputs, self.y_dev, self.budget.batch_size, shuffle=True, generator=self.generator)
+
+    def before_step(self, step: int) -> None:
+        if self.model.quantizer is not None:
+            if step == self.warmup_steps:
+                _place_codewords(self.model, self.x_dev[:_INIT_IMAGES], self.mean, self.std, self.budget.seed)
+                _set_train_mode(self.model, self.enc)
+            self.model.quantizer.enabled = step >= self.warmup_steps
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        xb, yb = batch
+        model = self.model
+        if self.train_device:  # augmented under autocast, as it always was
+            xb = normalize(augment_batch(xb, self.generator), self.mean, self.std)
+            logits, qloss = model(xb.contiguous(memory_format=torch.channels_last))
+        else:
+            logits, qloss = model.decode(model.encoder(xb.float()))
+        return self.loss_fn(logits, yb) + qloss
+
+    def end_epoch(self, epochs_done: int) -> bool:
+        if self.model.quantizer is not None:  # validated as trained so far
+            self.model.quantizer.enabled = epochs_done * self.steps_per_epoch > self.warmup_steps
+        return False
+
+    def validate(self, epochs_done: int) -> str:
+        self.val_acc = _accuracy(self.model, self.val_x, self.val_y, self.mean, self.std)
+        return f"val acc {self.val_acc:.4f}"
+
+
 def _fit(model: EncodedSplit, data: ImageData, enc: EncodingConfig, budget: EncodedTraining,
          partial: Path | None, progress: Progress | None) -> dict[str, Any]:
     """The training loop: AdamW, one-cycle LR, CE + quantiser loss, quantisation switched on after the warm-up with
     the codewords placed on data; resumable at epoch boundaries from `partial`."""
     dev = pick_device()
-    generator = seed_everything(budget.seed)
-    train_x, train_y, val_x, val_y = train_val_split(data, budget.val_fraction, budget.seed)
-    mean, std = data.mean.to(dev), data.std.to(dev)
-    model.to(dev)
+    split = train_val_split(data, budget.val_fraction, budget.seed)
     epochs = int(enc.epochs or budget.epochs)
-    steps_per_epoch = math.ceil(len(train_x) / budget.batch_size)
-    total = epochs * steps_per_epoch
-    warmup_steps = int(enc.warmup * total)
-    groups = _param_groups(model, enc)
-    optimizer = torch.optim.AdamW(groups)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total,
-                                                    pct_start=0.15, cycle_momentum=False)
-    epoch, seconds = 0, 0.0
-    resumed = load_checkpoint(partial) if partial is not None else None
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        generator.set_state(resumed["generator"])
-        epoch, seconds = int(resumed["epoch"]), float(resumed["seconds"])
-        log.info("resuming encoder training at epoch %d", epoch)
-    trained_on = add_environment(resumed.get("trained_on") if resumed is not None else None, dev)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=budget.label_smoothing)
-    train_device = BACKBONES[enc.backbone][0]
-    train_x_dev, train_y_dev = train_x.to(dev), train_y.to(dev)
-    start = time.perf_counter()
-    # A frozen device part computes the same feature at every step: compute it once (without augmentation), and
-    # train the encoder, decoder (and server part) on those features.
-    inputs = train_x_dev if train_device else frozen_features(model.device_part.eval(), train_x_dev, mean, std)
-    seconds += time.perf_counter() - start
-    val_acc = float("nan")
-    while epoch < epochs:
-        start = time.perf_counter()
-        _set_train_mode(model, enc)
-        for i, (xb, yb) in enumerate(iterate_batches(inputs, train_y_dev, budget.batch_size, shuffle=True,
-                                                     generator=generator)):
-            step = epoch * steps_per_epoch + i
-            if model.quantizer is not None:
-                if step == warmup_steps:
-                    _place_codewords(model, train_x_dev[:_INIT_IMAGES], mean, std, budget.seed)
-                    _set_train_mode(model, enc)
-                model.quantizer.enabled = step >= warmup_steps
-            with autocast(dev, budget.precision):
-                if train_device:
-                    xb = normalize(augment_batch(xb, generator), mean, std).contiguous(
-                        memory_format=torch.channels_last)
-                    logits, qloss = model(xb)
-                else:
-                    logits, qloss = model.decode(model.encoder(xb.float()))
-                loss = loss_fn(logits, yb) + qloss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if progress and i % 10 == 0:
-                progress((epoch + i / steps_per_epoch) / epochs,
-                         f"encoder epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
-        epoch += 1
-        if model.quantizer is not None:
-            model.quantizer.enabled = epoch * steps_per_epoch > warmup_steps
-        val_acc = _accuracy(model, val_x, val_y, mean, std)
-        seconds += time.perf_counter() - start
-        if partial is not None and epoch < epochs:
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                             "epoch": epoch, "seconds": seconds, "trained_on": trained_on}, partial)
-        if progress:
-            progress(epoch / epochs, f"encoder epoch {epoch}/{epochs} val acc {val_acc:.4f}")
+    steps_per_epoch = math.ceil(len(split[0]) / budget.batch_size)
+    hooks = _EncoderTraining(model, data, enc, budget, dev, split, epochs, steps_per_epoch)
+    loop = Loop("encoder training", dev, epochs, steps_per_epoch, budget.seed, precision=budget.precision,
+                checkpoint=partial, progress=progress, label="encoder ")
+    done = run_loop(loop, hooks)
     if model.quantizer is not None:
         model.quantizer.enabled = True
-    return {"encode_val_accuracy": val_acc, "encode_train_seconds": seconds, "encode_epochs": epochs,
-            "encode_train_images": len(train_x), "encode_train_device": str(dev), "encode_trained_on": trained_on,
-            "encode_train_inputs": "augmented images" if train_device else "frozen device features"}
+    return {"encode_val_accuracy": hooks.val_acc, "encode_train_seconds": done.seconds, "encode_epochs": epochs,
+            "encode_train_images": len(split[0]), "encode_train_device": str(dev),
+            "encode_trained_on": done.trained_on,
+            "encode_train_inputs": "augmented images" if hooks.train_device else "frozen device features"}
 
 
 def fit_codec(model: EncodedSplit, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
