@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: setup run test bench lint clean-cache
+.PHONY: setup run test test-fast bench lint clean-cache
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2
+
+# unit tests only: no dataset, no training beyond synthetic tensors; seconds
+test-fast: setup
+	$(PY) -m pytest -q tests/unit
 
 bench: setup
 	$(PY) bench/run.py

@@ -11,7 +11,7 @@ Conventions (design notes, section 1):
 
 Every channel is seeded: `reseed(seed)` fixes the noise of what follows (one realisation); in training a
 `train_range` draws each image's SNR or p uniformly from a range, so one model serves every condition in it.
-A further channel is one small class registered in `CHANNELS` (see `BinaryErasure` in tests/test_channels.py)."""
+A further channel is one small class registered in `CHANNELS` (see `BinaryErasure` in tests/unit/test_channels.py)."""
 
 from __future__ import annotations
 

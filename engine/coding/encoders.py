@@ -6,7 +6,8 @@ part; the channel slot is an identity here (a noisy channel layer goes there for
 
 Both encoders keep the paper's bound of < 1 % extra computation for their default knobs: the conv's kernel equals its
 stride (a patchify conv, as many MACs as a 1x1 conv on the full map), the default keeps a quarter of the channels and
-shrinks the map to at most 8x8 before the FC layer (tests/test_encoders.py checks the bound at every split and width).
+shrinks the map to at most 8x8 before the FC layer (tests/integration/test_encoders.py checks the bound at every
+split and width).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from engine.profiles import PROFILES
 from engine.store import ResultsStore
 from engine.train import make_model
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = str(PROJECT_ROOT / "dashboard.py")
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 from bench_pages import synthetic_rows  # noqa: E402

@@ -161,7 +161,7 @@ def test_best_picks_the_lowest_latency_feasible_accurate_variant(best_store: Non
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
     env = {**os.environ, "COINFER_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "results"], cwd=Path(__file__).parents[1], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "results"], cwd=Path(__file__).parents[2], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # as `| head` does once it has read enough
     assert proc.wait(timeout=60) == 141

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_finetune import Interrupt, Recorder
 
 from engine.data import ImageData
 from engine.finetune import FinetuneConfig, finetune
@@ -18,7 +19,6 @@ from engine.provenance import (
     merge_environments,
     training_environment,
 )
-from tests.test_finetune import Interrupt, Recorder
 
 CPU = torch.device("cpu")
 

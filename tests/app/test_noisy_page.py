@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from test_jscc import synthetic_rows
+from synthetic import synthetic_rows
 from test_pages import decoded, figures
 
 from app.ui import Environment
@@ -17,7 +17,7 @@ from engine.fig5 import fig5_plan
 from engine.profiles import PROFILES
 from engine.store import ResultsStore
 
-PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "noisy.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app_pages" / "noisy.py")
 
 
 def traces(fig: dict) -> dict[str, dict]:

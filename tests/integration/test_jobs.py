@@ -30,7 +30,7 @@ from engine.store import ResultsStore
 from engine.sweep import one_variant
 from engine.train import base_checkpoint_path, load_or_train_base
 
-DASHBOARD = str(Path(__file__).resolve().parents[1] / "dashboard.py")
+DASHBOARD = str(Path(__file__).resolve().parents[2] / "dashboard.py")
 FAKE_BASE = BaseModelConfig(dataset="fake-fingerprint", width=0.125, epochs=1)
 
 
@@ -322,7 +322,7 @@ def test_a_terminated_sweep_stops_its_workers_and_gives_the_job_back(qenv: Path,
     base = dataclasses.replace(profile.base_config(small_data.fingerprint), lr=0.12, epochs=3)  # not trained: slow
     s = one_variant("original", "server_only", "smoke", base, os.environ["COINFER_DATA"]).spec
     queue = JobQueue()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     code = ("from engine.queue import JobSpec, WorkerOptions, interrupt_on_terminate; "
             "from engine.sweep import Planned, run; interrupt_on_terminate(); "
             f"run([Planned(JobSpec.from_json({s.to_json()!r}), 0)], workers=1, "

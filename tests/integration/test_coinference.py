@@ -42,7 +42,7 @@ from engine.latency import Overheads
 from engine.methods import RunContext
 from engine.profiles import PROFILES
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VARIANT = "0123456789abcdef"
 
 

@@ -18,7 +18,7 @@ from engine.methods import METHODS, RunContext
 from engine.profiles import PROFILES
 from engine.store import ResultsStore
 
-PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "live.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app_pages" / "live.py")
 ENV = Environment("smoke", 0.125, DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 100e3 * 8, 0.5)
 
 

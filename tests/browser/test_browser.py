@@ -21,7 +21,7 @@ from test_pages import measured_original
 from engine.data import ImageData
 
 pytestmark = pytest.mark.browser
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("COINFER_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = PROJECT_ROOT / "test-output" / "screenshots"
 # (page file, navigation title, page heading, has a chart of clickable points with smoke `original` rows)

@@ -1,29 +1,20 @@
-"""Sweeps: grids per profile and method discovered from the METHODS registry, cheapest first; a local sweep runs
-them in priority order and skips what is measured; a Dask cluster gives the same rows as local workers."""
+"""Sweep plans: grids per profile and method discovered from the METHODS registry, cheapest first; every variant
+the engine proposes passes its method's check, and a knob a method cannot use is refused before it is queued."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import cache_sharing_data, use_cache
 
 from engine import sweep
 from engine.config import BaseModelConfig, VariantConfig
-from engine.data import ImageData
 from engine.errors import UserError
 from engine.methods import METHODS
 from engine.models import split_names
 from engine.profiles import PROFILES, Grid, MethodGrid
-from engine.queue import JobQueue, Worker, WorkerOptions
-from engine.store import ResultsStore
-from engine.train import load_or_train_base
 
 FAKE_BASE = BaseModelConfig(dataset="fake-fingerprint", width=0.125, epochs=1)
-COMPARED = ("accuracy", "bits_actual", "bits_ideal", "bits_raw", "device_flops", "server_flops", "device_memory_bytes",
-            "feature_shape", "base_test_accuracy", "png_bits", "test_images", "base_id", "dataset_fingerprint")
 
 
 class Pricey:
@@ -167,54 +158,3 @@ def test_one_variant_at_a_time() -> None:
     with pytest.raises(UserError, match="unknown profile 'huge'"):
         sweep.plan("huge", FAKE_BASE)
     assert all(isinstance(PROFILES.get(name).grid, Grid) for name in PROFILES)  # a grid for each profile
-
-
-# -- running sweeps (smoke base model, trained once) -----------------------------------------------------------
-
-
-@pytest.fixture()
-def trained_cache(tmp_path: Path, tmp_cache: Path, shared_tar: Path, small_data: ImageData,
-                  monkeypatch: pytest.MonkeyPatch) -> Path:
-    load_or_train_base(PROFILES.get("smoke").base_config(small_data.fingerprint), small_data, tmp_cache)
-    return use_cache(monkeypatch, cache_sharing_data(tmp_path, tmp_cache, ("data", "models")), shared_tar)
-
-
-def test_local_sweep_runs_cheap_first_and_skips_what_is_measured(trained_cache: Path,
-                                                                  small_data: ImageData) -> None:
-    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
-    planned = sweep.plan("smoke", base, os.environ["COINFER_DATA"], methods=["original"])
-    queue, store = JobQueue(), ResultsStore()
-    report = sweep.run(planned, queue=queue, store=store, workers=1, options=WorkerOptions(threads=2))
-    assert [j.status for j in report.jobs] == ["done"] * 3, [j.error for j in report.jobs]
-    started = sorted(report.jobs, key=lambda j: j.started_at)
-    assert [j.id for j in started] == [p.id for p in planned]  # one worker: strictly in priority order
-    assert {r["id"] for r in store.rows()} == {p.id for p in planned}
-    assert report.first_row_s is not None and 0 < report.first_row_s <= report.wall_s
-    assert report.per_method()["original"] == {"variants": 3, "measured before": 0, "done": 3, "failed": 0,
-                                               "cancelled": 0}
-    again = sweep.run(planned, queue=queue, store=store, workers=1)
-    assert again.jobs == [] and sorted(again.measured) == sorted(p.id for p in planned)
-
-
-def test_a_dask_cluster_gives_the_same_rows_as_a_local_worker(trained_cache: Path, small_data: ImageData) -> None:
-    distributed = pytest.importorskip("distributed")
-    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
-    planned = sweep.plan("smoke", base, os.environ["COINFER_DATA"], methods=["original"])
-    planned = [p for p in planned if p.spec.split in ("device_only", "conv4_x")]
-
-    local_queue, local_store = JobQueue(trained_cache / "local-jobs.sqlite"), ResultsStore(trained_cache / "l.sqlite")
-    sweep.submit(local_queue, planned, local_store)
-    Worker(local_queue, WorkerOptions(store_path=str(local_store.path), poll_s=0.05, max_jobs=2)).work()
-
-    queue, store = JobQueue(trained_cache / "dask-jobs.sqlite"), ResultsStore(trained_cache / "d.sqlite")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
-                                  host="127.0.0.1", scheduler_port=0, dashboard_address=None) as cluster:
-        report = sweep.run(planned, queue=queue, store=store, scheduler=cluster.scheduler_address)
-    assert [j.status for j in report.jobs] == ["done", "done"], [j.error for j in report.jobs]
-    assert all(j.worker.startswith("dask:tcp://127.0.0.1:") for j in report.jobs)
-    for p in planned:
-        local, remote = local_store.get(p.id), store.get(p.id)
-        assert local is not None and remote is not None
-        assert {k: remote[k] for k in COMPARED} == {k: local[k] for k in COMPARED}
-    conv4 = store.get(next(p.id for p in planned if p.spec.split == "conv4_x"))
-    assert conv4["bits_ideal"] <= conv4["bits_actual"] < conv4["bits_raw"] and conv4["device_flops"] > 0

@@ -1,7 +1,7 @@
 """The smoke sweep and `noisy --profile smoke` give the very rows recorded in `golden/smoke.json`: the same variant
 ids and, bit for bit, the same figures. A restructuring of the engine must not move a number; a change that is
 meant to (a new budget, a fixed bug) regenerates the file with `COINFER_WRITE_GOLDEN=1 pytest
-tests/test_golden_smoke.py` and says why in its commit."""
+tests/integration/test_golden_smoke.py` and says why in its commit."""
 
 from __future__ import annotations
 
