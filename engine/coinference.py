@@ -135,7 +135,24 @@ class ServerStats:
     active: int = 0
     images: int = 0
     rejected: int = 0
-    reasons: list[str] = field(default_factory=list)  # the last rejection reasons
+    dropped: int = 0  # idle or trickling connections closed to make room for a newcomer
+    reasons: list[str] = field(default_factory=list)  # the last rejection and drop reasons
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One connection as the server tracks it: a device once its HELLO was accepted, and since when it has been
+    waiting for its current message (None while the server computes on one: it cannot be dropped then)."""
+
+    sock: socket.socket
+    peer: Any
+    device: bool = False
+    waiting_since: float | None = None
+    dropped: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.peer[0]}:{self.peer[1]}"
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -155,18 +172,24 @@ class _TCPServer(socketserver.ThreadingTCPServer):
 class CoinferenceServer:
     """The edge server: answers each device's FEATURE frames with the predicted label, one thread per connection.
     A malformed, truncated or oversized message is logged with its reason and costs only its own connection (or,
-    when the framing is intact, only that message); the server keeps serving the others. Listens on 127.0.0.1
-    unless told otherwise."""
+    when the framing is intact, only that message); the server keeps serving the others. Each message must arrive
+    whole within `read_timeout` seconds of when the server starts waiting for it (however it trickles in). At most
+    `max_clients` devices and `max_pending` connections yet to say HELLO are held: when full, a newcomer that
+    speaks the protocol takes the place of the connection that has waited longest for a complete message (idle or
+    trickling), which is logged and closed; a device is refused as busy only when every other one is being
+    computed for. Listens on 127.0.0.1 unless told otherwise."""
 
     def __init__(self, bundle: Bundle, host: str = "127.0.0.1", port: int = 0, *,
                  max_payload: int = protocol.DEFAULT_MAX_PAYLOAD, channel: Channel | None = None,
-                 read_timeout: float = 60.0, max_clients: int = 32) -> None:
+                 read_timeout: float = 60.0, max_clients: int = 32, max_pending: int | None = None) -> None:
         self.bundle = bundle
         self.max_payload, self.read_timeout, self.max_clients = max_payload, read_timeout, max_clients
+        self.max_pending = max_clients if max_pending is None else max_pending
         self.channel = channel if channel is not None else resolve_channel(bundle.meta.get("channel"))
         bundle.warm_up("server")
         self.stats = ServerStats()
         self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
         self._thread: threading.Thread | None = None
         try:
             self._tcp = _TCPServer((host, port), _Handler)
@@ -209,32 +232,76 @@ class CoinferenceServer:
             with contextlib.suppress(OSError):
                 sock.sendall(protocol.error(reason))
 
+    def _make_room(self, conn: _Connection, device: bool) -> bool:
+        """Room for `conn` among the devices (`device`) or the connections yet to say HELLO: when that pool is full,
+        the one of it that has waited longest for a complete message is dropped; False when none can be."""
+        with self._lock:
+            pool = [c for c in self._connections if c.device == device and c is not conn and not c.dropped]
+            if len(pool) < (self.max_clients if device else self.max_pending):
+                conn.device = device
+                return True
+            waiting = [c for c in pool if c.waiting_since is not None]
+            if not waiting:
+                return False
+            victim = min(waiting, key=lambda c: c.waiting_since or 0.0)
+            waited = time.monotonic() - (victim.waiting_since or 0.0)
+            victim.dropped = (f"dropped: no complete message for {waited:.1f} s while the server was full "
+                              f"({len(pool)} {'devices' if device else 'connections before HELLO'}); its place went "
+                              f"to {conn.name}")
+            self.stats.dropped += 1
+            self.stats.reasons = [*self.stats.reasons[-19:], victim.dropped]
+            conn.device = device
+        log.warning("%s %s", victim.name, victim.dropped)
+        with contextlib.suppress(OSError), victim.sock.dup() as tell:  # the reason, if it fits without waiting
+            tell.settimeout(0)
+            tell.send(protocol.error(victim.dropped))
+        with contextlib.suppress(OSError):
+            victim.sock.shutdown(socket.SHUT_RDWR)  # its thread's read returns: it ends quietly
+        return True
+
+    def _read(self, conn: _Connection) -> protocol.Frame | None:
+        """The connection's next frame, whole within `read_timeout` of now; droppable while it waits."""
+        with self._lock:
+            conn.waiting_since = time.monotonic()
+        frame = protocol.read_frame(conn.sock, self.max_payload, deadline=conn.waiting_since + self.read_timeout)
+        with self._lock:
+            conn.waiting_since = None
+        return frame
+
     def _serve_connection(self, sock: socket.socket, peer: Any) -> None:
+        conn = _Connection(sock, peer, waiting_since=time.monotonic())
         with self._lock:
             self.stats.connections += 1
             self.stats.active += 1
-            busy = self.stats.active > self.max_clients
+            self._connections.add(conn)
         try:
             sock.settimeout(self.read_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if busy:
-                self._reject(sock, peer, f"server busy: {self.max_clients} devices connected; retry later")
-                return
-            self._converse(sock, peer)
-        except Truncated as exc:
-            self._reject(sock, peer, f"truncated message: {exc}", reply=False)
-        except ProtocolError as exc:
-            self._reject(sock, peer, str(exc))
-        except TimeoutError:
-            self._reject(sock, peer, f"no complete message within {self.read_timeout:g} s", reply=False)
-        except OSError as exc:
-            log.info("connection from %s:%s ended: %s", peer[0], peer[1], exc)
+            if not self._make_room(conn, device=False):
+                raise ProtocolError(f"server busy: {self.max_pending} connections are starting; retry later")
+            self._converse(conn)
+        except (ProtocolError, TimeoutError, OSError) as exc:
+            if not conn.dropped:
+                self._failed(conn, exc)
         finally:
             with self._lock:
                 self.stats.active -= 1
+                self._connections.discard(conn)
 
-    def _converse(self, sock: socket.socket, peer: Any) -> None:
-        frame = protocol.read_frame(sock, self.max_payload)
+    def _failed(self, conn: _Connection, exc: Exception) -> None:
+        """Log (and, when the framing allows, answer) why a connection ended."""
+        if isinstance(exc, Truncated):
+            self._reject(conn.sock, conn.peer, f"truncated message: {exc}", reply=False)
+        elif isinstance(exc, ProtocolError):
+            self._reject(conn.sock, conn.peer, str(exc))
+        elif isinstance(exc, TimeoutError):
+            self._reject(conn.sock, conn.peer, f"no complete message within {self.read_timeout:g} s", reply=False)
+        else:
+            log.info("connection from %s ended: %s", conn.name, exc)
+
+    def _converse(self, conn: _Connection) -> None:
+        sock = conn.sock
+        frame = self._read(conn)
         if frame is None:
             return
         if frame.kind != protocol.HELLO:
@@ -242,8 +309,10 @@ class CoinferenceServer:
         variant = protocol.control_json(frame)["variant"]
         if variant != self.bundle.id:
             raise ProtocolError(f"this server runs variant {self.bundle.id}, the device runs {variant}")
+        if not self._make_room(conn, device=True):
+            raise ProtocolError(f"server busy: {self.max_clients} devices connected; retry later")
         sock.sendall(protocol.welcome(self.bundle.id, self.bundle.coding))
-        while (frame := protocol.read_frame(sock, self.max_payload)) is not None:
+        while (frame := self._read(conn)) is not None:
             if frame.kind != protocol.FEATURE:
                 raise ProtocolError(f"expected FEATURE, got {frame.name}")
             seq, count, stream = protocol.parse_feature(frame)
@@ -256,7 +325,7 @@ class CoinferenceServer:
                 label = int(self.bundle.logits(received).argmax(1))
                 done = time.perf_counter()
             except (ValueError, RuntimeError) as exc:  # the framing is intact: reject this message only
-                self._reject(sock, peer, f"image {seq}: undecodable bitstream ({str(exc).splitlines()[0][:200]})")
+                self._reject(sock, conn.peer, f"image {seq}: undecodable bitstream ({str(exc).splitlines()[0][:200]})")
                 continue
             with self._lock:
                 self.stats.images += 1

@@ -29,6 +29,7 @@ import tempfile
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,16 @@ SELECTION_VERSION = 1
 BUNDLE_FORMAT = "coinfer-bundle"
 BUNDLE_VERSION = 1
 MAX_SELECTION_BYTES = 1 << 20
-MAX_BUNDLE_FILE_BYTES = 1 << 30
+MAX_BUNDLE_BYTES = 256 << 20  # all of a bundle's files together, as its zip directory or the file system gives them
+MAX_TABLE_BYTES = 4 << 20  # codec.json, quantizer.json
+MAX_INPUT_ELEMENTS = 1 << 22  # values of one input image (meta.json's input_shape): 3x1024x1024 fits
+MAX_SENT_ELEMENTS = 1 << 22  # values the device program sends per image (meta.json's sent_shape)
 CODINGS = ("entropy", "png", "label", "analog")
 BUNDLE_FILES = ("device.pt", "server.pt", "codec.json", "quantizer.json", "meta.json", "selection.json")
 _BASE_FIELDS = {f.name: f for f in dataclasses.fields(BaseModelConfig)}
+FILE_LIMITS = {"manifest.json": MAX_SELECTION_BYTES, "meta.json": MAX_SELECTION_BYTES,
+               "selection.json": MAX_SELECTION_BYTES, "codec.json": MAX_TABLE_BYTES, "quantizer.json": MAX_TABLE_BYTES,
+               "device.pt": MAX_BUNDLE_BYTES, "server.pt": MAX_BUNDLE_BYTES}  # bytes each file may have
 
 # ------------------------------------------------------------------------------------------------------ selection
 
@@ -410,31 +417,103 @@ def write_bundle(cfg: VariantConfig, ctx: Any, out: Path, metrics: Mapping[str, 
     return out
 
 
-def _read_bundle_files(path: Path) -> dict[str, bytes]:
-    names = ("manifest.json", *BUNDLE_FILES)
-    if path.is_dir():
-        extra = sorted(p.name for p in path.iterdir() if p.name not in names)
-        if extra:
-            raise UserError(f"bundle {path.name}: unexpected file(s) {', '.join(extra)}; export the bundle again")
-        out = {}
-        for name in names:
-            p = path / name
-            if p.is_file():
-                if p.stat().st_size > MAX_BUNDLE_FILE_BYTES:
-                    raise UserError(f"bundle {path.name}: {name} is over {MAX_BUNDLE_FILE_BYTES:,} bytes")
-                out[name] = p.read_bytes()
-        return out
-    if zipfile.is_zipfile(path):
+def _check_sizes(sizes: Mapping[str, int], name: str) -> None:
+    """Refuse a bundle whose files (sizes as listed, before reading any) are unknown, over their limits or together
+    over MAX_BUNDLE_BYTES."""
+    extra = sorted(f for f in sizes if f not in FILE_LIMITS)
+    if extra:
+        raise UserError(f"bundle {name}: unexpected file(s) {', '.join(extra[:5])}; export the bundle again")
+    for file, size in sizes.items():
+        if size > FILE_LIMITS[file]:
+            raise UserError(f"bundle {name}: {file} has {size:,} bytes, over its {FILE_LIMITS[file]:,}-byte limit; "
+                            "export the bundle again")
+    if sum(sizes.values()) > MAX_BUNDLE_BYTES:
+        raise UserError(f"bundle {name}: its files hold {sum(sizes.values()):,} bytes, over the "
+                        f"{MAX_BUNDLE_BYTES:,}-byte limit of a bundle; export a smaller variant")
+
+
+def _read_bundle_dir(path: Path) -> dict[str, bytes]:
+    files = {p.name: p for p in path.iterdir()}
+    odd = sorted(f for f, p in files.items() if not p.is_file())
+    if odd:
+        raise UserError(f"bundle {path.name}: {', '.join(odd[:5])} is not a regular file; export the bundle again")
+    _check_sizes({f: p.stat().st_size for f, p in files.items()}, path.name)
+    out = {}
+    for file, p in files.items():
+        with open(p, "rb") as f:
+            out[file] = f.read(FILE_LIMITS[file] + 1)  # bounded even if the file grew since stat()
+        if len(out[file]) > FILE_LIMITS[file]:
+            raise UserError(f"bundle {path.name}: {file} grew past its limit while being read; export the bundle again")
+    return out
+
+
+def _read_bundle_zip(path: Path) -> dict[str, bytes]:
+    try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-            extra = sorted(i.filename for i in infos if i.filename not in names)
-            if extra:
-                raise UserError(f"bundle {path.name}: unexpected member(s) {', '.join(extra[:5])}; export it again")
-            if any(i.file_size > MAX_BUNDLE_FILE_BYTES for i in infos):
-                raise UserError(f"bundle {path.name}: a member is over {MAX_BUNDLE_FILE_BYTES:,} bytes")
-            return {i.filename: zf.read(i) for i in infos}
+            if len({i.filename for i in infos}) != len(infos):
+                raise UserError(f"bundle {path.name}: a member appears twice in the archive; export it again")
+            _check_sizes({i.filename: i.file_size for i in infos}, path.name)
+            return {i.filename: zf.read(i) for i in infos}  # zipfile yields at most file_size bytes
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise UserError(f"bundle {path.name} is a damaged zip archive ({reason}); export it again") from None
+
+
+def _read_bundle_files(path: Path) -> dict[str, bytes]:
+    """The files of a bundle directory or .zip, refused before reading when any is unknown or too large."""
+    if path.is_dir():
+        return _read_bundle_dir(path)
+    if zipfile.is_zipfile(path):
+        return _read_bundle_zip(path)
     raise UserError(f"{path} is neither a bundle directory nor a bundle .zip; write one with "
                     "`python -m engine export --id ID --out PATH`")
+
+
+def _bundle_json(data: bytes, file: str, name: str) -> Any:
+    """A bundle's JSON file: valid, not nested past Python's recursion limit, finite numbers only."""
+    def not_finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise UserError(f"bundle {name}: {file} holds {text}, not a finite number; export the bundle again")
+        return value
+
+    try:
+        return json.loads(data, parse_constant=not_finite, parse_float=not_finite)
+    except RecursionError:
+        raise UserError(f"bundle {name}: {file} is nested too deeply to be a bundle table; export it again") from None
+    except ValueError:
+        raise UserError(f"bundle {name}: {file} is not valid JSON; export the bundle again") from None
+
+
+def _check_torchscript(data: bytes, file: str, name: str) -> None:
+    """Refuse a program that is not a TorchScript archive (a pickle, a torch.save archive) before any loader sees
+    it, and one whose members expand past MAX_BUNDLE_BYTES."""
+    what = f"bundle {name}: {file} is not a TorchScript program"
+    try:
+        infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise UserError(f"{what} (not a zip archive: a pickle?); export the bundle again") from None
+    names = {i.filename for i in infos}
+    prefix = next(iter(names), "").split("/", 1)[0]
+    required = {f"{prefix}/data.pkl", f"{prefix}/constants.pkl", f"{prefix}/version"}
+    if not all(n.startswith(f"{prefix}/") for n in names) or not required <= names \
+            or not any(n.startswith(f"{prefix}/code/") for n in names):
+        raise UserError(f"{what} (no TorchScript code or constants: a torch.save archive?); export the bundle again")
+    if sum(i.file_size for i in infos) > MAX_BUNDLE_BYTES:
+        raise UserError(f"{what} of a sensible size (its members expand past {MAX_BUNDLE_BYTES:,} bytes); export "
+                        "the bundle again")
+
+
+def _load_program(data: bytes, file: str, name: str) -> torch.jit.ScriptModule:
+    """A bundle's program, checked to be a TorchScript archive and loaded as one (no Python unpickling)."""
+    _check_torchscript(data, file, name)
+    try:
+        return _jit_load(data)
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise UserError(f"bundle {name}: {file} does not load as a TorchScript program ({reason}); export the "
+                        "bundle again") from None
 
 
 @dataclass
@@ -578,63 +657,111 @@ class Bundle:
         return torch.tensor(out, dtype=torch.int64)
 
 
-def _check_meta(meta: Any, name: str) -> None:
-    """meta.json's shapes and counts are small positive integers (they size the tensors built from messages)."""
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with meta.json's shapes and counts (they size the tensors built at warm-up and from messages),
+    or None."""
     def small_ints(v: Any, lo: int) -> bool:
-        return isinstance(v, list) and all(type(i) is int and lo <= i <= 1 << 16 for i in v)
+        return isinstance(v, list) and len(v) <= 8 and all(type(i) is int and lo <= i <= 1 << 16 for i in v)
 
-    ok = isinstance(meta, dict) and small_ints(meta.get("input_shape"), 1) and len(meta["input_shape"]) == 3 \
-        and small_ints(meta.get("sent_shape"), 1) and small_ints([meta.get("symbols_per_image")], 0) \
-        and small_ints([meta.get("num_classes")], 2) and meta["num_classes"] <= 65535
-    if not ok:
-        raise UserError(f"bundle {name}: meta.json does not describe the programs' shapes; export it again")
+    if not isinstance(meta, dict) or not small_ints(meta.get("input_shape"), 1) or len(meta["input_shape"]) != 3 \
+            or not small_ints(meta.get("sent_shape"), 1) or not small_ints([meta.get("symbols_per_image")], 0) \
+            or not small_ints([meta.get("num_classes")], 2) or meta["num_classes"] > 65535:
+        return "it does not describe the programs' shapes"
+    for key, limit in (("input_shape", MAX_INPUT_ELEMENTS), ("sent_shape", MAX_SENT_ELEMENTS)):
+        if math.prod(meta[key]) > limit:
+            return f"its {key} {meta[key]} holds {math.prod(meta[key]):,} values, over the {limit:,} a bundle may have"
+    if meta.get("coding") == "entropy" and math.prod(meta["sent_shape"]) != meta["symbols_per_image"]:
+        return f"its sent_shape {meta['sent_shape']} does not hold its {meta['symbols_per_image']} symbols per image"
+    return None
+
+
+def _check_meta(meta: Any, name: str) -> None:
+    """Refuse a meta.json whose shapes and counts are not small positive integers within the bundle limits."""
+    problem = _meta_problem(meta)
+    if problem:
+        raise UserError(f"bundle {name}: meta.json is wrong ({problem}); export the bundle again")
+
+
+def _check_programs(bundle: Bundle, name: str) -> None:
+    """One zero image through device program, encoder, decoder and server program: a sent_shape, codec or class
+    count that does not match the programs is refused at load, not at the first image."""
+    meta = bundle.meta
+    try:
+        sent = bundle.device_output(torch.zeros([1, *meta["input_shape"]], dtype=torch.uint8))
+        if bundle.coding != "png" and list(sent.shape) != [1, *meta["sent_shape"]]:
+            raise ValueError(f"the device program sends shape {list(sent.shape[1:])}, meta.json's sent_shape is "
+                             f"{meta['sent_shape']}")
+        logits = bundle.logits(bundle.received(*bundle.encode(sent)))
+        if list(logits.shape) != [1, meta["num_classes"]]:
+            raise ValueError(f"the server program gives shape {list(logits.shape)}, not [1, {meta['num_classes']}]")
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"bundle {name}: its programs do not run as meta.json describes ({reason}); export the "
+                        "bundle again") from None
+
+
+def _check_manifest(files: dict[str, bytes], name: str) -> dict[str, Any]:
+    """The manifest (removed from `files`), every other file's size and sha256 checked against it."""
+    if "manifest.json" not in files:
+        raise UserError(f"bundle {name} has no manifest.json; export it again")
+    manifest = _bundle_json(files.pop("manifest.json"), "manifest.json", name)
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT \
+            or manifest.get("version") != BUNDLE_VERSION or not isinstance(manifest.get("files"), dict):
+        raise UserError(f"bundle {name}: not a {BUNDLE_FORMAT} version {BUNDLE_VERSION} manifest")
+    listed = manifest["files"]
+    if set(listed) != set(files):
+        raise UserError(f"bundle {name}: files {sorted(files)} do not match the manifest's {sorted(listed)}")
+    for file, data in files.items():
+        entry = listed[file]
+        if not isinstance(entry, dict) or entry.get("bytes") != len(data) or entry.get("sha256") != _sha256(data):
+            raise UserError(f"bundle {name}: {file} does not match its sha256 in the manifest (altered or "
+                            "damaged); export the bundle again")
+    for file in ("server.pt", "codec.json", "quantizer.json", "meta.json", "selection.json"):
+        if file not in files:
+            raise UserError(f"bundle {name} lacks {file}; export it again")
+    return manifest
+
+
+def _load_codec(state: Any, name: str) -> EntropyCodec:
+    try:
+        return CODECS.get(state["codec"]).from_state(state)
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError, UserError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise UserError(f"bundle {name}: codec.json is not a codec table ({reason}); export it again") from None
 
 
 def load_bundle(path: Path | str) -> Bundle:
-    """A bundle directory or .zip, its manifest and every file's size and sha256 checked before any file is read as
-    JSON or a program; programs load as TorchScript (no Python unpickling), tables as JSON."""
+    """A bundle directory or .zip, checked before and while it loads: file sizes from the directory (each within
+    FILE_LIMITS, all within MAX_BUNDLE_BYTES) before reading, every file's size and sha256 against the manifest
+    before any is parsed, JSON tables finite and shallow, meta.json's shapes bounded (MAX_INPUT_ELEMENTS,
+    MAX_SENT_ELEMENTS), programs TorchScript archives (no Python unpickling), and one zero image run through the
+    whole pipeline. Every refusal is one UserError line.
+
+    Args:
+        path: the bundle directory or .zip.
+
+    Returns:
+        The loaded bundle.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"no bundle at {path}; write one with `python -m engine export --id ID --out PATH`")
+    name = path.name
     files = _read_bundle_files(path)
-    if "manifest.json" not in files:
-        raise UserError(f"bundle {path.name} has no manifest.json; export it again")
-    try:
-        manifest = json.loads(files.pop("manifest.json"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise UserError(f"bundle {path.name}: manifest.json is not valid JSON; export it again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT \
-            or manifest.get("version") != BUNDLE_VERSION or not isinstance(manifest.get("files"), dict):
-        raise UserError(f"bundle {path.name}: not a {BUNDLE_FORMAT} version {BUNDLE_VERSION} manifest")
-    listed = manifest["files"]
-    if set(listed) != set(files):
-        raise UserError(f"bundle {path.name}: files {sorted(files)} do not match the manifest's {sorted(listed)}")
-    for name, data in files.items():
-        entry = listed[name]
-        if not isinstance(entry, dict) or entry.get("bytes") != len(data) or entry.get("sha256") != _sha256(data):
-            raise UserError(f"bundle {path.name}: {name} does not match its sha256 in the manifest (altered or "
-                            "damaged); export the bundle again")
-    for name in ("server.pt", "codec.json", "quantizer.json", "meta.json", "selection.json"):
-        if name not in files:
-            raise UserError(f"bundle {path.name} lacks {name}; export it again")
+    manifest = _check_manifest(files, name)
     selection = parse_selection(files["selection.json"])
-    try:
-        meta = json.loads(files["meta.json"])
-        codec_state = json.loads(files["codec.json"])
-        quantizer = json.loads(files["quantizer.json"])
-    except ValueError:
-        raise UserError(f"bundle {path.name}: a JSON table is not valid JSON; export it again") from None
-    _check_meta(meta, path.name)
+    meta, codec_state, quantizer = (_bundle_json(files[f], f, name) for f in ("meta.json", "codec.json",
+                                                                             "quantizer.json"))
+    _check_meta(meta, name)
+    if not isinstance(quantizer, dict):
+        raise UserError(f"bundle {name}: quantizer.json is not a table; export it again")
     if meta.get("id") != selection["id"] or manifest.get("id") != selection["id"]:
-        raise UserError(f"bundle {path.name}: its files name different variants; export it again")
+        raise UserError(f"bundle {name}: its files name different variants; export it again")
     if meta.get("coding") not in CODINGS or (meta["coding"] != "png") != ("device.pt" in files):
-        raise UserError(f"bundle {path.name}: unknown coding {meta.get('coding')!r} or a missing device program")
-    codec = None
-    if meta["coding"] == "entropy":
-        try:
-            codec = CODECS.get(codec_state["codec"]).from_state(codec_state)
-        except (KeyError, TypeError, ValueError, UserError) as exc:
-            raise UserError(f"bundle {path.name}: codec.json is not a codec table ({exc}); export it again") from None
-    device = _jit_load(files["device.pt"]) if "device.pt" in files else None
-    server = _jit_load(files["server.pt"])
-    return Bundle(path, manifest, meta, selection, quantizer, device, server, codec)
+        raise UserError(f"bundle {name}: unknown coding {meta.get('coding')!r} or a missing device program")
+    codec = _load_codec(codec_state, name) if meta["coding"] == "entropy" else None
+    device = _load_program(files.pop("device.pt"), "device.pt", name) if "device.pt" in files else None
+    server = _load_program(files.pop("server.pt"), "server.pt", name)
+    bundle = Bundle(path, manifest, meta, selection, quantizer, device, server, codec)
+    _check_programs(bundle, name)
+    return bundle

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +74,26 @@ def parse_header(header: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple
     return kind, length
 
 
-def recv_exact(sock: socket.socket, n: int, *, started: bool = False) -> bytes | None:
-    """Exactly n bytes; None on a clean end before the first byte (when not `started`), Truncated after it."""
+def recv_exact(sock: socket.socket, n: int, *, started: bool = False, deadline: float | None = None) -> bytes | None:
+    """Exactly n bytes; None on a clean end before the first byte (when not `started`), Truncated after it.
+
+    Args:
+        sock: the connection.
+        n: how many bytes.
+        started: whether a frame has begun (an end of stream is then a truncation).
+        deadline: a `time.monotonic()` by which all n bytes must have come (TimeoutError after it), however they
+            trickle in; None: each read waits as long as the socket's timeout.
+
+    Returns:
+        The bytes, or None at a clean end of stream.
+    """
     chunks, got = [], 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{got} of {n} bytes by the deadline")
+            sock.settimeout(left)
         chunk = sock.recv(min(n - got, 1 << 16))
         if not chunk:
             if got == 0 and not started:
@@ -87,13 +104,29 @@ def recv_exact(sock: socket.socket, n: int, *, started: bool = False) -> bytes |
     return b"".join(chunks)
 
 
-def read_frame(sock: socket.socket, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame | None:
-    """The next frame, None at a clean end of stream; ProtocolError / Truncated when the stream is bad."""
-    header = recv_exact(sock, HEADER.size)
-    if header is None:
-        return None
-    kind, length = parse_header(header, max_payload)
-    payload = recv_exact(sock, length, started=True) if length else b""
+def read_frame(sock: socket.socket, max_payload: int = DEFAULT_MAX_PAYLOAD,
+               deadline: float | None = None) -> Frame | None:
+    """The next frame, None at a clean end of stream; ProtocolError / Truncated when the stream is bad.
+
+    Args:
+        sock: the connection.
+        max_payload: the largest FEATURE payload accepted.
+        deadline: a `time.monotonic()` by which the whole frame must have come (TimeoutError after it): a peer
+            trickling a byte at a time cannot hold the reader longer. The socket's timeout is restored after.
+
+    Returns:
+        The frame, or None at a clean end of stream.
+    """
+    timeout = sock.gettimeout()
+    try:
+        header = recv_exact(sock, HEADER.size, deadline=deadline)
+        if header is None:
+            return None
+        kind, length = parse_header(header, max_payload)
+        payload = recv_exact(sock, length, started=True, deadline=deadline) if length else b""
+    finally:
+        if deadline is not None:
+            sock.settimeout(timeout)
     assert payload is not None
     return Frame(kind, payload)
 

@@ -11,7 +11,6 @@ import io
 import logging
 import lzma
 import os
-import pickle
 import tarfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from engine.data.decode import Blob, decode_images
+from engine.data.safe_pickle import UnsafePickleError, load_cifar_pickle
 from engine.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -167,23 +167,41 @@ def _from_imagefolder(entries: Sequence[tuple[str, str, Blob]], origin: str) -> 
     return Decoded(classes, x[:k], y[:k], x[k:], y[k:], "ImageFolder")
 
 
-def _from_cifar(read: Callable[[str], bytes], origin: str) -> Decoded:
-    """Tensors from the pickled CIFAR-10 batches (as torchvision reads them); `read` returns a file's bytes."""
+def _text_keys(obj: Any) -> Any:
+    """A batch dict with byte-string keys (a Python 3 pickle of a Python 2 batch) keyed by text instead."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"a CIFAR-10 batch is a dict, not {type(obj).__name__}")
+    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _read_cifar_pickle(read: Callable[[str], bytes], fname: str, origin: str) -> dict[str, Any]:
+    """One CIFAR-10 batch file, read with the restricted unpickler (no code runs from it)."""
     try:
-        meta = pickle.loads(read(CIFAR_META), encoding="latin1")
-        classes = [str(c) for c in meta["label_names"]]
+        return _text_keys(load_cifar_pickle(read(fname)))
+    except UnsafePickleError as exc:
+        raise UserError(f"{origin}: {fname} is not a CIFAR-10 batch ({exc}) and was not loaded; use the "
+                        "official cifar-10-python archive") from None
+
+
+def _from_cifar(read: Callable[[str], bytes], origin: str) -> Decoded:
+    """Tensors from the pickled CIFAR-10 batches (as torchvision reads them, but with an unpickler that admits
+    only numpy arrays and plain containers); `read` returns a file's bytes."""
+    try:
+        meta = _read_cifar_pickle(read, CIFAR_META, origin)
+        classes = [c.decode("latin-1") if isinstance(c, bytes) else str(c) for c in meta["label_names"]]
         parts = {}
         for split, files in (("train", CIFAR_TRAIN), ("test", CIFAR_TEST)):
             xs, ys = [], []
             for fname in files:
-                batch = pickle.loads(read(fname), encoding="latin1")
+                batch = _read_cifar_pickle(read, fname, origin)
                 xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64))
             parts[split] = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a bad pickle can raise anything
-        raise UserError(f"{origin}: unreadable CIFAR-10 batch files ({str(exc).splitlines()[0][:100]})") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        raise UserError(f"{origin}: unreadable CIFAR-10 batch files ({reason}); download the dataset again") from None
     return Decoded(classes, *parts["train"], *parts["test"], "CIFAR-10 batches")
 
 

@@ -3,6 +3,7 @@ device client's timings, the JSCC channel hook, and `python -m engine serve` / `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -301,10 +302,74 @@ def test_stalled_client_is_dropped(bundle: Bundle) -> None:
 
 
 def test_busy_server_refuses_extra_devices(bundle: Bundle) -> None:
-    with CoinferenceServer(bundle, max_clients=1) as srv, _connect(srv):
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(1.0)
+        return x
+
+    payload, count = bundle.encode(bundle.device_output(images(1)[0]))
+    with CoinferenceServer(bundle, max_clients=1, channel=slow) as srv, _connect(srv) as first:
+        first.sendall(protocol.feature(0, count, payload))  # the server computes on it: it cannot be dropped
+        _wait(lambda: srv.stats.active == 1 and all(c.waiting_since is None for c in srv._connections))
         with socket.create_connection(srv.address, timeout=5) as second:
-            _expect_error(second, "server busy")
-        assert srv.stats.rejected == 1
+            second.sendall(protocol.hello(VARIANT))
+            _expect_error(second, "server busy: 1 devices connected")
+        assert protocol.read_frame(first).kind == protocol.RESULT_KIND
+        assert srv.stats.rejected == 1 and srv.stats.dropped == 0
+
+
+def test_a_trickled_message_meets_its_deadline(bundle: Bundle) -> None:
+    with CoinferenceServer(bundle, read_timeout=0.4) as srv, _connect(srv) as sock:
+        message, start = protocol.feature(0, 48, b"q" * 40), time.monotonic()
+        with contextlib.suppress(OSError):
+            for byte in message:  # a byte every 50 ms: each read is quick, the message never is
+                sock.sendall(bytes([byte]))
+                time.sleep(0.05)
+                if srv.stats.rejected:
+                    break
+        _wait(lambda: srv.stats.rejected == 1)
+        assert srv.stats.reasons[-1] == "no complete message within 0.4 s" and time.monotonic() - start < 1.5
+
+
+class _Trickler:
+    """A connection that sends `message` one byte every `every` seconds, from a thread, until closed."""
+
+    def __init__(self, server: CoinferenceServer, message: bytes, hello: bool, every: float = 0.05) -> None:
+        self.sock = _connect(server, hello)
+        self.message, self.every, self.stop = message, every, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            for byte in self.message:
+                if self.stop.wait(self.every):
+                    return
+                self.sock.sendall(bytes([byte]))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def test_tricklers_cannot_lock_devices_out(bundle: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+    feature = protocol.feature(0, 48, b"q" * 4000)
+    with caplog.at_level(logging.WARNING, logger="engine.coinference"), \
+            CoinferenceServer(bundle, max_clients=2, read_timeout=30.0) as srv:
+        tricklers = [_Trickler(srv, feature, hello=True) for _ in range(3)]  # past the 2 devices' places
+        tricklers += [_Trickler(srv, protocol.hello(VARIANT), hello=False) for _ in range(3)]  # never finish HELLO
+        try:
+            time.sleep(0.3)
+            with DeviceClient(bundle, *srv.address, rate_bps=8e6, timeout=10) as client:
+                report = client.run(images(3))
+            assert [t.label for t in report.timings] == bundle.predict(images(3)).tolist()
+            assert srv.stats.dropped >= 2 and srv.stats.rejected == 0
+        finally:
+            for t in tricklers:
+                t.close()
+    drops = [r.getMessage() for r in caplog.records if "dropped: no complete message for" in r.getMessage()]
+    assert len(drops) == srv.stats.dropped and any("devices" in d for d in drops)
+    assert any("connections before HELLO" in d for d in drops) and all("its place went to" in d for d in drops)
 
 
 # ------------------------------------------------------------------------------------------------------ JSCC hook

@@ -3,9 +3,11 @@ subsets and splits, batched augmentation and normalisation, and PNG sizes."""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import logging
+import os
 import pickle
 import tarfile
 import time
@@ -167,6 +169,82 @@ def test_cifar_root_its_tar_and_cache_data(tmp_path: Path, monkeypatch: pytest.M
     write_cifar_root(tmp_path / "c3" / "data")  # what torchvision's download leaves in <cache>/data/
     found = load_data(cache_dir=tmp_path / "c3", download=False)
     assert found.fingerprint == data.fingerprint and found.name == "cifar10"
+
+
+class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Pickles bytes as Python 2 `str` (SHORT_BINSTRING / BINSTRING), as the CIFAR-10 python batches were written."""
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def save_py2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + n.to_bytes(4, "little")
+        self.write(head + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def py2_pickle(obj: object) -> bytes:
+    """`obj` pickled the way Python 2 cPickle wrote CIFAR-10: protocol 2, byte-string keys, numpy.core paths."""
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+def write_py2_cifar_tar(root: Path, meta: bytes | None = None, batch_1: bytes | None = None) -> tuple[Path, dict]:
+    """A CIFAR-10 tar.gz of Python 2 style batches; `meta` / `batch_1` replace those files. Returns the tar and the
+    arrays written."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data, labels = rng.integers(0, 256, (2, 3072), dtype=np.uint8), [int(v) for v in rng.integers(0, 10, 2)]
+        written[name] = (data, labels)
+        batch = {b"batch_label": b"training batch", b"labels": labels, b"data": data,
+                 b"filenames": [b"a_cat_01.png", b"b_dog_02.png"]}
+        (base / name).write_bytes(batch_1 if name == "data_batch_1" and batch_1 else py2_pickle(batch))
+    (base / "batches.meta").write_bytes(meta or py2_pickle(
+        {b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_cases_per_batch": 2, b"num_vis": 3072}))
+    return make_tar(base, root / "cifar-10-python.tar.gz", "cifar-10-batches-py"), written
+
+
+def test_python2_cifar_batches_load(tmp_path: Path) -> None:
+    meta = py2_pickle({b"label_names": [c.encode() for c in CIFAR_CLASSES]})
+    assert meta[:2] == b"\x80\x02" and b"U\x0blabel_names" in meta  # protocol 2, a Python 2 str key
+    tar, written = write_py2_cifar_tar(tmp_path)
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in (tmp_path / "cifar-10-batches-py/test_batch").read_bytes()
+    data = load_data(tar, cache_dir=tmp_path / "cache")
+    assert data.classes == CIFAR_CLASSES and data.train_x.shape == (10, 3, 32, 32)
+    assert np.array_equal(data.test_x.numpy().reshape(2, 3072), written["test_batch"][0])
+    assert data.train_y[:2].tolist() == written["data_batch_1"][1]
+
+
+class _Payload:
+    """A pickle that runs `call(*args)` when loaded."""
+
+    def __init__(self, call: object, *args: object) -> None:
+        self.call, self.args = call, args
+
+    def __reduce__(self) -> tuple:
+        return self.call, self.args
+
+
+@pytest.mark.parametrize(("where", "make"), [
+    ("batches.meta", lambda marker: pickle.dumps(_Payload(os.system, f"touch {marker}"), protocol=2)),
+    ("batches.meta", lambda marker: pickle.dumps({"label_names": _Payload(exec, f"open({str(marker)!r}, 'w')")})),
+    ("data_batch_1", lambda marker: py2_pickle({b"data": _Payload(os.system, f"touch {marker}")})),
+    ("data_batch_1", lambda marker: pickle.dumps(_Payload(codecs.encode, "x", "rot13"), protocol=2)),
+])
+def test_cifar_pickles_run_no_code(tmp_path: Path, where: str, make: object) -> None:
+    marker = tmp_path / "pwned"
+    payload = make(marker)  # type: ignore[operator]
+    tar, _ = write_py2_cifar_tar(tmp_path / "src", **{"meta" if where == "batches.meta" else "batch_1": payload})
+    with pytest.raises(UserError, match=f"{where} is not a CIFAR-10 batch") as info:
+        load_data(tar, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(info.value) and "official cifar-10-python archive" in str(info.value)
+    assert not marker.exists()
 
 
 def test_jpeg_folder_matches_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
