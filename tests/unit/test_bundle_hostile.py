@@ -26,7 +26,7 @@ from engine.errors import UserError
 from engine.export import MAX_BUNDLE_BYTES, MAX_SELECTION_BYTES, load_bundle, selection_document
 from engine.profiles import PROFILES
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Device(nn.Module):
