@@ -12,6 +12,10 @@ import pytest
 import torch
 
 from engine.data import ImageData, load_data, subset
+from engine.methods import METHODS, RunContext
+from engine.models import split_names
+from engine.profiles import PROFILES
+from engine.store import ResultsStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Only engine is installed (`pip install -e .`); the dashboard's package (app/) and the benchmarks (bench/) stay in
@@ -92,3 +96,18 @@ def fresh_cache(tmp_path: Path, tmp_cache: Path, shared_tar: Path, cifar: ImageD
                 monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty results store, job table and model cache ($COINFER_CACHE), with the CIFAR tar as $COINFER_DATA."""
     return use_cache(monkeypatch, cache_sharing_data(tmp_path, tmp_cache), shared_tar)
+
+
+def measured_original(root: Path, session_cache: Path, data: ImageData) -> Path:
+    """A fresh cache under `root` with the smoke base model and its `original` rows at every split. The model is
+    trained once per test session, in the session cache, and linked here."""
+    cache = cache_sharing_data(root, session_cache)
+    profile = PROFILES.get("smoke")
+    ctx = RunContext(data, profile, session_cache)
+    method = METHODS.get("original")
+    rows = [method.run(v, ctx) for v in method.variants(profile.base_config(data.fingerprint), split_names())]
+    ResultsStore(cache / "results.sqlite").put_many(rows)
+    (cache / "models").mkdir(exist_ok=True)
+    for f in (session_cache / "models").glob("*"):
+        (cache / "models" / f.name).symlink_to(f)
+    return cache

@@ -18,7 +18,7 @@ from engine.coding.encoders import feature_shape
 from engine.coding.learned import EncodedResult, EncodingConfig, deploy_encoded, run_encoded
 from engine.config import BaseModelConfig, VariantConfig
 from engine.errors import UserError
-from engine.methods import METHODS, RunContext, base_row, check_knob_names, knob_number, refuse_end_points
+from engine.methods.base import METHODS, RunContext, base_row, check_knob_names, knob_number, refuse_end_points
 from engine.models import END_POINTS, build_model, split
 from engine.profiles import BOTTLENET_RATIOS, profile_of
 

@@ -27,7 +27,7 @@ from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
 from engine.finetune import FinetuneConfig, TrainHooks, finetune
-from engine.methods import (
+from engine.methods.base import (
     METHODS,
     RunContext,
     check_knob_names,

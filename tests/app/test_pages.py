@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cache_sharing_data
+from conftest import measured_original
 from streamlit.testing.v1 import AppTest
 
 from app import ui
@@ -21,7 +21,6 @@ from engine.data import ImageData
 from engine.export import selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem
 from engine.latency import DEVICES, Overheads, latency_table
-from engine.methods import METHODS, RunContext
 from engine.models import split_names
 from engine.pareto import best_per_method, best_variant, latency_vs_rate, meets_threshold, pareto_front
 from engine.profile import profile_model
@@ -93,21 +92,6 @@ def no_worker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     monkeypatch.setattr(jobq, "ensure_worker", lambda queue, idle_exit_s=300.0: calls.append(1))
     return calls
-
-
-def measured_original(root: Path, session_cache: Path, data: ImageData) -> Path:
-    """A fresh cache under `root` with the smoke base model and its `original` rows at every split. The model is
-    trained once per test session, in the session cache, and linked here."""
-    cache = cache_sharing_data(root, session_cache)
-    profile = PROFILES.get("smoke")
-    ctx = RunContext(data, profile, session_cache)
-    method = METHODS.get("original")
-    rows = [method.run(v, ctx) for v in method.variants(profile.base_config(data.fingerprint), split_names())]
-    ResultsStore(cache / "results.sqlite").put_many(rows)
-    (cache / "models").mkdir(exist_ok=True)
-    for f in (session_cache / "models").glob("*"):
-        (cache / "models" / f.name).symlink_to(f)
-    return cache
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_pages import measured_original
+from conftest import measured_original
 
 from engine.data import ImageData
 
