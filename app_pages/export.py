@@ -14,8 +14,9 @@ import streamlit as st
 from app import ui
 from engine import queue as jobq
 from engine.coding import NotTrained
+from engine.deploy.export import write_bundle
+from engine.deploy.selection import parse_selection, selection_json, variant_config
 from engine.errors import UserError, one_line
-from engine.export import parse_selection, selection_json, variant_config, write_bundle
 from engine.figures import (
     figure_html,
     figure_png,

@@ -12,16 +12,18 @@ import streamlit as st
 from app.plotly_component import plotly_chart
 from app.ui import base_config, environment, queue_untrained, require_data, results, threshold
 from engine.coding import NotTrained
-from engine.coinference import (
+from engine.deploy.bundle import load_bundle
+from engine.deploy.client import live_session
+from engine.deploy.export import write_bundle
+from engine.deploy.selection import row_config
+from engine.deploy.timing import (
     cold_coding_seconds,
     cpu_flops_per_s,
-    live_session,
     modelled_latency,
     runtime_overhead_s,
     session_terms,
 )
 from engine.errors import UserError
-from engine.export import load_bundle, row_config, write_bundle
 from engine.latency import Overheads
 from engine.methods import RunContext
 from engine.pareto import best_per_method

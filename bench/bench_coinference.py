@@ -6,8 +6,8 @@ B / R + F_srv / C (B the row's mean actual bits) beside the measured device prog
 decoding, server program and end-to-end latency (mean, median, p95); the error of the paper's model against the
 measured mean, and of the model with `engine.latency.Overheads`: the bundle's coding time measured offline (other
 test images than the session's), the protocol's framing bytes and the runtime's fixed per-image cost measured by a
-null session at the same rate (`engine.coinference.runtime_overhead_s`); and of that model with each side's compute
-slowed as this CPU's is after idling for the rest of the per-image period (`engine.coinference.idle_slowdown`); and of
+null session at the same rate (`engine.deploy.timing.runtime_overhead_s`); and of that model with each side's compute
+slowed as this CPU's is after idling for the rest of the per-image period (`engine.deploy.timing.idle_slowdown`); and of
 the last with the bundle's own device and server programs timed offline (`Bundle.program_seconds`) instead of F / C;
 and of that one with the program times scaled to the CPU's speed measured just before the session and the runtime's
 cost from a null session run just before it (this CPU's speed drifts over a run; the programs were timed and the
@@ -35,8 +35,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
-from engine.coinference import (  # noqa: E402
-    DeviceClient,
+from engine.deploy.bundle import load_bundle  # noqa: E402
+from engine.deploy.client import DeviceClient  # noqa: E402
+from engine.deploy.export import write_bundle  # noqa: E402
+from engine.deploy.selection import row_config  # noqa: E402
+from engine.deploy.timing import (  # noqa: E402
     cold_coding_seconds,
     cpu_flops_per_s,
     idle_slowdown,
@@ -44,7 +47,6 @@ from engine.coinference import (  # noqa: E402
     runtime_overhead_s,
 )
 from engine.errors import UserError  # noqa: E402
-from engine.export import load_bundle, row_config, write_bundle  # noqa: E402
 from engine.latency import Overheads, custom_device, to_rate_bps  # noqa: E402
 from engine.methods import RunContext  # noqa: E402
 from engine.pareto import best_per_method  # noqa: E402

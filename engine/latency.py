@@ -8,7 +8,7 @@ device memory is infeasible, not slow: it keeps its latency figures but `feasibl
 Beside the paper's model, never instead of it, `Overheads` adds what a deployed co-inference pays per image and the
 model leaves out, each a measurement: the entropy coding time (encode + decode) measured for each row on the
 machine that profiled it, the protocol's framing bytes on the uplink, and a fixed runtime cost (program calls,
-pacing, the server's reply) measured with a null session (`engine.coinference.runtime_overhead_s`).
+pacing, the server's reply) measured with a null session (`engine.deploy.timing.runtime_overhead_s`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from engine import protocol
+from engine.deploy import protocol
 from engine.errors import UserError
 from engine.registry import Registry
 from engine.units import format_bytes, format_flops, parse_bytes, parse_flops_rate, parse_rate

@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     Args:
         subparsers: the command line's subcommands.
     """
-    from engine.protocol import DEFAULT_MAX_PAYLOAD
+    from engine.deploy.protocol import DEFAULT_MAX_PAYLOAD
 
     p = subparsers.add_parser("export", help="write the deployable bundle of a variant in the results store")
     p.add_argument("--id", required=True, help="variant id (or its first characters), see `python -m engine results`")
@@ -47,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     """Write the bundle of the one variant in the results store whose id starts with --id."""
     from engine.data import load_data, subset
-    from engine.export import row_config, write_bundle
+    from engine.deploy.export import write_bundle
+    from engine.deploy.selection import row_config
     from engine.methods import RunContext
     from engine.store import ResultsStore
 
@@ -83,8 +84,8 @@ def _threads(args: argparse.Namespace) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve a bundle's server part until Ctrl-C."""
-    from engine.coinference import CoinferenceServer
-    from engine.export import load_bundle
+    from engine.deploy.bundle import load_bundle
+    from engine.deploy.server import CoinferenceServer
 
     _threads(args)
     bundle = load_bundle(args.bundle)
@@ -103,9 +104,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_device(args: argparse.Namespace) -> int:
     """Run a bundle's device part on test images against a server and print the timings."""
-    from engine.coinference import DeviceClient, parse_address
     from engine.data import load_data, subset
-    from engine.export import load_bundle
+    from engine.deploy.bundle import load_bundle
+    from engine.deploy.client import DeviceClient
+    from engine.deploy.link import parse_address
     from engine.latency import to_rate_bps
 
     _threads(args)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, register_coding
-from engine.coding.codecs import HuffmanCodec, UniformQuantizer
+from engine.coding.codecs import UniformQuantizer
+from engine.coding.huffman import HuffmanCodec
 from engine.config import VariantConfig
 from engine.data import normalize
 

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from app import ui
 from engine import queue as jobq
 from engine.data import ImageData
-from engine.export import selection_json
+from engine.deploy.selection import selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem
 from engine.latency import DEVICES, Overheads, latency_table
 from engine.models import split_names

@@ -21,24 +21,17 @@ import pytest
 import torch
 from torch import nn
 
-from engine import protocol
-from engine.coding.codecs import HuffmanCodec
-from engine.coinference import (
-    CoinferenceServer,
-    DeviceClient,
-    TokenBucket,
-    live_session,
-    modelled_latency,
-    null_bundle,
-    parse_address,
-    resolve_channel,
-    runtime_overhead_s,
-    send_paced,
-)
+from engine.coding.huffman import HuffmanCodec
 from engine.config import VariantConfig
 from engine.data import ImageData
+from engine.deploy import protocol
+from engine.deploy.bundle import Bundle
+from engine.deploy.client import DeviceClient, live_session
+from engine.deploy.export import write_bundle
+from engine.deploy.link import TokenBucket, parse_address, send_paced
+from engine.deploy.server import CoinferenceServer, resolve_channel
+from engine.deploy.timing import modelled_latency, null_bundle, runtime_overhead_s
 from engine.errors import UserError
-from engine.export import Bundle, write_bundle
 from engine.latency import Overheads
 from engine.methods import RunContext
 from engine.profiles import PROFILES
@@ -245,7 +238,7 @@ def _still_serves(bundle: Bundle, server: CoinferenceServer) -> None:
 ])
 def test_malformed_messages_are_rejected_and_logged(bundle: Bundle, server: CoinferenceServer, message: bytes,
                                                     reason: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="engine.coinference"), _connect(server) as sock:
+    with caplog.at_level(logging.WARNING, logger="engine.deploy"), _connect(server) as sock:
         sock.sendall(message)
         _expect_error(sock, reason)
         assert protocol.read_frame(sock) is None  # the server closed this connection
@@ -283,7 +276,7 @@ def test_undecodable_bitstream_costs_only_that_message(bundle: Bundle, server: C
 def test_disconnect_mid_message_costs_nothing(bundle: Bundle, server: CoinferenceServer,
                                               caplog: pytest.LogCaptureFixture) -> None:
     baseline = threading.active_count()
-    with caplog.at_level(logging.WARNING, logger="engine.coinference"):
+    with caplog.at_level(logging.WARNING, logger="engine.deploy"):
         for cut in (3, protocol.HEADER.size + 4):
             sock = _connect(server)
             sock.sendall(protocol.feature(0, 48, b"q" * 40)[:cut])
@@ -354,7 +347,7 @@ class _Trickler:
 
 def test_tricklers_cannot_lock_devices_out(bundle: Bundle, caplog: pytest.LogCaptureFixture) -> None:
     feature = protocol.feature(0, 48, b"q" * 4000)
-    with caplog.at_level(logging.WARNING, logger="engine.coinference"), \
+    with caplog.at_level(logging.WARNING, logger="engine.deploy"), \
             CoinferenceServer(bundle, max_clients=2, read_timeout=30.0) as srv:
         tricklers = [_Trickler(srv, feature, hello=True) for _ in range(3)]  # past the 2 devices' places
         tricklers += [_Trickler(srv, protocol.hello(VARIANT), hello=False) for _ in range(3)]  # never finish HELLO
@@ -453,7 +446,7 @@ def test_serve_and_device_commands(fresh_cache: Path, tmp_cache: Path, small_dat
 
 
 def test_idle_slowdown_is_a_ratio_held_at_the_ends() -> None:
-    from engine.coinference import idle_slowdown
+    from engine.deploy.timing import idle_slowdown
 
     slowdown = idle_slowdown((0.001, 0.002), width=0.0625, repeats=3)
     assert slowdown(1e-6) == 1.0  # below a tenth of the shortest idle time: warm
@@ -466,7 +459,7 @@ def test_idle_slowdown_is_a_ratio_held_at_the_ends() -> None:
 
 
 def test_idle_curve_interpolates_on_log_idle_time() -> None:
-    from engine.coinference import idle_curve
+    from engine.deploy.timing import idle_curve
 
     curve = idle_curve((0.001, 0.01), (2.0, 4.0), warm=1.0)
     assert curve(0.0) == curve(1e-4) == 1.0  # a tenth of the shortest idle time and below: warm
@@ -478,7 +471,7 @@ def test_idle_curve_interpolates_on_log_idle_time() -> None:
 def test_coding_after_idling_times_the_coding_only() -> None:
     """`coding_seconds(idle_s=...)` sleeps before each image's coding and leaves the sleep out of its figure;
     `cold_coding_seconds` is that figure as a function of the idle time, the back-to-back one when warm."""
-    from engine.coinference import cold_coding_seconds
+    from engine.deploy.timing import cold_coding_seconds
 
     bundle = null_bundle((1, 4, 4), classes=3)
     images = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)

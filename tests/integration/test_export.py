@@ -15,15 +15,10 @@ import torch
 from engine.cli import main
 from engine.config import VariantConfig
 from engine.data import ImageData, normalize
+from engine.deploy.bundle import load_bundle
+from engine.deploy.export import write_bundle
+from engine.deploy.selection import MAX_SELECTION_BYTES, parse_selection, selection_json, variant_config
 from engine.errors import UserError
-from engine.export import (
-    MAX_SELECTION_BYTES,
-    load_bundle,
-    parse_selection,
-    selection_json,
-    variant_config,
-    write_bundle,
-)
 from engine.methods import METHODS, RunContext
 from engine.profiles import PROFILES
 from engine.store import ResultsStore, rows_to_frame
@@ -187,7 +182,8 @@ def test_jscc_bundle_runs_over_its_simulated_channel(ctx: RunContext, tmp_path: 
     them through the AWGN channel the bundle names (at the nominal SNR) before decoding. With an ideal channel the
     labels are the eager model's noiseless ones; with the named channel they come out of the noise."""
     from engine.coding.jscc import JsccConfig
-    from engine.coinference import CoinferenceServer, DeviceClient, live_session
+    from engine.deploy.client import DeviceClient, live_session
+    from engine.deploy.server import CoinferenceServer
     from engine.fig5 import fig5_variants
 
     base = ctx.profile.base_config(ctx.data.fingerprint)

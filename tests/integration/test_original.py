@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.coding.codecs import HuffmanCodec, UniformQuantizer
+from engine.coding.codecs import UniformQuantizer
+from engine.coding.huffman import HuffmanCodec
 from engine.data import ImageData, normalize
 from engine.methods import METHODS, RunContext
 from engine.models import split, split_names

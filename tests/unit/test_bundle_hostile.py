@@ -20,10 +20,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine.coding.codecs import HuffmanCodec
+from engine.coding.huffman import HuffmanCodec
 from engine.config import VariantConfig
+from engine.deploy.bundle import MAX_BUNDLE_BYTES, load_bundle
+from engine.deploy.selection import MAX_SELECTION_BYTES, selection_document
 from engine.errors import UserError
-from engine.export import MAX_BUNDLE_BYTES, MAX_SELECTION_BYTES, load_bundle, selection_document
 from engine.profiles import PROFILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -242,7 +243,7 @@ def test_members_past_the_size_limits_are_refused_unread(files: dict[str, bytes]
 _MEASURE = """
 import json, resource, sys
 from engine.errors import UserError
-from engine.export import load_bundle
+from engine.deploy.bundle import load_bundle
 load_bundle(sys.argv[1])  # warm: torch's loaders and the JIT are set up
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 peaks = {}

@@ -10,7 +10,8 @@ import pytest
 import torch
 from dahuffman.huffmancodec import PrefixCodec
 
-from engine.coding.codecs import CODECS, EntropyCodec, HuffmanCodec, UniformQuantizer, empirical_entropy_bits
+from engine.coding.codecs import CODECS, EntropyCodec, UniformQuantizer, empirical_entropy_bits
+from engine.coding.huffman import HuffmanCodec
 from engine.errors import UserError
 
 

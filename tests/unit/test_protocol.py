@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from engine import protocol
-from engine.protocol import Frame, ProtocolError, Truncated
+from engine.deploy import protocol
+from engine.deploy.protocol import Frame, ProtocolError, Truncated
 
 
 def _read_all(data: bytes, max_payload: int = protocol.DEFAULT_MAX_PAYLOAD) -> list[Frame | None]:

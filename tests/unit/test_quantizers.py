@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.coding.codecs import CODECS, AnsCodec, EntropyCodec
+from engine.coding.ans import AnsCodec
+from engine.coding.codecs import CODECS, EntropyCodec
 from engine.coding.quantizers import QUANTIZERS, ScalarCodebook, UniformRounding, VectorCodebook
 from engine.errors import UserError
 

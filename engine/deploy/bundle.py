@@ -1,31 +1,14 @@
-"""Exports of chosen configurations: a selection (a small versioned JSON naming one variant, its measured figures and
-the environment it was chosen for) and a deployable bundle (the variant's device and server programs, its quantiser
-and codec tables, the selection, and a manifest of sha256 digests).
-
-API
-    selection_json(row, environment) -> dict      the selection document of a results row
-    parse_selection(raw) -> dict                  a validated selection from untrusted bytes or text (JSON only)
-    variant_config(selection) -> VariantConfig    the variant a validated selection names
-    write_bundle(cfg, ctx, out) -> Path           a bundle directory, or a .zip when `out` ends in .zip
-    load_bundle(path) -> Bundle                   hashes checked before anything is deserialised
-
-Bundle layout: `device.pt` (uint8 image [1, C, H, W] -> what the device sends) and `server.pt` (what arrives ->
-logits [1, classes]) are TorchScript programs traced at batch 1 (one image per message, as co-inference runs them);
-`codec.json`, `quantizer.json`, `meta.json` and `selection.json` are plain JSON; `manifest.json` lists every other
-file with its size and sha256. TorchScript rather than torch.export: `torch.jit.load` restores tensors and TorchScript
-code only and runs no Python unpickling, whereas `torch.export.load` falls back to unrestricted pickle for weights.
-Nothing in a bundle is loaded with pickle."""
+"""Reading a deployable bundle: `load_bundle` checks sizes from the archive's directory, the manifest's sha256 of
+every file and each file's form before anything is deserialised; programs are TorchScript (restoring tensors and
+TorchScript code only, no Python unpickling) and nothing in a bundle is loaded with pickle. `Bundle` runs the device
+and server programs and the entropy coder, as real co-inference does."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 import zipfile
@@ -37,285 +20,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-import engine
 from engine.coding.codecs import CODECS, EntropyCodec
-from engine.config import BaseModelConfig, VariantConfig, frozen_value
-from engine.data import normalize
+from engine.config import VariantConfig
+from engine.deploy.selection import MAX_SELECTION_BYTES, parse_selection, variant_config
 from engine.errors import UserError
-from engine.knobs import is_knob_value
-from engine.profiles import PROFILES
 
-SELECTION_FORMAT = "coinfer-selection"
-SELECTION_VERSION = 1
 BUNDLE_FORMAT = "coinfer-bundle"
 BUNDLE_VERSION = 1
-MAX_SELECTION_BYTES = 1 << 20
 MAX_BUNDLE_BYTES = 256 << 20  # all of a bundle's files together, as its zip directory or the file system gives them
 MAX_TABLE_BYTES = 4 << 20  # codec.json, quantizer.json
 MAX_INPUT_ELEMENTS = 1 << 22  # values of one input image (meta.json's input_shape): 3x1024x1024 fits
 MAX_SENT_ELEMENTS = 1 << 22  # values the device program sends per image (meta.json's sent_shape)
 CODINGS = ("entropy", "png", "label", "analog")
 BUNDLE_FILES = ("device.pt", "server.pt", "codec.json", "quantizer.json", "meta.json", "selection.json")
-_BASE_FIELDS = {f.name: f for f in dataclasses.fields(BaseModelConfig)}
 FILE_LIMITS = {"manifest.json": MAX_SELECTION_BYTES, "meta.json": MAX_SELECTION_BYTES,
                "selection.json": MAX_SELECTION_BYTES, "codec.json": MAX_TABLE_BYTES, "quantizer.json": MAX_TABLE_BYTES,
                "device.pt": MAX_BUNDLE_BYTES, "server.pt": MAX_BUNDLE_BYTES}  # bytes each file may have
-
-# ------------------------------------------------------------------------------------------------------ selection
-
-
-def _finite_json(value: Any, where: str) -> Any:
-    """`value` as plain JSON with finite numbers only: NaN and infinities are dropped from mappings (a missing figure)
-    and become None inside lists; numpy and torch scalars become numbers."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            item = _finite_json(v, f"{where}.{k}")
-            if item is not None or v is None:
-                out[str(k)] = item
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _finite_json(dataclasses.asdict(value), where)
-    if hasattr(value, "tolist"):
-        return _finite_json(value.tolist(), where)
-    return str(value)
-
-
-def _row_dict(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {str(k): v for k, v in row.items()}  # a dict or a pandas Series
-
-
-def base_of_row(row: Mapping[str, Any]) -> BaseModelConfig:
-    """The base model config a results row was built on: the profile whose base config at the row's data, width and
-    seed has the row's `base_id`."""
-    for name in PROFILES:
-        try:
-            base = PROFILES.get(name).base_config(str(row["dataset_fingerprint"]), width=float(row["width"]),
-                                                  seed=int(row["seed"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"row {row.get('id')!r} lacks its dataset fingerprint, width or seed: re-measure it "
-                            "with `python -m engine run`") from None
-        if base.id == row.get("base_id"):
-            return base
-    raise UserError(f"row {row.get('id')!r}: no profile ({', '.join(PROFILES)}) gives its base model "
-                    f"{row.get('base_id')!r}; it was measured with another budget and cannot be exported")
-
-
-def row_config(row: Mapping[str, Any]) -> VariantConfig:
-    """The VariantConfig of a results row, checked against the row's id."""
-    row = _row_dict(row)
-    knobs = row.get("knobs") or {}
-    if not isinstance(knobs, Mapping):
-        raise UserError(f"row {row.get('id')!r} has no knobs mapping: re-measure it")
-    cfg = VariantConfig.make(str(row["method"]), str(row["split"]), base_of_row(row), **frozen_value(dict(knobs)))
-    if cfg.id != row.get("id"):
-        raise UserError(f"row {row.get('id')!r} does not hash to its config (got {cfg.id}); it was written by another "
-                        "version of the engine: re-measure it")
-    return cfg
-
-
-def _metrics(row: Mapping[str, Any]) -> dict[str, float | int]:
-    out: dict[str, float | int] = {}
-    for k, v in row.items():
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-            continue
-        if math.isfinite(float(v)) and k not in ("seed", "width", "schema_version"):
-            out[str(k)] = int(v) if isinstance(v, (int, np.integer)) else float(v)
-    return out
-
-
-def selection_document(cfg: VariantConfig, metrics: Mapping[str, Any] | None = None,
-                       environment: Any = None) -> dict[str, Any]:
-    """The versioned selection document of a variant (what `selection_json` returns for a row); of `metrics` (e.g.
-    its results row) only the finite numbers are kept."""
-    env = environment if environment is not None else {}
-    if dataclasses.is_dataclass(env) and not isinstance(env, type):
-        env = dataclasses.asdict(env)
-    return {
-        "format": SELECTION_FORMAT,
-        "version": SELECTION_VERSION,
-        "config": {"method": cfg.method, "split": cfg.split, "knobs": _finite_json(dict(cfg.knobs), "knobs"),
-                   "base": dataclasses.asdict(cfg.base)},
-        "id": cfg.id,
-        "metrics": _metrics(dict(metrics or {})),
-        "trained_on": (metrics or {}).get("trained_on"),  # engine.provenance: where its trained parts were computed
-        "environment": _finite_json(dict(env), "environment"),
-        "code_version": engine.__version__,
-        "torch_version": torch.__version__,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-def selection_json(row: Mapping[str, Any], environment: Mapping[str, Any]) -> dict:
-    """The selection document of a results row (a dict or a table row) chosen for `environment` (the sidebar's
-    device, server, rate, ...): JSON-serialisable, finite numbers only."""
-    row = _row_dict(row)
-    return selection_document(row_config(row), row, environment)
-
-
-def _reject(message: str) -> UserError:
-    return UserError(f"invalid selection file: {message}")
-
-
-def _reject_constant(name: str) -> Any:
-    raise _reject(f"{name} is not a number JSON allows; export the selection again from the dashboard")
-
-
-def _read_json(raw: bytes | str) -> dict:
-    """The JSON object in at most MAX_SELECTION_BYTES of UTF-8 (never pickle)."""
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", errors="replace")
-    if not isinstance(raw, (bytes, bytearray)):
-        raise _reject(f"expected bytes or text, got {type(raw).__name__}")
-    if len(raw) > MAX_SELECTION_BYTES:
-        raise _reject(f"{len(raw):,} bytes is over the {MAX_SELECTION_BYTES:,}-byte limit; a selection is a small "
-                      "JSON file exported by coinfer")
-    try:
-        doc = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise _reject("not UTF-8 text; upload the .json file coinfer exported") from None
-    except RecursionError:
-        raise _reject("nested too deeply; upload the .json file coinfer exported") from None
-    except json.JSONDecodeError as exc:
-        raise _reject(f"not JSON ({exc.msg} at line {exc.lineno}); upload the .json file coinfer exported") from None
-    if not isinstance(doc, dict):
-        raise _reject("the top level must be a JSON object")
-    return doc
-
-
-def _check_config(config: Any) -> None:
-    """A selection's `config`: a known method and split, plain knobs, and a base of the right fields and types."""
-    from engine.methods import METHODS
-    from engine.models import SPLIT_POINTS
-
-    if not isinstance(config, dict):
-        raise _reject("'config' must be an object with method, split, knobs and base")
-    method, split = config.get("method"), config.get("split")
-    if not isinstance(method, str) or method not in METHODS:
-        raise _reject(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if not isinstance(split, str) or split not in SPLIT_POINTS:
-        raise _reject(f"unknown split {split!r}; known: {', '.join(SPLIT_POINTS)}")
-    knobs = config.get("knobs", {})
-    if not isinstance(knobs, dict):
-        raise _reject("'config.knobs' must be an object")
-    for k, v in knobs.items():
-        if not is_knob_value(v):
-            raise _reject(f"knob {k!r} must be a number, string, boolean, null or a flat list of them")
-    _check_base(config.get("base"))
-
-
-def _check_base(base: Any) -> None:
-    """A selection's `config.base`: the fields of BaseModelConfig (those added later optional), each of its type."""
-    required = set(_BASE_FIELDS) - set(BaseModelConfig.ID_OPTIONAL)  # an export of an earlier release lacks those
-    if not isinstance(base, dict) or not required <= set(base) <= set(_BASE_FIELDS):
-        raise _reject(f"'config.base' must have the fields {', '.join(_BASE_FIELDS)} (optional: "
-                      f"{', '.join(BaseModelConfig.ID_OPTIONAL)})")
-    for k, v in base.items():
-        kind = _BASE_FIELDS[k].type
-        if kind in ("tuple[int, ...]", "tuple[float, ...]"):
-            numbers = int if kind == "tuple[int, ...]" else (int, float)
-            ok = isinstance(v, list) and len(v) <= 10_000 and all(isinstance(x, numbers) and not isinstance(x, bool)
-                                                                   for x in v)
-        elif kind == "str":
-            ok = isinstance(v, str)
-        elif kind == "int":
-            ok = isinstance(v, int) and not isinstance(v, bool)
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if not ok:
-            raise _reject(f"base field {k!r} must be of type {kind}, got {v!r}")
-
-
-def parse_selection(raw: bytes | str) -> dict:
-    """A selection read from untrusted bytes or text: at most 1 MB of UTF-8 JSON (never pickle), the right format and
-    version, a known method and split, knobs of JSON scalars (or flat lists of them), finite numbers, and an id that
-    is the hash of its config.
-
-    Args:
-        raw: the file's bytes, or its text.
-
-    Returns:
-        The selection document.
-
-    Raises:
-        UserError: saying what is wrong, for anything else.
-    """
-    doc = _read_json(raw)
-    if doc.get("format") != SELECTION_FORMAT:
-        raise _reject(f"format is {doc.get('format')!r}, expected {SELECTION_FORMAT!r}")
-    version = doc.get("version")
-    if type(version) is not int or version != SELECTION_VERSION:
-        raise _reject(f"version {version!r} is not supported (this coinfer reads version {SELECTION_VERSION}); "
-                      "export it again with this version")
-    config = doc.get("config")
-    _check_config(config)
-    if not isinstance(doc.get("trained_on"), (str, type(None))):
-        raise _reject("'trained_on' must be text or null")
-    metrics = doc.get("metrics", {})
-    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 for v in metrics.values()):
-        raise _reject("'metrics' must map names to numbers")
-    if not isinstance(doc.get("environment", {}), dict):
-        raise _reject("'environment' must be an object")
-    try:
-        cfg = VariantConfig.make(config["method"], config["split"], BaseModelConfig(**config["base"]),
-                                 **frozen_value(dict(config.get("knobs", {}))))
-    except UserError as exc:
-        raise _reject(str(exc)) from None
-    if doc.get("id") != cfg.id:
-        raise _reject(f"id {doc.get('id')!r} is not the hash of its config ({cfg.id}): the file was edited or damaged; "
-                      "export it again")
-    return doc
-
-
-def variant_config(selection: dict) -> VariantConfig:
-    """The VariantConfig a validated selection names (checked against its id)."""
-    config = selection["config"]
-    cfg = VariantConfig.make(config["method"], config["split"], BaseModelConfig(**config["base"]),
-                             **frozen_value(dict(config["knobs"])))
-    if cfg.id != selection.get("id"):
-        raise _reject(f"id {selection.get('id')!r} is not the hash of its config ({cfg.id})")
-    return cfg
-
-
-# ------------------------------------------------------------------------------------------------------ bundles
-
-
-class _Normalised(nn.Module):
-    """A deployed part fed the uint8 image: normalised as in training, then `inner`."""
-
-    def __init__(self, inner: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.inner = inner
-        self.register_buffer("mean", mean.detach().float().clone())
-        self.register_buffer("std", std.detach().float().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(normalize(x, self.mean, self.std))
-
-
-def _trace(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        return torch.jit.trace(module.eval(), example, check_trace=False)
-
-
-def _jit_bytes(program: torch.jit.ScriptModule) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(program, buf)
-    return buf.getvalue()
 
 
 def _jit_load(data: bytes) -> torch.jit.ScriptModule:
@@ -323,98 +44,12 @@ def _jit_load(data: bytes) -> torch.jit.ScriptModule:
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
 
-
-def _json_bytes(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode()
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def bundle_files(cfg: VariantConfig, ctx: Any, metrics: Mapping[str, Any] | None = None,
-                 environment: Any = None) -> dict[str, bytes]:
-    """The files of a variant's bundle, in memory (see the module docstring)."""
-    from engine.methods import METHODS
-
-    method = METHODS.get(cfg.method)
-    if not hasattr(method, "deploy"):
-        raise UserError(f"method {cfg.method!r} cannot be exported: it has no deploy hook")
-    deployed = method.deploy(cfg, ctx)
-    data = ctx.data
-    if deployed.coding not in CODINGS:
-        raise ValueError(f"unknown coding {deployed.coding!r}")
-    image = data.test_x[:1].clone()
-    mean, std = data.mean, data.std
-    files: dict[str, bytes] = {}
-    if deployed.coding == "png":
-        server = _trace(_Normalised(deployed.server, mean, std), image)
-        sent_example = None
-    else:
-        device = _trace(_Normalised(deployed.device, mean, std), image)
-        files["device.pt"] = _jit_bytes(device)
-        with torch.no_grad():
-            sent_example = device(image)
-        server = _trace(deployed.server, sent_example)
-    files["server.pt"] = _jit_bytes(server)
-    files["codec.json"] = _json_bytes(deployed.codec.state_dict() if deployed.codec is not None else {})
-    files["quantizer.json"] = _json_bytes(_finite_json(deployed.quantizer, "quantizer"))
-    profile = next((n for n in PROFILES if PROFILES.get(n).base_config(cfg.base.dataset, width=cfg.base.width,
-                                                                       seed=cfg.base.seed) == cfg.base), None)
-    meta = {
-        "id": cfg.id,
-        "method": cfg.method,
-        "split": cfg.split,
-        "coding": deployed.coding,
-        "symbols_per_image": int(deployed.symbols_per_image or (sent_example[0].numel() if sent_example is not None
-                                                                else 0)),
-        "alphabet_size": int(deployed.alphabet_size),
-        "sent_shape": list(sent_example.shape[1:]) if sent_example is not None else [],
-        "sent_dtype": str(sent_example.dtype).removeprefix("torch.") if sent_example is not None else "uint8",
-        "input_shape": [data.channels, *data.image_size],
-        "num_classes": data.num_classes,
-        "classes": list(data.classes),
-        "dataset": data.fingerprint,
-        "profile": profile,
-        "channel": deployed.channel,
-        "batch": 1,
-    }
-    files["meta.json"] = _json_bytes(meta)
-    files["selection.json"] = _json_bytes(selection_document(cfg, metrics, environment))
-    return files
-
-
-def write_bundle(cfg: VariantConfig, ctx: Any, out: Path, metrics: Mapping[str, Any] | None = None,
-                 environment: Any = None) -> Path:
-    """Build the variant's deployed parts from the cached models (no retraining when cached) and write its bundle to
-    `out`: a directory, or a zip archive when `out` ends in .zip. Written atomically; an existing bundle is
-    replaced. `metrics` (e.g. its results row) and `environment` go into selection.json."""
-    out = Path(out)
-    files = bundle_files(cfg, ctx, metrics, environment)
-    manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "id": cfg.id,
-                "files": {name: {"bytes": len(b), "sha256": _sha256(b)} for name, b in sorted(files.items())}}
-    files["manifest.json"] = _json_bytes(manifest)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        if out.suffix == ".zip":
-            target = tmp / "bundle.zip"
-            with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
-                for name, b in files.items():
-                    zf.writestr(name, b)
-        else:
-            target = tmp / "bundle"
-            target.mkdir()
-            for name, b in files.items():
-                (target / name).write_bytes(b)
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists() and target.is_dir():
-            out.unlink()
-        os.replace(target, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def _check_sizes(sizes: Mapping[str, int], name: str) -> None:
@@ -713,7 +348,7 @@ def _check_manifest(files: dict[str, bytes], name: str) -> dict[str, Any]:
         raise UserError(f"bundle {name}: files {sorted(files)} do not match the manifest's {sorted(listed)}")
     for file, data in files.items():
         entry = listed[file]
-        if not isinstance(entry, dict) or entry.get("bytes") != len(data) or entry.get("sha256") != _sha256(data):
+        if not isinstance(entry, dict) or entry.get("bytes") != len(data) or entry.get("sha256") != sha256_hex(data):
             raise UserError(f"bundle {name}: {file} does not match its sha256 in the manifest (altered or "
                             "damaged); export the bundle again")
     for file in ("server.pt", "codec.json", "quantizer.json", "meta.json", "selection.json"):
