@@ -1,8 +1,8 @@
 """Command line: `python -m engine {data,profile,train-base,run,results,sweep,jobs,worker,best} ...`. Every long
 step shows progress; a user mistake prints one line and exits with status 2.
 
-One module per group of commands, each with `add_parser(subparsers)` and `run(args) -> int`; `main(argv)` parses,
-dispatches and turns a UserError into one line on stderr."""
+One module per group of commands, each with `add_parser(subparsers)` and `COMMANDS` (each command's `run(args) ->
+int`); `main(argv)` parses, dispatches and turns a UserError into one line on stderr."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupt_on_terminate()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        status = group_of[args.command].run(args)
+        status = group_of[args.command].COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
         return status
     except UserError as exc:

@@ -96,3 +96,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"best per method at {where}:")
     _print_table(best, bits_column)
     return 0
+
+
+COMMANDS = {"best": run}

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,17 @@ NARROWING = ("Every row in the store; with --profile or --data, the rows of that
              "it, as in the other commands); with --width or --seed alone, the rows of that width or seed.")
 
 
+def _number(text: str, kind: type[float] | type[int], ok: Callable[[float], bool], need: str) -> float:
+    """An argparse value of type `kind` for which `ok` holds; else an ArgumentTypeError saying `need`."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a {'number' if kind is float else 'whole number'}: {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a number > 0.
 
@@ -33,13 +45,7 @@ def positive_float(text: str) -> float:
     Returns:
         The number.
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    return _number(text, float, lambda v: v > 0, "> 0")
 
 
 def non_negative_int(text: str) -> int:
@@ -51,13 +57,7 @@ def non_negative_int(text: str) -> int:
     Returns:
         The number.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return int(_number(text, int, lambda v: v >= 0, ">= 0"))
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

@@ -134,15 +134,3 @@ def _cmd_device(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"export": _cmd_export, "serve": _cmd_serve, "device": _cmd_device}
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command of this group that the command line names.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        The exit status.
-    """
-    return COMMANDS[args.command](args)

@@ -83,15 +83,3 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "results": _cmd_results}
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command of this group that the command line names.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        The exit status.
-    """
-    return COMMANDS[args.command](args)

@@ -59,3 +59,6 @@ def run(args: argparse.Namespace) -> int:
           "Noisy channels page shows them by default)")
     print(fig5_report(table, channels, args.drop / 100, args.bandwidth))
     return 0
+
+
+COMMANDS = {"noisy": run}

@@ -126,15 +126,3 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"data": _cmd_data, "profile": _cmd_profile, "train-base": _cmd_train_base}
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command of this group that the command line names.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        The exit status.
-    """
-    return COMMANDS[args.command](args)

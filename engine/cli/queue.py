@@ -316,15 +316,3 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"sweep": _cmd_sweep, "jobs": _cmd_jobs, "worker": _cmd_worker}
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the command of this group that the command line names.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        The exit status.
-    """
-    return COMMANDS[args.command](args)
