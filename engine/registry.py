@@ -19,6 +19,14 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """A decorator that adds what it decorates under `name`, at its definition site.
+
+        Args:
+            name: the name users pick it by.
+        Returns:
+            the decorator, which returns its argument unchanged.
+        """
+
         def wrap(obj: T) -> T:
             self.add(name, obj)
             return obj
@@ -26,11 +34,23 @@ class Registry(Generic[T]):
         return wrap
 
     def add(self, name: str, obj: T) -> None:
+        """Add `obj` under `name`; a name registered twice is a programming error (ValueError).
+
+        Args:
+            name: the name users pick it by; obj: what it names.
+        """
         if name in self._items:
             raise ValueError(f"{self.axis} {name!r} is registered twice")
         self._items[name] = obj
 
     def get(self, name: str) -> T:
+        """The object registered under `name`.
+
+        Args:
+            name: a registered name.
+        Returns:
+            the object; an unknown name raises a UserError listing the known ones.
+        """
         try:
             return self._items[name]
         except KeyError:
@@ -38,6 +58,13 @@ class Registry(Generic[T]):
             raise UserError(f"unknown {self.axis} {name!r}; choose one of: {known}") from None
 
     def names(self, pattern: str = "*") -> list[str]:
+        """The registered names matching a shell-style `pattern`, in registration order (as timm's `list_models`).
+
+        Args:
+            pattern: e.g. "conv*"; "*" for all.
+        Returns:
+            the matching names.
+        """
         return [n for n in self._items if fnmatch.fnmatch(n, pattern)]
 
     def __contains__(self, name: object) -> bool:

@@ -223,13 +223,21 @@ class ResultsStore:
     # -- writing -------------------------------------------------------------------------------------
 
     def put(self, row: Mapping[str, Any]) -> None:
-        """Insert a row, replacing any earlier row with the same id."""
+        """Insert a row, replacing any earlier row with the same id.
+
+        Args:
+            row: a results row (`id`, `method`, `split` and the measured columns); it is validated first.
+        """
         clean = normalise(row)
         with self._transaction() as conn:
             self._insert(conn, clean)
 
     def put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Insert or replace several rows in one transaction: all of them are written, or none."""
+        """Insert or replace several rows in one transaction: all of them are written, or none.
+
+        Args:
+            rows: results rows, as for `put`.
+        """
         clean = [normalise(r) for r in rows]
         if not clean:
             return
@@ -238,13 +246,26 @@ class ResultsStore:
                 self._insert(conn, r)
 
     def delete(self, id: str) -> bool:
-        """Remove the row with this id; True if there was one."""
+        """Remove the row with this id.
+
+        Args:
+            id: a variant config id.
+        Returns:
+            True if there was one.
+        """
         with self._transaction() as conn:
             return conn.execute("DELETE FROM results WHERE id = ?", (id,)).rowcount > 0
 
     # -- reading -------------------------------------------------------------------------------------
 
     def get(self, id: str) -> dict[str, Any] | None:
+        """The row of one variant.
+
+        Args:
+            id: a variant config id.
+        Returns:
+            the row with its `created_at` and `schema_version`, or None when it is not stored.
+        """
         with self._connection() as conn:
             hit = conn.execute("SELECT row, created_at, schema_version FROM results WHERE id = ?", (id,)).fetchone()
         return None if hit is None else self._decode(*hit)
@@ -260,7 +281,13 @@ class ResultsStore:
             return conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def rows(self, method: str | None = None) -> list[dict[str, Any]]:
-        """All rows (of one method, if given), oldest first; rows of any schema_version are included."""
+        """All rows (of one method, if given), oldest first; rows of any schema_version are included.
+
+        Args:
+            method: a method name, or None for every method.
+        Returns:
+            the rows as plain dicts.
+        """
         sql = "SELECT row, created_at, schema_version FROM results"
         args: tuple[str, ...] = ()
         if method is not None:
@@ -271,7 +298,13 @@ class ResultsStore:
 
     def table(self, method: str | None = None) -> pd.DataFrame:
         """Tidy table, one row per variant: the common columns, `knobs` (a dict) plus one `knob_<name>` column
-        per knob, then any other keys. Measured quantities are float (NaN when missing), seed is Int64."""
+        per knob, then any other keys. Measured quantities are float (NaN when missing), seed is Int64.
+
+        Args:
+            method: a method name, or None for every method.
+        Returns:
+            the table (empty, with the common columns, when nothing is stored).
+        """
         return rows_to_frame(self.rows(method))
 
     # -- export --------------------------------------------------------------------------------------

@@ -63,17 +63,48 @@ class RunContext(CodingEnv):
 
 
 class Method(Protocol):
-    def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]: ...
+    """A method compared on the plane (the paper's Figure 3 curves): it proposes variants, checks their knobs, builds
+    and measures a variant's parts, and deploys them. Register an instance in `METHODS` where it is defined."""
+
+    def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
+        """The variants a sweep measures for this base model.
+
+        Args:
+            base: the base model; its recorded profile sets the budgets.
+            splits: the split points the grid covers (end points included when the method has variants there).
+        Returns:
+            one config per variant, cheapest first where the method knows.
+        """
+        ...
 
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """Raise a UserError for an unknown knob or one whose value the run could not use, before any job is queued:
-        every knob the run reads, read the way it reads it, over the budget of `profile`."""
+        every knob the run reads, read the way it reads it, over the budget of `profile`.
+
+        Args:
+            cfg: the variant; profile: the name of the profile whose budgets fill the knobs it leaves unset.
+        """
         ...
 
-    def run(self, cfg: VariantConfig, ctx: RunContext) -> dict: ...
+    def run(self, cfg: VariantConfig, ctx: RunContext) -> dict:
+        """Build the variant's parts (training what is not cached) and measure them on the whole test set.
+
+        Args:
+            cfg: the variant; ctx: data, profile, cache, progress and the loaded base models.
+        Returns:
+            its results row (`base_row` columns plus the method's own).
+        """
+        ...
 
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
-        """The parts the variant deploys, built from the cached models (trained now only when missing)."""
+        """The parts the variant deploys, built from the cached models (trained now only when missing and
+        `ctx.may_train`).
+
+        Args:
+            cfg: the variant; ctx: as for `run`.
+        Returns:
+            the device and server parts and the coding's tables.
+        """
         ...
 
 
