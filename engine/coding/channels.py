@@ -2,7 +2,7 @@
 Sec. "Learning-Driven Joint Source-Channel Coding": "model a noisy channel as a non-trainable layer in the DNN"),
 and their capacities, the bound that separate source and channel coding is measured at (Fig. 5).
 
-Conventions (design notes, section 1):
+Conventions (README, "What is measured"):
     AWGN   complex baseband; the encoder's 2k reals are k complex channel uses (real, imaginary interleaved); each
            image's average transmit power is normalised to 1, so SNR = 1 / sigma^2; capacity log2(1 + SNR) bits per
            use, W log2(1 + SNR) bits/s at W uses per second.

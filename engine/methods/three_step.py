@@ -1,18 +1,10 @@
-"""`three_step`: the paper's framework (Shao & Zhang 2020, Fig. 2): split the network, compress the device part by
-incremental network pruning, encode the feature. This module does the first two steps; the third is any registered
-feature coding (`encoder` knob, `engine.coding.FEATURE_CODINGS`): `encoder="none"` sends the pruned split output
-8-bit quantised and Huffman-coded, as `original` does.
-
-One pruning run per (base, split, pruning knobs): starting from the cached base model, l2-norm channel pruning of
-the device part only, with the paper's per-iteration mask / train / restore (`engine.prune.IncrementalPruner`) and
-a sparsity ramp in `levels` steps up to the targets (a global `target`, per-stage targets, and `output`, the
-activation pruning of the transmitted feature). At the end of each level the masked model is validated and kept as
-a snapshot; every snapshot is a variant of its own (knob `snapshot`), so one run yields `levels` rows, and the run's
-snapshots are cached so that later variants cost only their measurement. Threshold-driven mode (the paper's "keep
-raising the sparsity until the accuracy threshold"): `snapshot="threshold"` picks the last snapshot whose
-validation accuracy stays at or above the base's minus `threshold_drop` points (the unpruned base when none does),
-and `stop=True` ends the ramp at the first level below it. The kept snapshot's pruned channels are physically
-removed before it is profiled and measured on the whole test set."""
+"""`three_step`: the paper's framework (Shao & Zhang 2020, Fig. 2): split the network, prune the device part
+incrementally, encode the feature with any registered coding (`encoder` knob; "none" is 8-bit + Huffman). One cached
+pruning run per (base, split, pruning knobs): l2-norm channel pruning of the device part with the paper's
+mask / train / restore iteration, ramping in `levels` steps to the targets (global `target`, per-stage targets and
+`output`, the activation pruning of the split output); each level's validated snapshot is a variant of its own (knob
+`snapshot`), and `snapshot="threshold"` keeps the last one whose validation accuracy holds the base's minus
+`threshold_drop` points (`stop=True` ends the ramp there). Pruned channels are removed before measuring."""
 
 from __future__ import annotations
 
