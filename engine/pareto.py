@@ -122,8 +122,8 @@ def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: Device
 def best_variant(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                  rate_bps: float | str, threshold: float | None, method: str | None = None,
                  bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.Series | None:
-    """The feasible row with validation accuracy >= `threshold` (None: any accuracy) and the lowest latency, of one method or
-    of all; ties go to fewer device FLOPs, then the smaller id. None if no row qualifies. The row carries the
+    """The feasible row with validation accuracy >= `threshold` (None: any accuracy) and the lowest latency, of one
+    method or of all; ties go to fewer device FLOPs, then the smaller id. None if no row qualifies. The row carries the
     latency columns of `latency_table` (with `overheads`, the measured deployment costs counted too)."""
     if method is not None and len(table):
         if "method" not in table.columns:

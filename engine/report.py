@@ -3,8 +3,9 @@ around it): each method's best variant per split under the accuracy threshold, a
 is dominated by a baseline in the communication-computation plane.
 
 "Best" at a split is the fewest bits per image among the rows whose validation accuracy meets the threshold (ties:
-fewer device FLOPs, then the smaller id); the test accuracy is shown beside it, never chosen on. A point dominates another when it needs no more device FLOPs and no more bits, and
-strictly less of one. Empty tables give empty results."""
+fewer device FLOPs, then the smaller id); the test accuracy is shown beside it, never chosen on. A point dominates
+another when it needs no more device FLOPs and no more bits, and strictly less of one.
+Empty tables give empty results."""
 
 from __future__ import annotations
 

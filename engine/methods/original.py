@@ -50,8 +50,8 @@ class Original:
                         "bits_raw": float(label_bits(data.num_classes))}
         else:
             acc, val, bits = self._measure_feature_coding(cfg, ctx)
-        return base_row(cfg, ctx, accuracy=acc, deployed_val_accuracy=val, eval_seconds=time.perf_counter() - start, **prof,
-                        **bits)
+        return base_row(cfg, ctx, accuracy=acc, deployed_val_accuracy=val, eval_seconds=time.perf_counter() - start,
+                        **prof, **bits)
 
     @staticmethod
     def _measure_feature_coding(cfg: VariantConfig, ctx: RunContext) -> tuple[float, float, dict]:
