@@ -233,7 +233,7 @@ def test_plane_draws_measured_rows_and_the_best_point(measured: pd.DataFrame) ->
     symbols = decoded(trace["marker"]["symbol"])
     hollow = {s for s, sym in zip(trace["text"], symbols, strict=True) if sym == 100}  # 100: "circle-open"
     assert hollow == {s for s in trace["text"] if by_split[s]["bits_actual"] > png}
-    need = float(measured["base_test_accuracy"].iloc[0]) - 0.02
+    need = float(measured["base_val_accuracy"].iloc[0]) - 0.02
     best = best_variant(measured, PI3, GPU, 40e3 * 8, need)
     assert f"`{best['id']}`" in at.success[0].value
     assert set(at.dataframe[-1].value["knobs"]) == {"bits=8"}  # the listing's knobs as text: Arrow types no dicts
