@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic import BAD, GOOD, METHODS, flipped_rows
 
 from engine.cli import main
 from engine.errors import UserError
@@ -28,26 +29,11 @@ from engine.pareto import (
 from engine.report import best_per_split, claim_by_split, dominated_points, qualifying
 
 PI3, GPU = DEVICES.get("pi3"), DEVICES.get("rtx2080ti")
-METHODS = ("original", "two_step_pruning", "bottlenet_pp", "three_step")
-SPLITS = ("conv3_x", "conv4_x")
-GOOD, BAD = 0.95, 0.50
 NEED = 0.90  # the base model's validation accuracy (0.92) minus the default 2 points
 
 
 def flipped() -> pd.DataFrame:
-    """Per method and split, a row good on validation only ("v-...") and a cheaper row good on test only ("t-..."),
-    so reading test accuracy instead of validation accuracy changes every choice."""
-    rows = []
-    for m, method in enumerate(METHODS):
-        for s, split in enumerate(SPLITS):
-            flops = 1e8 * (1 + m + 2 * s)
-            for kind, val, test, scale in (("v", GOOD, BAD, 1.0), ("t", BAD, GOOD, 0.5)):
-                rows.append({"id": f"{kind}-{method}-{split}", "method": method, "split": split, "knobs": {"n": m},
-                             "base_id": "b", "base_val_accuracy": 0.92, "base_test_accuracy": 0.55,
-                             "accuracy": test, DECISION_COLUMN: val, "device_flops": flops * scale,
-                             "server_flops": 1e8, "device_memory_bytes": 1e6,
-                             "bits_actual": 1e4 * scale * (1 + s), "bits_ideal": 9e3 * scale * (1 + s)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(flipped_rows("b"))
 
 
 def swapped(table: pd.DataFrame) -> pd.DataFrame:
