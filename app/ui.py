@@ -29,6 +29,7 @@ from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
 from engine.errors import UserError
 from engine.latency import DEVICES, DeviceProfile, Overheads
+from engine.pareto import DEFAULT_ACCURACY_DROP, NO_VALIDATION, decision_accuracy, validation_threshold
 from engine.paths import cache_dir
 from engine.profiles import PROFILES
 from engine.store import ResultsStore
@@ -40,7 +41,7 @@ T = TypeVar("T")
 VIEW_DEFAULTS: dict[str, str] = {
     "page": "plane", "profile": "quick", "width": "", "data": "",
     "device": "pi3", "device_gflops": "", "device_mb": "", "server": "rtx2080ti", "server_gflops": "",
-    "server_mb": "", "rate_kBps": "40", "drop": "2",
+    "server_mb": "", "rate_kBps": "40", "drop": f"{DEFAULT_ACCURACY_DROP * 100:g}",
     "sel": "", "pins": "", "bits": "actual", "below": "grey", "front": "overall", "splits": "", "overheads": "off",
 }
 ENVIRONMENT_KEYS = ("profile", "width", "data", "device", "device_gflops", "device_mb", "server", "server_gflops",
@@ -193,7 +194,7 @@ class Environment:
     device: DeviceProfile = DEVICES.get("pi3")
     server: DeviceProfile = DEVICES.get("rtx2080ti")
     rate_bps: float = 40e3 * 8
-    accuracy_drop: float = 0.02  # allowed drop below the base model's test accuracy (the paper: 95 -> 93 %)
+    accuracy_drop: float = DEFAULT_ACCURACY_DROP  # allowed drop below the base model's validation accuracy
     data: str = ""  # a dataset fingerprint from the results store; "" for the local dataset
 
 
@@ -322,11 +323,31 @@ def results(base: BaseModelConfig) -> pd.DataFrame:
 
 
 def threshold(env: Environment, table: pd.DataFrame) -> float | None:
-    """The accuracy a variant needs: the base model's test accuracy minus the allowed drop."""
-    if table.empty or "base_test_accuracy" not in table:
-        return None
-    acc = pd.to_numeric(table["base_test_accuracy"], errors="coerce").dropna()
-    return None if acc.empty else float(acc.iloc[0]) - env.accuracy_drop
+    """The validation accuracy a variant needs: the base model's validation accuracy minus the allowed drop (None
+    when no row carries it: rows of an earlier release, never chosen)."""
+    return validation_threshold(table, env.accuracy_drop)
+
+
+def threshold_text(env: Environment, need: float | None) -> str:
+    """The requirement in words, for a caption."""
+    if need is None:
+        return "no validation figure yet: re-measure the variants"
+    return (f"validation accuracy ≥ **{need:.2%}** (base {need + env.accuracy_drop:.2%} − "
+            f"{env.accuracy_drop * 100:g} points); test accuracy reports")
+
+
+def percent(value: object, spec: str = ".2%") -> str:
+    """An accuracy as a percentage for a label; "no figure (re-measure)" where it is missing."""
+    ok = isinstance(value, float | int | np.number) and not isinstance(value, bool) and value == value
+    return format(float(value), spec) if ok else "no figure (re-measure)"
+
+
+def remeasure_note(table: pd.DataFrame) -> None:
+    """A caption when rows lack a validation figure (measured by an earlier release): they are never chosen."""
+    missing = int(decision_accuracy(table).isna().sum())
+    if missing:
+        st.warning(f"{missing} variant(s) have no validation figure (measured by an earlier release) and are kept "
+                   f"out of every choice: {NO_VALIDATION}, e.g. with the profile's sweep on the Jobs page.")
 
 
 def png_bits(table: pd.DataFrame, data: ImageData | None) -> float | None:

@@ -9,10 +9,10 @@ from app import ui
 from engine.figures import plane_figure
 from engine.knobs import knob_text
 from engine.latency import latency_table
-from engine.pareto import compare_table
+from engine.pareto import DECISION_COLUMN, compare_table
 
-COLUMNS = ("method", "split", "knobs", "accuracy", "latency", "t_device", "t_transmit", "t_server", "feasible",
-           "device_flops", "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal", "bits_raw",
+COLUMNS = ("method", "split", "knobs", DECISION_COLUMN, "accuracy", "latency", "t_device", "t_transmit", "t_server",
+           "feasible", "device_flops", "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal", "bits_raw",
            "feature_shape", "width", "seed", "trained_on", "code_version")
 LETTERS = "ABCD"
 
@@ -24,7 +24,8 @@ lat = latency_table(table, env.device, env.server, env.rate_bps)
 def _label(row: dict) -> str:
     knobs = row.get("knobs") if isinstance(row.get("knobs"), dict) else {}
     return (f"{row['method']} @ {row['split']}" + "".join(f" · {k}={x}" for k, x in sorted(knobs.items()))
-            + f" · {row['accuracy']:.1%} · {row['id'][:8]}")
+            + f" · validation {ui.percent(row.get(DECISION_COLUMN), '.1%')} · test {ui.percent(row['accuracy'], '.1%')}"
+            + f" · {row['id'][:8]}")
 
 
 labels = {r["id"]: _label(r) for r in lat.to_dict("records")}

@@ -10,7 +10,7 @@ import streamlit as st
 from app import ui
 from engine.figures import latency_breakdown_figure, latency_rate_figure
 from engine.latency import latency_table
-from engine.pareto import best_per_method
+from engine.pareto import DECISION_COLUMN, best_per_method
 from engine.units import format_bytes, format_rate, format_seconds
 
 env, data, base, table = ui.open_page("Latency vs link rate",
@@ -28,9 +28,9 @@ ui.set_view(overheads="on" if with_overheads else "off")
 overheads = ui.deployment_overheads(with_overheads)
 formula = "F_dev/C_dev + B/R + F_srv/C_srv" + (" + t_coding + framing/R" if with_overheads else "")
 curves = ui.latency_curves(base, env, need, overheads)
-st.caption(f"device **{env.device.describe()}** · server **{env.server.describe()}** · accuracy ≥ **{need:.2%}** "
-           f"(base {need + env.accuracy_drop:.2%} − {env.accuracy_drop * 100:g} points) · ResNet18 width "
-           f"{base.width:g} · latency = {formula}, B = actual bits per image")
+st.caption(f"device **{env.device.describe()}** · server **{env.server.describe()}** · {ui.threshold_text(env, need)} "
+           f"· ResNet18 width {base.width:g} · latency = {formula}, B = actual bits per image")
+ui.remeasure_note(table)
 
 
 @st.fragment
@@ -53,16 +53,18 @@ def at_rate(env: ui.Environment) -> None:
         best = best_per_method(table, env.device, env.server, env.rate_bps, need, overheads=overheads, latencies=lat)
         ui.chart(latency_breakdown_figure(best), "latency_breakdown")
         terms = [c for c in ("t_device", "t_coding", "t_transmit", "t_overhead", "t_server") if c in best.columns]
-        shown = best[["method", "split", "accuracy", "latency", *terms, "bits_actual", "device_flops",
+        shown = best[["method", "split", DECISION_COLUMN, "accuracy", "latency", *terms, "bits_actual", "device_flops",
                       "device_memory_bytes", "id"]]
         st.dataframe(shown, hide_index=True, column_config={
-            "accuracy": st.column_config.NumberColumn(format="percent"),
+            "accuracy": st.column_config.NumberColumn("test accuracy", format="percent"),
+            DECISION_COLUMN: st.column_config.NumberColumn("validation accuracy", format="percent"),
             **{c: st.column_config.NumberColumn(format="%.4g s") for c in ("latency", *terms)},
         })
         winner = best.iloc[0]
         st.success(f"Fastest: **{winner['method']} @ {winner['split']}**, {format_seconds(winner['latency'])} end "
                    f"to end ({format_seconds(winner['t_device'])} device + {format_seconds(winner['t_transmit'])} "
-                   f"link + {format_seconds(winner['t_server'])} server), {winner['accuracy']:.2%} accuracy "
+                   f"link + {format_seconds(winner['t_server'])} server), {winner[DECISION_COLUMN]:.2%} validation "
+                   f"accuracy (test {winner['accuracy']:.2%}) "
                    f"(`{winner['id']}`).")
         if selected is not None:
             fits = "" if selected["feasible"] else " — infeasible: its device part does not fit the device memory"

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.plotly_component import plotly_chart
-from app.ui import base_config, environment, queue_untrained, require_data, results, threshold
+from app.ui import base_config, environment, percent, queue_untrained, require_data, results, threshold
 from engine.coding import NotTrained
 from engine.deploy.bundle import load_bundle
 from engine.deploy.client import live_session
@@ -26,7 +26,7 @@ from engine.deploy.timing import (
 from engine.errors import UserError
 from engine.latency import Overheads
 from engine.methods import RunContext
-from engine.pareto import best_per_method
+from engine.pareto import DECISION_COLUMN, best_per_method
 from engine.paths import cache_dir
 from engine.profiles import PROFILES
 from engine.units import format_rate, format_seconds
@@ -59,7 +59,9 @@ best = best_per_method(table, env.device, env.server, env.rate_bps, need)
 ids = list(dict.fromkeys([*best["id"], *table.sort_values(["method", "device_flops"])["id"]]))
 rows = table.set_index("id")
 variant = st.selectbox("Variant", ids, format_func=lambda i: f"{rows.loc[i, 'method']} @ {rows.loc[i, 'split']} · "
-                       f"accuracy {rows.loc[i, 'accuracy']:.2%} · {rows.loc[i, 'bits_actual']:,.0f} bits · {i}",
+                       f"validation {percent(rows.loc[i].get(DECISION_COLUMN))} · "
+                       f"test {percent(rows.loc[i, 'accuracy'])} · "
+                       f"{rows.loc[i, 'bits_actual']:,.0f} bits · {i}",
                        help="the best variant of each method at the sidebar's rate first, then every measured one")
 images = st.slider("Test images", 5, 100, 20, help="one image per message, sent one after another")
 row = rows.loc[variant].copy()

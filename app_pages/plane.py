@@ -12,7 +12,7 @@ from engine.figures import plane_figure
 from engine.knobs import knob_text
 from engine.latency import latency_table
 from engine.models import split_names
-from engine.pareto import best_variant
+from engine.pareto import DECISION_COLUMN, best_variant, validation_label
 from engine.units import format_flops, format_seconds
 
 env = ui.environment()
@@ -71,6 +71,8 @@ if table.empty:
     st.stop()
 
 need = ui.threshold(env, table)
+st.caption(ui.threshold_text(env, need))
+ui.remeasure_note(table)
 splits = [s for s in split_names() if s in set(table["split"])]
 c1, c2, c3, c4 = st.columns([1.2, 1.2, 1, 2])
 key = ui.bind("bits", lambda: v["bits"] == "ideal")
@@ -101,7 +103,8 @@ if best is None:
     st.warning("No variant meets the accuracy threshold and fits the device memory in this environment.")
 else:
     st.success(f"Best for this environment: **{best['method']} @ {best['split']}** — "
-               f"{format_seconds(best['latency'])} end to end, {best['accuracy']:.2%} accuracy, "
+               f"{format_seconds(best['latency'])} end to end, {best[DECISION_COLUMN]:.2%} validation accuracy "
+               f"(test {best['accuracy']:.2%}), "
                f"{best['bits_actual']:,.0f} bits, {format_flops(best['device_flops'])} on the device "
                f"(`{best['id']}`). Click a point to select a variant.")
 amplified = shown[(shown[bits_column] > (png or float("inf"))) & (shown["device_flops"] > 0)]
@@ -109,9 +112,13 @@ if len(amplified):
     st.caption(f"Data amplification (feature larger than the PNG input): {len(amplified)} variant(s), e.g. "
                + ", ".join(sorted(set(amplified["split"]))))
 ui.progress_strip(base.id, frozenset(table["id"]))
-cols = [c for c in ("method", "split", "knobs", "accuracy", "device_flops", "server_flops", "device_memory_bytes",
-                    "bits_actual", "bits_ideal", "bits_raw", "latency", "feasible", "id") if c in shown]
+shown = shown.assign(validation=validation_label(shown))
+cols = [c for c in ("method", "split", "knobs", DECISION_COLUMN, "accuracy", "validation", "device_flops",
+                    "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal", "bits_raw", "latency",
+                    "feasible", "id") if c in shown]
 listed = shown.sort_values(["method", "device_flops"])[cols]
 st.dataframe(listed.assign(knobs=listed["knobs"].map(knob_text)) if "knobs" in cols else listed, hide_index=True,
-             column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+             column_config={"accuracy": st.column_config.NumberColumn("test accuracy", format="percent"),
+                            DECISION_COLUMN: st.column_config.NumberColumn("validation accuracy", format="percent"),
+                            "validation": st.column_config.TextColumn("note"),
                             "latency": st.column_config.NumberColumn(format="%.4g s")})

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from engine.pareto import meets_threshold, pareto_front
+from engine.pareto import DECISION_COLUMN, NO_VALIDATION, decision_accuracy, meets_threshold, pareto_front
 
 METHOD_COLORS = {
     "original": "#1f77b4",
@@ -47,7 +47,8 @@ def hover_text(row: Mapping, bits_column: str = "bits_actual") -> str:
     lines = [f"<b>{row.get('method')} @ {row.get('split')}</b>"]
     if knobs := knobs_text(row.get("knobs")):
         lines.append(f"knobs {knobs}")
-    for key, label, spec in (("accuracy", "accuracy", ".2%"), ("device_flops", "device FLOPs", ",.4g"),
+    for key, label, spec in (("accuracy", "test accuracy", ".2%"), (DECISION_COLUMN, "validation accuracy", ".2%"),
+                             ("device_flops", "device FLOPs", ",.4g"),
                              ("server_flops", "server FLOPs", ",.4g"),
                              ("device_memory_bytes", "device memory B", ",.4g"),
                              ("device_params_bytes", "· parameters B", ",.4g"),
@@ -75,7 +76,8 @@ def hover_text(row: Mapping, bits_column: str = "bits_actual") -> str:
     return "<br>".join(lines)
 
 
-_HOVER_NUMBERS = (("accuracy", "accuracy", ".2%"), ("device_flops", "device FLOPs", ",.4g"),
+_HOVER_NUMBERS = (("accuracy", "test accuracy", ".2%"), (DECISION_COLUMN, "validation accuracy", ".2%"),
+                  ("device_flops", "device FLOPs", ",.4g"),
                   ("server_flops", "server FLOPs", ",.4g"), ("device_memory_bytes", "device memory B", ",.4g"),
                   ("device_params_bytes", "· parameters B", ",.4g"),
                   ("device_activation_bytes", "· activations B", ",.4g"),
@@ -121,13 +123,15 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
                  selected: str | None = None, highlight: Mapping[str, str] | None = None,
                  height: int = 520) -> go.Figure:
     """The communication-computation plane (Shao & Zhang 2020, Figs. 1 and 3): device FLOPs against bits per image,
-    log axes, one colour per method. Variants under the accuracy `threshold` are greyed (`below="grey"`) or left
-    out (`"hide"`); the Pareto front of the others is a step line (`front`: "overall", "method" or "none"). The
+    log axes, one colour per method. Variants whose validation accuracy is under the `threshold` are greyed
+    (`below="grey"`) or left out (`"hide"`), and so are measured rows without a validation figure (a trace of their
+    own: re-measure them); the Pareto front of the others is a step line (`front`: "overall", "method" or "none"). The
     server-only cost (0 FLOPs) is the input PNG line; the region above it (data amplification) is shaded and points
     there are hollow. `selected` (an id) gets a star, `highlight` (id -> label) rings with labels."""
     fig = go.Figure(_validate=False)  # see _scatter
     points = table[(table["device_flops"] > 0) & table[bits_column].notna()].sort_values("device_flops")
-    ok = meets_threshold(points, threshold)
+    unvalidated = decision_accuracy(points).isna() & _measured(points)
+    ok = meets_threshold(points, threshold) & ~unvalidated
     few = len(points) <= 40
     numbers, heads, template = _hover_data(points, bits_column)
     row = pd.Series(np.arange(len(points)), index=points.index)
@@ -141,14 +145,16 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
             ids=_point_ids(group), customdata=numbers[row[group.index]], hovertext=heads[group.index].tolist(),
             hovertemplate=template, unselected={"marker": {"opacity": 0.9}},
         ))
-    grey = points[~ok]
-    if len(grey) and below != "hide":
-        fig.add_trace(_scatter(
-            x=grey["device_flops"], y=grey[bits_column], mode="markers", name="below the accuracy threshold",
-            text=grey["split"], marker={"size": 7, "color": "#c7c7c7", "line": {"width": 0}}, opacity=0.7,
-            ids=_point_ids(grey), customdata=numbers[row[grey.index]], hovertext=heads[grey.index].tolist(),
-            hovertemplate=template, unselected={"marker": {"opacity": 0.6}},
-        ))
+    for name, grey in (("below the accuracy threshold", points[~ok & ~unvalidated]),
+                       (NO_VALIDATION, points[unvalidated])):
+        if len(grey) and below != "hide":
+            fig.add_trace(_scatter(
+                x=grey["device_flops"], y=grey[bits_column], mode="markers", name=name,
+                text=grey["split"], marker={"size": 7, "color": "#c7c7c7", "line": {"width": 0},
+                                            "symbol": "x" if name == NO_VALIDATION else "circle"}, opacity=0.7,
+                ids=_point_ids(grey), customdata=numbers[row[grey.index]], hovertext=heads[grey.index].tolist(),
+                hovertemplate=template, unselected={"marker": {"opacity": 0.6}},
+            ))
     _add_fronts(fig, points[ok], front, bits_column)
     for ids, name, symbol, size in (([selected] if selected else [], "selected", "star", 18),
                                     (list(highlight or {}), "pinned", "circle-open", 22)):
@@ -171,6 +177,13 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
     fig.update_layout(title=title, legend_title="method", hovermode="closest", height=height, clickmode="event+select",
                       margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50})
     return fig
+
+
+def _measured(points: pd.DataFrame) -> pd.Series:
+    """True where a row has a measured (test) accuracy: not an untrained profile's row."""
+    if "accuracy" not in points.columns:
+        return pd.Series(False, index=points.index, dtype=bool)
+    return pd.to_numeric(points["accuracy"], errors="coerce").notna()
 
 
 def _add_fronts(fig: go.Figure, kept: pd.DataFrame, front: str, bits_column: str) -> None:
@@ -213,12 +226,14 @@ def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = No
         color = METHOD_COLORS.get(method, "#444")
         kbps, latency, ids = group["rate"].to_numpy() / 8e3, group["latency"].to_numpy(), group["id"].to_numpy()
         knobs = [knobs_text(kn) for kn in group["knobs"]] if "knobs" in group else [""] * len(group)
+        val = group[DECISION_COLUMN] if DECISION_COLUMN in group else pd.Series(np.nan, index=group.index)
         hover = [f"<b>{method}</b> @ {split}{f'<br>knobs {kn}' if kn else ''}<br>{k:,.3g} kB/s: {t * 1e3:,.2f} ms "
-                 f"(device {d * 1e3:,.2f} + link {x * 1e3:,.2f} + server {s * 1e3:,.3f})<br>accuracy {a:.2%}, "
-                 f"{b:,.0f} bits<br>id {i}"
-                 for split, kn, k, t, d, x, s, a, b, i in zip(group["split"], knobs, kbps, latency, group["t_device"],
-                                                              group["t_transmit"], group["t_server"],
-                                                              group["accuracy"], group["bits"], ids, strict=True)]
+                 f"(device {d * 1e3:,.2f} + link {x * 1e3:,.2f} + server {s * 1e3:,.3f})<br>validation accuracy "
+                 f"{v:.2%}, test accuracy {a:.2%}, {b:,.0f} bits<br>id {i}"
+                 for split, kn, k, t, d, x, s, v, a, b, i in zip(group["split"], knobs, kbps, latency,
+                                                                 group["t_device"], group["t_transmit"],
+                                                                 group["t_server"], val, group["accuracy"],
+                                                                 group["bits"], ids, strict=True)]
         traces.append(_scatter(x=kbps, y=latency, mode="lines", name=method, legendgroup=method,
                                line={"color": color}, customdata=ids, hovertext=hover, hoverinfo="text"))
         first = np.r_[True, ids[1:] != ids[:-1]]

@@ -15,9 +15,65 @@ import pandas as pd
 from engine.errors import UserError
 from engine.latency import DeviceProfile, Overheads, latency_table, to_rate_bps
 
+DECISION_COLUMN = "deployed_val_accuracy"  # a row's validation accuracy, measured as its test accuracy (`accuracy`) is
+DEFAULT_ACCURACY_DROP = 0.02  # the dashboard's default drop below the base model's validation accuracy (2 points)
+NO_VALIDATION = "no validation figure: re-measure"
 RATE_COLUMNS = ("rate", "method", "id", "split", "knobs", "latency", "t_device", "t_transmit", "t_server", "accuracy",
-                "bits")
+                DECISION_COLUMN, "bits")
 _ORDER = ["latency", "device_flops", "id"]  # best first: lowest latency, then fewer device FLOPs, then id
+
+
+def decision_accuracy(table: pd.DataFrame) -> pd.Series:
+    """The accuracy every choice reads: each row's validation accuracy (`DECISION_COLUMN`, the held-out part of the
+    training images, measured through the row's coding as its test accuracy is). The test accuracy (`accuracy`)
+    only reports. NaN where a row has none (measured by an earlier release: re-measure it).
+
+    Args:
+        table: a results table.
+    Returns:
+        the validation accuracy of each row, as floats, on the table's index.
+    """
+    if DECISION_COLUMN not in table.columns:
+        return pd.Series(np.nan, index=table.index, dtype="float64")
+    return pd.to_numeric(table[DECISION_COLUMN], errors="coerce").astype("float64")
+
+
+def decidable(table: pd.DataFrame, threshold: float | None) -> pd.Series:
+    """True where a row may be chosen: it has a validation figure (rows without one are kept out of every choice
+    until re-measured) and, with a `threshold`, that figure is at least it.
+
+    Args:
+        table: a results table; threshold: the least validation accuracy, or None for any accuracy.
+    Returns:
+        a boolean Series on the table's index.
+    """
+    val = decision_accuracy(table)
+    ok = val.notna()
+    return (ok & (val >= threshold)) if threshold is not None else ok
+
+
+def validation_label(table: pd.DataFrame) -> pd.Series:
+    """`NO_VALIDATION` for each row without a validation figure, "" for the others (what tables show beside it)."""
+    return decision_accuracy(table).isna().map({True: NO_VALIDATION, False: ""}).astype(str)
+
+
+def validation_threshold(table: pd.DataFrame, drop: float = DEFAULT_ACCURACY_DROP) -> float | None:
+    """The least validation accuracy a variant needs: the base model's validation accuracy minus `drop`.
+
+    Args:
+        table: rows of one base model (their `base_val_accuracy`); drop: the allowed drop, a fraction.
+    Returns:
+        the threshold, or None when no row carries the base model's validation figure (rows of an earlier release).
+    Raises:
+        UserError: the rows hold more than one base model's validation figure, or `drop` is not in [0, 1].
+    """
+    if "base_val_accuracy" not in table.columns:
+        return None
+    values = pd.to_numeric(table["base_val_accuracy"], errors="coerce").dropna().unique()
+    if len(values) > 1:
+        raise UserError(f"the rows hold {len(values)} base models' validation accuracies; narrow them to one base "
+                        "model (--profile or --base) or give the threshold")
+    return None if len(values) == 0 else accuracy_threshold_default(float(values[0]), drop)
 
 
 def pareto_front(table: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool] = (True, True)) -> pd.DataFrame:
@@ -51,27 +107,23 @@ def pareto_front(table: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool
 def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                 rate_bps: float | str, threshold: float | None, bits_column: str,
                 overheads: Overheads | None = None, latencies: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Feasible rows meeting the accuracy threshold with a known latency, best first (from `latencies`, the
-    `latency_table` of these arguments, when the caller has it already)."""
+    """Feasible rows whose validation accuracy meets the threshold (`decidable`), with a known latency, best first
+    (from `latencies`, the `latency_table` of these arguments, when the caller has it already)."""
     lat = latency_table(table, device, server, rate_bps, bits_column, overheads) if latencies is None else latencies
     if len(lat) == 0:
         return lat
     missing = [c for c in ("id", "method") if c not in lat.columns]
     if missing:
         raise UserError(f"the results table lacks column(s) {', '.join(missing)}")
-    ok = lat["feasible"] & lat["latency"].notna()
-    if threshold is not None:
-        if "accuracy" not in lat.columns:
-            raise UserError("the results table has no accuracy column; profile the variants first")
-        ok &= pd.to_numeric(lat["accuracy"], errors="coerce") >= threshold
+    ok = lat["feasible"] & lat["latency"].notna() & decidable(lat, threshold)
     return lat[ok].sort_values(_ORDER, kind="stable", na_position="last")
 
 
 def best_variant(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                  rate_bps: float | str, threshold: float | None, method: str | None = None,
                  bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.Series | None:
-    """The feasible row with accuracy >= `threshold` (None: any accuracy) and the lowest latency, of one method or
-    of all; ties go to fewer device FLOPs, then the smaller id. None if no row qualifies. The row carries the
+    """The feasible row with validation accuracy >= `threshold` (None: any accuracy) and the lowest latency, of one
+    method or of all; ties go to fewer device FLOPs, then the smaller id. None if no row qualifies. The row carries the
     latency columns of `latency_table` (with `overheads`, the measured deployment costs counted too)."""
     if method is not None and len(table):
         if "method" not in table.columns:
@@ -95,7 +147,8 @@ def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: De
                     rates_bps: Iterable[float | str], threshold: float | None,
                     bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.DataFrame:
     """Each method's best qualifying variant at each link rate, as a tidy table (the paper's Fig. 4): columns
-    rate (bits/s), method, id, split, knobs, latency, t_device, t_transmit, t_server, accuracy, bits; sorted by rate
+    rate (bits/s), method, id, split, knobs, latency, t_device, t_transmit, t_server, accuracy (test),
+    deployed_val_accuracy (validation, which chose), bits; sorted by rate
     then method. A method with no qualifying variant has no rows (feasibility does not depend on the rate). With
     `overheads`, latency counts each row's measured coding time and the framing and runtime costs too."""
     rates = [to_rate_bps(r) for r in rates_bps]
@@ -111,8 +164,9 @@ def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: De
     if overheads is not None:
         grid["t_overhead"] = overheads.framing_bits / grid["rate"] + overheads.per_image_s
         grid["latency"] += grid["t_coding"] + grid["t_overhead"]
-    if "accuracy" not in grid.columns:
-        grid["accuracy"] = np.nan
+    for column in ("accuracy", DECISION_COLUMN):
+        if column not in grid.columns:
+            grid[column] = np.nan
     if "knobs" not in grid.columns:
         grid["knobs"] = [{}] * len(grid)
     grid = grid.sort_values(["rate", *_ORDER], kind="stable", na_position="last")
@@ -125,9 +179,10 @@ def _dtype(column: str) -> str:
     return "object" if column in ("method", "id", "split", "knobs") else "float64"
 
 
-def accuracy_threshold_default(base_accuracy: float, drop: float = 0.02) -> float:
+def accuracy_threshold_default(base_accuracy: float, drop: float = DEFAULT_ACCURACY_DROP) -> float:
     """The accuracy a variant must keep: the base model's minus `drop` (fractions in [0, 1]). The paper's
-    ResNet18 reaches about 95 % and it sets the threshold to 93 % (Shao & Zhang 2020, Sec. "Experiments")."""
+    ResNet18 reaches about 95 % and it sets the threshold to 93 % (Shao & Zhang 2020, Sec. "Experiments"); here
+    both are validation accuracies (`validation_threshold`)."""
     if not 0.0 <= base_accuracy <= 1.0:
         raise UserError(f"base accuracy is a fraction in [0, 1], got {base_accuracy}; e.g. 0.95 for 95 %")
     if not 0.0 <= drop <= 1.0:
@@ -137,12 +192,11 @@ def accuracy_threshold_default(base_accuracy: float, drop: float = 0.02) -> floa
 
 
 def meets_threshold(table: pd.DataFrame, threshold: float | None) -> pd.Series:
-    """True where a row's accuracy is at least `threshold`; rows without an accuracy (an untrained profile) and
-    every row when `threshold` is None count as meeting it."""
-    if threshold is None or "accuracy" not in table.columns:
+    """True where a row's validation accuracy is at least `threshold` (`decidable`); every row when `threshold` is
+    None (an untrained profile's rows have no accuracy at all)."""
+    if threshold is None:
         return pd.Series(True, index=table.index, dtype=bool)
-    acc = pd.to_numeric(table["accuracy"], errors="coerce")
-    return (acc.isna() | (acc >= threshold)).astype(bool)
+    return decidable(table, threshold).astype(bool)
 
 
 def _same(values: list) -> bool:

@@ -2,9 +2,10 @@
 around it): each method's best variant per split under the accuracy threshold, and whether the `three_step` curve
 is dominated by a baseline in the communication-computation plane.
 
-"Best" at a split is the fewest bits per image among the rows whose accuracy meets the threshold (ties: fewer device
-FLOPs, then the smaller id). A point dominates another when it needs no more device FLOPs and no more bits, and
-strictly less of one. Empty tables give empty results."""
+"Best" at a split is the fewest bits per image among the rows whose validation accuracy meets the threshold (ties:
+fewer device FLOPs, then the smaller id); the test accuracy is shown beside it, never chosen on. A point dominates
+another when it needs no more device FLOPs and no more bits, and strictly less of one.
+Empty tables give empty results."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import UserError
+from engine.pareto import DECISION_COLUMN, decidable, decision_accuracy
 
-BEST_COLUMNS = ("split", "method", "id", "accuracy", "device_flops", "bits")
+BEST_COLUMNS = ("split", "method", "id", "accuracy", DECISION_COLUMN, "device_flops", "bits")
 
 
 def _require(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
@@ -23,16 +25,16 @@ def _require(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
 
 
 def qualifying(table: pd.DataFrame, threshold: float | None, bits_column: str = "bits_actual") -> pd.DataFrame:
-    """Rows with accuracy >= `threshold` (None: all) and known FLOPs and bits, with a `bits` column."""
+    """Rows with a validation accuracy >= `threshold` (None: any; rows without one never qualify) and known FLOPs
+    and bits, with a `bits` column."""
     if table.empty:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in BEST_COLUMNS})
     _require(table, ("id", "method", "split", "accuracy", "device_flops", bits_column))
     out = table.copy().assign(bits=pd.to_numeric(table[bits_column], errors="coerce"),
-                       device_flops=pd.to_numeric(table["device_flops"], errors="coerce"),
-                       accuracy=pd.to_numeric(table["accuracy"], errors="coerce"))
-    ok = out["bits"].notna() & out["device_flops"].notna()
-    if threshold is not None:
-        ok &= out["accuracy"] >= threshold
+                              device_flops=pd.to_numeric(table["device_flops"], errors="coerce"),
+                              accuracy=pd.to_numeric(table["accuracy"], errors="coerce"),
+                              **{DECISION_COLUMN: decision_accuracy(table)})
+    ok = out["bits"].notna() & out["device_flops"].notna() & decidable(out, threshold)
     return out[ok]
 
 
@@ -80,15 +82,17 @@ def dominated_points(table: pd.DataFrame, threshold: float | None, method: str =
 def claim_by_split(table: pd.DataFrame, threshold: float | None, method: str = "three_step",
                    bits_column: str = "bits_actual") -> pd.DataFrame:
     """Per split: the `method`'s best qualifying row (fewest bits) and whether another method's qualifying row at the
-    same split dominates it (columns split, bits, device_flops, accuracy, holds, dominated_by), at each split where
-    the method has rows; a split where none of them meets the threshold says so (holds None)."""
+    same split dominates it (columns split, bits, device_flops, accuracy, deployed_val_accuracy, holds,
+    dominated_by), at each split where the method has rows; a split where none of them meets the threshold says so
+    (holds None)."""
     best = best_per_split(table, threshold, bits_column)
     out = []
     tried = set(table["split"][table["method"] == method]) if not table.empty else set()
     for s in [s for s in dict.fromkeys(table["split"]) if s in tried] if tried else []:
         mine = best[(best["split"] == s) & (best["method"] == method)]
         if mine.empty:
-            out.append({"split": s, "bits": np.nan, "device_flops": np.nan, "accuracy": np.nan, "holds": None,
+            out.append({"split": s, "bits": np.nan, "device_flops": np.nan, "accuracy": np.nan,
+                        DECISION_COLUMN: np.nan, "holds": None,
                         "dominated_by": f"no {method} row meets the threshold"})
             continue
         m = mine.iloc[0]
@@ -98,5 +102,6 @@ def claim_by_split(table: pd.DataFrame, threshold: float | None, method: str = "
                   for _, o in rivals.iterrows() if dominates((o["device_flops"], o["bits"]),
                                                              (m["device_flops"], m["bits"]))]
         out.append({"split": s, "bits": m["bits"], "device_flops": m["device_flops"], "accuracy": m["accuracy"],
-                    "holds": not beaten, "dominated_by": "; ".join(beaten)})
-    return pd.DataFrame(out, columns=["split", "bits", "device_flops", "accuracy", "holds", "dominated_by"])
+                    DECISION_COLUMN: m[DECISION_COLUMN], "holds": not beaten, "dominated_by": "; ".join(beaten)})
+    return pd.DataFrame(out, columns=["split", "bits", "device_flops", "accuracy", DECISION_COLUMN, "holds",
+                                      "dominated_by"])

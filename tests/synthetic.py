@@ -37,3 +37,24 @@ def synthetic_rows(base_id: str = "b0") -> list[dict]:
                                              "jscc_uses": 1}, "accuracy": 0.9, "curve_conditions": snr,
          "curve_val_accuracy": [1.0] * 3, "curve_accuracy": [1.0] * 3, "curve_accuracy_std": [0.0] * 3},
     ]
+
+
+METHODS = ("original", "two_step_pruning", "bottlenet_pp", "three_step")
+GOOD, BAD = 0.95, 0.50
+
+
+def flipped_rows(base_id: str, **common: object) -> list[dict]:
+    """Per method and split (conv3_x, conv4_x), a row good on validation only ("v-...") and a cheaper row good on
+    test only ("t-..."): reading test accuracy instead of validation accuracy changes every choice. The base model:
+    92 % validation, 55 % test."""
+    rows = []
+    for m, method in enumerate(METHODS):
+        for s, split in enumerate(("conv3_x", "conv4_x")):
+            flops = 1e8 * (1 + m + 2 * s)
+            for kind, val, test, scale in (("v", GOOD, BAD, 1.0), ("t", BAD, GOOD, 0.5)):
+                rows.append({"id": f"{kind}-{method}-{split}", "method": method, "split": split, "knobs": {"n": m},
+                             "base_id": base_id, "base_val_accuracy": 0.92, "base_test_accuracy": 0.55,
+                             "accuracy": test, "deployed_val_accuracy": val, "device_flops": flops * scale,
+                             "server_flops": 1e8, "device_memory_bytes": 1e6, "bits_actual": 1e4 * scale * (1 + s),
+                             "bits_ideal": 9e3 * scale * (1 + s), **common})
+    return rows

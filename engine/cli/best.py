@@ -1,5 +1,6 @@
 """The `best` command: the best measured variant of each method for an edge environment (lowest latency among
-feasible variants meeting the accuracy threshold)."""
+feasible variants whose validation accuracy meets the threshold: by default the base model's validation accuracy
+minus the dashboard's default drop)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pandas as pd
 
 from engine.cli.common import NARROWING, add_common, narrow
 from engine.errors import UserError
+from engine.pareto import DECISION_COLUMN, DEFAULT_ACCURACY_DROP
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", required=True, help="link rate with a unit: 40kB/s, 1Mbit/s, 250kbps ...")
     p.add_argument("--device", default="pi3", help="device preset (default pi3)")
     p.add_argument("--server", default="rtx2080ti", help="server preset (default rtx2080ti)")
-    p.add_argument("--threshold", type=float, help="minimum top-1 accuracy, a fraction such as 0.93 (default: none)")
+    need = p.add_mutually_exclusive_group()
+    need.add_argument("--threshold", type=float,
+                      help="minimum top-1 validation accuracy, a fraction such as 0.93 (default: the base model's "
+                           f"validation accuracy minus {DEFAULT_ACCURACY_DROP * 100:g} points)")
+    need.add_argument("--any-accuracy", action="store_true",
+                      help="no accuracy requirement (rows without a validation figure still are never chosen)")
     p.add_argument("--bits", choices=("actual", "ideal"), default="actual",
                    help="bits per image: the real bitstream (default) or the ideal figure")
     p.add_argument("--base", help="only rows of this base model id (see `python -m engine results`)")
@@ -40,7 +47,8 @@ def _print_table(best: pd.DataFrame, bits_column: str) -> None:
     from engine.units import format_bits, format_flops, format_seconds
 
     shown = pd.DataFrame({
-        "method": best["method"], "split": best["split"], "accuracy": best["accuracy"].map("{:.2%}".format),
+        "method": best["method"], "split": best["split"],
+        "validation": best[DECISION_COLUMN].map("{:.2%}".format), "test": best["accuracy"].map("{:.2%}".format),
         "bits": best[bits_column].map(format_bits), "device": best["device_flops"].map(format_flops),
         "latency": best["latency"].map(format_seconds), "t_device": best["t_device"].map(format_seconds),
         "t_transmit": best["t_transmit"].map(format_seconds), "t_server": best["t_server"].map(format_seconds),
@@ -71,15 +79,16 @@ def run(args: argparse.Namespace) -> int:
     table, narrowed, profile = narrow(ResultsStore().table(), args)
     if args.base:
         table = table[table["base_id"] == args.base]
+    threshold = _threshold(table, args)
     bits_column = f"bits_{args.bits}"
-    best = best_per_method(table, device, server, rate, args.threshold, bits_column)
+    best = best_per_method(table, device, server, rate, threshold, bits_column)
     where = (f"{format_rate(rate)} ({format_rate(rate, 'bit')}), device {device.describe()}, server "
-             f"{server.describe()}" + (f", accuracy >= {args.threshold:.1%}" if args.threshold is not None else ""))
+             f"{server.describe()}" + (f", validation accuracy >= {threshold:.1%}" if threshold is not None else ""))
     if args.json:
-        cols = ["method", "split", "id", "accuracy", bits_column, "device_flops", "latency", "t_device", "t_transmit",
-                "t_server"]
+        cols = ["method", "split", "id", DECISION_COLUMN, "accuracy", bits_column, "device_flops", "latency",
+                "t_device", "t_transmit", "t_server"]
         records = json.loads(best[cols].to_json(orient="records")) if not best.empty else []
-        json.dump({"rate_bps": rate, "device": device.name, "server": server.name, "threshold": args.threshold,
+        json.dump({"rate_bps": rate, "device": device.name, "server": server.name, "threshold": threshold,
                    "bits_column": bits_column, "best": records[0] if records else None, "per_method": records},
                   sys.stdout, indent=1)
         print()
@@ -88,14 +97,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"no results{narrowed} yet: run `python -m engine sweep{profile}` first")
         return 0
     if best.empty:
-        print(f"no measured variant fits at {where}: lower --threshold or measure more variants")
+        print(f"no measured variant fits at {where}: lower --threshold or measure more variants"
+              + _unvalidated_note(table))
         return 0
     bases = table["base_id"].nunique() if "base_id" in table else 1
     if bases > 1:
         print(f"note: the table mixes rows of {bases} base models; narrow it with --profile (or --base ID)")
-    print(f"best per method at {where}:")
+    print(f"best per method at {where} (chosen on validation accuracy; test accuracy reports):")
     _print_table(best, bits_column)
     return 0
+
+
+def _threshold(table: pd.DataFrame, args: argparse.Namespace) -> float | None:
+    """The least validation accuracy: --threshold, none with --any-accuracy, else the base model's validation
+    accuracy minus the dashboard's default drop (None where no row carries it: such rows are never chosen)."""
+    from engine.pareto import validation_threshold
+
+    if args.any_accuracy or args.threshold is not None:
+        return args.threshold
+    return validation_threshold(table, DEFAULT_ACCURACY_DROP)
+
+
+def _unvalidated_note(table: pd.DataFrame) -> str:
+    """A hint when rows lack a validation figure (measured by an earlier release), else ""."""
+    from engine.pareto import decision_accuracy
+
+    missing = int(decision_accuracy(table).isna().sum())
+    return (f"; {missing} row(s) have no validation figure and are never chosen: re-measure them "
+            "(`python -m engine sweep`)" if missing else "")
 
 
 COMMANDS = {"best": run}

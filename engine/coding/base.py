@@ -49,6 +49,17 @@ class CodingEnv:
         train_x, _, _, _ = train_val_split(self.data, base.val_fraction, base.seed)
         return train_x[: self.profile.calibration_images]
 
+    def validation_images(self, base: BaseModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out validation images every choice is made on (never trained on, never the test set).
+
+        Args:
+            base: the base model whose `val_fraction` and seed draw the split.
+        Returns:
+            uint8 images [N, C, H, W] and their labels [N].
+        """
+        _, _, val_x, val_y = train_val_split(self.data, base.val_fraction, base.seed)
+        return val_x, val_y
+
 
 class NotTrained(UserError):
     """A trained part is missing where nothing may train (the dashboard's script run): the variant must be run as a
@@ -58,11 +69,12 @@ class NotTrained(UserError):
 @dataclass
 class CodedSplit:
     """What a feature coding measured: the device and server parts as deployed (encoder and decoder included), the
-    test accuracy through the coded feature, and the bits per image."""
+    test and validation accuracy through the coded feature (choices read the latter), and the bits per image."""
 
     device: nn.Module
     server: nn.Module
     accuracy: float
+    val_accuracy: float
     bits: dict[str, float]  # bits_actual (the real bitstream, mean per test image), bits_ideal, bits_raw
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,7 +116,7 @@ class FeatureCoding(ABC):
 
     @abstractmethod
     def measure(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> CodedSplit:
-        """Fit the coding between the parts (training data only), then code every test image.
+        """Fit the coding between the parts (training data only), then code every test and validation image.
 
         Args:
             device: the device part up to the split (pruned channels removed where the method pruned).
@@ -112,7 +124,7 @@ class FeatureCoding(ABC):
             cfg: the variant, whose knobs configure the coding and whose id keys its cached coder.
             env: data, profile, cache and progress.
         Returns:
-            the deployed parts, the test accuracy through the coded feature and the bits per image.
+            the deployed parts, the test and validation accuracy through the coded feature and the bits per image.
         """
 
     @abstractmethod

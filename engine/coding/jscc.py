@@ -520,7 +520,8 @@ class Jscc(FeatureCoding):
         what the channel delivers (at the nominal condition) to logits (see `FeatureCoding.measure`)."""
         result = jscc_result(device, server, cfg, env, measure=True)
         deployed_device, deployed_server = result.model.deployed_parts()
-        return CodedSplit(deployed_device.eval(), deployed_server.eval(), result.accuracy, result.bits, result.extra)
+        return CodedSplit(deployed_device.eval(), deployed_server.eval(), result.accuracy,
+                          float(result.extra["val_accuracy"]), result.bits, result.extra)
 
     def deploy(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> Deployed:
         """The trained coder's parts (see `FeatureCoding.deploy`)."""

@@ -23,7 +23,7 @@ from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, r
 from engine.coding.codecs import CODECS, EntropyCodec, empirical_entropy_bits
 from engine.coding.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
 from engine.coding.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook, UniformRounding, VectorCodebook
-from engine.config import VariantConfig, config_from_knobs
+from engine.config import BaseModelConfig, VariantConfig, config_from_knobs
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
 from engine.errors import UserError
 from engine.profile import count_flops, profile_parts
@@ -375,6 +375,27 @@ def measure_encoded(model: EncodedSplit, codec: EntropyCodec, data: ImageData, s
     }, prof
 
 
+@torch.no_grad()
+def encoded_val_accuracy(model: EncodedSplit, env: CodingEnv, base: BaseModelConfig) -> float:
+    """Top-1 accuracy of the validation images classified from their symbols, as `measure_encoded` classifies the
+    test images (the entropy code it verifies is lossless, so the symbols are what the server decodes).
+
+    Args:
+        model: the trained encoded split; env: the data; base: the base model whose validation split is used.
+    Returns:
+        the fraction of validation images classified right (NaN for none).
+    """
+    val_x, val_y = env.validation_images(base)
+    model.eval()
+    dev = next(model.parameters()).device
+    mean, std = env.data.mean.to(dev), env.data.std.to(dev)
+    correct = 0
+    for xb, yb in zip(val_x.split(_EVAL_BATCH), val_y.split(_EVAL_BATCH), strict=True):
+        logits = model.from_symbols(model.symbols(normalize(xb.to(dev), mean, std)))
+        correct += int((logits.argmax(1).cpu() == yb).sum())
+    return correct / len(val_y) if len(val_y) else float("nan")
+
+
 # ------------------------------------------------------------------------------------------------------ entry points
 
 
@@ -476,7 +497,8 @@ class LearnedEncoding(FeatureCoding):
         metrics = dict(result.metrics)
         accuracy = float(metrics.pop("accuracy"))
         bits = {k: float(metrics.pop(k)) for k in ("bits_actual", "bits_ideal", "bits_raw")}
-        return CodedSplit(deployed_device.eval(), deployed_server.eval(), accuracy, bits, metrics)
+        val = encoded_val_accuracy(result.model, env, cfg.base)
+        return CodedSplit(deployed_device.eval(), deployed_server.eval(), accuracy, val, bits, metrics)
 
     def deploy(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> Deployed:
         """The trained encoding's parts (see `FeatureCoding.deploy`)."""

@@ -32,6 +32,21 @@ def fit_uniform_huffman(device: nn.Module, cfg: VariantConfig,
     return quantizer, codec, calib
 
 
+def coded_accuracy(device: nn.Module, server: nn.Module, quantizer: UniformQuantizer, x: torch.Tensor,
+                   y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> float:
+    """Top-1 accuracy of uint8 images `x` through the quantised feature (what the Huffman code carries losslessly).
+
+    Returns:
+        the fraction of `y` the server part predicts (NaN for no images).
+    """
+    correct = 0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(500), y.split(500), strict=True):
+            q = quantizer.quantize(device(normalize(xb, mean, std)))
+            correct += int((server(quantizer.dequantize(q)).argmax(1) == yb).sum())
+    return correct / len(y) if len(y) else float("nan")
+
+
 class UniformSymbols(nn.Module):
     """Deployed device side of 8-bit + Huffman: the split output quantised to flat int64 symbols [B, n]."""
 
@@ -76,7 +91,9 @@ class UniformHuffman(FeatureCoding):
                 ideal.append(codec.ideal_bits_per_image(symbols))
                 correct += int((server(quantizer.dequantize(q)).argmax(1) == yb).sum())
                 first = symbols if first is None else first
-        return CodedSplit(device, server, correct / len(data.test_y), {
+        val_x, val_y = env.validation_images(cfg.base)
+        val = coded_accuracy(device, server, quantizer, val_x, val_y, mean, std)
+        return CodedSplit(device, server, correct / len(data.test_y), val, {
             "bits_actual": float(np.concatenate(actual).mean()),
             "bits_ideal": float(np.concatenate(ideal).mean()),
             "bits_raw": float(bits * calib[0].numel()),

@@ -20,6 +20,7 @@ from engine.data import mean_png_bits
 from engine.errors import UserError
 from engine.locks import exclusive
 from engine.models import END_POINTS
+from engine.pareto import DECISION_COLUMN
 from engine.provenance import describe_environments
 from engine.registry import Registry
 from engine.train import base_checkpoint_path, load_checkpoint, load_or_train_base
@@ -160,10 +161,20 @@ def knob_number(name: str, value: Any, kind: Callable[[Any], Any] = float, low: 
     return kind(value)
 
 
-def base_row(cfg: VariantConfig, ctx: RunContext, **metrics: Any) -> dict:
-    """The columns every row carries: identity, provenance and the data's reference figures. The environments of
-    the trained parts the row uses (`<part>_trained_on` metrics: pruning run, encoder) and the base model's become
-    one `trained_on` column."""
+def base_row(cfg: VariantConfig, ctx: RunContext, *, accuracy: float, deployed_val_accuracy: float,
+             **metrics: Any) -> dict:
+    """The columns every row carries: identity, provenance, the data's reference figures, and the variant's test and
+    validation accuracy beside the base model's. The environments of the trained parts the row uses
+    (`<part>_trained_on` metrics: pruning run, encoder) and the base model's become one `trained_on` column.
+
+    Args:
+        cfg: the variant; ctx: where it ran.
+        accuracy: top-1 accuracy on the test set, as deployed (it reports).
+        deployed_val_accuracy: top-1 accuracy on the validation images, measured the same way (choices read it).
+        metrics: the method's other columns.
+    Returns:
+        the row.
+    """
     _, ckpt = ctx.base(cfg.base)
     parts = [metrics.pop(k) for k in sorted((k for k in metrics if k.endswith("_trained_on")),
                                             key=lambda k: k != "prune_trained_on")]
@@ -178,6 +189,7 @@ def base_row(cfg: VariantConfig, ctx: RunContext, **metrics: Any) -> dict:
         "seed": cfg.base.seed,
         "base_id": cfg.base.id,
         "base_test_accuracy": ckpt["metrics"]["test_accuracy"],
+        "base_val_accuracy": ckpt["metrics"].get("val_accuracy"),
         "train_seconds": ckpt["metrics"]["train_seconds"],
         "trained_on": describe_environments([ckpt["metrics"].get("trained_on"), *parts]),
         "test_images": len(ctx.data.test_y),
@@ -185,5 +197,7 @@ def base_row(cfg: VariantConfig, ctx: RunContext, **metrics: Any) -> dict:
         "code_version": engine.__version__,
         "torch_version": torch.__version__,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "accuracy": accuracy,
+        DECISION_COLUMN: deployed_val_accuracy,
         **metrics,
     }

@@ -15,7 +15,7 @@ import time
 
 from engine.coding import Deployed
 from engine.coding.encoders import feature_shape
-from engine.coding.learned import EncodedResult, EncodingConfig, deploy_encoded, run_encoded
+from engine.coding.learned import EncodedResult, EncodingConfig, deploy_encoded, encoded_val_accuracy, run_encoded
 from engine.config import BaseModelConfig, VariantConfig
 from engine.errors import UserError
 from engine.methods.base import METHODS, RunContext, base_row, check_knob_names, knob_number, refuse_end_points
@@ -74,7 +74,8 @@ class BottleNetPP:
         latent = result.metrics["symbols_per_image"]
         feature = shape[0] * shape[1] * shape[2]
         row = result.row()
-        return base_row(cfg, ctx, **row, compression_ratio=feature / latent,
+        val = encoded_val_accuracy(result.model, ctx, cfg.base)
+        return base_row(cfg, ctx, **row, deployed_val_accuracy=val, compression_ratio=feature / latent,
                         compression_ratio_bits=32 * feature / row["bits_actual"],
                         eval_seconds=time.perf_counter() - start)
 

@@ -39,6 +39,8 @@ class Original:
         if cfg.split in ("server_only", "device_only"):
             preds = predict(model, data.test_x, data.mean, data.std)
             acc = float((preds == data.test_y).float().mean())
+            val_x, val_y = ctx.validation_images(cfg.base)
+            val = float((predict(model, val_x, data.mean, data.std) == val_y).float().mean())
             if cfg.split == "server_only":
                 png = ctx.png_bits()
                 bits = {"bits_actual": png, "bits_ideal": png, "bits_raw": 8 * math.prod(input_shape)}
@@ -47,16 +49,17 @@ class Original:
                 bits = {"bits_actual": float(label_bits(data.num_classes)), "bits_ideal": entropy,
                         "bits_raw": float(label_bits(data.num_classes))}
         else:
-            acc, bits = self._measure_feature_coding(cfg, ctx)
-        return base_row(cfg, ctx, accuracy=acc, eval_seconds=time.perf_counter() - start, **prof, **bits)
+            acc, val, bits = self._measure_feature_coding(cfg, ctx)
+        return base_row(cfg, ctx, accuracy=acc, deployed_val_accuracy=val, eval_seconds=time.perf_counter() - start,
+                        **prof, **bits)
 
     @staticmethod
-    def _measure_feature_coding(cfg: VariantConfig, ctx: RunContext) -> tuple[float, dict]:
+    def _measure_feature_coding(cfg: VariantConfig, ctx: RunContext) -> tuple[float, float, dict]:
         """Quantise and Huffman-code the split's feature for every test image (the coding "none" on the unpruned
-        parts); accuracy from the decoded feature."""
+        parts); test and validation accuracy from the decoded feature."""
         model, _ = ctx.base(cfg.base)
         coded = FEATURE_CODINGS.get("none").measure(*split(model, cfg.split), cfg, ctx)
-        return coded.accuracy, {**coded.bits, **coded.extra}
+        return coded.accuracy, coded.val_accuracy, {**coded.bits, **coded.extra}
 
 
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:

@@ -272,12 +272,11 @@ def select_snapshot(run: Mapping[str, Any], which: int | str) -> dict[str, Any] 
 def unpruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
     """Knob snapshot="none": the base model's own parts, no pruning run (feature codings compared alone, as in the
     paper's Fig. 5)."""
-    base, ckpt = ctx.base(cfg.base)
+    base, _ = ctx.base(cfg.base)
     model = copy.deepcopy(base).eval()
     device, server = split(model, cfg.split)
     masks = ChannelMasks({g.name: torch.ones(g.channels, dtype=torch.bool) for g in prunable_groups(device)})
-    info = {"level": -1, "sparsity": 0.0, "output_sparsity": 0.0,
-            "base_val_accuracy": float(ckpt["metrics"]["val_accuracy"])}
+    info = {"level": -1, "sparsity": 0.0, "output_sparsity": 0.0}
     return PrunedSplit(model, masks, device, server, info)
 
 
@@ -308,7 +307,6 @@ def pruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
         "sparsity": masks.sparsity(),
         "output_sparsity": masks.sparsity(out),
         "val_accuracy": run["base_val_accuracy"] if snap is None else snap["val_accuracy"],
-        "base_val_accuracy": run["base_val_accuracy"],
         "val_threshold": run["threshold"],
         "threshold_pick": level == pick,
         "prune_steps": 0 if snap is None else int(snap["steps"]),
@@ -324,8 +322,8 @@ def pruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
 
 def measure_row(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: nn.Module, coding: str = "none",
                 **extra: Any) -> dict:
-    """A results row for deployed (pruned) parts: profile_parts figures, coded bits and test accuracy, the base's
-    device FLOPs at the same split beside them, and `extra` columns."""
+    """A results row for deployed (pruned) parts: profile_parts figures, coded bits, test and validation accuracy
+    through the coding, the base's device FLOPs at the same split beside them, and `extra` columns."""
     start = time.perf_counter()
     data = ctx.data
     coded = FEATURE_CODINGS.get(coding).measure(device, server, cfg, ctx)
@@ -334,7 +332,8 @@ def measure_row(cfg: VariantConfig, ctx: RunContext, device: nn.Module, server: 
     base, _ = ctx.base(cfg.base)
     base_device, _ = split(base, cfg.split)
     base_flops = count_flops(base_device.eval(), torch.zeros(1, *input_shape))
-    return base_row(cfg, ctx, accuracy=coded.accuracy, eval_seconds=time.perf_counter() - start, **prof,
+    return base_row(cfg, ctx, accuracy=coded.accuracy, deployed_val_accuracy=coded.val_accuracy,
+                    eval_seconds=time.perf_counter() - start, **prof,
                     **coded.bits, base_device_flops=base_flops,
                     flops_reduction=base_flops / prof["device_flops"] if prof["device_flops"] else None,
                     **coded.extra, **extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = str(PROJECT_ROOT / "dashboard.py")
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 from bench_pages import synthetic_rows  # noqa: E402
+from synthetic import flipped_rows  # noqa: E402
 
 PI3, GPU = DEVICES.get("pi3"), DEVICES.get("rtx2080ti")
 
@@ -233,7 +235,7 @@ def test_plane_draws_measured_rows_and_the_best_point(measured: pd.DataFrame) ->
     symbols = decoded(trace["marker"]["symbol"])
     hollow = {s for s, sym in zip(trace["text"], symbols, strict=True) if sym == 100}  # 100: "circle-open"
     assert hollow == {s for s in trace["text"] if by_split[s]["bits_actual"] > png}
-    need = float(measured["base_test_accuracy"].iloc[0]) - 0.02
+    need = float(measured["base_val_accuracy"].iloc[0]) - 0.02
     best = best_variant(measured, PI3, GPU, 40e3 * 8, need)
     assert f"`{best['id']}`" in at.success[0].value
     assert set(at.dataframe[-1].value["knobs"]) == {"bits=8"}  # the listing's knobs as text: Arrow types no dicts
@@ -355,7 +357,47 @@ def test_latency_page_best_per_method(synthetic: pd.DataFrame) -> None:
     assert set(at.dataframe[0].value["split"]) <= {"server_only"} | set(lat[lat["feasible"]]["split"])
 
 
-# -- compare ----------------------------------------------------------------------------------------------------
+# -- validation decides ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def flipped(fresh_cache: Path, small_data: ImageData) -> pd.DataFrame:
+    """Rows of the smoke base model whose validation and test accuracies disagree so that every choice flips."""
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    store = ResultsStore(fresh_cache / "results.sqlite")
+    store.put_many(flipped_rows(base.id, dataset_fingerprint=small_data.fingerprint, width=base.width, seed=0,
+                                png_bits=18_000.0))
+    return store.table()
+
+
+def test_every_page_chooses_on_validation_accuracy(flipped: pd.DataFrame) -> None:
+    need = 0.92 - 0.02  # the base model's validation accuracy minus the sidebar's default drop
+    best = best_variant(flipped, PI3, GPU, 40e3 * 8, need)
+    assert best["id"].startswith("v-")
+    plane = run_page()
+    assert f"`{best['id']}`" in plane.success[0].value and "validation accuracy" in plane.success[0].value
+    assert "validation accuracy ≥ **90.00%**" in texts(plane, "caption")
+    drawn = [i for name, t in traces(figure(plane)).items() if name in {"original", "three_step"} for i in t["ids"]]
+    assert drawn and all(i.startswith("v-") for i in drawn)
+    assert all(i.startswith("t-") for i in traces(figure(plane))["below the accuracy threshold"]["ids"])
+    latency = run_page("latency")
+    table = latency.dataframe[0].value
+    assert table["id"].tolist() == best_per_method(flipped, PI3, GPU, 40e3 * 8, need)["id"].tolist()
+    assert all(i.startswith("v-") for i in table["id"]) and {"accuracy", "deployed_val_accuracy"} <= set(table)
+    assert all(i.startswith("v-") for i in traces(figure(latency, 0))["three_step"]["customdata"])
+    export = run_page("export")
+    assert f"`{best['id']}`" in texts(export, "markdown")
+    live = run_page("live")
+    first = best_per_method(flipped, PI3, GPU, 40e3 * 8, need)["id"].iloc[0]
+    assert widget(live, "selectbox", "Variant").value == first and first.startswith("v-")
+    old = flipped.drop(columns="deployed_val_accuracy")
+    store = ResultsStore(Path(os.environ["COINFER_CACHE"]) / "results.sqlite")
+    store.put_many(old.assign(id=old["id"] + "-old", deployed_val_accuracy=None).to_dict("records"))
+    plane = run_page()
+    assert "16 variant(s) have no validation figure" in plane.warning[0].value
+    assert f"`{best['id']}`" in plane.success[0].value  # the old rows are never chosen
+
+
 
 
 def test_compare_shows_only_what_differs(synthetic: pd.DataFrame) -> None:

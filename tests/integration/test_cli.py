@@ -110,7 +110,7 @@ def _row(id: str, method: str, split: str, flops: float, bits: float, acc: float
          server: float = 0.0) -> dict:
     return {"id": id, "method": method, "split": split, "device_flops": flops, "server_flops": server,
             "device_memory_bytes": memory, "bits_actual": bits, "bits_ideal": bits / 2, "accuracy": acc,
-            "base_id": "b1"}
+            "deployed_val_accuracy": acc, "base_id": "b1", "base_val_accuracy": 0.97}
 
 
 BEST_ROWS = [  # pi3: 24 GFLOP/s, 1 GB; rtx2080ti: 13.45 TFLOP/s
@@ -146,8 +146,11 @@ def test_best_picks_the_lowest_latency_feasible_accurate_variant(best_store: Non
     out = json.loads(capsys.readouterr().out)
     assert out["best"]["id"] == "o-server" and out["best"]["latency"] == pytest.approx(1.6e5 / 8e7 + 1e-3)
     assert [r["id"] for r in out["per_method"]] == ["o-server", "t-stem"]
-    assert main(["best", "--rate", "40kB/s", "--json"]) == 0  # no threshold: the inaccurate one wins
+    assert main(["best", "--rate", "40kB/s", "--any-accuracy", "--json"]) == 0  # the inaccurate one wins
     assert json.loads(capsys.readouterr().out)["best"]["id"] == "p-conv4"
+    assert main(["best", "--rate", "40kB/s", "--json"]) == 0  # the default drop: 97 % - 2 points on validation
+    out = json.loads(capsys.readouterr().out)
+    assert out["threshold"] == pytest.approx(0.95) and [r["id"] for r in out["per_method"]] == ["o-conv4", "t-stem"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "best: three_step at conv4_x (t-conv4), latency 45 ms" in text and "40 kB/s (320 kbit/s)" in text

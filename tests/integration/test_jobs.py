@@ -222,7 +222,7 @@ class Sleepy:
         for i in range(steps):
             ctx.progress(i / steps, f"step {i}")
             time.sleep(0.05)
-        return base_row(cfg, ctx, accuracy=0.5, bits_actual=float(steps))
+        return base_row(cfg, ctx, accuracy=0.5, deployed_val_accuracy=0.5, bits_actual=float(steps))
 
 
 class Broken(Sleepy):

@@ -99,7 +99,8 @@ def variants() -> pd.DataFrame:
         ("cheap", "bottlenet_pp", "conv2_x", 0.01e9, 1.0e9, 1e8, 100.0, 0.80),  # below the threshold
     ]
     cols = ["id", "method", "split", "device_flops", "server_flops", "device_memory_bytes", "bits_actual", "accuracy"]
-    return pd.DataFrame(rows, columns=cols)
+    out = pd.DataFrame(rows, columns=cols)
+    return out.assign(deployed_val_accuracy=out["accuracy"])  # validation as test here: test_decisions.py flips them
 
 
 def test_best_variant_depends_on_rate():
@@ -141,6 +142,7 @@ def test_best_variant_ties():
             "device_memory_bytes": [1.0, 1.0, 1.0],
             "bits_actual": [0.0, 512.0, 512.0],
             "accuracy": [1.0, 1.0, 1.0],
+            "deployed_val_accuracy": [1.0, 1.0, 1.0],
         }
     )
     # all three take exactly 0.5 s; fewer device FLOPs first, then the smaller id
@@ -218,11 +220,11 @@ def test_accuracy_threshold_default():
             accuracy_threshold_default(*bad)
 
 
-def test_meets_threshold():
-    t = plane().assign(accuracy=[0.8, np.nan, 0.9, 0.84, 0.7, 0.91])
-    assert meets_threshold(t, 0.84).tolist() == [False, True, True, True, False, True]  # no accuracy: a profile row
-    assert meets_threshold(t, None).all()
-    assert meets_threshold(t.drop(columns="accuracy"), 0.99).all()
+def test_meets_threshold_reads_validation_and_keeps_out_rows_without_it():
+    t = plane().assign(deployed_val_accuracy=[0.8, np.nan, 0.9, 0.84, 0.7, 0.91], accuracy=0.0)
+    assert meets_threshold(t, 0.84).tolist() == [False, False, True, True, False, True]  # no figure: re-measure
+    assert meets_threshold(t, None).all()  # no threshold (an untrained profile's plane)
+    assert not meets_threshold(t.drop(columns="deployed_val_accuracy"), 0.0).any()
 
 
 def test_compare_table_keeps_only_what_differs():
