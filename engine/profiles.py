@@ -97,6 +97,11 @@ class Grid:
 BOTTLENET_RATIOS = (16, 64, 256)  # BottleNet++'s element-count compression ratios
 
 
+def codings(*knob_sets: dict[str, Any]) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """Knob sets of codings, frozen for a profile (`Profile.codings`)."""
+    return tuple(tuple(sorted(k.items())) for k in knob_sets)
+
+
 @dataclass(frozen=True)
 class Profile:
     """A training/evaluation budget: smoke (tests, seconds), quick (CPU default), quick-bf16 (quick on a CPU with
@@ -119,6 +124,9 @@ class Profile:
     # frozen, so its features are computed once and only the encoder, decoder and server part train on them
     encoding_backbone: str = "finetune"
     bottlenet_ratios: tuple[int, ...] = BOTTLENET_RATIOS
+    # the codings `three_step` crosses with every pruning snapshot that holds its threshold, and with the unpruned
+    # split (the paper's brute force over split, sparsity and compression); each a set of knobs
+    codings: tuple[tuple[tuple[str, Any], ...], ...] = ()
     scales: tuple[float, ...] = ()  # progressive resizing of the base model (BaseModelConfig.scales); one per epoch
     precision: str = "auto"  # training precision (BaseModelConfig.precision)
     budgets: str = ""  # the profile whose budgets this one shares (its name keys them); "" for this one's own
@@ -153,6 +161,7 @@ PROFILES: Registry[Profile] = Registry("profile")
 PROFILES.add("smoke", Profile(
     "smoke", width=0.125, epochs=1, batch_size=128, lr=0.1, train_limit=1200, test_limit=400, calibration_images=200,
     encoding_epochs=1, encoding_backbone="server",
+    codings=codings({"encoder": "none", "bits": 4}, {"encoder": "two_step", "enc_d": 8, "enc_bits": 1}),
     prune=PruneBudget(0.5, levels=3, iteration_steps=2, ramp_iterations=1, hold_iterations=1, lr=0.02, batch_size=64),
     two_step=TwoStepBudget((0.25, 0.5), step1_steps=4, step2=0.5, step2_steps=3, lr=0.02, batch_size=64),
     fig5=Fig5Budget(awgn_uses=(2, 8), bsc_bits=(8, 32), source=((8, 1), (16, 2)), snr_db=(0.0, 10.0), p=(0.02, 0.1),
@@ -169,6 +178,9 @@ PROFILES.add("smoke", Profile(
 PROFILES.add("quick", Profile(
     "quick", width=0.25, epochs=24, batch_size=128, lr=0.15, encoding_epochs=2, encoding_backbone="server",
     scales=size_schedule((0.5, 8), (0.75, 8), (1.0, 8)), bottlenet_ratios=(64, 256),
+    codings=codings({"encoder": "none", "bits": 4}, {"encoder": "two_step", "enc_d": 16, "enc_bits": 1},
+                    {"encoder": "two_step", "enc_d": 32, "enc_bits": 2},
+                    {"encoder": "two_step", "enc_quantizer": "vector", "enc_codebook": 16}),
     prune=PruneBudget(0.6, levels=3, iteration_steps=16, ramp_iterations=2, hold_iterations=3, lr=0.01,
                       batch_size=128),
     two_step=TwoStepBudget((0.25, 0.5), step1_steps=120, step2=0.5, step2_steps=40, lr=0.01, batch_size=128),
@@ -185,6 +197,11 @@ PROFILES.add("quick-bf16", dataclasses.replace(PROFILES.get("quick"), name="quic
 # linearly from 0.1 at 128); pruning with the paper code's 150-step mask iterations; the full Fig. 5 grid
 PROFILES.add("paper", Profile(
     "paper", width=1.0, epochs=60, batch_size=512, lr=0.4, encoding_epochs=60,
+    codings=codings({"encoder": "none", "bits": 4}, {"encoder": "two_step", "enc_d": 16, "enc_bits": 1},
+                    {"encoder": "two_step", "enc_d": 32, "enc_bits": 2}, {"encoder": "two_step", "enc_d": 64,
+                                                                         "enc_bits": 2},
+                    {"encoder": "two_step", "enc_quantizer": "vector", "enc_codebook": 16},
+                    {"encoder": "two_step", "enc_quantizer": "vector", "enc_codebook": 256}),
     prune=PruneBudget(0.75, levels=5, iteration_steps=150, ramp_iterations=4, hold_iterations=4, lr=0.01,
                       batch_size=128),
     two_step=TwoStepBudget((0.25, 0.5, 0.75), step1_steps=1500, step2=0.5, step2_steps=600, lr=0.01, batch_size=128),

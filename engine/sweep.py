@@ -39,6 +39,8 @@ PRIORITY_STRIDE = 1000  # priority = cost rank * stride + position within the me
 # Variants that train a learned encoder (`enc_*` knobs) cost minutes each: they come after every other variant of
 # every method, so the plane fills in with the cheap rows first.
 ENCODER_TIER = len(COST_RANK) + 1
+FOLLOWUP_OFFSET = PRIORITY_STRIDE // 2  # follow-ups come after the variants planned up front of the same tier
+MAX_STAGES = 4  # rounds of follow-ups a sweep plans as rows arrive
 
 
 def method_cost(name: str) -> tuple[float, str]:
@@ -94,6 +96,32 @@ def plan(profile: str, base: BaseModelConfig, data: str | None = None, methods: 
         for i, v in enumerate(method_variants(name, base, mg)):
             tier = ENCODER_TIER if trains_encoder(v) else 0
             out.append(Planned(JobSpec.for_variant(v, profile, data), int((tier + rank) * PRIORITY_STRIDE) + i))
+    return sorted(out, key=lambda p: p.priority)
+
+
+def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: str | None = None,
+              methods: Iterable[str] | None = None, splits: Iterable[str] | None = None) -> list[Planned]:
+    """The variants methods add once rows are measured (`three_step` crosses each snapshot that holds its threshold
+    with the profile's codings), not yet in `store`, cheapest first.
+
+    Args:
+        profile: the sweep's profile; base: its base model; store: the measured rows; data: the dataset path;
+        methods, splits: the methods and split points swept (None: all).
+    Returns:
+        the planned follow-up variants, after every variant of the same cost tier planned up front.
+    """
+    rows = [r for r in store.rows() if r.get("base_id") == base.id]
+    out: list[Planned] = []
+    for name in methods_in_order(methods):
+        follow = getattr(METHODS.get(name), "followups", None)
+        if follow is None:
+            continue
+        rank = method_cost(name)[0]
+        for i, v in enumerate(follow(base, rows)):
+            if v.id not in store and (splits is None or v.split in splits):
+                tier = ENCODER_TIER if trains_encoder(v) else 0
+                out.append(Planned(JobSpec.for_variant(v, profile, data),
+                                   int((tier + rank) * PRIORITY_STRIDE) + FOLLOWUP_OFFSET + i))
     return sorted(out, key=lambda p: p.priority)
 
 
@@ -184,29 +212,55 @@ def run_local(queue: JobQueue, ids: list[str], workers: int, options: WorkerOpti
 
 def run(planned: list[Planned], *, queue: JobQueue | None = None, store: ResultsStore | None = None,
         workers: int = 1, scheduler: str | Any | None = None, force: bool = False,
-        options: WorkerOptions | None = None, on_update: Callable[[list[Job]], None] | None = None) -> SweepReport:
+        options: WorkerOptions | None = None, on_update: Callable[[list[Job]], None] | None = None,
+        follow: Callable[[ResultsStore], list[Planned]] | None = None) -> SweepReport:
     """Queue the planned variants and run them: on the Dask cluster at `scheduler`, else with `workers` local
-    processes (0: only queue them, for workers started elsewhere)."""
+    processes (0: only queue them, for workers started elsewhere). With `follow`, the variants it plans from the
+    measured rows (`followups`) run next, round after round, until it plans nothing new.
+
+    Args:
+        planned: the variants planned up front; queue, store: the job table and the results store (defaults: the
+            cache's); workers, scheduler: where they run; force: measure again what is stored; options: the local
+            workers'; on_update: called with the jobs as they progress; follow: plans follow-ups from the store.
+    Returns:
+        what the sweep did, follow-ups included.
+    """
     queue = JobQueue() if queue is None else queue
     store = ResultsStore() if store is None else store  # an empty store is falsy
     start, t0 = time.perf_counter(), time.time()
-    ids, measured = submit(queue, planned, store, force)
+    all_planned, measured, jobs = list(planned), [], []
+    stage = planned
+    for _ in range(MAX_STAGES):
+        ids, done_before = submit(queue, stage, store, force)
+        measured += done_before
+        jobs += _run_stage(queue, store, ids, workers, scheduler, options, on_update)
+        if follow is None or (workers <= 0 and scheduler is None):
+            break
+        seen = {p.id for p in all_planned}
+        stage = [p for p in follow(store) if p.id not in seen]
+        if not stage:
+            break
+        all_planned += stage
+        force = False  # follow-ups are new variants
+    done = [j.finished_at for j in jobs if j.status == "done" and j.finished_at]
+    return SweepReport(all_planned, measured, jobs, time.perf_counter() - start, min(done) - t0 if done else None)
+
+
+def _run_stage(queue: JobQueue, store: ResultsStore, ids: list[str], workers: int, scheduler: str | Any | None,
+               options: WorkerOptions | None, on_update: Callable[[list[Job]], None] | None) -> list[Job]:
+    """Run the queued jobs `ids` on Dask, local workers, or nowhere (workers=0); returns them at the end."""
     if ids and (workers > 0 or scheduler is not None) and queue.resume():
         log.info("the job queue was paused; running a sweep resumes it")
     try:
         if not ids:
-            jobs: list[Job] = []
-        elif scheduler is not None:
-            jobs = run_dask(queue, store, ids, scheduler, on_update)
-        elif workers > 0:
+            return []
+        if scheduler is not None:
+            return run_dask(queue, store, ids, scheduler, on_update)
+        if workers > 0:
             options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),
                                                console_level=logging.WARNING)
-            jobs = run_local(queue, ids, workers, dataclasses.replace(options, store_path=str(store.path)),
-                             on_update)
-        else:
-            jobs = queue.jobs(ids)
+            return run_local(queue, ids, workers, dataclasses.replace(options, store_path=str(store.path)), on_update)
+        return queue.jobs(ids)
     except KeyboardInterrupt:  # stopped by hand: its jobs stay queued, and nothing restarts them behind its back
         queue.pause("the sweep was interrupted; run it again, or `python -m engine jobs resume`")
         raise
-    done = [j.finished_at for j in jobs if j.status == "done" and j.finished_at]
-    return SweepReport(planned, measured, jobs, time.perf_counter() - start, min(done) - t0 if done else None)

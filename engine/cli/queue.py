@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="local worker processes (default 1; 0: only queue the jobs for `python -m engine worker`)")
     p.add_argument("--scheduler", help="run the jobs on the Dask cluster at this address, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--force", action="store_true", help="measure again the variants already in the results store")
+    p.add_argument("--no-cross", action="store_true",
+                   help="only the grid planned up front: do not cross three_step's snapshots that hold the threshold "
+                        "with the profile's codings as they are measured")
 
     _add_jobs_parser(subparsers)
 
@@ -140,12 +143,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
           + ", ".join(f"{m} {n}" for m, n in counts.items()), flush=True)
     bar = Bar(f"sweep {profile.name}")
     try:
+        follow = None if args.no_cross else (
+            lambda measured: sweep.followups(profile.name, base, measured, data_path(args), methods=args.method,
+                                             splits=args.split))
         report = sweep.run(planned, queue=queue, store=store, workers=args.workers, scheduler=args.scheduler,
-                           force=args.force, on_update=_sweep_progress(bar))
+                           force=args.force, on_update=_sweep_progress(bar), follow=follow)
     finally:
         bar.close()
+    if len(report.planned) > len(planned):
+        print(f"{len(report.planned) - len(planned)} crossed variants followed as rows arrived "
+              "(pruning snapshots that hold the threshold x the profile's codings)")
     if report.measured:
-        print(f"{len(report.measured)} of {len(planned)} variants were already in the results store "
+        print(f"{len(report.measured)} of {len(report.planned)} variants were already in the results store "
               "(--force measures them again)")
     if args.workers == 0 and args.scheduler is None and report.jobs:
         print(f"{len(report.jobs)} jobs queued in {queue.path}: start workers with `python -m engine worker`")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,6 +361,39 @@ class ThreeStep:
                                       **encoding, **budget.knobs()) for s in splits]
         return pruned + encoded
 
+    def followups(self, base: BaseModelConfig, rows: Iterable[Mapping[str, Any]]) -> list[VariantConfig]:
+        """The three steps crossed, as the paper's brute force fills its lookup table: every pruning snapshot of
+        `rows` (this base model's measured 8-bit rows) whose validation accuracy holds its run's threshold, and the
+        unpruned split wherever a snapshot was measured, each with every coding the base's profile names
+        (`Profile.codings`). Known only once the
+        pruning runs are measured: a sweep asks again as rows arrive.
+
+        Args:
+            base: the base model; its profile names the codings.
+            rows: measured rows (any method or base: the others are ignored).
+        Returns:
+            the crossed variants, pruned ones first, each once.
+        """
+        profile, out, splits = profile_of(base), [], []
+        for row in rows:
+            level, holds = _snapshot_level(row, base)
+            if level is None:
+                continue
+            splits += [row["split"]] if row["split"] not in splits else []
+            if holds:
+                run = {k: v for k, v in row["knobs"].items() if k in RUN_KNOBS}
+                out += [self._coded(row["split"], base, {**run, "snapshot": level}, c) for c in profile.codings]
+        out += [self._coded(s, base, {"snapshot": "none"}, c) for s in splits for c in profile.codings]
+        return list({v.id: v for v in out}.values())
+
+    @staticmethod
+    def _coded(split: str, base: BaseModelConfig, pruning: Mapping[str, Any],
+               coding: tuple[tuple[str, Any], ...]) -> VariantConfig:
+        knobs = {**pruning, **dict(coding)}
+        if FEATURE_CODINGS.get(str(knobs["encoder"])).prefix == "enc_":  # the profile's way to train an encoder
+            knobs = {**profile_of(base).encoding_knobs(), **knobs}
+        return VariantConfig.make("three_step", split, base, **knobs)
+
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """The pruning run's knobs (RUN_KNOBS over the profile's budget) and `snapshot` (a level, "threshold" or
         "none": no pruning), `bits` of the 8-bit + Huffman coding, and the `enc_*` or `jscc_*` knobs of the encoder."""
@@ -389,6 +422,19 @@ class ThreeStep:
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
         pruned = pruned_split(cfg, ctx)
         return FEATURE_CODINGS.get(str(cfg.knob("encoder", "none"))).deploy(pruned.device, pruned.server, cfg, ctx)
+
+
+def _snapshot_level(row: Mapping[str, Any], base: BaseModelConfig) -> tuple[int | None, bool]:
+    """For a measured 8-bit + Huffman snapshot row of `base`: its pruning level and whether its validation accuracy
+    holds its run's threshold; (None, False) for any other row."""
+    knobs = row.get("knobs") or {}
+    if (row.get("method") != "three_step" or row.get("base_id") != base.id or knobs.get("encoder", "none") != "none"
+            or knobs.get("bits", 8) != 8):
+        return None, False
+    level, val, need = knobs.get("snapshot"), row.get("val_accuracy"), row.get("val_threshold")
+    if isinstance(level, bool) or not isinstance(level, int):
+        return None, False
+    return level, val is not None and need is not None and val >= need
 
 
 def _coding_prefixes() -> tuple[str, ...]:

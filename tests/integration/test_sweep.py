@@ -69,3 +69,23 @@ def test_a_dask_cluster_gives_the_same_rows_as_a_local_worker(trained_cache: Pat
         assert {k: remote[k] for k in COMPARED} == {k: local[k] for k in COMPARED}
     conv4 = store.get(next(p.id for p in planned if p.spec.split == "conv4_x"))
     assert conv4["bits_ideal"] <= conv4["bits_actual"] < conv4["bits_raw"] and conv4["device_flops"] > 0
+
+
+def test_a_sweep_crosses_the_snapshots_that_hold_the_threshold_with_the_codings(trained_cache: Path,
+                                                                                 small_data: ImageData) -> None:
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    data = os.environ["COINFER_DATA"]
+    planned = sweep.plan("smoke", base, data, methods=["three_step"])
+    store = ResultsStore()
+    report = sweep.run(planned, queue=JobQueue(), store=store, workers=1, options=WorkerOptions(threads=2),
+                       follow=lambda measured: sweep.followups("smoke", base, measured, data, ["three_step"]))
+    assert not report.failed, [j.error for j in report.failed]
+    rows = {r["id"]: r for r in store.rows()}
+    snapshots = [r for r in rows.values() if r["knobs"].get("bits") == 8 and isinstance(r["knobs"]["snapshot"], int)]
+    holding = sorted(r["knobs"]["snapshot"] for r in snapshots if r["val_accuracy"] >= r["val_threshold"])
+    crossed = [p for p in report.planned if p.id not in {q.id for q in planned}]
+    codings = PROFILES.get("smoke").codings
+    assert len(crossed) == (len(holding) + 1) * len(codings)  # each holding snapshot and the unpruned split
+    assert all(p.id in rows for p in crossed)  # measured, as rows of their own
+    assert sorted({p.spec.knobs["snapshot"] for p in crossed}, key=str) == [*holding, "none"]
+    assert sweep.followups("smoke", base, store, data, ["three_step"]) == []  # nothing left to cross

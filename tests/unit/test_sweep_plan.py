@@ -4,15 +4,17 @@ the engine proposes passes its method's check, and a knob a method cannot use is
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from engine import sweep
 from engine.config import BaseModelConfig, VariantConfig
 from engine.errors import UserError
-from engine.methods import METHODS
+from engine.methods import METHODS, check_variant
 from engine.models import split_names
 from engine.profiles import PROFILES, Grid, MethodGrid
+from engine.store import ResultsStore
 
 FAKE_BASE = BaseModelConfig(dataset="fake-fingerprint", width=0.125, epochs=1)
 
@@ -158,3 +160,58 @@ def test_one_variant_at_a_time() -> None:
     with pytest.raises(UserError, match="unknown profile 'huge'"):
         sweep.plan("huge", FAKE_BASE)
     assert all(isinstance(PROFILES.get(name).grid, Grid) for name in PROFILES)  # a grid for each profile
+
+
+# -- the three steps crossed ----------------------------------------------------------------------------------
+
+SMOKE_BASE = PROFILES.get("smoke").base_config("fake-fingerprint")
+
+
+def snapshot_row(level: int, val: float, need: float = 0.78, base: BaseModelConfig = SMOKE_BASE,
+                 **knobs: object) -> dict:
+    """A measured 8-bit + Huffman snapshot row of a smoke pruning run."""
+    cfg = VariantConfig.make("three_step", "conv4_x", base, encoder="none", bits=8, snapshot=level,
+                             **{**PROFILES.get("smoke").prune.knobs(), **knobs})
+    return {"id": cfg.id, "method": "three_step", "split": "conv4_x", "base_id": base.id, "knobs": dict(cfg.knobs),
+            "val_accuracy": val, "val_threshold": need}
+
+
+def test_snapshots_that_hold_the_threshold_are_crossed_with_every_coding() -> None:
+    rows = [snapshot_row(0, 0.80), snapshot_row(1, 0.781), snapshot_row(2, 0.70),  # levels 0 and 1 hold
+            snapshot_row(0, 0.90, base=FAKE_BASE),  # another base model's
+            {**snapshot_row(0, 0.95), "knobs": {**snapshot_row(0, 0.95)["knobs"], "bits": 4}}]  # a coded row
+    crossed = METHODS.get("three_step").followups(SMOKE_BASE, rows)
+    codings = PROFILES.get("smoke").codings
+    assert len(codings) == 2 and len(crossed) == 3 * len(codings)  # levels 0, 1 and the unpruned split
+    assert sorted({v.knob("snapshot") for v in crossed}, key=str) == [0, 1, "none"]
+    assert len({v.id for v in crossed}) == len(crossed)
+    for v in crossed:
+        check_variant(v, "smoke")
+        coding = dict(next(c for c in codings if all(v.knob(k) == x for k, x in c)))
+        assert v.split == "conv4_x" and v.base == SMOKE_BASE
+        if coding["encoder"] == "two_step":  # trained the profile's way
+            assert v.knob("enc_backbone") == "server" and v.knob("enc_epochs") == 1
+        if v.knob("snapshot") != "none":  # the same pruning run as the snapshot's row
+            assert v.knob("target") == 0.5 and v.knob("levels") == 3
+    below = METHODS.get("three_step").followups(SMOKE_BASE, [snapshot_row(0, 0.5)])  # nothing holds: unpruned only
+    assert [v.knob("snapshot") for v in below] == ["none"] * len(codings)
+
+
+def test_the_sweep_plans_only_unmeasured_followups_after_the_planned_grid(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    row = {**snapshot_row(0, 0.80), "accuracy": 0.79, "deployed_val_accuracy": 0.80, "device_flops": 1.0,
+           "bits_actual": 8.0}
+    store.put(row)
+    first = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"])
+    assert len(first) == 4 and all(p.spec.method == "three_step" for p in first)
+    planned = sweep.plan("smoke", SMOKE_BASE, methods=["three_step"])
+    tiers = {sweep.trains_encoder(p.spec.variant()) for p in first}
+    assert tiers == {True, False}
+    for p in first:  # after the up-front variants of its own cost tier
+        same_tier = [q.priority for q in planned
+                     if sweep.trains_encoder(q.spec.variant()) == sweep.trains_encoder(p.spec.variant())]
+        assert p.priority > max(same_tier)
+    done = first[0].spec.variant()
+    store.put({**row, "id": done.id, "knobs": dict(done.knobs)})
+    assert [p.id for p in sweep.followups("smoke", SMOKE_BASE, store)] == [p.id for p in first[1:]]
+    assert sweep.followups("smoke", SMOKE_BASE, store, splits=["conv3_x"]) == []
