@@ -320,3 +320,50 @@ def import_rows(rows: list[dict[str, Any]], store: ResultsStore) -> tuple[int, i
     return store.merge(list(seen.values()), same_figures,
                        lambda ident: UserError(f"row {ident} is stored here with other figures: nothing was imported "
                                                f"(delete or re-measure it first)"))
+
+
+# -- measuring again here ---------------------------------------------------------------------------------------
+
+
+def imported(table: Any) -> Any:
+    """The imported rows of a results table (those with an `imported_from`).
+
+    Args:
+        table: a tidy results table (`ResultsStore.table`).
+
+    Returns:
+        Its rows that came from a results file.
+    """
+    if "imported_from" not in table:
+        return table.iloc[0:0]
+    return table[table["imported_from"].notna()]
+
+
+def remeasure_specs(rows: Iterable[Mapping[str, Any]], data: str | None) -> tuple[list[Any], list[str]]:
+    """Jobs that measure rows again on this machine (a worker's row then replaces the imported one).
+
+    Args:
+        rows: results rows (dicts or table rows).
+        data: the dataset path the jobs read (None: the default lookup).
+
+    Returns:
+        The job specs, and the ids of rows that no profile here can rebuild.
+    """
+    from engine.deploy.selection import row_config
+    from engine.profiles import PROFILES
+    from engine.queue import JobSpec
+
+    specs, refused = [], []
+    for row in rows:
+        try:
+            cfg = row_config(row)
+        except (UserError, KeyError, TypeError, ValueError):
+            refused.append(str(row.get("id")))
+            continue
+        profile = next((n for n in PROFILES if PROFILES.get(n).base_config(
+            cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base), None)
+        if profile is None:
+            refused.append(cfg.id)
+            continue
+        specs.append(JobSpec.for_variant(cfg, profile, data))
+    return specs, refused

@@ -164,3 +164,14 @@ def test_export_narrows_like_results(tmp_path: Path, cache: Path, capsys: pytest
     assert main(["results", "--seed", "1", "--export", str(out)]) == 0
     assert "wrote 1 rows" in capsys.readouterr().out
     assert [r["id"] for r in json.loads(out.read_text())["rows"]] == [make_row(2)["id"]]
+
+
+def test_hover_says_where_an_imported_row_was_measured() -> None:
+    import pandas as pd
+
+    from engine.figures import _hover_data, hover_text
+
+    row = {**make_row(1), "measured_on": "Xeon, 16 cores, torch 4 threads"}
+    assert "measured on Xeon" in hover_text(row) and "measured on" not in hover_text(make_row(2))
+    _, head, _ = _hover_data(pd.DataFrame([row, make_row(2)]), "bits_actual")
+    assert "measured on Xeon" in head.iloc[0] and "measured on" not in head.iloc[1]
