@@ -16,17 +16,17 @@ from engine.latency import DEVICES, DeviceProfile
 from engine.pareto import DEFAULT_ACCURACY_DROP
 from engine.profiles import PROFILES
 
-st.set_page_config(page_title="coinfer", page_icon=":material/cell_tower:", layout="wide")
+st.set_page_config(page_title="coinfer", page_icon="📡", layout="wide")
 
 ROOT = Path(__file__).resolve().parent
 PAGES = {  # url path -> (file, title, icon); a page file written later joins when it exists
-    "plane": ("app_pages/plane.py", "Trade-off plane", ":material/scatter_plot:"),
-    "latency": ("app_pages/latency.py", "Latency vs rate", ":material/timer:"),
-    "noisy": ("app_pages/noisy.py", "Noisy channels", ":material/cell_tower:"),
-    "live": ("app_pages/live.py", "Live", ":material/sensors:"),
-    "compare": ("app_pages/compare.py", "Compare", ":material/compare_arrows:"),
-    "jobs": ("app_pages/jobs.py", "Jobs", ":material/play_circle:"),
-    "export": ("app_pages/export.py", "Export / import", ":material/download:"),
+    "plane": ("app_pages/plane.py", "Trade-off plane", "📈"),
+    "latency": ("app_pages/latency.py", "Latency vs rate", "⏱️"),
+    "noisy": ("app_pages/noisy.py", "Noisy channels", "📡"),
+    "live": ("app_pages/live.py", "Live", "🔴"),
+    "compare": ("app_pages/compare.py", "Compare", "⚖️"),
+    "jobs": ("app_pages/jobs.py", "Jobs", "▶️"),
+    "export": ("app_pages/export.py", "Export / import", "💾"),
 }
 
 v = ui.view()

@@ -393,7 +393,7 @@ def no_rows(what: str) -> None:
             "then `bottlenet_pp`, `two_step_pruning`, `three_step`). Start the profile on the Jobs page or the "
             "Trade-off plane page, or `python -m engine sweep --profile "
             f"{environment().profile}`; rows appear here as jobs finish.")
-    st.page_link("app_pages/jobs.py", label="Go to Jobs", icon=":material/play_circle:")
+    st.page_link("app_pages/jobs.py", label="Go to Jobs", icon="▶️")
 
 
 # -- jobs ---------------------------------------------------------------------------------------------------

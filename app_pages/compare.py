@@ -13,7 +13,7 @@ from engine.pareto import DECISION_COLUMN, compare_table
 
 COLUMNS = ("method", "split", "knobs", DECISION_COLUMN, "accuracy", "latency", "t_device", "t_transmit", "t_server",
            "feasible", "device_flops", "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal", "bits_raw",
-           "feature_shape", "width", "seed", "trained_on", "code_version")
+           "feature_shape", "width", "seed", "trained_on", "measured_on", "code_version")
 LETTERS = "ABCD"
 
 env, data, base, table = ui.open_page("Compare variants", "the variants to compare")

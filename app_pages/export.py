@@ -1,5 +1,6 @@
 """Export the chosen configuration (a versioned selection JSON, a deployable bundle), the results table (CSV) and the
-figures (PNG, HTML); import a selection JSON to reproduce its view. Uploaded files are parsed as JSON only, size
+figures (PNG, HTML); import a selection JSON to reproduce its view, or a results file (`python -m engine results
+--export`) to merge its rows, and measure imported rows again here. Uploaded files are parsed as JSON only, size
 capped, and validated before anything changes (`engine.export.parse_selection`)."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engine.coding import NotTrained
 from engine.deploy.export import write_bundle
 from engine.deploy.selection import parse_selection, selection_json, variant_config
 from engine.errors import UserError, one_line
+from engine.exchange import MAX_RESULTS_BYTES, import_rows, imported, parse_results, remeasure_specs
 from engine.figures import (
     figure_html,
     figure_png,
@@ -81,6 +83,48 @@ def _import_section() -> None:
                      help=None if can_queue else "its dataset is not the local one"):
             ui.start_jobs([jobq.JobSpec.for_variant(cfg, profile or env.profile, ui.data_path())])
             st.success(f"Queued `{cfg.id}`; follow it on the Jobs page.")
+
+
+def _import_results_section() -> None:
+    st.subheader("Import results")
+    upload = st.file_uploader("Results file (`python -m engine results --export FILE`)", type=["json"],
+                              max_upload_size=MAX_RESULTS_BYTES >> 20, key="results_file")
+    if done := st.session_state.pop("_results_done", None):
+        st.success(done)
+    if upload is not None:
+        try:
+            rows = parse_results(upload.getvalue(), upload.name)
+        except UserError as exc:
+            st.error(f"{exc} — nothing was imported.")
+            return
+        where = sorted({r["measured_on"] for r in rows})
+        st.markdown(f"**{len(rows)} rows** measured on {'; '.join(where[:3]) or 'an unknown machine'}")
+        if st.button("Import these rows", type="primary"):
+            try:
+                added, skipped = import_rows(rows, ui.results_store())
+            except UserError as exc:
+                st.error(str(exc))
+                return
+            st.session_state["_results_done"] = (f"Imported {added} rows; skipped {skipped} already stored with the "
+                                                 "same figures.")
+            st.rerun()
+    _remeasure_imported()
+
+
+def _remeasure_imported() -> None:
+    """One button that queues a job for each imported row of this base model, to measure it on this machine."""
+    rows = imported(table)
+    if rows.empty:
+        return
+    here = [r for r in rows.to_dict("records") if data is not None and r.get("dataset_fingerprint") == data.fingerprint]
+    st.caption(f"{len(rows)} rows of this base model were measured elsewhere: " + "; ".join(
+        sorted(set(rows["measured_on"].dropna().astype(str)))[:3]))
+    if st.button(f"Re-measure the {len(here)} imported rows here (queue the jobs)", disabled=not here,
+                 help=None if here else "their dataset is not the local one"):
+        specs, refused = remeasure_specs(here, ui.data_path())
+        ui.start_jobs(specs)
+        st.success(f"Queued {len(specs)} jobs; follow them on the Jobs page."
+                   + (f" {len(refused)} rows no profile here rebuilds were left out." if refused else ""))
 
 
 # -- export -----------------------------------------------------------------------------------------------------
@@ -170,3 +214,4 @@ def _export_section() -> None:
 st.subheader("Export")
 _export_section()
 _import_section()
+_import_results_section()

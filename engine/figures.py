@@ -73,6 +73,8 @@ def hover_text(row: Mapping, bits_column: str = "bits_actual") -> str:
         lines.append(f"width {width}" + (f", seed {seed}" if seed is not None and not pd.isna(seed) else ""))
     if isinstance(row.get("id"), str):
         lines.append(f"id {row['id']}")
+    if isinstance(row.get("measured_on"), str):
+        lines.append(f"measured on {row['measured_on']}")
     return "<br>".join(lines)
 
 
@@ -97,7 +99,7 @@ def _hover_data(points: pd.DataFrame, bits_column: str) -> tuple[np.ndarray, pd.
     ids = points["id"].fillna("").astype(str) if "id" in points else pd.Series("", index=points.index)
     head = ("<b>" + points["method"].astype(str) + " @ " + points["split"].astype(str) + "</b> · id " + ids + "<br>"
             + pd.Series(knob_text, index=points.index)
-            + np.where(feasible, "", "<br><b>does NOT fit the device memory</b>"))
+            + np.where(feasible, "", "<br><b>does NOT fit the device memory</b>") + _measured_on(points))
     lines, columns = ["%{hovertext}"], []
     for column, label, spec in _HOVER_NUMBERS:
         if column in points and points[column].notna().any():
@@ -105,6 +107,14 @@ def _hover_data(points: pd.DataFrame, bits_column: str) -> tuple[np.ndarray, pd.
             columns.append(pd.to_numeric(points[column], errors="coerce").to_numpy(dtype=float))
     numbers = np.column_stack(columns) if columns else np.zeros((len(points), 0))
     return numbers, head, "<br>".join(lines) + "<extra></extra>"
+
+
+def _measured_on(points: pd.DataFrame) -> pd.Series:
+    """"<br>measured on ..." for rows imported from a results file, "" for rows measured here."""
+    if "measured_on" not in points:
+        return pd.Series("", index=points.index)
+    where = points["measured_on"].map(lambda w: f"<br>measured on {w}" if isinstance(w, str) and w else "")
+    return where.astype(str)
 
 
 def _scatter(**props: object) -> go.Scatter:

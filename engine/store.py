@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import IO, Any
 
@@ -197,9 +197,10 @@ class ResultsStore:
             yield conn
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
-        """Insert or replace one normalised row, stamping `schema_version` and `created_at`."""
-        stamped = {**row, "schema_version": SCHEMA_VERSION, "created_at": _now()}
+    def _insert(conn: sqlite3.Connection, row: dict[str, Any], created_at: str | None = None,
+                schema_version: int = SCHEMA_VERSION) -> None:
+        """Insert or replace one normalised row, stamping `schema_version` and `created_at` (default: now)."""
+        stamped = {**row, "schema_version": schema_version, "created_at": created_at or _now()}
         conn.execute(
             "INSERT OR REPLACE INTO results (id, method, split, created_at, schema_version, row) "
             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -208,7 +209,7 @@ class ResultsStore:
                 row["method"],
                 row["split"],
                 stamped["created_at"],
-                SCHEMA_VERSION,
+                schema_version,
                 json.dumps(stamped, allow_nan=False, separators=(",", ":")),
             ),
         )
@@ -244,6 +245,33 @@ class ResultsStore:
         with self._transaction() as conn:
             for r in clean:
                 self._insert(conn, r)
+
+    def merge(self, rows: Iterable[Mapping[str, Any]], same: Callable[[dict[str, Any], dict[str, Any]], bool],
+              conflict: Callable[[str], Exception]) -> tuple[int, int]:
+        """Add rows made elsewhere, keeping their `created_at` and `schema_version`, in one transaction: a row whose id
+        is stored already is skipped when `same(stored, row)`, else `conflict(id)` is raised and nothing is written.
+
+        Args:
+            rows: results rows, as for `put`, with their stamps.
+            same: whether a stored row and a new one of the same id agree.
+            conflict: the error to raise for an id stored with other figures.
+
+        Returns:
+            The numbers of rows added and skipped.
+        """
+        added = skipped = 0
+        with self._transaction() as conn:
+            for row in rows:
+                hit = conn.execute("SELECT row, created_at, schema_version FROM results WHERE id = ?",
+                                   (row["id"],)).fetchone()
+                if hit is not None:
+                    if not same(self._decode(*hit), dict(row)):
+                        raise conflict(row["id"])
+                    skipped += 1
+                    continue
+                self._insert(conn, normalise(row), row.get("created_at"), row.get("schema_version", SCHEMA_VERSION))
+                added += 1
+        return added, skipped
 
     def delete(self, id: str) -> bool:
         """Remove the row with this id.

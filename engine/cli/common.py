@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import pandas as pd
 
@@ -105,20 +106,57 @@ def data_path(args: argparse.Namespace) -> str | None:
 
 
 class Bar:
-    """A tqdm bar on stderr driven by (fraction, message) progress callbacks."""
+    """Progress on stderr driven by (fraction, message) callbacks: a tqdm bar on a terminal; to a file or a pipe,
+    plain lines ("desc: 42% message"), one per whole percent or new step (a message that differs in more than its
+    numbers), never a carriage return."""
 
-    def __init__(self, desc: str) -> None:
-        from tqdm import tqdm
+    def __init__(self, desc: str, stream: TextIO | None = None) -> None:
+        self.desc, self.stream = desc, stream if stream is not None else sys.stderr
+        self.bar = None
+        self._last: tuple[int, str] | None = None
+        self._pending = self._printed = ""
+        if _is_tty(self.stream):
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, leave=True,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+            self.bar = tqdm(total=1000, desc=desc, unit="‰", file=self.stream, leave=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def __call__(self, fraction: float, message: str) -> None:
-        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-        self.bar.set_postfix_str(message, refresh=True)
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.bar is not None:
+            self.bar.n = int(1000 * fraction)
+            self.bar.set_postfix_str(message, refresh=True)
+            return
+        line = f"{self.desc}: {int(100 * fraction):3d}% {message}".rstrip()
+        step = (int(100 * fraction), re.sub(r"[\d.]+", "#", message))
+        if self._last is None or step[0] > self._last[0] or step[1] != self._last[1]:
+            self._last, self._pending = step, ""
+            print(line, file=self.stream, flush=True)
+            self._printed = line
+        elif line != self._printed:
+            self._pending = line
+
+    def write(self, line: str) -> None:
+        """Print a line on stdout without breaking the bar."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
 
     def close(self) -> None:
-        self.bar.close()
+        """End the bar; to a file, print the last state if it was not printed."""
+        if self.bar is not None:
+            self.bar.close()
+        elif self._pending:
+            print(self._pending, file=self.stream, flush=True)
+            self._pending = ""
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def load(args: argparse.Namespace) -> tuple[Profile, ImageData, BaseModelConfig]:

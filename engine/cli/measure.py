@@ -29,6 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
     fmt.add_argument("--json", action="store_true", help="JSON records on stdout")
+    fmt.add_argument("--export", metavar="FILE", help="write the rows with their provenance to a results file "
+                                                      "(versioned JSON) that `python -m engine import` reads")
+    p = subparsers.add_parser("import", help="merge a results file (from `results --export`) into the results store",
+                              description="Merge a results file into the results store: a row stored with the same "
+                                          "figures is skipped; a row stored with other figures refuses the whole file.")
+    p.add_argument("file", help="the results file")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -66,8 +72,15 @@ def _cmd_results(args: argparse.Namespace) -> int:
     """Print the (narrowed) results table as text, CSV or JSON."""
     from engine.store import ResultsStore, frame_to_csv, frame_to_json
 
-    table, narrowed, profile = narrow(ResultsStore().table(method=args.method), args)
-    if args.csv:
+    store = ResultsStore()
+    table, narrowed, profile = narrow(store.table(method=args.method), args)
+    if args.export:
+        from engine.exchange import write_results
+
+        ids = set(table["id"])
+        n = write_results([r for r in store.rows(args.method) if r["id"] in ids], args.export)
+        print(f"wrote {n} rows{narrowed} to {args.export}")
+    elif args.csv:
         frame_to_csv(table, sys.stdout)
     elif args.json:
         frame_to_json(table, sys.stdout, indent=1)
@@ -82,4 +95,16 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "results": _cmd_results}
+def _cmd_import(args: argparse.Namespace) -> int:
+    """Merge a results file into the results store, all or nothing, and say how many rows were added and skipped."""
+    from engine.exchange import import_rows, parse_results, read_file
+    from engine.store import ResultsStore
+
+    rows = parse_results(read_file(args.file), args.file)
+    writable_cache()
+    added, skipped = import_rows(rows, ResultsStore())
+    print(f"imported {added} rows from {args.file}; skipped {skipped} already stored with the same figures")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "results": _cmd_results, "import": _cmd_import}

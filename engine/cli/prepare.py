@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import sys
 import time
 
 import pandas as pd
@@ -58,6 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("profile", help="FLOPs, memory and feature size at each split (no training needed)")
     add_common(p)
     p.add_argument("--all-splits", action="store_true", help="include every BasicBlock boundary")
+    p.add_argument("--json", action="store_true", help="JSON records on stdout (FLOPs, bytes and bits unscaled)")
     p = subparsers.add_parser("train-base", help="train (or load from the cache) the base model")
     add_common(p)
     p.add_argument("--sizes", type=sizes, help="progressive resizing: the input size of each epoch as SIZExEPOCHS "
@@ -93,6 +95,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
                          split_names(coarse_only=not args.all_splits))
     table = pd.DataFrame(rows)[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
                                 "bits_fp32", "bits_8bit"]]
+    if args.json:
+        from engine.store import frame_to_json
+
+        frame_to_json(table.assign(width=base.width), sys.stdout, indent=1)
+        print()
+        return 0
     table["device_MFLOPs"] = table.pop("device_flops") / 1e6
     table["server_MFLOPs"] = table.pop("server_flops") / 1e6
     table["device_memory_kB"] = table.pop("device_memory_bytes") / 1e3

@@ -61,6 +61,8 @@ def _add_jobs_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action")
     q = actions.add_parser("list", help="jobs in claim order (the default action)")
     q.add_argument("--status", choices=STATUSES, action="append", help="only jobs in this state (repeatable)")
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON records on stdout")
+    p.add_argument("--json", action="store_true", help="list the jobs as JSON records on stdout")
     p.set_defaults(action="list", status=None)
     q = actions.add_parser("show", help="everything about one job, its error and traceback included")
     q.add_argument("id", help="job id (or its first characters)")
@@ -117,7 +119,7 @@ def _sweep_progress(bar: Bar) -> Callable[[list[Job]], None]:
         for j in jobs:
             if j.finished and j.id not in seen:
                 seen.add(j.id)
-                bar.bar.write(_fmt_job_line(j))
+                bar.write(_fmt_job_line(j))
 
     return on_update
 
@@ -191,9 +193,21 @@ def _resolve_ids(queue: JobQueue, ids: list[str]) -> list[Job]:
     return [queue.resolve(i) for i in ids]
 
 
+def _job_record(job: Job) -> dict:
+    """One job as `jobs --json` lists it: times as Unix seconds, progress as a fraction."""
+    return {"id": job.id, "kind": job.kind, "status": job.status, "progress": job.progress, "method": job.method,
+            "split": job.split, "profile": job.spec.profile, "width": job.spec.width if job.kind == "variant" else None,
+            "attempts": job.attempts, "max_attempts": job.max_attempts, "worker_pid": job.worker_pid,
+            "submitted_at": job.submitted_at, "started_at": job.started_at, "finished_at": job.finished_at,
+            "updated_at": job.updated_at, "message": job.message, "error": job.error}
+
+
 def _jobs_list(queue: JobQueue, args: argparse.Namespace) -> int:
     """`jobs list`: the jobs in claim order, the counts per state, the live workers and whether paused."""
     jobs = queue.jobs(status=args.status)
+    if getattr(args, "json", False):
+        print(json.dumps([_job_record(j) for j in jobs], indent=1, allow_nan=False))
+        return 0
     if not jobs:
         print("no jobs" + (f" with status {', '.join(args.status)}" if args.status else "")
               + ": queue some with `python -m engine sweep` or `python -m engine jobs submit`")

@@ -20,6 +20,9 @@ def test_data_and_profile(fresh_cache: Path, capsys: pytest.CaptureFixture) -> N
     assert main(["profile", "--profile", "smoke", "--width", "1.0"]) == 0
     out = capsys.readouterr().out
     assert "conv4_x" in out and "1110.85" in out  # device MFLOPs of the whole width-1.0 model at device_only
+    assert main(["profile", "--profile", "smoke", "--width", "1.0", "--json"]) == 0
+    splits = {r["split"]: r for r in json.loads(capsys.readouterr().out)}
+    assert round(splits["device_only"]["device_flops"] / 1e6, 2) == 1110.85 and splits["conv4_x"]["width"] == 1.0
 
 
 def test_run_original_then_results(fresh_cache: Path, capsys: pytest.CaptureFixture) -> None:

@@ -1,0 +1,177 @@
+"""Results files: exported with provenance, imported all or nothing, and every bad file refused in one line with exit
+status 2 (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine import exchange
+from engine.cli import main
+from engine.store import ResultsStore
+
+
+def make_row(i: int, **extra: object) -> dict:
+    return {"id": f"{i:016x}", "method": "original", "split": "conv4_x", "knobs": {"bits": 8},
+            "accuracy": 0.5 + i / 100, "device_flops": 1e6 * i, "bits_actual": 100.0 + i, "feature_shape": [8, 4, 4],
+            "width": 0.125, "seed": 0,
+            "base_id": "b" * 16, "trained_on": "cpu, 2 threads", "code_version": "0.1.0", "train_seconds": 3.0,
+            **extra}
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _export(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "results.json"
+    exchange.write_results(rows, path)
+    return path
+
+
+def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture, expected: str) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert expected in err, err
+
+
+def test_the_document_is_versioned_with_provenance(tmp_path: Path) -> None:
+    doc = json.loads(_export(tmp_path, [make_row(1)]).read_text())
+    assert doc["format"] == "coinfer-results" and doc["version"] == 1
+    assert {"cpu", "cores", "torch_threads", "gpu"} <= set(doc["machine"])
+    assert {"exported_at", "code_version", "torch_version"} <= set(doc)
+    row = doc["rows"][0]
+    assert row["trained_on"] == "cpu, 2 threads" and row["measured_on"] == exchange.describe_machine(doc["machine"])
+
+
+def test_import_then_again_skips(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _export(tmp_path, [make_row(1), make_row(2)])
+    assert main(["import", str(path)]) == 0
+    assert "imported 2 rows" in capsys.readouterr().out
+    stored = ResultsStore().get(make_row(1)["id"])
+    assert stored["measured_on"] and stored["imported_from"].startswith("results.json, exported ")
+    assert main(["import", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "imported 0 rows" in out and "skipped 2 already stored" in out
+
+
+def test_timings_and_provenance_are_no_figures(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    ResultsStore().put(make_row(1, train_seconds=9.0, code_version="0.0.9"))
+    assert main(["import", str(_export(tmp_path, [make_row(1), make_row(2)]))]) == 0
+    assert "imported 1 rows" in capsys.readouterr().out
+
+
+def test_a_conflicting_row_refuses_the_whole_file(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    ResultsStore().put(make_row(2, accuracy=0.1))
+    path = _export(tmp_path, [make_row(1), make_row(2)])
+    _one_line_exit_2(["import", str(path)], capsys, f"row {make_row(2)['id']} is stored here with other figures")
+    assert len(ResultsStore()) == 1 and ResultsStore().get(make_row(1)["id"]) is None  # all or nothing
+
+
+def test_a_row_twice_with_other_figures(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    doc = exchange.results_document([make_row(1)])
+    doc["rows"].append({**doc["rows"][0], "accuracy": 0.9})
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps(doc))
+    _one_line_exit_2(["import", str(path)], capsys, "appears twice")
+
+
+def _doc_text(**change: object) -> str:
+    doc = exchange.results_document([make_row(1)])
+    doc.update(change)
+    return json.dumps(doc)
+
+
+def _bad_row(**change: object) -> str:
+    doc = exchange.results_document([make_row(1)])
+    doc["rows"][0].update(change)
+    return json.dumps(doc)
+
+
+def _nested(depth: int) -> str:
+    return _doc_text().replace('"rows": [', '"rows": [' + "[" * depth + "]" * depth + ",", 1)
+
+
+BAD_FILES = {
+    "truncated": (lambda: _doc_text()[:-40], "not JSON"),
+    "wrong format": (lambda: _doc_text(format="coinfer-selection"), "format is 'coinfer-selection'"),
+    "wrong version": (lambda: _doc_text(version=2), "version 2 is not supported"),
+    "version as text": (lambda: _doc_text(version="1"), "version 1 is not supported"),
+    "not an object": (lambda: "[1, 2]", "top level must be a JSON object"),
+    "rows not a list": (lambda: _doc_text(rows={"a": 1}), "'rows' must be a list"),
+    "no id": (lambda: _bad_row(id=""), "row 1: result row needs non-empty string id"),
+    "id not hex": (lambda: _bad_row(id="../../etc"), "is not a variant id"),
+    "unknown method": (lambda: _bad_row(method="evil"), "unknown method 'evil'"),
+    "unknown split": (lambda: _bad_row(split="conv9_x"), "unknown split 'conv9_x'"),
+    "future schema": (lambda: _bad_row(schema_version=99), "schema_version 99"),
+    "bad created_at": (lambda: _bad_row(created_at="yesterday"), "created_at 'yesterday'"),
+    "trained_on not text": (lambda: _bad_row(trained_on=[1]), "trained_on must be text"),
+    "NaN": (lambda: _bad_row().replace('"accuracy": 0.51', '"accuracy": NaN'), "NaN is not a number JSON allows"),
+    "5000 digits": (lambda: _bad_row().replace('"seed": 0', '"seed": ' + "9" * 5000), "unreadable number"),
+    "beyond 64 bits": (lambda: _bad_row(seed=2**70), "integer beyond 64 bits"),
+    "deep nesting": (lambda: _nested(100_000), "nested too deeply"),
+    "moderate nesting": (lambda: _nested(50), "nested too deeply"),
+    "long string": (lambda: _bad_row(note="x" * 20_000), "characters"),
+    "not UTF-8": (lambda: b"\xff\xfe{}", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_files_one_line_exit_2(case: str, tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    make, expected = BAD_FILES[case]
+    content = make()
+    path = tmp_path / "bad.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    _one_line_exit_2(["import", str(path)], capsys, expected)
+    assert not (cache / "results.sqlite").exists() or len(ResultsStore()) == 0
+
+
+def test_oversized_is_refused_before_reading(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _export(tmp_path, [make_row(i) for i in range(1, 20)])
+    monkeypatch.setattr(exchange, "MAX_RESULTS_BYTES", 1000)
+    monkeypatch.setattr(exchange.read_file, "__defaults__", (1000,))
+    opened: list[int] = []
+    real = Path.open
+
+    def spy(self: Path, *args: object, **kwargs: object):  # noqa: ANN202 - the file object of Path.open
+        f = real(self, *args, **kwargs)
+        opened.append(0)
+        original = f.read
+        f.read = lambda *a: opened.append(1) or original(*a)
+        return f
+
+    monkeypatch.setattr(Path, "open", spy)
+    _one_line_exit_2(["import", str(path)], capsys, "over the 1,000-byte limit")
+    assert 1 not in opened  # refused on its size, nothing read
+
+
+def test_missing_file_one_line(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    _one_line_exit_2(["import", str(tmp_path / "nothing.json")], capsys, "cannot read")
+    _one_line_exit_2(["import", str(tmp_path)], capsys, "cannot read")
+
+
+def test_export_narrows_like_results(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    store = ResultsStore()
+    store.put_many([make_row(1), make_row(2, seed=1)])
+    out = tmp_path / "seed1.json"
+    assert main(["results", "--seed", "1", "--export", str(out)]) == 0
+    assert "wrote 1 rows" in capsys.readouterr().out
+    assert [r["id"] for r in json.loads(out.read_text())["rows"]] == [make_row(2)["id"]]
+
+
+def test_hover_says_where_an_imported_row_was_measured() -> None:
+    import pandas as pd
+
+    from engine.figures import _hover_data, hover_text
+
+    row = {**make_row(1), "measured_on": "Xeon, 16 cores, torch 4 threads"}
+    assert "measured on Xeon" in hover_text(row) and "measured on" not in hover_text(make_row(2))
+    _, head, _ = _hover_data(pd.DataFrame([row, make_row(2)]), "bits_actual")
+    assert "measured on Xeon" in head.iloc[0] and "measured on" not in head.iloc[1]
