@@ -215,7 +215,8 @@ def _every_page(server: str, page, tmp_path: Path) -> None:  # noqa: ANN001
             hostile = tmp_path / "hostile.json"
             hostile.write_text(json.dumps({"format": "coinfer-selection", "version": 1, "config": {
                 "method": "__import__('os').system('true')", "split": "stem", "knobs": {}, "base": {}}}))
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(hostile))
+            selection_upload = page.get_by_role("region", name="Selection JSON exported by")  # not the results one
+            selection_upload.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(hostile))
             page.get_by_text("invalid selection file").first.wait_for(timeout=60_000)
             assert "nothing was changed" in page.get_by_text("invalid selection file").first.text_content()
         _screenshot(page, name)
