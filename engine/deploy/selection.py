@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
 import engine
 from engine.config import BaseModelConfig, VariantConfig, frozen_value
@@ -112,9 +111,16 @@ def selection_document(cfg: VariantConfig, metrics: Mapping[str, Any] | None = N
         "trained_on": (metrics or {}).get("trained_on"),  # engine.provenance: where its trained parts were computed
         "environment": finite_json(dict(env), "environment"),
         "code_version": engine.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": _torch_version(),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _torch_version() -> str:
+    """torch's version, imported here only: reading a selection (a device without torch) never needs it."""
+    import torch
+
+    return torch.__version__
 
 
 def selection_json(row: Mapping[str, Any], environment: Mapping[str, Any]) -> dict:
