@@ -249,13 +249,15 @@ class BundleTables:
     files: dict[str, bytes]
 
 
-def read_bundle(path: Path) -> BundleTables:
+def read_bundle(path: Path, known: bool = True) -> BundleTables:
     """Read a bundle directory or .zip and check all but its programs' contents: sizes before reading, the manifest
     (sizes, sha256, files present), the selection, meta.json's shapes, quantizer.json a table, every file naming
     one variant, the coding known with its device programs present, the codec table, and any ONNX program.
 
     Args:
         path: the bundle directory or .zip.
+        known: check the selection's method and split against the registries (they import torch; see
+            `parse_selection`).
 
     Returns:
         The checked tables and the programs' bytes (device.pt, server.pt, device.onnx, server.onnx as present).
@@ -265,7 +267,7 @@ def read_bundle(path: Path) -> BundleTables:
     name = path.name
     files = read_bundle_files(path)
     manifest = check_manifest(files, name)
-    selection = parse_selection(files.pop("selection.json"))
+    selection = parse_selection(files.pop("selection.json"), known)
     meta, codec_state, quantizer = (bundle_json(files.pop(f), f, name) for f in ("meta.json", "codec.json",
                                                                                 "quantizer.json"))
     check_meta(meta, name)
