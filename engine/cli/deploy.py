@@ -137,8 +137,16 @@ def _test_images(args: argparse.Namespace, part: Any) -> tuple[Any, list[int] | 
 
         images, labels = read_inputs(args.inputs, part.meta["input_shape"])
         n = min(args.images, len(images))
+        if args.runtime != "onnx":
+            import torch
+
+            images = torch.from_numpy(images)
         return images[:n], None if labels is None else [int(v) for v in labels[:n]]
-    from engine.data import load_data, subset
+    try:
+        from engine.data import load_data, subset
+    except ImportError as exc:
+        raise UserError(f"reading --data needs torch ({exc}); on a device without it pass --inputs FILE.npz, "
+                        "written by `python -m engine export --test-images FILE.npz`") from None
 
     data = load_data(data_path(args), cache_dir=writable_cache())
     profile = PROFILES.get(part.meta["profile"]) if part.meta.get("profile") in PROFILES else None

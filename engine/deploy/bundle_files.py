@@ -228,12 +228,13 @@ def check_onnx(data: bytes, file: str, name: str) -> None:
         raise UserError(f"{what} (no ir_version first: a pickle or an archive?); export the bundle again")
     try:
         model = onnx.load_model_from_string(data)
+        if _external_tensors(model):  # before the checker, which would look for those files
+            raise UserError(f"{what} that stands alone (its tensors name external data files); export the bundle "
+                            "again")
         onnx.checker.check_model(model)
     except (DecodeError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise UserError(f"{what} ({reason}); export the bundle again") from None
-    if _external_tensors(model):
-        raise UserError(f"{what} that stands alone (its tensors name external data files); export the bundle again")
 
 
 @dataclass
