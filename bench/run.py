@@ -45,6 +45,8 @@ BENCHES = (
     Bench("coinference", "Real co-inference against the latency model",
           ("bench/bench_coinference.py", "--profile", "quick", "--data", "DATA",
            "--splits", "conv4_x", "conv5_x", "server_only")),
+    Bench("onnx", "Device part without torch: onnxruntime against TorchScript",
+          ("bench/bench_onnx.py", "--profile", "quick", "--data", "DATA")),
     Bench("pages", "Dashboard speed", ("bench/bench_pages.py", "--rows", "2000", "--repeats", "5", "--data", "DATA")),
 )
 

@@ -7,10 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.cli.common import data_path, writable_cache
 from engine.errors import UserError
 from engine.profiles import PROFILES
+
+RUNTIMES = ("torchscript", "onnx")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--id", required=True, help="variant id (or its first characters), see `python -m engine results`")
     p.add_argument("--out", required=True, type=Path, help="bundle directory, or a .zip archive")
     p.add_argument("--data", help="dataset the variant was measured on (default: $COINFER_DATA, then cache/data/)")
+    p.add_argument("--test-images", type=Path, metavar="FILE.npz",
+                   help="also write the variant's first --images test images and labels, for `device --inputs`")
+    p.add_argument("--images", type=int, default=100, help="test images written by --test-images (default 100)")
     p = subparsers.add_parser("serve", help="the edge server of co-inference: load a bundle's server part, answer "
                                             "over TCP")
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory or .zip from `python -m engine export`")
@@ -40,14 +46,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--delay", type=float, default=0.0, help="propagation delay per message, milliseconds")
     p.add_argument("--images", type=int, default=50, help="number of test images (default 50)")
     p.add_argument("--data", help="dataset (default: $COINFER_DATA, then cache/data/)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--inputs", type=Path, metavar="FILE.npz",
+                   help="test images from `export --test-images` instead of --data (with --runtime onnx: no torch)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torchscript",
+                   help="run the device part as TorchScript (torch) or with onnxruntime (default torchscript)")
+    p.add_argument("--threads", type=int, help="torch's or onnxruntime's threads (default: theirs)")
     p.add_argument("--json", action="store_true", help="per-image timings and the summary as JSON on stdout")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Write the bundle of the one variant in the results store whose id starts with --id."""
     from engine.data import load_data, subset
-    from engine.deploy.export import write_bundle
+    from engine.deploy.export import write_bundle, write_test_images
     from engine.deploy.selection import row_config
     from engine.methods import RunContext
     from engine.store import ResultsStore
@@ -67,8 +77,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if data.fingerprint != cfg.base.dataset:
         raise UserError(f"variant {cfg.id} was measured on data {cfg.base.dataset}, this is {data.fingerprint}: "
                         "pass the same --data")
+    if args.test_images is not None and args.images < 1:
+        raise UserError(f"--images must be >= 1, got {args.images}")
     out = write_bundle(cfg, RunContext(data, profile, writable_cache()), args.out, metrics=row)
     print(f"bundle of {cfg.method} @ {cfg.split} ({cfg.id}) written to {out}")
+    if args.test_images is not None:
+        n = write_test_images(data, args.images, args.test_images)
+        print(f"{n} test images written to {args.test_images}")
     return 0
 
 
@@ -102,34 +117,67 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_part(args: argparse.Namespace) -> Any:
+    """The bundle's device part for --runtime: a TorchScript `Bundle`, or an `OnnxDevice` (no torch imported)."""
+    if args.runtime == "onnx":
+        from engine.deploy.onnx_device import load_onnx_device
+
+        return load_onnx_device(args.bundle, args.threads)
+    from engine.deploy.bundle import load_bundle
+
+    _threads(args)
+    return load_bundle(args.bundle)
+
+
+def _test_images(args: argparse.Namespace, part: Any) -> tuple[Any, list[int] | None]:
+    """The first --images test images and labels: from --inputs (no torch), or from --data cut as the variant's
+    profile cuts it."""
+    if args.inputs is not None:
+        from engine.deploy.onnx_device import read_inputs
+
+        images, labels = read_inputs(args.inputs, part.meta["input_shape"])
+        n = min(args.images, len(images))
+        if args.runtime != "onnx":
+            import torch
+
+            images = torch.from_numpy(images)
+        return images[:n], None if labels is None else [int(v) for v in labels[:n]]
+    try:
+        from engine.data import load_data, subset
+    except ImportError as exc:
+        raise UserError(f"reading --data needs torch ({exc}); on a device without it pass --inputs FILE.npz, "
+                        "written by `python -m engine export --test-images FILE.npz`") from None
+
+    data = load_data(data_path(args), cache_dir=writable_cache())
+    profile = PROFILES.get(part.meta["profile"]) if part.meta.get("profile") in PROFILES else None
+    if profile is not None and (profile.train_limit or profile.test_limit):
+        data = subset(data, profile.train_limit, profile.test_limit, seed=part.config().base.seed)
+    n = min(args.images, len(data.test_y))
+    images = data.test_x[:n]
+    return images.numpy() if args.runtime == "onnx" else images, data.test_y[:n].tolist()
+
+
 def _cmd_device(args: argparse.Namespace) -> int:
     """Run a bundle's device part on test images against a server and print the timings."""
-    from engine.data import load_data, subset
-    from engine.deploy.bundle import load_bundle
     from engine.deploy.client import DeviceClient
     from engine.deploy.link import parse_address
     from engine.latency import to_rate_bps
 
-    _threads(args)
-    bundle = load_bundle(args.bundle)
-    host, port = parse_address(args.server)
-    rate = to_rate_bps(args.rate)
     if args.images < 1:
         raise UserError(f"--images must be >= 1, got {args.images}")
-    data = load_data(data_path(args), cache_dir=writable_cache())
-    profile = PROFILES.get(bundle.meta["profile"]) if bundle.meta.get("profile") in PROFILES else None
-    if profile is not None and (profile.train_limit or profile.test_limit):
-        data = subset(data, profile.train_limit, profile.test_limit, seed=bundle.config().base.seed)
-    n = min(args.images, len(data.test_y))
-    with DeviceClient(bundle, host, port, rate, delay_s=args.delay / 1e3) as client:
-        report = client.run(data.test_x[:n], data.test_y[:n].tolist())
+    host, port = parse_address(args.server)
+    rate = to_rate_bps(args.rate)
+    part = _device_part(args)
+    images, labels = _test_images(args, part)
+    with DeviceClient(part, host, port, rate, delay_s=args.delay / 1e3) as client:
+        report = client.run(images, labels)
     if args.json:
-        json.dump({"variant": bundle.id, "rate_bps": rate, "median_s": report.median_s, "p95_s": report.p95_s,
-                   "accuracy": report.accuracy, "wire_bytes": report.wire_bytes, "images": report.rows()},
-                  sys.stdout, indent=1)
+        json.dump({"variant": part.id, "runtime": args.runtime, "rate_bps": rate, "median_s": report.median_s,
+                   "p95_s": report.p95_s, "accuracy": report.accuracy, "wire_bytes": report.wire_bytes,
+                   "images": report.rows()}, sys.stdout, indent=1)
         print()
     else:
-        print(f"{bundle.meta['method']} @ {bundle.meta['split']} ({bundle.id}): {report.summary()}")
+        print(f"{part.meta['method']} @ {part.meta['split']} ({part.id}, {args.runtime}): {report.summary()}")
     return 0
 
 

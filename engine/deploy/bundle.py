@@ -5,15 +5,10 @@ and server programs and the entropy coder, as real co-inference does."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import math
 import time
 import warnings
 import zipfile
-import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,105 +16,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.coding.codecs import CODECS, EntropyCodec
 from engine.config import VariantConfig
-from engine.deploy.selection import MAX_SELECTION_BYTES, parse_selection, variant_config
+from engine.deploy.bundle_files import (  # noqa: F401 - the bundle's constants, importable from here as before
+    BUNDLE_FILES,
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    CODINGS,
+    FILE_LIMITS,
+    MAX_BUNDLE_BYTES,
+    MAX_INPUT_ELEMENTS,
+    MAX_SENT_ELEMENTS,
+    MAX_TABLE_BYTES,
+    ONNX_OPSET,
+    encode_sent,
+    json_bytes,
+    read_bundle,
+    sha256_hex,
+)
+from engine.deploy.selection import variant_config
+from engine.entropy import EntropyCodec
 from engine.errors import UserError
-
-BUNDLE_FORMAT = "coinfer-bundle"
-BUNDLE_VERSION = 1
-MAX_BUNDLE_BYTES = 256 << 20  # all of a bundle's files together, as its zip directory or the file system gives them
-MAX_TABLE_BYTES = 4 << 20  # codec.json, quantizer.json
-MAX_INPUT_ELEMENTS = 1 << 22  # values of one input image (meta.json's input_shape): 3x1024x1024 fits
-MAX_SENT_ELEMENTS = 1 << 22  # values the device program sends per image (meta.json's sent_shape)
-CODINGS = ("entropy", "png", "label", "analog")
-BUNDLE_FILES = ("device.pt", "server.pt", "codec.json", "quantizer.json", "meta.json", "selection.json")
-FILE_LIMITS = {"manifest.json": MAX_SELECTION_BYTES, "meta.json": MAX_SELECTION_BYTES,
-               "selection.json": MAX_SELECTION_BYTES, "codec.json": MAX_TABLE_BYTES, "quantizer.json": MAX_TABLE_BYTES,
-               "device.pt": MAX_BUNDLE_BYTES, "server.pt": MAX_BUNDLE_BYTES}  # bytes each file may have
 
 
 def _jit_load(data: bytes) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
-
-def json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode()
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _check_sizes(sizes: Mapping[str, int], name: str) -> None:
-    """Refuse a bundle whose files (sizes as listed, before reading any) are unknown, over their limits or together
-    over MAX_BUNDLE_BYTES."""
-    extra = sorted(f for f in sizes if f not in FILE_LIMITS)
-    if extra:
-        raise UserError(f"bundle {name}: unexpected file(s) {', '.join(extra[:5])}; export the bundle again")
-    for file, size in sizes.items():
-        if size > FILE_LIMITS[file]:
-            raise UserError(f"bundle {name}: {file} has {size:,} bytes, over its {FILE_LIMITS[file]:,}-byte limit; "
-                            "export the bundle again")
-    if sum(sizes.values()) > MAX_BUNDLE_BYTES:
-        raise UserError(f"bundle {name}: its files hold {sum(sizes.values()):,} bytes, over the "
-                        f"{MAX_BUNDLE_BYTES:,}-byte limit of a bundle; export a smaller variant")
-
-
-def _read_bundle_dir(path: Path) -> dict[str, bytes]:
-    files = {p.name: p for p in path.iterdir()}
-    odd = sorted(f for f, p in files.items() if not p.is_file())
-    if odd:
-        raise UserError(f"bundle {path.name}: {', '.join(odd[:5])} is not a regular file; export the bundle again")
-    _check_sizes({f: p.stat().st_size for f, p in files.items()}, path.name)
-    out = {}
-    for file, p in files.items():
-        with open(p, "rb") as f:
-            out[file] = f.read(FILE_LIMITS[file] + 1)  # bounded even if the file grew since stat()
-        if len(out[file]) > FILE_LIMITS[file]:
-            raise UserError(f"bundle {path.name}: {file} grew past its limit while being read; export the bundle again")
-    return out
-
-
-def _read_bundle_zip(path: Path) -> dict[str, bytes]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            if len({i.filename for i in infos}) != len(infos):
-                raise UserError(f"bundle {path.name}: a member appears twice in the archive; export it again")
-            _check_sizes({i.filename: i.file_size for i in infos}, path.name)
-            return {i.filename: zf.read(i) for i in infos}  # zipfile yields at most file_size bytes
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        raise UserError(f"bundle {path.name} is a damaged zip archive ({reason}); export it again") from None
-
-
-def _read_bundle_files(path: Path) -> dict[str, bytes]:
-    """The files of a bundle directory or .zip, refused before reading when any is unknown or too large."""
-    if path.is_dir():
-        return _read_bundle_dir(path)
-    if zipfile.is_zipfile(path):
-        return _read_bundle_zip(path)
-    raise UserError(f"{path} is neither a bundle directory nor a bundle .zip; write one with "
-                    "`python -m engine export --id ID --out PATH`")
-
-
-def _bundle_json(data: bytes, file: str, name: str) -> Any:
-    """A bundle's JSON file: valid, not nested past Python's recursion limit, finite numbers only."""
-    def not_finite(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise UserError(f"bundle {name}: {file} holds {text}, not a finite number; export the bundle again")
-        return value
-
-    try:
-        return json.loads(data, parse_constant=not_finite, parse_float=not_finite)
-    except RecursionError:
-        raise UserError(f"bundle {name}: {file} is nested too deeply to be a bundle table; export it again") from None
-    except ValueError:
-        raise UserError(f"bundle {name}: {file} is not valid JSON; export the bundle again") from None
-
 
 def _check_torchscript(data: bytes, file: str, name: str) -> None:
     """Refuse a program that is not a TorchScript archive (a pickle, a torch.save archive) before any loader sees
@@ -185,22 +107,8 @@ class Bundle:
 
     def encode(self, sent: torch.Tensor) -> tuple[bytes, int]:
         """(payload bytes, count) of one image's device output: the entropy-coded symbols, the PNG, the label byte
-        or the raw float32 values."""
-        if self.coding == "entropy":
-            assert self.codec is not None
-            symbols = sent.reshape(1, -1).numpy().astype(np.int64)
-            return self.codec.encode(symbols)[0], int(symbols.shape[1])
-        if self.coding == "png":
-            from PIL import Image
-
-            img = sent[0].permute(1, 2, 0).numpy()
-            buf = io.BytesIO()
-            Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(buf, format="PNG", optimize=False)
-            return buf.getvalue(), 1
-        if self.coding == "label":
-            return bytes([int(sent.reshape(-1)[0])]), 1
-        values = sent.reshape(-1).float().numpy()
-        return values.astype("<f4").tobytes(), int(values.size)
+        or the raw float32 values (`engine.deploy.bundle_files.encode_sent`)."""
+        return encode_sent(self.coding, self.codec, sent.detach().cpu().numpy())
 
     def received(self, payload: bytes, count: int) -> torch.Tensor:
         """The server program's input rebuilt from a payload; raises ValueError when the payload is malformed."""
@@ -292,31 +200,6 @@ class Bundle:
         return torch.tensor(out, dtype=torch.int64)
 
 
-def _meta_problem(meta: Any) -> str | None:
-    """What is wrong with meta.json's shapes and counts (they size the tensors built at warm-up and from messages),
-    or None."""
-    def small_ints(v: Any, lo: int) -> bool:
-        return isinstance(v, list) and len(v) <= 8 and all(type(i) is int and lo <= i <= 1 << 16 for i in v)
-
-    if not isinstance(meta, dict) or not small_ints(meta.get("input_shape"), 1) or len(meta["input_shape"]) != 3 \
-            or not small_ints(meta.get("sent_shape"), 1) or not small_ints([meta.get("symbols_per_image")], 0) \
-            or not small_ints([meta.get("num_classes")], 2) or meta["num_classes"] > 65535:
-        return "it does not describe the programs' shapes"
-    for key, limit in (("input_shape", MAX_INPUT_ELEMENTS), ("sent_shape", MAX_SENT_ELEMENTS)):
-        if math.prod(meta[key]) > limit:
-            return f"its {key} {meta[key]} holds {math.prod(meta[key]):,} values, over the {limit:,} a bundle may have"
-    if meta.get("coding") == "entropy" and math.prod(meta["sent_shape"]) != meta["symbols_per_image"]:
-        return f"its sent_shape {meta['sent_shape']} does not hold its {meta['symbols_per_image']} symbols per image"
-    return None
-
-
-def _check_meta(meta: Any, name: str) -> None:
-    """Refuse a meta.json whose shapes and counts are not small positive integers within the bundle limits."""
-    problem = _meta_problem(meta)
-    if problem:
-        raise UserError(f"bundle {name}: meta.json is wrong ({problem}); export the bundle again")
-
-
 def _check_programs(bundle: Bundle, name: str) -> None:
     """One zero image through device program, encoder, decoder and server program: a sent_shape, codec or class
     count that does not match the programs is refused at load, not at the first image."""
@@ -335,42 +218,12 @@ def _check_programs(bundle: Bundle, name: str) -> None:
                         "bundle again") from None
 
 
-def _check_manifest(files: dict[str, bytes], name: str) -> dict[str, Any]:
-    """The manifest (removed from `files`), every other file's size and sha256 checked against it."""
-    if "manifest.json" not in files:
-        raise UserError(f"bundle {name} has no manifest.json; export it again")
-    manifest = _bundle_json(files.pop("manifest.json"), "manifest.json", name)
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT \
-            or manifest.get("version") != BUNDLE_VERSION or not isinstance(manifest.get("files"), dict):
-        raise UserError(f"bundle {name}: not a {BUNDLE_FORMAT} version {BUNDLE_VERSION} manifest")
-    listed = manifest["files"]
-    if set(listed) != set(files):
-        raise UserError(f"bundle {name}: files {sorted(files)} do not match the manifest's {sorted(listed)}")
-    for file, data in files.items():
-        entry = listed[file]
-        if not isinstance(entry, dict) or entry.get("bytes") != len(data) or entry.get("sha256") != sha256_hex(data):
-            raise UserError(f"bundle {name}: {file} does not match its sha256 in the manifest (altered or "
-                            "damaged); export the bundle again")
-    for file in ("server.pt", "codec.json", "quantizer.json", "meta.json", "selection.json"):
-        if file not in files:
-            raise UserError(f"bundle {name} lacks {file}; export it again")
-    return manifest
-
-
-def _load_codec(state: Any, name: str) -> EntropyCodec:
-    try:
-        return CODECS.get(state["codec"]).from_state(state)
-    except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError, UserError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        raise UserError(f"bundle {name}: codec.json is not a codec table ({reason}); export it again") from None
-
-
 def load_bundle(path: Path | str) -> Bundle:
     """A bundle directory or .zip, checked before and while it loads: file sizes from the directory (each within
     FILE_LIMITS, all within MAX_BUNDLE_BYTES) before reading, every file's size and sha256 against the manifest
     before any is parsed, JSON tables finite and shallow, meta.json's shapes bounded (MAX_INPUT_ELEMENTS,
-    MAX_SENT_ELEMENTS), programs TorchScript archives (no Python unpickling), and one zero image run through the
-    whole pipeline. Every refusal is one UserError line.
+    MAX_SENT_ELEMENTS), programs TorchScript archives (no Python unpickling) and ONNX programs self-contained
+    protobuf models, and one zero image run through the whole pipeline. Every refusal is one UserError line.
 
     Args:
         path: the bundle directory or .zip.
@@ -379,24 +232,11 @@ def load_bundle(path: Path | str) -> Bundle:
         The loaded bundle.
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"no bundle at {path}; write one with `python -m engine export --id ID --out PATH`")
-    name = path.name
-    files = _read_bundle_files(path)
-    manifest = _check_manifest(files, name)
-    selection = parse_selection(files["selection.json"])
-    meta, codec_state, quantizer = (_bundle_json(files[f], f, name) for f in ("meta.json", "codec.json",
-                                                                             "quantizer.json"))
-    _check_meta(meta, name)
-    if not isinstance(quantizer, dict):
-        raise UserError(f"bundle {name}: quantizer.json is not a table; export it again")
-    if meta.get("id") != selection["id"] or manifest.get("id") != selection["id"]:
-        raise UserError(f"bundle {name}: its files name different variants; export it again")
-    if meta.get("coding") not in CODINGS or (meta["coding"] != "png") != ("device.pt" in files):
-        raise UserError(f"bundle {name}: unknown coding {meta.get('coding')!r} or a missing device program")
-    codec = _load_codec(codec_state, name) if meta["coding"] == "entropy" else None
+    tables = read_bundle(path)
+    files, name = tables.files, path.name
     device = _load_program(files.pop("device.pt"), "device.pt", name) if "device.pt" in files else None
     server = _load_program(files.pop("server.pt"), "server.pt", name)
-    bundle = Bundle(path, manifest, meta, selection, quantizer, device, server, codec)
+    bundle = Bundle(path, tables.manifest, tables.meta, tables.selection, tables.quantizer, device, server,
+                    tables.codec)
     _check_programs(bundle, name)
     return bundle

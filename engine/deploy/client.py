@@ -1,6 +1,7 @@
 """The device side of real co-inference: runs the device program and the encoder on each image, sends the actual
 bitstream paced at the link rate, and times every image (`SessionReport`); `live_session` runs a local server
-thread and a client for the dashboard."""
+thread and a client for the dashboard. Importing it imports no torch: `DeviceClient` drives any `DevicePart`, a
+TorchScript `Bundle` or the onnxruntime `engine.deploy.onnx_device.OnnxDevice`."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from engine.deploy import protocol
-from engine.deploy.bundle import Bundle
 from engine.deploy.link import TokenBucket, send_paced
 from engine.deploy.protocol import ProtocolError
-from engine.deploy.server import CoinferenceServer
 from engine.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.deploy.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +89,24 @@ class SessionReport:
                 + f", {self.wire_bytes:,} bytes on the wire ({self.mean('payload_bytes'):.0f} B payload per image)")
 
 
+class DevicePart(Protocol):
+    """What a device runs: its bundle's id, its program on one uint8 image and the coding of what it sends."""
+
+    @property
+    def id(self) -> str: ...
+
+    def warm_up(self, side: str = "both", calls: int = 3) -> None: ...
+
+    def device_output(self, image: Any) -> Any: ...
+
+    def encode(self, sent: Any) -> tuple[bytes, int]: ...
+
+
 class DeviceClient:
     """The device: runs the bundle's device program and encoder on each image, sends the bitstream through a token
     bucket at `rate_bps` (after `delay_s` of propagation delay), and waits for the label."""
 
-    def __init__(self, bundle: Bundle, host: str, port: int, rate_bps: float, *, delay_s: float = 0.0,
+    def __init__(self, bundle: DevicePart, host: str, port: int, rate_bps: float, *, delay_s: float = 0.0,
                  burst_bytes: float = 0.0, chunk_bytes: int = 256, timeout: float = 120.0) -> None:
         if delay_s < 0:
             raise UserError(f"the propagation delay must be >= 0, got {delay_s}")
@@ -137,7 +153,7 @@ class DeviceClient:
             raise UserError(f"the server rejected the message: {frame.payload.decode('utf-8', 'replace')}")
         return frame
 
-    def infer(self, image: torch.Tensor, truth: int | None = None) -> ImageTiming:
+    def infer(self, image: torch.Tensor | np.ndarray, truth: int | None = None) -> ImageTiming:
         """One image end to end."""
         assert self.sock is not None, "connect() first"
         seq, self._seq = self._seq, self._seq + 1
@@ -161,7 +177,7 @@ class DeviceClient:
         return ImageTiming(seq, label, truth, computed - start, encoded - computed, transmitted - encoded, decode_s,
                            server_s, end - start, len(payload), len(message))
 
-    def run(self, images: torch.Tensor, labels: Iterable[int] | None = None,
+    def run(self, images: torch.Tensor | np.ndarray, labels: Iterable[int] | None = None,
             progress: Callable[[int, int], None] | None = None) -> SessionReport:
         truths = list(labels) if labels is not None else [None] * len(images)
         timings = []
@@ -175,6 +191,8 @@ class DeviceClient:
 def live_session(bundle: Bundle, images: torch.Tensor, labels: Iterable[int] | None, rate_bps: float, *,
                  delay_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> SessionReport:
     """A short session against a server thread on 127.0.0.1 (an ephemeral port), stopped afterwards."""
+    from engine.deploy.server import CoinferenceServer
+
     with CoinferenceServer(bundle) as server:
         host, port = server.address
         with DeviceClient(bundle, host, port, rate_bps, delay_s=delay_s) as client:

@@ -1,7 +1,8 @@
 """Writing a deployable bundle: the variant's device part (uint8 image [1, C, H, W] -> what it sends) and server
 part (what arrives -> logits [1, classes]) traced to TorchScript at batch 1 (one image per message, as co-inference
-runs them), the codec and quantiser tables, meta and selection as plain JSON, and a manifest of every file's size and
-sha256; a directory, or a .zip when the target ends in .zip, replaced atomically."""
+runs them) and exported from those programs to ONNX (opset ONNX_OPSET, for a device without torch), the codec and
+quantiser tables, meta and selection as plain JSON, and a manifest of every file's size and sha256; a directory, or
+a .zip when the target ends in .zip, replaced atomically."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from engine.config import VariantConfig
 from engine.data import normalize
-from engine.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CODINGS, json_bytes, sha256_hex
+from engine.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CODINGS, ONNX_OPSET, json_bytes, sha256_hex
 from engine.deploy.selection import finite_json, selection_document
 from engine.errors import UserError
 from engine.profiles import PROFILES
@@ -53,6 +54,25 @@ def _jit_bytes(program: torch.jit.ScriptModule) -> bytes:
         torch.jit.save(program, buf)
     return buf.getvalue()
 
+def _onnx_bytes(program: torch.jit.ScriptModule, example: torch.Tensor, names: tuple[str, str]) -> bytes:
+    """A traced program as an ONNX model at batch 1 (the TorchScript-based exporter, opset ONNX_OPSET).
+
+    Args:
+        program: the traced device or server program.
+        example: its input at batch 1.
+        names: the names of the model's input and output.
+
+    Returns:
+        The serialised ONNX model.
+    """
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(program, (example,), buf, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=[names[0]], output_names=[names[1]])
+    return buf.getvalue()
+
+
 def bundle_files(cfg: VariantConfig, ctx: Any, metrics: Mapping[str, Any] | None = None,
                  environment: Any = None) -> dict[str, bytes]:
     """The files of a variant's bundle, in memory (see the module docstring)."""
@@ -74,10 +94,12 @@ def bundle_files(cfg: VariantConfig, ctx: Any, metrics: Mapping[str, Any] | None
     else:
         device = _trace(_Normalised(deployed.device, mean, std), image)
         files["device.pt"] = _jit_bytes(device)
+        files["device.onnx"] = _onnx_bytes(device, image, ("image", "sent"))
         with torch.no_grad():
             sent_example = device(image)
         server = _trace(deployed.server, sent_example)
     files["server.pt"] = _jit_bytes(server)
+    files["server.onnx"] = _onnx_bytes(server, image if sent_example is None else sent_example, ("received", "logits"))
     files["codec.json"] = json_bytes(deployed.codec.state_dict() if deployed.codec is not None else {})
     files["quantizer.json"] = json_bytes(finite_json(deployed.quantizer, "quantizer"))
     profile = next((n for n in PROFILES if PROFILES.get(n).base_config(cfg.base.dataset, width=cfg.base.width,
@@ -99,6 +121,7 @@ def bundle_files(cfg: VariantConfig, ctx: Any, metrics: Mapping[str, Any] | None
         "profile": profile,
         "channel": deployed.channel,
         "batch": 1,
+        "onnx_opset": ONNX_OPSET,
     }
     files["meta.json"] = json_bytes(meta)
     files["selection.json"] = json_bytes(selection_document(cfg, metrics, environment))
@@ -136,3 +159,26 @@ def write_bundle(cfg: VariantConfig, ctx: Any, out: Path, metrics: Mapping[str, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def write_test_images(data: Any, n: int, out: Path) -> int:
+    """Write the first `n` test images and labels of `data` as a .npz (`images` uint8 [N, C, H, W], `labels`), what
+    `python -m engine device --inputs` reads on a device without torch (or without the dataset).
+
+    Args:
+        data: the variant's dataset (an ImageData, cut as its profile cuts it).
+        n: how many images, at most.
+        out: the .npz file, written atomically.
+
+    Returns:
+        The number of images written.
+    """
+    import numpy as np
+
+    from engine.files import atomic_write
+
+    n = min(n, len(data.test_y))
+    buf = io.BytesIO()
+    np.savez(buf, images=data.test_x[:n].numpy(), labels=data.test_y[:n].numpy().astype(np.int64))
+    atomic_write(Path(out), lambda tmp: tmp.write_bytes(buf.getvalue()))
+    return n

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
 import engine
 from engine.config import BaseModelConfig, VariantConfig, frozen_value
@@ -112,9 +111,16 @@ def selection_document(cfg: VariantConfig, metrics: Mapping[str, Any] | None = N
         "trained_on": (metrics or {}).get("trained_on"),  # engine.provenance: where its trained parts were computed
         "environment": finite_json(dict(env), "environment"),
         "code_version": engine.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": _torch_version(),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _torch_version() -> str:
+    """torch's version, imported here only: reading a selection (a device without torch) never needs it."""
+    import torch
+
+    return torch.__version__
 
 
 def selection_json(row: Mapping[str, Any], environment: Mapping[str, Any]) -> dict:
@@ -154,18 +160,27 @@ def _read_json(raw: bytes | str) -> dict:
     return doc
 
 
-def _check_config(config: Any) -> None:
-    """A selection's `config`: a known method and split, plain knobs, and a base of the right fields and types."""
+def _check_names(method: Any, split: Any) -> None:
+    """The method and split known to this code base (their registries import torch)."""
     from engine.methods import METHODS
     from engine.models import SPLIT_POINTS
 
+    if method not in METHODS:
+        raise _reject(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    if split not in SPLIT_POINTS:
+        raise _reject(f"unknown split {split!r}; known: {', '.join(SPLIT_POINTS)}")
+
+
+def _check_config(config: Any, known: bool = True) -> None:
+    """A selection's `config`: a method and split (known ones, with `known`), plain knobs, and a base of the right
+    fields and types."""
     if not isinstance(config, dict):
         raise _reject("'config' must be an object with method, split, knobs and base")
     method, split = config.get("method"), config.get("split")
-    if not isinstance(method, str) or method not in METHODS:
-        raise _reject(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if not isinstance(split, str) or split not in SPLIT_POINTS:
-        raise _reject(f"unknown split {split!r}; known: {', '.join(SPLIT_POINTS)}")
+    if not isinstance(method, str) or not isinstance(split, str):
+        raise _reject(f"the method {method!r} and split {split!r} must be names")
+    if known:
+        _check_names(method, split)
     knobs = config.get("knobs", {})
     if not isinstance(knobs, dict):
         raise _reject("'config.knobs' must be an object")
@@ -197,13 +212,15 @@ def _check_base(base: Any) -> None:
             raise _reject(f"base field {k!r} must be of type {kind}, got {v!r}")
 
 
-def parse_selection(raw: bytes | str) -> dict:
+def parse_selection(raw: bytes | str, known: bool = True) -> dict:
     """A selection read from untrusted bytes or text: at most 1 MB of UTF-8 JSON (never pickle), the right format and
     version, a known method and split, knobs of JSON scalars (or flat lists of them), finite numbers, and an id that
     is the hash of its config.
 
     Args:
         raw: the file's bytes, or its text.
+        known: check the method and split against this code base's registries, which import torch (a device that
+            runs the bundle's ONNX program without torch checks them to be names only).
 
     Returns:
         The selection document.
@@ -219,7 +236,7 @@ def parse_selection(raw: bytes | str) -> dict:
         raise _reject(f"version {version!r} is not supported (this coinfer reads version {SELECTION_VERSION}); "
                       "export it again with this version")
     config = doc.get("config")
-    _check_config(config)
+    _check_config(config, known)
     if not isinstance(doc.get("trained_on"), (str, type(None))):
         raise _reject("'trained_on' must be text or null")
     metrics = doc.get("metrics", {})

@@ -9,6 +9,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -244,10 +245,14 @@ def test_cli_export(fresh_cache: Path, tmp_cache: Path, ctx: RunContext, row: di
     for f in (tmp_cache / "models").glob("base-*"):  # the trained smoke base model: no retraining
         shutil.copy(f, fresh_cache / "models" / f.name)
     ResultsStore(fresh_cache / "results.sqlite").put(row)
-    assert main(["export", "--id", row["id"][:8], "--out", str(tmp_path / "cli.zip")]) == 0
+    assert main(["export", "--id", row["id"][:8], "--out", str(tmp_path / "cli.zip"), "--test-images",
+                 str(tmp_path / "test.npz"), "--images", "7"]) == 0
     assert row["id"] in capsys.readouterr().out
     bundle = load_bundle(tmp_path / "cli.zip")
     assert bundle.id == row["id"] and bundle.selection["metrics"]["accuracy"] == pytest.approx(row["accuracy"])
+    with np.load(tmp_path / "test.npz") as npz:  # the bundle's own test images, first to last, as `device` takes them
+        assert np.array_equal(npz["images"], ctx.data.test_x[:7].numpy()) and npz["labels"].tolist() == \
+            ctx.data.test_y[:7].tolist()
     assert main(["export", "--id", "ffffffff", "--out", str(tmp_path / "x")]) == 2
     assert "see `python -m engine results`" in capsys.readouterr().err
 
