@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from engine.coding.codecs import CODECS, empirical_entropy_bits
+from engine.entropy import CODECS, empirical_entropy_bits
 
 
 def relu_like_symbols(images: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -14,10 +14,8 @@ from engine.coding.base import (
 )
 
 # isort: split
-# each module registers its codec or coding; in this order, the registries' (and the dashboard's) order
-from engine.coding import huffman  # noqa: F401, I001
-from engine.coding import ans  # noqa: F401
-from engine.coding import uniform  # noqa: F401
+# each module registers its coding; in this order, the registry's (and the dashboard's) order
+from engine.coding import uniform  # noqa: F401, I001
 from engine.coding import learned  # noqa: F401
 from engine.coding import jscc  # noqa: F401
 

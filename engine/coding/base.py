@@ -91,7 +91,7 @@ class Deployed:
     device: nn.Module | None
     server: nn.Module
     coding: str = "entropy"
-    codec: Any = None  # an engine.coding.codecs.EntropyCodec for "entropy"
+    codec: Any = None  # an engine.entropy.EntropyCodec for "entropy"
     quantizer: dict[str, Any] = field(default_factory=dict)
     symbols_per_image: int = 0
     alphabet_size: int = 0

@@ -25,12 +25,12 @@ from torch import Tensor, nn
 
 from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, NotTrained, register_coding
 from engine.coding.channels import CHANNELS, Channel, build_channel
-from engine.coding.codecs import CODECS, EntropyCodec, empirical_entropy_bits
 from engine.coding.encoders import ENCODERS, EncodedSplit, feature_shape
 from engine.coding.learned import deploy_encoded, frozen_features
 from engine.coding.quantizers import ScalarCodebook
 from engine.config import VariantConfig, config_from_knobs, config_id
 from engine.data import ImageData, train_val_split
+from engine.entropy import CODECS, EntropyCodec, empirical_entropy_bits
 from engine.errors import UserError
 from engine.profiles import PROFILES, profile_of
 from engine.provenance import training_environment

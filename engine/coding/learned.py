@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, register_coding
-from engine.coding.codecs import CODECS, EntropyCodec, empirical_entropy_bits
 from engine.coding.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
 from engine.coding.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook, UniformRounding, VectorCodebook
 from engine.config import BaseModelConfig, VariantConfig, config_from_knobs
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
+from engine.entropy import CODECS, EntropyCodec, empirical_entropy_bits
 from engine.errors import UserError
 from engine.profile import count_flops, profile_parts
 from engine.train import (

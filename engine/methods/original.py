@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from engine.coding import FEATURE_CODINGS, Deployed
-from engine.coding.codecs import empirical_entropy_bits
 from engine.config import BaseModelConfig, VariantConfig
+from engine.entropy import empirical_entropy_bits
 from engine.methods.base import METHODS, RunContext, base_row, check_knob_names, knob_number
 from engine.models import split
 from engine.profile import label_bits, profile_split

@@ -21,7 +21,6 @@ import pytest
 import torch
 from torch import nn
 
-from engine.coding.huffman import HuffmanCodec
 from engine.config import VariantConfig
 from engine.data import ImageData
 from engine.deploy import protocol
@@ -31,6 +30,7 @@ from engine.deploy.export import write_bundle
 from engine.deploy.link import TokenBucket, parse_address, send_paced
 from engine.deploy.server import CoinferenceServer, resolve_channel
 from engine.deploy.timing import modelled_latency, null_bundle, runtime_overhead_s
+from engine.entropy.huffman import HuffmanCodec
 from engine.errors import UserError
 from engine.latency import Overheads
 from engine.methods import RunContext

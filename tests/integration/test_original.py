@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.coding.codecs import UniformQuantizer
-from engine.coding.huffman import HuffmanCodec
+from engine.coding.uniform import UniformQuantizer
 from engine.data import ImageData, normalize
+from engine.entropy.huffman import HuffmanCodec
 from engine.methods import METHODS, RunContext
 from engine.models import split, split_names
 from engine.profiles import PROFILES

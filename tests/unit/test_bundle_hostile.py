@@ -20,10 +20,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine.coding.huffman import HuffmanCodec
 from engine.config import VariantConfig
 from engine.deploy.bundle import MAX_BUNDLE_BYTES, load_bundle
 from engine.deploy.selection import MAX_SELECTION_BYTES, selection_document
+from engine.entropy.huffman import HuffmanCodec
 from engine.errors import UserError
 from engine.profiles import PROFILES
 

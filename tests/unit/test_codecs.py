@@ -10,8 +10,9 @@ import pytest
 import torch
 from dahuffman.huffmancodec import PrefixCodec
 
-from engine.coding.codecs import CODECS, EntropyCodec, UniformQuantizer, empirical_entropy_bits
-from engine.coding.huffman import HuffmanCodec
+from engine.coding.uniform import UniformQuantizer
+from engine.entropy import CODECS, EntropyCodec, empirical_entropy_bits
+from engine.entropy.huffman import HuffmanCodec
 from engine.errors import UserError
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.coding.ans import AnsCodec
-from engine.coding.codecs import CODECS, EntropyCodec
 from engine.coding.quantizers import QUANTIZERS, ScalarCodebook, UniformRounding, VectorCodebook
+from engine.entropy import CODECS, EntropyCodec
+from engine.entropy.ans import AnsCodec
 from engine.errors import UserError
 
 # -- nearest-codeword assignment -----------------------------------------------------------------------------------
