@@ -138,13 +138,15 @@ class Worker:
         log.info("job %s: %s", job.id, status)
         return status
 
-    def _idle_done(self, idle_since: float) -> bool:
-        """Whether an idle worker may exit: its idle timeout has passed, and, while jobs run, one lease at least (a
-        job whose worker died is claimable only once its lease expires; the queue is asked only after that)."""
+    def _idle_done(self, idle_since: float, asked_at: float) -> bool:
+        """Whether an idle worker may exit, given that the queue had no job for it when asked at `asked_at`: its
+        idle timeout had passed by then, and, while jobs run, one lease at least (a job whose worker died becomes
+        claimable once its lease expires, so only a claim made after a whole lease of idling proves there is none;
+        a lease that expired after the claim still counts as running, not reaped here)."""
         opts = self.options
-        idle = time.monotonic() - idle_since
+        idle = asked_at - idle_since
         return (opts.idle_exit_s is not None and idle > opts.idle_exit_s
-                and (idle > opts.lease_s or not self.queue.jobs(status="running")))
+                and (idle > opts.lease_s or not self.queue.jobs(status="running", reap=False)))
 
     def work(self, stop: threading.Event | Any | None = None, parent_pid: int | None = None) -> int:
         """Claim and run jobs until told to stop.
@@ -165,9 +167,10 @@ class Worker:
                 if parent_pid is not None and os.getppid() != parent_pid:
                     log.info("worker %s: parent gone, exiting", self.name)
                     break
+                asked_at = time.monotonic()
                 job = self.queue.claim(self.name, self.pid, opts.lease_s, opts.ids)
                 if job is None:
-                    if self._idle_done(idle_since):
+                    if self._idle_done(idle_since, asked_at):
                         break
                     if stop is not None:
                         stop.wait(opts.poll_s)

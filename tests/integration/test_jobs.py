@@ -165,6 +165,28 @@ def test_an_idle_worker_waits_one_lease_for_a_dead_worker_s_job(tmp_path: Path, 
         assert taken == [] and waited < 1.9
 
 
+def test_a_slow_queue_does_not_make_an_idle_worker_give_up_on_a_dead_worker_s_job(tmp_path: Path) -> None:
+    """Whether a whole lease has passed is judged at the moment the queue was asked, not when its answer came: a
+    claim that answers late (a busy machine) must not end the wait just as the dead worker's job becomes claimable."""
+    queue = JobQueue(tmp_path / "jobs.sqlite")
+    s = spec()
+    queue.submit([s])
+    queue.claim("dead", 111, lease_s=1.0)
+    claim = queue.claim
+
+    def slow_claim(*args: object, **kwargs: object) -> object:
+        job = claim(*args, **kwargs)
+        time.sleep(0.3)  # the answer arrives late
+        return job
+
+    queue.claim = slow_claim  # type: ignore[method-assign]
+    worker = Worker(queue, WorkerOptions(store_path=str(tmp_path / "results.sqlite"), lease_s=1.0, poll_s=0.01,
+                                         idle_exit_s=0.1, max_jobs=1))
+    taken: list[jobs_mod.Job] = []
+    worker.run_one = lambda job: taken.append(job) or "done"  # type: ignore[method-assign]
+    assert worker.work() == 1 and [j.id for j in taken] == [s.id]
+
+
 def test_a_job_that_keeps_killing_workers_fails_after_max_attempts(tmp_path: Path) -> None:
     queue = JobQueue(tmp_path / "jobs.sqlite")
     s = spec()
