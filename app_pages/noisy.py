@@ -1,7 +1,8 @@
 """Noisy channels (Shao & Zhang 2020, Fig. 5): learning-driven JSCC against learned source coding, the 8-bit
-Huffman feature and the PNG input, each of the latter sent at channel capacity, at the conv4_x split; a slider picks
-the channel condition, the cheapest scheme meeting the accuracy requirement there, and its accuracy across
-conditions (the mismatch curve)."""
+Huffman feature and the PNG input, each of the latter sent at channel capacity with its actual bitstream and with its
+ideal length, at the conv4_x split; where JSCC wins and where it loses; a slider picks the channel condition, the
+cheapest scheme actually sent that meets the accuracy requirement there, and its accuracy across conditions (the
+mismatch curve)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from engine.fig5 import (
     fig5_rows,
     mismatch_curve,
     thresholds,
+    verdict,
 )
 from engine.figures import mismatch_figure, noisy_cost_figure
 
@@ -45,7 +47,8 @@ if planned[jscc.index].any() and not planned.all():  # other budgets' or hand-ru
 val_need, test_need = thresholds(table, env.accuracy_drop)
 st.caption(f"split **{FIG5_SPLIT}** · ResNet18 width {base.width:g} · accuracy ≥ **{test_need:.2%}** on test "
            f"(choices on validation: ≥ {val_need:.2%}; base − {env.accuracy_drop * 100:g} points) · JSCC accuracy is "
-           "the mean over seeded channel realisations; the other schemes are sent at the Shannon capacity")
+           "the mean over seeded channel realisations; the other schemes are sent at the Shannon capacity, with "
+           "their actual bitstream (dotted) and their ideal, entropy-model length (dashed)")
 
 channel = st.radio("Channel", FIG5_CHANNELS, horizontal=True, key="noisy_channel",
                    format_func=lambda c: {"awgn": "AWGN (latency, W = 1 MHz)", "bsc": "BSC (channel bits)"}[c])
@@ -58,8 +61,11 @@ if not conditions:
 chosen = st.select_slider(cls.condition_label, options=conditions, value=conditions[len(conditions) // 2],
                           key=f"noisy_{channel}_condition", format_func=lambda c: f"{c:g}")
 ui.chart(noisy_cost_figure(curves, channel, chosen), f"noisy_cost_{channel}")
+summary, *per_condition = verdict(curves)
+st.info(summary)
+st.markdown("\n".join(f"- {sentence}" for sentence in per_condition))
 
-best = best_schemes(curves)  # every candidate was chosen on validation accuracy
+best = best_schemes(curves)  # what is actually sent; every candidate was chosen on validation accuracy
 here = best[best["condition"] == chosen]
 unit = "s" if channel == "awgn" else "channel bits"
 if here.empty:

@@ -344,15 +344,24 @@ def figure_html(fig: go.Figure) -> bytes:
 # -- noisy channels (Shao & Zhang 2020, Fig. 5) -----------------------------------------------------------------
 
 SCHEME_COLORS = {"JSCC": "#d62728", "learned source coding": "#9467bd", "8-bit Huffman feature": "#1f77b4",
-                 "PNG input": "#7f7f7f"}
+                 "PNG input": "#7f7f7f"}  # a separate scheme's actual and ideal lengths share its colour
 NOISY_AXES = {"awgn": ("SNR (dB)", "communication latency (s), W = 1 MHz"),
               "bsc": ("bit flip probability p", "communication overhead (channel bits per image)")}
+
+
+def _scheme_line(scheme: str) -> dict[str, str | None]:
+    """A scheme's line: JSCC solid, a separate scheme's actual bitstream dotted and its ideal length dashed, in the
+    scheme's colour."""
+    name, _, length = scheme.partition(" (")
+    dash = None if scheme == "JSCC" else "dash" if length == "ideal)" else "dot"
+    return {"color": SCHEME_COLORS.get(name, "#444"), "dash": dash}
 
 
 def noisy_cost_figure(curves: pd.DataFrame, channel: str, chosen: float | None = None) -> go.Figure:
     """Fig. 5 of Shao & Zhang 2020: each scheme's cost against the channel condition (AWGN: latency against SNR;
     BSC: channel bits against p), log y; `curves` is `engine.fig5.fig5_curves`'s tidy table. JSCC points carry
-    their number of channel uses, the separate-coding points their source bits."""
+    their number of channel uses, the separate-coding points their source bits (actual bitstream or ideal length,
+    as the scheme's name says)."""
     fig = go.Figure()
     x_title, y_title = NOISY_AXES.get(channel, ("condition", "cost"))
     for scheme, group in curves.groupby("scheme", sort=False):
@@ -360,12 +369,13 @@ def noisy_cost_figure(curves: pd.DataFrame, channel: str, chosen: float | None =
         jscc = scheme == "JSCC"
         labels = [f"k={u:g}" if jscc else "" for u in group["uses"]]
         hover = [f"<b>{scheme}</b> at {r.condition:g}: cost {r.cost:.4g}<br>"
-                 + (f"{r.uses:g} channel uses" if jscc else f"{r.bits:,.1f} source bits at capacity")
+                 + (f"{r.uses:g} channel uses" if jscc else f"{r.bits:,.1f} source bits at capacity"
+                    + (" (ideal length)" if scheme.endswith("(ideal)") else ""))
                  + (f"<br>test accuracy {r.accuracy:.2%}" if pd.notna(r.accuracy) else "")
                  + (f"<br>id {r.id}" if isinstance(r.id, str) else "") for r in group.itertuples()]
         fig.add_trace(go.Scatter(x=group["condition"], y=group["cost"], mode="lines+markers+text" if jscc else
                                  "lines+markers", name=scheme, text=labels, textposition="top center",
-                                 line={"color": SCHEME_COLORS.get(scheme, "#444"), "dash": None if jscc else "dot"},
+                                 line=_scheme_line(scheme),
                                  customdata=group["id"], hovertext=hover, hoverinfo="text"))
     if chosen is not None:
         fig.add_vline(x=chosen, line_dash="dot", line_color="#555", annotation_text=f"{chosen:g}",

@@ -87,7 +87,9 @@ def test_noisy_command_runs_fig5_and_reports(small_data: ImageData, module_cache
     monkeypatch.setitem(PROFILES._items, "smoke", dataclasses.replace(PROFILES.get("smoke"), fig5=tiny))
     assert main(["noisy", "--profile", "smoke", "--channel", "bsc"]) == 0
     out = capsys.readouterr().out
-    assert "BSC: channel bits" in out and "8-bit Huffman feature" in out and "learned source coding" in out
+    assert "BSC: channel bits" in out and "8-bit Huffman feature (ideal)" in out and "learned source coding" in out
+    assert "\nBSC: JSCC " in out  # the verdict, then a sentence per condition
+    assert "\nAt p = 0.02, JSCC " in out or "\nAt p = 0.02 no JSCC model meets" in out
     base = PROFILES.get("smoke").base_config(small_data.fingerprint)
     ids = [v.id for v in fig5_variants(base, "smoke", ["bsc"])]
     store = ResultsStore(module_cache / "results.sqlite")
