@@ -136,6 +136,10 @@ class Profile:
         """The name under which this profile's method budgets and sweep grid are known."""
         return self.budgets or self.name
 
+    def uniform_bits(self) -> list[int]:
+        """The bit depths of the uniform + Huffman codings this profile crosses (`codings` with encoder "none")."""
+        return sorted({int(dict(c).get("bits", 8)) for c in self.codings if dict(c).get("encoder") == "none"})
+
     def encoding_knobs(self) -> dict[str, int | str]:
         """The knobs a learned encoder's variants carry for this profile's budget."""
         return {"enc_epochs": self.encoding_epochs, "enc_backbone": self.encoding_backbone}

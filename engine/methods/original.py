@@ -14,8 +14,9 @@ from engine.coding import FEATURE_CODINGS, Deployed
 from engine.config import BaseModelConfig, VariantConfig
 from engine.entropy import empirical_entropy_bits
 from engine.methods.base import METHODS, RunContext, base_row, check_knob_names, knob_number
-from engine.models import split
+from engine.models import END_POINTS, split
 from engine.profile import LABEL_BYTES, label_bits, profile_split
+from engine.profiles import profile_of
 from engine.train import predict
 
 
@@ -23,7 +24,13 @@ class Original:
     bits = 8
 
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
-        return [VariantConfig.make("original", s, base, bits=self.bits) for s in splits]
+        """8-bit + Huffman at every split, then at the inner splits each other uniform bit depth `three_step`
+        crosses its snapshots with (the profile's codings), so a split's comparison is not one of quantisation
+        alone; the end points send the PNG or the label, whatever the depth."""
+        depths = [d for d in profile_of(base).uniform_bits() if d != self.bits]
+        return ([VariantConfig.make("original", s, base, bits=self.bits) for s in splits]
+                + [VariantConfig.make("original", s, base, bits=d) for d in depths for s in splits
+                   if s not in END_POINTS])
 
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """One knob: `bits` of the uniform quantiser (1 to 16)."""

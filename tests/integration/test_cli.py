@@ -215,15 +215,16 @@ def test_sweep_runs_queued_variants_with_a_worker_process(trained_fresh_cache: P
     argv = ["sweep", "--profile", "smoke", "--method", "original", "--split", "device_only", "--split", "conv4_x"]
     assert main([*argv, "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "sweep smoke: base model" in out and "2 variants: original 2" in out
+    assert "sweep smoke: base model" in out and "3 variants: original 3" in out  # conv4_x at 8 and 4 bits
     assert "sweep smoke finished in" in out and "first row after" in out
     assert main(["results", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert sorted(r["split"] for r in rows) == ["conv4_x", "device_only"]
+    assert sorted((r["split"], r["knobs"]["bits"]) for r in rows) == [("conv4_x", 4), ("conv4_x", 8),
+                                                                        ("device_only", 8)]
     assert main(argv) == 0
-    assert "2 of 2 variants were already in the results store" in capsys.readouterr().out
+    assert "3 of 3 variants were already in the results store" in capsys.readouterr().out
     assert main([*argv, "--force", "--workers", "0"]) == 0
-    assert "2 jobs queued" in capsys.readouterr().out
+    assert "3 jobs queued" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

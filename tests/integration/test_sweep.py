@@ -36,12 +36,12 @@ def test_local_sweep_runs_cheap_first_and_skips_what_is_measured(trained_cache: 
     planned = sweep.plan("smoke", base, os.environ["COINFER_DATA"], methods=["original"])
     queue, store = JobQueue(), ResultsStore()
     report = sweep.run(planned, queue=queue, store=store, workers=1, options=WorkerOptions(threads=2))
-    assert [j.status for j in report.jobs] == ["done"] * 3, [j.error for j in report.jobs]
+    assert [j.status for j in report.jobs] == ["done"] * 4, [j.error for j in report.jobs]  # 8 bits at 3, 4 at 1
     started = sorted(report.jobs, key=lambda j: j.started_at)
     assert [j.id for j in started] == [p.id for p in planned]  # one worker: strictly in priority order
     assert {r["id"] for r in store.rows()} == {p.id for p in planned}
     assert report.first_row_s is not None and 0 < report.first_row_s <= report.wall_s
-    assert report.per_method()["original"] == {"variants": 3, "measured before": 0, "done": 3, "failed": 0,
+    assert report.per_method()["original"] == {"variants": 4, "measured before": 0, "done": 4, "failed": 0,
                                                "cancelled": 0}
     again = sweep.run(planned, queue=queue, store=store, workers=1)
     assert again.jobs == [] and sorted(again.measured) == sorted(p.id for p in planned)

@@ -66,13 +66,15 @@ def test_plan_covers_every_registered_method_cheapest_first(extra_methods: None)
     assert cheap == ["aa_cheap", "original", "two_step_pruning", "three_step", "zz_pricey"]
     priorities = [p.priority for p in planned]
     assert priorities == sorted(priorities) and len(set(priorities)) == len(priorities)
-    original = [p.spec.split for p in planned if p.spec.method == "original"]
-    assert original == ["server_only", "device_only", "conv4_x"]  # the smoke grid; end points first
+    original = [(p.spec.split, p.spec.knobs["bits"]) for p in planned if p.spec.method == "original"]
+    # the smoke grid, end points first; inner splits also at the 4-bit depth three_step crosses its snapshots with
+    assert original == [("server_only", 8), ("device_only", 8), ("conv4_x", 8), ("conv4_x", 4)]
     assert [p.spec.split for p in planned if p.spec.method == "zz_pricey"] == ["conv4_x"]  # the default grid
     assert all(p.spec.profile == "smoke" and p.spec.base_id == FAKE_BASE.id for p in planned)
     quick = sweep.plan("quick", FAKE_BASE, methods=["original"])
-    assert [p.spec.split for p in quick] == ["server_only", "device_only",
-                                             *[s for s in split_names() if s not in ("server_only", "device_only")]]
+    inner = [s for s in split_names() if s not in ("server_only", "device_only")]
+    assert [(p.spec.split, p.spec.knobs["bits"]) for p in quick] == [
+        ("server_only", 8), ("device_only", 8), *[(s, 8) for s in inner], *[(s, 4) for s in inner]]
 
 
 def test_grid_knobs_cross_the_method_s_variants() -> None:
