@@ -24,7 +24,7 @@ test: setup
 
 # unit tests only: no dataset, no training beyond synthetic tensors; seconds
 test-fast: setup
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -n 2 tests/unit
 
 bench: setup
 	$(PY) bench/run.py

@@ -44,6 +44,14 @@ with st.expander("Start jobs", expanded=True):
                 st.success(f"Queued {len(queued)} variant(s); {len(measured)} were measured before.")
             except UserError as exc:
                 st.error(str(exc))
+        crossed = sweep.followups(env.profile, base, ui.results_store(), ui.data_path(), methods=methods)
+        st.caption(f"{len(crossed)} crossed variant(s) follow from the rows measured so far: each `three_step` "
+                   "snapshot that holds its threshold, and the unpruned split, with every coding the profile names "
+                   "(what `python -m engine sweep` queues as rows arrive).")
+        if crossed and st.button("Queue the crossed variants", disabled=data is None):
+            queued, _ = sweep.submit(ui.job_queue(), crossed, ui.results_store())
+            ui.run_queue()
+            st.success(f"Queued {len(queued)} crossed variant(s).")
     with variant_tab:
         c1, c2, c3 = st.columns([1, 1, 2])
         method = c1.selectbox("Method", sweep.methods_in_order())

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import ui
 from engine import queue as jobq
+from engine.config import VariantConfig
 from engine.data import ImageData
 from engine.deploy.selection import selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem
@@ -456,6 +457,21 @@ def test_jobs_page_queues_cancels_and_retries(fresh_cache: Path, small_data: Ima
     asked = len(no_worker)
     widget(at, "button", "Resume the queue").click().run()
     assert queue.paused() is None and len(no_worker) == asked + 1
+    # the crossed three-step variants follow from measured snapshots that hold their threshold
+    assert "0 crossed variant(s) follow" in texts(at, "caption")
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    snap = VariantConfig.make("three_step", "conv4_x", base, encoder="none", bits=8, snapshot=0,
+                              **PROFILES.get("smoke").prune.knobs())
+    ResultsStore(fresh_cache / "results.sqlite").put({
+        "id": snap.id, "method": "three_step", "split": "conv4_x", "base_id": base.id, "knobs": dict(snap.knobs),
+        "accuracy": 0.5, "deployed_val_accuracy": 0.5, "val_accuracy": 0.5, "val_threshold": 0.4,
+        "device_flops": 1.0, "bits_actual": 8.0})
+    at.run()
+    crossed = 2 * len(PROFILES.get("smoke").codings)  # snapshot 0 and the unpruned split, with each coding
+    assert f"{crossed} crossed variant(s) follow" in texts(at, "caption")
+    before = len(queue.jobs())
+    widget(at, "button", "Queue the crossed variants").click().run()
+    assert len(queue.jobs()) == before + crossed and f"Queued {crossed} crossed" in at.success[0].value
 
 
 # -- export and import ------------------------------------------------------------------------------------------
