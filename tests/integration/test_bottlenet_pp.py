@@ -18,6 +18,7 @@ from engine.methods.bottlenet_pp import BottleNetPP, bottleneck_channels
 from engine.models import split
 from engine.profile import count_flops
 from engine.profiles import PROFILES
+from engine.training import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +91,21 @@ def test_rerun_loads_the_trained_variant(run: tuple[RunContext, VariantConfig, d
     assert time.perf_counter() - start < row["eval_seconds"]
     for key in ("accuracy", "bits_actual", "bits_ideal", "device_flops", "encode_train_seconds"):
         assert again[key] == row[key]
+
+
+def test_a_checkpoint_measured_before_payloads_is_remeasured(run: tuple[RunContext, VariantConfig, dict]) -> None:
+    """A cached encoder whose bits_actual predates the shorter payload form gets that figure measured again (and
+    saved back); the rest of its metrics stay."""
+    ctx, cfg, row = run
+    path = ctx.cache / "models" / f"encoded-{cfg.id}.pt"
+    done = load_checkpoint(path)
+    assert done is not None and done["bits_measured"] == "payload"
+    old = {k: v for k, v in done.items() if k != "bits_measured"}
+    save_checkpoint({**old, "metrics": {**done["metrics"], "bits_actual": 1.0}}, path)
+    model, _ = ctx.base(cfg.base)
+    device, server = split(model, "conv4_x")
+    result = run_encoded(cfg, ctx, device, server, enc=BottleNetPP.encoding(cfg, 32))
+    assert result.metrics["bits_actual"] == row["bits_actual"]
+    assert result.metrics["bits_ideal"] == done["metrics"]["bits_ideal"]
+    again = load_checkpoint(path)
+    assert again["bits_measured"] == "payload" and again["metrics"]["bits_actual"] == row["bits_actual"]
