@@ -30,7 +30,7 @@ from engine.coding.learned import deploy_encoded, frozen_features
 from engine.coding.quantizers import ScalarCodebook
 from engine.config import VariantConfig, config_from_knobs, config_id
 from engine.data import ImageData, train_val_split
-from engine.entropy import CODECS, EntropyCodec, empirical_entropy_bits
+from engine.entropy import CODECS, EntropyCodec, decode_payload, empirical_entropy_bits, encode_payloads
 from engine.errors import UserError
 from engine.profiles import PROFILES, profile_of
 from engine.provenance import training_environment
@@ -358,8 +358,8 @@ def _symbols(model: EncodedSplit, x: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def source_coded(model: EncodedSplit, codec: EntropyCodec, x: Tensor, y: Tensor) -> dict[str, Any]:
-    """The reference's test figures: each image's symbols entropy-coded into a real bitstream, decoded back (a
-    mismatch raises) and classified from the decoded symbols."""
+    """The reference's test figures: each image's symbols sent as a real payload (the shorter of the fixed-length
+    and the entropy-coded form), decoded back (a mismatch raises) and classified from the decoded symbols."""
     model.eval()
     dev = next(model.parameters()).device
     q = model.quantizer
@@ -368,8 +368,8 @@ def source_coded(model: EncodedSplit, codec: EntropyCodec, x: Tensor, y: Tensor)
     correct, actual = 0, []
     for lo in range(0, len(symbols), _EVAL_BATCH):
         sent = symbols[lo:lo + _EVAL_BATCH]
-        streams = codec.encode(sent)
-        received = np.stack([codec.decode(s, n) for s in streams]).astype(np.int64).reshape(len(sent), n)
+        streams = encode_payloads(codec, sent)
+        received = np.stack([decode_payload(codec, s, n) for s in streams]).astype(np.int64).reshape(len(sent), n)
         if not np.array_equal(received, sent):
             raise RuntimeError("the entropy decoder did not return the symbols that were sent")
         logits = model.from_symbols(torch.from_numpy(received).to(dev))

@@ -14,6 +14,7 @@ from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, r
 from engine.config import VariantConfig
 from engine.data import normalize
 from engine.entropy.huffman import HuffmanCodec
+from engine.entropy.payload import payload_bits
 
 
 class UniformQuantizer:
@@ -141,7 +142,7 @@ class UniformHuffman(FeatureCoding):
             for xb, yb in zip(data.test_x.split(500), data.test_y.split(500), strict=True):
                 q = quantizer.quantize(device(normalize(xb, mean, std)))
                 symbols = q.reshape(len(q), -1).numpy().astype(np.int64)
-                actual.append(codec.bits_per_image(symbols))
+                actual.append(payload_bits(codec, symbols))
                 ideal.append(codec.ideal_bits_per_image(symbols))
                 correct += int((server(quantizer.dequantize(q)).argmax(1) == yb).sum())
                 first = symbols if first is None else first

@@ -34,7 +34,7 @@ from engine.deploy.bundle_files import (  # noqa: F401 - the bundle's constants,
     sha256_hex,
 )
 from engine.deploy.selection import variant_config
-from engine.entropy import EntropyCodec
+from engine.entropy import EntropyCodec, decode_payload
 from engine.errors import UserError
 
 
@@ -106,7 +106,7 @@ class Bundle:
         return self.device(x)
 
     def encode(self, sent: torch.Tensor) -> tuple[bytes, int]:
-        """(payload bytes, count) of one image's device output: the entropy-coded symbols, the PNG, the label byte
+        """(payload bytes, count) of one image's device output: the symbols' shorter payload, the PNG, the label byte
         or the raw float32 values (`engine.deploy.bundle_files.encode_sent`)."""
         return encode_sent(self.coding, self.codec, sent.detach().cpu().numpy())
 
@@ -116,7 +116,7 @@ class Bundle:
             assert self.codec is not None
             if count != int(self.meta["symbols_per_image"]):
                 raise ValueError(f"{count} symbols announced, this variant sends {self.meta['symbols_per_image']}")
-            symbols = self.codec.decode(payload, count).astype(np.int64)
+            symbols = decode_payload(self.codec, payload, count).astype(np.int64)
             return torch.from_numpy(symbols).reshape(1, -1).reshape(1, *self.meta["sent_shape"])
         if self.coding == "png":
             from PIL import Image

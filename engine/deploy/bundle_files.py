@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine.deploy.selection import MAX_SELECTION_BYTES, parse_selection
-from engine.entropy import CODECS, EntropyCodec
+from engine.entropy import CODECS, EntropyCodec, encode_payloads
 from engine.errors import UserError
 
 BUNDLE_FORMAT = "coinfer-bundle"
@@ -286,8 +286,9 @@ def read_bundle(path: Path, known: bool = True) -> BundleTables:
 
 
 def encode_sent(coding: str, codec: EntropyCodec | None, sent: np.ndarray) -> tuple[bytes, int]:
-    """(payload bytes, count) of one image's device output [1, ...]: the entropy-coded symbols, the PNG, the label
-    byte or the raw float32 values.
+    """(payload bytes, count) of one image's device output [1, ...]: the symbols' payload (the shorter of their
+    fixed-length and entropy-coded forms, `engine.entropy.payload`), the PNG, the label byte or the raw float32
+    values.
 
     Args:
         coding: the bundle's coding (meta.json).
@@ -300,7 +301,7 @@ def encode_sent(coding: str, codec: EntropyCodec | None, sent: np.ndarray) -> tu
     if coding == "entropy":
         assert codec is not None
         symbols = np.asarray(sent).reshape(1, -1).astype(np.int64)
-        return codec.encode(symbols)[0], int(symbols.shape[1])
+        return encode_payloads(codec, symbols)[0], int(symbols.shape[1])
     if coding == "png":
         from PIL import Image
 

@@ -6,9 +6,13 @@ so a hostile length costs nothing; a stream that ends inside a frame is a `Trunc
 frames a clean end.
 
 Messages (device -> server: HELLO, FEATURE; server -> device: WELCOME, RESULT, ERROR):
-    HELLO    JSON {"variant": id, "protocol": 1}: which bundle the device runs
+    HELLO    JSON {"variant": id, "protocol": 2}: which bundle the device runs
     WELCOME  JSON {"variant": id, "coding": ...}: the server runs the same bundle
-    FEATURE  `>II` (sequence number, symbol count) + the bitstream of one image
+    FEATURE  `>II` (sequence number, symbol count) + the payload of one image; for symbols, the shorter of their
+             fixed-length and entropy-coded forms, told apart by the payload's length (`engine.entropy.payload`)
+
+Version 2 sends symbols in the shorter form; version 1 always entropy-coded them, so a version-1 peer would
+misread a fixed-length payload, and each side refuses the other's version.
     RESULT   `>IHff` (sequence number, predicted label, decode seconds, server-program seconds)
     ERROR    UTF-8 reason (the connection closes after it unless the framing stayed intact)
 """
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAGIC = b"CI"
-VERSION = 1
+VERSION = 2  # 2: symbols in the shorter of their fixed-length and entropy-coded forms
 HEADER = struct.Struct(">2sBBI")
 FEATURE_HEADER = struct.Struct(">II")
 RESULT = struct.Struct(">IHff")
@@ -65,7 +69,8 @@ def parse_header(header: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}: not a coinfer co-inference stream")
     if version != VERSION:
-        raise ProtocolError(f"protocol version {version} is not supported (this side speaks {VERSION})")
+        raise ProtocolError(f"protocol version {version} is not supported (this side speaks {VERSION}): run the same "
+                            "coinfer release on the device and the server")
     if kind not in KINDS:
         raise ProtocolError(f"unknown message kind {kind}")
     limit = MAX_CONTROL_PAYLOAD if kind in (HELLO, WELCOME, ERROR) else max_payload

@@ -229,10 +229,10 @@ def _still_serves(bundle: Bundle, server: CoinferenceServer) -> None:
 
 
 @pytest.mark.parametrize(("message", "reason"), [
-    (protocol.HEADER.pack(b"HT", 1, protocol.FEATURE, 0), "bad magic"),
-    (protocol.HEADER.pack(b"CI", 2, protocol.FEATURE, 0), "protocol version 2 is not supported"),
-    (protocol.HEADER.pack(b"CI", 1, 99, 0), "unknown message kind 99"),
-    (protocol.HEADER.pack(b"CI", 1, protocol.FEATURE, 50_000_000), "over the 10,000-byte limit"),
+    (protocol.HEADER.pack(b"HT", protocol.VERSION, protocol.FEATURE, 0), "bad magic"),
+    (protocol.HEADER.pack(b"CI", 1, protocol.FEATURE, 0), "protocol version 1 is not supported"),
+    (protocol.HEADER.pack(b"CI", protocol.VERSION, 99, 0), "unknown message kind 99"),
+    (protocol.HEADER.pack(b"CI", protocol.VERSION, protocol.FEATURE, 50_000_000), "over the 10,000-byte limit"),
     (protocol.pack(protocol.RESULT_KIND, b"x" * 18), "expected FEATURE, got RESULT"),
     (protocol.pack(protocol.FEATURE, b"\x00"), "shorter than its 8-byte header"),
 ])

@@ -93,3 +93,32 @@ def test_device_without_torch_against_serve(fresh_cache: Path, ctx: RunContext, 
     finally:
         serve.terminate()
         serve.wait(timeout=10)
+
+
+def test_tiny_payloads_travel_as_the_row_reports(ctx: RunContext, tmp_path: Path) -> None:
+    """BottleNet++ at ratio 256 sends 16 eight-bit symbols: ANS spends more than their 16 fixed-length bytes on some
+    images, which then travel fixed-length. Through `serve`, from the TorchScript and the ONNX device alike, every
+    test image's payload is the shorter form, their mean is the row's `bits_actual`, the labels its accuracy."""
+    from engine.deploy.client import DeviceClient
+    from engine.deploy.server import CoinferenceServer
+    from engine.entropy import fixed_bytes
+
+    base = ctx.profile.base_config(ctx.data.fingerprint)
+    cfg = next(v for v in METHODS.get("bottlenet_pp").variants(base, ["conv4_x"]) if dict(v.knobs)["ratio"] == 256)
+    row = METHODS.get("bottlenet_pp").run(cfg, ctx)
+    path = write_bundle(cfg, ctx, tmp_path / "tiny")
+    bundle, onnx = load_bundle(path), load_onnx_device(path, threads=1)
+    assert bundle.meta["symbols_per_image"] == 16 and bundle.codec.alphabet_size == 256
+    size = fixed_bytes(16, 256)
+    images, labels = ctx.data.test_x, ctx.data.test_y.tolist()
+    streams = [len(bundle.codec.encode(bundle.device_output(im).numpy())[0]) for im in images]
+    assert max(streams) > size  # some images are cheaper fixed-length
+    with CoinferenceServer(bundle) as server:
+        for device, inputs in ((bundle, images), (onnx, images.numpy())):
+            with DeviceClient(device, *server.address, rate_bps=float("inf")) as client:
+                report = client.run(inputs, labels)
+            sizes = [t.payload_bytes for t in report.timings]
+            assert sizes == [min(n, size) for n in streams]
+            assert 8 * np.mean(sizes) == pytest.approx(row["bits_actual"], abs=1e-9)
+            assert report.accuracy == pytest.approx(row["accuracy"])
+        assert server.stats.rejected == 0 and server.stats.images == 2 * len(labels)

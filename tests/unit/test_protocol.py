@@ -41,11 +41,12 @@ def test_empty_payload_and_clean_end() -> None:
 
 
 @pytest.mark.parametrize(("header", "reason"), [
-    (protocol.HEADER.pack(b"GE", 1, protocol.FEATURE, 0), "bad magic"),
+    (protocol.HEADER.pack(b"GE", protocol.VERSION, protocol.FEATURE, 0), "bad magic"),
     (protocol.HEADER.pack(b"CI", 9, protocol.FEATURE, 0), "version 9 is not supported"),
-    (protocol.HEADER.pack(b"CI", 1, 77, 0), "unknown message kind 77"),
-    (protocol.HEADER.pack(b"CI", 1, protocol.FEATURE, 2**32 - 1), "over the 1,000-byte limit"),
-    (protocol.HEADER.pack(b"CI", 1, protocol.HELLO, 10_000), "over the 4,096-byte limit"),
+    (protocol.HEADER.pack(b"CI", 1, protocol.FEATURE, 0), r"version 1 is not supported \(this side speaks 2\)"),
+    (protocol.HEADER.pack(b"CI", protocol.VERSION, 77, 0), "unknown message kind 77"),
+    (protocol.HEADER.pack(b"CI", protocol.VERSION, protocol.FEATURE, 2**32 - 1), "over the 1,000-byte limit"),
+    (protocol.HEADER.pack(b"CI", protocol.VERSION, protocol.HELLO, 10_000), "over the 4,096-byte limit"),
 ])
 def test_bad_headers_are_refused(header: bytes, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
