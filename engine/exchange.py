@@ -26,6 +26,7 @@ from engine.config import SCHEMA_VERSION
 from engine.errors import UserError
 from engine.files import atomic_write
 from engine.store import ResultsStore, normalise
+from engine.untrusted import json_object
 
 RESULTS_FORMAT = "coinfer-results"
 RESULTS_VERSION = 1
@@ -130,10 +131,6 @@ def _reject(message: str) -> UserError:
     return UserError(f"invalid results file: {message}")
 
 
-def _no_constant(name: str) -> Any:
-    raise _reject(f"{name} is not a number JSON allows")
-
-
 def read_file(path: Path | str, max_bytes: int = MAX_RESULTS_BYTES) -> bytes:
     """The bytes of a results file, refused before reading when it is larger than `max_bytes`.
 
@@ -156,25 +153,6 @@ def read_file(path: Path | str, max_bytes: int = MAX_RESULTS_BYTES) -> bytes:
     if len(raw) > max_bytes:
         raise _reject(f"{path.name} is over the {max_bytes:,}-byte limit")
     return raw
-
-
-def _load_json(raw: bytes, max_bytes: int) -> dict[str, Any]:
-    """The JSON object in `raw` (UTF-8, at most `max_bytes`)."""
-    if len(raw) > max_bytes:
-        raise _reject(f"{len(raw):,} bytes is over the {max_bytes:,}-byte limit")
-    try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except UnicodeDecodeError:
-        raise _reject("not UTF-8 text; give the .json file `results --export` wrote") from None
-    except RecursionError:
-        raise _reject("nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise _reject(f"not JSON ({exc.msg} at line {exc.lineno}); was it cut short?") from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise _reject(f"unreadable number ({str(exc).split(';')[0]})") from None
-    if not isinstance(doc, dict):
-        raise _reject("the top level must be a JSON object")
-    return doc
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -253,7 +231,7 @@ def parse_results(raw: bytes, source: str, max_bytes: int = MAX_RESULTS_BYTES) -
     Raises:
         UserError: one line saying what is wrong, for anything else.
     """
-    doc = _load_json(bytes(raw), max_bytes)
+    doc = json_object(bytes(raw), max_bytes, _reject, "give the .json file `results --export` wrote")
     if doc.get("format") != RESULTS_FORMAT:
         raise _reject(f"format is {str(doc.get('format'))[:80]!r}, expected {RESULTS_FORMAT!r}")
     version = doc.get("version")

@@ -105,7 +105,8 @@ def measured_original(root: Path, session_cache: Path, data: ImageData) -> Path:
     profile = PROFILES.get("smoke")
     ctx = RunContext(data, profile, session_cache)
     method = METHODS.get("original")
-    rows = [method.run(v, ctx) for v in method.variants(profile.base_config(data.fingerprint), split_names())]
+    rows = [method.run(v, ctx) for v in method.variants(profile.base_config(data.fingerprint), split_names())
+            if v.knob("bits") == 8]  # one row per split
     ResultsStore(cache / "results.sqlite").put_many(rows)
     (cache / "models").mkdir(exist_ok=True)
     for f in (session_cache / "models").glob("*"):

@@ -4,7 +4,6 @@ written from a results row, and read back from untrusted bytes or text (JSON onl
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from engine.config import BaseModelConfig, VariantConfig, frozen_value
 from engine.errors import UserError
 from engine.knobs import is_knob_value
 from engine.profiles import PROFILES
+from engine.untrusted import json_object
 
 SELECTION_FORMAT = "coinfer-selection"
 SELECTION_VERSION = 1
@@ -134,32 +134,6 @@ def _reject(message: str) -> UserError:
     return UserError(f"invalid selection file: {message}")
 
 
-def _reject_constant(name: str) -> Any:
-    raise _reject(f"{name} is not a number JSON allows; export the selection again from the dashboard")
-
-
-def _read_json(raw: bytes | str) -> dict:
-    """The JSON object in at most MAX_SELECTION_BYTES of UTF-8 (never pickle)."""
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", errors="replace")
-    if not isinstance(raw, (bytes, bytearray)):
-        raise _reject(f"expected bytes or text, got {type(raw).__name__}")
-    if len(raw) > MAX_SELECTION_BYTES:
-        raise _reject(f"{len(raw):,} bytes is over the {MAX_SELECTION_BYTES:,}-byte limit; a selection is a small "
-                      "JSON file exported by coinfer")
-    try:
-        doc = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise _reject("not UTF-8 text; upload the .json file coinfer exported") from None
-    except RecursionError:
-        raise _reject("nested too deeply; upload the .json file coinfer exported") from None
-    except json.JSONDecodeError as exc:
-        raise _reject(f"not JSON ({exc.msg} at line {exc.lineno}); upload the .json file coinfer exported") from None
-    if not isinstance(doc, dict):
-        raise _reject("the top level must be a JSON object")
-    return doc
-
-
 def _check_names(method: Any, split: Any) -> None:
     """The method and split known to this code base (their registries import torch)."""
     from engine.methods import METHODS
@@ -228,7 +202,7 @@ def parse_selection(raw: bytes | str, known: bool = True) -> dict:
     Raises:
         UserError: saying what is wrong, for anything else.
     """
-    doc = _read_json(raw)
+    doc = json_object(raw, MAX_SELECTION_BYTES, _reject, "upload the .json file coinfer exported")
     if doc.get("format") != SELECTION_FORMAT:
         raise _reject(f"format is {doc.get('format')!r}, expected {SELECTION_FORMAT!r}")
     version = doc.get("version")

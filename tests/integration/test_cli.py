@@ -30,17 +30,18 @@ def test_run_original_then_results(fresh_cache: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     assert main(["results", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert sorted(r["split"] for r in rows) == ["conv4_x", "server_only"]
+    assert sorted((r["split"], r["knobs"]["bits"]) for r in rows) == [("conv4_x", 4), ("conv4_x", 8),
+                                                                        ("server_only", 8)]
     assert main(["results", "--csv"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("id,method,split") and '"{""bits"": 8}"' in out  # nested values as JSON
     # narrowed to one base model (resolved like the other commands), or by column
     assert main(["results", "--profile", "smoke", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert len(json.loads(capsys.readouterr().out)) == 3
     assert main(["results", "--profile", "smoke", "--width", "0.5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["results", "--width", str(rows[0]["width"]), "--seed", "0", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert len(json.loads(capsys.readouterr().out)) == 3
     assert main(["results", "--seed", "3"]) == 0
     assert "no results with these options yet" in capsys.readouterr().out
 

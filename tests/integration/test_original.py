@@ -25,7 +25,8 @@ def rows(small_data: ImageData, tmp_path_factory: pytest.TempPathFactory) -> dic
     ctx = RunContext(small_data, profile, cache)
     method = METHODS.get("original")
     base = profile.base_config(small_data.fingerprint)
-    return {v.split: method.run(v, ctx) for v in method.variants(base, split_names())} | {"_ctx": ctx, "_base": base}
+    eight = [v for v in method.variants(base, split_names()) if v.knob("bits") == 8]  # one row per split
+    return {v.split: method.run(v, ctx) for v in eight} | {"_ctx": ctx, "_base": base}
 
 
 def test_rows_follow_the_definitions(rows: dict) -> None:

@@ -25,12 +25,12 @@ def test_exported_rows_import_into_an_empty_cache(fresh_cache: Path, tmp_path: P
     source = _results_json(capsys)
     path = tmp_path / "travel.json"
     assert main(["results", "--profile", "smoke", "--export", str(path)]) == 0
-    assert "wrote 2 rows" in capsys.readouterr().out
+    assert "wrote 3 rows" in capsys.readouterr().out
 
     monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "elsewhere"))
     assert _results_json(capsys) == []
     assert main(["import", str(path)]) == 0
-    assert "imported 2 rows" in capsys.readouterr().out
+    assert "imported 3 rows" in capsys.readouterr().out
     imported = _results_json(capsys)
     assert [{k: v for k, v in r.items() if k not in IMPORT_COLUMNS} for r in imported] == source
     assert all(r["measured_on"] and r["imported_from"].startswith("travel.json") for r in imported)

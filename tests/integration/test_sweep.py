@@ -55,13 +55,13 @@ def test_a_dask_cluster_gives_the_same_rows_as_a_local_worker(trained_cache: Pat
 
     local_queue, local_store = JobQueue(trained_cache / "local-jobs.sqlite"), ResultsStore(trained_cache / "l.sqlite")
     sweep.submit(local_queue, planned, local_store)
-    Worker(local_queue, WorkerOptions(store_path=str(local_store.path), poll_s=0.05, max_jobs=2)).work()
+    Worker(local_queue, WorkerOptions(store_path=str(local_store.path), poll_s=0.05, max_jobs=3)).work()
 
     queue, store = JobQueue(trained_cache / "dask-jobs.sqlite"), ResultsStore(trained_cache / "d.sqlite")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                                   host="127.0.0.1", scheduler_port=0, dashboard_address=None) as cluster:
         report = sweep.run(planned, queue=queue, store=store, scheduler=cluster.scheduler_address)
-    assert [j.status for j in report.jobs] == ["done", "done"], [j.error for j in report.jobs]
+    assert [j.status for j in report.jobs] == ["done"] * 3, [j.error for j in report.jobs]  # conv4_x at 8 and 4 bits
     assert all(j.worker.startswith("dask:tcp://127.0.0.1:") for j in report.jobs)
     for p in planned:
         local, remote = local_store.get(p.id), store.get(p.id)
