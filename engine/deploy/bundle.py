@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.config import VariantConfig
 from engine.deploy.bundle_files import (  # noqa: F401 - the bundle's constants, importable from here as before
     BUNDLE_FILES,
     BUNDLE_FORMAT,
@@ -28,12 +27,12 @@ from engine.deploy.bundle_files import (  # noqa: F401 - the bundle's constants,
     MAX_SENT_ELEMENTS,
     MAX_TABLE_BYTES,
     ONNX_OPSET,
+    BundleIdentity,
     encode_sent,
     json_bytes,
     read_bundle,
     sha256_hex,
 )
-from engine.deploy.selection import variant_config
 from engine.entropy import EntropyCodec, decode_payload
 from engine.errors import UserError
 
@@ -74,7 +73,7 @@ def _load_program(data: bytes, file: str, name: str) -> torch.jit.ScriptModule:
 
 
 @dataclass
-class Bundle:
+class Bundle(BundleIdentity):
     """A loaded bundle: the device and server programs (batch 1), the entropy codec, and its JSON documents."""
 
     path: Path
@@ -85,17 +84,6 @@ class Bundle:
     device: torch.jit.ScriptModule | None
     server: torch.jit.ScriptModule
     codec: EntropyCodec | None
-
-    @property
-    def id(self) -> str:
-        return str(self.meta["id"])
-
-    @property
-    def coding(self) -> str:
-        return str(self.meta["coding"])
-
-    def config(self) -> VariantConfig:
-        return variant_config(self.selection)
 
     @torch.no_grad()
     def device_output(self, image: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.deploy.selection import MAX_SELECTION_BYTES, parse_selection
+from engine.config import VariantConfig
+from engine.deploy.selection import MAX_SELECTION_BYTES, parse_selection, variant_config
 from engine.entropy import CODECS, EntropyCodec, encode_payloads
 from engine.errors import UserError
 
@@ -235,6 +236,25 @@ def check_onnx(data: bytes, file: str, name: str) -> None:
     except (DecodeError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise UserError(f"{what} ({reason}); export the bundle again") from None
+
+
+class BundleIdentity:
+    """What a loaded bundle says of itself, from its meta.json and selection.json (`meta` and `selection`)."""
+
+    meta: dict[str, Any]
+    selection: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.meta["id"])
+
+    @property
+    def coding(self) -> str:
+        return str(self.meta["coding"])
+
+    def config(self) -> VariantConfig:
+        """The variant the bundle deploys."""
+        return variant_config(self.selection)
 
 
 @dataclass

@@ -13,15 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import VariantConfig
-from engine.deploy.bundle_files import BundleTables, encode_sent, read_bundle
-from engine.deploy.selection import variant_config
+from engine.deploy.bundle_files import BundleIdentity, BundleTables, encode_sent, read_bundle
 from engine.errors import UserError
 
 MAX_INPUT_FILE_BYTES = 1 << 30  # an --inputs archive: 30,000 CIFAR images are 92 MB
 
 
-class OnnxDevice:
+class OnnxDevice(BundleIdentity):
     """A bundle's device part run by onnxruntime (batch 1) with its entropy coder: what `DeviceClient` drives in
     place of a TorchScript `Bundle`. A bundle that sends the PNG image has no device program."""
 
@@ -29,17 +27,6 @@ class OnnxDevice:
         self.path, self.tables, self.session = path, tables, session
         self.meta, self.selection, self.codec = tables.meta, tables.selection, tables.codec
         self.input_name = session.get_inputs()[0].name if session is not None else ""
-
-    @property
-    def id(self) -> str:
-        return str(self.meta["id"])
-
-    @property
-    def coding(self) -> str:
-        return str(self.meta["coding"])
-
-    def config(self) -> VariantConfig:
-        return variant_config(self.selection)
 
     def device_output(self, image: np.ndarray) -> np.ndarray:
         """What the device program makes of one uint8 image [C, H, W] (or [1, C, H, W]).
