@@ -12,9 +12,12 @@ from pathlib import Path
 import streamlit as st
 
 from app import ui
+from engine.config import MAX_WIDTH
 from engine.latency import DEVICES, DeviceProfile
 from engine.pareto import DEFAULT_ACCURACY_DROP
 from engine.profiles import PROFILES
+
+MIN_UI_WIDTH = 0.0625  # the sidebar's smallest width multiplier (the engine takes down to 1/64)
 
 st.set_page_config(page_title="coinfer", page_icon="📡", layout="wide")
 
@@ -79,9 +82,9 @@ with st.sidebar:
                            help="smoke: seconds, on a data subset; quick: the CPU default; quick-bf16: quick trained "
                                 "under bf16 autocast, for a CPU with native bf16 (AVX-512 BF16 or AMX); paper: width "
                                 "1.0, for a GPU")
-    key = ui.bind("width", lambda: ui.parse_float(v["width"], PROFILES.get(profile).width, 0.0, 4.0))
-    width = st.number_input("Width multiplier", min_value=0.0625, max_value=4.0, step=0.125, format="%.4g", key=key,
-                            value=max(0.0625, st.session_state[key]),
+    key = ui.bind("width", lambda: ui.parse_float(v["width"], PROFILES.get(profile).width, MIN_UI_WIDTH, MAX_WIDTH))
+    width = st.number_input("Width multiplier", min_value=MIN_UI_WIDTH, max_value=MAX_WIDTH, step=0.125,
+                            format="%.4g", key=key, value=max(MIN_UI_WIDTH, st.session_state[key]),
                             help="1.0 is the paper's ResNet18; 0.25 is the CPU default")
     local = ui.local_data(ui.Environment(profile, float(width)))
     known = ui.all_results()

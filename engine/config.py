@@ -108,6 +108,9 @@ def config_id(obj: Any) -> str:
 # (a CPU with native bf16, AVX-512 BF16 or AMX, trains about 1.6x faster than in fp32: BENCHMARKS.md); "fp32" never
 # autocasts
 PRECISIONS = ("auto", "bf16", "fp32")
+# the width multipliers a base model may have: below 1/64 the stem has no channel, above 4 a CIFAR ResNet18 has
+# 180 M parameters, more than any profile here trains
+MIN_WIDTH, MAX_WIDTH = 1 / 64, 4.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,11 @@ class BaseModelConfig:
     def __post_init__(self) -> None:
         if not self.width > 0:
             raise UserError(f"width must be > 0, got {self.width}; try --width 0.25")
+        if not MIN_WIDTH <= self.width <= MAX_WIDTH:
+            raise UserError(f"width must be between {MIN_WIDTH:g} (one channel in the stem) and {MAX_WIDTH:g}, got "
+                            f"{self.width:g}; try --width 0.25")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise UserError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}; try --seed 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("epochs and batch size must be positive integers")
         if not 0.0 < self.val_fraction < 1.0:

@@ -49,6 +49,18 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: v > 0, "> 0")
 
 
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, a whole number from 0 to 2**63 - 1 (what torch's generators take).
+
+    Args:
+        text: the option's value as typed.
+
+    Returns:
+        The seed.
+    """
+    return int(_number(text, int, lambda v: 0 <= v < 2**63, "from 0 to 2**63 - 1"))
+
+
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number >= 0.
 
@@ -72,7 +84,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help="budget: smoke, quick (CPU default), quick-bf16 (quick in "
                                                        "bf16, for a CPU with AVX-512 BF16 or AMX) or paper (GPU)")
     p.add_argument("--width", type=positive_float, help="width multiplier (default: the profile's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of training, splits and subsets (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of training, splits and subsets (default 0)")
 
 
 def writable_cache() -> Path:

@@ -68,6 +68,23 @@ def test_width_must_be_positive(capsys: pytest.CaptureFixture) -> None:
     assert "must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["profile", "--width", "inf"], "width must be between"),
+    (["profile", "--width", "1e6"], "width must be between"),
+    (["profile", "--width", "1e-300"], "width must be between"),
+    (["profile", "--seed", "-1"], "must be from 0 to 2**63 - 1"),
+    (["profile", "--seed", "99999999999999999999999"], "must be from 0 to 2**63 - 1"),
+])
+def test_widths_and_seeds_out_of_range_are_one_line(fresh_cache: Path, capsys: pytest.CaptureFixture,
+                                                    argv: list[str], message: str) -> None:
+    try:
+        status = main([*argv, "--profile", "smoke"])
+    except SystemExit as exc:  # argparse's own refusal
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err  # argparse: usage first
+
+
 @pytest.mark.parametrize(("sizes", "message"), [
     ("abc", "e.g. 16x6,24x4,32x3"), ("16x", "e.g. 16x6,24x4,32x3"), ("16x2,0", "must be positive"),
     ("16x0,32x2", "must be positive"), ("16x-1", "must be positive"),

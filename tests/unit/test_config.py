@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -77,6 +78,12 @@ def test_sizes_name_one_positive_size_per_epoch(sizes: tuple[int, ...]) -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [("width", 0.0, "width must be > 0"),
+                                                         ("width", math.inf, "width must be between"),
+                                                         ("width", 1e6, "width must be between"),
+                                                         ("width", 1e-300, "width must be between"),
+                                                         ("seed", -1, "seed must be a whole number"),
+                                                         ("seed", 2**64, "seed must be a whole number"),
+                                                         ("seed", 1.5, "seed must be a whole number"),
                                                          ("epochs", 0, "positive integers"),
                                                          ("val_fraction", 1.0, "val_fraction must be in")])
 def test_a_bad_base_config_is_a_user_error(field: str, value: float, message: str) -> None:
