@@ -4,6 +4,7 @@ the progress bar, loading the profile's data and base model, and narrowing the r
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -47,6 +48,42 @@ def positive_float(text: str) -> float:
         The number.
     """
     return _number(text, float, lambda v: v > 0, "> 0")
+
+
+def port_int(text: str) -> int:
+    """An argparse type: a TCP port, 0 (pick a free one) to 65535.
+
+    Args:
+        text: the option's value as typed.
+
+    Returns:
+        The port.
+    """
+    return int(_number(text, int, lambda v: 0 <= v <= 65535, "a TCP port from 0 to 65535"))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1.
+
+    Args:
+        text: the option's value as typed.
+
+    Returns:
+        The number.
+    """
+    return int(_number(text, int, lambda v: v >= 1, ">= 1"))
+
+
+def delay_ms(text: str) -> float:
+    """An argparse type: a finite number of milliseconds >= 0.
+
+    Args:
+        text: the option's value as typed.
+
+    Returns:
+        The milliseconds.
+    """
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 def seed_int(text: str) -> int:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import data_path, writable_cache
+from engine.cli.common import data_path, delay_ms, port_int, positive_int, writable_cache
 from engine.errors import UserError
 from engine.profiles import PROFILES
 
@@ -30,27 +30,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset the variant was measured on (default: $COINFER_DATA, then cache/data/)")
     p.add_argument("--test-images", type=Path, metavar="FILE.npz",
                    help="also write the variant's first --images test images and labels, for `device --inputs`")
-    p.add_argument("--images", type=int, default=100, help="test images written by --test-images (default 100)")
+    p.add_argument("--images", type=positive_int, default=100,
+                   help="test images written by --test-images (default 100)")
     p = subparsers.add_parser("serve", help="the edge server of co-inference: load a bundle's server part, answer "
                                             "over TCP")
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory or .zip from `python -m engine export`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
-    p.add_argument("--max-message", type=int, default=DEFAULT_MAX_PAYLOAD, help="largest accepted message, bytes")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--port", type=port_int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+    p.add_argument("--max-message", type=positive_int, default=DEFAULT_MAX_PAYLOAD,
+                   help="largest accepted message, bytes")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     p = subparsers.add_parser("device", help="the device of co-inference: run a bundle's device part on test images "
                                              "and send the bitstream over a rate-limited link")
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory or .zip from `python -m engine export`")
     p.add_argument("--server", default="127.0.0.1:8765", help="HOST:PORT of `python -m engine serve`")
     p.add_argument("--rate", default="40kB/s", help="link rate enforced on the sender, e.g. 40kB/s, 1Mbit/s")
-    p.add_argument("--delay", type=float, default=0.0, help="propagation delay per message, milliseconds")
-    p.add_argument("--images", type=int, default=50, help="number of test images (default 50)")
+    p.add_argument("--delay", type=delay_ms, default=0.0, help="propagation delay per message, milliseconds")
+    p.add_argument("--images", type=positive_int, default=50, help="number of test images (default 50)")
     p.add_argument("--data", help="dataset (default: $COINFER_DATA, then cache/data/)")
     p.add_argument("--inputs", type=Path, metavar="FILE.npz",
                    help="test images from `export --test-images` instead of --data (with --runtime onnx: no torch)")
     p.add_argument("--runtime", choices=RUNTIMES, default="torchscript",
                    help="run the device part as TorchScript (torch) or with onnxruntime (default torchscript)")
-    p.add_argument("--threads", type=int, help="torch's or onnxruntime's threads (default: theirs)")
+    p.add_argument("--threads", type=positive_int, help="torch's or onnxruntime's threads (default: theirs)")
     p.add_argument("--json", action="store_true", help="per-image timings and the summary as JSON on stdout")
 
 

@@ -74,11 +74,17 @@ def test_width_must_be_positive(capsys: pytest.CaptureFixture) -> None:
     (["profile", "--width", "1e-300"], "width must be between"),
     (["profile", "--seed", "-1"], "must be from 0 to 2**63 - 1"),
     (["profile", "--seed", "99999999999999999999999"], "must be from 0 to 2**63 - 1"),
+    (["serve", "--bundle", "b", "--port", "99999"], "a TCP port from 0 to 65535"),
+    (["serve", "--bundle", "b", "--port", "-1"], "a TCP port from 0 to 65535"),
+    (["serve", "--bundle", "b", "--max-message", "-1"], "must be >= 1"),
+    (["device", "--bundle", "b", "--delay", "nan"], "a finite number >= 0"),
+    (["device", "--bundle", "b", "--delay", "inf"], "a finite number >= 0"),
+    (["device", "--bundle", "b", "--images", "0"], "must be >= 1"),
 ])
 def test_widths_and_seeds_out_of_range_are_one_line(fresh_cache: Path, capsys: pytest.CaptureFixture,
                                                     argv: list[str], message: str) -> None:
     try:
-        status = main([*argv, "--profile", "smoke"])
+        status = main([*argv, "--profile", "smoke"] if argv[0] == "profile" else argv)
     except SystemExit as exc:  # argparse's own refusal
         status = exc.code
     err = capsys.readouterr().err
