@@ -427,8 +427,17 @@ def queue_untrained(cfg: VariantConfig, profile: str, exc: NotTrained) -> None:
 
 
 def run_queue() -> None:
-    """Resume the job queue and make sure a worker takes its jobs: asking for jobs from a page is asking for them
-    to run."""
+    """Make sure a worker takes the queue's jobs. A queue someone paused stays paused: its jobs wait, and the page
+    says so (only the Jobs page's resume button, `resume_queue`, resumes it)."""
+    queue = job_queue()
+    if (reason := queue.paused()) is not None:
+        st.info(f"The job queue is paused ({reason}): queued jobs wait until it is resumed on the Jobs page.")
+        return
+    jobq.ensure_worker(queue)
+
+
+def resume_queue() -> None:
+    """Resume the job queue and make sure a worker takes its jobs (the Jobs page's resume button)."""
     queue = job_queue()
     queue.resume()
     jobq.ensure_worker(queue)

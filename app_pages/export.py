@@ -28,9 +28,10 @@ from engine.figures import (
     png_export_problem,
 )
 from engine.latency import latency_table
+from engine.methods import check_variant
 from engine.pareto import best_per_method, best_variant
 from engine.paths import cache_dir
-from engine.profiles import PROFILES
+from engine.profiles import PROFILES, profile_of
 
 MAX_IMPORT_MB = 1
 
@@ -67,6 +68,7 @@ def _import_section() -> None:
     try:
         doc = parse_selection(raw)
         cfg = variant_config(doc)
+        check_variant(cfg, profile_of(cfg.base).budget_name)  # the checks `jobs submit` makes, before anything
     except UserError as exc:
         st.error(f"{exc} — nothing was changed.")
         return

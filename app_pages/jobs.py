@@ -98,7 +98,7 @@ def job_list(base_id: str | None) -> None:
     st.caption(f"{len(workers)} worker(s) alive")
     if (reason := queue.paused()) is not None:
         st.info(f"The queue is paused: {reason}. Running jobs go on; queued ones wait.")
-        st.button("Resume the queue", on_click=ui.run_queue)
+        st.button("Resume the queue", on_click=ui.resume_queue)
     elif counts["queued"]:
         c1, c2, _ = st.columns([1, 1, 4])
         if not workers and c1.button("Start a worker"):

@@ -20,7 +20,7 @@ from app import ui
 from engine import queue as jobq
 from engine.config import VariantConfig
 from engine.data import ImageData
-from engine.deploy.selection import selection_json
+from engine.deploy.selection import row_config, selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem
 from engine.latency import DEVICES, Overheads, latency_table
 from engine.models import split_names
@@ -455,6 +455,8 @@ def test_jobs_page_queues_cancels_and_retries(fresh_cache: Path, small_data: Ima
     widget(at, "button", "Pause the queue").click().run()
     assert queue.paused() == "paused from the Jobs page" and "The queue is paused" in at.info[0].value
     asked = len(no_worker)
+    widget(at, "button", "Queue the smoke sweep").click().run()  # asking for jobs does not undo a pause
+    assert queue.paused() == "paused from the Jobs page" and len(no_worker) == asked
     widget(at, "button", "Resume the queue").click().run()
     assert queue.paused() is None and len(no_worker) == asked + 1
     # the crossed three-step variants follow from measured snapshots that hold their threshold
@@ -500,6 +502,13 @@ def test_export_and_import_a_selection(measured: pd.DataFrame) -> None:
         assert not fresh.exception
         assert "invalid selection file" in fresh.error[-1].value and "nothing was changed" in fresh.error[-1].value
         assert params(fresh) == before
+    # a knob its method cannot use is refused as `jobs submit` refuses it, even with the id recomputed
+    from engine.deploy.selection import selection_document
+
+    bits99 = VariantConfig.make("original", "conv4_x", row_config(row.to_dict()).base, bits=99)
+    fresh.text_area(key="import_text").set_value(json.dumps(selection_document(bits99))).run()
+    assert "knob bits must be in [1, 16]" in fresh.error[-1].value and "nothing was changed" in fresh.error[-1].value
+    assert not [b for b in fresh.get("button") if b.proto.label.startswith("Measure it here")]
     fresh.text_area(key="import_text").set_value(json.dumps(doc)).run()
     widget(fresh, "button", "Apply this selection").click().run()
     assert not fresh.exception
