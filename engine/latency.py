@@ -72,8 +72,19 @@ def _memory(value: float | str) -> float:
 
 
 def resolve_device(device: DeviceProfile | str) -> DeviceProfile:
-    """A profile given as itself or as a `DEVICES` name."""
-    return device if isinstance(device, DeviceProfile) else DEVICES.get(device)
+    """A profile given as itself, as a `DEVICES` name, or as text "SPEED[,MEMORY]" for a machine of one's own.
+
+    Args:
+        device: e.g. "pi3", "10GFLOP/s,512MB" or "2.5 TFLOP/s" (memory unbounded when left out).
+    Returns:
+        the device profile; an unknown name or unreadable text is a UserError naming the presets and the form.
+    """
+    if isinstance(device, DeviceProfile):
+        return device
+    if device in DEVICES or not device.strip()[:1].replace(".", "0").isdigit():  # a name, not a number
+        return DEVICES.get(device)
+    speed, _, memory = device.partition(",")
+    return custom_device(speed.strip(), memory.strip() or math.inf, label=device.strip())
 
 
 def to_rate_bps(rate_bps: float | str) -> float:

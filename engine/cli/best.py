@@ -28,8 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common(p)
     p.set_defaults(profile=None, seed=None)
     p.add_argument("--rate", required=True, help="link rate with a unit: 40kB/s, 1Mbit/s, 250kbps ...")
-    p.add_argument("--device", default="pi3", help="device preset (default pi3)")
-    p.add_argument("--server", default="rtx2080ti", help="server preset (default rtx2080ti)")
+    p.add_argument("--device", default="pi3",
+                   help="device preset, or SPEED[,MEMORY] of your own, e.g. 10GFLOP/s,512MB (default pi3)")
+    p.add_argument("--server", default="rtx2080ti",
+                   help="server preset, or SPEED[,MEMORY], e.g. 13TFLOP/s,11GB (default rtx2080ti)")
     need = p.add_mutually_exclusive_group()
     need.add_argument("--threshold", type=float,
                       help="minimum top-1 validation accuracy, a fraction such as 0.93 (default: the base model's "

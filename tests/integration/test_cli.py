@@ -183,6 +183,10 @@ def test_best_picks_the_lowest_latency_feasible_accurate_variant(best_store: Non
     assert "best: three_step at conv4_x (t-conv4), latency 45 ms" in text and "40 kB/s (320 kbit/s)" in text
     assert main([*argv[:-1], "0.999"]) == 0
     assert "no measured variant fits" in capsys.readouterr().out
+    pi3_by_hand = ["best", "--rate", "40kB/s", "--device", "24GFLOP/s,1GB", "--server", "13.45TFLOP/s,11GB",
+                   "--threshold", "0.93", "--json"]  # the presets typed as one's own machines: the same pick
+    assert main(pi3_by_hand) == 0
+    assert json.loads(capsys.readouterr().out)["best"]["id"] == "t-conv4"
     assert main([*argv, "--width", "0.5", "--json"]) == 0  # narrowed as `results` narrows: none of width 0.5
     assert json.loads(capsys.readouterr().out)["best"] is None
     assert main([*argv, "--width", "0.5"]) == 0

@@ -16,6 +16,7 @@ from engine.latency import (
     custom_device,
     jscc_seconds,
     latency_table,
+    resolve_device,
     separate_coding_seconds,
 )
 
@@ -147,3 +148,14 @@ def test_bsc():
     for bad in (-0.1, 1.5, np.nan):
         with pytest.raises(UserError):
             bsc_capacity(bad)
+
+
+def test_a_device_of_one_s_own_is_typed_as_speed_and_memory() -> None:
+    dev = resolve_device("10GFLOP/s,512MB")
+    assert (dev.flops_per_s, dev.memory_bytes, dev.name) == (10e9, 512e6, "custom")
+    assert resolve_device("2.5 TFLOP/s").memory_bytes == math.inf  # memory unbounded when left out
+    assert resolve_device("pi3") == DEVICES.get("pi3")
+    with pytest.raises(UserError, match="unknown device 'pi4'"):
+        resolve_device("pi4")
+    with pytest.raises(UserError, match="cannot read the memory size 'lots'"):
+        resolve_device("10GFLOP/s,lots")
