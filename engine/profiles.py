@@ -127,6 +127,9 @@ class Profile:
     # the codings `three_step` crosses with every pruning snapshot that holds its threshold, and with the unpruned
     # split (the paper's brute force over split, sparsity and compression); each a set of knobs
     codings: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    # activation-pruning targets of the split output (`three_step`'s `output` knob), each a pruning run of its own
+    # beside the budget's, where the transmitted channels are pruned harder than the body
+    output_sparsities: tuple[float, ...] = ()
     scales: tuple[float, ...] = ()  # progressive resizing of the base model (BaseModelConfig.scales); one per epoch
     precision: str = "auto"  # training precision (BaseModelConfig.precision)
     budgets: str = ""  # the profile whose budgets this one shares (its name keys them); "" for this one's own
@@ -185,6 +188,7 @@ PROFILES.add("quick", Profile(
     codings=codings({"encoder": "none", "bits": 4}, {"encoder": "two_step", "enc_d": 16, "enc_bits": 1},
                     {"encoder": "two_step", "enc_d": 32, "enc_bits": 2},
                     {"encoder": "two_step", "enc_quantizer": "vector", "enc_codebook": 16}),
+    output_sparsities=(0.8,),
     prune=PruneBudget(0.6, levels=3, iteration_steps=16, ramp_iterations=2, hold_iterations=3, lr=0.01,
                       batch_size=128),
     two_step=TwoStepBudget((0.25, 0.5), step1_steps=120, step2=0.5, step2_steps=40, lr=0.01, batch_size=128),
@@ -206,6 +210,7 @@ PROFILES.add("paper", Profile(
                                                                          "enc_bits": 2},
                     {"encoder": "two_step", "enc_quantizer": "vector", "enc_codebook": 16},
                     {"encoder": "two_step", "enc_quantizer": "vector", "enc_codebook": 256}),
+    output_sparsities=(0.85, 0.95),
     prune=PruneBudget(0.75, levels=5, iteration_steps=150, ramp_iterations=4, hold_iterations=4, lr=0.01,
                       batch_size=128),
     two_step=TwoStepBudget((0.25, 0.5, 0.75), step1_steps=1500, step2=0.5, step2_steps=600, lr=0.01, batch_size=128),

@@ -349,13 +349,17 @@ class ThreeStep:
     defaults_by = ("encoder",)  # a variant added by hand starts from the grid's variant with its encoder
 
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
-        """One pruning run per split in the profile's budget, one variant per snapshot level (8-bit + Huffman), then
-        the whole framework per split: the threshold snapshot with the learned two-step encoder (`enc_*` defaults).
-        Level-major, so that parallel workers start different runs first and later ones find their run cached."""
-        budget = profile_of(base).prune
+        """One pruning run per split in the profile's budget, and one more per activation-pruning target of its
+        `output_sparsities` axis (the split output pruned harder than the body), one variant per snapshot level
+        (8-bit + Huffman), then the whole framework per split: the threshold snapshot with the learned two-step
+        encoder (`enc_*` defaults). Level-major, so that parallel workers start different runs first and later
+        ones find their run cached."""
+        profile = profile_of(base)
+        budget = profile.prune
         splits = [s for s in splits if s not in END_POINTS]
-        pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **budget.knobs())
-                  for k in range(budget.levels) for s in splits]
+        runs = [budget.knobs(), *({**budget.knobs(), "output": o} for o in profile.output_sparsities)]
+        pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **run)
+                  for run in runs for k in range(budget.levels) for s in splits]
         encoding = profile_of(base).encoding_knobs()
         encoded = [VariantConfig.make("three_step", s, base, encoder="two_step", snapshot="threshold",
                                       **encoding, **budget.knobs()) for s in splits]

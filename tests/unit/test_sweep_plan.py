@@ -217,3 +217,16 @@ def test_the_sweep_plans_only_unmeasured_followups_after_the_planned_grid(tmp_pa
     store.put({**row, "id": done.id, "knobs": dict(done.knobs)})
     assert [p.id for p in sweep.followups("smoke", SMOKE_BASE, store)] == [p.id for p in first[1:]]
     assert sweep.followups("smoke", SMOKE_BASE, store, splits=["conv3_x"]) == []
+
+
+def test_the_output_sparsity_is_a_grid_axis_of_its_own() -> None:
+    """Each activation-pruning target of the profile is a pruning run of its own at every split, beside the budget's
+    (whose output group follows the global target), with every snapshot level."""
+    quick = PROFILES.get("quick")
+    planned = [p.spec for p in sweep.plan("quick", quick.base_config("d"), methods=["three_step"])]
+    snapshots = [s for s in planned if s.knobs.get("encoder") == "none"]
+    splits = {s.split for s in snapshots}
+    for output in (None, *quick.output_sparsities):
+        run = [s for s in snapshots if s.knobs.get("output") == output]
+        assert {s.split for s in run} == splits and len(run) == len(splits) * quick.prune.levels
+    assert quick.output_sparsities and all(o > quick.prune.target for o in quick.output_sparsities)
