@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.cli.common import data_path, delay_ms, port_int, positive_int, writable_cache
 from engine.errors import UserError
-from engine.profiles import PROFILES
+from engine.profiles import PROFILES, profile_of
 
 RUNTIMES = ("torchscript", "onnx")
 
@@ -56,6 +56,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="per-image timings and the summary as JSON on stdout")
 
 
+def _check_writable(path: Path | None) -> None:
+    """A UserError, before any work, when `path` cannot be written: its folder cannot be made (a file is in the
+    way, no permission) or it is an existing folder where a file goes."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose another place") from None
+    if path.suffix in (".zip", ".npz") and path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; choose a file name") from None
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     """Write the bundle of the one variant in the results store whose id starts with --id."""
     from engine.data import load_data, subset
@@ -71,8 +84,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
                         "see `python -m engine results` for the ids")
     row = rows[0]
     cfg = row_config(row)
-    profile = next(PROFILES.get(n) for n in PROFILES if PROFILES.get(n).base_config(
-        cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base)
+    for path in (args.out, args.test_images):
+        _check_writable(path)
+    profile = next((PROFILES.get(n) for n in PROFILES if PROFILES.get(n).base_config(
+        cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base), None) or profile_of(cfg.base)
     data = load_data(data_path(args), cache_dir=writable_cache())
     if profile.train_limit or profile.test_limit:
         data = subset(data, profile.train_limit, profile.test_limit, seed=cfg.base.seed)

@@ -255,6 +255,12 @@ def test_cli_export(fresh_cache: Path, tmp_cache: Path, ctx: RunContext, row: di
             ctx.data.test_y[:7].tolist()
     assert main(["export", "--id", "ffffffff", "--out", str(tmp_path / "x")]) == 2
     assert "see `python -m engine results`" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("in the way")
+    (tmp_path / "a-folder.zip").mkdir()
+    for out in (tmp_path / "a-file" / "b.zip", tmp_path / "a-folder.zip"):  # under a file; a folder named .zip
+        assert main(["export", "--id", row["id"][:8], "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write {out}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_where_nothing_may_train_a_missing_part_is_named_and_nothing_trains(ctx: RunContext, row: dict,
