@@ -380,7 +380,8 @@ def untrained_profile(profile: str, width: float, fingerprint: str) -> pd.DataFr
 
 def emulated_bf16_warning(base: BaseModelConfig) -> None:
     """Warn before training a bf16 profile where bf16 is only emulated (a CPU without AVX-512 BF16 or AMX)."""
-    from engine.train import native_bf16, pick_device
+    from engine.train import native_bf16
+    from engine.training import pick_device
 
     if base.precision == "bf16" and not native_bf16(pick_device()):
         st.warning("This machine computes bf16 only by emulation: a bf16 profile trains slower here than in fp32. "

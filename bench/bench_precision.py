@@ -23,7 +23,8 @@ from engine.paths import cache_dir  # noqa: E402
 from engine.profiles import PROFILES  # noqa: E402
 from engine.queue import JobQueue  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
-from engine.train import base_checkpoint_path, load_checkpoint  # noqa: E402
+from engine.train import base_checkpoint_path  # noqa: E402
+from engine.training import load_checkpoint  # noqa: E402
 
 
 def paired(rows: pd.DataFrame, reference: str, other: str) -> pd.DataFrame:

@@ -24,7 +24,8 @@ from torch import nn  # noqa: E402
 from engine.config import PRECISIONS  # noqa: E402
 from engine.data import load_data, normalize, subset, train_val_split  # noqa: E402
 from engine.profiles import PROFILES  # noqa: E402
-from engine.train import autocast, make_model, native_bf16, pick_device, train_base  # noqa: E402
+from engine.train import make_model, native_bf16, train_base  # noqa: E402
+from engine.training import autocast, pick_device  # noqa: E402
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

@@ -17,13 +17,19 @@ from torch import nn
 from engine.config import BaseModelConfig
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, resize_batch, train_val_split
 from engine.models import build_model
-from engine.training import Hooks, Loop, Optimizer, Scheduler, discard_checkpoint, run_loop
-from engine.training import Progress as Progress
-from engine.training import autocast as autocast
-from engine.training import load_checkpoint as load_checkpoint
-from engine.training import pick_device as pick_device
-from engine.training import save_checkpoint as save_checkpoint
-from engine.training import seed_everything as seed_everything
+from engine.training import (
+    Hooks,
+    Loop,
+    Optimizer,
+    Progress,
+    Scheduler,
+    autocast,
+    discard_checkpoint,
+    load_checkpoint,
+    pick_device,
+    run_loop,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 

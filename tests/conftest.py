@@ -3,7 +3,9 @@ dataset and a small stratified subset of it. Tests use at most 2 CPU threads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,3 +114,21 @@ def measured_original(root: Path, session_cache: Path, data: ImageData) -> Path:
     for f in (session_cache / "models").glob("*"):
         (cache / "models" / f.name).symlink_to(f)
     return cache
+
+
+@contextlib.contextmanager
+def served(bundle: Path, cache: Path, expect: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """`python -m engine serve` of `bundle` on a free port, for tests that drive it with `device`: yields its
+    HOST:PORT (after checking its first line names `expect`, e.g. "original @ conv5_x") and the environment to run
+    commands in; stops the server at the end."""
+    env = {**os.environ, "COINFER_CACHE": str(cache), "PYTHONPATH": str(PROJECT_ROOT)}
+    serve = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--bundle", str(bundle), "--port", "0",
+                              "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        line = serve.stdout.readline()
+        assert f"serving {expect}" in line, line
+        yield line.split(" on ")[1].split(";")[0], env
+    finally:
+        serve.terminate()
+        serve.wait(timeout=10)

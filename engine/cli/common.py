@@ -38,76 +38,23 @@ def _number(text: str, kind: type[float] | type[int], ok: Callable[[float], bool
     return value
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a number > 0.
+def number_type(kind: type[float] | type[int], ok: Callable[[float], bool], need: str) -> Callable[[str], float]:
+    """An argparse type for numbers of `kind` for which `ok` holds.
 
     Args:
-        text: the option's value as typed.
-
+        kind: float or int; ok: the condition; need: what the error says the value must be.
     Returns:
-        The number.
+        The converter argparse calls with the option's text.
     """
-    return _number(text, float, lambda v: v > 0, "> 0")
+    return lambda text: kind(_number(text, kind, ok, need))
 
 
-def port_int(text: str) -> int:
-    """An argparse type: a TCP port, 0 (pick a free one) to 65535.
-
-    Args:
-        text: the option's value as typed.
-
-    Returns:
-        The port.
-    """
-    return int(_number(text, int, lambda v: 0 <= v <= 65535, "a TCP port from 0 to 65535"))
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1.
-
-    Args:
-        text: the option's value as typed.
-
-    Returns:
-        The number.
-    """
-    return int(_number(text, int, lambda v: v >= 1, ">= 1"))
-
-
-def delay_ms(text: str) -> float:
-    """An argparse type: a finite number of milliseconds >= 0.
-
-    Args:
-        text: the option's value as typed.
-
-    Returns:
-        The milliseconds.
-    """
-    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-
-
-def seed_int(text: str) -> int:
-    """An argparse type: a seed, a whole number from 0 to 2**63 - 1 (what torch's generators take).
-
-    Args:
-        text: the option's value as typed.
-
-    Returns:
-        The seed.
-    """
-    return int(_number(text, int, lambda v: 0 <= v < 2**63, "from 0 to 2**63 - 1"))
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: a whole number >= 0.
-
-    Args:
-        text: the option's value as typed.
-
-    Returns:
-        The number.
-    """
-    return int(_number(text, int, lambda v: v >= 0, ">= 0"))
+positive_float = number_type(float, lambda v: v > 0, "> 0")
+non_negative_int = number_type(int, lambda v: v >= 0, ">= 0")
+positive_int = number_type(int, lambda v: v >= 1, ">= 1")
+port_int = number_type(int, lambda v: 0 <= v <= 65535, "a TCP port from 0 to 65535")  # 0: pick a free one
+seed_int = number_type(int, lambda v: 0 <= v < 2**63, "from 0 to 2**63 - 1")  # what torch's generators take
+delay_ms = number_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")  # milliseconds
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

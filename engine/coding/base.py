@@ -19,7 +19,7 @@ from engine.data import ImageData, train_val_split
 from engine.errors import UserError
 from engine.profiles import Profile
 from engine.registry import Registry
-from engine.train import Progress
+from engine.training import Progress
 
 
 @dataclass

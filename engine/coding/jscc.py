@@ -34,8 +34,18 @@ from engine.entropy import CODECS, EntropyCodec, decode_payload, empirical_entro
 from engine.errors import UserError
 from engine.profiles import PROFILES, profile_of
 from engine.provenance import training_environment
-from engine.train import Progress, load_checkpoint, pick_device, save_checkpoint, seeded
-from engine.training import Hooks, Loop, Optimizer, Scheduler, run_loop
+from engine.train import seeded
+from engine.training import (
+    Hooks,
+    Loop,
+    Optimizer,
+    Progress,
+    Scheduler,
+    load_checkpoint,
+    pick_device,
+    run_loop,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 

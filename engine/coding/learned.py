@@ -27,15 +27,19 @@ from engine.data import ImageData, augment_batch, iterate_batches, normalize, tr
 from engine.entropy import CODECS, EntropyCodec, decode_payload, empirical_entropy_bits, encode_payloads
 from engine.errors import UserError
 from engine.profile import count_flops, profile_parts
-from engine.train import (
+from engine.train import seeded
+from engine.training import (
+    Hooks,
+    Loop,
+    Optimizer,
     Progress,
+    Scheduler,
     autocast,
     load_checkpoint,
     pick_device,
+    run_loop,
     save_checkpoint,
-    seeded,
 )
-from engine.training import Hooks, Loop, Optimizer, Scheduler, run_loop
 
 log = logging.getLogger(__name__)
 

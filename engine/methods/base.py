@@ -23,7 +23,8 @@ from engine.models import END_POINTS
 from engine.pareto import DECISION_COLUMN
 from engine.provenance import describe_environments
 from engine.registry import Registry
-from engine.train import base_checkpoint_path, load_checkpoint, load_or_train_base
+from engine.train import base_checkpoint_path, load_or_train_base
+from engine.training import load_checkpoint
 
 
 @dataclass

@@ -44,7 +44,8 @@ from engine.prune import (
     prunable_groups,
     remove_pruned_channels,
 )
-from engine.train import accuracy, make_model, pick_device, save_checkpoint
+from engine.train import accuracy, make_model
+from engine.training import pick_device, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,8 @@ from engine.prune import (
     prunable_groups,
     remove_pruned_channels,
 )
-from engine.train import make_model, pick_device, save_checkpoint
+from engine.train import make_model
+from engine.training import pick_device, save_checkpoint
 
 DEFAULTS: dict[str, Any] = {"momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine_restarts"}
 STEP1_KNOBS = ("step1_levels", "step1_steps", "lr", "batch_size", "momentum", "weight_decay", "lr_schedule")

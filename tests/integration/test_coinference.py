@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import served
 from torch import nn
 
 from engine.config import VariantConfig
@@ -421,14 +421,7 @@ def test_serve_and_device_commands(fresh_cache: Path, tmp_cache: Path, small_dat
     ctx = RunContext(small_data, PROFILES.get("smoke"), tmp_cache)
     cfg = VariantConfig.make("original", "conv5_x", ctx.profile.base_config(small_data.fingerprint), bits=8)
     out = write_bundle(cfg, ctx, tmp_path / "bundle.zip")
-    env = {**os.environ, "COINFER_CACHE": str(fresh_cache), "PYTHONPATH": str(PROJECT_ROOT)}
-    serve = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--bundle", str(out), "--port", "0",
-                              "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    try:
-        line = serve.stdout.readline()
-        assert "serving original @ conv5_x" in line, line
-        address = line.split(" on ")[1].split(";")[0]
+    with served(out, fresh_cache, "original @ conv5_x") as (address, env):
         device = subprocess.run([sys.executable, "-m", "engine", "device", "--bundle", str(out), "--server", address,
                                  "--rate", "100kB/s", "--images", "12", "--threads", "1"], cwd=PROJECT_ROOT, env=env,
                                 capture_output=True, text=True, timeout=120)
@@ -439,10 +432,7 @@ def test_serve_and_device_commands(fresh_cache: Path, tmp_cache: Path, small_dat
                               "--images", "1"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                              timeout=60)
         assert bad.returncode == 2 and "HOST:PORT" in bad.stderr and "Traceback" not in bad.stderr
-    finally:
-        serve.terminate()
-        serve.wait(timeout=10)
-        shutil.rmtree(tmp_path / "bundle.zip", ignore_errors=True)
+    shutil.rmtree(tmp_path / "bundle.zip", ignore_errors=True)
 
 
 def test_idle_slowdown_is_a_ratio_held_at_the_ends() -> None:

@@ -3,7 +3,6 @@ TorchScript program's, and `python -m engine device --runtime onnx` without torc
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import served
 
 from engine.config import VariantConfig
 from engine.data import ImageData
@@ -68,14 +68,7 @@ def test_device_without_torch_against_serve(fresh_cache: Path, ctx: RunContext, 
     out = write_bundle(_variant(ctx, "original"), ctx, tmp_path / "bundle.zip")
     inputs = tmp_path / "test.npz"
     assert write_test_images(ctx.data, 12, inputs) == 12
-    env = {**os.environ, "COINFER_CACHE": str(fresh_cache), "PYTHONPATH": str(PROJECT_ROOT)}
-    serve = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--bundle", str(out), "--port", "0",
-                              "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    try:
-        line = serve.stdout.readline()
-        assert "serving original @ conv4_x" in line, line
-        address = line.split(" on ")[1].split(";")[0]
+    with served(out, fresh_cache, "original @ conv4_x") as (address, env):
         device = [sys.executable, str(NOTORCH), "-m", "engine", "device", "--bundle", str(out), "--server", address,
                   "--runtime", "onnx", "--rate", "100kB/s", "--threads", "1"]
         run = subprocess.run([*device, "--inputs", str(inputs), "--images", "20"], cwd=PROJECT_ROOT, env=env,
@@ -90,9 +83,6 @@ def test_device_without_torch_against_serve(fresh_cache: Path, ctx: RunContext, 
                                      timeout=120)
             assert refused.returncode == status and says in refused.stderr, refused.stderr
             assert "Traceback" not in refused.stderr
-    finally:
-        serve.terminate()
-        serve.wait(timeout=10)
 
 
 def test_tiny_payloads_travel_as_the_row_reports(ctx: RunContext, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from engine.profile import profile_split
 from engine.profiles import PROFILES
 from engine.provenance import describe_environments, training_environment
 from engine.prune import prunable_groups
-from engine.train import load_checkpoint, save_checkpoint
+from engine.training import load_checkpoint, save_checkpoint
 
 SPLIT = "conv4_x"  # 32 output channels at the smoke width 0.125
 

@@ -12,7 +12,8 @@ import torch
 import engine.train as train_mod
 from engine.data import ImageData, resize_batch
 from engine.profiles import PROFILES
-from engine.train import autocast, base_checkpoint_path, load_checkpoint, load_or_train_base, save_checkpoint
+from engine.train import base_checkpoint_path, load_or_train_base
+from engine.training import autocast, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture()
