@@ -25,9 +25,12 @@ class PruneBudget:
     hold_iterations: int
     lr: float
     batch_size: int
+    distill: float = 0.0  # share of the distillation term in the fine-tuning loss (0: labels alone)
 
     def knobs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The budget as variant knobs; `distill` only when used, so that variants of budgets without it keep their
+        ids."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "distill" or v}
 
 
 @dataclass(frozen=True)

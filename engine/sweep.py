@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,7 @@ PRIORITY_STRIDE = 1000  # priority = cost rank * stride + position within the me
 # every method, so the plane fills in with the cheap rows first.
 ENCODER_TIER = len(COST_RANK) + 1
 FOLLOWUP_OFFSET = PRIORITY_STRIDE // 2  # follow-ups come after the variants planned up front of the same tier
-MAX_STAGES = 4  # rounds of follow-ups a sweep plans as rows arrive
+MAX_STAGES = 64  # rounds of follow-ups a sweep plans as rows arrive (a round may hold one encoder per split)
 
 
 def method_cost(name: str) -> tuple[float, str]:
@@ -100,13 +101,18 @@ def plan(profile: str, base: BaseModelConfig, data: str | None = None, methods: 
 
 
 def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: str | None = None,
-              methods: Iterable[str] | None = None, splits: Iterable[str] | None = None) -> list[Planned]:
+              methods: Iterable[str] | None = None, splits: Iterable[str] | None = None,
+              encoders_per_split: int | None = None) -> list[Planned]:
     """The variants methods add once rows are measured (`three_step` crosses each snapshot that holds its threshold
-    with the profile's codings), not yet in `store`, cheapest first.
+    with the profile's codings, leaving out what a measured row provably dominates), not yet in `store`, cheapest
+    first.
 
     Args:
         profile: the sweep's profile; base: its base model; store: the measured rows; data: the dataset path;
         methods, splits: the methods and split points swept (None: all).
+        encoders_per_split: at most this many follow-ups per method and split that train an encoder, the first the
+            method proposes (None: all). A sweep that plans again as rows arrive measures those likeliest to dominate
+            the rest first, and the rest are left out once dominated.
     Returns:
         the planned follow-up variants, after every variant of the same cost tier planned up front.
     """
@@ -116,12 +122,17 @@ def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: st
         follow = getattr(METHODS.get(name), "followups", None)
         if follow is None:
             continue
-        rank = method_cost(name)[0]
+        rank, taken = method_cost(name)[0], Counter()
         for i, v in enumerate(follow(base, rows)):
-            if v.id not in store and (splits is None or v.split in splits):
-                tier = ENCODER_TIER if trains_encoder(v) else 0
-                out.append(Planned(JobSpec.for_variant(v, profile, data),
-                                   int((tier + rank) * PRIORITY_STRIDE) + FOLLOWUP_OFFSET + i))
+            if v.id in store or (splits is not None and v.split not in splits):
+                continue
+            tier = ENCODER_TIER if trains_encoder(v) else 0
+            if tier and encoders_per_split is not None:
+                if taken[v.split] >= encoders_per_split:
+                    continue
+                taken[v.split] += 1
+            out.append(Planned(JobSpec.for_variant(v, profile, data),
+                               int((tier + rank) * PRIORITY_STRIDE) + FOLLOWUP_OFFSET + i))
     return sorted(out, key=lambda p: p.priority)
 
 
