@@ -27,8 +27,10 @@ from engine import queue as jobq
 from engine.coding import NotTrained
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
+from engine.deploy.selection import row_config
 from engine.errors import UserError
 from engine.latency import DEVICES, DeviceProfile, Overheads
+from engine.methods import METHODS
 from engine.pareto import DEFAULT_ACCURACY_DROP, NO_VALIDATION, decision_accuracy, validation_threshold
 from engine.paths import cache_dir
 from engine.profiles import PROFILES
@@ -320,6 +322,20 @@ def results(base: BaseModelConfig) -> pd.DataFrame:
     """Every stored row built on `base`, all methods."""
     table = all_results()
     return table[table["base_id"] == base.id] if not table.empty else table
+
+
+def variant_parents(table: pd.DataFrame, variant_id: str) -> dict[str, str]:
+    """The ids of a row's parents by role (a method's `parents`, e.g. `three_step`'s pruned and coded rows); {} for a
+    row whose method names none, or whose config cannot be rebuilt from it."""
+    rows = table[table["id"] == variant_id]
+    if rows.empty:
+        return {}
+    row = rows.iloc[0].to_dict()
+    try:
+        parents = getattr(METHODS.get(str(row["method"])), "parents", None)
+        return {role: v.id for role, v in parents(row_config(row)).items()} if parents else {}
+    except UserError:
+        return {}
 
 
 def threshold(env: Environment, table: pd.DataFrame) -> float | None:

@@ -444,6 +444,28 @@ class ThreeStep:
                 out.append((splits.index(v.split), flops, bits, v))
         return [v for *_, v in sorted(out, key=lambda t: t[:3])]
 
+    def parents(self, cfg: VariantConfig) -> dict[str, VariantConfig]:
+        """What a pruned and coded variant is made of, to set beside it: "unpruned", its coding on the base's own
+        split; "uncoded", its snapshot sent 8-bit + Huffman; "neither", the `original` split sent 8-bit.
+
+        Args:
+            cfg: a `three_step` variant.
+        Returns:
+            the parents by role; {} unless `cfg` is both pruned and coded otherwise than 8-bit + Huffman.
+        """
+        knobs = dict(cfg.knobs)
+        if knobs.get("snapshot", "threshold") == "none" or (knobs.get("encoder", "none") == "none"
+                                                           and knobs.get("bits", 8) == 8):
+            return {}
+        run = {k: v for k, v in knobs.items() if k in RUN_KNOBS}
+        coding = {k: v for k, v in knobs.items() if k not in RUN_KNOBS and k != "snapshot"}
+        return {
+            "unpruned": VariantConfig.make("three_step", cfg.split, cfg.base, **coding, snapshot="none"),
+            "uncoded": VariantConfig.make("three_step", cfg.split, cfg.base, **run, snapshot=knobs.get("snapshot",
+                                          "threshold"), encoder="none", bits=8),
+            "neither": VariantConfig.make("original", cfg.split, cfg.base, bits=8),
+        }
+
     @staticmethod
     def _coded(split: str, base: BaseModelConfig, pruning: Mapping[str, Any],
                coding: tuple[tuple[str, Any], ...]) -> VariantConfig:

@@ -23,6 +23,7 @@ from engine.data import ImageData
 from engine.deploy.selection import row_config, selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem
 from engine.latency import DEVICES, Overheads, latency_table
+from engine.methods import METHODS
 from engine.models import split_names
 from engine.pareto import best_per_method, best_variant, latency_vs_rate, meets_threshold, pareto_front
 from engine.profile import profile_model
@@ -417,6 +418,27 @@ def test_compare_shows_only_what_differs(synthetic: pd.DataFrame) -> None:
     assert params(at)["pins"] == ",".join([a, b, *baselines])
     one = run_page("compare", pins=a)
     assert "Pin two to four" in one.info[0].value
+
+
+def test_compare_pins_a_pruned_and_coded_row_with_its_parents(synthetic: pd.DataFrame) -> None:
+    """The crossed row beside its coding unpruned, its snapshot uncoded and the original split: what each step
+    bought."""
+    template = synthetic.iloc[0].to_dict()
+    base = PROFILES.get("smoke").base_config(str(template["dataset_fingerprint"]))
+    run = {**PROFILES.get("smoke").prune.knobs(), "snapshot": 1}
+    coding = dict(PROFILES.get("smoke").codings[1])
+    child = VariantConfig.make("three_step", "conv4_x", base, **run, **coding)
+    family = [child, *METHODS.get("three_step").parents(child).values()]
+    rows = [{**template, "id": v.id, "method": v.method, "split": v.split, "knobs": dict(v.knobs),
+             "base_id": base.id, "width": base.width, "seed": base.seed, "device_flops": 1e6 * (i + 1),
+             "bits_actual": 10.0 ** (i + 1)} for i, v in enumerate(family)]
+    ResultsStore(Path(os.environ["COINFER_CACHE"]) / "results.sqlite").put_many(rows)
+    at = run_page("compare", sel=child.id)
+    widget(at, "button", "Pin it with its parents").click().run()
+    assert params(at)["pins"] == ",".join(v.id for v in family)
+    assert len(at.dataframe[0].value) == 4
+    lone = run_page("compare", sel=synthetic["id"].iloc[0])
+    assert widget(lone, "button", "Pin it with its parents").disabled
 
 
 # -- jobs -------------------------------------------------------------------------------------------------------

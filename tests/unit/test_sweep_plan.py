@@ -264,3 +264,18 @@ def test_a_sweep_plans_one_encoder_per_split_and_round(tmp_path: Path) -> None:
     encoders = [p for p in wave if sweep.trains_encoder(p.spec.variant())]
     assert len(encoders) == 1 and encoders[0].spec.variant().knob("snapshot") == 1
     assert len(every) - len(wave) == sum(sweep.trains_encoder(p.spec.variant()) for p in every) - 1
+
+
+def test_a_pruned_and_coded_variant_names_its_parents() -> None:
+    row = snapshot_row(1, 0.80)
+    method = METHODS.get("three_step")
+    crossed = method.followups(SMOKE_BASE, [row])
+    pruned_coded = next(v for v in crossed if v.knob("snapshot") == 1)
+    parents = method.parents(pruned_coded)
+    assert parents["uncoded"].id == row["id"]  # the snapshot's own row
+    unpruned = next(v for v in crossed if v.knob("snapshot") == "none" and v.knob("encoder") ==
+                    pruned_coded.knob("encoder") and v.knob("bits") == pruned_coded.knob("bits"))
+    assert parents["unpruned"].id == unpruned.id  # the same coding on the unpruned split, as crossed
+    assert parents["neither"].method == "original" and parents["neither"].knob("bits") == 8
+    assert method.parents(unpruned) == {} and method.parents(VariantConfig.make(
+        "three_step", "conv4_x", SMOKE_BASE, **dict(row["knobs"]))) == {}
