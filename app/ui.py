@@ -24,6 +24,7 @@ import streamlit as st
 
 from app.plotly_component import plotly_chart
 from engine import queue as jobq
+from engine import sweep
 from engine.coding import NotTrained
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
@@ -468,10 +469,31 @@ def eta_seconds(progress: float, started_at: float | None, now: float | None = N
     return max(elapsed, 0.0) * (1.0 - progress) / progress
 
 
+def start_sweep(profile: str, base: BaseModelConfig, methods: list[str] | None = None) -> int:
+    """Queue the profile's sweep of `base` (the variants not measured yet), and cross its rows as they arrive: the
+    follow-up rounds are queued by `follow_sweep` while a page that shows the jobs is open, as `python -m engine
+    sweep` queues them. Returns how many variants were queued."""
+    planned = sweep.plan(profile, base, data_path(), methods=methods)
+    queue = job_queue()
+    queue.follow(base.id, {"profile": profile, "data": data_path(), "methods": methods})
+    queued, _ = sweep.submit(queue, planned, results_store())
+    run_queue()
+    return len(queued)
+
+
+def follow_sweep(base: BaseModelConfig) -> None:
+    """Queue the next round of a started sweep's crossed variants once its jobs are done (`sweep.next_round`)."""
+    if sweep.next_round(job_queue(), results_store(), base):
+        run_queue()
+
+
 @st.fragment(run_every=2.0)
-def progress_strip(base_id: str, shown: frozenset[str]) -> None:
+def progress_strip(base: BaseModelConfig, shown: frozenset[str]) -> None:
     """One progress bar over this base model's active jobs; a job that finished with a row not drawn yet reruns
-    the page, so new points appear without a reload."""
+    the page, so new points appear without a reload. A started sweep's next round of crossed variants is queued
+    here when its jobs are done."""
+    follow_sweep(base)
+    base_id = base.id
     jobs = [j for j in job_queue().jobs(base_id=base_id, reap=False) if j.kind == "variant"]
     active = [j for j in jobs if j.status in jobq.ACTIVE]
     if active:

@@ -6,7 +6,6 @@ import streamlit as st
 
 from app import ui
 from engine import queue as jobq
-from engine import sweep
 from engine.errors import UserError
 from engine.figures import plane_figure
 from engine.knobs import knob_text
@@ -59,11 +58,12 @@ if table.empty:
     active = any(j.status in jobq.ACTIVE for j in ui.job_queue().jobs(base_id=base.id))
     ui.emulated_bf16_warning(base)
     if st.button(f"Start the {env.profile} profile", type="primary", disabled=active,
-                 help="queues every variant of the profile's sweep, cheapest first (`original` within minutes)"):
-        planned = sweep.plan(env.profile, base, ui.data_path())
-        ui.start_jobs([p.spec for p in planned], [p.priority for p in planned])
+                 help="queues every variant of the profile's sweep, cheapest first (`original` within minutes), "
+                      "then crosses three_step's snapshots that hold the threshold with the profile's codings as "
+                      "rows arrive"):
+        ui.start_sweep(env.profile, base)
         st.rerun()
-    ui.progress_strip(base.id, frozenset())
+    ui.progress_strip(base, frozenset())
     profile = ui.untrained_profile(env.profile, base.width, data.fingerprint)
     ui.chart(plane_figure(profile, ui.png_bits(table, data), bits_column="bits_8bit"), "plane")
     st.dataframe(profile[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
@@ -111,7 +111,7 @@ amplified = shown[(shown[bits_column] > (png or float("inf"))) & (shown["device_
 if len(amplified):
     st.caption(f"Data amplification (feature larger than the PNG input): {len(amplified)} variant(s), e.g. "
                + ", ".join(sorted(set(amplified["split"]))))
-ui.progress_strip(base.id, frozenset(table["id"]))
+ui.progress_strip(base, frozenset(table["id"]))
 shown = shown.assign(validation=validation_label(shown))
 cols = [c for c in ("method", "split", "knobs", DECISION_COLUMN, "accuracy", "validation", "device_flops",
                     "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal", "bits_raw", "latency",

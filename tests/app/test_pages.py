@@ -182,6 +182,7 @@ def test_before_any_job_the_plane_shows_the_untrained_profile(fresh_cache: Path,
     from engine import sweep
 
     assert sorted(j.id for j in queued) == sorted(p.id for p in sweep.plan("smoke", base))
+    assert jobq.JobQueue(fresh_cache / "jobs.sqlite").following(base.id)["profile"] == "smoke"  # crossed as rows come
     assert no_worker  # a worker was asked for
     assert widget(at, "button", "Start the smoke profile").disabled  # jobs are active: no second start
     # the other pages say which jobs produce their rows

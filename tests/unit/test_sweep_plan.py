@@ -279,3 +279,29 @@ def test_a_pruned_and_coded_variant_names_its_parents() -> None:
     assert parents["neither"].method == "original" and parents["neither"].knob("bits") == 8
     assert method.parents(unpruned) == {} and method.parents(VariantConfig.make(
         "three_step", "conv4_x", SMOKE_BASE, **dict(row["knobs"]))) == {}
+
+
+def test_a_followed_sweep_queues_its_next_round_once_its_jobs_are_done(tmp_path: Path) -> None:
+    """What the dashboard does between rounds: nothing while the base's jobs run, the next follow-ups once they
+    are done, and it stops following when nothing is left to cross."""
+    from engine.queue import JobQueue
+
+    queue, store = JobQueue(tmp_path / "jobs.sqlite"), ResultsStore(tmp_path / "results.sqlite")
+    assert sweep.next_round(queue, store, SMOKE_BASE) is None  # not followed
+    store.put({**snapshot_row(0, 0.80), "accuracy": 0.79, "deployed_val_accuracy": 0.80, "device_flops": 100.0,
+               "base_device_flops": 300.0, "bits_actual": 800.0})
+    queue.follow(SMOKE_BASE.id, {"profile": "smoke", "data": None, "methods": ["three_step"]})
+    first = sweep.next_round(queue, store, SMOKE_BASE)
+    expected = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"], encoders_per_split=1)
+    assert first == [p.id for p in expected] and len(first) >= 2
+    assert sweep.next_round(queue, store, SMOKE_BASE) == []  # its jobs are queued: wait for them
+    for job_id in first:  # the round fails: its variants are not planned again
+        queue.cancel(job_id)
+    rest = sweep.next_round(queue, store, SMOKE_BASE)
+    assert rest and not set(rest) & set(first)
+    for job_id in rest:
+        queue.cancel(job_id)
+    while (ids := sweep.next_round(queue, store, SMOKE_BASE)) is not None:
+        for job_id in ids:
+            queue.cancel(job_id)
+    assert queue.following(SMOKE_BASE.id) is None
