@@ -104,21 +104,6 @@ def pareto_front(table: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool
     return front.iloc[sort]
 
 
-def provably_dominated(flops_bound: float, bits_bound: float, points: Iterable[tuple[float, float]]) -> bool:
-    """Whether a variant not yet measured is dominated whatever its outcome: some measured (device FLOPs, bits) point
-    of a row that meets the threshold is no worse than the variant's lower bounds in both and better in one. Its
-    accuracy cannot rescue it: the other row already meets the threshold with no more FLOPs and fewer bits, or
-    fewer FLOPs and no more bits.
-
-    Args:
-        flops_bound, bits_bound: lower bounds on the variant's device FLOPs and bits per image.
-        points: (device FLOPs, bits per image) of measured rows that meet the threshold.
-    Returns:
-        True when one of `points` dominates every outcome of the variant.
-    """
-    return any(f <= flops_bound and b <= bits_bound and (f < flops_bound or b < bits_bound) for f, b in points)
-
-
 def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                 rate_bps: float | str, threshold: float | None, bits_column: str,
                 overheads: Overheads | None = None, latencies: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -34,7 +34,7 @@ from engine.methods.base import (
     refuse_end_points,
 )
 from engine.models import END_POINTS, split
-from engine.pareto import DECISION_COLUMN, accuracy_threshold_default, provably_dominated
+from engine.pareto import DECISION_COLUMN, accuracy_threshold_default
 from engine.profile import count_flops, profile_parts
 from engine.profiles import PROFILES, PruneBudget, profile_of
 from engine.prune import (
@@ -45,6 +45,7 @@ from engine.prune import (
     prunable_groups,
     remove_pruned_channels,
 )
+from engine.report import provably_dominated
 from engine.train import accuracy, make_model
 from engine.training import pick_device, save_checkpoint
 

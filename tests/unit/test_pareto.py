@@ -15,7 +15,6 @@ from engine.pareto import (
     latency_vs_rate,
     meets_threshold,
     pareto_front,
-    provably_dominated,
 )
 
 PI3, GPU = DEVICES.get("pi3"), DEVICES.get("rtx2080ti")
@@ -244,12 +243,3 @@ def test_compare_table_keeps_only_what_differs():
     assert compare_table(t, ["deep"]).shape == (1, len(t.columns) - 1)  # one row: nothing to compare against
     assert compare_table(t, []).empty
 
-
-def test_a_variant_is_provably_dominated_only_by_a_point_below_its_bounds() -> None:
-    measured = [(100.0, 8.0)]
-    assert provably_dominated(200.0, 8.0, measured)  # fewer FLOPs, as few bits
-    assert provably_dominated(100.0, 16.0, measured)  # as few FLOPs, fewer bits
-    assert not provably_dominated(100.0, 8.0, measured)  # equal: it could tie, not lose
-    assert not provably_dominated(50.0, 64.0, measured)  # fewer FLOPs itself
-    assert not provably_dominated(200.0, 0.0, measured)  # its bits could undercut
-    assert not provably_dominated(200.0, 8.0, [])
