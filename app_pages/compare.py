@@ -18,7 +18,7 @@ LETTERS = "ABCD"
 
 env, data, base, table = ui.open_page("Compare variants", "the variants to compare")
 
-lat = latency_table(table, env.device, env.server, env.rate_bps)
+lat = latency_table(table, env.device, env.server, env.rate_bps, delay_s=env.delay_s)
 
 
 def _label(row: dict) -> str:
@@ -70,7 +70,8 @@ diff.index = [f"{LETTERS[i]} · {labels[p]}" for i, p in enumerate(pins)]
 if diff.empty or len(diff.columns) == 0:
     st.info("The pinned variants are identical in every column.")
 else:
-    st.caption(f"Only the columns that differ; Δ is the difference from A. Latency at {env.rate_bps / 8e3:g} kB/s on "
+    st.caption(f"Only the columns that differ; Δ is the difference from A. Latency at {env.rate_bps / 8e3:g} kB/s"
+               f"{f' with {env.delay_s * 1e3:g} ms of delay' if env.delay_s else ''} on "
                f"{env.device.describe()} and {env.server.describe()}.")
     if "knobs" in diff.columns:
         diff["knobs"] = diff["knobs"].map(knob_text)

@@ -91,14 +91,14 @@ ui.set_view(bits="ideal" if ideal else "actual", below="hide" if hide else "grey
             splits=",".join(chosen))
 bits_column = "bits_ideal" if ideal else "bits_actual"
 
-lat = latency_table(table, env.device, env.server, env.rate_bps)
+lat = latency_table(table, env.device, env.server, env.rate_bps, delay_s=env.delay_s)
 shown = lat[lat["split"].isin(chosen)] if chosen else lat
 png = ui.png_bits(table, data)
 fig = plane_figure(shown, png, bits_column=bits_column, threshold=need, below="hide" if hide else "grey",
                    front=front, selected=ui.selected_id())
 ui.chart(fig, "plane")
 
-best = best_variant(table, env.device, env.server, env.rate_bps, need)
+best = best_variant(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s)
 if best is None:
     st.warning("No variant meets the accuracy threshold and fits the device memory in this environment.")
 else:

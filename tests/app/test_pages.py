@@ -311,6 +311,57 @@ def test_view_state_survives_a_page_switch_and_a_reload(synthetic: pd.DataFrame)
     assert widget(odd, "number_input", "Device GFLOP/s").value == 24
 
 
+def test_any_link_rate_round_trips_through_the_url(synthetic: pd.DataFrame) -> None:
+    """A rate off the slider's stops is kept exactly: read from the URL into the typed field (the slider shows its
+    nearest stop), written back unchanged, and used as it is; typed or slid on the page, the URL follows."""
+    need = 0.9 - 0.02
+    at = run_page(rate_kBps="37.5")  # the sidebar's controls
+    assert widget(at, "number_input", "Link rate (kB/s)").value == 37.5
+    assert widget(at, "select_slider", "Link rate").value == 38
+    assert params(at)["rate_kBps"] == "37.5"
+    again = run_page(**params(at))  # a reload: the same rate, not snapped
+    assert widget(again, "number_input", "Link rate (kB/s)").value == 37.5 and params(again)["rate_kBps"] == "37.5"
+    at = run_page("latency", rate_kBps="37.5")  # the latency page's own controls
+    best = best_per_method(synthetic, PI3, GPU, 37.5 * 8e3, need)
+    assert at.dataframe[0].value["latency"].tolist() == pytest.approx(best["latency"].tolist(), rel=1e-12)
+    assert figure(at, 0)["layout"]["annotations"][0]["text"] == "37.5 kB/s"
+    widget(at, "number_input", "Link rate (kB/s)").set_value(12.345).run()  # typed: exact in the URL and the table
+    assert params(at)["rate_kBps"] == "12.345" and widget(at, "select_slider", "Link rate").value == 12
+    typed = best_per_method(synthetic, PI3, GPU, 12.345 * 8e3, need)
+    assert at.dataframe[0].value["latency"].tolist() == pytest.approx(typed["latency"].tolist(), rel=1e-12)
+    widget(at, "select_slider", "Link rate").set_value(71.0).run()  # slid: the field and the URL follow
+    assert params(at)["rate_kBps"] == "71" and widget(at, "number_input", "Link rate (kB/s)").value == 71
+    assert widget(run_page("latency", rate_kBps="0.123456789"), "number_input", "Link rate (kB/s)").value == \
+        0.123456789
+    # a hand-edited rate or delay that is not one falls back to the default, never a traceback
+    for bad in ("abc", "-3", "0", "nan", "inf", "0.01", "1e7", "40kB/s"):
+        odd = run_page("latency", rate_kBps=bad, delay_ms="-5" if bad == "abc" else bad)
+        assert widget(odd, "number_input", "Link rate (kB/s)").value == 40
+        assert widget(odd, "select_slider", "Link rate").value == 40
+        assert widget(odd, "number_input", "Propagation delay (ms)").value == (0 if bad != "0.01" else 0.01)
+        assert params(odd)["rate_kBps"] == "40"
+
+
+def test_a_propagation_delay_from_the_sidebar(synthetic: pd.DataFrame) -> None:
+    """The sidebar's one-way delay is kept in the URL, added to every latency, and shown as its own term in the
+    table, the breakdown's bars and the caption."""
+    need = 0.9 - 0.02
+    at = run_page("latency", rate_kBps="4", delay_ms="25")
+    assert widget(at, "number_input", "Propagation delay (ms)").value == 25 and params(at)["delay_ms"] == "25"
+    delayed = best_per_method(synthetic, PI3, GPU, 4e3 * 8, need, delay_s=0.025)
+    table = at.dataframe[0].value
+    assert table["id"].tolist() == best_per_method(synthetic, PI3, GPU, 4e3 * 8, need)["id"].tolist()
+    assert table["latency"].tolist() == pytest.approx(delayed["latency"].tolist(), rel=1e-12)
+    assert table["t_propagation"].tolist() == pytest.approx([0.025] * len(table))
+    assert traces(figure(at, 1))["propagation delay"]["x"] == pytest.approx([0.025] * len(table))
+    assert "+ D (propagation delay, 25 ms one way)" in texts(at, "caption") and "delay" in at.success[0].value
+    curves = traces(figure(at, 0))
+    plain = latency_vs_rate(synthetic, PI3, GPU, np.geomspace(8e2, 8e9, 71), need, delay_s=0.025)
+    for method, group in plain.groupby("method"):
+        assert curves[method]["y"] == pytest.approx(group["latency"].tolist())
+    assert "t_propagation" not in run_page("latency", rate_kBps="4").dataframe[0].value.columns  # none by default
+
+
 # -- latency vs rate --------------------------------------------------------------------------------------------
 
 
