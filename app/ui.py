@@ -23,8 +23,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.plotly_component import plotly_chart
+from engine import exchange, sweep
 from engine import queue as jobq
-from engine import sweep
 from engine.coding import NotTrained
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
@@ -378,7 +378,26 @@ def open_page(title: str, needs: str) -> tuple[Environment, ImageData | None, Ba
     if table.empty:
         no_rows(needs)
         st.stop()
+    example_note(table)
     return env, data, base, table
+
+
+def example_note(table: pd.DataFrame) -> None:
+    """A caption when rows on the page are the shipped example results, not measured here."""
+    shown = exchange.examples(table)
+    if len(shown):
+        where = str(shown["measured_on"].dropna().iloc[0]) if shown["measured_on"].notna().any() else "elsewhere"
+        st.info(f"{len(shown)} of these {len(table)} rows are **example results**, measured on {where}, not on this "
+                "machine: the Export page re-measures them here as jobs.")
+
+
+def load_examples() -> None:
+    """The first page's "Load the example results" (a button callback): merge them into the local store."""
+    try:
+        added, _ = exchange.load_examples(results_store())
+        st.session_state["_examples_loaded"] = added
+    except UserError as exc:
+        st.session_state["_examples_error"] = str(exc)
 
 
 def results(base: BaseModelConfig) -> pd.DataFrame:

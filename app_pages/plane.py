@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import ui
+from engine import exchange
 from engine import queue as jobq
 from engine.errors import UserError
 from engine.figures import plane_figure
@@ -57,6 +58,13 @@ if table.empty:
         st.stop()
     active = any(j.status in jobq.ACTIVE for j in ui.job_queue().jobs(base_id=base.id))
     ui.emulated_bf16_warning(base)
+    if message := st.session_state.pop("_examples_error", None):
+        st.error(message)
+    if exchange.EXAMPLES.exists():
+        st.button("Load the example results", on_click=ui.load_examples,
+                  help="the quick profile as measured on this project's reference machine (rows marked as examples, "
+                       "shown only for the same dataset, profile and width); re-measure them here from the Export "
+                       "page")
     if st.button(f"Start the {env.profile} profile", type="primary", disabled=active,
                  help="queues every variant of the profile's sweep, cheapest first (`original` within minutes), "
                       "then crosses three_step's snapshots that hold the threshold with the profile's codings as "
@@ -73,6 +81,7 @@ if table.empty:
 need = ui.threshold(env, table)
 st.caption(ui.threshold_text(env, need))
 ui.remeasure_note(table)
+ui.example_note(table)
 splits = [s for s in split_names() if s in set(table["split"])]
 c1, c2, c3, c4 = st.columns([1.2, 1.2, 1, 2])
 key = ui.bind("bits", lambda: v["bits"] == "ideal")

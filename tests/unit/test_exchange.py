@@ -175,3 +175,16 @@ def test_hover_says_where_an_imported_row_was_measured() -> None:
     assert "measured on Xeon" in hover_text(row) and "measured on" not in hover_text(make_row(2))
     _, head, _ = _hover_data(pd.DataFrame([row, make_row(2)]), "bits_actual")
     assert "measured on Xeon" in head.iloc[0] and "measured on" not in head.iloc[1]
+
+
+def test_example_results_are_marked_as_such(tmp_path: Path, cache: Path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    path = _export(tmp_path, [make_row(1), make_row(2)])
+    assert exchange.load_examples(store, path) == (2, 0)
+    table = store.table()
+    assert len(exchange.examples(table)) == 2
+    assert table["imported_from"].str.startswith(exchange.EXAMPLE_MARK + ": results.json").all()
+    other = ResultsStore(tmp_path / "other.sqlite")
+    exchange.import_rows(exchange.parse_results(path.read_bytes(), "colleague.json"), other)
+    assert len(exchange.examples(other.table())) == 0  # an import of one's own is no example
+
