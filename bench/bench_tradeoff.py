@@ -128,7 +128,7 @@ def composed_section(rows: pd.DataFrame, threshold: float, budget: dict | None =
         if c["id"] is None:
             out.append(f"| {c['split']} | – | – | – | – | – | 0 of {c['rivals']} | {c['not_dominated']} |")
             continue
-        out.append(f"| {c['split']} | {setting(by_id.loc[c['id']].assign(method='three_step'), budget)} | "
+        out.append(f"| {c['split']} | {setting(by_id.loc[c['id']], budget)} | "
                    f"{c['device_flops'] / 1e6:.2f} | {c['bits']:,.1f} | {_pct(c[DECISION_COLUMN])} | "
                    f"{_pct(c['accuracy'])} | {c['dominated']} of {c['rivals']} | {c['not_dominated'] or '–'} |")
     return "\n".join(out)
