@@ -382,6 +382,9 @@ def open_page(title: str, needs: str) -> tuple[Environment, ImageData | None, Ba
     return env, data, base, table
 
 
+EXAMPLES_PROFILE = "quick"  # the profile the shipped example results measure
+
+
 def example_note(table: pd.DataFrame) -> None:
     """A caption when rows on the page are the shipped example results, not measured here."""
     shown = exchange.examples(table)
@@ -392,12 +395,19 @@ def example_note(table: pd.DataFrame) -> None:
 
 
 def load_examples() -> None:
-    """The first page's "Load the example results" (a button callback): merge them into the local store."""
+    """The first page's "Load the example results" (a button callback): merge them into the local store and show
+    their base model (the quick profile on their dataset: the local one when it is the same, else the results
+    store's)."""
     try:
-        added, _ = exchange.load_examples(results_store())
-        st.session_state["_examples_loaded"] = added
+        exchange.load_examples(results_store())
     except UserError as exc:
         st.session_state["_examples_error"] = str(exc)
+        return
+    shown = exchange.examples(all_results())
+    fingerprint, width = str(shown["dataset_fingerprint"].iloc[0]), float(shown["width"].iloc[0])
+    local = local_data(Environment(EXAMPLES_PROFILE, width))
+    apply_view({"profile": EXAMPLES_PROFILE, "width": f"{width:g}",
+                "data": "" if local is not None and local.fingerprint == fingerprint else fingerprint})
 
 
 def results(base: BaseModelConfig) -> pd.DataFrame:

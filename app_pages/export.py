@@ -41,6 +41,7 @@ v = ui.view()
 st.title("Export and import")
 data, base = ui.page_base(env)
 table = ui.results(base)
+ui.example_note(table)
 
 
 # -- import -----------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.plotly_component import plotly_chart
-from app.ui import base_config, environment, percent, queue_untrained, require_data, results, threshold
+from app.ui import base_config, environment, example_note, percent, queue_untrained, require_data, results, threshold
 from engine.coding import NotTrained
 from engine.deploy.bundle import load_bundle
 from engine.deploy.client import live_session
@@ -53,6 +53,7 @@ if table.empty:
     st.info("No measured variants for this base model yet: measure some on the Trade-off plane page first; a live "
             "session runs an exported variant.")
     st.stop()
+example_note(table)
 
 need = threshold(env, table)
 best = best_per_method(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s)

@@ -34,6 +34,10 @@ def _no_data(message: str) -> None:
     if st.button("Download CIFAR-10 (170 MB, needs internet)", disabled=downloading):
         ui.start_jobs([spec])
         st.rerun()
+    if exchange.EXAMPLES.exists():
+        st.button("Load the example results", type="primary", on_click=ui.load_examples,
+                  help="the quick profile as measured on this project's reference machine, viewable without the "
+                       "dataset (rows marked as examples)")
     st.stop()
 
 

@@ -188,3 +188,14 @@ def test_example_results_are_marked_as_such(tmp_path: Path, cache: Path) -> None
     exchange.import_rows(exchange.parse_results(path.read_bytes(), "colleague.json"), other)
     assert len(exchange.examples(other.table())) == 0  # an import of one's own is no example
 
+
+
+def test_the_shipped_example_results_load_with_this_code(tmp_path: Path) -> None:
+    """The examples file must stay readable by the current code: a schema change regenerates or migrates it
+    (`python -m engine results --export examples/quick-results.json --profile quick`, README)."""
+    store = ResultsStore(tmp_path / "results.sqlite")
+    added, skipped = exchange.load_examples(store)
+    table = store.table()
+    assert added == len(table) > 30 and skipped == 0
+    assert set(table["method"]) >= {"original", "three_step", "two_step_pruning", "bottlenet_pp"}
+    assert table["deployed_val_accuracy"].notna().all()  # every row can be chosen on
