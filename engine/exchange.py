@@ -187,7 +187,7 @@ def check_row(row: Any, where: str) -> dict[str, Any]:
         The row, plain JSON, its stamps kept.
     """
     from engine.methods import METHODS
-    from engine.models import SPLIT_POINTS
+    from engine.models import DEFAULT_MODEL, plausible_split
 
     if not isinstance(row, dict):
         raise _reject(f"{where} is not an object")
@@ -200,7 +200,7 @@ def check_row(row: Any, where: str) -> dict[str, Any]:
         raise _reject(f"{where}: id {ident[:80]!r} is not a variant id")
     if clean["method"] not in METHODS:
         raise _reject(f"row {ident}: unknown method {clean['method'][:80]!r}; known: {', '.join(METHODS)}")
-    if clean["split"] not in SPLIT_POINTS:
+    if not plausible_split(str(clean.get("model", DEFAULT_MODEL)), clean["split"]):
         raise _reject(f"row {ident}: unknown split {clean['split'][:80]!r}")
     version = row.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or not 0 <= version <= SCHEMA_VERSION:
