@@ -1,6 +1,6 @@
 """Models, their split points and splitting (see `engine.models.base`): the CIFAR ResNet18 (the paper's model),
-registered in `MODELS` where it is defined, and any model of one's own by reference (`path/to/file.py:ClassName`,
-`package.module:factory`)."""
+MobileNetV2 and VGG with batch norm, each registered in `MODELS` where it is defined, and any model of one's own
+by reference (`path/to/file.py:ClassName`, `package.module:factory`)."""
 
 from engine.models.base import (
     DEFAULT_MODEL,
@@ -28,6 +28,7 @@ from engine.models.base import (
 # isort: split
 # each module registers its models; in this order, the registry's (and the dashboard's) order
 from engine.models.resnet import BasicBlock, CifarResNet18, Head, Stem  # noqa: I001
+from engine.models import mobilenet, vgg  # noqa: F401
 
 from engine.registry import Registry  # noqa: E402
 

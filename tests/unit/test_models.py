@@ -5,6 +5,7 @@ import torch
 
 from engine.errors import UserError
 from engine.models import (
+    MODELS,
     SPLIT_POINTS,
     CifarResNet18,
     all_split_points,
@@ -75,6 +76,45 @@ def test_bad_inputs_are_user_errors() -> None:
         CifarResNet18(0.0)
     with pytest.raises(UserError, match="unknown split point 'conv9_x'.*conv4_x"):
         split(CifarResNet18(0.25), "conv9_x")
+
+
+@pytest.mark.parametrize("ref", ["mobilenetv2", "vgg11_bn", "vgg16_bn"])
+def test_traced_models_split_at_every_named_point(ref: str) -> None:
+    model = _randomised(build_model(ref, 0.125, 10, 3))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        whole = model(x)
+        for order, point in enumerate(split_names(ref, coarse_only=False)):
+            device, server = split(model, point)
+            assert (server(device(x)) - whole).abs().max().item() < 1e-5, point
+            assert part_info(device).order == order and part_info(device).sends == (point not in ("server_only",
+                                                                                                "device_only"))
+    assert ref in MODELS.names()
+
+
+def test_mobilenetv2_feature_shapes_follow_its_sequences() -> None:
+    model = build_model("mobilenetv2", 1.0, 10, 3).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    expected = {"stem": (32, 32, 32), "bottleneck2": (24, 32, 32), "bottleneck3": (32, 16, 16),
+                "bottleneck5": (96, 8, 8), "bottleneck7": (320, 4, 4)}
+    with torch.no_grad():
+        for point, shape in expected.items():
+            assert tuple(split(model, point)[0](x).shape[1:]) == shape
+    assert split_names("mobilenetv2") == ["server_only", "stem", "bottleneck2", "bottleneck3", "bottleneck5",
+                                          "bottleneck7", "device_only"]
+
+
+def test_a_point_two_tensors_cross_is_refused_naming_them() -> None:
+    model = build_model("mobilenetv2", 0.25, 10, 3)
+    with pytest.raises(UserError, match=r"at 'bottleneck3.1.conv.0': 2 tensors cross there \(bottleneck3.0.conv.2.1, "
+                                        r"bottleneck3.1.conv.0.2\)"):
+        split(model, "bottleneck3.1.conv.0")
+    with pytest.raises(UserError, match="has no node 'nowhere'"):
+        split(model, "nowhere")
+    device, server = split(model, "bottleneck3.1")  # a node of its graph, not a named point
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(server.eval()(device.eval()(x)), model.eval()(x))
 
 
 def test_a_users_model_from_a_file_splits_at_nodes_of_its_graph() -> None:
