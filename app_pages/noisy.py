@@ -23,6 +23,7 @@ from engine.fig5 import (
     verdict,
 )
 from engine.figures import mismatch_figure, noisy_cost_figure
+from engine.models import model_label
 
 env = ui.environment()
 st.title("Noisy channels")
@@ -45,7 +46,8 @@ if planned[jscc.index].any() and not planned.all():  # other budgets' or hand-ru
     table = table[planned] if only_plan else table
 
 val_need, test_need = thresholds(table, env.accuracy_drop)
-st.caption(f"split **{FIG5_SPLIT}** · ResNet18 width {base.width:g} · accuracy ≥ **{test_need:.2%}** on test "
+st.caption(f"split **{FIG5_SPLIT}** · {model_label(base.model)} width {base.width:g} · accuracy ≥ "
+           f"**{test_need:.2%}** on test "
            f"(choices on validation: ≥ {val_need:.2%}; base − {env.accuracy_drop * 100:g} points) · JSCC accuracy is "
            "the mean over seeded channel realisations; the other schemes are sent at the Shannon capacity, with "
            "their actual bitstream (dotted) and their ideal, entropy-model length (dashed)")

@@ -147,9 +147,21 @@ class Profile:
         """The knobs a learned encoder's variants carry for this profile's budget."""
         return {"enc_epochs": self.encoding_epochs, "enc_backbone": self.encoding_backbone}
 
-    def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0) -> BaseModelConfig:
-        """The base model this profile trains on `dataset` (a data fingerprint), recording the profile's name."""
+    def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0, model: str = "resnet18",
+                    weights: str = "", weights_path: str = "") -> BaseModelConfig:
+        """The base model this profile trains on `dataset` (a data fingerprint), recording the profile's name.
+
+        Args:
+            dataset: the data's fingerprint; width, seed: the model's width multiplier (None: the profile's) and
+            seed; model: a model reference (`engine.models.model_factory`); weights, weights_path: the sha256 and
+            path of trained weights to start from ("": train the base model).
+        Returns:
+            the base model's config.
+        """
         return BaseModelConfig(
+            model=model,
+            weights=weights,
+            weights_path=weights_path,
             dataset=dataset,
             width=self.width if width is None else width,
             seed=seed,
