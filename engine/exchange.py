@@ -328,7 +328,7 @@ def remeasure_specs(rows: Iterable[Mapping[str, Any]], data: str | None) -> tupl
         The job specs, and the ids of rows that no profile here can rebuild.
     """
     from engine.deploy.selection import row_config
-    from engine.profiles import PROFILES
+    from engine.profiles import recipe_of
     from engine.queue import JobSpec
 
     specs, refused = [], []
@@ -338,8 +338,7 @@ def remeasure_specs(rows: Iterable[Mapping[str, Any]], data: str | None) -> tupl
         except (UserError, KeyError, TypeError, ValueError):
             refused.append(str(row.get("id")))
             continue
-        profile = next((n for n in PROFILES if PROFILES.get(n).base_config(
-            cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base), None)
+        profile = recipe_of(cfg.base)
         if profile is None:
             refused.append(cfg.id)
             continue

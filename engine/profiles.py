@@ -234,6 +234,19 @@ PROFILES.add("paper", Profile(
 ))
 
 
+def recipe_of(base: BaseModelConfig) -> str | None:
+    """The profile whose recipe, for the base model's data, model, weights, width and seed, is exactly `base`.
+
+    Args:
+        base: a base model's config.
+    Returns:
+        the profile's name, or None when no profile trains it.
+    """
+    return next((n for n in PROFILES if PROFILES.get(n).base_config(
+        base.dataset, width=base.width, seed=base.seed, model=base.model, weights=base.weights,
+        weights_path=base.weights_path) == base), None)
+
+
 def profile_of(base: BaseModelConfig) -> Profile:
     """The profile a base model was trained for: the one its config records; for a config saved before profiles
     were recorded, the one whose training budget it matches (quick when none does).

@@ -61,7 +61,8 @@ def base_of_row(row: Mapping[str, Any]) -> BaseModelConfig:
     for name in PROFILES:
         try:
             base = PROFILES.get(name).base_config(str(row["dataset_fingerprint"]), width=float(row["width"]),
-                                                  seed=int(row["seed"]))
+                                                  seed=int(row["seed"]), model=str(row.get("model") or "resnet18"),
+                                                  weights=str(row.get("weights") or ""))
         except (KeyError, TypeError, ValueError):
             raise UserError(f"row {row.get('id')!r} lacks its dataset fingerprint, width or seed: re-measure it "
                             "with `python -m engine run`") from None

@@ -187,7 +187,9 @@ def base_row(cfg: VariantConfig, ctx: RunContext, *, accuracy: float, deployed_v
         "dataset": ctx.data.name,
         "dataset_fingerprint": ctx.data.fingerprint,
         "width": cfg.base.width,
-        **({"model": cfg.base.model} if cfg.base.model != DEFAULT_MODEL else {}),  # rows of the default omit it
+        # a model of one's own, or trained weights given: in the rows that have them (the default's rows omit them)
+        **({"model": cfg.base.model} if cfg.base.model != DEFAULT_MODEL else {}),
+        **({"weights": cfg.base.weights} if cfg.base.weights else {}),
         "seed": cfg.base.seed,
         "base_id": cfg.base.id,
         "base_test_accuracy": ckpt["metrics"]["test_accuracy"],

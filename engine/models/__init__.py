@@ -19,6 +19,7 @@ from engine.models.base import (
     normalize_reference,
     part_info,
     plausible_split,
+    reference_split,
     scaled,
     split,
     split_names,
@@ -39,4 +40,4 @@ for _point in CifarResNet18.split_points:
 __all__ = ["DEFAULT_MODEL", "END_POINTS", "MODELS", "SPLIT_POINTS", "BasicBlock", "CifarResNet18", "Head",
            "PartInfo", "SplitPoint", "Stem", "all_split_points", "build_model", "check_splits", "declared_points",
            "example_input", "model_factory", "model_label", "named_points", "normalize_reference", "part_info",
-           "plausible_split", "scaled", "split", "split_names", "split_point"]
+           "plausible_split", "reference_split", "scaled", "split", "split_names", "split_point"]

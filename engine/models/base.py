@@ -252,6 +252,19 @@ def split_names(model: str | nn.Module = DEFAULT_MODEL, coarse_only: bool = True
     return [p.name for p in points if p.coarse or not coarse_only]
 
 
+def reference_split(ref: str) -> str | None:
+    """The split one comparison is made at (the paper's Fig. 5, the jobs page's default): the second-deepest of the
+    model's coarse inner points, conv4_x of the CIFAR ResNet18; None for a model that declares none.
+
+    Args:
+        ref: a model reference.
+    Returns:
+        the point's name, or None.
+    """
+    inner = split_names(ref)[1:-1]
+    return inner[-2] if len(inner) >= 2 else (inner[0] if inner else None)
+
+
 def all_split_points(model: nn.Module) -> list[str]:
     """Every valid split point of a built model, in order: its declared points (finer ones included) and, for a model
     that is not a chain of units, every node of its graph where exactly one tensor crosses.
