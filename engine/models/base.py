@@ -89,18 +89,20 @@ class PartInfo:
         mapped = dict(self.paths).get(head, head)
         return f"{mapped}.{rest}" if rest else mapped
 
-    def stage(self, model_path: str) -> str | None:
-        """The stage a module of the model belongs to (longest matching prefix), or None."""
+    def _stage_of(self, model_path: str) -> tuple[str, str] | None:
+        """(module path prefix, stage name) of the stage a module of the model lies in (the longest prefix)."""
         hits = [(p, s) for p, s in self.stages if model_path == p or model_path.startswith(p + ".")]
-        return max(hits, key=lambda h: len(h[0]))[1] if hits else None
+        return max(hits, key=lambda h: len(h[0])) if hits else None
+
+    def stage(self, model_path: str) -> str | None:
+        """The stage a module of the model belongs to, or None."""
+        hit = self._stage_of(model_path)
+        return hit[1] if hit else None
 
     def display(self, model_path: str) -> str:
         """A module's name with its stage prefix written as the stage: `layer1.0.conv1` -> `conv2_x.0.conv1`."""
-        hits = [(p, s) for p, s in self.stages if model_path == p or model_path.startswith(p + ".")]
-        if not hits:
-            return model_path
-        prefix, stage = max(hits, key=lambda h: len(h[0]))
-        return stage + model_path[len(prefix):]
+        hit = self._stage_of(model_path)
+        return hit[1] + model_path[len(hit[0]):] if hit else model_path
 
 
 def part_info(module: nn.Module) -> PartInfo:

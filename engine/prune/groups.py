@@ -107,7 +107,9 @@ def _members(group: Any, dg: tp.DependencyGraph, paths: Mapping[nn.Module, str])
 
 
 def _name(info: PartInfo, producers: list[str], stream: bool, used: set[str]) -> str:
-    """A group's name: the stage of its last producer for a stream, else its producer's name (`_display`)."""
+    """A group's name: the stage of its last producer for a stream (a residual stream or the transmitted feature),
+    else its producer's name with the stage written for the stage's path (`PartInfo.display`); the producer's name
+    where the stage's is taken."""
     models = [info.model_path(p) for p in producers]
     stage = info.stage(models[-1]) if stream else None
     for name in (stage, info.display(models[-1] if stream else models[0])):
