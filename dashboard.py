@@ -14,6 +14,7 @@ import streamlit as st
 from app import ui
 from engine.config import MAX_WIDTH
 from engine.latency import DEVICES, DeviceProfile
+from engine.models import MODELS
 from engine.pareto import DEFAULT_ACCURACY_DROP
 from engine.profiles import PROFILES
 
@@ -82,10 +83,21 @@ with st.sidebar:
                            help="smoke: seconds, on a data subset; quick: the CPU default; quick-bf16: quick trained "
                                 "under bf16 autocast, for a CPU with native bf16 (AVX-512 BF16 or AMX); paper: width "
                                 "1.0, for a GPU")
+    key = ui.bind("model", lambda: v["model"] or "resnet18")
+    choices = list(dict.fromkeys([*MODELS.names(), st.session_state[key]]))
+    model = st.selectbox("Network", choices, index=choices.index(st.session_state[key]), key=key,
+                         accept_new_options=True,
+                         help="a registered network, or one's own typed as path/to/file.py:ClassName or "
+                              "package.module:factory (traced with torch.fx; see the README)")
+    key = ui.bind("weights", lambda: v["weights"])
+    weights = st.text_input("Trained weights (optional)", key=key, placeholder="path/to/weights.pt",
+                            help="a state dict saved with torch.save, loaded with weights_only instead of training "
+                                 "the base model; its sha256 joins the base model's id")
     key = ui.bind("width", lambda: ui.parse_float(v["width"], PROFILES.get(profile).width, MIN_UI_WIDTH, MAX_WIDTH))
     width = st.number_input("Width multiplier", min_value=MIN_UI_WIDTH, max_value=MAX_WIDTH, step=0.125,
                             format="%.4g", key=key, value=max(MIN_UI_WIDTH, st.session_state[key]),
-                            help="1.0 is the paper's ResNet18; 0.25 is the CPU default")
+                            help="channels times this (1.0 is the paper's ResNet18; 0.25 is the CPU default); a "
+                                 "model of one's own without a width argument ignores it")
     local = ui.local_data(ui.Environment(profile, float(width)))
     known = ui.all_results()
     options = {"": f"{local.name} (local)" if local is not None else "no local dataset"}
@@ -113,10 +125,10 @@ with st.sidebar:
     drop = st.slider("Accuracy drop allowed (points)", 0.0, 10.0, value=float(st.session_state[key]), step=0.5, key=key,
                      help="the accuracy threshold is the base model's validation accuracy minus this (the paper: "
                           "95 → 93 %); choices read each variant's validation accuracy, the test accuracy only reports")
-    v.update(profile=profile, width=f"{width:g}", data=data_fp, rate_kBps=ui.number_text(rate_kbps),
-             delay_ms=ui.number_text(delay_ms), drop=f"{drop:g}")
+    v.update(profile=profile, model=model, weights=weights, width=f"{width:g}", data=data_fp,
+             rate_kBps=ui.number_text(rate_kbps), delay_ms=ui.number_text(delay_ms), drop=f"{drop:g}")
     st.session_state["env"] = ui.Environment(profile, float(width), device, server, rate_kbps * 8e3, drop / 100,
-                                             data_fp, delay_s=delay_ms / 1e3)
+                                             data_fp, delay_s=delay_ms / 1e3, model=model, weights=weights.strip())
 
 if from_url and current == "plane" and v["page"] in pages and v["page"] != "plane":
     st.switch_page(pages[v["page"]], query_params={k: x for k, x in v.items() if x})  # a URL's ?page=

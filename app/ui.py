@@ -42,13 +42,13 @@ T = TypeVar("T")
 
 # Every key of the view state and its default; "" means "derived" (the profile's width, the preset's figures).
 VIEW_DEFAULTS: dict[str, str] = {
-    "page": "plane", "profile": "quick", "width": "", "data": "",
+    "page": "plane", "profile": "quick", "model": "resnet18", "weights": "", "width": "", "data": "",
     "device": "pi3", "device_gflops": "", "device_mb": "", "server": "rtx2080ti", "server_gflops": "",
     "server_mb": "", "rate_kBps": "40", "delay_ms": "0", "drop": f"{DEFAULT_ACCURACY_DROP * 100:g}",
     "sel": "", "pins": "", "bits": "actual", "below": "grey", "front": "overall", "splits": "", "overheads": "off",
 }
-ENVIRONMENT_KEYS = ("profile", "width", "data", "device", "device_gflops", "device_mb", "server", "server_gflops",
-                    "server_mb", "rate_kBps", "delay_ms", "drop")
+ENVIRONMENT_KEYS = ("profile", "model", "weights", "width", "data", "device", "device_gflops", "device_mb", "server",
+                    "server_gflops", "server_mb", "rate_kBps", "delay_ms", "drop")
 _MAX_PARAM = 2000  # characters of one query parameter kept from a URL
 _VIEW = "_view"
 
@@ -261,6 +261,8 @@ class Environment:
     accuracy_drop: float = DEFAULT_ACCURACY_DROP  # allowed drop below the base model's validation accuracy
     data: str = ""  # a dataset fingerprint from the results store; "" for the local dataset
     delay_s: float = 0.0  # one-way propagation delay, device to server
+    model: str = "resnet18"  # a registered model or one's own (engine.models.model_factory)
+    weights: str = ""  # a file of trained weights to start from; "" trains the base model
 
 
 def environment() -> Environment:
@@ -294,10 +296,29 @@ def dataset(profile: str) -> ImageData:
     return _data(profile, data_path(), str(cache_dir()))
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _model_reference(model: str, weights: str, weights_mtime: float) -> tuple[str, str, str]:
+    """(model reference, weights sha256, weights path) as the engine records them; cached per file version."""
+    from engine.models import normalize_reference
+    from engine.train import weights_reference
+
+    sha, path = weights_reference(weights) if weights else ("", "")
+    return normalize_reference(model), sha, path
+
+
 def base_config(env: Environment, data: ImageData | None) -> BaseModelConfig:
-    """The base model the pages show: the profile's recipe on the chosen (or local) dataset at the chosen width."""
+    """The base model the pages show: the profile's recipe for the chosen model on the chosen (or local) dataset at
+    the chosen width, from the chosen weights when given; a model or weights that cannot be loaded stop the page."""
     fingerprint = env.data or (data.fingerprint if data is not None else "")
-    return PROFILES.get(env.profile).base_config(fingerprint, width=env.width)
+    try:
+        mtime = Path(env.weights).expanduser().stat().st_mtime if env.weights else 0.0
+        model, sha, path = _model_reference(env.model, env.weights, mtime)
+    except (UserError, OSError) as exc:
+        st.error(str(exc))
+        st.stop()
+        raise
+    return PROFILES.get(env.profile).base_config(fingerprint, width=env.width, model=model, weights=sha,
+                                                 weights_path=path)
 
 
 def require_data(env: Environment) -> ImageData:
@@ -473,17 +494,26 @@ def _png_bits(fingerprint: str, _data: ImageData) -> float:
 
 
 @st.cache_data(show_spinner="Profiling the untrained model at each split…", max_entries=8)
-def untrained_profile(profile: str, width: float, fingerprint: str) -> pd.DataFrame:
+def untrained_profile(profile: str, width: float, fingerprint: str, model: str = "resnet18") -> pd.DataFrame:
     """FLOPs, memory and 8-bit feature size of each split of the untrained model (the empty state's plane)."""
     from engine.models import split_names
     from engine.profile import profile_model
     from engine.train import make_model
 
     data = dataset(profile)
-    base = PROFILES.get(profile).base_config(fingerprint, width=width)
-    rows = profile_model(make_model(base, data), (data.channels, *data.image_size), data.num_classes,
-                         split_names(coarse_only=True))
+    base = PROFILES.get(profile).base_config(fingerprint, width=width, model=model)
+    built = make_model(base, data)
+    rows = profile_model(built, (data.channels, *data.image_size), data.num_classes, split_names(built))
     return pd.DataFrame(rows).assign(method="profile", id=None)
+
+
+def split_order(table: pd.DataFrame) -> list[str]:
+    """The splits of a results table in the model's order (each row's `split_order`), input side first."""
+    names = list(dict.fromkeys(table["split"])) if "split" in table else []
+    if "split_order" not in table:
+        return names
+    order = table.groupby("split")["split_order"].min()
+    return sorted(names, key=lambda s: order.get(s, 0))
 
 
 def emulated_bf16_warning(base: BaseModelConfig) -> None:

@@ -31,7 +31,7 @@ from engine.latency import latency_table
 from engine.methods import check_variant
 from engine.pareto import best_per_method, best_variant
 from engine.paths import cache_dir
-from engine.profiles import PROFILES, profile_of
+from engine.profiles import PROFILES, profile_of, recipe_of
 
 MAX_IMPORT_MB = 1
 
@@ -80,8 +80,7 @@ def _import_section() -> None:
     if not measured:
         local = ui.local_data(env)
         can_queue = local is not None and local.fingerprint == cfg.base.dataset
-        profile = next((n for n in PROFILES if PROFILES.get(n).base_config(
-            cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base), None)
+        profile = recipe_of(cfg.base)
         if st.button("Measure it here (queue the job)", disabled=not can_queue or profile is None,
                      help=None if can_queue else "its dataset is not the local one"):
             ui.start_jobs([jobq.JobSpec.for_variant(cfg, profile or env.profile, ui.data_path())])

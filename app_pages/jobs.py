@@ -12,7 +12,7 @@ from engine import queue as jobq
 from engine import sweep
 from engine.errors import UserError
 from engine.knobs import knob_text, parse_knobs
-from engine.models import SPLIT_POINTS
+from engine.models import split_names
 from engine.units import format_seconds
 
 SHOWN = 40  # jobs listed at most (active first, then the latest finished)
@@ -53,7 +53,8 @@ with st.expander("Start jobs", expanded=True):
     with variant_tab:
         c1, c2, c3 = st.columns([1, 1, 2])
         method = c1.selectbox("Method", sweep.methods_in_order())
-        splits = c2.multiselect("Splits", SPLIT_POINTS.names(), default=["conv4_x"])
+        inner = split_names(base.model)[1:-1]  # the default: the paper's conv4_x, or the like of another model
+        splits = c2.multiselect("Splits", split_names(base.model, coarse_only=False), default=inner[-2:-1])
         defaults = sweep.default_knobs(method, splits[0], base) if splits else {}
         knobs = c3.text_input("Knobs (optional)", placeholder=knob_text(defaults) if defaults else "bits=4",
                               help="NAME=VALUE pairs, values as JSON; the method's defaults (shown greyed) fill "

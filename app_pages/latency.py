@@ -10,6 +10,7 @@ import streamlit as st
 from app import ui
 from engine.figures import latency_breakdown_figure, latency_rate_figure
 from engine.latency import PROPAGATION_COLUMN, latency_table
+from engine.models import model_label
 from engine.pareto import DECISION_COLUMN, best_per_method
 from engine.units import format_bytes, format_rate, format_seconds
 
@@ -30,7 +31,7 @@ formula = "F_dev/C_dev + B/R + F_srv/C_srv" + (" + t_coding + framing/R" if with
     + (f" + D (propagation delay, {env.delay_s * 1e3:g} ms one way)" if env.delay_s else "")
 curves = ui.latency_curves(base, env, need, overheads)
 st.caption(f"device **{env.device.describe()}** · server **{env.server.describe()}** · {ui.threshold_text(env, need)} "
-           f"· ResNet18 width {base.width:g} · latency = {formula}, B = actual bits per image")
+           f"· {model_label(base.model)} width {base.width:g} · latency = {formula}, B = actual bits per image")
 ui.remeasure_note(table)
 
 

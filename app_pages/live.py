@@ -35,8 +35,8 @@ IDLE_S = (0.001, 0.003, 0.01, 0.03, 0.1)  # idle times the coding is timed after
 
 
 @st.cache_data(show_spinner="Measuring this CPU's FLOP/s…", ttl=600)
-def _cpu_flops(width: float, input_shape: tuple[int, int, int], classes: int) -> float:
-    return cpu_flops_per_s(width, input_shape, classes)
+def _cpu_flops(width: float, input_shape: tuple[int, int, int], classes: int, model: str) -> float:
+    return cpu_flops_per_s(width, input_shape, classes, model_ref=model)
 
 
 @st.cache_data(show_spinner="Measuring the runtime's own cost with a null session…", ttl=600)
@@ -101,7 +101,7 @@ if done is None or done[0] != variant or done[1] != (env.rate_bps, env.delay_s):
 
 report, coding_at = done[2], done[3]
 shape = (data.channels, *data.image_size)
-flops = _cpu_flops(base.width, shape, data.num_classes)
+flops = _cpu_flops(base.width, shape, data.num_classes, base.model)
 model = modelled_latency(row, flops, flops, env.rate_bps, env.delay_s)
 runtime = _runtime_overhead(env.rate_bps, shape, data.num_classes)
 coding = coding_at(0.0)

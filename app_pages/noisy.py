@@ -13,26 +13,28 @@ from app import ui
 from engine.coding.channels import CHANNELS
 from engine.fig5 import (
     FIG5_CHANNELS,
-    FIG5_SPLIT,
     best_schemes,
     fig5_curves,
     fig5_plan,
     fig5_rows,
+    fig5_split,
     mismatch_curve,
     thresholds,
     verdict,
 )
 from engine.figures import mismatch_figure, noisy_cost_figure
+from engine.models import model_label
 
 env = ui.environment()
 st.title("Noisy channels")
 data, base = ui.page_base(env)
-table = fig5_rows(ui.results(base))
+split = fig5_split(base)
+table = fig5_rows(ui.results(base), split)
 jscc = table[table["knob_jscc_channel"].isin(FIG5_CHANNELS)] if "knob_jscc_channel" in table else table.iloc[:0]
 if jscc.empty:
     st.info(f"No noisy-channel rows for this base model yet. `python -m engine noisy --profile {env.profile}` "
             f"trains and measures them (JSCC over AWGN and BSC and the learned source-coding references at "
-            f"{FIG5_SPLIT}, plus the `original` row there); as jobs they are `three_step` variants with knobs "
+            f"{split}, plus the `original` row there); as jobs they are `three_step` variants with knobs "
             "`encoder=jscc`, `snapshot=none` and `jscc_*`.")
     st.stop()
 ui.example_note(table)
@@ -46,7 +48,8 @@ if planned[jscc.index].any() and not planned.all():  # other budgets' or hand-ru
     table = table[planned] if only_plan else table
 
 val_need, test_need = thresholds(table, env.accuracy_drop)
-st.caption(f"split **{FIG5_SPLIT}** · ResNet18 width {base.width:g} · accuracy ≥ **{test_need:.2%}** on test "
+st.caption(f"split **{split}** · {model_label(base.model)} width {base.width:g} · accuracy ≥ "
+           f"**{test_need:.2%}** on test "
            f"(choices on validation: ≥ {val_need:.2%}; base − {env.accuracy_drop * 100:g} points) · JSCC accuracy is "
            "the mean over seeded channel realisations; the other schemes are sent at the Shannon capacity, with "
            "their actual bitstream (dotted) and their ideal, entropy-model length (dashed)")

@@ -11,7 +11,7 @@ from engine.errors import UserError
 from engine.figures import plane_figure
 from engine.knobs import knob_text
 from engine.latency import latency_table
-from engine.models import split_names
+from engine.models import model_label
 from engine.pareto import DECISION_COLUMN, best_variant, validation_label
 from engine.units import format_flops, format_seconds
 
@@ -51,7 +51,8 @@ data, base = ui.page_base(env)
 table = ui.results(base)
 st.caption(f"dataset **{data.name if data else env.data}**"
            + (f" ({len(data.test_y):,} test images)" if data else "")
-           + f" · ResNet18 width **{base.width:g}** · profile **{env.profile}** · base model `{base.id}`")
+           + f" · {model_label(base.model)} width **{base.width:g}** · profile **{env.profile}** · base model "
+             f"`{base.id}`")
 
 if table.empty:
     st.info("No measured variants for this base model yet. The plane shows the untrained profile: device FLOPs and "
@@ -76,7 +77,7 @@ if table.empty:
         ui.start_sweep(env.profile, base)
         st.rerun()
     ui.progress_strip(base, frozenset())
-    profile = ui.untrained_profile(env.profile, base.width, data.fingerprint)
+    profile = ui.untrained_profile(env.profile, base.width, data.fingerprint, base.model)
     ui.chart(plane_figure(profile, ui.png_bits(table, data), bits_column="bits_8bit"), "plane")
     st.dataframe(profile[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
                           "bits_8bit"]], hide_index=True)
@@ -86,7 +87,7 @@ need = ui.threshold(env, table)
 st.caption(ui.threshold_text(env, need))
 ui.remeasure_note(table)
 ui.example_note(table)
-splits = [s for s in split_names() if s in set(table["split"])]
+splits = ui.split_order(table)
 c1, c2, c3, c4 = st.columns([1.2, 1.2, 1, 2])
 key = ui.bind("bits", lambda: v["bits"] == "ideal")
 ideal = c1.toggle("Ideal bits", value=st.session_state[key], key=key,

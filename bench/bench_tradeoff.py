@@ -18,7 +18,6 @@ if str(PROJECT_ROOT) not in sys.path:
 import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
-from engine.models import SPLIT_POINTS  # noqa: E402
 from engine.pareto import DECISION_COLUMN, latency_vs_rate, validation_threshold  # noqa: E402
 from engine.profiles import PROFILES  # noqa: E402
 from engine.report import (  # noqa: E402
@@ -42,8 +41,8 @@ def _pct(v: float) -> str:
 
 
 def in_split_order(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows sorted by split (registry order, input to output), then method."""
-    order = {name: i for i, name in enumerate(SPLIT_POINTS)}
+    """Rows sorted by split (the model's order, input to output: each row's `split_order`), then method."""
+    order = rows.groupby("split")["split_order"].min()
     return rows.assign(_split=rows["split"].map(order)).sort_values(["_split", "method"], kind="stable")
 
 

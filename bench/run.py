@@ -47,6 +47,8 @@ BENCHES = (
            "--splits", "conv4_x", "conv5_x", "server_only")),
     Bench("onnx", "Device part without torch: onnxruntime against TorchScript",
           ("bench/bench_onnx.py", "--profile", "quick", "--data", "DATA")),
+    Bench("mobilenetv2", "MobileNetV2 on the quick profile",
+          ("bench/bench_model.py", "--model", "mobilenetv2", "--profile", "quick", "--data", "DATA", "--sweep")),
     Bench("pages", "Dashboard speed", ("bench/bench_pages.py", "--rows", "2000", "--repeats", "5", "--data", "DATA")),
 )
 

@@ -127,6 +127,7 @@ class BaseModelConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     val_fraction: float = 0.1
+    # a registered model's name, or a model of one's own: `/abs/path/file.py:ClassName` or `package.module:factory`
     model: str = "resnet18"
     # progressive resizing (small images first, the data's own size last), either as the input size of each epoch
     # in pixels (square) or as each epoch's fraction of the data's height and width; both empty: every epoch at the
@@ -138,9 +139,13 @@ class BaseModelConfig:
     # the profile (engine.profiles) whose budgets its variants follow: a label, in neither the id nor the repr (the
     # model it names is the same whichever profile asked for it); "" in configs saved before it was recorded
     profile: str = field(default="", compare=False)
+    # trained weights to start from instead of training: the sha256 of the state-dict file (in the id), and where
+    # the file is (a label: the same weights elsewhere are the same base model); "" trains the base model
+    weights: str = ""
+    weights_path: str = field(default="", compare=False)
     # added later: in the id (and repr) only when set
-    ID_OPTIONAL: ClassVar[tuple[str, ...]] = ("sizes", "scales", "precision")
-    ID_EXCLUDED: ClassVar[tuple[str, ...]] = ("profile",)
+    ID_OPTIONAL: ClassVar[tuple[str, ...]] = ("sizes", "scales", "precision", "weights")
+    ID_EXCLUDED: ClassVar[tuple[str, ...]] = ("profile", "weights_path")
 
     def __post_init__(self) -> None:
         if not self.width > 0:
@@ -164,6 +169,8 @@ class BaseModelConfig:
                             f"epochs, got {list(self.scales)}")
         if self.sizes and self.scales:
             raise UserError("give the epochs' input sizes either in pixels (sizes) or as fractions (scales), not both")
+        if self.weights and not (len(self.weights) == 64 and all(c in "0123456789abcdef" for c in self.weights)):
+            raise UserError(f"weights must be the sha256 of a weights file (64 hex digits), got {self.weights!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
 

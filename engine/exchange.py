@@ -187,7 +187,7 @@ def check_row(row: Any, where: str) -> dict[str, Any]:
         The row, plain JSON, its stamps kept.
     """
     from engine.methods import METHODS
-    from engine.models import SPLIT_POINTS
+    from engine.models import DEFAULT_MODEL, plausible_split
 
     if not isinstance(row, dict):
         raise _reject(f"{where} is not an object")
@@ -200,7 +200,7 @@ def check_row(row: Any, where: str) -> dict[str, Any]:
         raise _reject(f"{where}: id {ident[:80]!r} is not a variant id")
     if clean["method"] not in METHODS:
         raise _reject(f"row {ident}: unknown method {clean['method'][:80]!r}; known: {', '.join(METHODS)}")
-    if clean["split"] not in SPLIT_POINTS:
+    if not plausible_split(str(clean.get("model", DEFAULT_MODEL)), clean["split"]):
         raise _reject(f"row {ident}: unknown split {clean['split'][:80]!r}")
     version = row.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or not 0 <= version <= SCHEMA_VERSION:
@@ -363,7 +363,7 @@ def remeasure_specs(rows: Iterable[Mapping[str, Any]], data: str | None) -> tupl
         The job specs, and the ids of rows that no profile here can rebuild.
     """
     from engine.deploy.selection import row_config
-    from engine.profiles import PROFILES
+    from engine.profiles import recipe_of
     from engine.queue import JobSpec
 
     specs, refused = [], []
@@ -373,8 +373,7 @@ def remeasure_specs(rows: Iterable[Mapping[str, Any]], data: str | None) -> tupl
         except (UserError, KeyError, TypeError, ValueError):
             refused.append(str(row.get("id")))
             continue
-        profile = next((n for n in PROFILES if PROFILES.get(n).base_config(
-            cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base), None)
+        profile = recipe_of(cfg.base)
         if profile is None:
             refused.append(cfg.id)
             continue

@@ -15,6 +15,7 @@ import pandas as pd
 from engine.coding.channels import CHANNELS
 from engine.coding.jscc import NOISELESS, JsccConfig
 from engine.config import BaseModelConfig, VariantConfig
+from engine.errors import UserError
 from engine.profiles import PROFILES
 
 if TYPE_CHECKING:
@@ -51,18 +52,32 @@ def fig5_variants(base: BaseModelConfig, profile: str, channels: Sequence[str] =
     return out
 
 
-def fig5_plan(base: BaseModelConfig, profile: str, channels: Sequence[str] = FIG5_CHANNELS) -> list[VariantConfig]:
-    """What Fig. 5 of a profile measures: the `original` 8-bit Huffman row at the split, then `fig5_variants`."""
-    return [VariantConfig.make("original", FIG5_SPLIT, base, bits=8), *fig5_variants(base, profile, channels)]
+def fig5_split(base: BaseModelConfig) -> str:
+    """The split Fig. 5 compares at: conv4_x for the CIFAR ResNet18 (the paper's), the like for another model."""
+    from engine.models import reference_split
+
+    split = reference_split(base.model)
+    if split is None:
+        raise UserError(f"model {base.model} names no split points: choose one with --splits")
+    return split
+
+
+def fig5_plan(base: BaseModelConfig, profile: str, channels: Sequence[str] = FIG5_CHANNELS,
+              split: str | None = None) -> list[VariantConfig]:
+    """What Fig. 5 of a profile measures: the `original` 8-bit Huffman row at the split (`fig5_split` by default),
+    then `fig5_variants`."""
+    split = split or fig5_split(base)
+    return [VariantConfig.make("original", split, base, bits=8), *fig5_variants(base, profile, channels, split)]
 
 
 def run_fig5(ctx: RunContext, base: BaseModelConfig, channels: Sequence[str] = FIG5_CHANNELS,
-             skip: Container[str] = (), on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Measure the variants of `fig5_plan` whose id is not in `skip` (e.g. a ResultsStore); `on_row(row)` is called
-    as each row is ready (to store it). Returns the new rows."""
+             skip: Container[str] = (), on_row: Callable[[dict[str, Any]], None] | None = None,
+             split: str | None = None) -> list[dict[str, Any]]:
+    """Measure the variants of `fig5_plan` (at `split`, `fig5_split` by default) whose id is not in `skip` (e.g. a
+    ResultsStore); `on_row(row)` is called as each row is ready (to store it). Returns the new rows."""
     from engine.methods import METHODS
 
-    todo = [cfg for cfg in fig5_plan(base, ctx.profile.budget_name, channels) if cfg.id not in skip]
+    todo = [cfg for cfg in fig5_plan(base, ctx.profile.budget_name, channels, split) if cfg.id not in skip]
     outer, rows = ctx.progress, []
     try:
         for i, cfg in enumerate(todo):
@@ -93,13 +108,16 @@ def _numeric(row: pd.Series, name: str) -> float:
         return math.nan
 
 
-def fig5_rows(table: pd.DataFrame, split: str = FIG5_SPLIT) -> pd.DataFrame:
-    """The rows Fig. 5 reads: unpruned `three_step` "jscc" rows at the split, and `original` at the split."""
+def fig5_rows(table: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
+    """The rows Fig. 5 reads: unpruned `three_step` "jscc" rows at the split, and `original` at the split (by
+    default the split of most of those JSCC rows, conv4_x when there are none)."""
     if table.empty or "method" not in table.columns:
         return table
-    at = table["split"] == split
     jscc = (table["method"] == "three_step") & (_knob(table, "encoder") == "jscc") & (_knob(table, "snapshot") ==
                                                                                     "none")
+    if split is None:
+        split = table.loc[jscc, "split"].mode().iloc[0] if jscc.any() else FIG5_SPLIT
+    at = table["split"] == split
     return table[at & (jscc | (table["method"] == "original"))]
 
 

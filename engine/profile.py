@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.models import SPLIT_POINTS, split
+from engine.models import declared_points, part_info, split
 
 
 def count_flops(module: nn.Module, x: torch.Tensor) -> int:
@@ -127,7 +127,7 @@ def profile_parts(device: nn.Module, server: nn.Module, point: str, input_shape:
     activations = peak_activation_bytes(device, x)
     row = {
         "split": point,
-        "split_order": SPLIT_POINTS.get(point).device_units,
+        "split_order": part_info(device).order,
         "device_flops": count_flops(device, x),
         "server_flops": count_flops(server, feature),
         "device_params_bytes": params,
@@ -155,5 +155,6 @@ def profile_split(model: nn.Module, point: str, input_shape: tuple[int, int, int
 
 def profile_model(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
                   points: list[str] | None = None, time_device: bool = False) -> list[dict]:
-    """`profile_split` for each split point (all registered points by default), in chain order."""
-    return [profile_split(model, p, input_shape, num_classes, time_device) for p in (points or list(SPLIT_POINTS))]
+    """`profile_split` for each split point (all the model's declared points by default), in order."""
+    names = points or [p.name for p in declared_points(model)]
+    return [profile_split(model, p, input_shape, num_classes, time_device) for p in names]

@@ -150,9 +150,21 @@ class Profile:
         """The knobs a learned encoder's variants carry for this profile's budget."""
         return {"enc_epochs": self.encoding_epochs, "enc_backbone": self.encoding_backbone}
 
-    def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0) -> BaseModelConfig:
-        """The base model this profile trains on `dataset` (a data fingerprint), recording the profile's name."""
+    def base_config(self, dataset: str, *, width: float | None = None, seed: int = 0, model: str = "resnet18",
+                    weights: str = "", weights_path: str = "") -> BaseModelConfig:
+        """The base model this profile trains on `dataset` (a data fingerprint), recording the profile's name.
+
+        Args:
+            dataset: the data's fingerprint; width, seed: the model's width multiplier (None: the profile's) and
+            seed; model: a model reference (`engine.models.model_factory`); weights, weights_path: the sha256 and
+            path of trained weights to start from ("": train the base model).
+        Returns:
+            the base model's config.
+        """
         return BaseModelConfig(
+            model=model,
+            weights=weights,
+            weights_path=weights_path,
             dataset=dataset,
             width=self.width if width is None else width,
             seed=seed,
@@ -226,6 +238,19 @@ PROFILES.add("paper", Profile(
                     epochs=30, train_images=None, realisations=10),
     grid=Grid("paper"),
 ))
+
+
+def recipe_of(base: BaseModelConfig) -> str | None:
+    """The profile whose recipe, for the base model's data, model, weights, width and seed, is exactly `base`.
+
+    Args:
+        base: a base model's config.
+    Returns:
+        the profile's name, or None when no profile trains it.
+    """
+    return next((n for n in PROFILES if PROFILES.get(n).base_config(
+        base.dataset, width=base.width, seed=base.seed, model=base.model, weights=base.weights,
+        weights_path=base.weights_path) == base), None)
 
 
 def profile_of(base: BaseModelConfig) -> Profile:

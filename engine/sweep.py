@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.config import BaseModelConfig, VariantConfig
 from engine.methods import METHODS, check_variant
-from engine.models import END_POINTS, SPLIT_POINTS, split_names
+from engine.models import END_POINTS, check_splits, split_names
 from engine.profiles import PROFILES, Grid, MethodGrid
 from engine.queue import (
     ACTIVE,
@@ -60,9 +60,8 @@ def methods_in_order(names: Iterable[str] | None = None) -> list[str]:
 
 def method_variants(name: str, base: BaseModelConfig, grid: MethodGrid) -> list[VariantConfig]:
     """The method's variants on the grid's splits, crossed with the grid's knob values; end points first."""
-    splits = list(grid.splits) if grid.splits is not None else split_names(coarse_only=True)
-    for s in splits:
-        SPLIT_POINTS.get(s)
+    splits = list(grid.splits) if grid.splits is not None else split_names(base.model, coarse_only=True)
+    check_splits(base.model, splits)
     variants = METHODS.get(name).variants(base, splits)
     if grid.knobs:
         names = [k for k, _ in grid.knobs]
@@ -171,7 +170,7 @@ def default_knobs(method: str, split: str, base: BaseModelConfig, /, **given: An
     """The knobs of the method's first proposed variant at `split` for this base model ({} where it proposes none)
     that agrees with `given` on the knobs the method names in `defaults_by`: `three_step` with `encoder="two_step"`
     starts from the grid's encoded variant, with the profile's `enc_*` knobs, not from a pruned one."""
-    SPLIT_POINTS.get(split)
+    check_splits(base.model, [split])
     impl = METHODS.get(method)
     proposed = [dict(v.knobs) for v in impl.variants(base, [split]) if v.split == split]
     keys = [k for k in getattr(impl, "defaults_by", ()) if k in given]

@@ -16,6 +16,7 @@ from torch import nn
 
 from engine.config import BaseModelConfig
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, resize_batch, train_val_split
+from engine.errors import UserError
 from engine.models import build_model
 from engine.training import (
     Hooks,
@@ -25,6 +26,7 @@ from engine.training import (
     Scheduler,
     autocast,
     discard_checkpoint,
+    file_sha256,
     load_checkpoint,
     pick_device,
     run_loop,
@@ -79,7 +81,54 @@ def base_checkpoint_path(cfg: BaseModelConfig, cache: Path) -> Path:
 
 
 def make_model(cfg: BaseModelConfig, data: ImageData) -> nn.Module:
-    return build_model(cfg.model, cfg.width, data.num_classes, data.channels)
+    """The untrained model of a base config for `data` (its classes, channels and image size)."""
+    return build_model(cfg.model, cfg.width, data.num_classes, data.channels, (data.channels, *data.image_size))
+
+
+def weights_reference(path: str | Path) -> tuple[str, str]:
+    """The sha256 and absolute path of a weights file, as a base config records them (`--weights FILE`).
+
+    Args:
+        path: a file torch.save wrote: a state dict, or a dict holding one under "state_dict".
+    Returns:
+        (sha256, absolute path); a UserError when the file cannot be read.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"no weights file {path}")
+    return file_sha256(path), str(path)
+
+
+def adopt_weights(cfg: BaseModelConfig, data: ImageData, cache: Path) -> dict:
+    """The base checkpoint of trained weights given instead of training: the file (checked against its sha256)
+    loaded with weights_only into the model, measured on the validation and test images, saved to the cache.
+
+    Args:
+        cfg: a base config with `weights` and `weights_path`; data: the images; cache: the cache folder.
+    Returns:
+        the checkpoint dict, as `train_base` returns it (no training time).
+    """
+    path = Path(cfg.weights_path)
+    if not path.is_file() or file_sha256(path) != cfg.weights:
+        raise UserError(f"the weights file {path} is missing or changed (sha256 {cfg.weights[:12]}...)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    model = make_model(cfg, data)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise UserError(f"the weights in {path.name} do not fit model {cfg.model}: "
+                        f"{str(exc).splitlines()[0][:160]}") from None
+    _, _, val_x, val_y = train_val_split(data, cfg.val_fraction, cfg.seed)
+    mean, std = data.mean, data.std
+    ckpt = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "config": json.loads(json.dumps(cfg.__dict__)),
+            "metrics": {"val_accuracy": accuracy(model, val_x, val_y, mean, std),
+                        "test_accuracy": accuracy(model, data.test_x, data.test_y, mean, std), "train_seconds": 0.0,
+                        "device": "weights file", "precision": cfg.precision, "epochs": 0, "train_images": 0,
+                        "trained_on": [], "weights": cfg.weights}}
+    save_checkpoint(ckpt, base_checkpoint_path(cfg, cache))
+    return ckpt
 
 
 class BaseTraining(Hooks):
@@ -171,7 +220,8 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
 
 def load_or_train_base(cfg: BaseModelConfig, data: ImageData, cache: Path,
                        progress: Progress | None = None) -> tuple[nn.Module, dict]:
-    """The cached base model for `cfg` (weights_only load, checksum verified), trained first when missing."""
+    """The cached base model for `cfg` (weights_only load, checksum verified), trained first when missing (or, with
+    `cfg.weights`, loaded from the weights file)."""
     ckpt = load_checkpoint(base_checkpoint_path(cfg, cache))
     model = make_model(cfg, data)
     if ckpt is not None:
@@ -181,6 +231,6 @@ def load_or_train_base(cfg: BaseModelConfig, data: ImageData, cache: Path,
             log.warning("base checkpoint %s does not match its config (%s): retraining", cfg.id, str(exc)[:120])
             ckpt = None
     if ckpt is None:
-        ckpt = train_base(cfg, data, cache, progress)
+        ckpt = adopt_weights(cfg, data, cache) if cfg.weights else train_base(cfg, data, cache, progress)
         model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt

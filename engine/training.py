@@ -65,7 +65,14 @@ def autocast(device: torch.device, precision: str = "auto"):  # noqa: ANN201
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, in hex.
+
+    Args:
+        path: the file.
+    Returns:
+        64 hex digits.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -85,7 +92,7 @@ def save_checkpoint(obj: dict, path: Path) -> None:
     def write(tmp: Path) -> None:
         nonlocal digest
         torch.save(obj, tmp)
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
 
     atomic_write(path, write)
     atomic_write(path.with_suffix(path.suffix + ".sha256"), lambda tmp: tmp.write_text(digest))
@@ -103,7 +110,7 @@ def load_checkpoint(path: Path) -> dict | None:
         return None
     side = path.with_suffix(path.suffix + ".sha256")
     try:
-        if not side.exists() or side.read_text().strip() != _sha256(path):
+        if not side.exists() or side.read_text().strip() != file_sha256(path):
             raise ValueError("checksum mismatch")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the entry cannot be trusted

@@ -69,8 +69,17 @@ def add_delay(p: argparse.ArgumentParser, role: str) -> None:
                    help=f"one-way propagation delay, device to server, in milliseconds: {role} (default 0)")
 
 
+def split_list(text: str) -> list[str]:
+    """The names of a comma-separated --splits value."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one split point, e.g. --splits layer2,layer3")
+    return names
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
-    """Add the options that pick the dataset and base model: --data, --profile, --width and --seed.
+    """Add the options that pick the dataset and base model: --data, --profile, --model, --weights, --splits,
+    --width and --seed.
 
     Args:
         p: the parser of one command.
@@ -79,6 +88,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
                                   "of one (default: $COINFER_DATA, then cache/data/, then torchvision's download)")
     p.add_argument("--profile", default="quick", help="budget: smoke, quick (CPU default), quick-bf16 (quick in "
                                                        "bf16, for a CPU with AVX-512 BF16 or AMX) or paper (GPU)")
+    p.add_argument("--model", default="resnet18",
+                   help="the model: a registered one (resnet18, mobilenetv2, vgg11_bn, vgg16_bn) or one's own as "
+                        "path/to/file.py:ClassName or package.module:factory (default resnet18)")
+    p.add_argument("--weights", metavar="FILE", help="trained weights (a state dict saved with torch.save) to start "
+                                                     "from instead of training the base model")
+    p.add_argument("--splits", type=split_list, metavar="A,B",
+                   help="split points, comma-separated: the model's named points or nodes of its graph (list them "
+                        "with `profile --all-splits`)")
     p.add_argument("--width", type=positive_float, help="width multiplier (default: the profile's)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of training, splits and subsets (default 0)")
 
@@ -177,13 +194,30 @@ def load(args: argparse.Namespace) -> tuple[Profile, ImageData, BaseModelConfig]
         The profile, the data and the base model config.
     """
     from engine.data import load_data, subset
+    from engine.models import DEFAULT_MODEL, normalize_reference
+    from engine.train import weights_reference
 
     profile = PROFILES.get(args.profile)
+    model = normalize_reference(getattr(args, "model", None) or DEFAULT_MODEL)
+    weights, weights_path = weights_reference(args.weights) if getattr(args, "weights", None) else ("", "")
     data = load_data(args.data, cache_dir=writable_cache())
     if profile.train_limit or profile.test_limit:
         data = subset(data, profile.train_limit, profile.test_limit, seed=args.seed)
-    base = profile.base_config(data.fingerprint, width=args.width, seed=args.seed)
+    base = profile.base_config(data.fingerprint, width=args.width, seed=args.seed, model=model, weights=weights,
+                               weights_path=weights_path)
     return profile, data, base
+
+
+def chosen_splits(args: argparse.Namespace, base: BaseModelConfig) -> list[str] | None:
+    """The split points a command names (--splits, then --split where it has one), checked against the model;
+    None where it names none."""
+    from engine.models import check_splits
+
+    names = (getattr(args, "splits", None) or []) + (getattr(args, "split", None) or [])
+    if not names:
+        return None
+    check_splits(base.model, names)
+    return names
 
 
 def narrow(table: pd.DataFrame, args: argparse.Namespace) -> tuple[pd.DataFrame, str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.cli.common import add_delay, data_path, port_int, positive_int, writable_cache
 from engine.errors import UserError
-from engine.profiles import PROFILES, profile_of
+from engine.profiles import PROFILES, profile_of, recipe_of
 
 RUNTIMES = ("torchscript", "onnx")
 
@@ -86,8 +86,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     cfg = row_config(row)
     for path in (args.out, args.test_images):
         _check_writable(path)
-    profile = next((PROFILES.get(n) for n in PROFILES if PROFILES.get(n).base_config(
-        cfg.base.dataset, width=cfg.base.width, seed=cfg.base.seed) == cfg.base), None) or profile_of(cfg.base)
+    name = recipe_of(cfg.base)
+    profile = PROFILES.get(name) if name is not None else profile_of(cfg.base)
     data = load_data(data_path(args), cache_dir=writable_cache())
     if profile.train_limit or profile.test_limit:
         data = subset(data, profile.train_limit, profile.test_limit, seed=cfg.base.seed)

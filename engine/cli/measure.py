@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from engine.cli.common import NARROWING, Bar, add_common, load, narrow, writable_cache
+from engine.cli.common import NARROWING, Bar, add_common, chosen_splits, load, narrow, writable_cache
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,14 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     """Measure a method's variants at the named splits, store the rows and print them."""
     from engine.methods import METHODS, RunContext
-    from engine.models import SPLIT_POINTS, split_names
+    from engine.models import split_names
     from engine.store import ResultsStore
 
     method = METHODS.get(args.method)
-    splits = args.split or split_names(coarse_only=True)
-    for s in splits:
-        SPLIT_POINTS.get(s)
     profile, data, base = load(args)
+    splits = chosen_splits(args, base) or split_names(base.model, coarse_only=True)
     cache = writable_cache()
     store = ResultsStore()
     bar = Bar(args.method)

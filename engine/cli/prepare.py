@@ -11,7 +11,7 @@ import time
 
 import pandas as pd
 
-from engine.cli.common import Bar, add_common, load, writable_cache
+from engine.cli.common import Bar, add_common, chosen_splits, load, writable_cache
 
 
 def sizes(text: str) -> tuple[int, ...]:
@@ -58,7 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common(p)
     p = subparsers.add_parser("profile", help="FLOPs, memory and feature size at each split (no training needed)")
     add_common(p)
-    p.add_argument("--all-splits", action="store_true", help="include every BasicBlock boundary")
+    p.add_argument("--all-splits", action="store_true",
+                   help="every valid split point: the model's finer named points and, for a traced model, every node "
+                        "of its graph where one tensor crosses")
     p.add_argument("--json", action="store_true", help="JSON records on stdout (FLOPs, bytes and bits unscaled)")
     p = subparsers.add_parser("train-base", help="train (or load from the cache) the base model")
     add_common(p)
@@ -85,14 +87,18 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     """Print the FLOPs, memory and feature size of the untrained base model at each split."""
-    from engine.models import split_names
+    from engine.models import all_split_points, split_names
     from engine.profile import profile_model
     from engine.train import make_model
 
     _, data, base = load(args)
     model = make_model(base, data)
-    rows = profile_model(model, (data.channels, *data.image_size), data.num_classes,
-                         split_names(coarse_only=not args.all_splits))
+    names = chosen_splits(args, base)
+    if names is not None:
+        names = ["server_only", *(n for n in names if n not in ("server_only", "device_only")), "device_only"]
+    else:
+        names = all_split_points(model) if args.all_splits else split_names(model)
+    rows = profile_model(model, (data.channels, *data.image_size), data.num_classes, names)
     table = pd.DataFrame(rows)[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
                                 "bits_fp32", "bits_8bit"]]
     if args.json:
@@ -104,7 +110,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     table["device_MFLOPs"] = table.pop("device_flops") / 1e6
     table["server_MFLOPs"] = table.pop("server_flops") / 1e6
     table["device_memory_kB"] = table.pop("device_memory_bytes") / 1e3
-    print(f"width {base.width}, input {data.channels}x{data.image_size[0]}x{data.image_size[1]}")
+    print(f"{base.model}, width {base.width}, input {data.channels}x{data.image_size[0]}x{data.image_size[1]}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     return 0
 

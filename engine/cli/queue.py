@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from engine.cli.common import Bar, add_common, data_path, load, non_negative_int, positive_float, writable_cache
+from engine.cli.common import (
+    Bar,
+    add_common,
+    chosen_splits,
+    data_path,
+    load,
+    non_negative_int,
+    positive_float,
+    writable_cache,
+)
 from engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -136,7 +145,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.WARNING)
     profile, _, base = load(args)
-    planned = sweep.plan(profile.name, base, data_path(args), methods=args.method, splits=args.split)
+    planned = sweep.plan(profile.name, base, data_path(args), methods=args.method,
+                         splits=chosen_splits(args, base))
     queue, store = JobQueue(), ResultsStore()
     counts: dict[str, int] = {}
     for p in planned:
@@ -147,8 +157,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     try:
         follow = None if args.no_cross else (
             lambda measured, planned: sweep.followups(profile.name, base, measured, data_path(args),
-                                                      methods=args.method, splits=args.split, encoders_per_split=1,
-                                                      exclude=planned))
+                                                      methods=args.method, splits=chosen_splits(args, base),
+                                                      encoders_per_split=1, exclude=planned))
         report = sweep.run(planned, queue=queue, store=store, workers=args.workers, scheduler=args.scheduler,
                            force=args.force, on_update=_sweep_progress(bar), follow=follow)
     finally:

@@ -4,10 +4,11 @@ decoder is the complement) and BottleNet++'s conv autoencoder (Shao & Zhang 2020
 spatial reduction, sigmoid). `EncodedSplit` chains device part -> encoder -> quantiser -> channel -> decoder -> server
 part; the channel slot is an identity here (a noisy channel layer goes there for JSCC).
 
-Both encoders keep the paper's bound of < 1 % extra computation for their default knobs: the conv's kernel equals its
-stride (a patchify conv, as many MACs as a 1x1 conv on the full map), the default keeps a quarter of the channels and
-shrinks the map to at most 8x8 before the FC layer (tests/integration/test_encoders.py checks the bound at every
-split and width).
+Any map works, non-square and with sides that are no multiple of the stride (7x7, 14x14, 5x5): the encoder pads it
+with zeros to the next multiple, the decoder crops its output back. Both encoders keep the paper's bound of < 1 %
+extra computation for their default knobs: the conv's kernel equals its stride (a patchify conv, as many MACs as a
+1x1 conv on the full map), the default keeps a quarter of the channels and shrinks the map to at most 8x8 before the
+FC layer (tests/integration/test_encoders.py checks the bound at every split and width).
 """
 
 from __future__ import annotations
@@ -50,20 +51,57 @@ def default_channels(c: int) -> int:
 
 
 def _check_stride(shape: Shape, stride: int) -> tuple[int, int]:
+    """The (height, width) of a map of `shape` reduced by `stride`: every side rounded up, so any map (non-square,
+    odd, 7x7) is covered; the encoder pads it to a multiple of the stride, the decoder crops back."""
     _, h, w = shape
-    if stride < 1 or h % stride or w % stride:
-        raise UserError(f"stride {stride} must divide the {h}x{w} feature map; try a power of 2 up to {min(h, w)}")
-    return h // stride, w // stride
+    if stride < 1:
+        raise UserError(f"stride must be >= 1, got {stride}")
+    return -(-h // stride), -(-w // stride)
 
 
-def _down(c_in: int, c_out: int, stride: int) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel_size=stride, stride=stride, bias=False)
+def _padding(shape: Shape, stride: int) -> tuple[int, int, int, int]:
+    """The zero padding (left, right, top, bottom) that makes a map's sides multiples of `stride`."""
+    rows, cols = _check_stride(shape, stride)
+    return 0, cols * stride - shape[2], 0, rows * stride - shape[1]
 
 
-def _up(c_in: int, c_out: int, stride: int) -> nn.Module:
+class _Down(nn.Conv2d):
+    """A patchify convolution (kernel = stride) over the map padded with zeros to a multiple of the stride."""
+
+    def __init__(self, shape: Shape, c_out: int, stride: int) -> None:
+        super().__init__(shape[0], c_out, kernel_size=stride, stride=stride, bias=False)
+        self.pad = _padding(shape, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(nn.functional.pad(x, self.pad) if any(self.pad) else x)
+
+
+class _Up(nn.Module):
+    """The transposed patchify convolution (a 1x1 convolution at stride 1), cropped back to the map's size."""
+
+    def __init__(self, c_in: int, shape: Shape, stride: int) -> None:
+        super().__init__()
+        self.size = shape[1:]
+        self.conv = (nn.Conv2d(c_in, shape[0], kernel_size=1, bias=False) if stride == 1
+                     else nn.ConvTranspose2d(c_in, shape[0], kernel_size=stride, stride=stride, bias=False))
+        self.crop = any(_padding(shape, stride))
+
+    def forward(self, z: Tensor) -> Tensor:
+        y = self.conv(z)
+        return y[:, :, : self.size[0], : self.size[1]] if self.crop else y
+
+
+def _down(shape: Shape, c_out: int, stride: int) -> nn.Conv2d:
+    return _Down(shape, c_out, stride) if any(_padding(shape, stride)) else nn.Conv2d(
+        shape[0], c_out, kernel_size=stride, stride=stride, bias=False)
+
+
+def _up(c_in: int, shape: Shape, stride: int) -> nn.Module:
+    if any(_padding(shape, stride)):
+        return _Up(c_in, shape, stride)
     if stride == 1:
-        return nn.Conv2d(c_in, c_out, kernel_size=1, bias=False)
-    return nn.ConvTranspose2d(c_in, c_out, kernel_size=stride, stride=stride, bias=False)
+        return nn.Conv2d(c_in, shape[0], kernel_size=1, bias=False)
+    return nn.ConvTranspose2d(c_in, shape[0], kernel_size=stride, stride=stride, bias=False)
 
 
 class TwoStepEncoder(nn.Module):
@@ -81,7 +119,7 @@ class TwoStepEncoder(nn.Module):
         if self.channels < 1 or self.d < 0:
             raise UserError(f"encoder channels must be >= 1 and d >= 0, got {self.channels}, {self.d}")
         self.map_shape = (self.channels, *_check_stride(in_shape, self.stride))
-        self.conv = _down(c, self.channels, self.stride)
+        self.conv = _down(in_shape, self.channels, self.stride)
         self.bn = nn.BatchNorm2d(self.channels)
         self.fc = nn.Linear(math.prod(self.map_shape), self.d) if self.d else None
 
@@ -105,7 +143,7 @@ class TwoStepDecoder(nn.Module):
         self.out_shape = out_shape
         self.map_shape = (channels, *_check_stride(out_shape, stride))
         self.fc = nn.Linear(d, math.prod(self.map_shape)) if d else None
-        self.up = _up(channels, out_shape[0], stride)
+        self.up = _up(channels, out_shape, stride)
         self.bn = nn.BatchNorm2d(out_shape[0])
 
     def forward(self, z: Tensor) -> Tensor:
@@ -125,7 +163,7 @@ class BottleneckEncoder(nn.Module):
         if self.channels < 1:
             raise UserError(f"encoder channels must be >= 1, got {self.channels}")
         self.map_shape = (self.channels, *_check_stride(in_shape, self.stride))
-        self.conv = _down(in_shape[0], self.channels, self.stride)
+        self.conv = _down(in_shape, self.channels, self.stride)
         self.bn = nn.BatchNorm2d(self.channels)
 
     @property
@@ -141,8 +179,7 @@ class BottleneckDecoder(nn.Module):
 
     def __init__(self, out_shape: Shape, channels: int, stride: int = 2) -> None:
         super().__init__()
-        _check_stride(out_shape, stride)
-        self.up = _up(channels, out_shape[0], stride)
+        self.up = _up(channels, out_shape, stride)
         self.bn = nn.BatchNorm2d(out_shape[0])
 
     def forward(self, z: Tensor) -> Tensor:

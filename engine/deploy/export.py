@@ -24,7 +24,7 @@ from engine.data import normalize
 from engine.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CODINGS, ONNX_OPSET, json_bytes, sha256_hex
 from engine.deploy.selection import finite_json, selection_document
 from engine.errors import UserError
-from engine.profiles import PROFILES
+from engine.profiles import recipe_of
 
 # ------------------------------------------------------------------------------------------------------ bundles
 
@@ -102,8 +102,7 @@ def bundle_files(cfg: VariantConfig, ctx: Any, metrics: Mapping[str, Any] | None
     files["server.onnx"] = _onnx_bytes(server, image if sent_example is None else sent_example, ("received", "logits"))
     files["codec.json"] = json_bytes(deployed.codec.state_dict() if deployed.codec is not None else {})
     files["quantizer.json"] = json_bytes(finite_json(deployed.quantizer, "quantizer"))
-    profile = next((n for n in PROFILES if PROFILES.get(n).base_config(cfg.base.dataset, width=cfg.base.width,
-                                                                       seed=cfg.base.seed) == cfg.base), None)
+    profile = recipe_of(cfg.base)
     meta = {
         "id": cfg.id,
         "method": cfg.method,

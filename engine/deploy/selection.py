@@ -61,7 +61,8 @@ def base_of_row(row: Mapping[str, Any]) -> BaseModelConfig:
     for name in PROFILES:
         try:
             base = PROFILES.get(name).base_config(str(row["dataset_fingerprint"]), width=float(row["width"]),
-                                                  seed=int(row["seed"]))
+                                                  seed=int(row["seed"]), model=str(row.get("model") or "resnet18"),
+                                                  weights=str(row.get("weights") or ""))
         except (KeyError, TypeError, ValueError):
             raise UserError(f"row {row.get('id')!r} lacks its dataset fingerprint, width or seed: re-measure it "
                             "with `python -m engine run`") from None
@@ -134,15 +135,17 @@ def _reject(message: str) -> UserError:
     return UserError(f"invalid selection file: {message}")
 
 
-def _check_names(method: Any, split: Any) -> None:
-    """The method and split known to this code base (their registries import torch)."""
+def _check_names(method: Any, split: Any, model: Any) -> None:
+    """The method known to this code base and a split its model may have (their registries import torch)."""
     from engine.methods import METHODS
-    from engine.models import SPLIT_POINTS
+    from engine.models import DEFAULT_MODEL, plausible_split, split_names
 
     if method not in METHODS:
         raise _reject(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if split not in SPLIT_POINTS:
-        raise _reject(f"unknown split {split!r}; known: {', '.join(SPLIT_POINTS)}")
+    model = model if isinstance(model, str) else DEFAULT_MODEL
+    if not plausible_split(model, split):
+        known = f"; known: {', '.join(split_names(model, False))}" if model == DEFAULT_MODEL else ""
+        raise _reject(f"unknown split {split!r}{known}")
 
 
 def _check_config(config: Any, known: bool = True) -> None:
@@ -154,7 +157,8 @@ def _check_config(config: Any, known: bool = True) -> None:
     if not isinstance(method, str) or not isinstance(split, str):
         raise _reject(f"the method {method!r} and split {split!r} must be names")
     if known:
-        _check_names(method, split)
+        base = config.get("base")
+        _check_names(method, split, base.get("model") if isinstance(base, dict) else None)
     knobs = config.get("knobs", {})
     if not isinstance(knobs, dict):
         raise _reject("'config.knobs' must be an object")
@@ -166,10 +170,11 @@ def _check_config(config: Any, known: bool = True) -> None:
 
 def _check_base(base: Any) -> None:
     """A selection's `config.base`: the fields of BaseModelConfig (those added later optional), each of its type."""
-    required = set(_BASE_FIELDS) - set(BaseModelConfig.ID_OPTIONAL)  # an export of an earlier release lacks those
+    later = (*BaseModelConfig.ID_OPTIONAL, "weights_path")  # an export of an earlier release lacks those
+    required = set(_BASE_FIELDS) - set(later)
     if not isinstance(base, dict) or not required <= set(base) <= set(_BASE_FIELDS):
         raise _reject(f"'config.base' must have the fields {', '.join(_BASE_FIELDS)} (optional: "
-                      f"{', '.join(BaseModelConfig.ID_OPTIONAL)})")
+                      f"{', '.join(later)})")
     for k, v in base.items():
         kind = _BASE_FIELDS[k].type
         if kind in ("tuple[int, ...]", "tuple[float, ...]"):

@@ -24,13 +24,15 @@ from engine.latency import OVERHEAD_COLUMNS, PROPAGATION_COLUMN, Overheads, cust
 log = logging.getLogger(__name__)
 
 
-def _traced_base(width: float, input_shape: tuple[int, int, int], classes: int) -> tuple[nn.Module, Any, torch.Tensor]:
-    """The base ResNet18 of `width`, its TorchScript trace (as bundles run it) and a batch-1 input."""
+def _traced_base(width: float, input_shape: tuple[int, int, int], classes: int,
+                 model_ref: str = "resnet18") -> tuple[nn.Module, Any, torch.Tensor]:
+    """The base model (`model_ref`, the CIFAR ResNet18 by default) of `width`, its TorchScript trace (as bundles run
+    it) and a batch-1 input."""
     import warnings
 
     from engine.models import build_model
 
-    model = build_model("resnet18", width, classes, input_shape[0]).eval()
+    model = build_model(model_ref, width, classes, input_shape[0], input_shape).eval()
     x = torch.zeros(1, *input_shape)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -39,13 +41,14 @@ def _traced_base(width: float, input_shape: tuple[int, int, int], classes: int) 
 
 
 def cpu_flops_per_s(width: float = 0.25, input_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10,
-                    repeats: int = 21) -> float:
-    """This CPU's effective FLOP/s (2 per MAC) at batch 1 on the whole base ResNet18 of `width`, traced to TorchScript
-    as bundles run it (about a third faster than eager on a CPU), with the current torch thread count: the device
-    preset that makes the latency model describe this machine."""
+                    repeats: int = 21, model_ref: str = "resnet18") -> float:
+    """This CPU's effective FLOP/s (2 per MAC) at batch 1 on the whole base model of `width` (the model the latency
+    model is applied to: `model_ref`), traced to TorchScript as bundles run it (about a third faster than eager on a
+    CPU), with the current torch thread count: the device preset that makes the latency model describe this
+    machine."""
     from engine.profile import count_flops, device_seconds
 
-    model, program, x = _traced_base(width, input_shape, classes)
+    model, program, x = _traced_base(width, input_shape, classes, model_ref)
     return count_flops(model, x) / device_seconds(program, x, repeats=repeats, warmup=5)
 
 

@@ -19,7 +19,7 @@ from engine.config import BaseModelConfig, VariantConfig
 from engine.data import mean_png_bits
 from engine.errors import UserError
 from engine.locks import exclusive
-from engine.models import END_POINTS
+from engine.models import DEFAULT_MODEL, END_POINTS
 from engine.pareto import DECISION_COLUMN
 from engine.provenance import describe_environments
 from engine.registry import Registry
@@ -37,7 +37,7 @@ class RunContext(CodingEnv):
     def base(self, cfg: BaseModelConfig) -> tuple[nn.Module, dict]:
         """The trained base model and its checkpoint (trained now when not cached and training is allowed)."""
         if cfg.id not in self._bases:
-            if not base_checkpoint_path(cfg, self.cache).exists():
+            if not cfg.weights and not base_checkpoint_path(cfg, self.cache).exists():
                 self.require_training(f"the base model {cfg.id}")
             self._bases[cfg.id] = load_or_train_base(cfg, self.data, self.cache, self.progress)
         return self._bases[cfg.id]
@@ -187,6 +187,9 @@ def base_row(cfg: VariantConfig, ctx: RunContext, *, accuracy: float, deployed_v
         "dataset": ctx.data.name,
         "dataset_fingerprint": ctx.data.fingerprint,
         "width": cfg.base.width,
+        # a model of one's own, or trained weights given: in the rows that have them (the default's rows omit them)
+        **({"model": cfg.base.model} if cfg.base.model != DEFAULT_MODEL else {}),
+        **({"weights": cfg.base.weights} if cfg.base.weights else {}),
         "seed": cfg.base.seed,
         "base_id": cfg.base.id,
         "base_test_accuracy": ckpt["metrics"]["test_accuracy"],

@@ -19,7 +19,7 @@ from engine.coding.learned import EncodedResult, EncodingConfig, deploy_encoded,
 from engine.config import BaseModelConfig, VariantConfig
 from engine.errors import UserError
 from engine.methods.base import METHODS, RunContext, base_row, check_knob_names, knob_number, refuse_end_points
-from engine.models import END_POINTS, build_model, split
+from engine.models import END_POINTS, build_model, example_input, split
 from engine.profiles import BOTTLENET_RATIOS, profile_of
 
 RATIOS = BOTTLENET_RATIOS
@@ -36,13 +36,14 @@ class BottleNetPP:
     def variants(self, base: BaseModelConfig, splits: list[str]) -> list[VariantConfig]:
         """One variant per split and distinct encoder width among the profile's ratios; not at the end points."""
         model = build_model(base.model, base.width, 10, 3).eval()
+        shape = tuple(example_input(model).shape[1:])
         profile = profile_of(base)
         ratios = profile.bottlenet_ratios
         out = []
         for s in splits:
             if s in END_POINTS:
                 continue
-            channels = feature_shape(split(model, s)[0], (3, 32, 32))[0]
+            channels = feature_shape(split(model, s)[0], shape)[0]
             seen: set[int] = set()
             for r in ratios:
                 c = bottleneck_channels(channels, r)

@@ -337,7 +337,7 @@ def pruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
     else:
         masks = ChannelMasks.from_dict(snap["masks"])
     device, server = remove_pruned_channels(device_part, masks, server_part)
-    out = next(g.name for g in groups if g.is_output)
+    sent = [g.name for g in groups if g.is_output]
     pick = threshold_level(run["snapshots"], run["threshold"])
     level = -1 if snap is None else int(snap["level"])
     info = {
@@ -345,7 +345,7 @@ def pruned_split(cfg: VariantConfig, ctx: RunContext) -> PrunedSplit:
         "levels": int(run["knobs"]["levels"]),
         "target_sparsity": 0.0 if snap is None else float(run["knobs"]["target"]) * snap["fraction"],
         "sparsity": masks.sparsity(),
-        "output_sparsity": masks.sparsity(out),
+        "output_sparsity": masks.sparsity_of(sent),
         "val_accuracy": run["base_val_accuracy"] if snap is None else snap["val_accuracy"],
         "val_threshold": run["threshold"],
         "threshold_pick": level == pick,

@@ -36,7 +36,7 @@ from engine.methods.base import (
     refuse_end_points,
 )
 from engine.methods.three_step import measure_row, validation_accuracy
-from engine.models import END_POINTS, CifarResNet18, split
+from engine.models import END_POINTS, split
 from engine.profiles import PROFILES, TwoStepBudget, profile_of
 from engine.provenance import merge_environments
 from engine.prune import (
@@ -174,22 +174,22 @@ def _step1(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], step1:
     return run
 
 
-def output_group(model: CifarResNet18, point: str) -> ChannelGroup:
+def output_group(model: nn.Module, point: str) -> ChannelGroup:
     """The whole model's channel group that produces the output of the device part at `point` (the transmitted
     channels): found through the identity of a producing conv, shared by `split`."""
     device, _ = split(model, point)
     out = next(g for g in prunable_groups(device) if g.is_output)
-    conv = device.get_submodule(out.producers[0][0])
+    conv = device.get_submodule(out.producers[0])
     path = next(n for n, m in model.named_modules() if m is conv)
-    return next(g for g in prunable_groups(model) if any(c == path for c, _ in g.producers))
+    return next(g for g in prunable_groups(model) if path in g.producers)
 
 
-def device_masks(model: CifarResNet18, point: str, masks: ChannelMasks) -> ChannelMasks:
+def device_masks(model: nn.Module, point: str, masks: ChannelMasks) -> ChannelMasks:
     """Whole-model masks restricted to the groups of the device part at `point` (renamed to the device's groups)."""
     device, _ = split(model, point)
     paths = {id(m): n for n, m in model.named_modules()}
-    owner = {c: g.name for g in prunable_groups(model) for c, _ in g.producers}
-    return ChannelMasks({g.name: masks[owner[paths[id(device.get_submodule(g.producers[0][0]))]]]
+    owner = {c: g.name for g in prunable_groups(model) for c in g.producers}
+    return ChannelMasks({g.name: masks[owner[paths[id(device.get_submodule(g.producers[0]))]]]
                          for g in prunable_groups(device)})
 
 
@@ -262,9 +262,9 @@ def pruned_split(cfg: VariantConfig, ctx: RunContext) -> TwoStepPruned:
     small, _ = remove_pruned_channels(model, masks)
     device, server = split(small.eval(), cfg.split)
     dev = device_masks(model, cfg.split, masks)
-    out = next(g.name for g in prunable_groups(split(model, cfg.split)[0]) if g.is_output)
+    sent = [g.name for g in prunable_groups(split(model, cfg.split)[0]) if g.is_output]
     info = {"step1_sparsity": knobs["step1"], "step2_sparsity": float(knobs["step2"]),
-            "sparsity": dev.sparsity(), "output_sparsity": dev.sparsity(out), "network_sparsity": masks.sparsity(),
+            "sparsity": dev.sparsity(), "output_sparsity": dev.sparsity_of(sent), "network_sparsity": masks.sparsity(),
             "val_accuracy": run["val_accuracy"], "step1_val_accuracy": run["step1_val_accuracy"],
             "prune_seconds": run["seconds"], "prune_trained_on": run.get("trained_on")}
     return TwoStepPruned(model, masks, device, server, info)

@@ -1,7 +1,7 @@
 """Communication-aware model compression, step 2 of the framework of Shao & Zhang 2020 ("Incremental network
 pruning"): l2-norm channel groups and masks (`groups`), the incremental mask/train/restore iteration with activation
 pruning of the split output (`incremental`), and physical removal of the pruned channels (`removal`). Only the device
-part of a split CifarResNet18 is pruned; the server part only has its first layer adapted to the channels the device
+part of a split model is pruned; the server part only has its first layer adapted to the channels the device
 still sends.
 
 Example (the training loop lives elsewhere)::
@@ -18,7 +18,6 @@ Example (the training loop lives elsewhere)::
 """
 
 from engine.prune.groups import (
-    STAGES,
     ChannelGroup,
     ChannelMasks,
     apply_masks,
@@ -30,6 +29,6 @@ from engine.prune.groups import (
 from engine.prune.incremental import RAMPS, IncrementalPruner, SparsitySchedule
 from engine.prune.removal import ExpandChannels, adapt_server, remove_pruned_channels
 
-__all__ = ["RAMPS", "STAGES", "ChannelGroup", "ChannelMasks", "ExpandChannels", "IncrementalPruner",
+__all__ = ["RAMPS", "ChannelGroup", "ChannelMasks", "ExpandChannels", "IncrementalPruner",
            "SparsitySchedule", "adapt_server", "apply_masks", "channel_norms", "compute_masks", "masks_from_scores",
            "prunable_groups", "remove_pruned_channels"]

@@ -1,29 +1,38 @@
 """Channel groups and masks, the ground of communication-aware pruning (Shao & Zhang 2020, "Incremental network
-pruning"). Channels that must be pruned together form one group: a BasicBlock's conv1 outputs are internal to the
-block (group "conv3_x.0.conv1"); a stage's block outputs are tied by the residual additions (every block's conv2 +
-bn2, the projection shortcut and, through the identity shortcuts of conv2_x, the stem), one group named after the
-stage. A group is ranked by the sum of its producing convs' filter l2 norms; the group producing the device's output
-is the transmitted feature, and pruning it is the paper's activation pruning (sparsity key "output"). Targets are
-looked up by the group's name, "output", its stages from the deepest, then the global target; at least one channel
-of a group is kept. A masked channel's filter and its BN gamma and beta are zeroed, so it outputs exactly 0."""
+pruning"). Channels that must be pruned together form one group, found by Torch-Pruning's dependency graph (Fang et
+al. 2023, "DepGraph: Towards Any Structural Pruning") on any model: a convolution's output channels with the batch
+norms over them, the depthwise convolutions that carry them, and every other layer tied to them by a residual
+addition (in a ResNet a whole stage's stream, from the stem through its blocks); a concatenation keeps each input's
+channels a group of their own. A group is ranked by the sum of its producing layers' filter l2 norms; the group
+producing a device part's output is the transmitted feature, and pruning it is the paper's activation pruning
+(sparsity key "output"). A group is named after the stage of its last producer when a residual stream ties several
+layers (or it is the transmitted feature), else after its producer (`conv3_x.0.conv1`); targets are looked up by
+the group's name, "output", its stages from the deepest, then the global target; at least one channel of a group is
+kept. A masked channel's filter and its BN gamma and beta are zeroed, so it outputs exactly 0."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
+from torch_pruning.ops import OPTYPE
 
 from engine.errors import UserError
-from engine.models import BasicBlock, CifarResNet18, Head, Stem
-
-STAGES = ("stem", *CifarResNet18.stage_names)
-
+from engine.models import PartInfo, example_input, part_info
 
 # ---------------------------------------------------------------------------------------------------- groups
+
+PRODUCER_TYPES = (nn.Conv2d, nn.Linear)
+# the dependency-graph nodes a prunable group may hold besides its layers: pointwise operations (activations, pooling,
+# additions), concatenations and splits, reshapes, and the module's output; any other (layer norm, group norm, PReLU,
+# a bare parameter) leaves the group unpruned
+PASS_THROUGH = (OPTYPE.ELEMENTWISE, OPTYPE.CONCAT, OPTYPE.SPLIT, OPTYPE.RESHAPE, OPTYPE.OUTPUT)
 
 
 @dataclass(frozen=True)
@@ -32,85 +41,128 @@ class ChannelGroup:
 
     name: str
     stages: tuple[str, ...]
-    producers: tuple[tuple[str, str], ...]  # (conv path, bn path) whose output channels are the group's
-    consumers: tuple[str, ...]  # conv / linear paths (inside the device part) whose inputs are the group's channels
+    producers: tuple[str, ...]  # convolutions and linear layers whose output channels are the group's
+    norms: tuple[str, ...]  # batch norms over the group's channels
     channels: int
     is_output: bool = False
 
 
-def _chain(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    if isinstance(root, CifarResNet18):
-        paths = {id(m): n for n, m in root.named_modules()}
-        return [(paths[id(unit)], unit) for _, unit in root.units()]
-    return list(root.named_children())
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """The module in eval mode for the block, each submodule's own mode restored after it."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield module.eval()
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
-def child_name(unit: nn.Module, kind: type[nn.Module]) -> str:
-    return next(n for n, m in unit.named_children() if isinstance(m, kind))
+def dependency_graph(module: nn.Module, example: torch.Tensor | None = None) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of `module`, traced through autograd on one example input in eval mode; the
+    module's train/eval modes, gradient flags and batch-norm statistics are left as they were.
+
+    Args:
+        module: a model or a part of one (with parameters); example: its input (`example_input` by default).
+    Returns:
+        the dependency graph.
+    """
+    x = example if example is not None else example_input(module)
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        with eval_mode(module), torch.enable_grad():
+            for p, _ in flags:
+                p.requires_grad_(True)
+            # the output passed through one more operation, so that a graph node stands for it even where a layer
+            # returns it directly: the group reaching it is the transmitted feature (or the logits)
+            return tp.DependencyGraph().build_dependency(module, example_inputs=x, verbose=False,
+                                                         output_transform=lambda y: y * 1)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
-def prunable_groups(device_part: nn.Module) -> list[ChannelGroup]:
-    """The prunable channel groups of a device part: a chain starting at the stem (the device `nn.Sequential` of
-    `engine.models.split`, or a whole CifarResNet18), in chain order."""
-    groups: list[ChannelGroup] = []
-    stream: dict[str, Any] | None = None  # the residual-stream group being collected
-    stage_idx, block_idx = 0, 0
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
-    def close(is_output: bool = False) -> None:
-        conv = get_module(device_part, stream["producers"][0][0])
-        groups.append(ChannelGroup(stream["stages"][-1], tuple(stream["stages"]), tuple(stream["producers"]),
-                                   tuple(stream["consumers"]), conv.out_channels, is_output))
 
-    for path, unit in _chain(device_part):
-        if isinstance(unit, Stem):
-            p = f"{path}." if path else ""
-            producer = (p + child_name(unit, nn.Conv2d), p + child_name(unit, nn.BatchNorm2d))
-            stream = {"stages": ["stem"], "producers": [producer], "consumers": []}
-        elif isinstance(unit, BasicBlock | Head) and stream is None:
-            raise UserError("a device part must start at the stem; pass the device part of engine.models.split")
-        elif isinstance(unit, BasicBlock):
-            projection = len(unit.shortcut) > 0
-            if projection and stream["stages"] != ["stem"]:
-                stage_idx, block_idx = stage_idx + 1, 0
-            stage = CifarResNet18.stage_names[stage_idx]
-            stream["consumers"].append(f"{path}.conv1")
-            inner = ChannelGroup(f"{stage}.{block_idx}.conv1", (stage,), ((f"{path}.conv1", f"{path}.bn1"),),
-                                 (f"{path}.conv2",), unit.conv1.out_channels)
-            if projection:
-                stream["consumers"].append(f"{path}.shortcut.0")
-                close()
-                groups.append(inner)
-                stream = {"stages": [stage], "producers": [(f"{path}.conv2", f"{path}.bn2"),
-                                                           (f"{path}.shortcut.0", f"{path}.shortcut.1")],
-                          "consumers": []}
-            else:
-                groups.append(inner)
-                stream["producers"].append((f"{path}.conv2", f"{path}.bn2"))
-                if stream["stages"][-1] != stage:
-                    stream["stages"].append(stage)
-            block_idx += 1
-        elif isinstance(unit, Head):
-            stream["consumers"].append(f"{path}.{child_name(unit, nn.Linear)}")
-            close()
-            stream = None
+def _members(group: Any, dg: tp.DependencyGraph, paths: Mapping[nn.Module, str]) -> tuple[list, list, bool] | None:
+    """(producer paths, norm paths, reaches the output) of a Torch-Pruning group; None when the group holds a layer
+    whose channels cannot be masked and removed alike (grouped convolutions, layer norms, bare parameters...)."""
+    producers, norms, output = [], [], False
+    for dep, _ in group:
+        node, m = dep.target, dep.target.module
+        if node.type in PASS_THROUGH:
+            output = output or node.type == OPTYPE.OUTPUT
+        elif node.type == OPTYPE.BN:
+            norms.append(paths[m])
+        elif node.type == OPTYPE.DEPTHWISE_CONV and _is_depthwise(m):
+            producers.append(paths[m])
+        elif node.type in (OPTYPE.CONV, OPTYPE.LINEAR) and getattr(m, "groups", 1) == 1:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                producers.append(paths[m])
         else:
-            raise UserError(f"cannot prune unit {path!r} of type {type(unit).__name__}")
-    if stream is not None:
-        close(is_output=True)
+            return None
+    return producers, norms, output
+
+
+def _name(info: PartInfo, producers: list[str], stream: bool, used: set[str]) -> str:
+    """A group's name: the stage of its last producer for a stream (a residual stream or the transmitted feature),
+    else its producer's name with the stage written for the stage's path (`PartInfo.display`); the producer's name
+    where the stage's is taken."""
+    models = [info.model_path(p) for p in producers]
+    stage = info.stage(models[-1]) if stream else None
+    for name in (stage, info.display(models[-1] if stream else models[0])):
+        if name is not None and name not in used:
+            return name
+    return f"{info.display(models[0])}#{len(used)}"
+
+
+def prunable_groups(module: nn.Module, example: torch.Tensor | None = None) -> list[ChannelGroup]:
+    """The prunable channel groups of a model or a part of one (`engine.models.split`), in the order of their last
+    producing layer. The output of a device part cut at a split point is a group (the transmitted feature); the
+    output of a whole model or of a device-only part (the logits) is not.
+
+    Args:
+        module: the model or part; example: one input (`example_input` by default).
+    Returns:
+        the groups.
+    """
+    if next(module.parameters(), None) is None:
+        return []
+    info = part_info(module)
+    dg = dependency_graph(module, example)
+    paths = {m: n for n, m in module.named_modules()}
+    order = {n: i for i, n in enumerate(paths.values())}
+    found = []
+    for group in dg.get_all_groups(root_module_types=PRODUCER_TYPES):
+        members = _members(group, dg, paths)
+        if members is None or not members[0] or (members[2] and not info.sends):
+            continue
+        producers, norms, output = members
+        producers, norms = (sorted(set(x), key=order.__getitem__) for x in (producers, norms))
+        found.append((producers, norms, output))
+    found.sort(key=lambda f: order[f[0][-1]])
+    groups: list[ChannelGroup] = []
+    used: set[str] = set()
+    for producers, norms, output in found:
+        layers = [module.get_submodule(p) for p in producers]
+        stream = output or sum(not _is_depthwise(m) for m in layers) > 1
+        name = _name(info, producers, stream, used)
+        used.add(name)
+        stages = tuple(dict.fromkeys(s for p in producers if (s := info.stage(info.model_path(p))) is not None))
+        channels = layers[0].out_channels if isinstance(layers[0], nn.Conv2d) else layers[0].out_features
+        groups.append(ChannelGroup(name, stages, tuple(producers), tuple(norms), channels, output))
     return groups
 
 
-def get_module(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
-
-
-def channel_norms(device_part: nn.Module, groups: list[ChannelGroup] | None = None) -> dict[str, torch.Tensor]:
-    """Ranking score of each group's channels: the sum over its producing convs of each output channel's filter l2
-    norm (the paper's l2-norm criterion, summed over the convs a residual stream ties together)."""
+def channel_norms(module: nn.Module, groups: list[ChannelGroup] | None = None) -> dict[str, torch.Tensor]:
+    """Ranking score of each group's channels: the sum over its producing layers of each output channel's filter l2
+    norm (the paper's l2-norm criterion, summed over the layers a residual stream ties together)."""
     out = {}
-    for g in groups if groups is not None else prunable_groups(device_part):
-        convs = [get_module(device_part, c) for c, _ in g.producers]
-        out[g.name] = sum(c.weight.detach().flatten(1).norm(dim=1).float().cpu() for c in convs)
+    for g in groups if groups is not None else prunable_groups(module):
+        layers = [module.get_submodule(p) for p in g.producers]
+        out[g.name] = sum(m.weight.detach().flatten(1).norm(dim=1).float().cpu() for m in layers)
     return out
 
 
@@ -141,6 +193,12 @@ class ChannelMasks(Mapping[str, torch.Tensor]):
     def pruned_indices(self, name: str) -> torch.Tensor:
         return (~self._keep[name]).nonzero().flatten()
 
+    def sparsity_of(self, names: Iterable[str]) -> float:
+        """Masked fraction of the channels of the groups `names` together (the transmitted feature's groups)."""
+        masks = [self._keep[n] for n in names]
+        total = sum(m.numel() for m in masks)
+        return 1.0 - sum(int(m.sum()) for m in masks) / total if total else 0.0
+
     def sparsity(self, name: str | None = None) -> float:
         """Masked fraction of one group's channels, or of all groups' channels together."""
         masks = [self._keep[name]] if name is not None else list(self._keep.values())
@@ -170,11 +228,24 @@ def check_sparsity(name: str, s: float) -> None:
         raise UserError(f"sparsity {name} must be in [0, 1), got {s}")
 
 
-def check_keys(per_stage: Mapping[str, float]) -> None:
+def stage_names(module: nn.Module) -> list[str]:
+    """The stage names of the model a module is (or was cut from), in order."""
+    return list(dict.fromkeys(s for _, s in part_info(module).stages))
+
+
+def check_keys(per_stage: Mapping[str, float], stages: Iterable[str] = (), groups: Iterable[str] = ()) -> None:
+    """Each sparsity target in [0, 1), and each key 'output', a group's name or under one of the model's stages
+    (when neither stages nor groups are known, any key).
+
+    Args:
+        per_stage: the targets by key; stages: the model's stage names; groups: the names of its groups.
+    """
+    stages, groups = list(stages), set(groups)
     for key, s in per_stage.items():
-        if key != "output" and key.split(".")[0] not in STAGES:
-            raise UserError(f"unknown sparsity key {key!r}; use 'output', a stage ({', '.join(STAGES)}) or a group "
-                            "name such as 'conv3_x.0.conv1'")
+        if (stages or groups) and key != "output" and key not in groups and key.split(".")[0] not in stages:
+            example = next(iter(sorted(groups)), "conv3_x.0.conv1")
+            raise UserError(f"unknown sparsity key {key!r}; use 'output', a stage ({', '.join(stages)}) or a group "
+                            f"name such as {example!r}")
         check_sparsity(key, s)
 
 
@@ -203,25 +274,28 @@ def compute_masks(device_part: nn.Module, target: float = 0.0, per_stage: Mappin
     """One-shot l2-norm masks: the smallest S percent of each group's channels, S from `target_for`."""
     per_stage = dict(per_stage or {})
     check_sparsity("target", target)
-    check_keys(per_stage)
     groups = groups if groups is not None else prunable_groups(device_part)
+    check_keys(per_stage, stage_names(device_part), (g.name for g in groups))
     sparsity = {g.name: target_for(g, target, per_stage) for g in groups}
     return masks_from_scores(channel_norms(device_part, groups), sparsity)
 
 
 def masked_tensors(root: nn.Module, g: ChannelGroup, stats: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors indexed by a group's output channel (dim 0): conv weight/bias, BN gamma/beta, running stats."""
-    for conv_path, bn_path in g.producers:
-        conv, bn = get_module(root, conv_path), get_module(root, bn_path)
-        yield f"{conv_path}.weight", conv.weight
-        if conv.bias is not None:
-            yield f"{conv_path}.bias", conv.bias
+    """The tensors indexed by a group's output channel (dim 0): the producers' weight and bias, the norms' gamma and
+    beta and, with `stats`, their running statistics."""
+    for path in g.producers:
+        layer = root.get_submodule(path)
+        yield f"{path}.weight", layer.weight
+        if layer.bias is not None:
+            yield f"{path}.bias", layer.bias
+    for path in g.norms:
+        bn = root.get_submodule(path)
         if bn.affine:
-            yield f"{bn_path}.weight", bn.weight
-            yield f"{bn_path}.bias", bn.bias
+            yield f"{path}.weight", bn.weight
+            yield f"{path}.bias", bn.bias
         if stats and bn.track_running_stats:
-            yield f"{bn_path}.running_mean", bn.running_mean
-            yield f"{bn_path}.running_var", bn.running_var
+            yield f"{path}.running_mean", bn.running_mean
+            yield f"{path}.running_var", bn.running_var
 
 
 def channel_view(keep: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

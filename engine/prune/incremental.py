@@ -27,6 +27,7 @@ from engine.prune.groups import (
     masked_tensors,
     masks_from_scores,
     prunable_groups,
+    stage_names,
     target_for,
 )
 from engine.registry import Registry
@@ -42,7 +43,8 @@ RAMPS.add("cubic", lambda u: 1.0 - (1.0 - u) ** 3)  # Zhu & Gupta 2018, s_t = s_
 class SparsitySchedule:
     """S_i for pruning iteration i (0-based): each group's target times ramp((i + 1) / ramp_iterations), so the
     target is reached at iteration ramp_iterations - 1 and held after it. An iteration is `iteration_steps`
-    optimizer steps. `per_stage` maps stages / group names / 'output' to targets (see `target_for`)."""
+    optimizer steps. `per_stage` maps stages / group names / 'output' to targets (see `target_for`; the names are
+    checked against the model's when a pruner takes the schedule)."""
 
     target: float = 0.5
     per_stage: tuple[tuple[str, float], ...] | Mapping[str, float] = ()
@@ -84,6 +86,7 @@ class IncrementalPruner:
         self.device_part = device_part
         self.schedule = schedule
         self.groups = prunable_groups(device_part)
+        check_keys(dict(schedule.per_stage), stage_names(device_part), (g.name for g in self.groups))
         self.iteration = -1  # the active or last iteration
         self.masks: ChannelMasks | None = None  # the active or last masks
         self.active = False

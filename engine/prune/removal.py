@@ -1,18 +1,26 @@
-"""Physical removal of pruned channels: physically smaller copies of the device part, and the server part's first
-layer adapted to the channels the device still sends (`ExpandChannels` zero-fills where the server cannot drop
-inputs)."""
+"""Physical removal of pruned channels: physically smaller copies of a device part (or a whole model), pruned by
+Torch-Pruning along the same dependency graph that found the groups (Fang et al. 2023, DepGraph), and the server
+part's first layers adapted to the channels the device still sends (`ExpandChannels` zero-fills where the server
+cannot drop inputs)."""
 
 from __future__ import annotations
 
 import copy
+import re
 from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch_pruning.ops import OPTYPE
 
 from engine.errors import UserError
-from engine.models import BasicBlock, Head
-from engine.prune.groups import ChannelMasks, child_name, get_module, prunable_groups
+from engine.models import example_input
+from engine.prune.groups import ChannelMasks, dependency_graph, eval_mode, prunable_groups
+
+# operations (autograd names) that map 0 to 0 channel by channel: a masked channel stays 0 through them, as a removed
+# one stays absent (T is a linear layer's weight transposed)
+ZERO_PRESERVING = {"Relu", "Hardtanh", "MaxPool2DWithIndices", "AvgPool2D", "AdaptiveAvgPool2D", "Mean", "View",
+                   "Reshape", "UnsafeView", "Flatten", "Clone", "T"}
 
 # ---------------------------------------------------------------------------------------------------- removal
 
@@ -31,115 +39,98 @@ class ExpandChannels(nn.Module):
         return out.index_copy(1, self.index, x)
 
 
-def _sliced_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> nn.Conv2d:
-    if conv.groups != 1:
-        raise ValueError("grouped convolutions are not supported")
-    w = conv.weight.detach()
-    b = conv.bias.detach() if conv.bias is not None else None
-    if out_idx is not None:
-        w = w[out_idx.to(w.device)]
-        b = b[out_idx.to(w.device)] if b is not None else None
-    if in_idx is not None:
-        w = w[:, in_idx.to(w.device)]
-    new = nn.Conv2d(w.shape[1], w.shape[0], conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    bias=b is not None, padding_mode=conv.padding_mode, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new.train(conv.training).requires_grad_(conv.weight.requires_grad)
+def _group(dg, layer: nn.Module, pruned: list[int]):  # noqa: ANN001, ANN202 - torch_pruning objects
+    """The Torch-Pruning group removing channels `pruned` of what `layer` produces, with every coupled layer."""
+    return dg.get_pruning_group(layer, dg.get_pruner_of_module(layer).prune_out_channels, idxs=pruned)
 
 
-def _sliced_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> nn.BatchNorm2d:
-    ref = bn.weight if bn.affine else bn.running_mean
-    idx = idx.to(ref.device)
-    new = nn.BatchNorm2d(len(idx), bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device=ref.device,
-                         dtype=ref.dtype)
-    with torch.no_grad():
-        if bn.affine:
-            new.weight.copy_(bn.weight[idx])
-            new.bias.copy_(bn.bias[idx])
-        if bn.track_running_stats:
-            new.running_mean.copy_(bn.running_mean[idx])
-            new.running_var.copy_(bn.running_var[idx])
-            new.num_batches_tracked.copy_(bn.num_batches_tracked)
-    return new.train(bn.training)
+def _sent_removed(group) -> set[int]:  # noqa: ANN001 - a torch_pruning group
+    """The channels of the module's output a group removes (in a concatenated output, at their own offsets)."""
+    return {int(getattr(i, "idx", i)) for dep, idxs in group if dep.target.type == OPTYPE.OUTPUT for i in idxs}
 
 
-def _sliced_linear(lin: nn.Linear, in_idx: torch.Tensor) -> nn.Linear:
-    w = lin.weight.detach()[:, in_idx.to(lin.weight.device)]
-    new = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if lin.bias is not None:
-            new.bias.copy_(lin.bias)
-    return new.train(lin.training)
+def _slices_cleanly(group, probe: nn.Module, dg) -> bool:  # noqa: ANN001 - torch_pruning objects
+    """Whether every layer a probe's channels reach only reads them (convolution or linear inputs, through
+    zero-preserving pointwise operations): then dropping them equals zero-filling them."""
+    for dep, _ in group:
+        node = dep.target
+        if node.module is probe:
+            continue
+        if node.type == OPTYPE.ELEMENTWISE:
+            if re.sub(r"Backward\d*$", "", str(node.module._grad_fn)) not in ZERO_PRESERVING:
+                return False
+        elif node.type == OPTYPE.RESHAPE:
+            continue
+        elif not (node.type in (OPTYPE.CONV, OPTYPE.LINEAR) and dg.is_in_channel_pruning_fn(dep.handler)):
+            return False
+    return True
 
 
-def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, new)
+def adapt_server(server: nn.Module, keep: torch.Tensor, feature_shape: tuple[int, ...]) -> nn.Module:
+    """The server part (a copy, modified) taking only the kept channels: where the received channels only feed
+    convolution or linear inputs (a block with a projection shortcut, a classifier head), those inputs are cut;
+    otherwise an `ExpandChannels` is put in front (zero-filling the dropped channels, as the masked model had them).
 
-
-def _slice_inputs(root: nn.Module, path: str, idx: torch.Tensor) -> None:
-    m = get_module(root, path)
-    _replace(root, path, _sliced_linear(m, idx) if isinstance(m, nn.Linear) else _sliced_conv(m, None, idx))
-
-
-def adapt_server(server: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """The server part (a copy, modified) taking only the kept channels: a first block with a projection shortcut
-    has its conv1 and shortcut input channels cut, a first head its Linear's inputs; otherwise an `ExpandChannels`
-    is put in front (zero-filling the dropped channels, as the masked model had them)."""
+    Args:
+        server: the server part; keep: the transmitted group's keep-mask; feature_shape: the unpruned feature's
+        shape (C, ...).
+    Returns:
+        the adapted copy.
+    """
     server = copy.deepcopy(server)
-    units = list(server.named_children())
-    if not units:
+    if next(server.parameters(), None) is None or bool(keep.all()):
         return server
-    idx = keep.nonzero().flatten()
-    name, first = units[0]
-    if isinstance(first, BasicBlock) and len(first.shortcut) > 0:
-        _slice_inputs(server, f"{name}.conv1", idx)
-        _slice_inputs(server, f"{name}.shortcut.0", idx)
-        return server
-    if isinstance(first, Head):
-        _slice_inputs(server, f"{name}.{child_name(first, nn.Linear)}", idx)
-        return server
-    expand = ExpandChannels(keep).to(next(server.parameters()).device)
+    pruned = (~keep).nonzero().flatten().tolist()
+    channels = feature_shape[0]
+    probe = nn.Conv2d(channels, channels, 1) if len(feature_shape) == 3 else nn.Linear(channels, channels)
+    ref = next(server.parameters())
+    wrapped = nn.Sequential(probe.to(ref.device, ref.dtype), server)
+    dg = dependency_graph(wrapped, torch.zeros(1, *feature_shape, device=ref.device, dtype=ref.dtype))
+    group = dg.get_pruning_group(probe, dg.get_pruner_of_module(probe).prune_out_channels, idxs=pruned)
+    if _slices_cleanly(group, probe, dg):
+        group.prune()
+        return wrapped[1]
+    expand = ExpandChannels(keep).to(ref.device)
     if isinstance(server, nn.Sequential):
-        return nn.Sequential(OrderedDict([("expand", expand), *units])).train(server.training)
+        return nn.Sequential(OrderedDict([("expand", expand), *server.named_children()])).train(server.training)
     return nn.Sequential(expand, server)
 
 
 def remove_pruned_channels(device_part: nn.Module, masks: ChannelMasks,
                            server: nn.Module | None = None) -> tuple[nn.Module, nn.Module | None]:
-    """Copies of the device part with the masked channels physically removed (convs and BNs rebuilt with fewer
-    channels, consumers with fewer inputs) and, when given, of the server adapted to the transmitted channels that
-    remain. The originals are untouched; the result computes what the masked model computes."""
+    """Copies of the device part (or whole model) with the masked channels physically removed (every layer of each
+    group rebuilt with fewer channels, its consumers with fewer inputs) and, when given, of the server adapted to the
+    transmitted channels that remain. The originals are untouched; the result computes what the masked model
+    computes.
+
+    Args:
+        device_part: a device part or a model; masks: keep-masks by group name; server: the server part, or None.
+    Returns:
+        (the smaller device part, the adapted server or None).
+    """
     groups = {g.name: g for g in prunable_groups(device_part)}
     unknown = [k for k in masks if k not in groups]
     if unknown:
         raise UserError(f"masks name groups this device part lacks: {', '.join(unknown)}; known: {', '.join(groups)}")
-    out_idx: dict[str, torch.Tensor] = {}
-    in_idx: dict[str, torch.Tensor] = {}
-    bn_idx: dict[str, torch.Tensor] = {}
     for name, keep in masks.items():
-        g = groups[name]
-        if keep.numel() != g.channels:
-            raise UserError(f"mask {name!r} has {keep.numel()} channels, the group has {g.channels}")
-        idx = keep.nonzero().flatten()
-        for conv, bn in g.producers:
-            out_idx[conv], bn_idx[bn] = idx, idx
-        for c in g.consumers:
-            in_idx[c] = idx
+        if keep.numel() != groups[name].channels:
+            raise UserError(f"mask {name!r} has {keep.numel()} channels, the group has {groups[name].channels}")
+    with torch.no_grad(), eval_mode(device_part):
+        shape = tuple(device_part(example_input(device_part)).shape[1:])
     new_device = copy.deepcopy(device_part)
-    for path in {*out_idx, *in_idx}:
-        m = get_module(new_device, path)
-        if isinstance(m, nn.Linear):
-            _replace(new_device, path, _sliced_linear(m, in_idx[path]))
-        else:
-            _replace(new_device, path, _sliced_conv(m, out_idx.get(path), in_idx.get(path)))
-    for path, idx in bn_idx.items():
-        _replace(new_device, path, _sliced_bn(get_module(new_device, path), idx))
+    pruned = {name: (~keep).nonzero().flatten().tolist() for name, keep in masks.items() if not keep.all()}
+    sent: set[int] = set()
+    if pruned:
+        dg = dependency_graph(new_device)
+        roots = {name: new_device.get_submodule(groups[name].producers[0]) for name in pruned}
+        for name, idxs in pruned.items():  # the output's indices before any removal shifts them
+            sent |= _sent_removed(_group(dg, roots[name], idxs))
+        for name, idxs in pruned.items():
+            _group(dg, roots[name], idxs).prune()
     if server is None:
         return new_device, None
-    out = next((g.name for g in groups.values() if g.is_output), None)
-    return new_device, adapt_server(server, masks[out]) if out in masks else copy.deepcopy(server)
+    if not any(g.is_output and g.name in masks for g in groups.values()):
+        return new_device, copy.deepcopy(server)
+    keep = torch.ones(shape[0], dtype=torch.bool)
+    keep[sorted(sent)] = False
+    return new_device, adapt_server(server, keep, shape)

@@ -17,7 +17,7 @@ def test_a_later_optional_field_changes_no_id_until_it_is_set() -> None:
     # the quick profile's base model of the CIFAR-10 JPEG copy as first released and measured: 8 epochs at 32x32
     base = BaseModelConfig("45b041e867f5a40f", epochs=8, batch_size=128, lr=0.15)
     assert base.id == "5ce18a3797658519"
-    later = ("sizes", "scales", "precision", "profile")
+    later = ("sizes", "scales", "precision", "profile", "weights", "weights_path")
     released = {k: v for k, v in dataclasses.asdict(base).items() if k not in later}
     assert base.id == config_id(released) and not any(f"{k}=" in repr(base) for k in later)
     variant = VariantConfig.make("three_step", "conv4_x", base, sparsity=0.5, bits=4)
@@ -103,3 +103,14 @@ def test_precision_is_in_the_id_when_set_and_the_bf16_profile_is_quick_in_bf16()
     assert again == trained_bf16 and again.id == trained_bf16.id
     with pytest.raises(UserError, match="unknown precision 'fp16'; choose one of: auto, bf16, fp32"):
         BaseModelConfig("d", precision="fp16")
+
+
+def test_trained_weights_join_the_id_by_their_hash_only() -> None:
+    base = BaseModelConfig("45b041e867f5a40f", epochs=8, batch_size=128, lr=0.15)
+    sha = "ab" * 32
+    given = dataclasses.replace(base, weights=sha, weights_path="/somewhere/w.pt")
+    assert given.id != base.id and f"weights={sha!r}" in repr(given) and "somewhere" not in repr(given)
+    assert dataclasses.replace(given, weights_path="/elsewhere/w.pt").id == given.id  # the same weights elsewhere
+    assert dataclasses.replace(base, weights_path="/somewhere/w.pt").id == base.id
+    with pytest.raises(UserError, match="sha256 of a weights file"):
+        dataclasses.replace(base, weights="not-a-hash")

@@ -1,11 +1,12 @@
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from engine.errors import UserError
-from engine.models import CifarResNet18, split
+from engine.models import CifarResNet18, build_model, normalize_reference, split
 from engine.profile import count_flops, param_bytes
 from engine.prune import (
     ChannelMasks,
@@ -17,6 +18,7 @@ from engine.prune import (
     prunable_groups,
     remove_pruned_channels,
 )
+from engine.prune.groups import masked_tensors
 
 WIDTH = 0.125  # 8/16/32/64 channels
 
@@ -38,8 +40,9 @@ def _producer_tensors(device: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor indexed by a prunable group's output channel, cloned, keyed by path."""
     out = {}
     for g in prunable_groups(device):
-        for conv, bn in g.producers:
+        for conv in g.producers:
             out[f"{g.name}|{conv}.weight"] = device.get_submodule(conv).weight.detach().clone()
+        for bn in g.norms:
             out[f"{g.name}|{bn}.weight"] = device.get_submodule(bn).weight.detach().clone()
             out[f"{g.name}|{bn}.bias"] = device.get_submodule(bn).bias.detach().clone()
     return out
@@ -50,13 +53,11 @@ def test_groups_couple_the_residual_streams() -> None:
     groups = {g.name: g for g in prunable_groups(device)}
     assert list(groups) == ["conv2_x.0.conv1", "conv2_x.1.conv1", "conv2_x", "conv3_x.0.conv1", "conv3_x.1.conv1",
                             "conv3_x"]
-    assert groups["conv2_x"].producers == (("stem.0", "stem.1"), ("conv2_x_0.conv2", "conv2_x_0.bn2"),
-                                           ("conv2_x_1.conv2", "conv2_x_1.bn2"))
-    assert groups["conv2_x"].consumers == ("conv2_x_0.conv1", "conv2_x_1.conv1", "conv3_x_0.conv1",
-                                           "conv3_x_0.shortcut.0")
-    assert groups["conv3_x"].producers == (("conv3_x_0.conv2", "conv3_x_0.bn2"),
-                                           ("conv3_x_0.shortcut.0", "conv3_x_0.shortcut.1"),
-                                           ("conv3_x_1.conv2", "conv3_x_1.bn2"))
+    assert groups["conv2_x"].producers == ("stem.0", "conv2_x_0.conv2", "conv2_x_1.conv2")
+    assert groups["conv2_x"].norms == ("stem.1", "conv2_x_0.bn2", "conv2_x_1.bn2")
+    assert groups["conv2_x"].stages == ("stem", "conv2_x")
+    assert groups["conv3_x"].producers == ("conv3_x_0.conv2", "conv3_x_0.shortcut.0", "conv3_x_1.conv2")
+    assert groups["conv3_x"].norms == ("conv3_x_0.bn2", "conv3_x_0.shortcut.1", "conv3_x_1.bn2")
     assert groups["conv3_x"].is_output and not groups["conv2_x"].is_output
     assert [g.name for g in prunable_groups(split(_model(), "stem")[0])] == ["stem"]
     assert prunable_groups(split(_model(), "server_only")[0]) == []
@@ -75,7 +76,7 @@ def test_smallest_summed_norm_channels_are_masked() -> None:  # (c)
     # output group: three producers whose summed norms rank differently from the first producer's alone
     per_conv = torch.rand(3, 16, generator=gen) + 0.1
     with torch.no_grad():
-        for (path, _), n in zip(groups["conv3_x"].producers, per_conv, strict=True):
+        for path, n in zip(groups["conv3_x"].producers, per_conv, strict=True):
             w = device.get_submodule(path).weight
             w.copy_(torch.nn.functional.normalize(w.flatten(1), dim=1).view_as(w) * n.view(-1, 1, 1, 1))
     masks = compute_masks(device, 0.5)
@@ -204,10 +205,8 @@ def test_incremental_iteration_masks_trains_and_restores() -> None:  # (d), (f)
         pruner.after_step()
         for g in prunable_groups(device):  # (f) masked entries get no gradient...
             pruned = masks.pruned_indices(g.name)
-            for conv, bn in g.producers:
-                bn_m = device.get_submodule(bn)
-                for p in (device.get_submodule(conv).weight, bn_m.weight, bn_m.bias):
-                    assert p.grad[pruned].abs().max() == 0 and p.grad.abs().max() > 0, conv
+            for _, p in masked_tensors(device, g, stats=False):
+                assert p.grad[pruned].abs().max() == 0 and p.grad.abs().max() > 0, g.name
         if step < 2:  # ... and stay 0 within the iteration, momentum and weight decay notwithstanding
             for key, t in _producer_tensors(device).items():
                 pruned = masks.pruned_indices(key.split("|")[0])
@@ -273,3 +272,45 @@ def test_removal_rejects_foreign_masks() -> None:
     masks = compute_masks(split(_model(), "conv2_x")[0], 0.5)
     with pytest.raises(UserError, match="lacks: .*conv2_x"):
         remove_pruned_channels(device, masks, server)
+
+
+USER_MODEL = str(Path(__file__).parents[1] / "user_model.py") + ":TinyNet"
+
+
+@pytest.mark.parametrize(("ref", "point", "shape"), [
+    ("mobilenetv2", "bottleneck1", (3, 32, 32)),  # a linear bottleneck ends the part: its output is a layer's
+    ("mobilenetv2", "bottleneck3", (3, 32, 32)),  # depthwise convolutions and residual streams
+    ("vgg11_bn", "block3", (3, 32, 32)),
+    ("vgg11_bn", "device_only", (3, 32, 32)),  # the logits are not pruned
+    ("user", "cat", (1, 28, 28)),  # a concatenation sent as it is
+    ("user", "mix", (1, 28, 28)),  # a concatenation consumed on the device
+])
+def test_any_model_pruned_physically_computes_what_it_computes_masked(ref: str, point: str,
+                                                                      shape: tuple[int, ...]) -> None:
+    ref = normalize_reference(USER_MODEL) if ref == "user" else ref
+    torch.manual_seed(0)
+    model = build_model(ref, 0.25, 10, shape[0], shape)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.randn(2, *shape)
+    device, server = split(model, point)
+    groups = prunable_groups(device)
+    masks = compute_masks(device, 0.5, {"output": 0.75}, groups)
+    with torch.no_grad():
+        dense = device(x)
+        apply_masks(device, masks, groups)
+        masked = server(device(x))
+        small_device, small_server = remove_pruned_channels(device, masks, server)
+        out = small_server.eval()(small_device.eval()(x))
+        assert (device(x) - dense).abs().max() > 1e-3  # masking changed the part, so the comparison means something
+    assert (out - masked).abs().max().item() < 1e-5
+    assert count_flops(small_device, x[:1]) < count_flops(device, x[:1])
+    sent = [g.name for g in groups if g.is_output]
+    assert bool(sent) == (point != "device_only") and (point == "cat") == (len(sent) == 2)  # one group per branch
+    if sent:
+        assert small_device(x).shape[1] == sum(masks.kept(n) for n in sent) < dense.shape[1]

@@ -1,22 +1,14 @@
-"""Width-scalable CIFAR ResNet18 (He et al. 2016, CIFAR variant: 3x3 stride-1 stem, no max-pool) and its
-split-point registry. The split points are the ends of the paper's building blocks (Shao & Zhang 2020, Fig. 1),
-plus every BasicBlock boundary as a finer point."""
+"""Width-scalable CIFAR ResNet18 (He et al. 2016, CIFAR variant: 3x3 stride-1 stem, no max-pool) as a chain of
+units. Its split points are the ends of the paper's building blocks (Shao & Zhang 2020, Fig. 1), plus every
+BasicBlock boundary as a finer point."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from engine.errors import UserError
-from engine.registry import Registry
-
-MODELS: Registry[type[nn.Module]] = Registry("model")
-
-
-def scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
+from engine.models.base import MODELS, SplitPoint, named_points, scaled
 
 
 class BasicBlock(nn.Module):
@@ -53,6 +45,14 @@ class CifarResNet18(nn.Module):
     """ResNet18 for small images: 4 stages of 2 BasicBlocks, 64/128/256/512 channels at width 1.0."""
 
     stage_names = ("conv2_x", "conv3_x", "conv4_x", "conv5_x")
+    # the module paths of the stages, named as in the paper: pruning groups and sparsity targets use these names
+    stages = (("stem", "stem"), *((f"layer{i + 1}", s) for i, s in enumerate(stage_names)))
+    split_points = named_points(
+        SplitPoint("stem", "stem", True, "after conv1"),
+        *(p for i, s in enumerate(stage_names) for p in (
+            SplitPoint(f"{s}.0", f"layer{i + 1}.0", False, f"after {s} block 1"),
+            SplitPoint(s, f"layer{i + 1}", True, f"after {s}" + (" (before pooling)" if s == "conv5_x" else "")))),
+    )
 
     def __init__(self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
@@ -87,53 +87,3 @@ class CifarResNet18(nn.Module):
         for _, unit in self.units():
             x = unit(x)
         return x
-
-
-@dataclass(frozen=True)
-class SplitPoint:
-    """`device_units` units of the chain run on the device; `coarse` marks the paper's five building blocks."""
-
-    name: str
-    device_units: int
-    coarse: bool
-    label: str
-
-
-SPLIT_POINTS: Registry[SplitPoint] = Registry("split point")
-for _sp in (
-    SplitPoint("server_only", 0, True, "server only (input PNG)"),
-    SplitPoint("stem", 1, True, "after conv1"),
-    SplitPoint("conv2_x.0", 2, False, "after conv2_x block 1"),
-    SplitPoint("conv2_x", 3, True, "after conv2_x"),
-    SplitPoint("conv3_x.0", 4, False, "after conv3_x block 1"),
-    SplitPoint("conv3_x", 5, True, "after conv3_x"),
-    SplitPoint("conv4_x.0", 6, False, "after conv4_x block 1"),
-    SplitPoint("conv4_x", 7, True, "after conv4_x"),
-    SplitPoint("conv5_x.0", 8, False, "after conv5_x block 1"),
-    SplitPoint("conv5_x", 9, True, "after conv5_x (before pooling)"),
-    SplitPoint("device_only", 10, True, "device only (sends the label)"),
-):
-    SPLIT_POINTS.add(_sp.name, _sp)
-
-END_POINTS = ("server_only", "device_only")
-
-
-def split_names(coarse_only: bool = True) -> list[str]:
-    return [n for n in SPLIT_POINTS if SPLIT_POINTS.get(n).coarse or not coarse_only]
-
-
-def build_model(name: str, width: float, num_classes: int, in_channels: int) -> nn.Module:
-    return MODELS.get(name)(width=width, num_classes=num_classes, in_channels=in_channels)
-
-
-def split(model: CifarResNet18, point: str) -> tuple[nn.Sequential, nn.Sequential]:
-    """Device and server parts (sharing the model's parameters) whose composition is the whole model."""
-    k = SPLIT_POINTS.get(point).device_units
-    units = model.units()
-    device = nn.Sequential()
-    server = nn.Sequential()
-    for name, unit in units[:k]:
-        device.add_module(name.replace(".", "_"), unit)
-    for name, unit in units[k:]:
-        server.add_module(name.replace(".", "_"), unit)
-    return device, server
