@@ -47,8 +47,7 @@ def _open_image(blob: Blob, name: str) -> tuple[np.ndarray, str]:
             im = Image.open(io.BytesIO(data))
         with im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise UserError(f"image {name} claims {im.width}x{im.height} pixels, over the {MAX_IMAGE_PIXELS:,} "
-                                "of an image in a dataset; resize the images")
+                raise Image.DecompressionBombError(f"{im.width}x{im.height}")
             if im.mode not in ("L", "LA", "RGB", "RGBA"):
                 if im.mode == "1" or im.mode.startswith("I") or im.mode == "F":
                     raise UserError(f"{name}: image mode {im.mode} is not 8-bit; convert the images to L or RGB")
@@ -58,6 +57,9 @@ def _open_image(blob: Blob, name: str) -> tuple[np.ndarray, str]:
             arr = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(shape)  # faster than np.asarray(im)
     except UserError:
         raise
+    except Image.DecompressionBombError:  # PIL's own limit or ours, both read from the header
+        raise UserError(f"image {name} claims more than the {MAX_IMAGE_PIXELS:,} pixels of an image in a dataset; "
+                        "resize the images") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise UserError(f"cannot decode image {name}: {reason}") from None
@@ -121,10 +123,11 @@ def decode_images(blobs: Sequence[Blob], names: Sequence[str]) -> torch.Tensor:
 def _decode_images_locked(blobs: Sequence[Blob], names: Sequence[str]) -> torch.Tensor:
     global _JOB
     first, mode = _open_image(blobs[0], names[0])
-    shape = first.shape
+    shape, size = first.shape, first.size
+    del first  # decoded again below, into its place
     n = len(blobs)
-    if n > MAX_IMAGES or n * first.size > MAX_DECODED_BYTES:
-        raise UserError(f"{n:,} images of {_describe(shape, mode)} decode to {n * first.size:,} bytes, over the "
+    if n > MAX_IMAGES or n * size > MAX_DECODED_BYTES:
+        raise UserError(f"{n:,} images of {_describe(shape, mode)} decode to {n * size:,} bytes, over the "
                         f"{MAX_DECODED_BYTES:,} of a dataset (or more than {MAX_IMAGES:,} images); use fewer or "
                         "smaller images")
     workers = _worker_count(n)
