@@ -131,16 +131,6 @@ def png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
-class Payload:
-    """Creates `marker` when unpickled (`os.system("touch ...")`)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return os.system, (f"touch {self.marker}",)
-
-
 # The start of a script that measures, in a process of its own, the peak memory of loading each hostile input: the
 # high-water mark of its resident memory is reset before each load (/proc/self/clear_refs) and read after it.
 PEAK_SCRIPT = """

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import Payload, Sandbox, measure_peaks, one_line, png_bytes, sandbox_fixture, tiny_data_fixture  # noqa
+from corpus import Sandbox, measure_peaks, one_line, png_bytes, sandbox_fixture, tiny_data_fixture  # noqa: F401
 from corpus import write_image_folder as folder
+from crafted import Payload
 from PIL import Image
 
 from engine.data import archive as archive_mod
