@@ -1,5 +1,5 @@
-"""Crafted inputs shared by tests of several kinds: a pickle that creates a marker file when it is loaded, and the
-files of a tiny valid bundle (two small random programs, no training) to alter."""
+"""Crafted inputs shared by tests of several kinds: a pickle that creates a marker file when it is loaded, a
+results row, and the files of a tiny valid bundle (two small random programs, no training) to alter."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ class Payload:
 
     def __reduce__(self) -> tuple:
         return os.system, (f"touch {self.marker}",)
+
+
+def make_row(i: int, **extra: object) -> dict:
+    """A plausible results row of variant number `i` (an `original` row at conv4_x), with `extra` columns."""
+    return {"id": f"{i:016x}", "method": "original", "split": "conv4_x", "knobs": {"bits": 8},
+            "accuracy": 0.5 + i / 100, "device_flops": 1e6 * i, "bits_actual": 100.0 + i, "feature_shape": [8, 4, 4],
+            "width": 0.125, "seed": 0,
+            "base_id": "b" * 16, "trained_on": "cpu, 2 threads", "code_version": "0.1.0", "train_seconds": 3.0,
+            **extra}
 
 
 class TinyDevice(nn.Module):
