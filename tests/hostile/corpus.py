@@ -24,7 +24,8 @@ from PIL import Image
 from engine.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_SKIPPED = {".git", "cache", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv"}
+# not the project's files: the cache, tools' caches, and the dashboard's static folder (plotly.js, written once)
+_SKIPPED = {".git", "cache", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "static"}
 _LOG_PREFIXES = ("DEBUG ", "INFO ", "WARNING ")  # the command line's log lines (not the refusal)
 
 
