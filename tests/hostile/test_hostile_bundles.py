@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import torch
 from corpus import Sandbox, measure_peaks, one_line, sandbox_fixture, tiny_data_fixture  # noqa: F401 - fixtures
-from crafted import Payload, TinyDevice, jit_bytes, json_bytes, tiny_files, with_manifest, write_dir, write_zip
+from crafted import Payload, json_bytes, write_dir, write_zip
 from torch import nn
 
+from bench.common import TinyDevice, jit_bytes, tiny_bundle_files, with_manifest
 from engine.deploy.bundle import MAX_BUNDLE_BYTES, load_bundle
 from engine.deploy.onnx_device import read_inputs
 from engine.deploy.selection import MAX_SELECTION_BYTES
@@ -277,7 +278,7 @@ CASES: dict[str, tuple[Build, str]] = {
 
 @pytest.fixture(scope="module")
 def files() -> dict[str, bytes]:
-    return tiny_files()
+    return tiny_bundle_files()
 
 
 def test_the_tiny_bundle_loads_from_a_directory_and_a_zip(files: dict[str, bytes], tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 from corpus import Sandbox, sandbox_fixture, tiny_data_fixture  # noqa: F401 - fixtures
-from crafted import tiny_files, write_dir
+from crafted import write_dir
 
+from bench.common import tiny_bundle_files
 from engine.deploy import protocol
 from engine.deploy.bundle import Bundle, load_bundle
 from engine.deploy.client import DeviceClient
@@ -31,7 +32,7 @@ def header(magic: bytes = b"CI", version: int = P.VERSION, kind: int = P.FEATURE
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return load_bundle(write_dir(tiny_files(), tmp_path_factory.mktemp("bundle") / "b"))
+    return load_bundle(write_dir(tiny_bundle_files(), tmp_path_factory.mktemp("bundle") / "b"))
 
 
 @pytest.fixture(scope="module")

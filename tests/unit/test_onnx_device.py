@@ -12,8 +12,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from crafted import Payload, TinyDevice, TinyServer, tiny_files, write_dir, write_zip
+from crafted import Payload, write_dir, write_zip
 
+from bench.common import TinyDevice, TinyServer, tiny_bundle_files
 from engine.deploy import bundle_files
 from engine.deploy.bundle import ONNX_OPSET, load_bundle
 from engine.deploy.export import _onnx_bytes
@@ -25,8 +26,9 @@ NOTORCH = PROJECT_ROOT / "tests" / "notorch.py"
 
 
 def onnx_files() -> dict[str, bytes]:
-    """`tiny_files()` with both programs also as ONNX, exported from the traced programs as `write_bundle` does."""
-    files = tiny_files()
+    """`tiny_bundle_files()` with both programs also as ONNX, exported from the traced programs as `write_bundle`
+    does."""
+    files = tiny_bundle_files()
     torch.manual_seed(0)
     device = torch.jit.trace(TinyDevice().eval(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     server = torch.jit.trace(TinyServer().eval(), torch.zeros(1, 48, dtype=torch.int64))
@@ -101,7 +103,7 @@ def test_oversized_onnx_is_refused_before_reading(files: dict[str, bytes], tmp_p
 
 
 def test_a_bundle_without_onnx_loads_but_has_no_onnx_device(tmp_path: Path) -> None:
-    path = write_dir(tiny_files(), tmp_path / "old")
+    path = write_dir(tiny_bundle_files(), tmp_path / "old")
     assert load_bundle(path).device is not None
     _refused(load_onnx_device, path, "no ONNX device part")
 
