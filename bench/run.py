@@ -47,6 +47,7 @@ BENCHES = (
            "--splits", "conv4_x", "conv5_x", "server_only")),
     Bench("onnx", "Device part without torch: onnxruntime against TorchScript",
           ("bench/bench_onnx.py", "--profile", "quick", "--data", "DATA")),
+    Bench("trickle", "Slow clients: a device session under 64 trickling connections", ("bench/bench_trickle.py",)),
     Bench("pages", "Dashboard speed", ("bench/bench_pages.py", "--rows", "2000", "--repeats", "5", "--data", "DATA")),
 )
 
