@@ -154,7 +154,7 @@ def read_members(path: Path, keep: Callable[[str], bool], hint: str) -> dict[str
                 if name is None or not member.isfile() or not keep(name):
                     continue
                 budget.take(member, name)
-                data = tf.extractfile(member).read()  # type: ignore[union-attr]
+                data = tf.fileobj.read(member.size)  # the stream stands at its data: no file object per member
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"{name} ends after {len(data):,} of its {member.size:,} bytes")
                 out[name] = data
