@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8501
+# CPU=1: torch and torchvision (the versions pinned in requirements.txt) from PyTorch's CPU-only index, without the
+# CUDA libraries of PyPI's build; for Linux and Windows (macOS wheels on PyPI have no CUDA anyway)
+CPU ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup run test test-fast bench lint clean-cache
 
@@ -12,6 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(CPU),$(PY) -m pip install --quiet --index-url $(TORCH_CPU_INDEX) $$(grep -E '^torch(vision)?==' requirements.txt))
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@

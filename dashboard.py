@@ -1,8 +1,8 @@
 """coinfer dashboard: navigation and the shared sidebar (the edge environment). Run with `make run`.
 
-The view state (page, profile, width, dataset, device and server, link rate, accuracy drop, the selected variant,
-pins and axes) lives in the URL's query parameters, so a copied URL reopens the same view; switching pages keeps
-it (see `ui.view`)."""
+The view state (page, profile, width, dataset, device and server, link rate and delay, accuracy drop, the selected
+variant, pins and axes) lives in the URL's query parameters, so a copied URL reopens the same view; switching pages
+keeps it (see `ui.view`)."""
 
 from __future__ import annotations
 
@@ -107,14 +107,16 @@ with st.sidebar:
         rate_kbps = ui.view_rate_kbps()
         st.caption("Link rate: set on this page, above the chart")  # no value here: the page's fragment moves it
     else:
-        rate_kbps = ui.rate_slider()
+        rate_kbps = ui.rate_control()
+    delay_ms = ui.delay_input()
     key = ui.bind("drop", lambda: ui.parse_float(v["drop"], DEFAULT_ACCURACY_DROP * 100, -1e-9, 10.0))
     drop = st.slider("Accuracy drop allowed (points)", 0.0, 10.0, value=float(st.session_state[key]), step=0.5, key=key,
                      help="the accuracy threshold is the base model's validation accuracy minus this (the paper: "
                           "95 → 93 %); choices read each variant's validation accuracy, the test accuracy only reports")
-    v.update(profile=profile, width=f"{width:g}", data=data_fp, rate_kBps=f"{rate_kbps:g}", drop=f"{drop:g}")
+    v.update(profile=profile, width=f"{width:g}", data=data_fp, rate_kBps=ui.number_text(rate_kbps),
+             delay_ms=ui.number_text(delay_ms), drop=f"{drop:g}")
     st.session_state["env"] = ui.Environment(profile, float(width), device, server, rate_kbps * 8e3, drop / 100,
-                                             data_fp)
+                                             data_fp, delay_s=delay_ms / 1e3)
 
 if from_url and current == "plane" and v["page"] in pages and v["page"] != "plane":
     st.switch_page(pages[v["page"]], query_params={k: x for k, x in v.items() if x})  # a URL's ?page=

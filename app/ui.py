@@ -23,12 +23,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.plotly_component import plotly_chart
+from engine import exchange, sweep
 from engine import queue as jobq
 from engine.coding import NotTrained
 from engine.config import BaseModelConfig, VariantConfig
 from engine.data import ImageData
+from engine.deploy.selection import row_config
 from engine.errors import UserError
 from engine.latency import DEVICES, DeviceProfile, Overheads
+from engine.methods import METHODS
 from engine.pareto import DEFAULT_ACCURACY_DROP, NO_VALIDATION, decision_accuracy, validation_threshold
 from engine.paths import cache_dir
 from engine.profiles import PROFILES
@@ -41,11 +44,11 @@ T = TypeVar("T")
 VIEW_DEFAULTS: dict[str, str] = {
     "page": "plane", "profile": "quick", "width": "", "data": "",
     "device": "pi3", "device_gflops": "", "device_mb": "", "server": "rtx2080ti", "server_gflops": "",
-    "server_mb": "", "rate_kBps": "40", "drop": f"{DEFAULT_ACCURACY_DROP * 100:g}",
+    "server_mb": "", "rate_kBps": "40", "delay_ms": "0", "drop": f"{DEFAULT_ACCURACY_DROP * 100:g}",
     "sel": "", "pins": "", "bits": "actual", "below": "grey", "front": "overall", "splits": "", "overheads": "off",
 }
 ENVIRONMENT_KEYS = ("profile", "width", "data", "device", "device_gflops", "device_mb", "server", "server_gflops",
-                    "server_mb", "rate_kBps", "drop")
+                    "server_mb", "rate_kBps", "delay_ms", "drop")
 _MAX_PARAM = 2000  # characters of one query parameter kept from a URL
 _VIEW = "_view"
 
@@ -95,6 +98,18 @@ def parse_float(text: str, default: float, low: float = 0.0, high: float = math.
     except (TypeError, ValueError):
         return default
     return value if math.isfinite(value) and low < value <= high else default
+
+
+def number_text(value: float) -> str:
+    """`value` as the shortest text that reads back as the same float: "37.5", "40", "1e-05" (what the URL keeps).
+
+    Args:
+        value: a finite number.
+    Returns:
+        Its text.
+    """
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def parse_list(text: str) -> list[str]:
@@ -160,25 +175,74 @@ def chart(fig: go.Figure, key: str) -> None:
         st.rerun()
 
 
-# -- link rate ----------------------------------------------------------------------------------------------
+# -- link rate and delay -------------------------------------------------------------------------------------
 
-# Link rates of the slider in kB/s: 1-2-4-7 steps from 100 B/s to 1 GB/s (roughly log-spaced; 40 kB/s is there).
-RATES_KBPS = [round(m * 10.0 ** e, 1) for e in range(-1, 6) for m in (1, 2, 4, 7)] + [1e6]
+# The slider's stops in kB/s: every two-digit rate from 100 B/s to 1 GB/s (1.0, 1.1, ... 9.9 times a power of ten:
+# log-spaced, at most 10 % apart); any rate in that range can be typed, and the view keeps it exactly.
+RATES_KBPS = [float(f"{m}e{e}") for e in range(-2, 5) for m in range(10, 100)] + [1e6]
+DEFAULT_RATE_KBPS = 40.0
+MAX_DELAY_MS = 60_000.0  # the sidebar's largest propagation delay: a minute
+_SLID, _TYPED = "w_rate_kBps", "w_rate_kBps_typed"  # the two widgets of the one view key
 
 
 def view_rate_kbps() -> float:
-    """The view state's link rate in kB/s, snapped to the slider's nearest stop."""
-    wanted = parse_float(view()["rate_kBps"], 40.0)
-    return min(RATES_KBPS, key=lambda r: abs(math.log(r / wanted)))
+    """The view state's link rate in kB/s, exactly as typed or read from the URL; 40 when it is not a number in the
+    slider's range."""
+    rate = parse_float(view()["rate_kBps"], DEFAULT_RATE_KBPS)
+    return rate if RATES_KBPS[0] <= rate <= RATES_KBPS[-1] else DEFAULT_RATE_KBPS
 
 
-def rate_slider() -> float:
-    """The link-rate slider (kB/s), bound to the view state: in the sidebar, or on the latency page above its
-    chart (in a fragment there, so that a moved rate reruns the chart alone)."""
-    key = bind("rate_kBps", view_rate_kbps)
-    return float(st.select_slider("Link rate", options=RATES_KBPS, value=st.session_state[key], key=key,
-                                  format_func=lambda r: format_rate(r * 8e3),
-                                  help="log scale; R in latency = F_dev/C_dev + B/R + F_srv/C_srv"))
+def nearest_stop(kbps: float) -> float:
+    """The slider's stop nearest to `kbps` on its log scale."""
+    return min(RATES_KBPS, key=lambda r: abs(math.log(r / kbps)))
+
+
+def _rate_slid() -> None:
+    """The slider moved: the typed field and the view follow."""
+    st.session_state[_TYPED] = float(st.session_state[_SLID])
+    set_view(rate_kBps=number_text(st.session_state[_TYPED]))
+
+
+def _rate_typed() -> None:
+    """A rate typed: the view keeps it exactly, the slider shows its nearest stop."""
+    st.session_state[_SLID] = nearest_stop(float(st.session_state[_TYPED]))
+    set_view(rate_kBps=number_text(st.session_state[_TYPED]))
+
+
+def rate_control() -> float:
+    """The link rate (kB/s), bound to the view state: a log-scale slider for quick moves and a field for any rate,
+    in the sidebar, or on the latency page above its chart (in a fragment there, so that a moved rate reruns the
+    chart alone).
+
+    Returns:
+        The rate in kB/s, exactly as slid or typed.
+    """
+    bind("rate_kBps", lambda: nearest_stop(view_rate_kbps()))
+    bind("rate_kBps_typed", view_rate_kbps)
+    st.select_slider("Link rate", options=RATES_KBPS, key=_SLID, on_change=_rate_slid,
+                     format_func=lambda r: format_rate(r * 8e3),
+                     help="log scale; R in latency = F_dev/C_dev + B/R + F_srv/C_srv")
+    st.number_input("Link rate (kB/s)", min_value=RATES_KBPS[0], max_value=RATES_KBPS[-1], step=1.0, format="%.6g",
+                    key=_TYPED, on_change=_rate_typed, help="any rate from 0.1 to 1,000,000 kB/s, kept as typed")
+    return view_rate_kbps()
+
+
+def view_delay_ms() -> float:
+    """The view state's propagation delay in ms; 0 when it is not a number from 0 to `MAX_DELAY_MS`."""
+    return max(0.0, parse_float(view()["delay_ms"], 0.0, -1.0, MAX_DELAY_MS))
+
+
+def delay_input() -> float:
+    """The propagation delay field (ms), bound to the view state.
+
+    Returns:
+        The one-way delay in milliseconds.
+    """
+    key = bind("delay_ms", view_delay_ms)
+    return float(st.number_input("Propagation delay (ms)", min_value=0.0, max_value=MAX_DELAY_MS, step=1.0,
+                                 format="%.6g", key=key,
+                                 help="one way, device to server, added to every latency (D in latency = "
+                                      "F_dev/C_dev + B/R + D + F_srv/C_srv); the runtime's `device --delay`"))
 
 
 # -- environment --------------------------------------------------------------------------------------------
@@ -196,6 +260,7 @@ class Environment:
     rate_bps: float = 40e3 * 8
     accuracy_drop: float = DEFAULT_ACCURACY_DROP  # allowed drop below the base model's validation accuracy
     data: str = ""  # a dataset fingerprint from the results store; "" for the local dataset
+    delay_s: float = 0.0  # one-way propagation delay, device to server
 
 
 def environment() -> Environment:
@@ -313,13 +378,56 @@ def open_page(title: str, needs: str) -> tuple[Environment, ImageData | None, Ba
     if table.empty:
         no_rows(needs)
         st.stop()
+    example_note(table)
     return env, data, base, table
+
+
+EXAMPLES_PROFILE = "quick"  # the profile the shipped example results measure
+
+
+def example_note(table: pd.DataFrame) -> None:
+    """A caption when rows on the page are the shipped example results, not measured here."""
+    shown = exchange.examples(table)
+    if len(shown):
+        where = str(shown["measured_on"].dropna().iloc[0]) if shown["measured_on"].notna().any() else "elsewhere"
+        st.info(f"{len(shown)} of these {len(table)} rows are **example results**, measured on {where}, not on this "
+                "machine: the Export page re-measures them here as jobs.")
+
+
+def load_examples() -> None:
+    """The first page's "Load the example results" (a button callback): merge them into the local store and show
+    their base model (the quick profile on their dataset: the local one when it is the same, else the results
+    store's)."""
+    try:
+        exchange.load_examples(results_store())
+    except UserError as exc:
+        st.session_state["_examples_error"] = str(exc)
+        return
+    shown = exchange.examples(all_results())
+    fingerprint, width = str(shown["dataset_fingerprint"].iloc[0]), float(shown["width"].iloc[0])
+    local = local_data(Environment(EXAMPLES_PROFILE, width))
+    apply_view({"profile": EXAMPLES_PROFILE, "width": f"{width:g}",
+                "data": "" if local is not None and local.fingerprint == fingerprint else fingerprint})
 
 
 def results(base: BaseModelConfig) -> pd.DataFrame:
     """Every stored row built on `base`, all methods."""
     table = all_results()
     return table[table["base_id"] == base.id] if not table.empty else table
+
+
+def variant_parents(table: pd.DataFrame, variant_id: str) -> dict[str, str]:
+    """The ids of a row's parents by role (a method's `parents`, e.g. `three_step`'s pruned and coded rows); {} for a
+    row whose method names none, or whose config cannot be rebuilt from it."""
+    rows = table[table["id"] == variant_id]
+    if rows.empty:
+        return {}
+    row = rows.iloc[0].to_dict()
+    try:
+        parents = getattr(METHODS.get(str(row["method"])), "parents", None)
+        return {role: v.id for role, v in parents(row_config(row)).items()} if parents else {}
+    except UserError:
+        return {}
 
 
 def threshold(env: Environment, table: pd.DataFrame) -> float | None:
@@ -452,10 +560,31 @@ def eta_seconds(progress: float, started_at: float | None, now: float | None = N
     return max(elapsed, 0.0) * (1.0 - progress) / progress
 
 
+def start_sweep(profile: str, base: BaseModelConfig, methods: list[str] | None = None) -> int:
+    """Queue the profile's sweep of `base` (the variants not measured yet), and cross its rows as they arrive: the
+    follow-up rounds are queued by `follow_sweep` while a page that shows the jobs is open, as `python -m engine
+    sweep` queues them. Returns how many variants were queued."""
+    planned = sweep.plan(profile, base, data_path(), methods=methods)
+    queue = job_queue()
+    queue.follow(base.id, {"profile": profile, "data": data_path(), "methods": methods})
+    queued, _ = sweep.submit(queue, planned, results_store())
+    run_queue()
+    return len(queued)
+
+
+def follow_sweep(base: BaseModelConfig) -> None:
+    """Queue the next round of a started sweep's crossed variants once its jobs are done (`sweep.next_round`)."""
+    if sweep.next_round(job_queue(), results_store(), base):
+        run_queue()
+
+
 @st.fragment(run_every=2.0)
-def progress_strip(base_id: str, shown: frozenset[str]) -> None:
+def progress_strip(base: BaseModelConfig, shown: frozenset[str]) -> None:
     """One progress bar over this base model's active jobs; a job that finished with a row not drawn yet reruns
-    the page, so new points appear without a reload."""
+    the page, so new points appear without a reload. A started sweep's next round of crossed variants is queued
+    here when its jobs are done."""
+    follow_sweep(base)
+    base_id = base.id
     jobs = [j for j in job_queue().jobs(base_id=base_id, reap=False) if j.kind == "variant"]
     active = [j for j in jobs if j.status in jobq.ACTIVE]
     if active:
@@ -489,18 +618,19 @@ def latency_curves(base: BaseModelConfig, env: Environment, need: float | None,
     return _latency_curves(str(store.path), _store_version(store.path), base.id,
                            (env.device.flops_per_s, env.device.memory_bytes),
                            (env.server.flops_per_s, env.server.memory_bytes), need,
-                           None if overheads is None else dataclasses.astuple(overheads))
+                           None if overheads is None else dataclasses.astuple(overheads), env.delay_s)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _latency_curves(path: str, version: tuple, base_id: str, device: tuple[float, float],
-                    server: tuple[float, float], need: float | None, overheads: tuple | None) -> pd.DataFrame:
+                    server: tuple[float, float], need: float | None, overheads: tuple | None,
+                    delay_s: float) -> pd.DataFrame:
     from engine.pareto import latency_vs_rate
 
     table = _table(path, version)
     table = table[table["base_id"] == base_id] if not table.empty else table
     return latency_vs_rate(table, DeviceProfile("device", *device), DeviceProfile("server", *server), RATES_BPS, need,
-                           overheads=None if overheads is None else Overheads(*overheads))
+                           overheads=None if overheads is None else Overheads(*overheads), delay_s=delay_s)
 
 
 def deployment_overheads(enabled: bool) -> Overheads | None:

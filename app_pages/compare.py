@@ -18,7 +18,7 @@ LETTERS = "ABCD"
 
 env, data, base, table = ui.open_page("Compare variants", "the variants to compare")
 
-lat = latency_table(table, env.device, env.server, env.rate_bps)
+lat = latency_table(table, env.device, env.server, env.rate_bps, delay_s=env.delay_s)
 
 
 def _label(row: dict) -> str:
@@ -39,12 +39,25 @@ def _pin(extra: list[str]) -> None:
     st.session_state["w_pins"] = pins
 
 
+def _family(variant_id: str | None) -> list[str]:
+    """The selected variant and those of its parents that are measured (a pruned and coded `three_step` row: its
+    coding unpruned, its snapshot uncoded, the `original` split), in that order; [] when it has none measured."""
+    if not variant_id or variant_id not in labels:
+        return []
+    parents = ui.variant_parents(table, variant_id)
+    return [variant_id, *(p for p in parents.values() if p in labels)] if parents else []
+
+
 key = ui.bind("pins", lambda: [i for i in ui.pinned_ids() if i in labels])
 st.session_state[key] = [i for i in st.session_state[key] if i in labels]
-c1, c2 = st.columns(2)
+family = _family(sel)
+c1, c2, c3 = st.columns(3)
 c1.button("Pin the selected variant", disabled=not sel or sel not in labels, on_click=_pin, args=([sel],),
           help="click a point on any plane to select a variant")
-c2.button("Pin the baselines (server only, device only)", disabled=not baselines, on_click=_pin, args=(baselines,))
+c2.button("Pin it with its parents", disabled=len(family) < 2, on_click=lambda: st.session_state.update(
+          {key: family}), help="a pruned and coded three_step variant beside its coding on the unpruned split, its "
+          "snapshot sent 8-bit + Huffman, and the original split: what each step bought")
+c3.button("Pin the baselines (server only, device only)", disabled=not baselines, on_click=_pin, args=(baselines,))
 pins = st.multiselect("Pinned variants (two to four; the first is the reference of the deltas)", list(labels),
                       default=st.session_state[key], max_selections=4, format_func=labels.get, key=key)
 ui.set_view(pins=",".join(pins))
@@ -57,7 +70,8 @@ diff.index = [f"{LETTERS[i]} · {labels[p]}" for i, p in enumerate(pins)]
 if diff.empty or len(diff.columns) == 0:
     st.info("The pinned variants are identical in every column.")
 else:
-    st.caption(f"Only the columns that differ; Δ is the difference from A. Latency at {env.rate_bps / 8e3:g} kB/s on "
+    st.caption(f"Only the columns that differ; Δ is the difference from A. Latency at {env.rate_bps / 8e3:g} kB/s"
+               f"{f' with {env.delay_s * 1e3:g} ms of delay' if env.delay_s else ''} on "
                f"{env.device.describe()} and {env.server.describe()}.")
     if "knobs" in diff.columns:
         diff["knobs"] = diff["knobs"].map(knob_text)

@@ -40,6 +40,7 @@ v = ui.view()
 st.title("Export and import")
 data, base = ui.page_base(env)
 table = ui.results(base)
+ui.example_note(table)
 
 
 # -- import -----------------------------------------------------------------------------------------------------
@@ -157,13 +158,13 @@ def _export_section() -> None:
         ui.no_rows("the selection, bundle and figures to export")
         return
     need = ui.threshold(env, table)
-    lat = latency_table(table, env.device, env.server, env.rate_bps)
+    lat = latency_table(table, env.device, env.server, env.rate_bps, delay_s=env.delay_s)
     sel = ui.selected_id()
     if sel and (lat["id"] == sel).any():
         row = lat[lat["id"] == sel].iloc[0]
         st.markdown(f"Chosen: the selected variant **{row['method']} @ {row['split']}** (`{sel}`).")
     else:
-        row = best_variant(table, env.device, env.server, env.rate_bps, need)
+        row = best_variant(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s)
         if row is None:
             st.warning("Nothing selected, and no variant meets the accuracy threshold and fits the device: click a "
                        "point on a plane to choose one.")
@@ -171,8 +172,9 @@ def _export_section() -> None:
         st.markdown(f"Chosen: nothing is selected, so the best variant for this environment, **{row['method']} @ "
                     f"{row['split']}** (`{row['id']}`). Click a point on a plane to choose another.")
     row_dict = {k: (None if isinstance(x, float) and np.isnan(x) else x) for k, x in row.to_dict().items()}
-    environment = {**ui.environment_params(), "rate_bps": env.rate_bps, "device_profile": env.device.describe(),
-                   "server_profile": env.server.describe(), "accuracy_threshold": need}
+    environment = {**ui.environment_params(), "rate_bps": env.rate_bps, "delay_s": env.delay_s,
+                   "device_profile": env.device.describe(), "server_profile": env.server.describe(),
+                   "accuracy_threshold": need}
     c1, c2, c3 = st.columns(3)
     try:
         doc = selection_json(row_dict, environment)
@@ -197,7 +199,8 @@ def _export_section() -> None:
                                       selected=sel),
         "latency-vs-rate": lambda: latency_rate_figure(ui.latency_curves(base, env, need), env.rate_bps),
         "latency-breakdown": lambda: latency_breakdown_figure(best_per_method(table, env.device, env.server,
-                                                                              env.rate_bps, need)),
+                                                                              env.rate_bps, need,
+                                                                              delay_s=env.delay_s)),
     }
     problem = png_export_problem()
     if problem:

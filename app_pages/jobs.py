@@ -35,13 +35,11 @@ with st.expander("Start jobs", expanded=True):
     with profile_tab:
         methods = st.multiselect("Methods", sweep.methods_in_order(), default=sweep.methods_in_order(),
                                  help="cheapest first; variants already in the results store are skipped")
-        if st.button(f"Queue the {env.profile} sweep", type="primary", disabled=data is None or not methods):
+        if st.button(f"Queue the {env.profile} sweep", type="primary", disabled=data is None or not methods,
+                     help="then, as rows arrive, the crossed variants round by round (as `python -m engine sweep`)"):
             try:
-                planned = sweep.plan(env.profile, base, ui.data_path(), methods=methods)
-                queued, measured = sweep.submit(ui.job_queue(), planned, ui.results_store())
-                if queued:
-                    ui.run_queue()
-                st.success(f"Queued {len(queued)} variant(s); {len(measured)} were measured before.")
+                st.success(f"Queued {ui.start_sweep(env.profile, base, methods)} variant(s) not measured before; "
+                           "the crossed variants follow as rows arrive.")
             except UserError as exc:
                 st.error(str(exc))
         crossed = sweep.followups(env.profile, base, ui.results_store(), ui.data_path(), methods=methods)
@@ -87,7 +85,9 @@ def _retry(job_id: str) -> None:
 
 @st.fragment(run_every=2.0)
 def job_list(base_id: str | None) -> None:
-    """The jobs, active first: a progress bar with ETA, cancel or retry, the error of a failed one."""
+    """The jobs, active first: a progress bar with ETA, cancel or retry, the error of a failed one; a started sweep's
+    next round of crossed variants is queued when its jobs are done."""
+    ui.follow_sweep(base)
     queue = ui.job_queue()
     jobs = queue.jobs(base_id=base_id)
     if message := st.session_state.pop("_job_error", None):

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import ui
 from engine.figures import latency_breakdown_figure, latency_rate_figure
-from engine.latency import latency_table
+from engine.latency import PROPAGATION_COLUMN, latency_table
 from engine.pareto import DECISION_COLUMN, best_per_method
 from engine.units import format_bytes, format_rate, format_seconds
 
@@ -26,7 +26,8 @@ with_overheads = st.toggle("Count measured coding and framing", value=st.session
                                 "paper's model")
 ui.set_view(overheads="on" if with_overheads else "off")
 overheads = ui.deployment_overheads(with_overheads)
-formula = "F_dev/C_dev + B/R + F_srv/C_srv" + (" + t_coding + framing/R" if with_overheads else "")
+formula = "F_dev/C_dev + B/R + F_srv/C_srv" + (" + t_coding + framing/R" if with_overheads else "") \
+    + (f" + D (propagation delay, {env.delay_s * 1e3:g} ms one way)" if env.delay_s else "")
 curves = ui.latency_curves(base, env, need, overheads)
 st.caption(f"device **{env.device.describe()}** · server **{env.server.describe()}** · {ui.threshold_text(env, need)} "
            f"· ResNet18 width {base.width:g} · latency = {formula}, B = actual bits per image")
@@ -35,11 +36,10 @@ ui.remeasure_note(table)
 
 @st.fragment
 def at_rate(env: ui.Environment) -> None:
-    """The link-rate slider and what depends on the rate: moving it reruns this fragment, not the whole app."""
-    rate_kbps = ui.rate_slider()
-    ui.set_view(rate_kBps=f"{rate_kbps:g}")
-    env = dataclasses.replace(env, rate_bps=rate_kbps * 8e3)
-    lat = latency_table(table, env.device, env.server, env.rate_bps, overheads=overheads)
+    """The link-rate slider and field and what depends on the rate: a new rate reruns this fragment, not the whole
+    app."""
+    env = dataclasses.replace(env, rate_bps=ui.rate_control() * 8e3)
+    lat = latency_table(table, env.device, env.server, env.rate_bps, overheads=overheads, delay_s=env.delay_s)
     infeasible = lat[~lat["feasible"]]
     if curves.empty:
         st.warning("No variant meets the accuracy requirement and fits the device memory. Allow a larger accuracy drop "
@@ -52,7 +52,8 @@ def at_rate(env: ui.Environment) -> None:
         st.subheader(f"Best configuration per method at {format_rate(env.rate_bps)}")
         best = best_per_method(table, env.device, env.server, env.rate_bps, need, overheads=overheads, latencies=lat)
         ui.chart(latency_breakdown_figure(best), "latency_breakdown")
-        terms = [c for c in ("t_device", "t_coding", "t_transmit", "t_overhead", "t_server") if c in best.columns]
+        terms = [c for c in ("t_device", "t_coding", "t_transmit", PROPAGATION_COLUMN, "t_overhead", "t_server")
+                 if c in best.columns]
         shown = best[["method", "split", DECISION_COLUMN, "accuracy", "latency", *terms, "bits_actual", "device_flops",
                       "device_memory_bytes", "id"]]
         st.dataframe(shown, hide_index=True, column_config={
@@ -61,11 +62,11 @@ def at_rate(env: ui.Environment) -> None:
             **{c: st.column_config.NumberColumn(format="%.4g s") for c in ("latency", *terms)},
         })
         winner = best.iloc[0]
+        delay_text = f" + {format_seconds(env.delay_s)} delay" if env.delay_s else ""
         st.success(f"Fastest: **{winner['method']} @ {winner['split']}**, {format_seconds(winner['latency'])} end "
                    f"to end ({format_seconds(winner['t_device'])} device + {format_seconds(winner['t_transmit'])} "
-                   f"link + {format_seconds(winner['t_server'])} server), {winner[DECISION_COLUMN]:.2%} validation "
-                   f"accuracy (test {winner['accuracy']:.2%}) "
-                   f"(`{winner['id']}`).")
+                   f"link{delay_text} + {format_seconds(winner['t_server'])} server), {winner[DECISION_COLUMN]:.2%} "
+                   f"validation accuracy (test {winner['accuracy']:.2%}) (`{winner['id']}`).")
         if selected is not None:
             fits = "" if selected["feasible"] else " — infeasible: its device part does not fit the device memory"
             st.info(f"Selected: **{selected['method']} @ {selected['split']}**, {format_seconds(selected['latency'])} "

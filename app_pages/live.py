@@ -1,6 +1,6 @@
 """Live co-inference: a short session of one variant, its exported device and server parts talking over a local
-token-bucket link at the sidebar's rate, with the measured latency beside the paper's latency model (device and server
-preset to this CPU's measured FLOP/s, since both run here) and beside the model with the measured deployment
+token-bucket link at the sidebar's rate and delay, with the measured latency beside the paper's latency model (device
+and server preset to this CPU's measured FLOP/s, since both run here) and beside the model with the measured deployment
 overheads (`engine.latency.Overheads`: the bundle's coding time after idling as long as a session idles per image,
 framing, a null session's runtime cost)."""
 
@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.plotly_component import plotly_chart
-from app.ui import base_config, environment, percent, queue_untrained, require_data, results, threshold
+from app.ui import base_config, environment, example_note, percent, queue_untrained, require_data, results, threshold
 from engine.coding import NotTrained
 from engine.deploy.bundle import load_bundle
 from engine.deploy.client import live_session
@@ -53,9 +53,10 @@ if table.empty:
     st.info("No measured variants for this base model yet: measure some on the Trade-off plane page first; a live "
             "session runs an exported variant.")
     st.stop()
+example_note(table)
 
 need = threshold(env, table)
-best = best_per_method(table, env.device, env.server, env.rate_bps, need)
+best = best_per_method(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s)
 ids = list(dict.fromkeys([*best["id"], *table.sort_values(["method", "device_flops"])["id"]]))
 rows = table.set_index("id")
 variant = st.selectbox("Variant", ids, format_func=lambda i: f"{rows.loc[i, 'method']} @ {rows.loc[i, 'split']} · "
@@ -66,8 +67,9 @@ variant = st.selectbox("Variant", ids, format_func=lambda i: f"{rows.loc[i, 'met
 images = st.slider("Test images", 5, 100, 20, help="one image per message, sent one after another")
 row = rows.loc[variant].copy()
 row["id"] = variant
-st.caption(f"link {format_rate(env.rate_bps)}, paced by a token bucket on the sender; device and server run on this "
-           "machine, so the model uses this CPU's measured FLOP/s for both.")
+held = f", each message held {env.delay_s * 1e3:g} ms (the propagation delay)" if env.delay_s else ""
+st.caption(f"link {format_rate(env.rate_bps)}, paced by a token bucket on the sender{held}; device and server run on "
+           "this machine, so the model uses this CPU's measured FLOP/s for both.")
 
 if st.button("Run live session", type="primary"):
     path = cache_dir() / "bundles" / variant
@@ -80,7 +82,7 @@ if st.button("Run live session", type="primary"):
                 bundle = load_bundle(write_bundle(row_config(row), ctx, path, metrics=row.to_dict()))
         bar = st.progress(0.0, "session running")
         report = live_session(bundle, data.test_x[:images], data.test_y[:images].tolist(), env.rate_bps,
-                              progress=lambda i, n: bar.progress(i / n, f"image {i} of {n}"))
+                              delay_s=env.delay_s, progress=lambda i, n: bar.progress(i / n, f"image {i} of {n}"))
         bar.empty()
     except NotTrained as exc:
         queue_untrained(row_config(row), env.profile, exc)
@@ -90,22 +92,22 @@ if st.button("Run live session", type="primary"):
         st.stop()
     with st.spinner("Timing the bundle's coding after idling…"):  # on other images than the session's
         coding_at = cold_coding_seconds(bundle, data.test_x[images: images + 20], IDLE_S)
-    st.session_state["live_session"] = (variant, env.rate_bps, report, coding_at)
+    st.session_state["live_session"] = (variant, (env.rate_bps, env.delay_s), report, coding_at)
 
 done = st.session_state.get("live_session")
-if done is None or done[0] != variant or done[1] != env.rate_bps:
+if done is None or done[0] != variant or done[1] != (env.rate_bps, env.delay_s):
     st.info("Press **Run live session** to start a local server and send the selected variant's bitstreams to it.")
     st.stop()
 
 report, coding_at = done[2], done[3]
 shape = (data.channels, *data.image_size)
 flops = _cpu_flops(base.width, shape, data.num_classes)
-model = modelled_latency(row, flops, flops, env.rate_bps)
+model = modelled_latency(row, flops, flops, env.rate_bps, env.delay_s)
 runtime = _runtime_overhead(env.rate_bps, shape, data.num_classes)
 coding = coding_at(0.0)
 for _ in range(3):  # the coding runs after idling for the rest of the modelled per-image period: a fixed point
     deployed = modelled_latency({**row.to_dict(), "coding_cpu_seconds": coding}, flops, flops, env.rate_bps,
-                                overheads=Overheads(per_image_s=runtime))
+                                env.delay_s, overheads=Overheads(per_image_s=runtime))
     coding = coding_at(deployed["latency"] - coding)
 terms = session_terms(report, deployed)
 cols = st.columns(5)

@@ -35,6 +35,7 @@ if jscc.empty:
             f"{FIG5_SPLIT}, plus the `original` row there); as jobs they are `three_step` variants with knobs "
             "`encoder=jscc`, `snapshot=none` and `jscc_*`.")
     st.stop()
+ui.example_note(table)
 
 planned = table["id"].isin({cfg.id for cfg in fig5_plan(base, env.profile)})
 if planned[jscc.index].any() and not planned.all():  # other budgets' or hand-run variants of this base model too

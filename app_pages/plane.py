@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import ui
+from engine import exchange
 from engine import queue as jobq
-from engine import sweep
 from engine.errors import UserError
 from engine.figures import plane_figure
 from engine.knobs import knob_text
@@ -34,6 +34,10 @@ def _no_data(message: str) -> None:
     if st.button("Download CIFAR-10 (170 MB, needs internet)", disabled=downloading):
         ui.start_jobs([spec])
         st.rerun()
+    if exchange.EXAMPLES.exists():
+        st.button("Load the example results", type="primary", on_click=ui.load_examples,
+                  help="the quick profile as measured on this project's reference machine, viewable without the "
+                       "dataset (rows marked as examples)")
     st.stop()
 
 
@@ -58,12 +62,20 @@ if table.empty:
         st.stop()
     active = any(j.status in jobq.ACTIVE for j in ui.job_queue().jobs(base_id=base.id))
     ui.emulated_bf16_warning(base)
+    if message := st.session_state.pop("_examples_error", None):
+        st.error(message)
+    if exchange.EXAMPLES.exists():
+        st.button("Load the example results", on_click=ui.load_examples,
+                  help="the quick profile as measured on this project's reference machine (rows marked as examples, "
+                       "shown only for the same dataset, profile and width); re-measure them here from the Export "
+                       "page")
     if st.button(f"Start the {env.profile} profile", type="primary", disabled=active,
-                 help="queues every variant of the profile's sweep, cheapest first (`original` within minutes)"):
-        planned = sweep.plan(env.profile, base, ui.data_path())
-        ui.start_jobs([p.spec for p in planned], [p.priority for p in planned])
+                 help="queues every variant of the profile's sweep, cheapest first (`original` within minutes), "
+                      "then crosses three_step's snapshots that hold the threshold with the profile's codings as "
+                      "rows arrive"):
+        ui.start_sweep(env.profile, base)
         st.rerun()
-    ui.progress_strip(base.id, frozenset())
+    ui.progress_strip(base, frozenset())
     profile = ui.untrained_profile(env.profile, base.width, data.fingerprint)
     ui.chart(plane_figure(profile, ui.png_bits(table, data), bits_column="bits_8bit"), "plane")
     st.dataframe(profile[["split", "device_flops", "server_flops", "device_memory_bytes", "feature_shape",
@@ -73,6 +85,7 @@ if table.empty:
 need = ui.threshold(env, table)
 st.caption(ui.threshold_text(env, need))
 ui.remeasure_note(table)
+ui.example_note(table)
 splits = [s for s in split_names() if s in set(table["split"])]
 c1, c2, c3, c4 = st.columns([1.2, 1.2, 1, 2])
 key = ui.bind("bits", lambda: v["bits"] == "ideal")
@@ -91,14 +104,14 @@ ui.set_view(bits="ideal" if ideal else "actual", below="hide" if hide else "grey
             splits=",".join(chosen))
 bits_column = "bits_ideal" if ideal else "bits_actual"
 
-lat = latency_table(table, env.device, env.server, env.rate_bps)
+lat = latency_table(table, env.device, env.server, env.rate_bps, delay_s=env.delay_s)
 shown = lat[lat["split"].isin(chosen)] if chosen else lat
 png = ui.png_bits(table, data)
 fig = plane_figure(shown, png, bits_column=bits_column, threshold=need, below="hide" if hide else "grey",
                    front=front, selected=ui.selected_id())
 ui.chart(fig, "plane")
 
-best = best_variant(table, env.device, env.server, env.rate_bps, need)
+best = best_variant(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s)
 if best is None:
     st.warning("No variant meets the accuracy threshold and fits the device memory in this environment.")
 else:
@@ -111,7 +124,7 @@ amplified = shown[(shown[bits_column] > (png or float("inf"))) & (shown["device_
 if len(amplified):
     st.caption(f"Data amplification (feature larger than the PNG input): {len(amplified)} variant(s), e.g. "
                + ", ".join(sorted(set(amplified["split"]))))
-ui.progress_strip(base.id, frozenset(table["id"]))
+ui.progress_strip(base, frozenset(table["id"]))
 shown = shown.assign(validation=validation_label(shown))
 cols = [c for c in ("method", "split", "knobs", DECISION_COLUMN, "accuracy", "validation", "device_flops",
                     "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal", "bits_raw", "latency",

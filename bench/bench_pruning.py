@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             pruned = pruned_split(cfg, ctx)
             masked = split(pruned.masked_model.eval(), args.split)[0]
             setting = f"level {row['level']}" if name == "three_step" else f"step1 {row['step1_sparsity']:g}"
+            setting += f" (output {cfg.knob('output'):g})" if cfg.knob("output") is not None else ""
             setting += " (threshold pick)" if row.get("threshold_pick") else ""
             table.append((name, setting, row["sparsity"], footprint(masked, x), footprint(pruned.device, x),
                           latencies([masked, pruned.device], x), row, row["val_accuracy"], row["prune_seconds"]))

@@ -21,7 +21,12 @@ from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.models import SPLIT_POINTS  # noqa: E402
 from engine.pareto import DECISION_COLUMN, latency_vs_rate, validation_threshold  # noqa: E402
 from engine.profiles import PROFILES  # noqa: E402
-from engine.report import claim_by_split, dominated_points, qualifying  # noqa: E402
+from engine.report import (  # noqa: E402
+    claim_by_split,
+    composed_against_baselines,
+    dominated_points,
+    qualifying,
+)
 from engine.store import ResultsStore  # noqa: E402
 
 RATES_KBPS = (10, 40, 100, 1000)
@@ -110,6 +115,57 @@ def claim_section(rows: pd.DataFrame, threshold: float, budget: dict | None = No
     return "\n".join(out)
 
 
+def composed_section(rows: pd.DataFrame, threshold: float, budget: dict | None = None) -> str:
+    """Per split, `three_step`'s pruned and coded row that dominates the most qualifying baseline rows there, and
+    what it does not dominate."""
+    table = composed_against_baselines(rows, threshold)
+    by_id = rows.set_index("id")
+    out = ["Per split, of the `three_step` rows both pruned and coded that meet the threshold, the one that dominates "
+           "the most qualifying baseline rows at its split (`original`, `two_step_pruning`, `bottlenet_pp`):", "",
+           "| split | pruned and coded row | device MFLOPs | bits/image | val acc | test acc | dominates | "
+           "not dominated (what it loses on) |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for _, c in table.iterrows():
+        if c["id"] is None:
+            out.append(f"| {c['split']} | – | – | – | – | – | 0 of {c['rivals']} | {c['not_dominated']} |")
+            continue
+        out.append(f"| {c['split']} | {setting(by_id.loc[c['id']], budget)} | "
+                   f"{c['device_flops'] / 1e6:.2f} | {c['bits']:,.1f} | {_pct(c[DECISION_COLUMN])} | "
+                   f"{_pct(c['accuracy'])} | {c['dominated']} of {c['rivals']} | {c['not_dominated'] or '–'} |")
+    return "\n".join(out)
+
+
+def goals_section(rows: pd.DataFrame, threshold: float, split: str = "conv4_x") -> str:
+    """The crossed space's figures at `split`: the most device FLOPs saved at <= 64 bits, the fewest bits, and
+    `three_step`'s latency at 10 and 40 kB/s against every baseline's (validation-chosen, test-reported)."""
+    above = qualifying(rows[(rows["split"] == split) & (rows["method"] == "three_step")], threshold)
+    out = []
+    small = above[above["bits"] <= 64]
+    if small.empty:
+        out.append(f"- {split}: no `three_step` row at <= 64 bits meets the threshold.")
+    else:
+        r = small.sort_values(["flops_reduction", "bits"], ascending=[False, True]).iloc[0]
+        out.append(f"- {split}, most device FLOPs saved at <= 64 bits: **{r['flops_reduction']:.2f}x** "
+                   f"({r['device_flops'] / 1e6:.2f} MFLOPs, {r['bits']:,.1f} bits, {setting(r)}), validation "
+                   f"{_pct(r[DECISION_COLUMN])}, test {_pct(r['accuracy'])}.")
+    if not above.empty:
+        r = above.sort_values(["bits", "device_flops"]).iloc[0]
+        out.append(f"- {split}, fewest bits: **{r['bits']:,.1f} bits** actual ({r['bits_ideal']:,.1f} ideal), "
+                   f"{r['flops_reduction']:.2f}x fewer FLOPs ({setting(r)}), validation {_pct(r[DECISION_COLUMN])}, "
+                   f"test {_pct(r['accuracy'])}.")
+    ends = {"device_only": "device-only", "server_only": "edge-only"}
+    named = rows.assign(method=[ends.get(s, m) for s, m in zip(rows["split"], rows["method"], strict=True)])
+    table = latency_vs_rate(named, "pi3", "rtx2080ti", [10 * 8e3, 40 * 8e3], threshold)
+    for rate in (10, 40):
+        at = table[table["rate"] == rate * 8e3].set_index("method")["latency"]
+        if "three_step" not in at or len(at) < 2:
+            continue
+        rival = at.drop("three_step")
+        out.append(f"- {rate} kB/s: `three_step` {1e3 * at['three_step']:.2f} ms, "
+                   f"{at['three_step'] / rival.min():.2f} of the fastest baseline ({rival.idxmin()}, "
+                   f"{1e3 * rival.min():.2f} ms); goal: at most 0.5.")
+    return "\n".join(out)
+
+
 def latency_section(rows: pd.DataFrame, threshold: float) -> str:
     rates = [r * 8e3 for r in RATES_KBPS]
     ends = {"device_only": "device-only", "server_only": "edge-only"}  # the paper's two end-point baselines
@@ -160,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     print(pruning_section(rows, budget))
     print("\n### Best variant per split and the paper's claim\n")
     print(claim_section(rows, threshold, budget))
+    print("\n### The three steps together\n")
+    print(composed_section(rows, threshold, budget))
+    print()
+    print(goals_section(rows, threshold))
     print("\n### Figure 4: latency against link rate\n")
     print(latency_section(rows, threshold))
 

@@ -289,6 +289,41 @@ def import_rows(rows: list[dict[str, Any]], store: ResultsStore) -> tuple[int, i
                                                f"(delete or re-measure it first)"))
 
 
+# -- the example results ----------------------------------------------------------------------------------------
+
+EXAMPLES = Path(engine.__file__).resolve().parents[1] / "examples" / "quick-results.json"
+EXAMPLE_MARK = "example results"  # leads the `imported_from` of rows loaded from EXAMPLES
+
+
+def load_examples(store: ResultsStore, path: Path | str = EXAMPLES) -> tuple[int, int]:
+    """Merge the shipped example results (the quick profile measured on the project's reference machine) into
+    `store`, each row's `imported_from` starting with EXAMPLE_MARK so that every page can say so.
+
+    Args:
+        store: the local results store.
+        path: the examples file.
+
+    Returns:
+        The numbers of rows added and skipped (`import_rows`).
+    """
+    path = Path(path)
+    rows = parse_results(read_file(path), path.name)
+    return import_rows([{**r, "imported_from": f"{EXAMPLE_MARK}: {r['imported_from']}"} for r in rows], store)
+
+
+def examples(table: Any) -> Any:
+    """The rows of a results table loaded from the example results (`load_examples`).
+
+    Args:
+        table: a tidy results table.
+
+    Returns:
+        Its example rows.
+    """
+    rows = imported(table)
+    return rows[rows["imported_from"].astype(str).str.startswith(EXAMPLE_MARK)]
+
+
 # -- measuring again here ---------------------------------------------------------------------------------------
 
 

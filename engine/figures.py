@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from engine.latency import PROPAGATION_COLUMN
 from engine.pareto import DECISION_COLUMN, NO_VALIDATION, decision_accuracy, meets_threshold, pareto_front
 
 METHOD_COLORS = {
@@ -65,7 +66,8 @@ def hover_text(row: Mapping, bits_column: str = "bits_actual") -> str:
         lines.append("feature " + "x".join(map(str, shape)))
     latency = _fmt(row.get("latency"), ".4g")
     if latency is not None:
-        parts = " + ".join(_fmt(row.get(c), ".3g") or "?" for c in ("t_device", "t_transmit", "t_server"))
+        terms = ("t_device", "t_transmit", *([PROPAGATION_COLUMN] if row.get(PROPAGATION_COLUMN) else []), "t_server")
+        parts = " + ".join(_fmt(row.get(c), ".3g") or "?" for c in terms)
         fits = "" if row.get("feasible", True) else " · does NOT fit the device memory"
         lines.append(f"latency {latency} s = {parts}{fits}")
     width, seed = _fmt(row.get("width"), "g"), row.get("seed")
@@ -85,7 +87,7 @@ _HOVER_NUMBERS = (("accuracy", "test accuracy", ".2%"), (DECISION_COLUMN, "valid
                   ("device_activation_bytes", "· activations B", ",.4g"),
                   *((c, c, ",.1f") for c in _HOVER_BITS), ("latency", "latency s", ".4g"),
                   ("t_device", "· device s", ".3g"), ("t_transmit", "· link s", ".3g"),
-                  ("t_server", "· server s", ".3g"),
+                  (PROPAGATION_COLUMN, "· propagation s", ".3g"), ("t_server", "· server s", ".3g"),
                   ("width", "width", "g"), ("seed", "seed", "d"))
 
 
@@ -237,13 +239,14 @@ def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = No
         kbps, latency, ids = group["rate"].to_numpy() / 8e3, group["latency"].to_numpy(), group["id"].to_numpy()
         knobs = [knobs_text(kn) for kn in group["knobs"]] if "knobs" in group else [""] * len(group)
         val = group[DECISION_COLUMN] if DECISION_COLUMN in group else pd.Series(np.nan, index=group.index)
+        prop = group[PROPAGATION_COLUMN] if PROPAGATION_COLUMN in group else pd.Series(0.0, index=group.index)
         hover = [f"<b>{method}</b> @ {split}{f'<br>knobs {kn}' if kn else ''}<br>{k:,.3g} kB/s: {t * 1e3:,.2f} ms "
-                 f"(device {d * 1e3:,.2f} + link {x * 1e3:,.2f} + server {s * 1e3:,.3f})<br>validation accuracy "
-                 f"{v:.2%}, test accuracy {a:.2%}, {b:,.0f} bits<br>id {i}"
-                 for split, kn, k, t, d, x, s, v, a, b, i in zip(group["split"], knobs, kbps, latency,
-                                                                 group["t_device"], group["t_transmit"],
-                                                                 group["t_server"], val, group["accuracy"],
-                                                                 group["bits"], ids, strict=True)]
+                 f"(device {d * 1e3:,.2f} + link {x * 1e3:,.2f}{f' + delay {p * 1e3:,.2f}' if p else ''} + server "
+                 f"{s * 1e3:,.3f})<br>validation accuracy {v:.2%}, test accuracy {a:.2%}, {b:,.0f} bits<br>id {i}"
+                 for split, kn, k, t, d, x, p, s, v, a, b, i in zip(group["split"], knobs, kbps, latency,
+                                                                    group["t_device"], group["t_transmit"], prop,
+                                                                    group["t_server"], val, group["accuracy"],
+                                                                    group["bits"], ids, strict=True)]
         traces.append(_scatter(x=kbps, y=latency, mode="lines", name=method, legendgroup=method,
                                line={"color": color}, customdata=ids, hovertext=hover, hoverinfo="text"))
         first = np.r_[True, ids[1:] != ids[:-1]]
@@ -270,11 +273,13 @@ def latency_rate_figure(curves: pd.DataFrame, chosen_rate_bps: float | None = No
 
 
 def latency_breakdown_figure(best: pd.DataFrame) -> go.Figure:
-    """Stacked bars of device compute, transmission and server compute of each method's best variant, and of the
-    measured coding and framing/runtime costs when the table has them (`engine.latency.Overheads`)."""
+    """Stacked bars of device compute, transmission and server compute of each method's best variant, of the
+    measured coding and framing/runtime costs when the table has them (`engine.latency.Overheads`), and of the
+    propagation delay when it has one (`t_propagation`)."""
     labels = [f"{m} @ {s}" for m, s in zip(best["method"], best["split"], strict=True)]
     terms = (("t_device", "device compute", "#9467bd"), ("t_coding", "entropy coding", "#8c564b"),
-             ("t_transmit", "transmission", "#17becf"), ("t_overhead", "framing and runtime", "#7f7f7f"),
+             ("t_transmit", "transmission", "#17becf"), (PROPAGATION_COLUMN, "propagation delay", "#aec7e8"),
+             ("t_overhead", "framing and runtime", "#7f7f7f"),
              ("t_server", "server compute", "#bcbd22"))
     ids = best["id"].tolist() if "id" in best else None
     bars = [go.Bar(y=labels, x=best[column].to_numpy(), name=name, orientation="h", marker_color=color,

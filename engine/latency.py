@@ -3,7 +3,10 @@ study", Fig. 4), plus the capacity conventions for noisy channels (Fig. 5).
 
 Latency of a variant: ``F_dev / C_dev + B / R + F_srv / C_srv`` with F the FLOPs of each part, C each side's
 effective FLOP/s, B the bits per image and R the link rate in bits/s. A variant whose device part does not fit the
-device memory is infeasible, not slow: it keeps its latency figures but `feasible` is False.
+device memory is infeasible, not slow: it keeps its latency figures but `feasible` is False. An optional
+propagation delay D (seconds, one way: device to server, as the runtime's `device --delay` holds each message
+before sending it; the label's way back is not counted, as the paper does not count it) adds ``+ D`` to every
+variant alike: it moves every latency, never which variant is best.
 
 Beside the paper's model, never instead of it, `Overheads` adds what a deployed co-inference pays per image and the
 model leaves out, each a measurement: the entropy coding time (encode + decode) measured for each row on the
@@ -25,6 +28,7 @@ from engine.registry import Registry
 from engine.units import format_bytes, format_flops, parse_bytes, parse_flops_rate, parse_rate
 
 LATENCY_COLUMNS = ("t_device", "t_transmit", "t_server", "latency", "feasible")
+PROPAGATION_COLUMN = "t_propagation"  # the propagation delay's term, in a table computed with a delay > 0
 OVERHEAD_COLUMNS = ("t_coding", "t_overhead")
 NEEDED_COLUMNS = ("device_flops", "server_flops", "device_memory_bytes")
 
@@ -94,6 +98,20 @@ def to_rate_bps(rate_bps: float | str) -> float:
     return parse_rate(rate_bps)
 
 
+def check_delay(delay_s: float) -> float:
+    """A propagation delay in seconds, checked finite and >= 0.
+
+    Args:
+        delay_s: the one-way (device to server) propagation delay.
+    Returns:
+        It as a float; a UserError otherwise.
+    """
+    delay = float(delay_s)
+    if not (math.isfinite(delay) and delay >= 0):
+        raise UserError(f"the propagation delay must be a finite number of seconds >= 0, got {delay_s}")
+    return delay
+
+
 def _check_columns(table: pd.DataFrame, bits_column: str) -> None:
     missing = [c for c in (*NEEDED_COLUMNS, bits_column) if c not in table.columns]
     if missing:
@@ -118,13 +136,16 @@ class Overheads:
 
 def latency_table(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                   rate_bps: float | str, bits_column: str = "bits_actual",
-                  overheads: Overheads | None = None) -> pd.DataFrame:
+                  overheads: Overheads | None = None, delay_s: float = 0.0) -> pd.DataFrame:
     """A copy of `table` with t_device, t_transmit, t_server, latency (seconds) and feasible (device memory fits)
     added. Missing figures give NaN times; a missing device memory makes a row infeasible (it cannot be shown
     to fit). The server's memory is not checked: the table does not profile the server part. With `overheads`,
-    t_coding and t_overhead (framing on the link + the fixed cost) are added too, and counted in latency."""
+    t_coding and t_overhead (framing on the link + the fixed cost) are added too, and counted in latency; with a
+    propagation delay `delay_s` > 0 (seconds, one way), t_propagation likewise."""
     dev, srv, rate = resolve_device(device), resolve_device(server), to_rate_bps(rate_bps)
-    columns = LATENCY_COLUMNS + (OVERHEAD_COLUMNS if overheads is not None else ())
+    delay = check_delay(delay_s)
+    columns = LATENCY_COLUMNS + (OVERHEAD_COLUMNS if overheads is not None else ()) \
+        + ((PROPAGATION_COLUMN,) if delay > 0 else ())
     if len(table) == 0:  # empty in, empty out, whatever its columns
         out = table.copy()
         for c in columns:
@@ -144,6 +165,9 @@ def latency_table(table: pd.DataFrame, device: DeviceProfile | str, server: Devi
         out["t_coding"] = coding
         out["t_overhead"] = overheads.framing_bits / rate + overheads.per_image_s
         out["latency"] = out["latency"] + out["t_coding"] + out["t_overhead"]
+    if delay > 0:
+        out[PROPAGATION_COLUMN] = delay
+        out["latency"] = out["latency"] + delay
     out["feasible"] = (num["device_memory_bytes"] <= dev.memory_bytes).astype(bool)
     return out
 

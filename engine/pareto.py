@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import UserError
-from engine.latency import DeviceProfile, Overheads, latency_table, to_rate_bps
+from engine.latency import PROPAGATION_COLUMN, DeviceProfile, Overheads, latency_table, to_rate_bps
 
 DECISION_COLUMN = "deployed_val_accuracy"  # a row's validation accuracy, measured as its test accuracy (`accuracy`) is
 DEFAULT_ACCURACY_DROP = 0.02  # the dashboard's default drop below the base model's validation accuracy (2 points)
@@ -106,10 +106,12 @@ def pareto_front(table: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool
 
 def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                 rate_bps: float | str, threshold: float | None, bits_column: str,
-                overheads: Overheads | None = None, latencies: pd.DataFrame | None = None) -> pd.DataFrame:
+                overheads: Overheads | None = None, latencies: pd.DataFrame | None = None,
+                delay_s: float = 0.0) -> pd.DataFrame:
     """Feasible rows whose validation accuracy meets the threshold (`decidable`), with a known latency, best first
     (from `latencies`, the `latency_table` of these arguments, when the caller has it already)."""
-    lat = latency_table(table, device, server, rate_bps, bits_column, overheads) if latencies is None else latencies
+    lat = latency_table(table, device, server, rate_bps, bits_column, overheads, delay_s) \
+        if latencies is None else latencies
     if len(lat) == 0:
         return lat
     missing = [c for c in ("id", "method") if c not in lat.columns]
@@ -121,38 +123,43 @@ def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: Device
 
 def best_variant(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                  rate_bps: float | str, threshold: float | None, method: str | None = None,
-                 bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.Series | None:
+                 bits_column: str = "bits_actual", overheads: Overheads | None = None,
+                 delay_s: float = 0.0) -> pd.Series | None:
     """The feasible row with validation accuracy >= `threshold` (None: any accuracy) and the lowest latency, of one
     method or of all; ties go to fewer device FLOPs, then the smaller id. None if no row qualifies. The row carries the
-    latency columns of `latency_table` (with `overheads`, the measured deployment costs counted too)."""
+    latency columns of `latency_table` (with `overheads`, the measured deployment costs counted too; with `delay_s`,
+    the one-way propagation delay in seconds)."""
     if method is not None and len(table):
         if "method" not in table.columns:
             raise UserError("the results table has no method column")
         table = table[table["method"] == method]
-    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads)
+    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads, delay_s=delay_s)
     return None if best.empty else best.iloc[0]
 
 
 def best_per_method(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                     rate_bps: float | str, threshold: float | None,
                     bits_column: str = "bits_actual", overheads: Overheads | None = None,
-                    latencies: pd.DataFrame | None = None) -> pd.DataFrame:
+                    latencies: pd.DataFrame | None = None, delay_s: float = 0.0) -> pd.DataFrame:
     """`best_variant` of each method that has a qualifying row, one row each, best (lowest latency) first.
     `latencies`: the `latency_table` of these same arguments, when the caller has computed it already."""
-    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads, latencies)
+    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads, latencies, delay_s)
     return best if best.empty else best.drop_duplicates("method", keep="first")
 
 
 def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                     rates_bps: Iterable[float | str], threshold: float | None,
-                    bits_column: str = "bits_actual", overheads: Overheads | None = None) -> pd.DataFrame:
+                    bits_column: str = "bits_actual", overheads: Overheads | None = None,
+                    delay_s: float = 0.0) -> pd.DataFrame:
     """Each method's best qualifying variant at each link rate, as a tidy table (the paper's Fig. 4): columns
     rate (bits/s), method, id, split, knobs, latency, t_device, t_transmit, t_server, accuracy (test),
     deployed_val_accuracy (validation, which chose), bits; sorted by rate
     then method. A method with no qualifying variant has no rows (feasibility does not depend on the rate). With
-    `overheads`, latency counts each row's measured coding time and the framing and runtime costs too."""
+    `overheads`, latency counts each row's measured coding time and the framing and runtime costs too; with
+    `delay_s` > 0, the one-way propagation delay (and a t_propagation column)."""
     rates = [to_rate_bps(r) for r in rates_bps]
-    base = _candidates(table, device, server, rates[0] if rates else 1.0, threshold, bits_column, overheads)
+    base = _candidates(table, device, server, rates[0] if rates else 1.0, threshold, bits_column, overheads,
+                       delay_s=delay_s)
     if base.empty or not rates:
         return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in RATE_COLUMNS})
     n, m = len(base), len(rates)
@@ -164,6 +171,8 @@ def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: De
     if overheads is not None:
         grid["t_overhead"] = overheads.framing_bits / grid["rate"] + overheads.per_image_s
         grid["latency"] += grid["t_coding"] + grid["t_overhead"]
+    if PROPAGATION_COLUMN in grid.columns:  # summed in `latency_table`'s order
+        grid["latency"] += grid[PROPAGATION_COLUMN]
     for column in ("accuracy", DECISION_COLUMN):
         if column not in grid.columns:
             grid[column] = np.nan
@@ -172,7 +181,7 @@ def latency_vs_rate(table: pd.DataFrame, device: DeviceProfile | str, server: De
     grid = grid.sort_values(["rate", *_ORDER], kind="stable", na_position="last")
     best = grid.drop_duplicates(["rate", "method"], keep="first")
     best = best.sort_values(["rate", "method"], kind="stable").reset_index(drop=True)
-    return best[list(RATE_COLUMNS)]
+    return best[[*RATE_COLUMNS, *([PROPAGATION_COLUMN] if PROPAGATION_COLUMN in best.columns else [])]]
 
 
 def _dtype(column: str) -> str:

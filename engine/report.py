@@ -9,6 +9,8 @@ Empty tables give empty results."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -53,6 +55,73 @@ def best_per_split(table: pd.DataFrame, threshold: float | None, bits_column: st
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Whether point a = (flops, bits) dominates point b: no worse in both, strictly better in one."""
     return a[0] <= b[0] and a[1] <= b[1] and (a[0] < b[0] or a[1] < b[1])
+
+
+def provably_dominated(flops_bound: float, bits_bound: float, points: Iterable[tuple[float, float]]) -> bool:
+    """Whether a variant not yet measured is dominated whatever its outcome: one of `points` (device FLOPs, bits of
+    measured rows that meet the threshold) dominates its lower bounds. Its accuracy cannot rescue it: that row
+    already meets the threshold with no more FLOPs and no more bits, and strictly less of one.
+
+    Args:
+        flops_bound, bits_bound: lower bounds on the variant's device FLOPs and bits per image.
+        points: (device FLOPs, bits per image) of measured rows that meet the threshold.
+    Returns:
+        True when one of `points` dominates every outcome of the variant.
+    """
+    return any(dominates(p, (flops_bound, bits_bound)) for p in points)
+
+
+def composed(table: pd.DataFrame) -> pd.Series:
+    """Rows of `three_step` variants that are both pruned (a snapshot level >= 0) and coded otherwise than 8-bit +
+    Huffman: the paper's three steps together."""
+    def one(row: pd.Series) -> bool:
+        knobs = row.get("knobs") if isinstance(row.get("knobs"), dict) else {}
+        level = pd.to_numeric(pd.Series([row.get("level")]), errors="coerce").iloc[0]
+        coded = knobs.get("encoder", "none") != "none" or knobs.get("bits", 8) != 8
+        return row["method"] == "three_step" and pd.notna(level) and level >= 0 and coded
+
+    return table.apply(one, axis=1).astype(bool) if not table.empty else pd.Series(dtype=bool)
+
+
+def composed_against_baselines(table: pd.DataFrame, threshold: float | None, method: str = "three_step",
+                               bits_column: str = "bits_actual") -> pd.DataFrame:
+    """Per split where `method` has rows: of its qualifying pruned-and-coded rows (`composed`), the one that
+    dominates the most qualifying rows of the other methods at that split (ties: fewest bits, then FLOPs), how many
+    it dominates out of how many, and each rival it does not dominate with the coordinate it loses on.
+
+    Args:
+        table: the results rows; threshold: the validation accuracy a row needs.
+    Returns:
+        columns split, id, bits, device_flops, accuracy, deployed_val_accuracy, dominated, rivals, not_dominated
+        (text; "no pruned and coded row meets the threshold" where there is none).
+    """
+    columns = ["split", "id", "bits", "device_flops", "accuracy", DECISION_COLUMN, "dominated", "rivals",
+               "not_dominated"]
+    rows = qualifying(table, threshold, bits_column)
+    out = []
+    tried = [s for s in dict.fromkeys(table["split"]) if (table["split"] == s).any()
+             and ((table["split"] == s) & (table["method"] == method)).any()] if not table.empty else []
+    for s in tried:
+        at = rows[rows["split"] == s]
+        mine = at[(at["method"] == method) & composed(at)] if not at.empty else at
+        rivals = at[at["method"] != method] if not at.empty else at
+        if mine.empty:
+            out.append({"split": s, "id": None, "bits": np.nan, "device_flops": np.nan, "accuracy": np.nan,
+                        DECISION_COLUMN: np.nan, "dominated": 0, "rivals": len(rivals),
+                        "not_dominated": "no pruned and coded row meets the threshold"})
+            continue
+        score = [sum(dominates((m["device_flops"], m["bits"]), (r["device_flops"], r["bits"]))
+                     for _, r in rivals.iterrows()) for _, m in mine.iterrows()]
+        best = mine.assign(_score=score).sort_values(["_score", "bits", "device_flops", "id"],
+                                                     ascending=[False, True, True, True], kind="stable").iloc[0]
+        missed = [f"{r['method']} ({r['device_flops'] / 1e6:.2f} MFLOPs, {r['bits']:,.1f} bits: "
+                  + ("fewer FLOPs" if r["device_flops"] < best["device_flops"] else "fewer bits") + ")"
+                  for _, r in rivals.iterrows()
+                  if not dominates((best["device_flops"], best["bits"]), (r["device_flops"], r["bits"]))]
+        out.append({"split": s, "id": best["id"], "bits": best["bits"], "device_flops": best["device_flops"],
+                    "accuracy": best["accuracy"], DECISION_COLUMN: best[DECISION_COLUMN],
+                    "dominated": int(best["_score"]), "rivals": len(rivals), "not_dominated": "; ".join(missed)})
+    return pd.DataFrame(out, columns=columns)
 
 
 def dominated_points(table: pd.DataFrame, threshold: float | None, method: str = "three_step",

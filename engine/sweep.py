@@ -11,7 +11,8 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from engine.methods import METHODS, check_variant
 from engine.models import END_POINTS, SPLIT_POINTS, split_names
 from engine.profiles import PROFILES, Grid, MethodGrid
 from engine.queue import (
+    ACTIVE,
     Job,
     JobQueue,
     JobSpec,
@@ -40,7 +42,7 @@ PRIORITY_STRIDE = 1000  # priority = cost rank * stride + position within the me
 # every method, so the plane fills in with the cheap rows first.
 ENCODER_TIER = len(COST_RANK) + 1
 FOLLOWUP_OFFSET = PRIORITY_STRIDE // 2  # follow-ups come after the variants planned up front of the same tier
-MAX_STAGES = 4  # rounds of follow-ups a sweep plans as rows arrive
+MAX_STAGES = 64  # rounds of follow-ups a sweep plans as rows arrive (a round may hold one encoder per split)
 
 
 def method_cost(name: str) -> tuple[float, str]:
@@ -100,13 +102,19 @@ def plan(profile: str, base: BaseModelConfig, data: str | None = None, methods: 
 
 
 def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: str | None = None,
-              methods: Iterable[str] | None = None, splits: Iterable[str] | None = None) -> list[Planned]:
+              methods: Iterable[str] | None = None, splits: Iterable[str] | None = None,
+              encoders_per_split: int | None = None, exclude: Collection[str] = ()) -> list[Planned]:
     """The variants methods add once rows are measured (`three_step` crosses each snapshot that holds its threshold
-    with the profile's codings), not yet in `store`, cheapest first.
+    with the profile's codings, leaving out what a measured row provably dominates), not yet in `store`, cheapest
+    first.
 
     Args:
         profile: the sweep's profile; base: its base model; store: the measured rows; data: the dataset path;
         methods, splits: the methods and split points swept (None: all).
+        encoders_per_split: at most this many follow-ups per method and split that train an encoder, the first the
+            method proposes (None: all). A sweep that plans again as rows arrive measures those likeliest to dominate
+            the rest first, and the rest are left out once dominated.
+        exclude: ids not to plan (planned before: a follow-up that failed is not tried again).
     Returns:
         the planned follow-up variants, after every variant of the same cost tier planned up front.
     """
@@ -116,13 +124,42 @@ def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: st
         follow = getattr(METHODS.get(name), "followups", None)
         if follow is None:
             continue
-        rank = method_cost(name)[0]
+        rank, taken = method_cost(name)[0], Counter()
         for i, v in enumerate(follow(base, rows)):
-            if v.id not in store and (splits is None or v.split in splits):
-                tier = ENCODER_TIER if trains_encoder(v) else 0
-                out.append(Planned(JobSpec.for_variant(v, profile, data),
-                                   int((tier + rank) * PRIORITY_STRIDE) + FOLLOWUP_OFFSET + i))
+            if v.id in store or v.id in exclude or (splits is not None and v.split not in splits):
+                continue
+            tier = ENCODER_TIER if trains_encoder(v) else 0
+            if tier and encoders_per_split is not None:
+                if taken[v.split] >= encoders_per_split:
+                    continue
+                taken[v.split] += 1
+            out.append(Planned(JobSpec.for_variant(v, profile, data),
+                               int((tier + rank) * PRIORITY_STRIDE) + FOLLOWUP_OFFSET + i))
     return sorted(out, key=lambda p: p.priority)
+
+
+def next_round(queue: JobQueue, store: ResultsStore, base: BaseModelConfig) -> list[str] | None:
+    """One step of a sweep that crosses as rows arrive, for a caller that cannot wait on it (the dashboard): when
+    `base`'s sweep is followed (`JobQueue.follow`) and none of its jobs is queued or running, queue its next round
+    of follow-ups (`followups`, one encoder per split); when there is none, stop following.
+
+    Args:
+        queue: the job table; store: the measured rows; base: the sweep's base model.
+    Returns:
+        the ids queued now ([] when the round is still running), or None when `base` is not followed (any more).
+    """
+    plan = queue.following(base.id)
+    if plan is None:
+        return None
+    jobs = queue.jobs(base_id=base.id, reap=False)
+    if any(j.status in ACTIVE for j in jobs):
+        return []
+    stage = followups(str(plan["profile"]), base, store, plan.get("data"), plan.get("methods"),
+                      encoders_per_split=1, exclude={j.id for j in jobs})
+    if not stage:
+        queue.follow(base.id, None)
+        return None
+    return queue.submit([p.spec for p in stage], [p.priority for p in stage])
 
 
 def trains_encoder(cfg: VariantConfig) -> bool:
@@ -213,7 +250,7 @@ def run_local(queue: JobQueue, ids: list[str], workers: int, options: WorkerOpti
 def run(planned: list[Planned], *, queue: JobQueue | None = None, store: ResultsStore | None = None,
         workers: int = 1, scheduler: str | Any | None = None, force: bool = False,
         options: WorkerOptions | None = None, on_update: Callable[[list[Job]], None] | None = None,
-        follow: Callable[[ResultsStore], list[Planned]] | None = None) -> SweepReport:
+        follow: Callable[[ResultsStore, set[str]], list[Planned]] | None = None) -> SweepReport:
     """Queue the planned variants and run them: on the Dask cluster at `scheduler`, else with `workers` local
     processes (0: only queue them, for workers started elsewhere). With `follow`, the variants it plans from the
     measured rows (`followups`) run next, round after round, until it plans nothing new.
@@ -221,7 +258,8 @@ def run(planned: list[Planned], *, queue: JobQueue | None = None, store: Results
     Args:
         planned: the variants planned up front; queue, store: the job table and the results store (defaults: the
             cache's); workers, scheduler: where they run; force: measure again what is stored; options: the local
-            workers'; on_update: called with the jobs as they progress; follow: plans follow-ups from the store.
+            workers'; on_update: called with the jobs as they progress; follow: plans follow-ups from the store,
+            given the ids planned so far (not to plan again).
     Returns:
         what the sweep did, follow-ups included.
     """
@@ -236,8 +274,7 @@ def run(planned: list[Planned], *, queue: JobQueue | None = None, store: Results
         jobs += _run_stage(queue, store, ids, workers, scheduler, options, on_update)
         if follow is None or (workers <= 0 and scheduler is None):
             break
-        seen = {p.id for p in all_planned}
-        stage = [p for p in follow(store) if p.id not in seen]
+        stage = follow(store, {p.id for p in all_planned})
         if not stage:
             break
         all_planned += stage

@@ -10,7 +10,7 @@ import sys
 
 import pandas as pd
 
-from engine.cli.common import NARROWING, add_common, narrow
+from engine.cli.common import NARROWING, add_common, add_delay, narrow
 from engine.errors import UserError
 from engine.pareto import DECISION_COLUMN, DEFAULT_ACCURACY_DROP
 
@@ -32,6 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="device preset, or SPEED[,MEMORY] of your own, e.g. 10GFLOP/s,512MB (default pi3)")
     p.add_argument("--server", default="rtx2080ti",
                    help="server preset, or SPEED[,MEMORY], e.g. 13TFLOP/s,11GB (default rtx2080ti)")
+    add_delay(p, "added to every variant's latency")
     need = p.add_mutually_exclusive_group()
     need.add_argument("--threshold", type=float,
                       help="minimum top-1 validation accuracy, a fraction such as 0.93 (default: the base model's "
@@ -46,6 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _print_table(best: pd.DataFrame, bits_column: str) -> None:
     """The best rows, formatted, and the overall best."""
+    from engine.latency import PROPAGATION_COLUMN
     from engine.units import format_bits, format_flops, format_seconds
 
     shown = pd.DataFrame({
@@ -55,6 +57,9 @@ def _print_table(best: pd.DataFrame, bits_column: str) -> None:
         "latency": best["latency"].map(format_seconds), "t_device": best["t_device"].map(format_seconds),
         "t_transmit": best["t_transmit"].map(format_seconds), "t_server": best["t_server"].map(format_seconds),
         "id": best["id"]})
+    if PROPAGATION_COLUMN in best:
+        delay = best[PROPAGATION_COLUMN].map(format_seconds)
+        shown.insert(shown.columns.get_loc("t_server"), PROPAGATION_COLUMN, delay)
     print(shown.to_string(index=False))
     top = best.iloc[0]
     print(f"best: {top['method']} at {top['split']} ({top['id']}), latency {format_seconds(top['latency'])}")
@@ -69,12 +74,12 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    from engine.latency import resolve_device, to_rate_bps
+    from engine.latency import PROPAGATION_COLUMN, resolve_device, to_rate_bps
     from engine.pareto import best_per_method
     from engine.store import ResultsStore
     from engine.units import format_rate
 
-    rate = to_rate_bps(args.rate)
+    rate, delay_s = to_rate_bps(args.rate), args.delay / 1e3
     device, server = resolve_device(args.device), resolve_device(args.server)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold is a fraction in [0, 1], got {args.threshold:g}; e.g. 0.93 for 93 %")
@@ -83,15 +88,17 @@ def run(args: argparse.Namespace) -> int:
         table = table[table["base_id"] == args.base]
     threshold = _threshold(table, args)
     bits_column = f"bits_{args.bits}"
-    best = best_per_method(table, device, server, rate, threshold, bits_column)
-    where = (f"{format_rate(rate)} ({format_rate(rate, 'bit')}), device {device.describe()}, server "
-             f"{server.describe()}" + (f", validation accuracy >= {threshold:.1%}" if threshold is not None else ""))
+    best = best_per_method(table, device, server, rate, threshold, bits_column, delay_s=delay_s)
+    where = (f"{format_rate(rate)} ({format_rate(rate, 'bit')})" + (f", {args.delay:g} ms delay" if delay_s else "")
+             + f", device {device.describe()}, server {server.describe()}"
+             + (f", validation accuracy >= {threshold:.1%}" if threshold is not None else ""))
     if args.json:
         cols = ["method", "split", "id", DECISION_COLUMN, "accuracy", bits_column, "device_flops", "latency",
-                "t_device", "t_transmit", "t_server"]
+                "t_device", "t_transmit", *([PROPAGATION_COLUMN] if PROPAGATION_COLUMN in best else []), "t_server"]
         records = json.loads(best[cols].to_json(orient="records")) if not best.empty else []
-        json.dump({"rate_bps": rate, "device": device.name, "server": server.name, "threshold": threshold,
-                   "bits_column": bits_column, "best": records[0] if records else None, "per_method": records},
+        json.dump({"rate_bps": rate, "delay_s": delay_s, "device": device.name, "server": server.name,
+                   "threshold": threshold, "bits_column": bits_column, "best": records[0] if records else None,
+                   "per_method": records},
                   sys.stdout, indent=1)
         print()
         return 0

@@ -65,6 +65,18 @@ threads_int = number_type(int, lambda v: 1 <= v <= MAX_THREADS, f"from 1 to {MAX
 message_bytes = number_type(int, lambda v: 1 <= v <= MAX_MESSAGE_BYTES, f"from 1 to {MAX_MESSAGE_BYTES:,} bytes")
 
 
+def add_delay(p: argparse.ArgumentParser, role: str) -> None:
+    """Add --delay (alias --delay-ms): the one-way propagation delay from device to server in milliseconds, the
+    same in the runtime (`device`, which holds each message that long before sending it) and in the latency model.
+
+    Args:
+        p: the parser of one command.
+        role: what the delay does in that command, for its help.
+    """
+    p.add_argument("--delay", "--delay-ms", dest="delay", type=delay_ms, default=0.0, metavar="MS",
+                   help=f"one-way propagation delay, device to server, in milliseconds: {role} (default 0)")
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     """Add the options that pick the dataset and base model: --data, --profile, --width and --seed.
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.common import (
+    add_delay,
     data_path,
-    delay_ms,
     message_bytes,
     port_int,
     positive_int,
@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory or .zip from `python -m engine export`")
     p.add_argument("--server", default="127.0.0.1:8765", help="HOST:PORT of `python -m engine serve`")
     p.add_argument("--rate", default="40kB/s", help="link rate enforced on the sender, e.g. 40kB/s, 1Mbit/s")
-    p.add_argument("--delay", type=delay_ms, default=0.0, help="propagation delay per message, milliseconds")
+    add_delay(p, "each message is held that long before it is sent")
     p.add_argument("--images", type=positive_int, default=50, help="number of test images (default 50)")
     p.add_argument("--data", help="dataset (default: $COINFER_DATA, then cache/data/)")
     p.add_argument("--inputs", type=Path, metavar="FILE.npz",

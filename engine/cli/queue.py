@@ -146,8 +146,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     bar = Bar(f"sweep {profile.name}")
     try:
         follow = None if args.no_cross else (
-            lambda measured: sweep.followups(profile.name, base, measured, data_path(args), methods=args.method,
-                                             splits=args.split))
+            lambda measured, planned: sweep.followups(profile.name, base, measured, data_path(args),
+                                                      methods=args.method, splits=args.split, encoders_per_split=1,
+                                                      exclude=planned))
         report = sweep.run(planned, queue=queue, store=store, workers=args.workers, scheduler=args.scheduler,
                            force=args.force, on_update=_sweep_progress(bar), follow=follow)
     finally:

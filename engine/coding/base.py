@@ -114,6 +114,18 @@ class FeatureCoding(ABC):
             profile: the profile budget's name, for the defaults of knobs the variant leaves unset.
         """
 
+    def min_bits(self, cfg: VariantConfig) -> float:
+        """A lower bound on the bits per image any variant `cfg` of this coding sends, known before it is trained or
+        measured (0 where nothing tighter is proven). The sweep skips a variant whose bounds a measured row already
+        beats (`engine.pareto.provably_dominated`).
+
+        Args:
+            cfg: the variant.
+        Returns:
+            bits per image that no outcome of its training can undercut.
+        """
+        return 0.0
+
     @abstractmethod
     def measure(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> CodedSplit:
         """Fit the coding between the parts (training data only), then code every test and validation image.

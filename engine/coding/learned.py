@@ -25,6 +25,7 @@ from engine.coding.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook
 from engine.config import BaseModelConfig, VariantConfig, config_from_knobs
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
 from engine.entropy import CODECS, EntropyCodec, decode_payload, empirical_entropy_bits, encode_payloads
+from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.errors import UserError
 from engine.profile import count_flops, profile_parts
 from engine.train import seeded
@@ -507,6 +508,10 @@ class LearnedEncoding(FeatureCoding):
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """Every `enc_*` knob read as `EncodingConfig` reads it."""
         EncodingConfig.from_knobs(cfg.knobs)
+
+    def min_bits(self, cfg: VariantConfig) -> float:
+        """One byte: the shortest payload there is (`MIN_PAYLOAD_BITS`), whatever the encoder learns."""
+        return float(MIN_PAYLOAD_BITS)
 
     def measure(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> CodedSplit:
         """Train (or load) the encoding and code every test image (see `FeatureCoding.measure`)."""

@@ -19,7 +19,7 @@ from torch import nn
 
 from engine.deploy.bundle import Bundle
 from engine.deploy.client import SessionReport, live_session
-from engine.latency import OVERHEAD_COLUMNS, Overheads, custom_device, latency_table
+from engine.latency import OVERHEAD_COLUMNS, PROPAGATION_COLUMN, Overheads, custom_device, latency_table
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,15 @@ def cold_coding_seconds(bundle: Bundle, images: torch.Tensor, idle_s: Sequence[f
 def modelled_latency(row: Mapping[str, Any], device_flops_per_s: float, server_flops_per_s: float, rate_bps: float,
                      delay_s: float = 0.0, overheads: Overheads | None = None) -> dict[str, float]:
     """The latency model's terms for a results row (seconds), by `engine.latency.latency_table`: F_dev / C_dev,
-    B / R (+ the propagation delay), F_srv / C_srv and, with `overheads`, the measured coding time and the
-    framing and runtime costs; `latency` is their sum."""
+    B / R (+ the one-way propagation delay `delay_s`, which the client's paced send includes too), F_srv / C_srv
+    and, with `overheads`, the measured coding time and the framing and runtime costs; `latency` is their sum."""
     table = pd.DataFrame([{"device_memory_bytes": math.nan, **dict(row)}])
     lat = latency_table(table, custom_device(device_flops_per_s, name="device"),
-                        custom_device(server_flops_per_s, name="server"), rate_bps, overheads=overheads).iloc[0]
+                        custom_device(server_flops_per_s, name="server"), rate_bps, overheads=overheads,
+                        delay_s=delay_s).iloc[0]
     terms = {c: float(lat[c]) for c in ("t_device", "t_transmit", "t_server", *OVERHEAD_COLUMNS) if c in lat.index}
-    terms["t_transmit"] += delay_s
-    terms["latency"] = float(lat["latency"]) + delay_s
+    terms["t_transmit"] += float(lat.get(PROPAGATION_COLUMN, 0.0))
+    terms["latency"] = float(lat["latency"])
     return terms
 
 

@@ -15,6 +15,12 @@ import numpy as np
 
 from engine.entropy.base import EntropyCodec, as_symbols
 
+# The least a payload can weigh: the fixed-length form of at least one symbol is at least one byte, and an entropy
+# stream replaces it only when strictly shorter yet non-empty (Huffman spends at least a bit per symbol; an ANS
+# coder's final state is at least 2**24). A bound known before any coder is trained: the sweep reads it to skip
+# variants that a measured row already dominates.
+MIN_PAYLOAD_BITS = 8
+
 
 class MalformedPayload(ValueError):
     """A payload that is neither form of the announced symbols; `str()` is the one-line reason."""

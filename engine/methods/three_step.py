@@ -23,7 +23,7 @@ from engine.coding import FEATURE_CODINGS, Deployed
 from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
-from engine.finetune import FinetuneConfig, TrainHooks, finetune
+from engine.finetune import FinetuneConfig, LossFn, TrainHooks, finetune
 from engine.methods.base import (
     METHODS,
     RunContext,
@@ -34,6 +34,7 @@ from engine.methods.base import (
     refuse_end_points,
 )
 from engine.models import END_POINTS, split
+from engine.pareto import DECISION_COLUMN, accuracy_threshold_default
 from engine.profile import count_flops, profile_parts
 from engine.profiles import PROFILES, PruneBudget, profile_of
 from engine.prune import (
@@ -44,6 +45,7 @@ from engine.prune import (
     prunable_groups,
     remove_pruned_channels,
 )
+from engine.report import provably_dominated
 from engine.train import accuracy, make_model
 from engine.training import pick_device, save_checkpoint
 
@@ -91,8 +93,12 @@ class LevelSchedule(SparsitySchedule):
 # Knobs that define a pruning run (its cache key), with their defaults beyond the profile budget.
 RUN_DEFAULTS: dict[str, Any] = {"per_stage": (), "output": None, "ramp": "cubic", "momentum": 0.9,
                                 "weight_decay": 5e-4, "lr_schedule": "cosine_restarts", "threshold_drop": 2.0,
-                                "stop": False}
+                                "stop": False, "distill": 0.0}
 RUN_KNOBS = (*PruneBudget.__dataclass_fields__, *RUN_DEFAULTS)
+# Knobs added to a pruning run's key after runs were stored: left out of the key at this value, so that every
+# stored run keeps its key (`distill` also lives in PruneBudget, whose default is the same 0.0)
+KEY_NEUTRAL: dict[str, Any] = {"distill": 0.0}
+DISTILL_TEMPERATURE = 4.0  # Hinton et al. 2015's soft targets, the temperature of `distill`
 
 
 def run_knobs(cfg: VariantConfig, profile: str) -> dict[str, Any]:
@@ -129,6 +135,7 @@ def check_run_knobs(knobs: Mapping[str, Any], base: BaseModelConfig) -> LevelSch
     if knobs["output"] is not None:
         knob_number("output", knobs["output"], float, 0.0, 1.0)
     knob_number("threshold_drop", knobs["threshold_drop"], float, 0.0, 100.0)
+    knob_number("distill", knobs["distill"], float, 0.0, 1.0)
     check_training_knobs(knobs)
     if not isinstance(knobs["stop"], bool):
         raise UserError(f"knob stop must be true or false, got {knobs['stop']!r}")
@@ -196,7 +203,37 @@ class _PruneHooks(TrainHooks):
 
 
 def run_key(cfg: VariantConfig, knobs: Mapping[str, Any]) -> str:
-    return config_id({"method": "three_step/prune", "split": cfg.split, "base": cfg.base, "knobs": dict(knobs)})
+    keyed = {k: v for k, v in knobs.items() if k not in KEY_NEUTRAL or v != KEY_NEUTRAL[k]}
+    return config_id({"method": "three_step/prune", "split": cfg.split, "base": cfg.base, "knobs": keyed})
+
+
+def distillation_loss(teacher: nn.Module, weight: float, label_smoothing: float,
+                      temperature: float = DISTILL_TEMPERATURE) -> LossFn:
+    """The loss of a pruning run that distils the unpruned base model into the pruned one (Hinton, Vinyals & Dean
+    2015, "Distilling the knowledge in a neural network"): `weight` x T^2 x KL(teacher || student) at temperature T
+    plus (1 - weight) x the label-smoothed cross-entropy. The teacher is the frozen base, so the pruned model learns
+    to keep the base's outputs, which recovers more accuracy per fine-tuning step than the labels alone.
+
+    Args:
+        teacher: the unpruned base model (frozen, in eval mode).
+        weight: the distillation term's share, in [0, 1].
+        label_smoothing: of the cross-entropy term.
+        temperature: T of the soft targets.
+    Returns:
+        `loss_fn(model, x, y)` for `finetune`.
+    """
+    ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    teacher.eval().requires_grad_(False)
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        with torch.no_grad():
+            soft = torch.softmax(teacher(x).float() / temperature, dim=1)
+        kl = nn.functional.kl_div(torch.log_softmax(logits.float() / temperature, dim=1), soft,
+                                  reduction="batchmean")
+        return weight * temperature ** 2 * kl + (1.0 - weight) * ce(logits, y)
+
+    return loss
 
 
 def pruning_run(cfg: VariantConfig, ctx: RunContext) -> dict[str, Any]:
@@ -222,13 +259,15 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     pruner = IncrementalPruner(device_part, schedule)
     hooks = _PruneHooks(model, pruner, schedule, ctx.data, (val_x, val_y), threshold, bool(knobs["stop"]))
     ft = finetune_config(knobs, schedule, cfg.base)
+    weight = float(knobs["distill"])
+    loss_fn = distillation_loss(copy.deepcopy(base).to(device), weight, ft.label_smoothing) if weight > 0 else None
     progress = ctx.progress
 
     def report(fraction: float, message: str) -> None:
         if progress:
             progress(fraction, f"three_step {cfg.split}: {message}")
 
-    result = finetune(model, train_x, train_y, ctx.data.mean, ctx.data.std, ft, hooks=hooks,
+    result = finetune(model, train_x, train_y, ctx.data.mean, ctx.data.std, ft, hooks=hooks, loss_fn=loss_fn,
                       checkpoint=path.with_suffix(".partial.pt"), progress=report, device=device)
     pruner.close()
     run = {"key": key, "split": cfg.split, "base_id": cfg.base.id, "knobs": dict(knobs),
@@ -370,16 +409,21 @@ class ThreeStep:
         """The three steps crossed, as the paper's brute force fills its lookup table: every pruning snapshot of
         `rows` (this base model's measured 8-bit rows) whose validation accuracy holds its run's threshold, and the
         unpruned split wherever a snapshot was measured, each with every coding the base's profile names
-        (`Profile.codings`). Known only once the
-        pruning runs are measured: a sweep asks again as rows arrive.
+        (`Profile.codings`). Known only once the pruning runs are measured: a sweep asks again as rows arrive.
+
+        A crossed variant that a measured `three_step` row at its split provably dominates is left out: that row
+        meets the default validation threshold with no more device FLOPs than the variant's snapshot and no more bits
+        than its coding can ever send (`FeatureCoding.min_bits`), one of them strictly less. Per split, the variants
+        come fewest device FLOPs first, then fewest bits at best, so those likeliest to dominate the rest run first.
 
         Args:
             base: the base model; its profile names the codings.
             rows: measured rows (any method or base: the others are ignored).
         Returns:
-            the crossed variants, pruned ones first, each once.
+            the crossed variants, each once, grouped by split in that order.
         """
-        profile, out, splits = profile_of(base), [], []
+        rows = [r for r in rows if r.get("base_id") == base.id and r.get("method") == "three_step"]
+        profile, candidates, splits = profile_of(base), {}, []
         for row in rows:
             level, holds = _snapshot_level(row, base)
             if level is None:
@@ -387,9 +431,41 @@ class ThreeStep:
             splits += [row["split"]] if row["split"] not in splits else []
             if holds:
                 run = {k: v for k, v in row["knobs"].items() if k in RUN_KNOBS}
-                out += [self._coded(row["split"], base, {**run, "snapshot": level}, c) for c in profile.codings]
-        out += [self._coded(s, base, {"snapshot": "none"}, c) for s in splits for c in profile.codings]
-        return list({v.id: v for v in out}.values())
+                for c in profile.codings:
+                    v = self._coded(row["split"], base, {**run, "snapshot": level}, c)
+                    candidates.setdefault(v.id, (v, _number(row.get("device_flops"))))
+            for c in profile.codings:
+                v = self._coded(row["split"], base, {"snapshot": "none"}, c)
+                candidates.setdefault(v.id, (v, _number(row.get("base_device_flops"))))
+        points = _qualifying_points(rows)
+        out = []
+        for v, flops in candidates.values():
+            bits = FEATURE_CODINGS.get(str(v.knob("encoder", "none"))).min_bits(v)
+            if not provably_dominated(flops, bits, points.get(v.split, [])):
+                out.append((splits.index(v.split), flops, bits, v))
+        return [v for *_, v in sorted(out, key=lambda t: t[:3])]
+
+    def parents(self, cfg: VariantConfig) -> dict[str, VariantConfig]:
+        """What a pruned and coded variant is made of, to set beside it: "unpruned", its coding on the base's own
+        split; "uncoded", its snapshot sent 8-bit + Huffman; "neither", the `original` split sent 8-bit.
+
+        Args:
+            cfg: a `three_step` variant.
+        Returns:
+            the parents by role; {} unless `cfg` is both pruned and coded otherwise than 8-bit + Huffman.
+        """
+        knobs = dict(cfg.knobs)
+        if knobs.get("snapshot", "threshold") == "none" or (knobs.get("encoder", "none") == "none"
+                                                           and knobs.get("bits", 8) == 8):
+            return {}
+        run = {k: v for k, v in knobs.items() if k in RUN_KNOBS}
+        coding = {k: v for k, v in knobs.items() if k not in RUN_KNOBS and k != "snapshot"}
+        return {
+            "unpruned": VariantConfig.make("three_step", cfg.split, cfg.base, **coding, snapshot="none"),
+            "uncoded": VariantConfig.make("three_step", cfg.split, cfg.base, **run, snapshot=knobs.get("snapshot",
+                                          "threshold"), encoder="none", bits=8),
+            "neither": VariantConfig.make("original", cfg.split, cfg.base, bits=8),
+        }
 
     @staticmethod
     def _coded(split: str, base: BaseModelConfig, pruning: Mapping[str, Any],
@@ -440,6 +516,25 @@ def _snapshot_level(row: Mapping[str, Any], base: BaseModelConfig) -> tuple[int 
     if isinstance(level, bool) or not isinstance(level, int):
         return None, False
     return level, val is not None and need is not None and val >= need
+
+
+def _number(value: Any) -> float:
+    """A row's figure as a float; 0 when missing (a lower bound that proves nothing)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value == value else 0.0
+
+
+def _qualifying_points(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Per split, (device FLOPs, actual bits) of the rows whose validation accuracy meets the default threshold below
+    their base model's (`engine.pareto.DEFAULT_ACCURACY_DROP`)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        val, base_val = r.get(DECISION_COLUMN), r.get("base_val_accuracy")
+        flops, bits = r.get("device_flops"), r.get("bits_actual")
+        if any(not isinstance(x, int | float) or x != x for x in (val, base_val, flops, bits)):
+            continue
+        if val >= accuracy_threshold_default(float(base_val)):
+            out.setdefault(str(r["split"]), []).append((float(flops), float(bits)))
+    return out
 
 
 def _coding_prefixes() -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -482,6 +482,24 @@ class JobQueue:
         with self._connect() as conn:
             row = conn.execute("SELECT value FROM meta WHERE key='paused'").fetchone()
         return None if row is None else str(row[0])
+
+    # -- crossing as rows arrive ---------------------------------------------------------------------------
+
+    def follow(self, base_id: str, plan: Mapping[str, Any] | None) -> None:
+        """Remember (or, with None, forget) that the sweep of `base_id` plans follow-ups as its rows arrive, with
+        `plan` (profile, data, methods) for whoever plans the next round (`engine.sweep.next_round`)."""
+        with self._tx() as conn:
+            if plan is None:
+                conn.execute("DELETE FROM meta WHERE key=?", (f"follow:{base_id}",))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (f"follow:{base_id}", json.dumps(dict(plan), sort_keys=True)))
+
+    def following(self, base_id: str) -> dict[str, Any] | None:
+        """The follow-up plan remembered for `base_id` (`follow`), or None."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key=?", (f"follow:{base_id}",)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     def claim_spawn(self, guard_s: float = WORKER_SPAWN_GUARD_S) -> bool:
         """True for the one caller that may start a worker now: none is alive and none was started within

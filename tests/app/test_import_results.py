@@ -67,3 +67,26 @@ def test_import_a_results_file_and_remeasure(travelled: tuple[bytes, list[str]])
     assert not at.exception, at.exception[0].message if at.exception else ""
     queued = {j.id for j in jobq.JobQueue().jobs()}
     assert queued == set(ids)
+
+
+def test_a_fresh_machine_shows_the_example_results_in_one_click(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No dataset, an empty cache: the first page offers the shipped examples, and one click shows them on every
+    page, marked as examples."""
+    monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COINFER_DATA", str(tmp_path / "no-dataset-here"))
+    monkeypatch.setattr(jobq, "ensure_worker", lambda queue, idle_exit_s=300.0: None)
+    at = AppTest.from_file(DASHBOARD, default_timeout=90)
+    at.run()
+    assert not at.exception
+    _button(at, "Load the example results").click().run()
+    assert not at.exception, at.exception[0].message if at.exception else ""
+    assert at.query_params["profile"] == "quick" and at.query_params["data"]
+    assert any("example results" in i.value for i in at.info)
+    assert len(ResultsStore().rows()) > 30
+    for page in ("latency", "compare", "export"):  # no noisy-channel rows; the live page needs the dataset here
+        other = AppTest.from_file(DASHBOARD, default_timeout=90)
+        other.query_params.update({**dict(at.query_params), "page": page})
+        other.run()
+        assert not other.exception, (page, other.exception[0].message if other.exception else "")
+        assert any("example results" in i.value for i in other.info), page

@@ -3,6 +3,7 @@ latency beside the model's."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,16 @@ def test_live_session_is_drawn_against_the_model(fresh_cache: Path, tmp_cache: P
     assert terms["transmit", "modelled"] == pytest.approx(row["bits_actual"] / ENV.rate_bps)
     assert terms["coding", "modelled"] > 0 and terms["coding", "measured"] > 0  # measured offline and in-session
     assert any("timed after idling" in c.value for c in at.caption)  # coding as a session runs it, once per image
+    # the sidebar's propagation delay: each message is held that long, and the model counts it in the link's term
+    at.session_state["env"] = dataclasses.replace(ENV, delay_s=0.02)
+    at.run()
+    assert "Run live session" in at.info[0].value  # the session of another link is not shown as this one's
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    terms = {(t["name"], y): x for t in figures(at)[1]["data"] for x, y in zip(t["x"], t["y"], strict=True)}
+    assert terms["transmit", "modelled"] == pytest.approx(row["bits_actual"] / ENV.rate_bps + 0.02)
+    assert terms["transmit", "measured"] >= 0.02
+    assert any("each message held 20 ms" in c.value for c in at.caption)
     assert terms["other", "modelled"] > 0  # framing bytes and the null session's runtime cost
     assert {"paper's model", "model with overheads"} <= set(traces)
     assert traces["model with overheads"]["y"][0] > traces["paper's model"]["y"][0]

@@ -23,6 +23,7 @@ from engine.data import ImageData
 from engine.deploy.selection import row_config, selection_json
 from engine.figures import figure_png, plane_figure, png_export_problem
 from engine.latency import DEVICES, Overheads, latency_table
+from engine.methods import METHODS
 from engine.models import split_names
 from engine.pareto import best_per_method, best_variant, latency_vs_rate, meets_threshold, pareto_front
 from engine.profile import profile_model
@@ -181,6 +182,7 @@ def test_before_any_job_the_plane_shows_the_untrained_profile(fresh_cache: Path,
     from engine import sweep
 
     assert sorted(j.id for j in queued) == sorted(p.id for p in sweep.plan("smoke", base))
+    assert jobq.JobQueue(fresh_cache / "jobs.sqlite").following(base.id)["profile"] == "smoke"  # crossed as rows come
     assert no_worker  # a worker was asked for
     assert widget(at, "button", "Start the smoke profile").disabled  # jobs are active: no second start
     # the other pages say which jobs produce their rows
@@ -309,6 +311,57 @@ def test_view_state_survives_a_page_switch_and_a_reload(synthetic: pd.DataFrame)
     assert widget(odd, "number_input", "Device GFLOP/s").value == 24
 
 
+def test_any_link_rate_round_trips_through_the_url(synthetic: pd.DataFrame) -> None:
+    """A rate off the slider's stops is kept exactly: read from the URL into the typed field (the slider shows its
+    nearest stop), written back unchanged, and used as it is; typed or slid on the page, the URL follows."""
+    need = 0.9 - 0.02
+    at = run_page(rate_kBps="37.5")  # the sidebar's controls
+    assert widget(at, "number_input", "Link rate (kB/s)").value == 37.5
+    assert widget(at, "select_slider", "Link rate").value == 38
+    assert params(at)["rate_kBps"] == "37.5"
+    again = run_page(**params(at))  # a reload: the same rate, not snapped
+    assert widget(again, "number_input", "Link rate (kB/s)").value == 37.5 and params(again)["rate_kBps"] == "37.5"
+    at = run_page("latency", rate_kBps="37.5")  # the latency page's own controls
+    best = best_per_method(synthetic, PI3, GPU, 37.5 * 8e3, need)
+    assert at.dataframe[0].value["latency"].tolist() == pytest.approx(best["latency"].tolist(), rel=1e-12)
+    assert figure(at, 0)["layout"]["annotations"][0]["text"] == "37.5 kB/s"
+    widget(at, "number_input", "Link rate (kB/s)").set_value(12.345).run()  # typed: exact in the URL and the table
+    assert params(at)["rate_kBps"] == "12.345" and widget(at, "select_slider", "Link rate").value == 12
+    typed = best_per_method(synthetic, PI3, GPU, 12.345 * 8e3, need)
+    assert at.dataframe[0].value["latency"].tolist() == pytest.approx(typed["latency"].tolist(), rel=1e-12)
+    widget(at, "select_slider", "Link rate").set_value(71.0).run()  # slid: the field and the URL follow
+    assert params(at)["rate_kBps"] == "71" and widget(at, "number_input", "Link rate (kB/s)").value == 71
+    assert widget(run_page("latency", rate_kBps="0.123456789"), "number_input", "Link rate (kB/s)").value == \
+        0.123456789
+    # a hand-edited rate or delay that is not one falls back to the default, never a traceback
+    for bad in ("abc", "-3", "0", "nan", "inf", "0.01", "1e7", "40kB/s"):
+        odd = run_page("latency", rate_kBps=bad, delay_ms="-5" if bad == "abc" else bad)
+        assert widget(odd, "number_input", "Link rate (kB/s)").value == 40
+        assert widget(odd, "select_slider", "Link rate").value == 40
+        assert widget(odd, "number_input", "Propagation delay (ms)").value == (0 if bad != "0.01" else 0.01)
+        assert params(odd)["rate_kBps"] == "40"
+
+
+def test_a_propagation_delay_from_the_sidebar(synthetic: pd.DataFrame) -> None:
+    """The sidebar's one-way delay is kept in the URL, added to every latency, and shown as its own term in the
+    table, the breakdown's bars and the caption."""
+    need = 0.9 - 0.02
+    at = run_page("latency", rate_kBps="4", delay_ms="25")
+    assert widget(at, "number_input", "Propagation delay (ms)").value == 25 and params(at)["delay_ms"] == "25"
+    delayed = best_per_method(synthetic, PI3, GPU, 4e3 * 8, need, delay_s=0.025)
+    table = at.dataframe[0].value
+    assert table["id"].tolist() == best_per_method(synthetic, PI3, GPU, 4e3 * 8, need)["id"].tolist()
+    assert table["latency"].tolist() == pytest.approx(delayed["latency"].tolist(), rel=1e-12)
+    assert table["t_propagation"].tolist() == pytest.approx([0.025] * len(table))
+    assert traces(figure(at, 1))["propagation delay"]["x"] == pytest.approx([0.025] * len(table))
+    assert "+ D (propagation delay, 25 ms one way)" in texts(at, "caption") and "delay" in at.success[0].value
+    curves = traces(figure(at, 0))
+    plain = latency_vs_rate(synthetic, PI3, GPU, np.geomspace(8e2, 8e9, 71), need, delay_s=0.025)
+    for method, group in plain.groupby("method"):
+        assert curves[method]["y"] == pytest.approx(group["latency"].tolist())
+    assert "t_propagation" not in run_page("latency", rate_kBps="4").dataframe[0].value.columns  # none by default
+
+
 # -- latency vs rate --------------------------------------------------------------------------------------------
 
 
@@ -417,6 +470,27 @@ def test_compare_shows_only_what_differs(synthetic: pd.DataFrame) -> None:
     assert params(at)["pins"] == ",".join([a, b, *baselines])
     one = run_page("compare", pins=a)
     assert "Pin two to four" in one.info[0].value
+
+
+def test_compare_pins_a_pruned_and_coded_row_with_its_parents(synthetic: pd.DataFrame) -> None:
+    """The crossed row beside its coding unpruned, its snapshot uncoded and the original split: what each step
+    bought."""
+    template = synthetic.iloc[0].to_dict()
+    base = PROFILES.get("smoke").base_config(str(template["dataset_fingerprint"]))
+    run = {**PROFILES.get("smoke").prune.knobs(), "snapshot": 1}
+    coding = dict(PROFILES.get("smoke").codings[1])
+    child = VariantConfig.make("three_step", "conv4_x", base, **run, **coding)
+    family = [child, *METHODS.get("three_step").parents(child).values()]
+    rows = [{**template, "id": v.id, "method": v.method, "split": v.split, "knobs": dict(v.knobs),
+             "base_id": base.id, "width": base.width, "seed": base.seed, "device_flops": 1e6 * (i + 1),
+             "bits_actual": 10.0 ** (i + 1)} for i, v in enumerate(family)]
+    ResultsStore(Path(os.environ["COINFER_CACHE"]) / "results.sqlite").put_many(rows)
+    at = run_page("compare", sel=child.id)
+    widget(at, "button", "Pin it with its parents").click().run()
+    assert params(at)["pins"] == ",".join(v.id for v in family)
+    assert len(at.dataframe[0].value) == 4
+    lone = run_page("compare", sel=synthetic["id"].iloc[0])
+    assert widget(lone, "button", "Pin it with its parents").disabled
 
 
 # -- jobs -------------------------------------------------------------------------------------------------------

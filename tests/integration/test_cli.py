@@ -117,6 +117,27 @@ def test_best_picks_the_lowest_latency_feasible_accurate_variant(best_store: Non
     assert "no results with these options yet: run `python -m engine sweep` first" in capsys.readouterr().out
 
 
+def test_best_counts_a_propagation_delay(best_store: None, capsys: pytest.CaptureFixture) -> None:
+    argv = ["best", "--rate", "40kB/s", "--threshold", "0.93"]
+    assert main([*argv, "--delay", "30", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["delay_s"] == pytest.approx(0.03) and out["best"]["id"] == "t-conv4"
+    assert out["best"]["t_propagation"] == pytest.approx(0.03)
+    assert out["best"]["latency"] == pytest.approx(0.02 + 8e3 / 320e3 + 0.03)
+    assert main([*argv, "--delay-ms", "30"]) == 0  # the same option under its other name
+    text = capsys.readouterr().out
+    assert "40 kB/s (320 kbit/s), 30 ms delay" in text and "latency 75 ms" in text and "t_propagation" in text
+    assert main([*argv, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)  # no delay: the paper's model, as before
+    assert plain["delay_s"] == 0 and "t_propagation" not in plain["best"]
+    assert plain["best"]["latency"] == pytest.approx(0.02 + 8e3 / 320e3)
+    for bad in ("-1", "inf", "soon"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--delay", bad])
+        assert exit_info.value.code == 2
+    assert "--delay" in capsys.readouterr().err
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
     env = {**os.environ, "COINFER_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen([sys.executable, "-m", "engine", "results"], cwd=Path(__file__).parents[2], env=env,

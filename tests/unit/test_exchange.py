@@ -98,3 +98,27 @@ def test_hover_says_where_an_imported_row_was_measured() -> None:
     assert "measured on Xeon" in hover_text(row) and "measured on" not in hover_text(make_row(2))
     _, head, _ = _hover_data(pd.DataFrame([row, make_row(2)]), "bits_actual")
     assert "measured on Xeon" in head.iloc[0] and "measured on" not in head.iloc[1]
+
+
+def test_example_results_are_marked_as_such(tmp_path: Path, cache: Path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    path = _export(tmp_path, [make_row(1), make_row(2)])
+    assert exchange.load_examples(store, path) == (2, 0)
+    table = store.table()
+    assert len(exchange.examples(table)) == 2
+    assert table["imported_from"].str.startswith(exchange.EXAMPLE_MARK + ": results.json").all()
+    other = ResultsStore(tmp_path / "other.sqlite")
+    exchange.import_rows(exchange.parse_results(path.read_bytes(), "colleague.json"), other)
+    assert len(exchange.examples(other.table())) == 0  # an import of one's own is no example
+
+
+
+def test_the_shipped_example_results_load_with_this_code(tmp_path: Path) -> None:
+    """The examples file must stay readable by the current code: a schema change regenerates or migrates it
+    (`python -m engine results --export examples/quick-results.json --profile quick`, README)."""
+    store = ResultsStore(tmp_path / "results.sqlite")
+    added, skipped = exchange.load_examples(store)
+    table = store.table()
+    assert added == len(table) > 30 and skipped == 0
+    assert set(table["method"]) >= {"original", "three_step", "two_step_pruning", "bottlenet_pp"}
+    assert table["deployed_val_accuracy"].notna().all()  # every row can be chosen on

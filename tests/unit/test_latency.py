@@ -56,6 +56,30 @@ def test_overheads_are_added_beside_the_papers_terms():
         Overheads(per_image_s=-1.0)
 
 
+def test_a_propagation_delay_is_one_term_added_to_every_row():
+    """D seconds of one-way propagation delay: the paper's terms unchanged, t_propagation = D, latency + D; none by
+    default (the paper's table, no column); it adds after the overheads, which keep their own columns."""
+    t = table().assign(coding_cpu_seconds=[0.002, None, 0.0005])
+    paper = latency_table(t, PI3, GPU, 8000)
+    assert "t_propagation" not in paper.columns
+    pd.testing.assert_frame_equal(latency_table(t, PI3, GPU, 8000, delay_s=0.0), paper)
+    out = latency_table(t, PI3, GPU, 8000, delay_s=0.025)
+    assert out[["t_device", "t_transmit", "t_server", "feasible"]].equals(
+        paper[["t_device", "t_transmit", "t_server", "feasible"]])
+    assert out["t_propagation"].tolist() == [0.025] * 3
+    assert (out["latency"] - paper["latency"]).tolist() == pytest.approx([0.025] * 3)
+    # row a by hand: 1e6 / 24e9 s + 1 s + 1 ms + 25 ms
+    assert out.loc[0, "latency"] == pytest.approx(1e6 / 24e9 + 1.0 + 1e-3 + 0.025, rel=1e-12)
+    both = latency_table(t, PI3, GPU, 8000, overheads=Overheads(per_image_s=0.001, framing_bits=128), delay_s=0.025)
+    counted = latency_table(t, PI3, GPU, 8000, overheads=Overheads(per_image_s=0.001, framing_bits=128))
+    assert (both["latency"] - counted["latency"]).tolist() == pytest.approx([0.025] * 3)
+    empty = latency_table(t.iloc[:0], PI3, GPU, 8000, delay_s=0.025)
+    assert empty.empty and "t_propagation" in empty.columns
+    for bad in (-0.001, math.inf, math.nan):
+        with pytest.raises(UserError, match="propagation delay"):
+            latency_table(t, PI3, GPU, 8000, delay_s=bad)
+
+
 def test_presets_from_the_paper():
     assert set(DEVICES.names()) >= {"pi3", "rtx2080ti"}
     assert (PI3.flops_per_s, PI3.memory_bytes) == (24e9, 1e9)

@@ -196,6 +196,26 @@ def test_overheads_can_change_the_best_variant():
         assert row.latency == pytest.approx(best["latency"], rel=1e-12)
 
 
+def test_a_propagation_delay_moves_every_latency_not_the_choice():
+    """A one-way delay adds the same D to every variant: the best variant at each rate stays, its latency grows by D,
+    and the curves agree with the best variant (the delay in their own column)."""
+    t, delay = variants(), 0.04
+    for rate in (SLOW, 1e6, FAST):
+        plain, delayed = best_variant(t, PI3, GPU, rate, 0.93), best_variant(t, PI3, GPU, rate, 0.93, delay_s=delay)
+        assert delayed["id"] == plain["id"] and delayed["t_propagation"] == delay
+        assert delayed["latency"] == pytest.approx(plain["latency"] + delay, rel=1e-12)
+    per = best_per_method(t, PI3, GPU, SLOW, 0.93, delay_s=delay)
+    assert per["id"].tolist() == best_per_method(t, PI3, GPU, SLOW, 0.93)["id"].tolist()
+    out = latency_vs_rate(t, PI3, GPU, [SLOW, 1e6], 0.93, overheads=Overheads(per_image_s=0.01), delay_s=delay)
+    assert list(out.columns) == [*RATE_COLUMNS, "t_propagation"]
+    for row in out.itertuples():
+        best = best_variant(t, PI3, GPU, row.rate, 0.93, method=row.method, overheads=Overheads(per_image_s=0.01),
+                            delay_s=delay)
+        assert row.id == best["id"] and row.t_propagation == delay
+        assert row.latency == pytest.approx(best["latency"], rel=1e-12)
+    assert list(latency_vs_rate(t, PI3, GPU, [SLOW], 0.93).columns) == list(RATE_COLUMNS)  # none: the paper's
+
+
 def test_empty_results():
     t = variants()
     for empty in (t.iloc[:0], pd.DataFrame()):
@@ -242,3 +262,4 @@ def test_compare_table_keeps_only_what_differs():
     assert three["Δ bits_actual"].tolist() == pytest.approx([0.0, 4.0 - 2e4, 100.0 - 2e4])
     assert compare_table(t, ["deep"]).shape == (1, len(t.columns) - 1)  # one row: nothing to compare against
     assert compare_table(t, []).empty
+

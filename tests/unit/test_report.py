@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 
 from engine.errors import UserError
-from engine.report import best_per_split, claim_by_split, dominated_points, dominates
+from engine.report import (
+    best_per_split,
+    claim_by_split,
+    composed,
+    composed_against_baselines,
+    dominated_points,
+    dominates,
+    provably_dominated,
+)
 
 
 def table(rows: list[tuple[str, str, str, float, float, float]]) -> pd.DataFrame:
@@ -62,3 +70,36 @@ def test_empty_tables_and_missing_columns() -> None:
     assert dominated_points(pd.DataFrame(), None).empty
     with pytest.raises(UserError, match="bits_actual"):
         best_per_split(ROWS.drop(columns="bits_actual"), 0.9)
+
+
+def test_a_variant_is_provably_dominated_only_by_a_point_below_its_bounds() -> None:
+    measured = [(100.0, 8.0)]
+    assert provably_dominated(200.0, 8.0, measured)  # fewer FLOPs, as few bits
+    assert provably_dominated(100.0, 16.0, measured)  # as few FLOPs, fewer bits
+    assert not provably_dominated(100.0, 8.0, measured)  # equal: it could tie, not lose
+    assert not provably_dominated(50.0, 64.0, measured)  # fewer FLOPs itself
+    assert not provably_dominated(200.0, 0.0, measured)  # its bits could undercut
+    assert not provably_dominated(200.0, 8.0, [])
+
+
+def _row(i: str, method: str, flops: float, sent: float, val: float, level: int = -1, **knobs: object) -> dict:
+    return {"id": i, "method": method, "split": "conv4_x", "accuracy": val - 0.01, "deployed_val_accuracy": val,
+            "device_flops": flops, "bits_actual": sent, "level": level, "knobs": knobs}
+
+
+def test_the_composed_row_is_set_against_every_qualifying_baseline() -> None:
+    table = pd.DataFrame([
+        _row("pc", "three_step", 50.0, 20.0, 0.85, level=1, encoder="two_step"),  # pruned and coded
+        _row("pc-low", "three_step", 30.0, 10.0, 0.70, level=2, encoder="two_step"),  # below the threshold
+        _row("p8", "three_step", 50.0, 5000.0, 0.86, level=1, encoder="none", bits=8),  # pruned, 8-bit
+        _row("u", "three_step", 100.0, 15.0, 0.86, encoder="two_step"),  # coded, unpruned
+        _row("o", "original", 100.0, 9000.0, 0.86, bits=8),
+        _row("b", "bottlenet_pp", 101.0, 12.0, 0.85, ratio=64),  # fewer bits than pc
+        _row("t", "two_step_pruning", 40.0, 4000.0, 0.80),  # below the threshold
+    ])
+    assert composed(table).tolist() == [True, True, False, False, False, False, False]
+    got = composed_against_baselines(table, 0.84).iloc[0]
+    assert got["id"] == "pc" and got["dominated"] == 1 and got["rivals"] == 2
+    assert got["not_dominated"] == "bottlenet_pp (0.00 MFLOPs, 12.0 bits: fewer bits)"
+    none = composed_against_baselines(table, 0.90).iloc[0]
+    assert none["id"] is None and "no pruned and coded row" in none["not_dominated"]

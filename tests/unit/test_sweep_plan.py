@@ -230,3 +230,78 @@ def test_the_output_sparsity_is_a_grid_axis_of_its_own() -> None:
         run = [s for s in snapshots if s.knobs.get("output") == output]
         assert {s.split for s in run} == splits and len(run) == len(splits) * quick.prune.levels
     assert quick.output_sparsities and all(o > quick.prune.target for o in quick.output_sparsities)
+
+
+def test_crossed_variants_a_measured_row_provably_dominates_are_left_out() -> None:
+    """A qualifying row at 8 bits with fewer device FLOPs than a snapshot beats every learned encoder of that
+    snapshot (no payload is under a byte); codings whose bound proves nothing stay, and the rest come fewest FLOPs
+    first."""
+    level0 = {**snapshot_row(0, 0.80), "device_flops": 200.0, "base_device_flops": 300.0}
+    level1 = {**snapshot_row(1, 0.79), "device_flops": 100.0, "base_device_flops": 300.0}
+    method = METHODS.get("three_step")
+    before = method.followups(SMOKE_BASE, [level0, level1])
+    assert [v.knob("snapshot") for v in before][:2] == [1, 1]  # the most pruned snapshot first
+    coded = method._coded("conv4_x", SMOKE_BASE, {**{k: v for k, v in level1["knobs"].items() if k != "bits"},
+                                                    "snapshot": 1}, PROFILES.get("smoke").codings[1])
+    winner = {"id": coded.id, "method": "three_step", "split": "conv4_x", "base_id": SMOKE_BASE.id,
+              "knobs": dict(coded.knobs), "device_flops": 150.0, "bits_actual": 8.0, "deployed_val_accuracy": 0.80,
+              "base_val_accuracy": 0.81}
+    after = method.followups(SMOKE_BASE, [level0, level1, winner])
+    left_out = {v.id for v in before} - {v.id for v in after}
+    assert {(v.knob("snapshot"), v.knob("encoder")) for v in before if v.id in left_out} == \
+        {(0, "two_step"), ("none", "two_step")}
+    below = {**winner, "deployed_val_accuracy": 0.70}  # under the threshold: dominates nothing
+    assert len(method.followups(SMOKE_BASE, [level0, level1, below])) == len(before)
+
+
+def test_a_sweep_plans_one_encoder_per_split_and_round(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    for level in (0, 1):
+        store.put({**snapshot_row(level, 0.80), "accuracy": 0.79, "deployed_val_accuracy": 0.80,
+                   "device_flops": 100.0 * (2 - level), "base_device_flops": 300.0, "bits_actual": 800.0})
+    every = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"])
+    wave = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"], encoders_per_split=1)
+    encoders = [p for p in wave if sweep.trains_encoder(p.spec.variant())]
+    assert len(encoders) == 1 and encoders[0].spec.variant().knob("snapshot") == 1
+    assert len(every) - len(wave) == sum(sweep.trains_encoder(p.spec.variant()) for p in every) - 1
+
+
+def test_a_pruned_and_coded_variant_names_its_parents() -> None:
+    row = snapshot_row(1, 0.80)
+    method = METHODS.get("three_step")
+    crossed = method.followups(SMOKE_BASE, [row])
+    pruned_coded = next(v for v in crossed if v.knob("snapshot") == 1)
+    parents = method.parents(pruned_coded)
+    assert parents["uncoded"].id == row["id"]  # the snapshot's own row
+    unpruned = next(v for v in crossed if v.knob("snapshot") == "none" and v.knob("encoder") ==
+                    pruned_coded.knob("encoder") and v.knob("bits") == pruned_coded.knob("bits"))
+    assert parents["unpruned"].id == unpruned.id  # the same coding on the unpruned split, as crossed
+    assert parents["neither"].method == "original" and parents["neither"].knob("bits") == 8
+    assert method.parents(unpruned) == {} and method.parents(VariantConfig.make(
+        "three_step", "conv4_x", SMOKE_BASE, **dict(row["knobs"]))) == {}
+
+
+def test_a_followed_sweep_queues_its_next_round_once_its_jobs_are_done(tmp_path: Path) -> None:
+    """What the dashboard does between rounds: nothing while the base's jobs run, the next follow-ups once they
+    are done, and it stops following when nothing is left to cross."""
+    from engine.queue import JobQueue
+
+    queue, store = JobQueue(tmp_path / "jobs.sqlite"), ResultsStore(tmp_path / "results.sqlite")
+    assert sweep.next_round(queue, store, SMOKE_BASE) is None  # not followed
+    store.put({**snapshot_row(0, 0.80), "accuracy": 0.79, "deployed_val_accuracy": 0.80, "device_flops": 100.0,
+               "base_device_flops": 300.0, "bits_actual": 800.0})
+    queue.follow(SMOKE_BASE.id, {"profile": "smoke", "data": None, "methods": ["three_step"]})
+    first = sweep.next_round(queue, store, SMOKE_BASE)
+    expected = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"], encoders_per_split=1)
+    assert first == [p.id for p in expected] and len(first) >= 2
+    assert sweep.next_round(queue, store, SMOKE_BASE) == []  # its jobs are queued: wait for them
+    for job_id in first:  # the round fails: its variants are not planned again
+        queue.cancel(job_id)
+    rest = sweep.next_round(queue, store, SMOKE_BASE)
+    assert rest and not set(rest) & set(first)
+    for job_id in rest:
+        queue.cancel(job_id)
+    while (ids := sweep.next_round(queue, store, SMOKE_BASE)) is not None:
+        for job_id in ids:
+            queue.cancel(job_id)
+    assert queue.following(SMOKE_BASE.id) is None
