@@ -153,8 +153,8 @@ class BaseModelConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise UserError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}; try --seed 0")
         if not 1 <= self.epochs <= MAX_EPOCHS or self.batch_size < 1:
-            raise UserError(f"epochs must be from 1 to {MAX_EPOCHS} and the batch size positive, got {self.epochs} "
-                            f"and {self.batch_size}")
+            raise UserError(f"epochs and batch size must be positive integers (epochs at most {MAX_EPOCHS}), got "
+                            f"{self.epochs} and {self.batch_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         object.__setattr__(self, "sizes", frozen_value(self.sizes))  # a JSON round trip gives a list
