@@ -321,6 +321,8 @@ def examples(table: Any) -> Any:
         Its example rows.
     """
     rows = imported(table)
+    if rows.empty:  # no imported rows: the table may not have the column at all
+        return rows
     return rows[rows["imported_from"].astype(str).str.startswith(EXAMPLE_MARK)]
 
 
