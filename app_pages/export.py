@@ -28,10 +28,9 @@ from engine.figures import (
     png_export_problem,
 )
 from engine.latency import latency_table
-from engine.methods import check_variant
 from engine.pareto import best_per_method, best_variant
 from engine.paths import cache_dir
-from engine.profiles import PROFILES, profile_of, recipe_of
+from engine.profiles import PROFILES, recipe_of
 
 MAX_IMPORT_MB = 1
 
@@ -68,8 +67,7 @@ def _import_section() -> None:
         return
     try:
         doc = parse_selection(raw)
-        cfg = variant_config(doc)
-        check_variant(cfg, profile_of(cfg.base).budget_name)  # the checks `jobs submit` makes, before anything
+        cfg = variant_config(doc)  # parse_selection made the checks `jobs submit` makes
     except UserError as exc:
         st.error(f"{exc} — nothing was changed.")
         return

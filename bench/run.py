@@ -49,6 +49,7 @@ BENCHES = (
           ("bench/bench_onnx.py", "--profile", "quick", "--data", "DATA")),
     Bench("mobilenetv2", "MobileNetV2 on the quick profile",
           ("bench/bench_model.py", "--model", "mobilenetv2", "--profile", "quick", "--data", "DATA", "--sweep")),
+    Bench("trickle", "Slow clients: a device session under 64 trickling connections", ("bench/bench_trickle.py",)),
     Bench("pages", "Dashboard speed", ("bench/bench_pages.py", "--rows", "2000", "--repeats", "5", "--data", "DATA")),
 )
 

@@ -111,6 +111,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # the width multipliers a base model may have: below 1/64 the stem has no channel, above 4 a CIFAR ResNet18 has
 # 180 M parameters, more than any profile here trains
 MIN_WIDTH, MAX_WIDTH = 1 / 64, 4.0
+MAX_EPOCHS = 1000  # of a base model's training
+MAX_INPUT_SIZE = 1024  # pixels of a side of a training image (progressive resizing)
 
 
 @dataclass(frozen=True)
@@ -155,15 +157,17 @@ class BaseModelConfig:
                             f"{self.width:g}; try --width 0.25")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise UserError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}; try --seed 0")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UserError("epochs and batch size must be positive integers")
+        if not 1 <= self.epochs <= MAX_EPOCHS or self.batch_size < 1:
+            raise UserError(f"epochs and batch size must be positive integers (epochs at most {MAX_EPOCHS}), got "
+                            f"{self.epochs} and {self.batch_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         object.__setattr__(self, "sizes", frozen_value(self.sizes))  # a JSON round trip gives a list
         object.__setattr__(self, "scales", tuple(float(f) for f in self.scales))
-        if self.sizes and (len(self.sizes) != self.epochs or min(self.sizes) < 1):
-            raise UserError(f"sizes must give a positive input size for each of the {self.epochs} epochs, got "
-                            f"{list(self.sizes)}; e.g. --sizes 16x6,24x4,32x3")
+        if self.sizes and (len(self.sizes) != self.epochs or not 1 <= min(self.sizes) <= max(self.sizes)
+                           <= MAX_INPUT_SIZE):
+            raise UserError(f"sizes must give an input size from 1 to {MAX_INPUT_SIZE} for each of the {self.epochs} "
+                            f"epochs, got {list(self.sizes)}; e.g. --sizes 16x6,24x4,32x3")
         if self.scales and (len(self.scales) != self.epochs or not all(0.0 < f <= 1.0 for f in self.scales)):
             raise UserError(f"scales must give a fraction in (0, 1] of the data's size for each of the {self.epochs} "
                             f"epochs, got {list(self.scales)}")

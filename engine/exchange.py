@@ -24,7 +24,7 @@ import torch
 import engine
 from engine.config import SCHEMA_VERSION
 from engine.errors import UserError
-from engine.files import atomic_write
+from engine.files import atomic_write, read_bounded
 from engine.store import ResultsStore, normalise
 from engine.untrusted import json_object
 
@@ -132,7 +132,7 @@ def _reject(message: str) -> UserError:
 
 
 def read_file(path: Path | str, max_bytes: int = MAX_RESULTS_BYTES) -> bytes:
-    """The bytes of a results file, refused before reading when it is larger than `max_bytes`.
+    """The bytes of a results file, refused before reading when it is larger than `max_bytes` or not a regular file.
 
     Args:
         path: the file.
@@ -141,18 +141,7 @@ def read_file(path: Path | str, max_bytes: int = MAX_RESULTS_BYTES) -> bytes:
     Returns:
         Its bytes.
     """
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_bytes:
-                raise _reject(f"{path.name} is {size:,} bytes, over the {max_bytes:,}-byte limit")
-            raw = f.read(max_bytes + 1)
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    if len(raw) > max_bytes:
-        raise _reject(f"{path.name} is over the {max_bytes:,}-byte limit")
-    return raw
+    return read_bounded(Path(path), max_bytes, _reject)
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -332,6 +321,8 @@ def examples(table: Any) -> Any:
         Its example rows.
     """
     rows = imported(table)
+    if rows.empty:  # no imported rows: the table may not have the column at all
+        return rows
     return rows[rows["imported_from"].astype(str).str.startswith(EXAMPLE_MARK)]
 
 

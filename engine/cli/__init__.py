@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from engine.cli import best, deploy, measure, noisy, prepare, queue
 from engine.errors import UserError
@@ -21,13 +22,21 @@ from engine.errors import UserError
 GROUPS: tuple[ModuleType, ...] = (prepare, measure, queue, best, noisy, deploy)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusal of a command line is one line, naming `--help` instead of printing the
+    usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     """The command line's parser, with the options every command shares.
 
     Returns:
         The parser and, for each command, the module that runs it.
     """
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m engine", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
     group_of: dict[str, ModuleType] = {}

@@ -49,12 +49,20 @@ def number_type(kind: type[float] | type[int], ok: Callable[[float], bool], need
     return lambda text: kind(_number(text, kind, ok, need))
 
 
-positive_float = number_type(float, lambda v: v > 0, "> 0")
-non_negative_int = number_type(int, lambda v: v >= 0, ">= 0")
+MAX_SECONDS = 7 * 86400.0  # a duration option (a timeout, a lease, a heartbeat): the OS's timers take no more
+MAX_PROCESSES = max(8, 4 * (os.cpu_count() or 1))  # worker processes: more only fight over the cores and memory
+MAX_THREADS = 1024  # torch's or onnxruntime's threads
+MAX_MESSAGE_BYTES = 1 << 30  # the largest message a server may be told to accept
+
+positive_float = number_type(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 positive_int = number_type(int, lambda v: v >= 1, ">= 1")
 port_int = number_type(int, lambda v: 0 <= v <= 65535, "a TCP port from 0 to 65535")  # 0: pick a free one
 seed_int = number_type(int, lambda v: 0 <= v < 2**63, "from 0 to 2**63 - 1")  # what torch's generators take
 delay_ms = number_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")  # milliseconds
+seconds = number_type(float, lambda v: 0 < v <= MAX_SECONDS, f"a number of seconds > 0 and at most {MAX_SECONDS:g}")
+processes_int = number_type(int, lambda v: 0 <= v <= MAX_PROCESSES, f"from 0 to {MAX_PROCESSES}")
+threads_int = number_type(int, lambda v: 1 <= v <= MAX_THREADS, f"from 1 to {MAX_THREADS}")
+message_bytes = number_type(int, lambda v: 1 <= v <= MAX_MESSAGE_BYTES, f"from 1 to {MAX_MESSAGE_BYTES:,} bytes")
 
 
 def add_delay(p: argparse.ArgumentParser, role: str) -> None:

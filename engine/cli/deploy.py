@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import add_delay, data_path, port_int, positive_int, writable_cache
+from engine.cli.common import (
+    add_delay,
+    data_path,
+    message_bytes,
+    port_int,
+    positive_int,
+    seconds,
+    threads_int,
+    writable_cache,
+)
 from engine.errors import UserError
 from engine.profiles import PROFILES, profile_of, recipe_of
 
@@ -37,9 +46,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory or .zip from `python -m engine export`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
-    p.add_argument("--max-message", type=positive_int, default=DEFAULT_MAX_PAYLOAD,
+    p.add_argument("--max-message", type=message_bytes, default=DEFAULT_MAX_PAYLOAD,
                    help="largest accepted message, bytes")
-    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    p.add_argument("--read-timeout", type=seconds, default=60.0, metavar="SECONDS",
+                   help="each message must arrive whole within this long of when the server starts waiting for it, "
+                        "however slowly it trickles in (default 60)")
+    p.add_argument("--max-devices", type=positive_int, default=32,
+                   help="devices served at once (default 32); when full, the one waiting longest for a message "
+                        "makes room for a newcomer")
+    p.add_argument("--max-pending", type=positive_int, default=32,
+                   help="connections held before their HELLO (default 32); when full, the one waiting longest makes "
+                        "room for a newcomer")
+    p.add_argument("--threads", type=threads_int, help="torch threads (default: torch's)")
     p = subparsers.add_parser("device", help="the device of co-inference: run a bundle's device part on test images "
                                              "and send the bitstream over a rate-limited link")
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory or .zip from `python -m engine export`")
@@ -52,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="test images from `export --test-images` instead of --data (with --runtime onnx: no torch)")
     p.add_argument("--runtime", choices=RUNTIMES, default="torchscript",
                    help="run the device part as TorchScript (torch) or with onnxruntime (default torchscript)")
-    p.add_argument("--threads", type=positive_int, help="torch's or onnxruntime's threads (default: theirs)")
+    p.add_argument("--threads", type=threads_int, help="torch's or onnxruntime's threads (default: theirs)")
     p.add_argument("--json", action="store_true", help="per-image timings and the summary as JSON on stdout")
 
 
@@ -109,8 +127,6 @@ def _threads(args: argparse.Namespace) -> None:
     import torch
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
 
 
@@ -121,7 +137,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     _threads(args)
     bundle = load_bundle(args.bundle)
-    server = CoinferenceServer(bundle, args.host, args.port, max_payload=args.max_message)
+    server = CoinferenceServer(bundle, args.host, args.port, max_payload=args.max_message,
+                               read_timeout=args.read_timeout, max_clients=args.max_devices,
+                               max_pending=args.max_pending)
     host, port = server.address
     print(f"serving {bundle.meta['method']} @ {bundle.meta['split']} ({bundle.id}, {bundle.coding}) on {host}:{port}; "
           "Ctrl-C to stop", flush=True)

@@ -12,6 +12,7 @@ import time
 import pandas as pd
 
 from engine.cli.common import Bar, add_common, chosen_splits, load, writable_cache
+from engine.config import MAX_EPOCHS, MAX_INPUT_SIZE
 
 
 def sizes(text: str) -> tuple[int, ...]:
@@ -32,6 +33,9 @@ def sizes(text: str) -> tuple[int, ...]:
             raise argparse.ArgumentTypeError(f"not sizes: {text!r}; e.g. 16x6,24x4,32x3 (size x epochs)") from None
         if min(stage) < 1:
             raise argparse.ArgumentTypeError(f"sizes and epochs must be positive: {part.strip()!r} in {text!r}")
+        if stage[0] > MAX_INPUT_SIZE or len(out) + stage[1] > MAX_EPOCHS:
+            raise argparse.ArgumentTypeError(f"at most {MAX_EPOCHS} epochs of sizes up to {MAX_INPUT_SIZE} pixels: "
+                                             f"{part.strip()!r} in {text!r}")
         out += [stage[0]] * stage[1]
     return tuple(out)
 

@@ -18,8 +18,8 @@ from engine.cli.common import (
     chosen_splits,
     data_path,
     load,
-    non_negative_int,
-    positive_float,
+    processes_int,
+    seconds,
     writable_cache,
 )
 from engine.errors import UserError
@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--method", action="append", help="only this method (repeatable; default: every registered one)")
     p.add_argument("--split", action="append", help="only this split point (repeatable; default: the grid's)")
-    p.add_argument("--workers", type=non_negative_int, default=1,
+    p.add_argument("--workers", type=processes_int, default=1,
                    help="local worker processes (default 1; 0: only queue the jobs for `python -m engine worker`)")
     p.add_argument("--scheduler", help="run the jobs on the Dask cluster at this address, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--force", action="store_true", help="measure again the variants already in the results store")
@@ -52,13 +52,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_jobs_parser(subparsers)
 
     p = subparsers.add_parser("worker", help="take jobs from the queue and run them until stopped (Ctrl-C)")
-    p.add_argument("--processes", type=non_negative_int, default=1, help="worker processes (default 1)")
-    p.add_argument("--idle-exit", type=positive_float, metavar="SECONDS",
+    p.add_argument("--processes", type=processes_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--idle-exit", type=seconds, metavar="SECONDS",
                    help="exit after this long without a job, and not before one lease while jobs run elsewhere "
                         "(a dead worker's job is taken over) (default: keep waiting)")
-    p.add_argument("--heartbeat", type=positive_float, default=HEARTBEAT_S,
+    p.add_argument("--heartbeat", type=seconds, default=HEARTBEAT_S,
                    help=f"seconds between heartbeats (default {HEARTBEAT_S:g})")
-    p.add_argument("--lease", type=positive_float, default=LEASE_S,
+    p.add_argument("--lease", type=seconds, default=LEASE_S,
                    help=f"seconds without a heartbeat after which a job returns to the queue (default {LEASE_S:g})")
 
 
@@ -79,7 +79,7 @@ def _add_jobs_parser(subparsers: argparse._SubParsersAction) -> None:
                                           "report, or is killed after the grace period)")
     q.add_argument("id", nargs="*", help="job ids (or their first characters)")
     q.add_argument("--all", action="store_true", help="every queued or running job")
-    q.add_argument("--grace", type=positive_float, default=CANCEL_GRACE_S,
+    q.add_argument("--grace", type=seconds, default=CANCEL_GRACE_S,
                    help=f"seconds a running job may take to stop before its worker is killed "
                         f"(default {CANCEL_GRACE_S:g})")
     q = actions.add_parser("retry", help="queue failed or cancelled jobs again")

@@ -28,7 +28,7 @@ from engine.coding.channels import CHANNELS, Channel, build_channel
 from engine.coding.encoders import ENCODERS, EncodedSplit, feature_shape
 from engine.coding.learned import deploy_encoded, frozen_features
 from engine.coding.quantizers import ScalarCodebook
-from engine.config import VariantConfig, config_from_knobs, config_id
+from engine.config import MAX_EPOCHS, VariantConfig, config_from_knobs, config_id
 from engine.data import ImageData, train_val_split
 from engine.entropy import CODECS, EntropyCodec, decode_payload, empirical_entropy_bits, encode_payloads
 from engine.errors import UserError
@@ -57,6 +57,7 @@ FEATURE_DIR = "features"
 _EVAL_BATCH = 1000
 _INIT_IMAGES = 2048
 _T = 2.0  # distillation temperature
+MAX_USES = 1 << 16  # channel uses (or bits, or latent dimensions) per image: past any split's feature size
 
 
 # ------------------------------------------------------------------------------------------------------ config
@@ -86,8 +87,10 @@ class JsccConfig:
     def __post_init__(self) -> None:
         if self.channel != NOISELESS and self.channel not in CHANNELS:
             raise UserError(f"unknown channel {self.channel!r}; choose one of: {', '.join(CHANNELS)}, none")
-        if self.uses < 1 or self.realisations < 1 or self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise UserError("jscc needs uses, realisations, epochs and batch size >= 1 and lr > 0")
+        if not (1 <= self.uses <= MAX_USES and 1 <= self.realisations <= 1000 and 1 <= self.epochs <= MAX_EPOCHS
+                and 1 <= self.batch_size <= 1 << 16 and 0 < self.lr < math.inf):
+            raise UserError(f"jscc needs uses from 1 to {MAX_USES:,}, realisations 1 to 1,000, epochs 1 to "
+                            f"{MAX_EPOCHS:,}, batch size 1 to 65,536 and a finite lr > 0")
         if not 0.0 <= self.distill <= 1.0:
             raise UserError(f"jscc distill is a weight in [0, 1], got {self.distill}")
         if self.server not in ("frozen", "train"):

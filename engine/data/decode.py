@@ -1,6 +1,7 @@
-"""Decoding encoded images (bytes or files) into one uint8 (N, C, H, W) tensor with PIL. On Linux, forked workers
-share the output buffer; the job they work on is a module-level global read after the fork, so one decode runs at a
-time per process."""
+"""Decoding encoded images (bytes or files) into one uint8 (N, C, H, W) tensor with PIL, within the limits of
+`engine.data.limits` (each file's size and each image's pixels before decoding it, the whole tensor before allocating
+it). On Linux, forked workers share the output buffer; the job they work on is a module-level global read after the
+fork, so one decode runs at a time per process."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import torch
 from PIL import Image
 
 from engine.data.jpeg import jpeg_header
+from engine.data.limits import MAX_DECODED_BYTES, MAX_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGES
 from engine.errors import UserError
+from engine.files import read_bounded
 
 _PARALLEL_MIN_IMAGES = 2048
 _DECODE_LOCK = threading.Lock()  # one decode at a time per process: forked workers read the module-level job
@@ -27,11 +30,24 @@ Blob = bytes | memoryview | Path
 _JOB: tuple[Sequence[Blob], Sequence[str], np.ndarray, tuple[int, ...], str, tuple | None] | None = None
 
 
+def _read(blob: Blob, name: str) -> bytes | memoryview:
+    """The encoded image: the bytes given, or a regular file's of at most MAX_FILE_BYTES."""
+    if not isinstance(blob, Path):
+        return blob
+    return read_bounded(blob, MAX_FILE_BYTES, lambda m: UserError(f"image {name}: {m}; remove it from the dataset"))
+
+
 def _open_image(blob: Blob, name: str) -> tuple[np.ndarray, str]:
-    """One image as an (H, W, C) uint8 array and its mode (L, LA, RGB or RGBA)."""
+    """One image as an (H, W, C) uint8 array and its mode (L, LA, RGB or RGBA); its header's size is checked
+    against MAX_IMAGE_PIXELS before any pixel is decoded."""
+    data = _read(blob, name)
     try:
-        data = blob.read_bytes() if isinstance(blob, Path) else blob
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is lower
+            im = Image.open(io.BytesIO(data))
+        with im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{im.width}x{im.height}")
             if im.mode not in ("L", "LA", "RGB", "RGBA"):
                 if im.mode == "1" or im.mode.startswith("I") or im.mode == "F":
                     raise UserError(f"{name}: image mode {im.mode} is not 8-bit; convert the images to L or RGB")
@@ -41,8 +57,12 @@ def _open_image(blob: Blob, name: str) -> tuple[np.ndarray, str]:
             arr = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(shape)  # faster than np.asarray(im)
     except UserError:
         raise
+    except Image.DecompressionBombError:  # PIL's own limit or ours, both read from the header
+        raise UserError(f"image {name} claims more than the {MAX_IMAGE_PIXELS:,} pixels of an image in a dataset; "
+                        "resize the images") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        raise UserError(f"cannot decode image {name}: {str(exc).splitlines()[0][:120]}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise UserError(f"cannot decode image {name}: {reason}") from None
     return arr, mode
 
 
@@ -56,7 +76,7 @@ def _decode_range(lo: int, hi: int) -> str | None:
     blobs, names, out, shape, mode, jpeg = _JOB
     try:
         for i in range(lo, hi):
-            blob = blobs[i].read_bytes() if isinstance(blobs[i], Path) else blobs[i]
+            blob = _read(blobs[i], names[i])
             if jpeg is not None and jpeg_header(blob) == jpeg:  # same frame as the first: skip PIL's header parser
                 try:
                     im = Image.frombytes(mode, (shape[1], shape[0]), blob, "jpeg", mode, "")
@@ -103,14 +123,19 @@ def decode_images(blobs: Sequence[Blob], names: Sequence[str]) -> torch.Tensor:
 def _decode_images_locked(blobs: Sequence[Blob], names: Sequence[str]) -> torch.Tensor:
     global _JOB
     first, mode = _open_image(blobs[0], names[0])
-    shape = first.shape
+    shape, size = first.shape, first.size
+    del first  # decoded again below, into its place
     n = len(blobs)
+    if n > MAX_IMAGES or n * size > MAX_DECODED_BYTES:
+        raise UserError(f"{n:,} images of {_describe(shape, mode)} decode to {n * size:,} bytes, over the "
+                        f"{MAX_DECODED_BYTES:,} of a dataset (or more than {MAX_IMAGES:,} images); use fewer or "
+                        "smaller images")
     workers = _worker_count(n)
     nbytes = n * int(np.prod(shape))
     buf: mmap.mmap | bytearray = mmap.mmap(-1, max(nbytes, 1)) if workers > 1 else bytearray(nbytes)
     out = np.frombuffer(buf, dtype=np.uint8, count=nbytes).reshape(n, shape[2], shape[0], shape[1])
     bounds = np.linspace(0, n, workers + 1).astype(int)
-    first_blob = blobs[0].read_bytes() if isinstance(blobs[0], Path) else blobs[0]
+    first_blob = _read(blobs[0], names[0])
     jpeg = jpeg_header(first_blob)  # JPEGs with this frame header and mode decode about twice as fast
     if jpeg is None or {1: "L", 3: "RGB"}.get(jpeg[2]) != mode or jpeg[:2] != shape[:2]:
         jpeg = None

@@ -1,18 +1,12 @@
 """Dataset sources: a torchvision CIFAR-10 root, an ImageFolder directory with train/ and test/, or a tar archive
 of either. Recognising a source, its content fingerprint, listing an ImageFolder or a tar archive, reading the pickled
-CIFAR-10 batches, and turning a source into tensors."""
+CIFAR-10 batches, and turning a source into tensors, within the limits of `engine.data.limits`."""
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
-import io
 import logging
-import lzma
 import os
-import tarfile
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.data.archive import is_tar, read_members
 from engine.data.decode import Blob, decode_images
+from engine.data.limits import MAX_DECODED_BYTES, MAX_FILE_BYTES, MAX_IMAGES
 from engine.data.safe_pickle import UnsafePickleError, load_cifar_pickle
 from engine.errors import UserError
+from engine.files import read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +103,7 @@ def resolve_source(path: Path, origin: str) -> Source:
     if not path.exists():
         raise UserError(f"{origin}: {path} does not exist; expected {LAYOUTS}")
     if path.is_file():
-        if is_tar_name(path) or tarfile.is_tarfile(path):
+        if is_tar_name(path) or is_tar(path):
             return Source("tar", path)
         raise UserError(f"{origin}: {path} is not a tar archive; expected {LAYOUTS}")
     if (path / CIFAR_DIR).is_dir():
@@ -122,17 +119,27 @@ def resolve_source(path: Path, origin: str) -> Source:
 
 
 def _list_folder(root: Path) -> list[tuple[str, str, Path]]:
-    """(split, "<class>/<file>", path) of every image under root/train/<class>/ and root/test/<class>/, sorted."""
+    """(split, "<class>/<file>", path) of every image under root/train/<class>/ and root/test/<class>/, sorted; a
+    folder linked twice under one class (a link loop) is listed once, and more than MAX_IMAGES images are refused."""
     out = []
     for split in SPLITS:
         base = root / split
         for cls in sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")):
+            seen: set[str] = set()
             for dirpath, dirnames, files in os.walk(base / cls, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in seen:
+                    dirnames[:] = []
+                    continue
+                seen.add(real)
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 rel_dir = Path(dirpath).relative_to(base).as_posix()
                 for fname in sorted(files):
                     if not fname.startswith(".") and fname.lower().endswith(IMG_EXTENSIONS):
                         out.append((split, f"{rel_dir}/{fname}", Path(dirpath) / fname))
+                if len(out) > MAX_IMAGES:
+                    raise UserError(f"{root.name} holds more than {MAX_IMAGES:,} images, the limit of a dataset; "
+                                    "use a smaller one")
     return out
 
 
@@ -183,61 +190,58 @@ def _read_cifar_pickle(read: Callable[[str], bytes], fname: str, origin: str) ->
                         "official cifar-10-python archive") from None
 
 
+def _cifar_batch(batch: dict[str, Any], fname: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images [N, 3, 32, 32], labels [N]) of one batch; ValueError unless its data is a uint8 array of N rows of
+    3,072 values and its labels N class indices (checked before anything is copied: a pickle can claim a list of
+    millions of references to one row)."""
+    data, labels = batch.get("data"), batch.get("labels", batch.get("fine_labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{fname}: data is not a uint8 array of rows of 3,072 values")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise ValueError(f"{fname}: {len(data):,} images but not as many labels")
+    y = np.asarray(labels, dtype=np.int64)
+    if y.ndim != 1 or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < classes):
+        raise ValueError(f"{fname}: labels outside the {classes} classes of batches.meta")
+    return data.reshape(-1, 3, 32, 32), y
+
+
 def _from_cifar(read: Callable[[str], bytes], origin: str) -> Decoded:
     """Tensors from the pickled CIFAR-10 batches (as torchvision reads them, but with an unpickler that admits
     only numpy arrays and plain containers); `read` returns a file's bytes."""
     try:
         meta = _read_cifar_pickle(read, CIFAR_META, origin)
-        classes = [c.decode("latin-1") if isinstance(c, bytes) else str(c) for c in meta["label_names"]]
-        parts = {}
+        names = meta["label_names"]
+        if not isinstance(names, list) or not 2 <= len(names) <= 1000:
+            raise ValueError("batches.meta: label_names is not a list of class names")
+        classes = [c.decode("latin-1") if isinstance(c, bytes) else str(c)[:200] for c in names]
+        parts, total = {}, 0
         for split, files in (("train", CIFAR_TRAIN), ("test", CIFAR_TEST)):
             xs, ys = [], []
             for fname in files:
-                batch = _read_cifar_pickle(read, fname, origin)
-                xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64))
+                x, y = _cifar_batch(_read_cifar_pickle(read, fname, origin), fname, len(classes))
+                total += x.nbytes
+                if total > MAX_DECODED_BYTES:
+                    raise ValueError(f"its images hold more than {MAX_DECODED_BYTES:,} bytes, the limit of a dataset")
+                xs.append(x)
+                ys.append(y)
             parts[split] = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a bad pickle can raise anything
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise UserError(f"{origin}: unreadable CIFAR-10 batch files ({reason}); download the dataset again") from None
     return Decoded(classes, *parts["train"], *parts["test"], "CIFAR-10 batches")
 
 
-def _tar_bytes(path: Path) -> bytes:
-    """The uncompressed tar stream of `path` (gzip, bzip2, xz or none, told by the magic bytes)."""
-    raw = path.read_bytes()
-    try:
-        if raw[:2] == b"\x1f\x8b":
-            return gzip.decompress(raw)
-        if raw[:3] == b"BZh":
-            return bz2.decompress(raw)
-        if raw[:6] == b"\xfd7zXZ\x00":
-            return lzma.decompress(raw)
-    except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
-        raise UserError(f"{path.name} is a corrupt archive ({exc}); expected {LAYOUTS}") from None
-    return raw
-
-
-def _tar_members(path: Path) -> dict[str, memoryview]:
-    """Regular files of the archive as views into its uncompressed bytes (read with tarfile)."""
-    buf = _tar_bytes(path)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(buf)) as tf:
-            view = memoryview(buf)
-            return {m.name: view[m.offset_data : m.offset_data + m.size] for m in tf.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        reason = str(exc).splitlines()[0].rstrip(":")
-        raise UserError(f"{path.name} is not a readable tar archive ({reason}); expected {LAYOUTS}") from None
+def _wanted(name: str) -> bool:
+    """Whether a tar member may be part of a dataset: a CIFAR-10 batch file, or an image under train/ or test/."""
+    parts = name.split("/")
+    return parts[-1] in (*CIFAR_TRAIN, *CIFAR_TEST, CIFAR_META) or (
+        len(parts) >= 3 and parts[-3] in SPLITS and name.lower().endswith(IMG_EXTENSIONS))
 
 
 def _decode_tar(path: Path) -> Decoded:
-    members = {}
-    for name, blob in _tar_members(path).items():
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if parts and not any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            members["/".join(parts)] = blob
+    members = read_members(path, _wanted, f"expected {LAYOUTS}")
     cifar = [n for n in members if n.split("/")[-1] == "data_batch_1"]
     if cifar:
         prefix = cifar[0][: -len("data_batch_1")]
@@ -245,20 +249,29 @@ def _decode_tar(path: Path) -> Decoded:
         def read(fname: str) -> bytes:
             if prefix + fname not in members:
                 raise UserError(f"{path.name}: CIFAR-10 archive lacks {prefix + fname}")
-            return bytes(members[prefix + fname])
+            return members.pop(prefix + fname)  # each batch's bytes go once it is read
 
         return _from_cifar(read, path.name)
     entries, prefixes = [], set()
-    for name, blob in members.items():
+    for name in sorted(members):
         parts = name.split("/")
         if len(parts) >= 3 and parts[-3] in SPLITS and name.lower().endswith(IMG_EXTENSIONS):
             prefixes.add("/".join(parts[:-3]))
-            entries.append((parts[-3], "/".join(parts[-2:]), blob, name))
+            entries.append((parts[-3], "/".join(parts[-2:]), members[name]))
     if len(prefixes) > 1:
         shown = ", ".join(sorted(p or "." for p in prefixes)[:3])
         raise UserError(f"{path.name} holds several train/test trees ({shown}); expected one ImageFolder")
-    entries.sort(key=lambda e: e[3])
-    return _from_imagefolder([(s, rel, b) for s, rel, b, _ in entries], path.name)
+    members.clear()
+    return _from_imagefolder(entries, path.name)
+
+
+def _read_cifar_file(root: Path) -> Callable[[str], bytes]:
+    """A reader of the batch files of a CIFAR-10 root, each a regular file of at most MAX_FILE_BYTES."""
+    def read(fname: str) -> bytes:
+        return read_bounded(root / fname, MAX_FILE_BYTES, lambda m: UserError(
+            f"{root}: {m}; download the dataset again"))
+
+    return read
 
 
 def decode_source(src: Source) -> Decoded:
@@ -274,5 +287,5 @@ def decode_source(src: Source) -> Decoded:
     if src.kind == "tar":
         return _decode_tar(src.path)
     if src.kind == "cifar":
-        return _from_cifar(lambda f: (src.path / f).read_bytes(), str(src.path))
+        return _from_cifar(_read_cifar_file(src.path), str(src.path))
     return _from_imagefolder(_list_folder(src.path), str(src.path))

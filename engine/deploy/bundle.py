@@ -1,6 +1,7 @@
 """Reading a deployable bundle: `load_bundle` checks sizes from the archive's directory, the manifest's sha256 of
 every file and each file's form before anything is deserialised; programs are TorchScript (restoring tensors and
-TorchScript code only, no Python unpickling) and nothing in a bundle is loaded with pickle. `Bundle` runs the device
+TorchScript code only, no Python unpickling), define no code that runs at load and call no operator that reaches
+outside the process, and nothing in a bundle is loaded with pickle. `Bundle` runs the device
 and server programs and the entropy coder, as real co-inference does."""
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from engine.deploy.bundle_files import (  # noqa: F401 - the bundle's constants,
 from engine.entropy import EntropyCodec, decode_payload
 from engine.errors import UserError
 
+# What a program's forward may call: torch's operators (aten, prim, quantized) but none that reach outside the
+# process (read or write files, call other machines, run Python); a program that names one is refused before it runs.
+PROGRAM_NAMESPACES = ("aten", "prim", "quantized")
+FORBIDDEN_OPS = frozenset({"aten::from_file", "aten::save", "prim::rpc_async", "prim::rpc_sync", "prim::rpc_remote",
+                           "prim::PythonOp", "prim::IgnoredPythonOp"})
+
 
 def _jit_load(data: bytes) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
@@ -59,17 +66,48 @@ def _check_torchscript(data: bytes, file: str, name: str) -> None:
     if sum(i.file_size for i in infos) > MAX_BUNDLE_BYTES:
         raise UserError(f"{what} of a sensible size (its members expand past {MAX_BUNDLE_BYTES:,} bytes); export "
                         "the bundle again")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        code = [i for i in infos if f"{prefix}/code/" in i.filename and i.filename.endswith(".py")]
+        if any(b"__setstate__" in zf.read(i) for i in code):  # torch.jit.load would run it
+            raise UserError(f"{what} that only computes (its code defines __setstate__, which runs when it is "
+                            "loaded); export the bundle again")
+
+
+def _ops(block: Any) -> set[str]:
+    """The kinds of every node of a TorchScript graph or block, its nested blocks and subgraphs included."""
+    kinds = set()
+    for node in block.nodes():
+        kinds.add(node.kind())
+        for sub in node.blocks():
+            kinds |= _ops(sub)
+        for attr in node.attributeNames():
+            if node.kindOf(attr) == "g":
+                kinds |= _ops(node.g(attr))
+    return kinds
+
+
+def _check_ops(program: torch.jit.ScriptModule, file: str, name: str) -> None:
+    """Refuse a program whose forward (every call in it inlined) names an operator outside PROGRAM_NAMESPACES or in
+    FORBIDDEN_OPS, before it runs."""
+    bad = sorted(k for k in _ops(program.inlined_graph)
+                 if k.split("::")[0] not in PROGRAM_NAMESPACES or k in FORBIDDEN_OPS)
+    if bad:
+        raise UserError(f"bundle {name}: {file} calls {', '.join(bad[:3])}, which a model never needs (files, "
+                        "other machines or Python); export the bundle again")
 
 
 def _load_program(data: bytes, file: str, name: str) -> torch.jit.ScriptModule:
-    """A bundle's program, checked to be a TorchScript archive and loaded as one (no Python unpickling)."""
+    """A bundle's program, checked to be a TorchScript archive that defines no load-time code, loaded as one (no
+    Python unpickling), and its operators checked before it runs."""
     _check_torchscript(data, file, name)
     try:
-        return _jit_load(data)
+        program = _jit_load(data)
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise UserError(f"bundle {name}: {file} does not load as a TorchScript program ({reason}); export the "
                         "bundle again") from None
+    _check_ops(program, file, name)
+    return program
 
 
 @dataclass

@@ -150,10 +150,11 @@ def check_manifest(files: dict[str, bytes], name: str) -> dict[str, Any]:
     manifest = bundle_json(files.pop("manifest.json"), "manifest.json", name)
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT \
             or manifest.get("version") != BUNDLE_VERSION or not isinstance(manifest.get("files"), dict):
-        raise UserError(f"bundle {name}: not a {BUNDLE_FORMAT} version {BUNDLE_VERSION} manifest")
+        raise UserError(f"bundle {name}: not a {BUNDLE_FORMAT} version {BUNDLE_VERSION} manifest; export it again")
     listed = manifest["files"]
     if set(listed) != set(files):
-        raise UserError(f"bundle {name}: files {sorted(files)} do not match the manifest's {sorted(listed)}")
+        raise UserError(f"bundle {name}: files {sorted(files)[:8]} do not match the manifest's {sorted(listed)[:8]}; "
+                        "export it again")
     for file, data in files.items():
         entry = listed[file]
         if not isinstance(entry, dict) or entry.get("bytes") != len(data) or entry.get("sha256") != sha256_hex(data):
@@ -297,7 +298,8 @@ def read_bundle(path: Path, known: bool = True) -> BundleTables:
     if meta.get("id") != selection["id"] or manifest.get("id") != selection["id"]:
         raise UserError(f"bundle {name}: its files name different variants; export it again")
     if meta.get("coding") not in CODINGS or (meta["coding"] != "png") != ("device.pt" in files):
-        raise UserError(f"bundle {name}: unknown coding {meta.get('coding')!r} or a missing device program")
+        raise UserError(f"bundle {name}: unknown coding {str(meta.get('coding'))[:40]!r} or a missing device "
+                        "program; export it again")
     codec = load_codec(codec_state, name) if meta["coding"] == "entropy" else None
     for file in ("device.onnx", "server.onnx"):
         if file in files:

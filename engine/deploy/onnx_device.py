@@ -7,7 +7,9 @@ constriction (the codecs), and pillow only for a bundle that sends the PNG image
 
 from __future__ import annotations
 
+import math
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 from engine.deploy.bundle_files import BundleIdentity, BundleTables, encode_sent, read_bundle
 from engine.errors import UserError
 
-MAX_INPUT_FILE_BYTES = 1 << 30  # an --inputs archive: 30,000 CIFAR images are 92 MB
+MAX_INPUT_FILE_BYTES = 512 << 20  # an --inputs archive, its arrays uncompressed: 30,000 CIFAR images are 92 MB
 
 
 class OnnxDevice(BundleIdentity):
@@ -131,6 +133,23 @@ def load_onnx_device(path: Path | str, threads: int | None = None) -> OnnxDevice
     return device
 
 
+def _check_npz(path: Path) -> None:
+    """Refuse a .npz whose arrays, as its zip directory and their .npy headers claim them, hold more than
+    MAX_INPUT_FILE_BYTES or more than their members' bytes, before numpy allocates them."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if sum(i.file_size for i in infos) > MAX_INPUT_FILE_BYTES:
+            raise ValueError(f"its arrays expand past {MAX_INPUT_FILE_BYTES:,} bytes")
+        for info in infos:
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+            if math.prod(shape) * dtype.itemsize > info.file_size:
+                raise ValueError(f"{info.filename} claims shape {list(shape)}, more than its {info.file_size:,} bytes")
+
+
 def read_inputs(path: Path | str, input_shape: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Test images for a device without torch: a .npz with `images` (uint8 [N, C, H, W]) and optionally `labels`
     (integers [N]), as `python -m engine export --test-images` writes it; read without pickle.
@@ -149,10 +168,11 @@ def read_inputs(path: Path | str, input_shape: list[int]) -> tuple[np.ndarray, n
         raise UserError(f"{path.name} has {path.stat().st_size:,} bytes, over the {MAX_INPUT_FILE_BYTES:,} of an "
                         "--inputs file")
     try:
+        _check_npz(path)
         with np.load(path, allow_pickle=False) as npz:
             images = np.asarray(npz["images"])
             labels = np.asarray(npz["labels"]) if "labels" in npz.files else None
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise UserError(f"{path.name} is not an --inputs .npz with an `images` array ({reason})") from None
     if images.dtype != np.uint8 or images.ndim != 4 or list(images.shape[1:]) != list(input_shape) or not len(images):

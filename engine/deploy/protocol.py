@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from engine.untrusted import json_object
+
 MAGIC = b"CI"
 VERSION = 2  # 2: symbols in the shorter of their fixed-length and entropy-coded forms
 HEADER = struct.Struct(">2sBBI")
@@ -148,12 +150,11 @@ def welcome(variant: str, coding: str) -> bytes:
 
 
 def control_json(frame: Frame) -> dict[str, Any]:
-    """The JSON object of a HELLO or WELCOME; ProtocolError when it is not one."""
-    try:
-        obj = json.loads(frame.payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError(f"{frame.name} payload is not JSON") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("variant"), str):
+    """The JSON object of a HELLO or WELCOME, read as any JSON from elsewhere (`engine.untrusted`); ProtocolError
+    when it is not one naming a variant."""
+    obj = json_object(frame.payload, MAX_CONTROL_PAYLOAD, lambda m: ProtocolError(f"{frame.name} payload is not "
+                      f"JSON: {m}"), "send a JSON object naming a variant")
+    if not isinstance(obj.get("variant"), str):
         raise ProtocolError(f"{frame.name} must be a JSON object naming a variant")
     return obj
 

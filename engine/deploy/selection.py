@@ -198,7 +198,7 @@ def parse_selection(raw: bytes | str, known: bool = True) -> dict:
 
     Args:
         raw: the file's bytes, or its text.
-        known: check the method and split against this code base's registries, which import torch (a device that
+        known: check the method, split and knobs against this code base's registries, which import torch (a device that
             runs the bundle's ONNX program without torch checks them to be names only).
 
     Returns:
@@ -232,7 +232,21 @@ def parse_selection(raw: bytes | str, known: bool = True) -> dict:
     if doc.get("id") != cfg.id:
         raise _reject(f"id {doc.get('id')!r} is not the hash of its config ({cfg.id}): the file was edited or damaged; "
                       "export it again")
+    if known:
+        _check_knobs(cfg)
     return doc
+
+
+def _check_knobs(cfg: VariantConfig) -> None:
+    """The checks `jobs submit` makes of a variant's knobs (its method's own), for a selection whose id was
+    recomputed after an edit."""
+    from engine.methods import check_variant
+    from engine.profiles import profile_of
+
+    try:
+        check_variant(cfg, profile_of(cfg.base).budget_name)
+    except UserError as exc:
+        raise _reject(str(exc)) from None
 
 
 def variant_config(selection: dict) -> VariantConfig:

@@ -365,6 +365,31 @@ def test_tricklers_cannot_lock_devices_out(bundle: Bundle, caplog: pytest.LogCap
     assert any("connections before HELLO" in d for d in drops) and all("its place went to" in d for d in drops)
 
 
+def test_a_device_session_completes_under_64_trickling_connections(bundle: Bundle,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """32 connections trickle a FEATURE after their HELLO and 32 trickle their HELLO, a byte every 2 s, filling both
+    pools (32 devices, 32 before HELLO); a device still gets in, taking the place of one of each, and completes its
+    session as fast as without them."""
+    feature = protocol.feature(0, 48, b"q" * 4000)
+    with caplog.at_level(logging.WARNING, logger="engine.deploy"), \
+            CoinferenceServer(bundle, read_timeout=30.0) as srv:
+        tricklers = [_Trickler(srv, feature, hello=True, every=2.0) for _ in range(32)]
+        tricklers += [_Trickler(srv, protocol.hello(VARIANT), hello=False, every=2.0) for _ in range(32)]
+        try:
+            _wait(lambda: srv.stats.active == 64)
+            start = time.monotonic()
+            with DeviceClient(bundle, *srv.address, rate_bps=8e6, timeout=10) as client:
+                report = client.run(images(5))
+            assert time.monotonic() - start < 10
+            assert [t.label for t in report.timings] == bundle.predict(images(5)).tolist()
+            assert srv.stats.dropped == 2 and srv.stats.rejected == 0
+        finally:
+            for t in tricklers:
+                t.close()
+    drops = [r.getMessage() for r in caplog.records if "dropped: no complete message for" in r.getMessage()]
+    assert len(drops) == 2 and any("(32 devices)" in d for d in drops) and any("before HELLO" in d for d in drops)
+
+
 # ------------------------------------------------------------------------------------------------------ JSCC hook
 
 

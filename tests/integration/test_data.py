@@ -3,11 +3,9 @@ subsets and splits, batched augmentation and normalisation, and PNG sizes."""
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import io
 import logging
-import os
 import pickle
 import tarfile
 import time
@@ -219,32 +217,6 @@ def test_python2_cifar_batches_load(tmp_path: Path) -> None:
     assert data.classes == CIFAR_CLASSES and data.train_x.shape == (10, 3, 32, 32)
     assert np.array_equal(data.test_x.numpy().reshape(2, 3072), written["test_batch"][0])
     assert data.train_y[:2].tolist() == written["data_batch_1"][1]
-
-
-class _Payload:
-    """A pickle that runs `call(*args)` when loaded."""
-
-    def __init__(self, call: object, *args: object) -> None:
-        self.call, self.args = call, args
-
-    def __reduce__(self) -> tuple:
-        return self.call, self.args
-
-
-@pytest.mark.parametrize(("where", "make"), [
-    ("batches.meta", lambda marker: pickle.dumps(_Payload(os.system, f"touch {marker}"), protocol=2)),
-    ("batches.meta", lambda marker: pickle.dumps({"label_names": _Payload(exec, f"open({str(marker)!r}, 'w')")})),
-    ("data_batch_1", lambda marker: py2_pickle({b"data": _Payload(os.system, f"touch {marker}")})),
-    ("data_batch_1", lambda marker: pickle.dumps(_Payload(codecs.encode, "x", "rot13"), protocol=2)),
-])
-def test_cifar_pickles_run_no_code(tmp_path: Path, where: str, make: object) -> None:
-    marker = tmp_path / "pwned"
-    payload = make(marker)  # type: ignore[operator]
-    tar, _ = write_py2_cifar_tar(tmp_path / "src", **{"meta" if where == "batches.meta" else "batch_1": payload})
-    with pytest.raises(UserError, match=f"{where} is not a CIFAR-10 batch") as info:
-        load_data(tar, cache_dir=tmp_path / "cache")
-    assert "\n" not in str(info.value) and "official cifar-10-python archive" in str(info.value)
-    assert not marker.exists()
 
 
 def test_jpeg_folder_matches_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ from engine.config import VariantConfig
 from engine.data import ImageData, normalize
 from engine.deploy.bundle import load_bundle
 from engine.deploy.export import write_bundle
-from engine.deploy.selection import MAX_SELECTION_BYTES, parse_selection, selection_json, variant_config
+from engine.deploy.selection import parse_selection, selection_json, variant_config
 from engine.errors import UserError
 from engine.methods import METHODS, RunContext
 from engine.profiles import PROFILES
@@ -76,55 +76,6 @@ def test_list_knobs_and_missing_figures(ctx: RunContext) -> None:
     assert doc["metrics"] == {"accuracy": 0.5}
     with pytest.raises(UserError, match="another budget"):
         selection_json({**row, "base_id": "0" * 16}, {})
-
-
-def _valid(row: dict) -> dict:
-    return selection_json(row, ENV)
-
-
-HOSTILE = {
-    "not JSON": lambda d: b"\x80\x04\x95 pickle?",
-    "not JSON text": lambda d: b"{format: coinfer}",
-    "huge": lambda d: b" " * (MAX_SELECTION_BYTES + 1),
-    "deeply nested": lambda d: b"[" * 100_000 + b"]" * 100_000,
-    "top-level list": lambda d: [d],
-    "wrong format": lambda d: {**d, "format": "something-else"},
-    "wrong version": lambda d: {**d, "version": 2},
-    "version as text": lambda d: {**d, "version": "1"},
-    "version as bool": lambda d: {**d, "version": True},
-    "id mismatch": lambda d: {**d, "id": "0123456789abcdef"},
-    "edited knob": lambda d: {**d, "config": {**d["config"], "knobs": {"bits": 4}}},
-    "unknown method": lambda d: {**d, "config": {**d["config"], "method": "os.system"}},
-    "unknown split": lambda d: {**d, "config": {**d["config"], "split": "conv9_x"}},
-    "nested knob": lambda d: {**d, "config": {**d["config"], "knobs": {"bits": {"__class__": "x"}}}},
-    "nested list knob": lambda d: {**d, "config": {**d["config"], "knobs": {"bits": [[8]]}}},
-    "extra base field": lambda d: {**d, "config": {**d["config"], "base": {**d["config"]["base"], "x": 1}}},
-    "bad base type": lambda d: {**d, "config": {**d["config"], "base": {**d["config"]["base"], "epochs": "1"}}},
-    "invalid base": lambda d: {**d, "config": {**d["config"], "base": {**d["config"]["base"], "width": -1}}},
-    "non-numeric metric": lambda d: {**d, "metrics": {"accuracy": "high"}},
-    "trained_on not text": lambda d: {**d, "trained_on": {"device": "cpu"}},
-}
-
-
-@pytest.mark.parametrize("case", list(HOSTILE))
-def test_hostile_selections_are_rejected_in_one_line(row: dict, case: str) -> None:
-    raw = HOSTILE[case](_valid(row))
-    if not isinstance(raw, bytes):
-        raw = json.dumps(raw).encode()
-    with pytest.raises(UserError) as err:
-        parse_selection(raw)
-    message = str(err.value)
-    assert message.startswith("invalid selection file:") and "\n" not in message and len(message) < 300
-
-
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
-def test_non_finite_numbers_are_rejected(row: dict, constant: str) -> None:
-    text = json.dumps(_valid(row)).replace('"accuracy": ', f'"accuracy": {constant}, "was": ', 1)
-    with pytest.raises(UserError, match=constant):
-        parse_selection(text)
-    text = json.dumps(_valid(row)).replace('"bits": 8', f'"bits": {constant}', 1)
-    with pytest.raises(UserError, match="not a number JSON allows"):
-        parse_selection(text)
 
 
 def _eager_labels(ctx: RunContext, cfg: VariantConfig, images: torch.Tensor) -> torch.Tensor:

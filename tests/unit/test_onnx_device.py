@@ -12,8 +12,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_bundle_hostile import _Device, _Payload, _Server, tiny_files, write_dir, write_zip
+from crafted import Payload, write_dir, write_zip
 
+from bench.common import TinyDevice, TinyServer, tiny_bundle_files
 from engine.deploy import bundle_files
 from engine.deploy.bundle import ONNX_OPSET, load_bundle
 from engine.deploy.export import _onnx_bytes
@@ -25,11 +26,12 @@ NOTORCH = PROJECT_ROOT / "tests" / "notorch.py"
 
 
 def onnx_files() -> dict[str, bytes]:
-    """`tiny_files()` with both programs also as ONNX, exported from the traced programs as `write_bundle` does."""
-    files = tiny_files()
+    """`tiny_bundle_files()` with both programs also as ONNX, exported from the traced programs as `write_bundle`
+    does."""
+    files = tiny_bundle_files()
     torch.manual_seed(0)
-    device = torch.jit.trace(_Device().eval(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
-    server = torch.jit.trace(_Server().eval(), torch.zeros(1, 48, dtype=torch.int64))
+    device = torch.jit.trace(TinyDevice().eval(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    server = torch.jit.trace(TinyServer().eval(), torch.zeros(1, 48, dtype=torch.int64))
     files["device.pt"] = _jit(device)
     files["server.pt"] = _jit(server)
     files["device.onnx"] = _onnx_bytes(device, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), ("image", "sent"))
@@ -70,7 +72,7 @@ def test_onnx_device_sends_the_torchscript_symbols(files: dict[str, bytes], tmp_
 
 def test_onnx_programs_are_checked_like_every_file(files: dict[str, bytes], tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    pickled = pickle.dumps(_Payload(marker))
+    pickled = pickle.dumps(Payload(marker))
     for load in (load_bundle, load_onnx_device):
         _refused(load, write_dir({**files, "device.onnx": pickled}, tmp_path / f"p{load.__name__}"),
                  "device.onnx is not an ONNX program")
@@ -101,7 +103,7 @@ def test_oversized_onnx_is_refused_before_reading(files: dict[str, bytes], tmp_p
 
 
 def test_a_bundle_without_onnx_loads_but_has_no_onnx_device(tmp_path: Path) -> None:
-    path = write_dir(tiny_files(), tmp_path / "old")
+    path = write_dir(tiny_bundle_files(), tmp_path / "old")
     assert load_bundle(path).device is not None
     _refused(load_onnx_device, path, "no ONNX device part")
 
