@@ -25,7 +25,8 @@ from engine.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # not the project's files: the cache, tools' caches, and the dashboard's static folder (plotly.js, written once)
-_SKIPPED = {".git", "cache", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "static"}
+_SKIPPED = {".git", "cache", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "static",
+            "test-output"}  # test-output: the browser test's screenshots, written while other tests run
 _LOG_PREFIXES = ("DEBUG ", "INFO ", "WARNING ")  # the command line's log lines (not the refusal)
 
 

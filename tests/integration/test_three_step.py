@@ -110,7 +110,7 @@ def test_deployed_parts_compute_the_masked_model(ctx: RunContext, base, rows: li
     assert torch.allclose(masked, deployed, atol=1e-4)
     device_part, _ = split(pruned.masked_model, SPLIT)
     for g in prunable_groups(device_part):  # the masked channels are exactly the zero filters
-        norms = sum(device_part.get_submodule(c).weight.flatten(1).norm(dim=1) for c, _ in g.producers)
+        norms = sum(device_part.get_submodule(c).weight.flatten(1).norm(dim=1) for c in g.producers)
         assert torch.equal(norms > 0, pruned.masks[g.name]), g.name
     assert pruned.info["sparsity"] == pytest.approx(rows[1]["sparsity"])
     with torch.no_grad():

@@ -96,7 +96,8 @@ def test_output_group_and_errors(ctx: RunContext, base) -> None:  # noqa: ANN001
     model = CifarResNet18(0.125)
     assert output_group(model, "stem").name == "conv2_x"  # tied to the stem by conv2_x's identity shortcuts
     assert output_group(model, "conv3_x.0").name == "conv3_x"
-    assert output_group(model, "conv5_x").consumers == ("layer4.1.conv1", "head.2")
+    assert output_group(model, "conv5_x").producers == (  # the residual stream: both blocks and the shortcut
+        "layer4.0.conv2", "layer4.0.shortcut.0", "layer4.1.conv2")
     assert split(model, "stem")[0][0] is model.stem
     with pytest.raises(UserError, match="original"):
         TwoStepPruning().run(VariantConfig.make("two_step_pruning", "device_only", base), ctx)
