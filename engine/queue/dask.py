@@ -186,7 +186,11 @@ def run_dask(queue: JobQueue, store: ResultsStore, ids: list[str], scheduler: st
     Raises:
         UserError: the scheduler cannot be reached.
     """
-    from distributed import Client
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UserError("the Dask executor needs Dask, an optional extra: "
+                        "pip install -r requirements-dask.txt") from None
 
     own = not isinstance(scheduler, Client)
     try:
