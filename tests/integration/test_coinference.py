@@ -295,8 +295,8 @@ def test_stalled_client_is_dropped(bundle: Bundle) -> None:
 
 
 def test_busy_server_refuses_extra_devices(bundle: Bundle) -> None:
-    def slow(x: torch.Tensor) -> torch.Tensor:
-        time.sleep(1.0)
+    def slow(x: torch.Tensor) -> torch.Tensor:  # long enough that a loaded machine still asks while it computes
+        time.sleep(3.0)
         return x
 
     payload, count = bundle.encode(bundle.device_output(images(1)[0]))
