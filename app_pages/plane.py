@@ -24,6 +24,8 @@ st.title("Communication-computation plane")
 def _no_data(message: str) -> None:
     """The page without a dataset: how to provide one, and a download button (a job, like the others)."""
     st.error(message)
+    if failed := st.session_state.pop("_examples_error", None):
+        st.error(failed)
     spec = jobq.JobSpec.for_data(None)
     download = ui.job_queue().get(spec.id)
     downloading = download is not None and download.status in jobq.ACTIVE

@@ -295,14 +295,17 @@ def test_stalled_client_is_dropped(bundle: Bundle) -> None:
 
 
 def test_busy_server_refuses_extra_devices(bundle: Bundle) -> None:
+    computing = threading.Event()
+
     def slow(x: torch.Tensor) -> torch.Tensor:  # long enough that a loaded machine still asks while it computes
+        computing.set()
         time.sleep(3.0)
         return x
 
     payload, count = bundle.encode(bundle.device_output(images(1)[0]))
     with CoinferenceServer(bundle, max_clients=1, channel=slow) as srv, _connect(srv) as first:
         first.sendall(protocol.feature(0, count, payload))  # the server computes on it: it cannot be dropped
-        _wait(lambda: srv.stats.active == 1 and all(c.waiting_since is None for c in srv._connections))
+        assert computing.wait(10)  # not merely between two reads, when it waits for the next message
         with socket.create_connection(srv.address, timeout=5) as second:
             second.sendall(protocol.hello(VARIANT))
             _expect_error(second, "server busy: 1 devices connected")

@@ -23,10 +23,8 @@ from engine.prune.groups import masked_tensors
 WIDTH = 0.125  # 8/16/32/64 channels
 
 
-def _model(seed: int = 0) -> CifarResNet18:
-    """A tiny model with non-trivial BN parameters and statistics, so a wrongly kept or dropped channel shows."""
-    torch.manual_seed(seed)
-    model = CifarResNet18(WIDTH)
+def _randomise_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial BN parameters and statistics (in place), so a wrongly kept or dropped channel shows."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -34,6 +32,12 @@ def _model(seed: int = 0) -> CifarResNet18:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
     return model
+
+
+def _model(seed: int = 0) -> CifarResNet18:
+    """A tiny model with non-trivial BN parameters and statistics, so a wrongly kept or dropped channel shows."""
+    torch.manual_seed(seed)
+    return _randomise_norms(CifarResNet18(WIDTH))
 
 
 def _producer_tensors(device: nn.Module) -> dict[str, torch.Tensor]:
@@ -289,13 +293,7 @@ def test_any_model_pruned_physically_computes_what_it_computes_masked(ref: str, 
                                                                       shape: tuple[int, ...]) -> None:
     ref = normalize_reference(USER_MODEL) if ref == "user" else ref
     torch.manual_seed(0)
-    model = build_model(ref, 0.25, 10, shape[0], shape)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+    model = _randomise_norms(build_model(ref, 0.25, 10, shape[0], shape))
     model.eval()
     x = torch.randn(2, *shape)
     device, server = split(model, point)
