@@ -97,6 +97,22 @@ class Grid:
         return dict(self.methods).get(name, self.default)
 
 
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a search (`python -m engine search`) chooses among for `three_step` beside the split point: each a
+    categorical axis, so that trials that share a pruning run share its checkpoint and a configuration measured before
+    (by the grid or another study) costs nothing. A pruning run is (target, hold) with the budget's other knobs; its
+    variants pick a snapshot level (or none: unpruned) and a coding."""
+
+    targets: tuple[float, ...] = ()  # the run's channel sparsity at its last level (): the budget's target only
+    holds: tuple[int, ...] = ()  # iterations each level holds its sparsity while fine-tuning (): the budget's
+    outputs: tuple[float, ...] = ()  # activation-pruning targets of the split output besides the body's
+    bits: tuple[int, ...] = (8, 4)  # uniform quantisation + Huffman
+    enc_d: tuple[int, ...] = (16, 32)  # the two-step encoder's channels ...
+    enc_bits: tuple[int, ...] = (1, 2)  # ... and its scalar quantiser's bits
+    codebooks: tuple[int, ...] = (16,)  # codewords of the learned vector codebook
+
+
 BOTTLENET_RATIOS = (16, 64, 256)  # BottleNet++'s element-count compression ratios
 
 
@@ -136,6 +152,7 @@ class Profile:
     scales: tuple[float, ...] = ()  # progressive resizing of the base model (BaseModelConfig.scales); one per epoch
     precision: str = "auto"  # training precision (BaseModelConfig.precision)
     budgets: str = ""  # the profile whose budgets this one shares (its name keys them); "" for this one's own
+    search: SearchSpace = field(default_factory=SearchSpace)  # what a search chooses among
 
     @property
     def budget_name(self) -> str:
@@ -190,6 +207,7 @@ PROFILES.add("smoke", Profile(
                     epochs=1, train_images=None, realisations=2, server="frozen"),
     grid=Grid("smoke", MethodGrid.of(["conv4_x"]),
               (("original", MethodGrid.of(["server_only", "conv4_x", "device_only"])),)),
+    search=SearchSpace(outputs=(0.8,), bits=(8, 4), enc_d=(8,), enc_bits=(1,), codebooks=(16,)),
 ))
 # quick: width 0.25 in 11-12 minutes on 2 CPU cores (BENCHMARKS.md), with progressive resizing: 8 epochs each at
 # half, three quarters and all of the data's size (16, 24 and 32 pixels on CIFAR-10), one one-cycle schedule over
@@ -209,6 +227,10 @@ PROFILES.add("quick", Profile(
     output_sparsities=(0.8,),
     prune=PruneBudget(0.48, levels=3, iteration_steps=16, ramp_iterations=2, hold_iterations=14, lr=0.01,
                       batch_size=128),
+    # a search: runs to 0.48 or 0.72 with 14 or 30 held iterations per level, the output at 0.8 or 0.9 or as the
+    # body; codings at 8, 4 or 2 bits, the two-step encoder at d = 8, 16, 32 and 1 or 2 bits, codebooks of 16 to 256
+    search=SearchSpace(targets=(0.48, 0.72), holds=(14, 30), outputs=(0.8, 0.9), bits=(8, 4, 2), enc_d=(8, 16, 32),
+                       enc_bits=(1, 2), codebooks=(16, 64, 256)),
     two_step=TwoStepBudget((0.25, 0.5), step1_steps=120, step2=0.5, step2_steps=40, lr=0.01, batch_size=128),
     fig5=Fig5Budget(awgn_uses=(4, 8, 16, 32), bsc_bits=(16, 32, 64, 128), source=((8, 1), (16, 2), (32, 2)),
                     snr_db=(0.0, 10.0, 20.0), p=(0.01, 0.1, 0.2), epochs=2, train_images=None, realisations=2,
@@ -229,6 +251,8 @@ PROFILES.add("paper", Profile(
                     {"encoder": "two_step", "enc_quantizer": "vector", "enc_codebook": 16},
                     {"encoder": "two_step", "enc_quantizer": "vector", "enc_codebook": 256}),
     output_sparsities=(0.85, 0.95),
+    search=SearchSpace(targets=(0.5, 0.75, 0.9), holds=(4, 8), outputs=(0.85, 0.95), bits=(8, 4, 2),
+                       enc_d=(8, 16, 32, 64), enc_bits=(1, 2), codebooks=(16, 256)),
     prune=PruneBudget(0.75, levels=5, iteration_steps=150, ramp_iterations=4, hold_iterations=4, lr=0.01,
                       batch_size=128),
     two_step=TwoStepBudget((0.25, 0.5, 0.75), step1_steps=1500, step2=0.5, step2_steps=600, lr=0.01, batch_size=128),

@@ -62,3 +62,15 @@ def create(conn: sqlite3.Connection, ddl: str) -> None:
     with transaction(conn):
         for stmt in filter(str.strip, ddl.split(";")):
             conn.execute(stmt)
+
+
+def add_columns(conn: sqlite3.Connection, table: str, columns: tuple[tuple[str, str], ...]) -> None:
+    """Add the `(name, type)` columns a table of an earlier release lacks (nullable, so its rows stay valid)."""
+    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+    missing = [(n, t) for n, t in columns if n not in have]
+    if missing:
+        with transaction(conn):
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}  # another process's add
+            for name, kind in missing:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

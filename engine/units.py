@@ -20,6 +20,11 @@ _PREFIX = re.compile(r"^((?:[kmgt]i?)?)(.*)$", re.IGNORECASE)
 RATE_FORMS = "40kB/s, 40 kB/s, 1Mbit/s, 2.5 Mbps, 100kbps, 1 MiB/s, or a bare number of bit/s (B = byte, b = bit)"
 BYTES_FORMS = "1 GB, 512MiB, 11e9 B, or a bare number of bytes"
 FLOPS_FORMS = "24 GFLOP/s, 13.45 TFLOPS, 2.4e10, or a bare number of FLOP/s"
+DURATION_FORMS = "45min, 1.5h, 90s, 2 h, or a bare number of seconds"
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "m": 60.0, "min": 60.0,
+                   "mins": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
+                   "hours": 3600.0}
+MAX_DURATION_S = 366 * 86400.0  # a budget longer than a year is a typo
 
 
 def _split_number(text: object) -> tuple[float, str] | None:
@@ -68,6 +73,18 @@ def parse_rate(text: str | float) -> float:
     else:  # "40k" is ambiguous (the paper's kB/s or kbit/s?), so a prefix needs a unit
         raise err
     return _positive(value * factor * bits, text, "a link rate", RATE_FORMS)
+
+
+def parse_duration(text: str | float) -> float:
+    """A duration in seconds from text such as "45min", "1.5h", "90s" or a bare number (seconds)."""
+    parsed = _split_number(text)
+    factor = None if parsed is None else _DURATION_UNITS.get(parsed[1].strip().lower())
+    if parsed is None or factor is None:
+        raise UserError(f"cannot read the duration {text!r}; accepted forms: {DURATION_FORMS}")
+    seconds = _positive(parsed[0] * factor, text, "a duration", DURATION_FORMS)
+    if seconds > MAX_DURATION_S:
+        raise UserError(f"the duration {text!r} is longer than a year; accepted forms: {DURATION_FORMS}")
+    return seconds
 
 
 def parse_bytes(text: str | float) -> float:

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from engine.cli import best, deploy, measure, noisy, prepare, queue
+from engine.cli import best, deploy, measure, noisy, prepare, queue, search
 from engine.errors import UserError
 
 # In the order `--help` lists the commands.
-GROUPS: tuple[ModuleType, ...] = (prepare, measure, queue, best, noisy, deploy)
+GROUPS: tuple[ModuleType, ...] = (prepare, measure, queue, search, best, noisy, deploy)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine import intermediate
 from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, register_coding
 from engine.coding.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
 from engine.coding.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook, UniformRounding, VectorCodebook
@@ -273,6 +274,7 @@ class _EncoderTraining(Hooks):
 
     def validate(self, epochs_done: int) -> str:
         self.val_acc = _accuracy(self.model, self.val_x, self.val_y, self.mean, self.std)
+        intermediate.report(intermediate.ENCODER_EPOCH, epochs_done, self.val_acc)
         return f"val acc {self.val_acc:.4f}"
 
 

@@ -3,6 +3,7 @@ turns a VariantConfig into one profiled metrics row by composing its device part
 
 from engine.methods.base import (
     METHODS,
+    Chooser,
     Method,
     RunContext,
     base_row,
@@ -17,5 +18,5 @@ from engine.methods.base import (
 # each module registers its method; in this order, the registry's (and the dashboard's) order
 from engine.methods import bottlenet_pp, original, three_step, two_step_pruning  # noqa: F401, I001
 
-__all__ = ["METHODS", "Method", "RunContext", "base_row", "check_knob_names", "check_training_knobs", "check_variant",
-           "knob_number", "refuse_end_points"]
+__all__ = ["METHODS", "Chooser", "Method", "RunContext", "base_row", "check_knob_names", "check_training_knobs",
+           "check_variant", "knob_number", "refuse_end_points"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +62,14 @@ class RunContext(CodingEnv):
 
     def png_bits(self) -> float:
         return mean_png_bits(self.data, self.cache)
+
+
+class Chooser(Protocol):
+    """What a method's optional `suggest(chooser, base, split)` asks its choices of (an Optuna trial is one): a value
+    of `choices` under `name`, the same choices under the same name in every trial of a search."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        ...
 
 
 class Method(Protocol):

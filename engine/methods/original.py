@@ -13,7 +13,7 @@ from torch import nn
 from engine.coding import FEATURE_CODINGS, Deployed
 from engine.config import BaseModelConfig, VariantConfig
 from engine.entropy import empirical_entropy_bits
-from engine.methods.base import METHODS, RunContext, base_row, check_knob_names, knob_number
+from engine.methods.base import METHODS, Chooser, RunContext, base_row, check_knob_names, knob_number
 from engine.models import END_POINTS, split
 from engine.profile import LABEL_BYTES, label_bits, profile_split
 from engine.profiles import profile_of
@@ -31,6 +31,14 @@ class Original:
         return ([VariantConfig.make("original", s, base, bits=self.bits) for s in splits]
                 + [VariantConfig.make("original", s, base, bits=d) for d in depths for s in splits
                    if s not in END_POINTS])
+
+    def suggest(self, chooser: Chooser, base: BaseModelConfig, split: str) -> VariantConfig:
+        """A search's choice at `split`: the uniform bit depth among the profile's search space (`SearchSpace.bits`);
+        the end points have none to choose."""
+        if split in END_POINTS:
+            return VariantConfig.make("original", split, base, bits=self.bits)
+        bits = chooser.suggest_categorical("original.bits", sorted(profile_of(base).search.bits, reverse=True))
+        return VariantConfig.make("original", split, base, bits=int(bits))
 
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """One knob: `bits` of the uniform quantiser (1 to 16)."""

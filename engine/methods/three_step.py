@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine import intermediate
 from engine.coding import FEATURE_CODINGS, Deployed
 from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.data import ImageData, train_val_split
@@ -26,6 +27,7 @@ from engine.errors import UserError
 from engine.finetune import FinetuneConfig, LossFn, TrainHooks, finetune
 from engine.methods.base import (
     METHODS,
+    Chooser,
     RunContext,
     base_row,
     check_knob_names,
@@ -192,6 +194,7 @@ class _PruneHooks(TrainHooks):
         })
         log.info("level %d/%d: channel sparsity %.3f, validation accuracy %.4f (threshold %.4f)", level + 1,
                  self.schedule.levels, masks.sparsity(), val, self.threshold)
+        intermediate.report(intermediate.PRUNE_LEVEL, level, val)
         return self.stop and val < self.threshold
 
     def state_dict(self) -> dict[str, Any]:
@@ -200,6 +203,8 @@ class _PruneHooks(TrainHooks):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.pruner.load_state_dict(state["pruner"])
         self.snapshots = list(state["snapshots"])
+        for snap in self.snapshots:  # a resumed run's levels so far
+            intermediate.report(intermediate.PRUNE_LEVEL, int(snap["level"]), float(snap["val_accuracy"]))
 
 
 def run_key(cfg: VariantConfig, knobs: Mapping[str, Any]) -> str:
@@ -244,6 +249,12 @@ def pruning_run(cfg: VariantConfig, ctx: RunContext) -> dict[str, Any]:
     knobs = run_knobs(cfg, ctx.profile.budget_name)
     key = run_key(cfg, knobs)
     path = ctx.cache / "models" / f"three_step-{key}.pt"
+    if path.exists():  # a run trained before: its levels reported at once (a resumed run reports as it goes)
+        run = ctx.cached_run(path, f"three_step's pruning run at {cfg.split}", lambda: _prune(cfg, ctx, knobs, key,
+                                                                                              path))
+        for snap in run["snapshots"]:
+            intermediate.report(intermediate.PRUNE_LEVEL, int(snap["level"]), float(snap["val_accuracy"]))
+        return run
     return ctx.cached_run(path, f"three_step's pruning run at {cfg.split}", lambda: _prune(cfg, ctx, knobs, key, path))
 
 
@@ -444,6 +455,44 @@ class ThreeStep:
             if not provably_dominated(flops, bits, points.get(v.split, [])):
                 out.append((splits.index(v.split), flops, bits, v))
         return [v for *_, v in sorted(out, key=lambda t: t[:3])]
+
+    def suggest(self, chooser: Chooser, base: BaseModelConfig, split: str) -> VariantConfig:
+        """A search's choice of the three steps at `split` from the profile's `SearchSpace`: a pruning run (target
+        sparsity, held iterations per level, the split output's own target or none) and one of its snapshot levels,
+        or no pruning; then a coding (uniform bits + Huffman, the two-step encoder's d and bits, or the vector
+        codebook's size). The knobs are those of the grid's variants, so a choice the grid measured costs nothing.
+
+        Args:
+            chooser: asks each choice (an Optuna trial); base: the base model, whose profile sets the choices;
+            split: an inner split point.
+        Returns:
+            the chosen variant.
+        """
+        profile = profile_of(base)
+        space, budget = profile.search, profile.prune
+        pruning: dict[str, Any] = {"snapshot": "none"}
+        level = chooser.suggest_categorical("three_step.snapshot", ["none", *map(str, range(budget.levels))])
+        if level != "none":
+            run = budget.knobs()
+            run["target"] = float(chooser.suggest_categorical("three_step.target", space.targets or (budget.target,)))
+            run["hold_iterations"] = int(chooser.suggest_categorical("three_step.hold",
+                                                                      space.holds or (budget.hold_iterations,)))
+            if space.outputs:
+                output = chooser.suggest_categorical("three_step.output", ["body", *map(str, space.outputs)])
+                if output != "body":
+                    run["output"] = float(output)
+            pruning = {**run, "snapshot": int(level)}
+        coding = chooser.suggest_categorical("three_step.coding", ["uniform", "two_step", "vector"])
+        if coding == "uniform":
+            knobs = {"encoder": "none", "bits": int(chooser.suggest_categorical("three_step.bits",
+                                                                                  sorted(space.bits, reverse=True)))}
+        elif coding == "two_step":
+            knobs = {"encoder": "two_step", "enc_d": int(chooser.suggest_categorical("three_step.enc_d", space.enc_d)),
+                     "enc_bits": int(chooser.suggest_categorical("three_step.enc_bits", space.enc_bits))}
+        else:
+            knobs = {"encoder": "two_step", "enc_quantizer": "vector",
+                     "enc_codebook": int(chooser.suggest_categorical("three_step.codebook", space.codebooks))}
+        return self._coded(split, base, pruning, tuple(knobs.items()))
 
     def parents(self, cfg: VariantConfig) -> dict[str, VariantConfig]:
         """What a pruned and coded variant is made of, to set beside it: "unpruned", its coding on the base's own

@@ -41,6 +41,8 @@ class Lease:
         self.lost = False
         self.cancel_requested_at: float | None = None
         self.cancel_grace_s: float | None = None
+        self.reports: dict[str, dict[str, float]] = {}  # figures reported so far (`record`), sent with each beat
+        self._reports_lock = threading.Lock()
 
     @property
     def token(self) -> str:
@@ -50,6 +52,16 @@ class Lease:
         """Record progress for the next heartbeat."""
         self.progress = min(max(float(fraction), 0.0), 1.0)
         self.message = message
+
+    def record(self, kind: str, step: int, value: float) -> None:
+        """Record a figure the job reports as it runs (`engine.intermediate.report`) for the next heartbeat."""
+        with self._reports_lock:
+            self.reports.setdefault(str(kind), {})[str(int(step))] = float(value)
+
+    def reports_now(self) -> dict[str, dict[str, float]]:
+        """A copy of the figures recorded so far."""
+        with self._reports_lock:
+            return {k: dict(v) for k, v in self.reports.items()}
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.cancel:
@@ -117,7 +129,8 @@ class Heartbeat:
                 log.warning("heartbeat failed: %s", one_line(exc))
 
     def _renew(self, lease: Lease) -> None:
-        state = self.queue.heartbeat(lease.job.id, lease.token, lease.progress, lease.message)
+        state = self.queue.heartbeat(lease.job.id, lease.token, lease.progress, lease.message,
+                                     lease.reports_now() or None)
         if state is None:
             lease.lost = True
             return

@@ -102,15 +102,15 @@ class WorkerPool:
 
     def _claimable(self) -> bool:
         ids = list(self.options.ids) if self.options.ids is not None else None
-        return bool(self.queue.jobs(ids, status="queued"))
+        return bool(self.queue.jobs(ids, status="queued", tag=self.options.tag))
 
     def _busy(self) -> bool:
         ids = list(self.options.ids) if self.options.ids is not None else None
-        return bool(self.queue.jobs(ids, status=ACTIVE))
+        return bool(self.queue.jobs(ids, status=ACTIVE, tag=self.options.tag))
 
     def _jobs_state(self) -> object:
         ids = list(self.options.ids) if self.options.ids is not None else None
-        return sorted((j.id, j.status, j.attempts) for j in self.queue.jobs(ids))
+        return sorted((j.id, j.status, j.attempts) for j in self.queue.jobs(ids, tag=self.options.tag))
 
     def poll(self, keep_alive: bool = False) -> None:
         """Reap ended processes; start new ones while jobs wait (or always, with `keep_alive`). Raises UserError when

@@ -149,7 +149,10 @@ def execute(spec: JobSpec, progress: Progress | None = None, cache: Path | None 
         ctx.base(cfg.base)  # one trainer per base model; the others wait, then load it
     report(split_at, "measuring")
     ctx.progress = lambda f, m: report(split_at + (1.0 - split_at) * f, m)
-    return method.run(cfg, ctx)
+    from engine.intermediate import reporting_to
+
+    with reporting_to(getattr(progress, "record", None)):  # a lease records what the run reports
+        return method.run(cfg, ctx)
 
 
 def result_summary(row: dict | None) -> dict | None:

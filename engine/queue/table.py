@@ -64,7 +64,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_grace_s REAL,
     error TEXT,
     traceback TEXT,
-    result TEXT
+    result TEXT,
+    tag TEXT,
+    reports TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority, submitted_at);
 CREATE INDEX IF NOT EXISTS jobs_base ON jobs (base_id, method);
@@ -79,6 +81,8 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
 """
+# Columns added after job tables were created: (name, type), added to an older table when it is opened
+_ADDED_COLUMNS = (("tag", "TEXT"), ("reports", "TEXT"))
 
 
 
@@ -112,6 +116,8 @@ class Job:
     error: str | None
     traceback: str | None
     result: dict | None
+    tag: str | None = None  # who submitted it for its own workers (a search's study); None: any worker
+    reports: dict[str, dict[str, float]] | None = None  # figures reported while it runs (`Lease.record`)
 
     @property
     def method(self) -> str:
@@ -136,8 +142,9 @@ _JOB_FIELDS = [f.name for f in dataclasses.fields(Job)]
 
 
 def _job(row: sqlite3.Row) -> Job:
-    values = {k: row[k] for k in _JOB_FIELDS if k != "spec" and k != "result"}
+    values = {k: row[k] for k in _JOB_FIELDS if k not in ("spec", "result", "reports")}
     return Job(spec=JobSpec.from_json(row["spec"]), result=json.loads(row["result"]) if row["result"] else None,
+               reports=json.loads(row["reports"]) if row["reports"] else None,
                **values)
 
 
@@ -161,6 +168,7 @@ class JobQueue:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as conn:
                 sqlite.create(conn, _DDL)
+                sqlite.add_columns(conn, "jobs", _ADDED_COLUMNS)
         except (OSError, sqlite3.Error) as exc:
             raise UserError(f"cannot open the job queue {self.path} ({exc}): set COINFER_CACHE to a writable "
                             "directory, or move a damaged file away") from None
@@ -180,7 +188,7 @@ class JobQueue:
     # -- submitting ------------------------------------------------------------------------------------------
 
     def submit(self, specs: Iterable[JobSpec], priority: int | Iterable[int] = 0, *,
-               requeue_finished: bool = False, max_attempts: int = MAX_ATTEMPTS) -> list[str]:
+               requeue_finished: bool = False, max_attempts: int = MAX_ATTEMPTS, tag: str | None = None) -> list[str]:
         """Queue each spec once, keyed by its id; a job already queued or running is left alone, so two sessions
         submitting the same variant queue it once.
 
@@ -190,6 +198,8 @@ class JobQueue:
             requeue_finished: queue done/failed/cancelled jobs of these ids again (a sweep does this for variants
                 missing from the results store).
             max_attempts: claims of a job before an expired lease fails it.
+            tag: for the workers claiming this tag (a search's study, `claim(tag=...)`); a job of these ids still
+                queued takes the tag too, so that the submitter's own workers run it.
 
         Returns:
             The job ids, in the order of `specs`.
@@ -206,16 +216,18 @@ class JobQueue:
                 ids.append(job_id)
                 conn.execute(
                     "INSERT OR IGNORE INTO jobs (id, kind, method, split, profile, base_id, spec, status, priority, "
-                    "max_attempts, submitted_at, updated_at, message) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, 'queued')",
+                    "max_attempts, submitted_at, updated_at, message, tag) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, 'queued', ?)",
                     (job_id, spec.kind, spec.method, spec.split, spec.profile, spec.base_id, spec.to_json(), prio,
-                     max_attempts, now, now))
+                     max_attempts, now, now, tag))
                 if requeue_finished:
                     conn.execute(
                         "UPDATE jobs SET status='queued', progress=0, message='queued again', attempts=0, priority=?, "
                         "submitted_at=?, updated_at=?, started_at=NULL, finished_at=NULL, lease=NULL, worker=NULL, "
-                        "worker_pid=NULL, cancel_requested_at=NULL WHERE id=? AND status IN ('done', 'failed', "
-                        "'cancelled')", (prio, now, now, job_id))
+                        "worker_pid=NULL, cancel_requested_at=NULL, reports=NULL, tag=? WHERE id=? AND status IN "
+                        "('done', 'failed', 'cancelled')", (prio, now, now, tag, job_id))
+                if tag is not None:
+                    conn.execute("UPDATE jobs SET tag=? WHERE id=? AND status='queued'", (tag, job_id))
         return ids
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -242,9 +254,10 @@ class JobQueue:
         return _job(rows[0])
 
     def jobs(self, ids: Iterable[str] | None = None, *, status: str | Iterable[str] | None = None,
-             base_id: str | None = None, method: str | None = None, reap: bool = True) -> list[Job]:
-        """The jobs of `ids`, in `status` (one or several), on `base_id`, of `method` (each None: any), in claim
-        order (priority, then submission); with `reap`, expired leases are returned to the queue first."""
+             base_id: str | None = None, method: str | None = None, tag: str | None = None,
+             reap: bool = True) -> list[Job]:
+        """The jobs of `ids`, in `status` (one or several), on `base_id`, of `method`, with `tag` (each None: any),
+        in claim order (priority, then submission); with `reap`, expired leases are returned to the queue first."""
         if reap:
             self.reap()
         where, args = [], []
@@ -264,6 +277,9 @@ class JobQueue:
         if method is not None:
             where.append("method = ?")
             args.append(method)
+        if tag is not None:
+            where.append("tag = ?")
+            args.append(tag)
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         with self._connect() as conn:
             rows = conn.execute(sql + " ORDER BY priority, submitted_at, id", args).fetchall()
@@ -303,7 +319,7 @@ class JobQueue:
         return [r["id"] for r in rows]
 
     def claim(self, worker: str, pid: int | None = None, lease_s: float = LEASE_S,
-              ids: Iterable[str] | None = None) -> Job | None:
+              ids: Iterable[str] | None = None, tag: str | None = None) -> Job | None:
         """Atomically take the first queued job and mark it running under a fresh lease.
 
         Args:
@@ -311,6 +327,7 @@ class JobQueue:
             pid: its process id.
             lease_s: the lease lasts this long without a heartbeat.
             ids: only claim one of these jobs.
+            tag: only claim a job submitted with this tag (None: any job).
 
         Returns:
             The claimed job (its `lease` is the token for later updates), or None when none is queued or the
@@ -328,19 +345,23 @@ class JobQueue:
                     return None
                 sql += f" AND id IN ({','.join('?' * len(ids))})"
                 args += ids
+            if tag is not None:
+                sql += " AND tag = ?"
+                args.append(tag)
             row = conn.execute(sql + " ORDER BY priority, submitted_at, id LIMIT 1", args).fetchone()
             if row is None:
                 return None
             conn.execute(
                 "UPDATE jobs SET status='running', lease=?, worker=?, worker_pid=?, lease_s=?, heartbeat=?, "
                 "started_at=?, updated_at=?, attempts=attempts+1, progress=0, message='starting', "
-                "cancel_requested_at=NULL WHERE id=?",
+                "cancel_requested_at=NULL, reports=NULL WHERE id=?",
                 (uuid.uuid4().hex, worker, pid, lease_s, now, now, now, row["id"]))
             job = _job(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
         return job
 
-    def heartbeat(self, job_id: str, lease: str, progress: float | None = None,
-                  message: str | None = None) -> tuple[str, float | None, float | None] | None:
+    def heartbeat(self, job_id: str, lease: str, progress: float | None = None, message: str | None = None,
+                  reports: Mapping[str, Mapping[str, float]] | None = None
+                  ) -> tuple[str, float | None, float | None] | None:
         """Renew a lease and record progress.
 
         Args:
@@ -348,6 +369,7 @@ class JobQueue:
             lease: the token its claim returned.
             progress: fraction done (None: unchanged).
             message: what it is doing (None: unchanged).
+            reports: every figure the job reported so far, by kind and step (None: unchanged).
 
         Returns:
             (status, cancel_requested_at, cancel_grace_s), or None when the lease is no longer the caller's.
@@ -356,9 +378,10 @@ class JobQueue:
         with self._tx() as conn:
             row = conn.execute(
                 "UPDATE jobs SET heartbeat=?, updated_at=?, progress=COALESCE(?, progress), "
-                "message=COALESCE(?, message) WHERE id=? AND lease=? AND status IN ('running', 'cancelling') "
-                "RETURNING status, cancel_requested_at, cancel_grace_s",
-                (now, now, progress, message, job_id, lease)).fetchone()
+                "message=COALESCE(?, message), reports=COALESCE(?, reports) WHERE id=? AND lease=? AND status IN "
+                "('running', 'cancelling') RETURNING status, cancel_requested_at, cancel_grace_s",
+                (now, now, progress, message, json.dumps(reports, sort_keys=True) if reports else None, job_id,
+                 lease)).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
     def _finish(self, job_id: str, lease: str, status: str, **fields: Any) -> bool:

@@ -38,6 +38,7 @@ class WorkerOptions:
     # jobs run, so that a dead worker's job is taken over
     max_jobs: int | None = None
     ids: tuple[str, ...] | None = None  # only these jobs
+    tag: str | None = None  # only jobs submitted with this tag (a search's study)
     threads: int | None = None  # torch threads
     hard_kill: bool = False  # SIGKILL itself when a cancel is not honoured in time (worker processes only)
     log_path: str | None = None  # also log here; "{pid}" is replaced by the worker's pid
@@ -168,7 +169,7 @@ class Worker:
                     log.info("worker %s: parent gone, exiting", self.name)
                     break
                 asked_at = time.monotonic()
-                job = self.queue.claim(self.name, self.pid, opts.lease_s, opts.ids)
+                job = self.queue.claim(self.name, self.pid, opts.lease_s, opts.ids, opts.tag)
                 if job is None:
                     if self._idle_done(idle_since, asked_at):
                         break

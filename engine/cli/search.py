@@ -1,0 +1,140 @@
+"""The `search` command: an Optuna study over split, pruning and coding that finds the best configuration for an
+edge environment, its trials run as jobs of the queue (`engine.search`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from engine.cli.common import (
+    Bar,
+    add_common,
+    add_delay,
+    data_path,
+    load,
+    number_type,
+    positive_int,
+    processes_int,
+    seed_int,
+)
+from engine.errors import UserError
+from engine.pareto import DEFAULT_ACCURACY_DROP
+
+drop_points = number_type(float, lambda v: 0.0 <= v <= 100.0, "a number of points from 0 to 100")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `search` command.
+
+    Args:
+        subparsers: the command line's subcommands.
+    """
+    from engine.search import OBJECTIVES
+
+    p = subparsers.add_parser(
+        "search", help="search split, pruning and coding for the best configuration in an edge environment "
+                       "(an Optuna study whose trials run as jobs; rerun the same command to resume it)",
+        description="Search split, pruning and coding for an edge environment: `latency` minimises the modelled "
+                    "end-to-end latency under the constraint validation accuracy >= the base model's minus --drop; "
+                    "`front` keeps the front of device FLOPs, bits per image and validation accuracy. A "
+                    "configuration already in the results store costs nothing; the same command resumes the study.")
+    add_common(p)
+    p.add_argument("--device", default="pi3", help="device preset, or SPEED[,MEMORY], e.g. 2GFLOP/s,64MB "
+                                                   "(default pi3)")
+    p.add_argument("--server", default="rtx2080ti", help="server preset, or SPEED[,MEMORY] (default rtx2080ti)")
+    p.add_argument("--rate", required=True, help="link rate with a unit: 40kB/s, 1Mbit/s, 250kbps ...")
+    add_delay(p, "added to every trial's latency")
+    p.add_argument("--drop", type=drop_points, default=DEFAULT_ACCURACY_DROP * 100,
+                   help=f"allowed drop of validation accuracy below the base model's, in points (default "
+                        f"{DEFAULT_ACCURACY_DROP * 100:g})")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default="latency",
+                   help="latency (default): the fastest configuration within the threshold; front: device FLOPs, "
+                        "bits and validation accuracy")
+    p.add_argument("--budget", help="charged worker time the study may spend over its whole life, e.g. 45min or 2h "
+                                    "(a configuration measured before costs nothing)")
+    p.add_argument("--trials", type=positive_int, help="trials the study may hold over its whole life")
+    p.add_argument("--method", action="append",
+                   help="search this method's choices (repeatable; default three_step; the end points are always "
+                        "among the choices)")
+    p.add_argument("--workers", type=processes_int, default=1,
+                   help="local worker processes for the study's jobs (default 1; 0: only queue them for "
+                        "`python -m engine worker`)")
+    p.add_argument("--study-seed", type=seed_int, default=0, help="the sampler's seed (default 0)")
+    p.add_argument("--json", action="store_true", help="the summary as JSON on stdout")
+
+
+def _line(summary: object) -> str:
+    from engine.units import format_seconds
+
+    states = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items()))  # type: ignore[attr-defined]
+    best = summary.best  # type: ignore[attr-defined]
+    where = "" if best is None else (f"; best #{best['number']} {best['method']} {best['split']} "
+                                     + (f"{format_seconds(best['latency'])}" if best.get("latency") else ""))
+    return f"{states}; {summary.charged_s / 60:.1f} worker min charged{where}"  # type: ignore[attr-defined]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or resume) the study the options define and print its best configuration.
+
+    Args:
+        args: the parsed command line.
+    Returns:
+        The exit status.
+    """
+    from engine.latency import resolve_device, to_rate_bps
+    from engine.search import Environment, Search, SearchConfig, trial_table
+    from engine.units import parse_duration
+
+    if args.budget is None and args.trials is None:
+        raise UserError("give the search a budget (--budget 45min) or a number of trials (--trials 20)")
+    budget_s = parse_duration(args.budget) if args.budget is not None else None
+    env = Environment(resolve_device(args.device), resolve_device(args.server), to_rate_bps(args.rate),
+                      args.delay / 1e3)
+    if not args.verbose:
+        logging.getLogger("optuna").setLevel(logging.WARNING)
+    profile, _, base = load(args)
+    cfg = SearchConfig(profile.name, base, env, args.objective, args.drop / 100.0,
+                       tuple(dict.fromkeys(args.method or ["three_step"])), args.study_seed)
+    search = Search(cfg, data=data_path(args))
+    print(f"study {cfg.name}: {cfg.objective} at {args.rate}, device {env.device.describe()}, server "
+          f"{env.server.describe()}, base model {base.id}, {len(search.study.trials)} trials so far",
+          file=sys.stderr if args.json else sys.stdout, flush=True)
+    bar = Bar(f"search {cfg.name}")
+    last = [""]
+
+    def on_update(summary: object) -> None:
+        line = _line(summary)
+        if line != last[0]:
+            last[0] = line
+            bar.write(line)
+
+    try:
+        summary = search.run(workers=args.workers, budget_s=budget_s, trials=args.trials, on_update=on_update)
+    finally:
+        bar.close()
+    table = trial_table(search.study.get_trials(deepcopy=False))
+    if args.json:
+        json.dump({"study": cfg.name, "config": cfg.key(), "states": summary.states, "charged_s": summary.charged_s,
+                   "worker_s": summary.worker_s, "stopped_because": summary.stopped_because, "best": summary.best,
+                   "trials": json.loads(table.to_json(orient="records"))}, sys.stdout, indent=1, default=str)
+        print()
+        return 0
+    print(f"study {cfg.name} stopped after {summary.stopped_because or 'its trials'}: {_line(summary)}")
+    best = summary.best
+    if best is None:
+        print("no trial meets the threshold yet: give it more budget or trials, or a larger --drop")
+        return 0
+    from engine.units import format_bits, format_flops, format_seconds
+
+    print(f"best: trial {best['number']}, {best['method']} at {best['split']} ({best['variant_id']}), "
+          f"latency {format_seconds(best['latency'])} (device {format_seconds(best['t_device'])}, link "
+          f"{format_seconds(best['t_transmit'])}, server {format_seconds(best['t_server'])}); validation "
+          f"{best['val_accuracy']:.2%}, test {best['test_accuracy']:.2%}; {format_bits(best['bits'])} per image, "
+          f"{format_flops(best['device_flops'])} on the device")
+    print(f"knobs: {json.dumps(best['knobs'], sort_keys=True)}")
+    return 0
+
+
+COMMANDS = {"search": run}
