@@ -207,7 +207,7 @@ class Search:
             self._poll()
             reason = self._spent(budget_s, trials)
             if reason is None:
-                self._ask(capacity)
+                self._ask(capacity, trials)
             elif not why:
                 why.append(reason)
             if on_update is not None:
@@ -233,16 +233,18 @@ class Search:
         """Why no more trials are asked for (None: more may be)."""
         if self._repeats >= MAX_REPEATS:
             return f"{MAX_REPEATS} trials in a row chose configurations measured already: the space looks exhausted"
-        if trials is not None and len(self.study.trials) >= trials:
+        if trials is not None and self._held() >= trials:
             return f"{trials} trials"
         if budget_s is not None and self.charged_seconds(running=True) >= budget_s:
             return f"the budget of {budget_s / 60:g} worker minutes"
         return None
 
-    def _ask(self, capacity: int) -> None:
-        """Ask for trials until `capacity` wait on jobs; those measured before are told at once."""
+    def _ask(self, capacity: int, trials: int | None) -> None:
+        """Ask for trials until `capacity` wait on jobs or the study holds `trials`; those measured before are
+        told at once."""
         told = 0
-        while len(self.pending) < capacity and told < MAX_REPEATS and self._repeats < MAX_REPEATS:
+        while (len(self.pending) < capacity and told < MAX_REPEATS and self._repeats < MAX_REPEATS
+               and (trials is None or self._held() < trials)):
             trial = self.study.ask()
             try:
                 variant = suggest_variant(trial, self.cfg.base, self.cfg.methods)
@@ -261,6 +263,10 @@ class Search:
                 told += 1
                 continue
             self._submit(trial, variant)
+
+    def _held(self) -> int:
+        """The trials asked so far (those enqueued and not asked yet wait outside the count)."""
+        return sum(t.state != TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
 
     def _describe(self, trial: optuna.Trial, variant: VariantConfig) -> None:
         trial.set_user_attr("variant_id", variant.id)

@@ -1,0 +1,99 @@
+"""A small study end to end on the smoke profile: trials run as jobs through the queue, a configuration measured
+before costs nothing, a killed study resumes where its jobs are, and a hopeless trial is stopped by the pruner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import cache_sharing_data, use_cache
+from optuna.trial import TrialState
+
+from engine.data import ImageData
+from engine.latency import DEVICES
+from engine.models import END_POINTS
+from engine.profiles import PROFILES
+from engine.queue import JobQueue, WorkerOptions
+from engine.search import Environment, Search, SearchConfig, trial_table
+from engine.search.pruner import THRESHOLD_ATTR
+from engine.store import ResultsStore
+from engine.train import load_or_train_base
+
+OPTIONS = WorkerOptions(threads=2, poll_s=0.2, heartbeat_s=0.2)  # reports reach the study at once
+
+
+@pytest.fixture()
+def trained_cache(tmp_path: Path, tmp_cache: Path, shared_tar: Path, small_data: ImageData,
+                  monkeypatch: pytest.MonkeyPatch) -> Path:
+    load_or_train_base(PROFILES.get("smoke").base_config(small_data.fingerprint), small_data, tmp_cache)
+    return use_cache(monkeypatch, cache_sharing_data(tmp_path, tmp_cache, ("data", "models")), shared_tar)
+
+
+def _config(data: ImageData, rate_kbs: float, drop: float = 0.02) -> SearchConfig:
+    base = PROFILES.get("smoke").base_config(data.fingerprint)
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), rate_kbs * 8e3)
+    return SearchConfig("smoke", base, env, drop=drop)
+
+
+def test_a_study_runs_its_trials_as_jobs_and_resumes_after_a_kill(trained_cache: Path,
+                                                                  small_data: ImageData) -> None:
+    queue, store, data = JobQueue(), ResultsStore(), os.environ["COINFER_DATA"]
+    cfg = _config(small_data, 40)
+    search = Search(cfg, queue=queue, store=store, data=data)
+    killed: list[int] = []
+
+    def kill_with_a_trial_running(summary: object) -> None:
+        running = queue.jobs(status="running", tag=cfg.name)
+        if len(search.study.trials) >= 3 and running and not killed:
+            killed.append(len(search.study.trials))
+            raise KeyboardInterrupt  # what SIGTERM or Ctrl-C raises in the command
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run(workers=1, trials=6, on_update=kill_with_a_trial_running, options=OPTIONS)
+    left = [t for t in search.study.get_trials() if t.state == TrialState.RUNNING]
+    assert killed and len(left) == 1 and left[0].user_attrs.get("variant_id")
+    # its worker gave the job back, or finished it while the pool shut down: either way the resumed study tells it
+    assert queue.get(left[0].user_attrs["variant_id"]).status in ("queued", "done")
+
+    again = Search(cfg, queue=queue, store=store, data=data)  # the same command run again: the same study
+    summary = again.run(workers=1, trials=6, options=OPTIONS)
+    trials = again.study.get_trials()
+    assert len(trials) == 6 and summary.states.get("running") is None, summary.states
+    assert trials[left[0].number].state.is_finished()  # the interrupted trial was told after the resume
+    assert [t.user_attrs["split"] for t in trials[:2]] == list(END_POINTS)  # the baselines' end points first
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    for t in done:  # each an ordinary row of the results store, tagged jobs of the study
+        assert store.get(t.user_attrs["variant_id"]) is not None
+        job = queue.get(t.user_attrs["variant_id"])
+        assert job is None or job.tag == cfg.name or t.user_attrs["source"] == "results store"
+    assert summary.best is not None and summary.best["feasible"]
+    table = trial_table(trials)
+    assert table["worker_minutes"].is_monotonic_increasing and table["best_latency"].notna().any()
+
+    other = Search(_config(small_data, 10), queue=queue, store=store, data=data)  # another environment
+    measured = {t.user_attrs["variant_id"] for t in done}
+    first = other.run(workers=0, trials=2)  # the end points: both measured already, nothing queued
+    assert first.states == {"complete": 2}
+    reused = other.study.get_trials()
+    assert {t.user_attrs["variant_id"] for t in reused} <= measured
+    assert all(t.user_attrs["source"] == "results store" and t.user_attrs["worker_s"] == 0.0 for t in reused)
+
+
+def test_a_trial_that_cannot_meet_the_threshold_is_stopped_and_kept_apart(trained_cache: Path,
+                                                                          small_data: ImageData) -> None:
+    cfg = _config(small_data, 40)
+    search = Search(cfg, data=os.environ["COINFER_DATA"])
+    search.study.set_user_attr(THRESHOLD_ATTR, 1.01)  # no pruning level can hold it
+    search.study.enqueue_trial({"split": "conv4_x", "three_step.snapshot": "2", "three_step.target": 0.5,
+                                "three_step.hold": 1, "three_step.output": "body", "three_step.coding": "uniform",
+                                "three_step.bits": 8})
+    summary = search.run(workers=1, trials=3, options=OPTIONS, poll_s=0.2)
+    pruned = [t for t in search.study.get_trials() if t.state == TrialState.PRUNED]
+    assert pruned, summary.states
+    t = pruned[0]
+    assert t.user_attrs["partial"] and t.intermediate_values and t.user_attrs["reports"]["prune_level"]
+    assert all(v < 1.01 for v in t.intermediate_values.values())
+    assert summary.best is None or summary.best["number"] != t.number
+    job = JobQueue().get(t.user_attrs["variant_id"])
+    assert job.status in ("cancelled", "cancelling", "done")

@@ -1,0 +1,161 @@
+"""The search's pure parts: a trial's choices rebuild the grid's variants, a row's objective values and
+constraints, what a trial is charged, the pruner's decisions and the trial table."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import FixedTrial, TrialState, create_trial
+
+from engine import intermediate
+from engine.latency import DEVICES, custom_device
+from engine.methods import check_variant
+from engine.models import END_POINTS
+from engine.profiles import PROFILES
+from engine.search import Environment, HopelessPruner, constraints, objective_values, suggest_variant, trial_table
+from engine.search.objective import latency_of
+from engine.search.pruner import ENCODER_STEP, FINAL_ATTR, THRESHOLD_ATTR, step_of
+from engine.search.space import search_splits
+from engine.search.study import best_trial, charged_seconds
+from engine.sweep import followups, plan
+
+BASE = PROFILES.get("smoke").base_config("synthetic-fingerprint")
+ENV = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+ROW = {"device_flops": 24e6, "server_flops": 13.45e9, "device_memory_bytes": 1e6, "bits_actual": 320.0,
+       "deployed_val_accuracy": 0.84, "accuracy": 0.83, "base_val_accuracy": 0.85}
+
+
+def _every_choice(split: str) -> list[dict]:
+    """Every combination of the smoke profile's three_step choices at `split`, as FixedTrial params."""
+    space, levels = PROFILES.get("smoke").search, PROFILES.get("smoke").prune.levels
+    out = []
+    codings = [{"three_step.coding": "uniform", "three_step.bits": b} for b in space.bits] \
+        + [{"three_step.coding": "two_step", "three_step.enc_d": d, "three_step.enc_bits": b}
+           for d, b in itertools.product(space.enc_d, space.enc_bits)] \
+        + [{"three_step.coding": "vector", "three_step.codebook": c} for c in space.codebooks]
+    prunings = [{"three_step.snapshot": "none"}] + [
+        {"three_step.snapshot": str(k), "three_step.target": PROFILES.get("smoke").prune.target,
+         "three_step.hold": PROFILES.get("smoke").prune.hold_iterations, "three_step.output": o}
+        for k in range(levels) for o in ["body", *map(str, space.outputs)]]
+    for p, c in itertools.product(prunings, codings):
+        out.append({"split": split, **p, **c})
+    return out
+
+
+def test_every_choice_is_a_valid_variant_and_the_end_points_are_the_baselines() -> None:
+    for point in END_POINTS:
+        v = suggest_variant(FixedTrial({"split": point}), BASE, ["three_step"])
+        assert (v.method, v.split, dict(v.knobs)) == ("original", point, {"bits": 8})
+    ids = set()
+    for params in _every_choice("conv4_x"):
+        v = suggest_variant(FixedTrial(params), BASE, ["three_step"])
+        check_variant(v, "smoke")
+        ids.add(v.id)
+    assert len(ids) == len(_every_choice("conv4_x"))  # every choice is a different variant
+    assert set(search_splits(BASE)) >= {"conv4_x", *END_POINTS}
+
+
+def test_a_choice_the_grid_planned_is_the_grid_s_own_variant() -> None:
+    """The grid's 8-bit snapshot variants, its unpruned codings and its crossed variants are all choices of the
+    search (same id), so a study finds them in the results store."""
+    grid = [p.spec.variant() for p in plan("smoke", BASE, methods=["three_step"])]
+    rows = [{"id": v.id, "method": "three_step", "split": v.split, "base_id": BASE.id, "knobs": dict(v.knobs),
+             "val_accuracy": 0.9, "val_threshold": 0.5} for v in grid if dict(v.knobs).get("encoder") == "none"]
+    crossed = {p.spec.id for p in followups("smoke", BASE, _Store(rows), methods=["three_step"])}
+    searched = {suggest_variant(FixedTrial(p), BASE, ["three_step"]).id for p in _every_choice("conv4_x")}
+    assert crossed and crossed <= searched
+    # the grid's levels are choices; its encoder on the snapshot its run picks ("threshold") is not, since the
+    # search picks the level itself
+    picked = {v.id for v in grid if dict(v.knobs).get("snapshot") == "threshold"}
+    assert {v.id for v in grid} - picked <= searched and picked
+
+
+class _Store(list):
+    def rows(self) -> list[dict]:
+        return list(self)
+
+    def __contains__(self, item: object) -> bool:
+        return any(r["id"] == item for r in self)
+
+
+def test_objective_values_and_constraints_read_validation_never_test() -> None:
+    lat = latency_of(ROW, ENV)
+    assert lat["latency"] == pytest.approx(24e6 / 24e9 + 320 / 320e3 + 13.45e9 / 13.45e12)
+    assert objective_values(ROW, ENV, "latency") == [pytest.approx(lat["latency"])]
+    assert objective_values(ROW, ENV, "front") == [24e6, 320.0, 0.84]
+    acc, mem = constraints(ROW, ENV, 0.02)
+    assert acc == pytest.approx(0.83 - 0.84) and mem < 0
+    assert constraints({**ROW, "accuracy": 0.0}, ENV, 0.02) == constraints(ROW, ENV, 0.02)  # test never read
+    assert constraints({**ROW, "deployed_val_accuracy": 0.82}, ENV, 0.02)[0] > 0
+    small = Environment(custom_device("2GFLOP/s", "64MB"), DEVICES.get("rtx2080ti"), 20e3 * 8)
+    assert constraints({**ROW, "device_memory_bytes": 80e6}, small, 0.02)[1] > 0
+    missing = {k: v for k, v in ROW.items() if k != "deployed_val_accuracy"}
+    assert constraints(missing, ENV, 0.02)[0] > 0 and objective_values(missing, ENV, "front")[2] == 0.0
+    assert math.isinf(objective_values({**ROW, "bits_actual": None}, ENV, "latency")[0])
+
+
+def test_a_pruning_run_is_charged_once_per_study() -> None:
+    row = {"eval_seconds": 30.0, "prune_seconds": 300.0}
+    assert charged_seconds(row, new_run=True) == 330.0
+    assert charged_seconds(row, new_run=False) == 30.0
+    assert charged_seconds({}, new_run=True) == 0.0
+
+
+def _study(threshold: float | None) -> optuna.Study:
+    study = optuna.create_study(pruner=HopelessPruner(margin=0.01, default_gain=0.05))
+    if threshold is not None:
+        study.set_user_attr(THRESHOLD_ATTR, threshold)
+    return study
+
+
+def test_a_pruning_level_below_the_threshold_stops_its_trial() -> None:
+    study = _study(0.80)
+    trial = study.ask()
+    trial.report(0.83, step_of(intermediate.PRUNE_LEVEL, 0))
+    assert not trial.should_prune()
+    trial.report(0.79, step_of(intermediate.PRUNE_LEVEL, 1))
+    assert trial.should_prune()
+    unknown = _study(None).ask()
+    unknown.report(0.10, 0)
+    assert not unknown.should_prune()  # no threshold known yet: nothing is stopped
+
+
+def test_an_encoder_epoch_is_hopeless_only_beyond_the_largest_gain_seen() -> None:
+    study = _study(0.80)
+    step = step_of(intermediate.ENCODER_EPOCH, 1)
+    assert step == ENCODER_STEP + 1
+    trial = study.ask()
+    trial.report(0.76, step)  # 0.76 + 0.05 default gain + 0.01 >= 0.80: it may still get there
+    assert not trial.should_prune()
+    study.add_trial(create_trial(value=1.0, intermediate_values={step: 0.78}, user_attrs={FINAL_ATTR: 0.80},
+                                 params={}, distributions={}))  # a finished trial gained 2 points from epoch 1
+    trial = study.ask()
+    trial.report(0.77, step)  # 0.77 + 0.02 + 0.01 = 0.80: not below
+    assert not trial.should_prune()
+    trial = study.ask()
+    trial.report(0.76, step)  # 0.76 + 0.02 + 0.01 < 0.80
+    assert trial.should_prune()
+
+
+def _trial(number: int, latency: float, feasible: bool, charged: float,
+           state: TrialState = TrialState.COMPLETE) -> optuna.trial.FrozenTrial:
+    t = create_trial(state=state, value=latency if state == TrialState.COMPLETE else None,
+                     params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)},
+                     user_attrs={"feasible": feasible, "charged_s": charged, "latency": latency, "method": "m",
+                                 "split": "s", "device_flops": 1.0, "variant_id": f"v{number}"})
+    t.number = number
+    return t
+
+
+def test_the_trial_table_tracks_the_best_feasible_latency_against_minutes() -> None:
+    trials = [_trial(0, 0.5, True, 60), _trial(1, 0.1, False, 120), _trial(2, 0.3, True, 60),
+              _trial(3, 0.2, True, 30, TrialState.PRUNED)]
+    table = trial_table(trials)
+    assert table["best_latency"].tolist() == [0.5, 0.5, 0.3, 0.3]  # infeasible and pruned never best
+    assert table["worker_minutes"].tolist() == [1.0, 3.0, 4.0, 4.5]
+    assert best_trial(trials)["number"] == 2
+    assert best_trial([_trial(0, 0.1, False, 1)]) is None
