@@ -38,6 +38,8 @@ BENCHES = (
     Bench("encoding", "Feature encoding at conv4_x", ("bench/bench_encoding.py", "--profile", "quick", "--data",
                                                       "DATA", "--bottlenet")),
     Bench("sweep", "Quick sweep", ("bench/bench_sweep.py", "--profile", "quick", "--data", "DATA")),
+    Bench("search", "Search against the grid", ("bench/bench_search.py", "--profile", "quick", "--data", "DATA",
+                                                 "--threads", "1")),
     Bench("precision", "Training precision: quick-bf16 against quick",
           ("bench/bench_precision.py", "--profiles", "quick", "quick-bf16", "--data", "DATA")),
     Bench("tradeoff", "Trade-off figures of the quick profile",
