@@ -202,6 +202,14 @@ def size_schedule(*stages: tuple[float, int]) -> tuple[float, ...]:
     return tuple(f for f, n in stages for _ in range(n))
 
 
+REPLICATE_KNOB = "replicate"  # a variant's training seed beside its base model's (`VariantConfig.training_seed`)
+
+
+def training_seed(base_seed: int, replicate: int) -> int:
+    """The seed a variant trains with: its base model's for replicate 0, a distinct one for each other."""
+    return base_seed + 1_000_003 * replicate
+
+
 @dataclass(frozen=True)
 class VariantConfig:
     """One point of the trade-off: a method applied at a split of a base model, with its knobs."""
@@ -218,6 +226,18 @@ class VariantConfig:
     def knob(self, name: str, default: Any = None) -> Any:
         return dict(self.knobs).get(name, default)
 
+    @property
+    def training_seed(self) -> int:
+        """The seed of what the variant itself trains (pruning fine-tuning, encoders): the base model's seed, moved
+        by the `replicate` knob, so that the same configuration re-run with other seeds (replicates 1, 2, ...) shows
+        the spread of its training while the base model stays the same."""
+        return training_seed(self.base.seed, int(self.knob(REPLICATE_KNOB, 0)))
+
     @staticmethod
     def make(method: str, split: str, base: BaseModelConfig, /, **knobs: Any) -> VariantConfig:
         return VariantConfig(method, split, base, tuple(sorted(knobs.items())))
+
+    def replicate(self, k: int) -> VariantConfig:
+        """The same configuration trained with replicate seed `k` (0: this one's own seed)."""
+        knobs = {n: v for n, v in self.knobs if n != REPLICATE_KNOB}
+        return VariantConfig.make(self.method, self.split, self.base, **knobs, **({REPLICATE_KNOB: k} if k else {}))

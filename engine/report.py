@@ -174,3 +174,39 @@ def claim_by_split(table: pd.DataFrame, threshold: float | None, method: str = "
                     DECISION_COLUMN: m[DECISION_COLUMN], "holds": not beaten, "dominated_by": "; ".join(beaten)})
     return pd.DataFrame(out, columns=["split", "bits", "device_flops", "accuracy", DECISION_COLUMN, "holds",
                                       "dominated_by"])
+
+
+REPLICATE_COLUMNS = (DECISION_COLUMN, "accuracy", "bits_actual")
+
+
+def replicate_spread(rows: Iterable[dict], variant_id: str) -> dict[str, float | int | list[str]] | None:
+    """Mean and spread of a configuration over its training seeds: the rows that differ from `variant_id`'s only by
+    the `replicate` knob (`VariantConfig.replicate`), the row itself included.
+
+    Args:
+        rows: results rows (each with id, method, split, base_id, knobs).
+        variant_id: one of the configuration's rows.
+    Returns:
+        n, ids, and for validation accuracy, test accuracy and actual bits the mean, the sample standard deviation
+        (0 for one row) and the range (`{column}_mean`, `_std`, `_min`, `_max`); None when `variant_id` is absent.
+    """
+    from engine.config import REPLICATE_KNOB
+
+    rows = list(rows)
+
+    def key(r: dict) -> tuple:
+        knobs = {k: v for k, v in (r.get("knobs") or {}).items() if k != REPLICATE_KNOB}
+        return r.get("method"), r.get("split"), r.get("base_id"), sorted(knobs.items(), key=lambda kv: kv[0])
+
+    me = next((r for r in rows if r.get("id") == variant_id), None)
+    if me is None:
+        return None
+    same = [r for r in rows if key(r) == key(me)]
+    out: dict[str, float | int | list[str]] = {"n": len(same), "ids": sorted(str(r["id"]) for r in same)}
+    for column in REPLICATE_COLUMNS:
+        values = np.array([float(r[column]) for r in same if isinstance(r.get(column), int | float)], dtype=float)
+        if len(values):
+            out.update({f"{column}_mean": float(values.mean()),
+                        f"{column}_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                        f"{column}_min": float(values.min()), f"{column}_max": float(values.max())})
+    return out

@@ -61,6 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=processes_int, default=1,
                    help="local worker processes for the study's jobs (default 1; 0: only queue them for "
                         "`python -m engine worker`)")
+    p.add_argument("--scheduler", help="run the trials on the Dask cluster at this address, e.g. tcp://10.0.0.5:8786 "
+                                       "(--workers trials in flight)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="then re-run the best configuration with this many training seeds in all (its own row "
+                        "included; the base model stays) and show the mean and spread of its accuracy (default 1)")
     p.add_argument("--study-seed", type=seed_int, default=0, help="the sampler's seed (default 0)")
     p.add_argument("--json", action="store_true", help="the summary as JSON on stdout")
 
@@ -111,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
             bar.write(line)
 
     try:
-        summary = search.run(workers=args.workers, budget_s=budget_s, trials=args.trials, on_update=on_update)
+        summary = search.run(workers=args.workers, budget_s=budget_s, trials=args.trials, on_update=on_update,
+                             scheduler=args.scheduler)
     finally:
         bar.close()
     table = trial_table(search.study.get_trials(deepcopy=False))
@@ -134,7 +140,34 @@ def run(args: argparse.Namespace) -> int:
           f"{best['val_accuracy']:.2%}, test {best['test_accuracy']:.2%}; {format_bits(best['bits'])} per image, "
           f"{format_flops(best['device_flops'])} on the device")
     print(f"knobs: {json.dumps(best['knobs'], sort_keys=True)}")
+    if args.seeds > 1:
+        _replicate(search, args)
     return 0
+
+
+def _replicate(search: object, args: argparse.Namespace) -> None:
+    """Run the best configuration's replicates (`Search.replicates`) and print its mean and spread."""
+    from engine import sweep
+    from engine.report import replicate_spread
+    from engine.search.study import SEARCH_PRIORITY
+
+    specs = search.replicates(args.seeds)  # type: ignore[attr-defined]
+    if specs:
+        print(f"re-running it with {len(specs)} more training seed(s) ...", flush=True)
+        planned = [sweep.Planned(spec, SEARCH_PRIORITY) for spec in specs]
+        report = sweep.run(planned, queue=search.queue, store=search.store,  # type: ignore[attr-defined]
+                           workers=max(1, args.workers), scheduler=args.scheduler)
+        for job in report.failed:
+            print(f"failed: {job.describe()}: {job.error}")
+    best = search.summary().best  # type: ignore[attr-defined]
+    spread = replicate_spread(search.store.rows(), best["variant_id"])  # type: ignore[attr-defined]
+    if spread is None or spread["n"] < 2:
+        print("its training is not seeded (an end point or `original`), or no replicate was measured")
+        return
+    print(f"over {spread['n']} training seeds: validation {spread['deployed_val_accuracy_mean']:.2%} "
+          f"+- {spread['deployed_val_accuracy_std']:.2%} (range {spread['deployed_val_accuracy_min']:.2%} to "
+          f"{spread['deployed_val_accuracy_max']:.2%}), test {spread['accuracy_mean']:.2%} +- "
+          f"{spread['accuracy_std']:.2%}, {spread['bits_actual_mean']:.1f} +- {spread['bits_actual_std']:.1f} bits")
 
 
 COMMANDS = {"search": run}

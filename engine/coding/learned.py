@@ -473,7 +473,7 @@ def run_encoded(cfg: VariantConfig, env: CodingEnv, device: nn.Module, server: n
     """
     enc = enc if enc is not None else EncodingConfig.from_knobs(cfg.knobs)
     budget = EncodedTraining(epochs=env.profile.encoding_epochs,
-                             batch_size=env.profile.batch_size, seed=cfg.base.seed,
+                             batch_size=env.profile.batch_size, seed=cfg.training_seed,
                              val_fraction=cfg.base.val_fraction, calibration_images=env.profile.calibration_images,
                              label_smoothing=cfg.base.label_smoothing, precision=cfg.base.precision)
     checkpoint = env.cache / "models" / f"encoded-{cfg.id}.pt"

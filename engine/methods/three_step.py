@@ -21,7 +21,7 @@ from torch import nn
 
 from engine import intermediate
 from engine.coding import FEATURE_CODINGS, Deployed
-from engine.config import BaseModelConfig, VariantConfig, config_id
+from engine.config import REPLICATE_KNOB, BaseModelConfig, VariantConfig, config_id, training_seed
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
 from engine.finetune import FinetuneConfig, LossFn, TrainHooks, finetune
@@ -95,11 +95,12 @@ class LevelSchedule(SparsitySchedule):
 # Knobs that define a pruning run (its cache key), with their defaults beyond the profile budget.
 RUN_DEFAULTS: dict[str, Any] = {"per_stage": (), "output": None, "ramp": "cubic", "momentum": 0.9,
                                 "weight_decay": 5e-4, "lr_schedule": "cosine_restarts", "threshold_drop": 2.0,
-                                "stop": False, "distill": 0.0}
+                                "stop": False, "distill": 0.0, REPLICATE_KNOB: 0}
 RUN_KNOBS = (*PruneBudget.__dataclass_fields__, *RUN_DEFAULTS)
 # Knobs added to a pruning run's key after runs were stored: left out of the key at this value, so that every
-# stored run keeps its key (`distill` also lives in PruneBudget, whose default is the same 0.0)
-KEY_NEUTRAL: dict[str, Any] = {"distill": 0.0}
+# stored run keeps its key (`distill` also lives in PruneBudget, whose default is the same 0.0; `replicate` moves the
+# run's seed: `VariantConfig.training_seed`)
+KEY_NEUTRAL: dict[str, Any] = {"distill": 0.0, REPLICATE_KNOB: 0}
 DISTILL_TEMPERATURE = 4.0  # Hinton et al. 2015's soft targets, the temperature of `distill`
 
 
@@ -121,11 +122,12 @@ def schedule_of(knobs: Mapping[str, Any]) -> LevelSchedule:
 
 
 def finetune_config(knobs: Mapping[str, Any], schedule: LevelSchedule, base: BaseModelConfig) -> FinetuneConfig:
-    """The fine-tuning of a pruning run: one epoch per level, seeded and in the precision of its base model."""
+    """The fine-tuning of a pruning run: one epoch per level, seeded (the base model's seed, moved by the `replicate`
+    knob) and in the precision of its base model."""
     return FinetuneConfig(epochs=schedule.levels, steps_per_epoch=schedule.level_steps,
                           batch_size=int(knobs["batch_size"]), lr=float(knobs["lr"]), momentum=float(knobs["momentum"]),
                           weight_decay=float(knobs["weight_decay"]), lr_schedule=str(knobs["lr_schedule"]),
-                          seed=base.seed, precision=base.precision)
+                          seed=training_seed(base.seed, int(knobs[REPLICATE_KNOB])), precision=base.precision)
 
 
 def check_run_knobs(knobs: Mapping[str, Any], base: BaseModelConfig) -> LevelSchedule:
@@ -138,6 +140,7 @@ def check_run_knobs(knobs: Mapping[str, Any], base: BaseModelConfig) -> LevelSch
         knob_number("output", knobs["output"], float, 0.0, 1.0)
     knob_number("threshold_drop", knobs["threshold_drop"], float, 0.0, 100.0)
     knob_number("distill", knobs["distill"], float, 0.0, 1.0)
+    knob_number(REPLICATE_KNOB, knobs[REPLICATE_KNOB], int, 0, 1e6)
     check_training_knobs(knobs)
     if not isinstance(knobs["stop"], bool):
         raise UserError(f"knob stop must be true or false, got {knobs['stop']!r}")
@@ -532,6 +535,7 @@ class ThreeStep:
         encoder = cfg.knob("encoder", "none")
         coding = FEATURE_CODINGS.get(str(encoder))
         knob_number("bits", cfg.knob("bits", 8), int, 1, 16)
+        knob_number(REPLICATE_KNOB, cfg.knob(REPLICATE_KNOB, 0), int, 0, 1e6)
         snapshot = cfg.knob("snapshot", "threshold")
         if snapshot != "none":
             schedule = check_run_knobs(run_knobs(cfg, profile), cfg.base)
@@ -559,7 +563,7 @@ def _snapshot_level(row: Mapping[str, Any], base: BaseModelConfig) -> tuple[int 
     holds its run's threshold; (None, False) for any other row."""
     knobs = row.get("knobs") or {}
     if (row.get("method") != "three_step" or row.get("base_id") != base.id or knobs.get("encoder", "none") != "none"
-            or knobs.get("bits", 8) != 8):
+            or knobs.get("bits", 8) != 8 or knobs.get(REPLICATE_KNOB, 0)):  # a replicate is not crossed again
         return None, False
     level, val, need = knobs.get("snapshot"), row.get("val_accuracy"), row.get("val_threshold")
     if isinstance(level, bool) or not isinstance(level, int):

@@ -49,16 +49,22 @@ def dask_task(spec_json: str) -> dict | None:
     cancel = Event(_cancel_event_name(job_id))
     last = [0.0]
 
-    def progress(fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 1.0:
-            last[0] = now
-            worker.log_event(PROGRESS_TOPIC, {"id": job_id, "progress": fraction, "message": message,
-                                              "worker": worker.address})
-            if cancel.is_set():
-                raise UserError("cancelled")
+    class Progress:
+        """Progress as events (at most one a second) and what the run reports (`engine.intermediate`), each sent."""
 
-    return execute(spec, progress)
+        def __call__(self, fraction: float, message: str) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 1.0:
+                last[0] = now
+                worker.log_event(PROGRESS_TOPIC, {"id": job_id, "progress": fraction, "message": message,
+                                                  "worker": worker.address})
+                if cancel.is_set():
+                    raise UserError("cancelled")
+
+        def record(self, kind: str, step: int, value: float) -> None:
+            worker.log_event(PROGRESS_TOPIC, {"id": job_id, "report": [kind, step, value]})
+
+    return execute(spec, Progress())
 
 
 class DaskExecutor:
@@ -86,7 +92,12 @@ class DaskExecutor:
         """A task's progress event: recorded on its lease for the next heartbeat."""
         msg = event[1]
         lease = self.heartbeat.lease(msg.get("id")) if isinstance(msg, Mapping) else None
-        if lease is not None:
+        if lease is None:
+            return
+        if "report" in msg:
+            kind, step, value = msg["report"]
+            lease.record(str(kind), int(step), float(value))
+        else:
             lease.progress, lease.message = float(msg["progress"]), f"{msg['message']} (on {msg.get('worker')})"
 
     def _dispatch(self, ids: list[str]) -> None:
@@ -120,7 +131,8 @@ class DaskExecutor:
             row = fut.result()
             if row is not None and self.queue.still_holds(job_id, token):
                 self.store.put(row)
-            self.queue.complete(job_id, token, result_summary(row), f"done on {self.owner}")
+            self.queue.complete(job_id, token, result_summary(row), f"done on {self.owner}",
+                                lease.reports_now() if lease is not None else None)
         elif fut.status == "cancelled" or self.queue.get(job_id).status == "cancelling":
             self.queue.mark_cancelled(job_id, token)
         else:
@@ -128,6 +140,32 @@ class DaskExecutor:
             self.queue.fail(job_id, token, one_line(exc),
                             "".join(traceback.format_exception(type(exc), exc, fut.traceback())))
         self.heartbeat.drop(job_id)
+
+    def start(self) -> None:
+        """Listen to the tasks' progress and start heart-beating (before the first `step`)."""
+        self.client.subscribe_topic(PROGRESS_TOPIC, self._on_event)
+        self.heartbeat.start()
+
+    def step(self, ids: list[str]) -> tuple[list[Job], bool]:
+        """Send the queued jobs of `ids` not yet sent, and settle the tasks that ended.
+
+        Args:
+            ids: the jobs run (those queued are claimed; one another worker holds is left to it).
+        Returns:
+            the jobs of `ids` now, and whether a task ended in this step.
+        """
+        self._dispatch(ids)
+        ready = self.pending.next_batch(block=False) if self.pending.has_ready() else []
+        for fut in ready:
+            self._settle(fut)
+        return self.queue.jobs(ids), bool(ready)
+
+    def stop(self) -> None:
+        """Stop heart-beating; the leases still held go back to the queue (an interrupted run resumes)."""
+        self.heartbeat.stop()
+        for lease in self.heartbeat.held():
+            self.queue.release(lease.job.id, lease.token, "queued again: the Dask run stopped")
+        self.client.unsubscribe_topic(PROGRESS_TOPIC)
 
     def run(self, ids: list[str], on_update: Callable[[list[Job]], None] | None = None,
             poll_s: float = 0.5) -> list[Job]:
@@ -141,26 +179,38 @@ class DaskExecutor:
         Returns:
             The jobs, all finished.
         """
-        self.client.subscribe_topic(PROGRESS_TOPIC, self._on_event)
-        self.heartbeat.start()
+        self.start()
         try:
             while True:
-                self._dispatch(ids)
-                ready = self.pending.next_batch(block=False) if self.pending.has_ready() else []
-                for fut in ready:
-                    self._settle(fut)
-                jobs = self.queue.jobs(ids)
+                jobs, moved = self.step(ids)
                 if on_update:
                     on_update(jobs)
                 if all(j.finished for j in jobs):
                     return jobs
-                if not ready:
+                if not moved:
                     time.sleep(poll_s)
         finally:
-            self.heartbeat.stop()
-            for lease in self.heartbeat.held():  # interrupted: give what is still held back to the queue
-                self.queue.release(lease.job.id, lease.token, "queued again: the Dask sweep stopped")
-            self.client.unsubscribe_topic(PROGRESS_TOPIC)
+            self.stop()
+
+
+def connect(scheduler: str | Any) -> tuple[Any, bool]:
+    """A Dask client for `scheduler` (an address, or a connected `distributed.Client`) and whether this call opened
+    it (and must close it).
+
+    Raises:
+        UserError: Dask is not installed, or the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UserError("the Dask executor needs Dask, an optional extra: "
+                        "pip install -r requirements-dask.txt") from None
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    try:
+        return Client(scheduler, timeout="20s"), True
+    except (OSError, TimeoutError) as exc:
+        raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {one_line(exc)}") from None
 
 
 def run_dask(queue: JobQueue, store: ResultsStore, ids: list[str], scheduler: str | Any,
@@ -186,17 +236,7 @@ def run_dask(queue: JobQueue, store: ResultsStore, ids: list[str], scheduler: st
     Raises:
         UserError: the scheduler cannot be reached.
     """
-    try:
-        from distributed import Client
-    except ImportError:
-        raise UserError("the Dask executor needs Dask, an optional extra: "
-                        "pip install -r requirements-dask.txt") from None
-
-    own = not isinstance(scheduler, Client)
-    try:
-        client = Client(scheduler, timeout="20s") if own else scheduler
-    except (OSError, TimeoutError) as exc:
-        raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {one_line(exc)}") from None
+    client, own = connect(scheduler)
     try:
         return DaskExecutor(queue, store, client, lease_s, heartbeat_s).run(ids, on_update, poll_s)
     finally:

@@ -394,11 +394,13 @@ class JobQueue:
                 (status, now, now, *fields.values(), job_id, lease))
             return cur.rowcount == 1
 
-    def complete(self, job_id: str, lease: str, result: dict | None = None, message: str = "done") -> bool:
-        """Mark a claimed job done with the figures of its row (`result_summary`); False when the lease was lost
-        meanwhile (nothing changed)."""
+    def complete(self, job_id: str, lease: str, result: dict | None = None, message: str = "done",
+                 reports: Mapping[str, Mapping[str, float]] | None = None) -> bool:
+        """Mark a claimed job done with the figures of its row (`result_summary`) and, when given, every figure it
+        reported as it ran; False when the lease was lost meanwhile (nothing changed)."""
+        extra = {"reports": json.dumps(reports, sort_keys=True)} if reports else {}
         return self._finish(job_id, lease, "done", progress=1.0, message=message, error=None, traceback=None,
-                            result=json.dumps(result) if result is not None else None)
+                            result=json.dumps(result) if result is not None else None, **extra)
 
     def fail(self, job_id: str, lease: str, error: str, tb: str | None = None) -> bool:
         """Mark a claimed job failed with its error and traceback; False when the lease was lost meanwhile."""

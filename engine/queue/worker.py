@@ -119,7 +119,7 @@ class Worker:
             if row is not None:
                 self.store.put(row)
             ok = self.queue.complete(job.id, lease.token, result_summary(row),
-                                     f"done in {time.perf_counter() - start:.1f} s")
+                                     f"done in {time.perf_counter() - start:.1f} s", lease.reports_now())
             status = "done" if ok else "lost"
         except JobCancelled:
             self.queue.mark_cancelled(job.id, lease.token)

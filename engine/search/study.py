@@ -180,18 +180,19 @@ class Search:
 
     def run(self, *, workers: int = 1, budget_s: float | None = None, trials: int | None = None,
             on_update: Callable[[SearchSummary], None] | None = None, poll_s: float = 1.0,
-            options: WorkerOptions | None = None) -> SearchSummary:
+            options: WorkerOptions | None = None, scheduler: str | Any | None = None) -> SearchSummary:
         """Run the study until its budget or trial count is spent (each counted over the study's whole life, so a
         rerun goes on where the last stopped), then wait for its trials in flight.
 
         Args:
             workers: local worker processes that claim only this study's jobs (0: only queue them for workers started
-                elsewhere); as many trials are in flight.
+                elsewhere); as many trials are in flight (with `scheduler`, the trials in flight on the cluster).
             budget_s: charged worker seconds the study may spend (None: no limit).
             trials: trials the study may hold (None: no limit); one of budget_s and trials is needed.
             on_update: called with the summary as trials finish.
             poll_s: seconds between looks at the job table.
             options: the local workers' (log file, threads).
+            scheduler: run the trials on this Dask cluster (an address or a `distributed.Client`) instead.
         Returns:
             the study's summary at the end.
         """
@@ -214,7 +215,9 @@ class Search:
                 on_update(self.summary(time.perf_counter() - start))
             return reason is not None and not self.pending
 
-        if workers > 0:
+        if scheduler is not None:
+            self._run_dask(scheduler, step, poll_s)
+        elif workers > 0:
             if self.queue.resume():
                 log.info("the job queue was paused; running a search resumes it")
             options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),
@@ -228,6 +231,25 @@ class Search:
         summary = self.summary(time.perf_counter() - start)
         summary.stopped_because = why[0] if why else ""
         return summary
+
+    def _run_dask(self, scheduler: str | Any, step: Callable[[], bool], poll_s: float) -> None:
+        """The loop on a Dask cluster: each step sends the trials' queued jobs and settles the ended ones."""
+        from engine.queue.dask import DaskExecutor, connect
+
+        client, own = connect(scheduler)
+        executor = DaskExecutor(self.queue, self.store, client)
+        executor.start()
+        try:
+            while True:
+                _, moved = executor.step([p.variant.id for p in self.pending.values()])
+                if step():
+                    break
+                if not moved:
+                    time.sleep(poll_s)
+        finally:
+            executor.stop()
+            if own:
+                client.close()
 
     def _spent(self, budget_s: float | None, trials: int | None) -> str | None:
         """Why no more trials are asked for (None: more may be)."""
@@ -416,6 +438,26 @@ class Search:
             base_val = (ckpt or {}).get("metrics", {}).get("val_accuracy")
         if isinstance(base_val, int | float):
             self.study.set_user_attr(THRESHOLD_ATTR, float(base_val) - self.cfg.drop)
+
+    def replicates(self, seeds: int) -> list[JobSpec]:
+        """The best configuration re-run with more training seeds: the jobs of its replicates 1 .. seeds - 1 (its own
+        row is replicate 0), tagged with the study, for a mean and spread of its accuracy
+        (`engine.report.replicate_spread`). [] when there is no best yet, or it trains nothing (an end point or
+        `original`: nothing of it is seeded).
+
+        Args:
+            seeds: the configuration's rows wanted in all, its own included.
+        Returns:
+            the specs of the replicates not measured yet.
+        """
+        best = best_trial(self.study.get_trials(deepcopy=False))
+        if best is None or best["method"] == "original" or seeds < 2:
+            return []
+        variant = VariantConfig.make(best["method"], best["split"], self.cfg.base, **best["knobs"])
+        specs = [JobSpec.for_variant(variant.replicate(k), self.cfg.profile, self.data) for k in range(1, seeds)]
+        for spec in specs:
+            check_variant(spec.variant(), self.cfg.profile)
+        return [s for s in specs if s.id not in self.store]
 
     # -- reading -------------------------------------------------------------------------------------------------
 

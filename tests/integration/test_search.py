@@ -97,3 +97,54 @@ def test_a_trial_that_cannot_meet_the_threshold_is_stopped_and_kept_apart(traine
     assert summary.best is None or summary.best["number"] != t.number
     job = JobQueue().get(t.user_attrs["variant_id"])
     assert job.status in ("cancelled", "cancelling", "done")
+
+
+def test_a_study_runs_on_a_dask_cluster_and_its_trials_report_there_too(trained_cache: Path,
+                                                                        small_data: ImageData) -> None:
+    distributed = pytest.importorskip("distributed")
+    cfg = _config(small_data, 40)
+    search = Search(cfg, data=os.environ["COINFER_DATA"])
+    search.study.enqueue_trial({"split": "conv4_x", "three_step.snapshot": "1", "three_step.target": 0.5,
+                                "three_step.hold": 1, "three_step.output": "body", "three_step.coding": "uniform",
+                                "three_step.bits": 4})
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", scheduler_port=0, dashboard_address=None) as cluster:
+        summary = search.run(workers=1, trials=3, scheduler=cluster.scheduler_address, poll_s=0.2)
+    trials = search.study.get_trials()
+    assert summary.states.get("fail") is None and len(trials) == 3, summary.states
+    for t in trials:
+        job = JobQueue().get(t.user_attrs["variant_id"])
+        assert t.user_attrs.get("source") == "results store" or job.worker.startswith("dask:tcp://127.0.0.1:")
+    pruned = trials[2]
+    assert pruned.user_attrs["split"] == "conv4_x" and pruned.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    job = JobQueue().get(pruned.user_attrs["variant_id"])
+    if pruned.user_attrs.get("source") != "results store":  # its levels came back as events, kept with the job
+        assert set(job.reports) == {"prune_level"} and "0" in job.reports["prune_level"]
+        if pruned.state == TrialState.PRUNED:  # stopped at the first level below the threshold
+            assert min(pruned.intermediate_values.values()) < search.study.user_attrs["threshold"]
+
+
+def test_the_best_configuration_re_runs_with_more_seeds_and_shows_its_spread(trained_cache: Path,
+                                                                             small_data: ImageData) -> None:
+    from engine import sweep
+    from engine.report import replicate_spread
+
+    cfg = _config(small_data, 40, drop=1.0)  # any accuracy: the enqueued configuration is the best
+    search = Search(cfg, data=os.environ["COINFER_DATA"])
+    search.study.enqueue_trial({"split": "conv4_x", "three_step.snapshot": "0", "three_step.target": 0.5,
+                                "three_step.hold": 1, "three_step.output": "body", "three_step.coding": "uniform",
+                                "three_step.bits": 2})
+    search.run(workers=1, trials=3, options=OPTIONS)
+    best = search.summary().best
+    assert best is not None and best["method"] == "three_step", best
+    specs = search.replicates(3)
+    assert [s.knobs.get("replicate") for s in specs] == [1, 2] and all(s.split == best["split"] for s in specs)
+    sweep.run([sweep.Planned(s, 0) for s in specs], queue=search.queue, store=search.store, workers=1,
+              options=OPTIONS)
+    assert search.replicates(3) == []  # measured now
+    spread = replicate_spread(search.store.rows(), best["variant_id"])
+    assert spread["n"] == 3 and spread["deployed_val_accuracy_min"] <= spread["deployed_val_accuracy_max"]
+    rows = [search.store.get(i) for i in spread["ids"]]
+    runs = {r["prune_run"] for r in rows}
+    assert len(runs) == 3  # each replicate trained its own pruning run, with its own seed
+    assert spread["deployed_val_accuracy_std"] >= 0.0

@@ -159,3 +159,26 @@ def test_the_trial_table_tracks_the_best_feasible_latency_against_minutes() -> N
     assert table["worker_minutes"].tolist() == [1.0, 3.0, 4.0, 4.5]
     assert best_trial(trials)["number"] == 2
     assert best_trial([_trial(0, 0.1, False, 1)]) is None
+
+
+def test_replicates_move_only_the_training_seed_and_their_spread_is_summed_up() -> None:
+    from engine.config import VariantConfig
+    from engine.report import replicate_spread
+
+    v = VariantConfig.make("three_step", "conv4_x", BASE, snapshot=0, encoder="none", bits=8)
+    r1, r2 = v.replicate(1), v.replicate(2)
+    assert len({v.id, r1.id, r2.id}) == 3 and r1.replicate(0) == v
+    assert v.training_seed == BASE.seed and len({v.training_seed, r1.training_seed, r2.training_seed}) == 3
+    rows = [{"id": c.id, "method": c.method, "split": c.split, "base_id": BASE.id, "knobs": dict(c.knobs),
+             "deployed_val_accuracy": val, "accuracy": val - 0.01, "bits_actual": 100.0}
+            for c, val in ((v, 0.80), (r1, 0.82), (r2, 0.84))]
+    other = {**rows[0], "id": "x", "knobs": {**rows[0]["knobs"], "bits": 4}}  # another configuration
+    spread = replicate_spread([*rows, other], r2.id)
+    assert spread["n"] == 3 and sorted(spread["ids"]) == sorted(r["id"] for r in rows)
+    assert spread["deployed_val_accuracy_mean"] == pytest.approx(0.82)
+    assert spread["deployed_val_accuracy_std"] == pytest.approx(0.02)
+    assert (spread["accuracy_min"], spread["accuracy_max"]) == (pytest.approx(0.79), pytest.approx(0.83))
+    assert replicate_spread(rows, "missing") is None
+    check_variant(r1, "smoke")
+    with pytest.raises(Exception, match="replicate"):
+        check_variant(VariantConfig.make("three_step", "conv4_x", BASE, snapshot=0, replicate=-1), "smoke")
