@@ -38,6 +38,26 @@ def suggest_variant(chooser: Chooser, base: BaseModelConfig, methods: Sequence[s
     return _grid_choice(chooser, base, method, split)
 
 
+def probes(base: BaseModelConfig, methods: Sequence[str]) -> list[dict]:
+    """The choices a study measures first, each a trial's params: the end points, then at every inner split each
+    method's `probe` (a choice that trains nothing, such as `three_step` unpruned at 8 bits), so that the sampler
+    learns what every split costs for seconds of measurement before it spends minutes of training.
+
+    Args:
+        base: the base model; methods: the methods searched.
+    Returns:
+        the params of each probe, end points first.
+    """
+    out = [{"split": p} for p in END_POINTS]
+    for method in methods:
+        probe = getattr(METHODS.get(method), "probe", None)
+        if probe is None:
+            continue
+        extra = {} if len(methods) == 1 else {"method": method}
+        out += [{**extra, "split": s, **probe} for s in search_splits(base) if s not in END_POINTS]
+    return out
+
+
 def _grid_choice(chooser: Chooser, base: BaseModelConfig, method: str, split: str) -> VariantConfig:
     """A variant the method's sweep grid proposes at `split`, chosen by its id."""
     from engine.profiles import MethodGrid

@@ -32,7 +32,6 @@ from engine import intermediate
 from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.errors import UserError
 from engine.methods import METHODS, check_variant
-from engine.models import END_POINTS
 from engine.pareto import DECISION_COLUMN
 from engine.paths import cache_dir
 from engine.queue import ACTIVE, Job, JobQueue, JobSpec, WorkerOptions, WorkerPool, worker_log_dir
@@ -47,7 +46,7 @@ from engine.search.objective import (
     threshold_of,
 )
 from engine.search.pruner import FINAL_ATTR, THRESHOLD_ATTR, HopelessPruner, step_of
-from engine.search.space import suggest_variant
+from engine.search.space import probes, suggest_variant
 from engine.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -169,8 +168,8 @@ class Search:
         if not known:
             self.study.set_user_attr("config", json.loads(json.dumps(cfg.key())))
             self.study.set_user_attr("profile", cfg.profile)
-            for point in END_POINTS:  # the baselines' cheap end points first: every environment compares with them
-                self.study.enqueue_trial({"split": point})
+            for params in probes(cfg.base, cfg.methods):  # what trains nothing first: the end points, then each split
+                self.study.enqueue_trial(params)
         # a fresh sampler seed per run, from the trials so far: a resumed study does not replay its first choices
         self.study.sampler = _sampler(cfg.seed + len(self.study.trials))
         self.pending: dict[int, _Pending] = {}
