@@ -17,9 +17,11 @@ from engine.profiles import PROFILES
 from engine.queue import JobQueue, WorkerOptions
 from engine.search import Environment, Search, SearchConfig, trial_table
 from engine.search.pruner import THRESHOLD_ATTR
+from engine.search.space import probes
 from engine.store import ResultsStore
 from engine.train import load_or_train_base
 
+PROBES = len(probes(PROFILES.get("smoke").base_config("any"), ["three_step"]))  # measured first in every study
 OPTIONS = WorkerOptions(threads=2, poll_s=0.2, heartbeat_s=0.2)  # reports reach the study at once
 
 
@@ -50,18 +52,19 @@ def test_a_study_runs_its_trials_as_jobs_and_resumes_after_a_kill(trained_cache:
             raise KeyboardInterrupt  # what SIGTERM or Ctrl-C raises in the command
 
     with pytest.raises(KeyboardInterrupt):
-        search.run(workers=1, trials=6, on_update=kill_with_a_trial_running, options=OPTIONS)
+        search.run(workers=1, trials=PROBES + 2, on_update=kill_with_a_trial_running, options=OPTIONS)
     left = [t for t in search.study.get_trials() if t.state == TrialState.RUNNING]
     assert killed and len(left) == 1 and left[0].user_attrs.get("variant_id")
     # its worker gave the job back, or finished it while the pool shut down: either way the resumed study tells it
     assert queue.get(left[0].user_attrs["variant_id"]).status in ("queued", "done")
 
     again = Search(cfg, queue=queue, store=store, data=data)  # the same command run again: the same study
-    summary = again.run(workers=1, trials=6, options=OPTIONS)
+    summary = again.run(workers=1, trials=PROBES + 2, options=OPTIONS)
     trials = again.study.get_trials()
-    assert len(trials) == 6 and summary.states.get("running") is None, summary.states
+    assert len(trials) == PROBES + 2 and summary.states.get("running") is None, summary.states
     assert trials[left[0].number].state.is_finished()  # the interrupted trial was told after the resume
     assert [t.user_attrs["split"] for t in trials[:2]] == list(END_POINTS)  # the baselines' end points first
+    assert {t.user_attrs["knobs"].get("snapshot") for t in trials[2:PROBES]} == {"none"}  # then what trains nothing
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     for t in done:  # each an ordinary row of the results store, tagged jobs of the study
         assert store.get(t.user_attrs["variant_id"]) is not None
@@ -74,8 +77,8 @@ def test_a_study_runs_its_trials_as_jobs_and_resumes_after_a_kill(trained_cache:
     other = Search(_config(small_data, 10), queue=queue, store=store, data=data)  # another environment
     measured = {t.user_attrs["variant_id"] for t in done}
     first = other.run(workers=0, trials=2)  # the end points: both measured already, nothing queued
-    assert first.states == {"complete": 2}
-    reused = other.study.get_trials()
+    assert first.states.get("complete") == 2 and "running" not in first.states
+    reused = other.study.get_trials(states=(TrialState.COMPLETE,))
     assert {t.user_attrs["variant_id"] for t in reused} <= measured
     assert all(t.user_attrs["source"] == "results store" and t.user_attrs["worker_s"] == 0.0 for t in reused)
 
@@ -88,7 +91,7 @@ def test_a_trial_that_cannot_meet_the_threshold_is_stopped_and_kept_apart(traine
     search.study.enqueue_trial({"split": "conv4_x", "three_step.snapshot": "2", "three_step.target": 0.5,
                                 "three_step.hold": 1, "three_step.output": "body", "three_step.coding": "uniform",
                                 "three_step.bits": 8})
-    summary = search.run(workers=1, trials=3, options=OPTIONS, poll_s=0.2)
+    summary = search.run(workers=1, trials=PROBES + 1, options=OPTIONS, poll_s=0.2)
     pruned = [t for t in search.study.get_trials() if t.state == TrialState.PRUNED]
     assert pruned, summary.states
     t = pruned[0]
@@ -109,13 +112,13 @@ def test_a_study_runs_on_a_dask_cluster_and_its_trials_report_there_too(trained_
                                 "three_step.bits": 4})
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                                   host="127.0.0.1", scheduler_port=0, dashboard_address=None) as cluster:
-        summary = search.run(workers=1, trials=3, scheduler=cluster.scheduler_address, poll_s=0.2)
+        summary = search.run(workers=1, trials=PROBES + 1, scheduler=cluster.scheduler_address, poll_s=0.2)
     trials = search.study.get_trials()
-    assert summary.states.get("fail") is None and len(trials) == 3, summary.states
+    assert summary.states.get("fail") is None and len(trials) == PROBES + 1, summary.states
     for t in trials:
         job = JobQueue().get(t.user_attrs["variant_id"])
         assert t.user_attrs.get("source") == "results store" or job.worker.startswith("dask:tcp://127.0.0.1:")
-    pruned = trials[2]
+    pruned = trials[PROBES]
     assert pruned.user_attrs["split"] == "conv4_x" and pruned.state in (TrialState.COMPLETE, TrialState.PRUNED)
     job = JobQueue().get(pruned.user_attrs["variant_id"])
     if pruned.user_attrs.get("source") != "results store":  # its levels came back as events, kept with the job
@@ -134,7 +137,7 @@ def test_the_best_configuration_re_runs_with_more_seeds_and_shows_its_spread(tra
     search.study.enqueue_trial({"split": "conv4_x", "three_step.snapshot": "0", "three_step.target": 0.5,
                                 "three_step.hold": 1, "three_step.output": "body", "three_step.coding": "uniform",
                                 "three_step.bits": 2})
-    search.run(workers=1, trials=3, options=OPTIONS)
+    search.run(workers=1, trials=PROBES + 1, options=OPTIONS)
     best = search.summary().best
     assert best is not None and best["method"] == "three_step", best
     specs = search.replicates(3)
