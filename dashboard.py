@@ -29,6 +29,7 @@ PAGES = {  # url path -> (file, title, icon); a page file written later joins wh
     "noisy": ("app_pages/noisy.py", "Noisy channels", "📡"),
     "live": ("app_pages/live.py", "Live", "🔴"),
     "compare": ("app_pages/compare.py", "Compare", "⚖️"),
+    "search": ("app_pages/search.py", "Search", "🔎"),
     "jobs": ("app_pages/jobs.py", "Jobs", "▶️"),
     "export": ("app_pages/export.py", "Export / import", "💾"),
 }

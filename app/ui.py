@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,10 @@ from engine.paths import cache_dir
 from engine.profiles import PROFILES
 from engine.store import ResultsStore
 from engine.units import format_rate
+
+if TYPE_CHECKING:  # the search's modules (and Optuna) load when a page reads a study
+    from engine.search.launch import SearchRequest
+    from engine.search.watch import StudyView
 
 T = TypeVar("T")
 
@@ -668,3 +672,71 @@ def deployment_overheads(enabled: bool) -> Overheads | None:
     time (measured on the machine that profiled it) and the protocol's framing bytes; no runtime constant, since it
     belongs to the deployment (the live page measures this machine's)."""
     return Overheads() if enabled else None
+
+
+# -- search -------------------------------------------------------------------------------------------------
+
+
+def search_request(env: Environment, objective: str = "latency", budget_min: float | None = None,
+                   trials: int | None = None, workers: int = 1) -> SearchRequest:
+    """The `python -m engine search` request for the sidebar's environment (its profile, model, weights, width,
+    device, server, link rate, delay and accuracy drop) and the local dataset."""
+    from engine.search.launch import SearchRequest
+
+    return SearchRequest.of(env.profile, env.device, env.server, env.rate_bps, delay_s=env.delay_s,
+                            drop=env.accuracy_drop, objective=objective, width=env.width, model=env.model,
+                            weights=env.weights, data=data_path(), budget_min=budget_min, trials=trials,
+                            workers=workers)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _search_storage(path: str, identity: tuple) -> Any:
+    from engine.search.watch import open_storage
+
+    return open_storage(Path(path).parent.parent)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _search_study(path: str, identity: tuple, name: str, version: tuple) -> StudyView | None:
+    from engine.search.watch import read_study
+
+    storage = _search_storage(path, identity)
+    return None if storage is None else read_study(storage, name)
+
+
+def _search_path() -> Path:
+    from engine.search.study import storage_path
+
+    return storage_path(cache_dir())
+
+
+def search_study(name: str) -> StudyView | None:
+    """The study `name` as stored now (read again only when the studies' database changes; treat it as read-only);
+    None when there is none yet. A UserError in one line when the database cannot be read."""
+    path = _search_path()
+    try:
+        s = path.stat()
+    except OSError:
+        return None
+    return _search_study(str(path), (s.st_dev, s.st_ino), name, _store_version(path))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def search_views(name: str, version: tuple, _trials: tuple, objective: str) -> list:
+    """Optuna's views of a study's trials (`engine.search.watch.optuna_views`), drawn once per study version."""
+    from engine.search.watch import optuna_views
+
+    return optuna_views(list(_trials), objective)
+
+
+def search_version() -> tuple:
+    """Changes whenever the studies' database is written."""
+    return _store_version(_search_path())
+
+
+def pin_variant(variant_id: str) -> None:
+    """Pin a variant on the Compare page (a button's callback): added last to the pins, the oldest dropped beyond
+    four; the Compare page's pin list is drawn afresh from the view."""
+    pins = [p for p in pinned_ids() if p != variant_id]
+    set_view(pins=",".join([*pins, variant_id][-4:]))
+    st.session_state.pop("w_pins", None)

@@ -6,6 +6,8 @@ under the particular edge environment", Shao & Zhang 2020).
 - `objective`: a measured row's objective values and constraints for an environment (pure).
 - `pruner`: the study's pruner, which stops trials that can no longer meet the accuracy threshold.
 - `study`: the study itself, whose trials are jobs of the job queue (`Search`).
+- `launch`: the command line of a study for an environment, and a detached process that runs it, one at a time.
+- `watch`: a study read while it runs, and what a page draws of it.
 """
 
 from engine.search.objective import OBJECTIVES, Environment, constraints, objective_values

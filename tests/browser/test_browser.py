@@ -31,6 +31,7 @@ PAGES = [
     ("noisy", "Noisy channels", "Noisy channels", False),
     ("live", "Live", "Live co-inference", False),
     ("compare", "Compare", "Compare variants", True),
+    ("search", "Search", "Search", False),
     ("jobs", "Jobs", "Jobs", False),
     ("export", "Export / import", "Export and import", False),
 ]

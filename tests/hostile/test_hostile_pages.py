@@ -33,6 +33,7 @@ PAGES = {
     "compare": {**IDS, **NAMES},
     "jobs": {**NUMBERS, **NAMES},
     "export": {**IDS, **NUMBERS, "width": "1e-300"},
+    "search": {**IDS, **NUMBERS, **NAMES},
     "../../etc/passwd": {"sel": "x" * 100_000},
 }
 
