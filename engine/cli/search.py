@@ -53,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="latency (default): the fastest configuration within the threshold; front: device FLOPs, "
                         "bits and validation accuracy")
     p.add_argument("--budget", help="charged worker time the study may spend over its whole life, e.g. 45min or 2h "
-                                    "(a configuration measured before costs nothing)")
+                                    "(a configuration measured before costs no compute, but is charged the seconds "
+                                    "that measured it, so that a budget means the same either way)")
     p.add_argument("--trials", type=positive_int, help="trials the study may hold over its whole life")
     p.add_argument("--method", action="append",
                    help="search this method's choices (repeatable; default three_step; the end points are always "
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     profile, _, base = load(args)
     cfg = SearchConfig(profile.name, base, env, args.objective, args.drop / 100.0,
                        tuple(dict.fromkeys(args.method or ["three_step"])), args.study_seed)
+    from engine.search.launch import hold
+
+    hold(cfg.name)  # held until this process ends
     search = Search(cfg, data=data_path(args))
     print(f"study {cfg.name}: {cfg.objective} at {args.rate}, device {env.device.describe()}, server "
           f"{env.server.describe()}, base model {base.id}, {len(search.study.trials)} trials so far",

@@ -232,7 +232,7 @@ def _start(request: SearchRequest, name: str, cache: Path, command: Sequence[str
             raise SearchRunning(f"study {name} is running already") from None
         log_path = folder / "logs" / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.log"
         argv = list(command) if command is not None else [sys.executable, "-m", "engine", *request.argv()]
-        env = {**os.environ, "COINFER_CACHE": str(cache)}
+        env = {**os.environ, "COINFER_CACHE": str(cache), LOCKED_ENV: name}
         with open(log_path, "ab") as out:
             # the child inherits the locked descriptor: the lock is held until it (not this process) ends
             proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -244,6 +244,37 @@ def _start(request: SearchRequest, name: str, cache: Path, command: Sequence[str
         os.close(fd)
     threading.Thread(target=_reap, args=(proc, name, cache), name="coinfer-reap-search", daemon=True).start()
     return proc.pid
+
+
+LOCKED_ENV = "COINFER_SEARCH_LOCKED"  # set for a process started by `start`: it holds its study's lock already
+
+
+def hold(name: str, cache: Path | None = None) -> int | None:
+    """Take the study's lock for this process (the command run from a shell), so that the dashboard shows it running
+    and refuses a second start; a process started by `start` holds it already (None).
+
+    Args:
+        name: the study's name; cache: its cache.
+    Returns:
+        the locked descriptor (held until the process ends), or None.
+    Raises:
+        SearchRunning: another process runs the study.
+    """
+    if os.environ.get(LOCKED_ENV) == name:
+        return None
+    run_dir(cache).mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(name, cache), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SearchRunning(f"study {name} is running already (from the dashboard or another shell): wait for it, "
+                            "or stop it first") from None
+    return fd
 
 
 def stop(name: str, cache: Path | None = None) -> bool:

@@ -401,7 +401,9 @@ class Search:
         cons = constraints(row, env, cfg.drop)
         lat = latency_of(row, env)
         run = row.get("prune_run")
-        charged = charged_seconds(row, run not in self._charged_runs())
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        again = row.get("id") in {t.user_attrs.get("variant_id") for t in done}  # the study paid for it already
+        charged = 0.0 if again else charged_seconds(row, run not in self._charged_runs())
         attrs = {"constraints": cons, "feasible": feasible(cons), FINAL_ATTR: _float(row.get(DECISION_COLUMN)),
                  "test_accuracy": _float(row.get("accuracy")), "bits": _float(row.get("bits_actual")),
                  "device_flops": _float(row.get("device_flops")), "latency": lat["latency"],
@@ -495,7 +497,7 @@ def _job_seconds(job: Job | None) -> float:
 def charged_seconds(row: Mapping[str, Any], new_run: bool) -> float:
     """What a row costs a study, counted as a sweep's worker time is: the seconds its measurement took (training its
     encoder included) and, the first time the study uses it, the seconds of its pruning run. The base model is
-    shared by every study and sweep of it and is not counted.
+    shared by every study and sweep of it and is not counted; a row the study chose before is not charged again.
 
     Args:
         row: a results row; new_run: whether its pruning run is charged with it.
@@ -536,8 +538,8 @@ def trial_table(trials: Iterable[FrozenTrial]) -> pd.DataFrame:
         a = t.user_attrs
         spent += float(a.get("charged_s", 0.0)) if t.state.is_finished() else 0.0
         ok = t.state == TrialState.COMPLETE and bool(a.get("feasible", False))
-        if ok and t.values is not None and len(t.values) == 1:
-            best = min(best, t.values[0])
+        if ok and isinstance(a.get("latency"), int | float):  # a front study's trials carry their latency too
+            best = min(best, float(a["latency"]))
         rows.append({"number": t.number, "state": t.state.name.lower(), "method": a.get("method"),
                      "split": a.get("split"), "knobs": a.get("knobs"), "variant_id": a.get("variant_id"),
                      "latency": a.get("latency"), "validation": a.get(FINAL_ATTR), "test": a.get("test_accuracy"),

@@ -4,6 +4,7 @@ one detached process at a time."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -129,3 +130,18 @@ def test_a_damaged_record_or_lock_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="could not be started") as err:
         launch.start(SearchRequest("smoke", trials=1), name, cache, command=[sys.executable, "-c", "pass"])
     assert "\n" not in str(err.value)
+
+
+def test_the_command_holds_its_study_s_lock_unless_its_launcher_does(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.search.launch import LOCKED_ENV, SearchRunning, hold, running
+
+    monkeypatch.delenv(LOCKED_ENV, raising=False)
+    fd = hold("latency-abc", tmp_path)
+    assert fd is not None and running("latency-abc", tmp_path)  # the page sees a study run from a shell
+    with pytest.raises(SearchRunning, match="running already"):
+        hold("latency-abc", tmp_path)
+    os.close(fd)
+    assert not running("latency-abc", tmp_path)
+    monkeypatch.setenv(LOCKED_ENV, "latency-abc")  # started by the page: the lock is inherited
+    assert hold("latency-abc", tmp_path) is None
