@@ -100,12 +100,10 @@ with st.sidebar:
                             help="channels times this (1.0 is the paper's ResNet18; 0.25 is the CPU default); a "
                                  "model of one's own without a width argument ignores it")
     local = ui.local_data(ui.Environment(profile, float(width)))
-    known = ui.all_results()
     options = {"": f"{local.name} (local)" if local is not None else "no local dataset"}
-    if not known.empty and "dataset_fingerprint" in known:
-        for fp, name in known[["dataset_fingerprint", "dataset"]].dropna().drop_duplicates().itertuples(index=False):
-            if local is None or fp != local.fingerprint:
-                options.setdefault(str(fp), f"{name} ({str(fp)[:10]}…, results only)")
+    for fp, name in ui.known_datasets():
+        if local is None or fp != local.fingerprint:
+            options.setdefault(str(fp), f"{name} ({str(fp)[:10]}…, results only)")
     key = ui.bind("data", lambda: v["data"] if v["data"] in options else "")
     if st.session_state[key] not in options:
         st.session_state[key] = ""

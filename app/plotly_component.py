@@ -91,13 +91,14 @@ def figure_json(fig: go.Figure, key: str = "") -> str:
     return to_json_plotly(spec)
 
 
-def plotly_chart(fig: go.Figure, key: str) -> Any:
-    """Draw `fig` under `key` (updated in place on later runs); the selection event of a point clicked since the
-    last run, else None."""
+def plotly_chart(fig: go.Figure | str, key: str) -> Any:
+    """Draw `fig` (a figure, or its `figure_json` under this key) under `key` (updated in place on later runs); the
+    selection event of a point clicked since the last run, else None."""
     try:
         src = plotly_js_src()
     except OSError as exc:
         st.error(f"Cannot serve plotly.js from {STATIC_DIR} ({exc.strerror}); make that folder writable.")
         return None
-    result = _component(data={"figure": figure_json(fig, key), "src": src}, key=key, on_clicked_change=lambda: None)
+    figure = fig if isinstance(fig, str) else figure_json(fig, key)
+    result = _component(data={"figure": figure, "src": src}, key=key, on_clicked_change=lambda: None)
     return getattr(result, "clicked", None)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.plotly_component import plotly_chart
+from app.plotly_component import figure_json, plotly_chart
 from engine import exchange, sweep
 from engine import queue as jobq
 from engine.coding import NotTrained
@@ -170,13 +170,27 @@ def clicked_ids(event: Any) -> list[str]:
     return out
 
 
-def chart(fig: go.Figure, key: str) -> None:
+def chart(fig: go.Figure | Callable[[], go.Figure], key: str, deps: Hashable = None) -> None:
     """Draw a figure whose points select their variant when clicked (on every page, through the view state); it is
-    updated in place when the figure changes (`plotly_component`)."""
-    ids = clicked_ids(plotly_chart(fig, key))
+    updated in place when the figure changes (`plotly_component`).
+
+    Args:
+        fig: the figure, or a function that builds it from the results store's rows and `deps` alone: it is then
+            built and serialised once per `deps` and version of the store, for every session (a figure of thousands
+            of points takes longer to build than the rest of its page).
+        key: the chart's key.
+        deps: with a function `fig`, everything besides the store's rows that the figure depends on.
+    """
+    spec = fig if isinstance(fig, go.Figure) else _figure_json(key, store_key(), deps, fig)
+    ids = clicked_ids(plotly_chart(spec, key))
     if ids and ids[0] != selected_id():
         set_view(sel=ids[0])
         st.rerun()
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _figure_json(key: str, store: tuple, deps: Hashable, _make: Callable[[], go.Figure]) -> str:
+    return figure_json(_make(), key)
 
 
 # -- link rate and delay -------------------------------------------------------------------------------------
@@ -184,6 +198,7 @@ def chart(fig: go.Figure, key: str) -> None:
 # The slider's stops in kB/s: every two-digit rate from 100 B/s to 1 GB/s (1.0, 1.1, ... 9.9 times a power of ten:
 # log-spaced, at most 10 % apart); any rate in that range can be typed, and the view keeps it exactly.
 RATES_KBPS = [float(f"{m}e{e}") for e in range(-2, 5) for m in range(10, 100)] + [1e6]
+_RATE_LABELS = {r: format_rate(r * 8e3) for r in RATES_KBPS}  # the slider's labels, formatted once
 DEFAULT_RATE_KBPS = 40.0
 MAX_DELAY_MS = 60_000.0  # the sidebar's largest propagation delay: a minute
 _SLID, _TYPED = "w_rate_kBps", "w_rate_kBps_typed"  # the two widgets of the one view key
@@ -224,7 +239,7 @@ def rate_control() -> float:
     bind("rate_kBps", lambda: nearest_stop(view_rate_kbps()))
     bind("rate_kBps_typed", view_rate_kbps)
     st.select_slider("Link rate", options=RATES_KBPS, key=_SLID, on_change=_rate_slid,
-                     format_func=lambda r: format_rate(r * 8e3),
+                     format_func=lambda r: _RATE_LABELS.get(r) or format_rate(r * 8e3),
                      help="log scale; R in latency = F_dev/C_dev + B/R + F_srv/C_srv")
     st.number_input("Link rate (kB/s)", min_value=RATES_KBPS[0], max_value=RATES_KBPS[-1], step=1.0, format="%.6g",
                     key=_TYPED, on_change=_rate_typed, help="any rate from 0.1 to 1,000,000 kB/s, kept as typed")
@@ -386,10 +401,30 @@ def results_store() -> ResultsStore:
     return _open_store(str(path), path.exists())
 
 
+def store_key() -> tuple[str, tuple]:
+    """The results store's path and version (`_store_version`): the key of whatever is cached from its rows."""
+    store = results_store()
+    return str(store.path), _store_version(store.path)
+
+
 def all_results() -> pd.DataFrame:
     """The whole results table (cached until the store changes; treat it as read-only)."""
-    store = results_store()
-    return _table(str(store.path), _store_version(store.path))
+    return _table(*store_key())
+
+
+def known_datasets() -> list[tuple[Any, Any]]:
+    """(fingerprint, name) of each dataset the stored rows were measured on, once each, in the table's order (cached
+    until the store changes)."""
+    return _known_datasets(*store_key())
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _known_datasets(path: str, version: tuple) -> list[tuple[Any, Any]]:
+    table = _table(path, version)
+    if table.empty or "dataset_fingerprint" not in table:
+        return []
+    return list(table[["dataset_fingerprint", "dataset"]].dropna().drop_duplicates().itertuples(index=False,
+                                                                                              name=None))
 
 
 def open_page(title: str, needs: str) -> tuple[Environment, ImageData | None, BaseModelConfig, pd.DataFrame]:
@@ -539,6 +574,31 @@ def no_rows(what: str) -> None:
     st.page_link("app_pages/jobs.py", label="Go to Jobs", icon="▶️")
 
 
+TABLE_ROWS = 500  # rows a table shows at once: a longer one is paged (thousands of rows slow the whole page)
+
+
+def paged(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """`frame`, or, when it has more than `TABLE_ROWS` rows, the page of them chosen in a page field (session state
+    `key`), with a caption saying which rows are shown.
+
+    Args:
+        frame: the table to show, in its order.
+        key: the page field's session key.
+    Returns:
+        The rows to show.
+    """
+    if len(frame) <= TABLE_ROWS:
+        return frame
+    pages = math.ceil(len(frame) / TABLE_ROWS)
+    if not 1 <= st.session_state.get(key, 1) <= pages:  # fewer rows than when the page was chosen
+        st.session_state[key] = 1
+    page = int(st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, step=1, key=key))
+    start = (page - 1) * TABLE_ROWS
+    st.caption(f"Rows {start + 1:,}–{min(start + TABLE_ROWS, len(frame)):,} of {len(frame):,}, {TABLE_ROWS:,} a page "
+               "(the Export page's CSV holds every row)")
+    return frame.iloc[start:start + TABLE_ROWS]
+
+
 # -- jobs ---------------------------------------------------------------------------------------------------
 
 
@@ -604,6 +664,17 @@ def start_sweep(profile: str, base: BaseModelConfig, methods: list[str] | None =
     queued, _ = sweep.submit(queue, planned, results_store())
     run_queue()
     return len(queued)
+
+
+def crossed_variants(profile: str, base: BaseModelConfig, methods: Iterable[str]) -> list[sweep.Planned]:
+    """`sweep.followups` of the results store (cached until the store changes: it reads every row)."""
+    return _followups(*store_key(), profile, base, data_path(), tuple(methods))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _followups(path: str, version: tuple, profile: str, base: BaseModelConfig, data: str | None,
+               methods: tuple[str, ...]) -> list[sweep.Planned]:
+    return sweep.followups(profile, base, _open_store(path, Path(path).exists()), data, methods=list(methods))
 
 
 def follow_sweep(base: BaseModelConfig) -> None:

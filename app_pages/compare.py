@@ -3,6 +3,7 @@ and where they sit on the communication-computation plane."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app import ui
@@ -28,7 +29,15 @@ def _label(row: dict) -> str:
             + f" · {row['id'][:8]}")
 
 
-labels = {r["id"]: _label(r) for r in lat.to_dict("records")}
+@st.cache_data(max_entries=4, show_spinner=False)
+def _labels(store: tuple, base_id: str, _table: pd.DataFrame) -> dict[str, str]:
+    """Each row's label, by id, in the table's order (once per version of the store: thousands of rows)."""
+    columns = [c for c in ("id", "method", "split", "knobs", DECISION_COLUMN, "accuracy") if c in _table]
+    return {r["id"]: _label(r) for r in (dict(zip(columns, values, strict=True))
+                                         for values in zip(*(_table[c] for c in columns), strict=True))}
+
+
+labels = _labels(ui.store_key(), base.id, table)
 baselines = [i for i, s in zip(lat["id"], lat["split"], strict=True) if s in ("server_only", "device_only")]
 sel = ui.selected_id()
 
@@ -77,7 +86,6 @@ else:
         diff["knobs"] = diff["knobs"].map(knob_text)
     st.dataframe(diff, column_config={c: st.column_config.NumberColumn(format="%.4g") for c in diff.columns
                                       if c.startswith("Δ ")})
-need = ui.threshold(env, table)
-fig = plane_figure(lat, ui.png_bits(table, data), threshold=need, front="none", selected=sel,
-                   highlight={p: LETTERS[i] for i, p in enumerate(pins)}, height=380)
-ui.chart(fig, "compare_plane")
+need, png, highlight = ui.threshold(env, table), ui.png_bits(table, data), {p: LETTERS[i] for i, p in enumerate(pins)}
+ui.chart(lambda: plane_figure(lat, png, threshold=need, front="none", selected=sel, highlight=highlight, height=380),
+         "compare_plane", deps=(base.id, env, png, need, sel, tuple(highlight.items())))

@@ -163,7 +163,7 @@ def _export_section() -> None:
         row = lat[lat["id"] == sel].iloc[0]
         st.markdown(f"Chosen: the selected variant **{row['method']} @ {row['split']}** (`{sel}`).")
     else:
-        row = best_variant(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s)
+        row = best_variant(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s, latencies=lat)
         if row is None:
             st.warning("Nothing selected, and no variant meets the accuracy threshold and fits the device: click a "
                        "point on a plane to choose one.")

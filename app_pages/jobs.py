@@ -42,7 +42,7 @@ with st.expander("Start jobs", expanded=True):
                            "the crossed variants follow as rows arrive.")
             except UserError as exc:
                 st.error(str(exc))
-        crossed = sweep.followups(env.profile, base, ui.results_store(), ui.data_path(), methods=methods)
+        crossed = ui.crossed_variants(env.profile, base, methods)
         st.caption(f"{len(crossed)} crossed variant(s) follow from the rows measured so far: each `three_step` "
                    "snapshot that holds its threshold, and the unpruned split, with every coding the profile names "
                    "(what `python -m engine sweep` queues as rows arrive).")

@@ -110,11 +110,12 @@ bits_column = "bits_ideal" if ideal else "bits_actual"
 lat = latency_table(table, env.device, env.server, env.rate_bps, delay_s=env.delay_s)
 shown = lat[lat["split"].isin(chosen)] if chosen else lat
 png = ui.png_bits(table, data)
-fig = plane_figure(shown, png, bits_column=bits_column, threshold=need, below="hide" if hide else "grey",
-                   front=front, selected=ui.selected_id())
-ui.chart(fig, "plane")
+below, selected = "hide" if hide else "grey", ui.selected_id()
+ui.chart(lambda: plane_figure(shown, png, bits_column=bits_column, threshold=need, below=below, front=front,
+                              selected=selected), "plane",
+         deps=(base.id, env, tuple(chosen), png, bits_column, need, below, front, selected))
 
-best = best_variant(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s)
+best = best_variant(table, env.device, env.server, env.rate_bps, need, delay_s=env.delay_s, latencies=lat)
 if best is None:
     st.warning("No variant meets the accuracy threshold and fits the device memory in this environment.")
 else:
@@ -132,7 +133,7 @@ shown = shown.assign(validation=validation_label(shown))
 cols = [c for c in ("method", "split", "knobs", DECISION_COLUMN, "accuracy", "validation", "device_flops",
                     "server_flops", "device_memory_bytes", "bits_actual", "bits_ideal", "bits_raw", "latency",
                     "feasible", "id") if c in shown]
-listed = shown.sort_values(["method", "device_flops"])[cols]
+listed = ui.paged(shown[cols].sort_values(["method", "device_flops"]), "plane_table_page")
 st.dataframe(listed.assign(knobs=listed["knobs"].map(knob_text)) if "knobs" in cols else listed, hide_index=True,
              column_config={"accuracy": st.column_config.NumberColumn("test accuracy", format="percent"),
                             DECISION_COLUMN: st.column_config.NumberColumn("validation accuracy", format="percent"),

@@ -1,7 +1,7 @@
 """Page speed: each dashboard page rendered by AppTest (warm: the second and later runs) over a results store of
-2,000 synthetic rows, and, when Debian's chromium is there, the time from a link-rate slider change to the redrawn
-latency chart in a real browser. Run: python bench/bench_pages.py [--rows 2000] [--repeats 5]
-[--browser-repeats 15] [--no-browser]."""
+10,000 synthetic rows (or of each `--rows` count in turn), and, when Debian's chromium is there, the time from a
+link-rate slider change to the redrawn latency chart in a real browser (over the first count's store). Run:
+python bench/bench_pages.py [--rows 10000 [2000 ...]] [--repeats 5] [--browser-repeats 15] [--no-browser]."""
 
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ def _rate_slider(page):  # noqa: ANN001, ANN202
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000],
+                        help="result rows in the store; several counts are measured one after the other")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("COINFER_DATA", DEFAULT_DATA)))
     parser.add_argument("--browser-repeats", type=int, default=15, help="slider changes timed in the browser")
@@ -174,21 +175,22 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        cache, _ = prepare_cache(Path(tmp), args.data, args.rows)
-        os.environ["COINFER_CACHE"], os.environ["COINFER_DATA"] = str(cache), str(args.data)
-        pages = [p for p in ("plane", "latency", "noisy", "compare", "jobs", "export")
-                 if (PROJECT_ROOT / "app_pages" / f"{p}.py").exists()]
-        print(f"{args.rows} result rows, AppTest, medians of {args.repeats}: new session on the page's URL (warm "
-              "caches) / rerun in the session / first session (cold)")
-        for page, (cold, opened, rerun) in bench_apptest(pages, args.repeats).items():
-            print(f"  {page:8s} {opened * 1e3:6.0f} ms  {rerun * 1e3:6.0f} ms  {cold * 1e3:6.0f} ms")
-        if not args.no_browser and Path(CHROMIUM).exists():
-            times = bench_browser(cache, args.data, args.browser_repeats)
-            print(f"browser, latency page: link-rate slider change to redrawn chart: median "
-                  f"{statistics.median(times) * 1e3:.0f} ms, 90th percentile "
-                  f"{statistics.quantiles(times, n=10)[-1] * 1e3:.0f} ms, max {max(times) * 1e3:.0f} ms over "
-                  f"{len(times)} changes")
+    pages = [p for p in ("plane", "latency", "noisy", "compare", "jobs", "export")
+             if (PROJECT_ROOT / "app_pages" / f"{p}.py").exists()]
+    for i, rows in enumerate(args.rows):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache, _ = prepare_cache(Path(tmp), args.data, rows)
+            os.environ["COINFER_CACHE"], os.environ["COINFER_DATA"] = str(cache), str(args.data)
+            print(f"{rows} result rows, AppTest, medians of {args.repeats}: new session on the page's URL (warm "
+                  "caches) / rerun in the session / first session (cold)")
+            for page, (cold, opened, rerun) in bench_apptest(pages, args.repeats).items():
+                print(f"  {page:8s} {opened * 1e3:6.0f} ms  {rerun * 1e3:6.0f} ms  {cold * 1e3:6.0f} ms")
+            if i == 0 and not args.no_browser and Path(CHROMIUM).exists():
+                times = bench_browser(cache, args.data, args.browser_repeats)
+                print(f"browser, latency page: link-rate slider change to redrawn chart: median "
+                      f"{statistics.median(times) * 1e3:.0f} ms, 90th percentile "
+                      f"{statistics.quantiles(times, n=10)[-1] * 1e3:.0f} ms, max {max(times) * 1e3:.0f} ms over "
+                      f"{len(times)} changes")
 
 
 if __name__ == "__main__":

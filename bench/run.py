@@ -52,7 +52,8 @@ BENCHES = (
     Bench("mobilenetv2", "MobileNetV2 on the quick profile",
           ("bench/bench_model.py", "--model", "mobilenetv2", "--profile", "quick", "--data", "DATA", "--sweep")),
     Bench("trickle", "Slow clients: a device session under 64 trickling connections", ("bench/bench_trickle.py",)),
-    Bench("pages", "Dashboard speed", ("bench/bench_pages.py", "--rows", "2000", "--repeats", "5", "--data", "DATA")),
+    Bench("pages", "Dashboard speed", ("bench/bench_pages.py", "--rows", "10000", "2000", "--repeats", "5", "--data",
+                                       "DATA")),
 )
 
 

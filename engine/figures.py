@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ METHOD_COLORS = {
 }
 
 SYMBOL_FILLED, SYMBOL_OPEN = 0, 100  # plotly's numeric codes of "circle" and "circle-open" (numeric: fast to send)
+# A plane of more points than this draws them with WebGL (Scattergl): SVG, one element per point, gets slow to draw,
+# hover and pan past a few thousand.
+WEBGL_POINTS = 3000
 BITS_LABELS = {"bits_actual": "bits per image (actual bitstream)", "bits_ideal": "bits per image (ideal)",
                "bits_8bit": "bits per image (8-bit, uncoded)"}
 
@@ -39,7 +42,9 @@ def _fmt(value: object, spec: str) -> str | None:
 
 def knobs_text(knobs: object) -> str:
     """A variant's knobs as "a=1, b=2" (sorted); "" when it has none."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())) if isinstance(knobs, Mapping) else ""
+    if type(knobs) is dict or isinstance(knobs, Mapping):  # a results table's knobs are dicts: no ABC check for them
+        return ", ".join(f"{k}={v}" for k, v in sorted(knobs.items()))
+    return ""
 
 
 def hover_text(row: Mapping, bits_column: str = "bits_actual") -> str:
@@ -94,7 +99,8 @@ _HOVER_NUMBERS = (("accuracy", "test accuracy", ".2%"), (DECISION_COLUMN, "valid
 def _hover_data(points: pd.DataFrame, bits_column: str) -> tuple[np.ndarray, pd.Series, str]:
     """What a point's hover shows (a variant's whole configuration and every metric), built for thousands of rows:
     the numbers as one float array (`customdata`, sent as binary), the configuration as one short string per point
-    (`hovertext`), and the template that formats them in the browser."""
+    (`hovertext`, an object array: plotly takes it without a check per item), and the template that formats them in
+    the browser."""
     knobs = points["knobs"] if "knobs" in points else pd.Series(None, index=points.index, dtype=object)
     knob_text = [knobs_text(k) or "no knobs" for k in knobs]
     feasible = points["feasible"].astype(bool) if "feasible" in points else pd.Series(True, index=points.index)
@@ -108,7 +114,7 @@ def _hover_data(points: pd.DataFrame, bits_column: str) -> tuple[np.ndarray, pd.
             lines.append(f"{label} %{{customdata[{len(columns)}]:{spec}}}" + (" ◀" if column == bits_column else ""))
             columns.append(pd.to_numeric(points[column], errors="coerce").to_numpy(dtype=float))
     numbers = np.column_stack(columns) if columns else np.zeros((len(points), 0))
-    return numbers, head, "<br>".join(lines) + "<extra></extra>"
+    return numbers, pd.Series(head.to_numpy(dtype=object), index=points.index), "<br>".join(lines) + "<extra></extra>"
 
 
 def _measured_on(points: pd.DataFrame) -> pd.Series:
@@ -125,9 +131,17 @@ def _scatter(**props: object) -> go.Scatter:
     return go.Scatter(**props, _validate=False)
 
 
-def _point_ids(frame: pd.DataFrame) -> list[str] | None:
-    """Per-point variant ids (plotly's `ids`): a click's selection event carries the point's id."""
-    return frame["id"].astype(str).tolist() if "id" in frame and frame["id"].notna().all() else None
+def _scattergl(**props: object) -> go.Scattergl:
+    """`_scatter` drawn with WebGL, for thousands of points."""
+    return go.Scattergl(**props, _validate=False)
+
+
+def _point_ids(frame: pd.DataFrame) -> np.ndarray | None:
+    """Per-point variant ids (plotly's `ids`): a click's selection event carries the point's id. An object array:
+    plotly takes it whole, a list item by item."""
+    if "id" not in frame or not frame["id"].notna().all():
+        return None
+    return frame["id"].astype(str).to_numpy(dtype=object)
 
 
 def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str = "bits_actual",
@@ -139,48 +153,51 @@ def plane_figure(table: pd.DataFrame, png_bits: float | None, bits_column: str =
     (`below="grey"`) or left out (`"hide"`), and so are measured rows without a validation figure (a trace of their
     own: re-measure them); the Pareto front of the others is a step line (`front`: "overall", "method" or "none"). The
     server-only cost (0 FLOPs) is the input PNG line; the region above it (data amplification) is shaded and points
-    there are hollow. `selected` (an id) gets a star, `highlight` (id -> label) rings with labels."""
+    there are hollow. `selected` (an id) gets a star, `highlight` (id -> label) rings with labels. Over `WEBGL_POINTS`
+    points every trace is drawn with WebGL (a WebGL trace is drawn above the SVG ones: the front, the star and the
+    rings stay on top of the points only when they are WebGL too)."""
     fig = go.Figure(_validate=False)  # see _scatter
     points = table[(table["device_flops"] > 0) & table[bits_column].notna()].sort_values("device_flops")
     unvalidated = decision_accuracy(points).isna() & _measured(points)
     ok = meets_threshold(points, threshold) & ~unvalidated
     few = len(points) <= 40
+    trace = _scattergl if len(points) > WEBGL_POINTS else _scatter
     numbers, heads, template = _hover_data(points, bits_column)
     row = pd.Series(np.arange(len(points)), index=points.index)
     for method, group in points[ok].groupby("method", sort=False):
         amplified = (group[bits_column] > png_bits).to_numpy() if png_bits else np.zeros(len(group), dtype=bool)
-        fig.add_trace(_scatter(
+        fig.add_trace(trace(
             x=group["device_flops"], y=group[bits_column], mode="markers+text" if few else "markers", name=method,
             legendgroup=method, text=group["split"], textposition="top center", textfont={"size": 10},
             marker={"size": 10 if few else 7, "color": METHOD_COLORS.get(method, "#444"),
                     "symbol": np.where(amplified, SYMBOL_OPEN, SYMBOL_FILLED), "line": {"width": 2}},
-            ids=_point_ids(group), customdata=numbers[row[group.index]], hovertext=heads[group.index].tolist(),
+            ids=_point_ids(group), customdata=numbers[row[group.index]], hovertext=heads[group.index].to_numpy(),
             hovertemplate=template, unselected={"marker": {"opacity": 0.9}},
         ))
     for name, grey in (("below the accuracy threshold", points[~ok & ~unvalidated]),
                        (NO_VALIDATION, points[unvalidated])):
         if len(grey) and below != "hide":
-            fig.add_trace(_scatter(
+            fig.add_trace(trace(
                 x=grey["device_flops"], y=grey[bits_column], mode="markers", name=name,
                 text=grey["split"], marker={"size": 7, "color": "#c7c7c7", "line": {"width": 0},
                                             "symbol": "x" if name == NO_VALIDATION else "circle"}, opacity=0.7,
-                ids=_point_ids(grey), customdata=numbers[row[grey.index]], hovertext=heads[grey.index].tolist(),
+                ids=_point_ids(grey), customdata=numbers[row[grey.index]], hovertext=heads[grey.index].to_numpy(),
                 hovertemplate=template, unselected={"marker": {"opacity": 0.6}},
             ))
-    _add_fronts(fig, points[ok], front, bits_column)
+    _add_fronts(fig, points[ok], front, bits_column, trace)
     for ids, name, symbol, size in (([selected] if selected else [], "selected", "star", 18),
                                     (list(highlight or {}), "pinned", "circle-open", 22)):
         mark = points[points["id"].isin(ids)] if "id" in points and ids else points.iloc[:0]
         if mark.empty:
             continue
         labels = [(highlight or {}).get(i, "") for i in mark["id"]] if name == "pinned" else None
-        fig.add_trace(_scatter(
+        fig.add_trace(trace(
             x=mark["device_flops"], y=mark[bits_column], mode="markers+text" if labels else "markers", name=name,
             text=labels, textposition="middle right", textfont={"size": 14, "color": "#000"},
             marker={"symbol": symbol, "size": size, "color": "#ffd700" if symbol == "star" else "#000",
                     "line": {"width": 2, "color": "#000"}},
             ids=_point_ids(mark), customdata=numbers[row[mark.index]],
-            hovertext=heads[mark.index].tolist(), hovertemplate=template,
+            hovertext=heads[mark.index].to_numpy(), hovertemplate=template,
             hoverinfo="text"))
     if png_bits:
         _add_png_line(fig, png_bits, float(points[bits_column].max()) * 3 if len(points) else png_bits * 10)
@@ -198,14 +215,16 @@ def _measured(points: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(points["accuracy"], errors="coerce").notna()
 
 
-def _add_fronts(fig: go.Figure, kept: pd.DataFrame, front: str, bits_column: str) -> None:
-    """The Pareto front of the variants over the threshold as a step line: one overall, one per method, or none."""
+def _add_fronts(fig: go.Figure, kept: pd.DataFrame, front: str, bits_column: str,
+                trace: Callable[..., go.Scatter | go.Scattergl] = _scatter) -> None:
+    """The Pareto front of the variants over the threshold as a step line: one overall, one per method, or none
+    (`trace`: `_scatter`, or `_scattergl` on a plane drawn with WebGL)."""
     fronts = [] if front == "none" or kept.empty else (
         [("Pareto front", kept, "#222", "solid")] if front == "overall"
         else [(m, g, METHOD_COLORS.get(m, "#444"), "dot") for m, g in kept.groupby("method", sort=False)])
     for name, group, color, dash in fronts:
         pf = pareto_front(group, "device_flops", bits_column)
-        fig.add_trace(_scatter(
+        fig.add_trace(trace(
             x=pf["device_flops"], y=pf[bits_column], mode="lines", line={"shape": "hv", "color": color, "dash": dash,
                                                                          "width": 1.5},
             name="Pareto front" if front == "overall" else f"{name} front", legendgroup=name,

@@ -104,37 +104,54 @@ def pareto_front(table: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool
     return front.iloc[sort]
 
 
+def _candidate_order(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
+                     rate_bps: float | str, threshold: float | None, bits_column: str,
+                     overheads: Overheads | None = None, latencies: pd.DataFrame | None = None,
+                     delay_s: float = 0.0) -> tuple[pd.DataFrame, np.ndarray]:
+    """The `latency_table` of these arguments (`latencies`, when the caller has it already) and the positions of its
+    feasible rows whose validation accuracy meets the threshold (`decidable`), with a known latency, best first. The
+    sort reorders the sort keys alone: a caller takes the rows it needs, not every column of every row twice."""
+    lat = latency_table(table, device, server, rate_bps, bits_column, overheads, delay_s) \
+        if latencies is None else latencies
+    if len(lat) == 0:
+        return lat, np.arange(0)
+    missing = [c for c in ("id", "method") if c not in lat.columns]
+    if missing:
+        raise UserError(f"the results table lacks column(s) {', '.join(missing)}")
+    ok = lat["feasible"] & lat["latency"].notna() & decidable(lat, threshold)
+    positions = np.flatnonzero(ok.to_numpy(dtype=bool))
+    keys = lat[_ORDER].iloc[positions].reset_index(drop=True)
+    return lat, positions[keys.sort_values(_ORDER, kind="stable", na_position="last").index.to_numpy()]
+
+
 def _candidates(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                 rate_bps: float | str, threshold: float | None, bits_column: str,
                 overheads: Overheads | None = None, latencies: pd.DataFrame | None = None,
                 delay_s: float = 0.0) -> pd.DataFrame:
     """Feasible rows whose validation accuracy meets the threshold (`decidable`), with a known latency, best first
     (from `latencies`, the `latency_table` of these arguments, when the caller has it already)."""
-    lat = latency_table(table, device, server, rate_bps, bits_column, overheads, delay_s) \
-        if latencies is None else latencies
-    if len(lat) == 0:
-        return lat
-    missing = [c for c in ("id", "method") if c not in lat.columns]
-    if missing:
-        raise UserError(f"the results table lacks column(s) {', '.join(missing)}")
-    ok = lat["feasible"] & lat["latency"].notna() & decidable(lat, threshold)
-    return lat[ok].sort_values(_ORDER, kind="stable", na_position="last")
+    lat, order = _candidate_order(table, device, server, rate_bps, threshold, bits_column, overheads, latencies,
+                                  delay_s)
+    return lat.iloc[order]
 
 
 def best_variant(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,
                  rate_bps: float | str, threshold: float | None, method: str | None = None,
                  bits_column: str = "bits_actual", overheads: Overheads | None = None,
-                 delay_s: float = 0.0) -> pd.Series | None:
+                 delay_s: float = 0.0, latencies: pd.DataFrame | None = None) -> pd.Series | None:
     """The feasible row with validation accuracy >= `threshold` (None: any accuracy) and the lowest latency, of one
     method or of all; ties go to fewer device FLOPs, then the smaller id. None if no row qualifies. The row carries the
     latency columns of `latency_table` (with `overheads`, the measured deployment costs counted too; with `delay_s`,
-    the one-way propagation delay in seconds)."""
+    the one-way propagation delay in seconds). `latencies`: the `latency_table` of these same arguments, when the
+    caller has computed it already."""
     if method is not None and len(table):
         if "method" not in table.columns:
             raise UserError("the results table has no method column")
         table = table[table["method"] == method]
-    best = _candidates(table, device, server, rate_bps, threshold, bits_column, overheads, delay_s=delay_s)
-    return None if best.empty else best.iloc[0]
+        latencies = None if latencies is None else latencies[latencies["method"] == method]
+    lat, order = _candidate_order(table, device, server, rate_bps, threshold, bits_column, overheads, latencies,
+                                  delay_s)
+    return None if len(order) == 0 else lat.iloc[order[0]]
 
 
 def best_per_method(table: pd.DataFrame, device: DeviceProfile | str, server: DeviceProfile | str,

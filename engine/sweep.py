@@ -117,7 +117,10 @@ def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: st
     Returns:
         the planned follow-up variants, after every variant of the same cost tier planned up front.
     """
-    rows = [r for r in store.rows() if r.get("base_id") == base.id]
+    base_id = base.id  # a hash of the config: once, not once per row
+    stored = store.rows()
+    rows = [r for r in stored if r.get("base_id") == base_id]
+    measured = {r["id"] for r in stored}  # one read of the store, not one query per candidate
     out: list[Planned] = []
     for name in methods_in_order(methods):
         follow = getattr(METHODS.get(name), "followups", None)
@@ -125,7 +128,7 @@ def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: st
             continue
         rank, taken = method_cost(name)[0], Counter()
         for i, v in enumerate(follow(base, rows)):
-            if v.id in store or v.id in exclude or (splits is not None and v.split not in splits):
+            if v.id in measured or v.id in exclude or (splits is not None and v.split not in splits):
                 continue
             tier = ENCODER_TIER if trains_encoder(v) else 0
             if tier and encoders_per_split is not None:

@@ -439,10 +439,11 @@ class ThreeStep:
         Returns:
             the crossed variants, each once, grouped by split in that order.
         """
-        rows = [r for r in rows if r.get("base_id") == base.id and r.get("method") == "three_step"]
+        base_id = base.id  # a hash of the config: once, not once per row
+        rows = [r for r in rows if r.get("base_id") == base_id and r.get("method") == "three_step"]
         profile, candidates, splits = profile_of(base), {}, []
         for row in rows:
-            level, holds = _snapshot_level(row, base)
+            level, holds = _snapshot_level(row, base_id)
             if level is None:
                 continue
             splits += [row["split"]] if row["split"] not in splits else []
@@ -561,11 +562,11 @@ class ThreeStep:
         return FEATURE_CODINGS.get(str(cfg.knob("encoder", "none"))).deploy(pruned.device, pruned.server, cfg, ctx)
 
 
-def _snapshot_level(row: Mapping[str, Any], base: BaseModelConfig) -> tuple[int | None, bool]:
-    """For a measured 8-bit + Huffman snapshot row of `base`: its pruning level and whether its validation accuracy
-    holds its run's threshold; (None, False) for any other row."""
+def _snapshot_level(row: Mapping[str, Any], base_id: str) -> tuple[int | None, bool]:
+    """For a measured 8-bit + Huffman snapshot row of the base model `base_id`: its pruning level and whether its
+    validation accuracy holds its run's threshold; (None, False) for any other row."""
     knobs = row.get("knobs") or {}
-    if (row.get("method") != "three_step" or row.get("base_id") != base.id or knobs.get("encoder", "none") != "none"
+    if (row.get("method") != "three_step" or row.get("base_id") != base_id or knobs.get("encoder", "none") != "none"
             or knobs.get("bits", 8) != 8 or knobs.get(REPLICATE_KNOB, 0)):  # a replicate is not crossed again
         return None, False
     level, val, need = knobs.get("snapshot"), row.get("val_accuracy"), row.get("val_threshold")

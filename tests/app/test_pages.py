@@ -288,6 +288,57 @@ def test_plane_threshold_front_and_selection(synthetic: pd.DataFrame) -> None:
     assert traces(figure(lat))["selected"]["customdata"] == [pick]
 
 
+def test_a_large_plane_draws_with_webgl_and_pages_its_table(synthetic: pd.DataFrame,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import figures
+
+    monkeypatch.setattr(figures, "WEBGL_POINTS", 10)  # the 58 points of the synthetic rows count as many
+    monkeypatch.setattr(ui, "TABLE_ROWS", 25)
+    at = run_page(drop="1")
+    need = 0.9 - 0.01
+    points = synthetic[synthetic["device_flops"] > 0]
+    ok = meets_threshold(points, need)
+    fig = figure(at)
+    assert {t["type"] for t in fig["data"]} == {"scattergl"}  # the front too: a WebGL trace draws above SVG ones
+    shown = traces(fig)
+    assert sorted(shown["below the accuracy threshold"]["ids"]) == sorted(points[~ok]["id"])
+    drawn = [i for name, t in shown.items() if name in {"original", "two_step_pruning", "bottlenet_pp", "three_step"}
+             for i in t["ids"]]
+    assert sorted(drawn) == sorted(points[ok]["id"])
+    assert shown["Pareto front"]["line"]["shape"] == "hv"
+    front = pareto_front(points[ok], "device_flops", "bits_actual")
+    assert shown["Pareto front"]["x"] == front["device_flops"].tolist()
+    # the listing: 25 rows a page, in the listing's order, with a note of which
+    listed = synthetic.sort_values(["method", "device_flops"])["id"].tolist()
+    assert at.dataframe[-1].value["id"].tolist() == listed[:25]
+    assert "Rows 1–25 of 60" in texts(at, "caption")
+    widget(at, "number_input", "Page (of 3)").set_value(3).run()
+    assert at.dataframe[-1].value["id"].tolist() == listed[50:]
+    assert "Rows 51–60 of 60" in texts(at, "caption")
+    few = run_page("plane", splits="conv2_x")  # fewer rows than a page: no page field, every row
+    assert not [w for w in few.get("number_input") if w.label.startswith("Page")]
+    assert len(few.dataframe[-1].value) == (synthetic["split"] == "conv2_x").sum()
+
+
+def test_the_plane_is_built_once_per_view_and_store_version(synthetic: pd.DataFrame, fresh_cache: Path,
+                                                            small_data: ImageData,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import figures
+
+    built: list[int] = []
+    plane_figure = figures.plane_figure
+    monkeypatch.setattr(figures, "plane_figure", lambda *a, **k: built.append(1) or plane_figure(*a, **k))
+    first = figure(run_page(drop="1.5"))
+    assert len(built) == 1
+    assert figure(run_page(drop="1.5")) == first and len(built) == 1  # another session on the same view
+    assert figure(run_page(drop="2.5")) != first and len(built) == 2  # another view
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint)
+    row = synthetic_rows(base.id, len(synthetic) + 1, dataset_fingerprint=small_data.fingerprint)[-1]
+    ResultsStore(fresh_cache / "results.sqlite").put(row)  # a new row: the figure is built again and shows it
+    again = traces(figure(run_page(drop="1.5")))
+    assert len(built) == 3 and row["id"] in [i for t in again.values() for i in t.get("ids") or []]
+
+
 def test_view_state_survives_a_page_switch_and_a_reload(synthetic: pd.DataFrame) -> None:
     pick = synthetic["id"].iloc[5]
     at = run_page("latency", rate_kBps="10", sel=pick, device_gflops="5", bits="ideal")

@@ -131,6 +131,19 @@ def test_best_variant_constraints():
     assert best_variant(t.drop(index=0), tiny, GPU, SLOW, 0.93) is None
 
 
+def test_best_variant_takes_the_callers_latency_table():
+    t = variants()
+    for rate in (SLOW, FAST):
+        latencies = latency_table(t, PI3, GPU, rate)  # the page's own table, passed in: the same answer
+        for method in (None, "original", "three_step", "nope"):
+            alone = best_variant(t, PI3, GPU, rate, 0.93, method=method)
+            given = best_variant(t, PI3, GPU, rate, 0.93, method=method, latencies=latencies)
+            if alone is None:
+                assert given is None
+            else:
+                pd.testing.assert_series_equal(given, alone)
+
+
 def test_best_variant_ties():
     dev = custom_device(1024.0, math.inf)
     t = pd.DataFrame(
