@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 import pandas as pd
 from optuna.pruners import NopPruner
-from optuna.samplers import TPESampler
+from optuna.samplers import RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
 from engine import intermediate
@@ -173,7 +173,8 @@ class Search:
         # a fresh sampler seed per run, from the trials so far: a resumed study does not replay its first choices
         self.study.sampler = _sampler(cfg.seed + len(self.study.trials))
         self.pending: dict[int, _Pending] = {}
-        self._repeats = 0
+        self._repeats = 0  # trials in a row that chose a configuration the study had measured
+        self._explore = False  # the next trial is drawn at random (the last one was a repeat)
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
@@ -262,22 +263,38 @@ class Search:
 
     def _ask(self, capacity: int, trials: int | None) -> None:
         """Ask for trials until `capacity` wait on jobs or the study holds `trials`; those measured before are
-        told at once."""
+        told at once. A trial that chooses a configuration the study has measured is told as a repeat (failed, never
+        charged, left out of the sampler's view), and the next trial is drawn at random: TPE that has found a
+        configuration with nothing left to choose (an end point) would otherwise propose it again and again."""
         told = 0
         while (len(self.pending) < capacity and told < MAX_REPEATS and self._repeats < MAX_REPEATS
                and (trials is None or self._held() < trials)):
-            trial = self.study.ask()
+            tpe = self.study.sampler
+            if self._explore:
+                self.study.sampler = RandomSampler(seed=self.cfg.seed + len(self.study.trials))
             try:
+                trial = self.study.ask()
                 variant = suggest_variant(trial, self.cfg.base, self.cfg.methods)
                 check_variant(variant, self.cfg.profile)
             except UserError as exc:
                 trial.set_user_attr("error", str(exc))
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue
+            finally:
+                self.study.sampler = tpe
             self._describe(trial, variant)
-            seen = variant.id in {t.user_attrs.get("variant_id") for t in self.study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE,))}
-            self._repeats = self._repeats + 1 if seen else 0
+            first = next((t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                          if t.user_attrs.get("variant_id") == variant.id), None)
+            self._explore = first is not None
+            if first is not None:
+                self._repeats += 1
+                for k, v in {"repeat_of": first, "charged_s": 0.0, "worker_s": 0.0,
+                             "error": f"a repeat of trial {first}: measured already"}.items():
+                    trial.set_user_attr(k, v)
+                self.study.tell(trial, state=TrialState.FAIL)
+                told += 1
+                continue
+            self._repeats = 0
             row = self.store.get(variant.id)
             if row is not None:
                 self._finish(trial, row, worker_s=0.0, source="results store")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -182,3 +183,35 @@ def test_replicates_move_only_the_training_seed_and_their_spread_is_summed_up() 
     check_variant(r1, "smoke")
     with pytest.raises(Exception, match="replicate"):
         check_variant(VariantConfig.make("three_step", "conv4_x", BASE, snapshot=0, replicate=-1), "smoke")
+
+
+def test_a_study_tells_rows_it_finds_and_stops_once_every_choice_repeats(tmp_path: Path) -> None:
+    """Every `original` choice of the smoke profile is in the store: each is told once from it (charged its recorded
+    seconds), a configuration chosen again is a repeat (failed, never charged), and the study stops when the
+    space is exhausted, not when the trials run out."""
+    from engine.config import VariantConfig
+    from engine.models import split_names
+    from engine.queue import JobQueue
+    from engine.search import Search, SearchConfig
+    from engine.search.study import MAX_REPEATS
+    from engine.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "results.sqlite")
+    configs = [VariantConfig.make("original", s, BASE, bits=b) for s in split_names(BASE.model)
+               for b in ((8,) if s in END_POINTS else PROFILES.get("smoke").search.bits)]
+    for i, v in enumerate(configs):
+        store.put({"id": v.id, "method": v.method, "split": v.split, "base_id": BASE.id, "knobs": dict(v.knobs),
+                   "device_flops": 1e6 * i, "server_flops": 1e9, "device_memory_bytes": 1e6, "bits_actual": 8.0 * i,
+                   "deployed_val_accuracy": 0.9, "accuracy": 0.5, "base_val_accuracy": 0.9, "eval_seconds": 10.0})
+    cfg = SearchConfig("smoke", BASE, ENV, methods=("original",))
+    search = Search(cfg, queue=JobQueue(tmp_path / "jobs.sqlite"), store=store, cache=tmp_path)
+    summary = search.run(workers=0, budget_s=3600.0, poll_s=0.0)
+    trials = search.study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    repeats = [t for t in trials if t.user_attrs.get("repeat_of") is not None]
+    assert sorted(t.user_attrs["variant_id"] for t in complete) == sorted(v.id for v in configs)
+    assert all(t.user_attrs["source"] == "results store" and t.user_attrs["charged_s"] == 10.0 for t in complete)
+    assert all(t.state == TrialState.FAIL and t.user_attrs["charged_s"] == 0.0 for t in repeats)
+    assert "exhausted" in summary.stopped_because and len(repeats) >= MAX_REPEATS
+    assert summary.charged_s == pytest.approx(10.0 * len(configs))
+    assert summary.best["variant_id"] == configs[0].id  # the fastest row meeting the validation threshold
