@@ -126,11 +126,50 @@ def _best(best: dict, threshold: float | None, objective: str) -> None:
         st.rerun(scope="app")  # the page switches outside this fragment (see the top of the page)
     if pinned:
         c.page_link("app_pages/compare.py", label="Pinned: compare it", icon="⚖️")
+    _seeds(best)
     how = ("the lowest latency" if objective == "latency" else
            "the highest validation accuracy on the front of device FLOPs, bits and validation accuracy")
     need = f"validation accuracy ≥ {ui.percent(threshold)}" if threshold is not None else "validation accuracy"
     st.caption(f"Chosen by {how} among the trials that meet {need} and fit the device's memory; the test accuracy "
                "only reports.")
+
+
+SEEDS = 3  # the best configuration's rows wanted over training seeds, its own included
+
+
+def _seeds(best: dict) -> None:
+    """The spread of the best configuration over training seeds (the same base model), and the button that queues
+    its replicates (`engine.search.study.Search.replicates`, the command's `--seeds`)."""
+    from engine.config import VariantConfig
+    from engine.methods import check_variant
+    from engine.queue import JobSpec
+    from engine.report import replicate_spread
+
+    if best.get("method") == "original" or not isinstance(best.get("knobs"), dict):
+        return  # an end point or `original`: nothing of it is seeded
+    same = rows[(rows["method"] == best["method"]) & (rows["split"] == best["split"])] if not rows.empty else rows
+    spread = replicate_spread(same.to_dict("records"), str(best.get("variant_id")))
+    if spread is not None and spread["n"] > 1:
+        val, test = (f"{ui.percent(spread.get(f'{c}_mean'))} ± {ui.percent(spread.get(f'{c}_std'))}"
+                     for c in ("deployed_val_accuracy", "accuracy"))
+        st.caption(f"Over {spread['n']} training seeds: validation {val}, test {test} (the base model stays; a "
+                   "thread count alone moves accuracy by about half a point).")
+    have = 0 if spread is None else int(spread["n"])
+    if have >= SEEDS:
+        return
+    variant = VariantConfig.make(str(best["method"]), str(best["split"]), base, **best["knobs"])
+    if st.button(f"Re-run it with {SEEDS - 1} more seeds", key="search_seeds",
+                 help="queues the same configuration with other training seeds (pruning run and encoder); its mean "
+                      "and spread show here as they arrive"):
+        try:
+            specs = [JobSpec.for_variant(variant.replicate(k), env.profile, ui.data_path()) for k in range(1, SEEDS)]
+            for spec in specs:
+                check_variant(spec.variant(), env.profile)
+        except UserError as exc:
+            st.error(f"its replicates cannot be queued: {exc}")
+            return
+        ui.start_jobs(specs)
+        st.toast(f"queued {len(specs)} replicate(s) of {variant.id}")
 
 
 @st.fragment(run_every=2.0)

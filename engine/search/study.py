@@ -457,18 +457,24 @@ class Search:
         if isinstance(base_val, int | float):
             self.study.set_user_attr(THRESHOLD_ATTR, float(base_val) - self.cfg.drop)
 
-    def replicates(self, seeds: int) -> list[JobSpec]:
-        """The best configuration re-run with more training seeds: the jobs of its replicates 1 .. seeds - 1 (its own
-        row is replicate 0), tagged with the study, for a mean and spread of its accuracy
-        (`engine.report.replicate_spread`). [] when there is no best yet, or it trains nothing (an end point or
+    def replicates(self, seeds: int, number: int | None = None) -> list[JobSpec]:
+        """The best configuration (or trial `number`'s) re-run with more training seeds: the jobs of its replicates
+        1 .. seeds - 1 (its own row is replicate 0), for a mean and spread of its accuracy
+        (`engine.report.replicate_spread`). [] when there is no such trial, or it trains nothing (an end point or
         `original`: nothing of it is seeded).
 
         Args:
             seeds: the configuration's rows wanted in all, its own included.
+            number: a finished trial's number (None: the best feasible trial).
         Returns:
             the specs of the replicates not measured yet.
         """
-        best = best_trial(self.study.get_trials(deepcopy=False))
+        trials = self.study.get_trials(deepcopy=False)
+        if number is None:
+            best = best_trial(trials)
+        else:
+            t = next((t for t in trials if t.number == number and t.state == TrialState.COMPLETE), None)
+            best = None if t is None else {**t.user_attrs}
         if best is None or best["method"] == "original" or seeds < 2:
             return []
         variant = VariantConfig.make(best["method"], best["split"], self.cfg.base, **best["knobs"])

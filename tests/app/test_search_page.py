@@ -13,6 +13,8 @@ import pytest
 from search_trials import complete, failed, pruned
 from test_pages import figures, params, run_page, texts, traces, widget
 
+from app import ui
+from engine.config import VariantConfig
 from engine.data import ImageData
 from engine.latency import DEVICES
 from engine.pareto import best_variant
@@ -103,6 +105,30 @@ def test_the_page_shows_the_study_and_pins_and_exports_its_best(searched: dict, 
     widget(at, "button", "Export it").click().run()
     assert not at.exception
     assert f"the selected variant **{best['method']} @ {best['split']}** (`{best['id']}`)" in texts(at, "markdown")
+
+    # one click re-runs the best with more training seeds (jobs queued here, not run); its spread shows once they are in
+    base = PROFILES.get("smoke").base_config(small_data.fingerprint, width=0.125)
+    knobs = {**PROFILES.get("smoke").prune.knobs(), "snapshot": 0, "encoder": "none", "bits": 4}
+    pruned_row = {**best.to_dict(), "method": "three_step", "split": "conv4_x", "knobs": knobs,
+                  "id": VariantConfig.make("three_step", "conv4_x", base, **knobs).id,
+                  "device_flops": best["device_flops"] / 2}
+    ResultsStore().put(pruned_row)
+    study = optuna.load_study(study_name=searched["name"], storage=storage())
+    study.add_trial(complete(pruned_row, SearchRequest.of("smoke", PI3, GPU, RATE, drop=DROP).environment(), DROP))
+    queued: list = []
+    monkeypatch.setattr(ui, "start_jobs", lambda specs, priorities=0: queued.extend(specs))
+    at = run_page("search")
+    assert f"`{pruned_row['id']}`" in at.success[0].value
+    widget(at, "button", "Re-run it with 2 more seeds").click().run()
+    assert [s.knobs.get("replicate") for s in queued] == [1, 2], [e.value for e in at.error]
+    assert {(s.method, s.split) for s in queued} == {("three_step", "conv4_x")}
+    for spec, val in zip(queued, (pruned_row["deployed_val_accuracy"] - 0.02, pruned_row["deployed_val_accuracy"]
+                                  + 0.02), strict=True):
+        ResultsStore().put({**pruned_row, "id": spec.id, "knobs": spec.knobs, "deployed_val_accuracy": val})
+    at = run_page("search")
+    assert (f"Over 3 training seeds: validation {pruned_row['deployed_val_accuracy']:.2%} ± 2.00%"
+            in texts(at, "caption"))
+    assert not [b for b in at.button if b.label.startswith("Re-run it")]  # three seeds measured: nothing to add
 
     # the start button starts the study in the background (no process here), and is refused while it runs
     started: list = []
