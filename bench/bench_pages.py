@@ -1,5 +1,5 @@
 """Page speed: each dashboard page rendered by AppTest (warm: the second and later runs) over a results store of
-10,000 synthetic rows (or of each `--rows` count in turn), and, when Debian's chromium is there, the time from a
+10,000 synthetic rows (or of each `--rows` count in turn) and a search study of 300 trials, and, when Debian's chromium is there, the time from a
 link-rate slider change to the redrawn latency chart in a real browser (over the first count's store). Run:
 python bench/bench_pages.py [--rows 10000 [2000 ...]] [--repeats 5] [--browser-repeats 15] [--no-browser]."""
 
@@ -82,9 +82,35 @@ def prepare_cache(root: Path, data: Path, rows: int) -> tuple[Path, str]:
     full = load_data(data, cache_dir=cache)
     small = subset(full, PROFILES.get("smoke").train_limit, PROFILES.get("smoke").test_limit, seed=0)
     base = PROFILES.get("smoke").base_config(small.fingerprint)
-    ResultsStore(cache / "results.sqlite").put_many(synthetic_rows(base.id, rows,
-                                                                   dataset_fingerprint=small.fingerprint))
+    table = synthetic_rows(base.id, rows, dataset_fingerprint=small.fingerprint)
+    ResultsStore(cache / "results.sqlite").put_many(table)
+    _search_study(cache, table, small.fingerprint, min(rows, SEARCH_TRIALS))
     return cache, base.id
+
+
+SEARCH_TRIALS = 300  # trials of the study the Search page shows (a search makes many)
+
+
+def _search_study(cache: Path, rows: list[dict], fingerprint: str, n: int) -> None:
+    """The latency study the Search page names for its default environment, with `n` complete trials made from the
+    first rows (through the tests' trial builder, which tells trials as the search does)."""
+    import optuna
+
+    from engine.latency import DEVICES
+    from engine.profiles import PROFILES
+    from engine.search.launch import SearchRequest
+    from engine.search.study import storage
+
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+    from search_trials import complete
+
+    request = SearchRequest.of("smoke", DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8, drop=0.02,
+                               width=0.125, model="resnet18")
+    base = PROFILES.get("smoke").base_config(fingerprint, width=0.125)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage(cache), study_name=request.config(base).name)
+    study.set_user_attr("threshold", 0.88)
+    study.add_trials([complete(r, request.environment(), 0.02) for r in rows[:n]])
 
 
 def bench_apptest(pages: list[str], repeats: int) -> dict[str, tuple[float, float, float]]:
@@ -175,7 +201,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    pages = [p for p in ("plane", "latency", "noisy", "compare", "jobs", "export")
+    pages = [p for p in ("plane", "latency", "noisy", "compare", "jobs", "export", "search")
              if (PROJECT_ROOT / "app_pages" / f"{p}.py").exists()]
     for i, rows in enumerate(args.rows):
         with tempfile.TemporaryDirectory() as tmp:
