@@ -252,13 +252,10 @@ def pruning_run(cfg: VariantConfig, ctx: RunContext) -> dict[str, Any]:
     knobs = run_knobs(cfg, ctx.profile.budget_name)
     key = run_key(cfg, knobs)
     path = ctx.cache / "models" / f"three_step-{key}.pt"
-    if path.exists():  # a run trained before: its levels reported at once (a resumed run reports as it goes)
-        run = ctx.cached_run(path, f"three_step's pruning run at {cfg.split}", lambda: _prune(cfg, ctx, knobs, key,
-                                                                                              path))
-        for snap in run["snapshots"]:
-            intermediate.report(intermediate.PRUNE_LEVEL, int(snap["level"]), float(snap["val_accuracy"]))
-        return run
-    return ctx.cached_run(path, f"three_step's pruning run at {cfg.split}", lambda: _prune(cfg, ctx, knobs, key, path))
+    run = ctx.cached_run(path, f"three_step's pruning run at {cfg.split}", lambda: _prune(cfg, ctx, knobs, key, path))
+    for snap in run["snapshots"]:  # a run trained before reports its levels now (one trained here did as it went)
+        intermediate.report(intermediate.PRUNE_LEVEL, int(snap["level"]), float(snap["val_accuracy"]))
+    return run
 
 
 def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -467,7 +464,8 @@ class ThreeStep:
         """A search's choice of the three steps at `split` from the profile's `SearchSpace`: a pruning run (target
         sparsity, held iterations per level, the split output's own target or none) and one of its snapshot levels,
         or no pruning; then a coding (uniform bits + Huffman, the two-step encoder's d and bits, or the vector
-        codebook's size). The knobs are those of the grid's variants, so a choice the grid measured costs nothing.
+        codebook's size). The knobs are those of the grid's variants, so a choice the grid measured is read from the
+        results store, not trained again.
 
         Args:
             chooser: asks each choice (an Optuna trial); base: the base model, whose profile sets the choices;
