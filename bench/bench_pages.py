@@ -1,7 +1,8 @@
 """Page speed: each dashboard page rendered by AppTest (warm: the second and later runs) over a results store of
-10,000 synthetic rows (or of each `--rows` count in turn) and a search study of 300 trials, and, when Debian's chromium is there, the time from a
-link-rate slider change to the redrawn latency chart in a real browser (over the first count's store). Run:
-python bench/bench_pages.py [--rows 10000 [2000 ...]] [--repeats 5] [--browser-repeats 15] [--no-browser]."""
+10,000 synthetic rows (or of each `--rows` count in turn) and a search study of 300 trials, and, when Debian's
+chromium is there, the time from a link-rate slider change to the redrawn latency chart in a real browser (over the
+first count's store). Run: python bench/bench_pages.py [--rows 10000 [2000 ...]] [--repeats 5]
+[--browser-repeats 15] [--no-browser]."""
 
 from __future__ import annotations
 

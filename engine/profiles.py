@@ -101,8 +101,8 @@ class Grid:
 class SearchSpace:
     """What a search (`python -m engine search`) chooses among for `three_step` beside the split point: each a
     categorical axis, so that trials that share a pruning run share its checkpoint and a configuration measured before
-    (by the grid or another study) is read from the results store, not trained again. A pruning run is (target, hold) with the budget's other knobs; its
-    variants pick a snapshot level (or none: unpruned) and a coding."""
+    (by the grid or another study) is read from the results store, not trained again. A pruning run is (target, hold)
+    with the budget's other knobs; its variants pick a snapshot level (or none: unpruned) and a coding."""
 
     targets: tuple[float, ...] = ()  # the run's channel sparsity at its last level (): the budget's target only
     holds: tuple[int, ...] = ()  # iterations each level holds its sparsity while fine-tuning (): the budget's
