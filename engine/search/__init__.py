@@ -10,10 +10,21 @@ under the particular edge environment", Shao & Zhang 2020).
 - `watch`: a study read while it runs, and what a page draws of it.
 """
 
-from engine.search.objective import OBJECTIVES, Environment, constraints, objective_values
-from engine.search.pruner import HopelessPruner
-from engine.search.space import suggest_variant
-from engine.search.study import Search, SearchConfig, study_names, trial_table
+from __future__ import annotations
 
-__all__ = ["OBJECTIVES", "Environment", "HopelessPruner", "Search", "SearchConfig", "constraints", "objective_values",
-           "study_names", "suggest_variant", "trial_table"]
+import importlib
+from typing import Any
+
+# name -> the submodule defining it; loaded on first use, so that the command line (and a device without torch, which
+# parses the same command line) does not import optuna or torch for a study it never runs
+_EXPORTS = {"OBJECTIVES": "objective", "Environment": "objective", "constraints": "objective",
+            "objective_values": "objective", "HopelessPruner": "pruner", "suggest_variant": "space",
+            "Search": "study", "SearchConfig": "study", "study_names": "study", "trial_table": "study"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"engine.search.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'engine.search' has no attribute {name!r}")
