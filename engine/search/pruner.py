@@ -4,7 +4,9 @@ longer meet the study's accuracy threshold, so that its worker moves on to a tri
 A trial reports at steps that say what they measured (`step_of`): the levels of its pruning run up to the snapshot it
 uses, then its encoder's epochs. The l2 schedule only raises sparsity from level to level, so a level below the
 threshold is final; an encoder still learns, so an epoch is hopeless only when even the largest gain from that epoch
-to the end seen in the study's finished trials (and a margin) would leave it below.
+to the end seen in the study's finished trials (and a margin) would leave it below, and never before a finished
+trial has shown that gain: the quick profile's encoders validate at 33-47 % after their first epoch (the quantiser
+switches on at its end) and at 83-85 % after their second.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ class HopelessPruner(BasePruner):
 
     Args:
         margin: accuracy (a fraction) an encoder epoch is given beyond the largest gain seen from that epoch on.
-        default_gain: the gain assumed from an epoch on before any finished trial has shown one.
+        default_gain: the gain assumed from an epoch on before any finished trial has shown one (inf: no encoder
+            epoch is judged before then).
     """
 
-    def __init__(self, margin: float = 0.01, default_gain: float = 0.05) -> None:
+    def __init__(self, margin: float = 0.01, default_gain: float = math.inf) -> None:
         self.margin, self.default_gain = float(margin), float(default_gain)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:

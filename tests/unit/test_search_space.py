@@ -132,6 +132,11 @@ def test_an_encoder_epoch_is_hopeless_only_beyond_the_largest_gain_seen() -> Non
     trial = study.ask()
     trial.report(0.76, step)  # 0.76 + 0.05 default gain + 0.01 >= 0.80: it may still get there
     assert not trial.should_prune()
+    unseen = optuna.create_study(pruner=HopelessPruner())  # no finished trial: no encoder epoch is judged
+    unseen.set_user_attr(THRESHOLD_ATTR, 0.80)
+    first = unseen.ask()
+    first.report(0.33, step)  # the quick profile's encoders at their first epoch, before the quantiser settles
+    assert not first.should_prune()
     study.add_trial(create_trial(value=1.0, intermediate_values={step: 0.78}, user_attrs={FINAL_ATTR: 0.80},
                                  params={}, distributions={}))  # a finished trial gained 2 points from epoch 1
     trial = study.ask()
