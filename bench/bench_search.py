@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Base model {base.id} ({args.profile}); threshold {need:.2%} validation; the grid: {len(grid)} rows, "
           f"**{minutes:.1f} worker minutes** charged. Each study: budget {minutes:.1f} min, TPE seed 0, "
           f"{args.workers} worker(s).\n")
-    print("| environment | grid's best | its latency | search at the grid's minutes | latency | minutes to reach it "
-          "| at half the minutes | latency | within 10 % | trials (complete / pruned / failed) |")
-    print("|---|---|---:|---|---:|---:|---|---:|:-:|---|")
+    print("| environment | grid's best | its latency | minutes spent | search's best within the grid's minutes "
+          "| latency | minutes to reach it | at half the minutes | latency | within 10 % "
+          "| trials (complete / pruned / failed) |")
+    print("|---|---|---:|---:|---|---:|---:|---|---:|:-:|---|")
     curves = []
     for text in args.envs:
         env = environment(text)
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                    else f"{r['deployed_val_accuracy']:.2%} val, {r['accuracy']:.2%} test")
             return f"{r['method']} {r[key]} ({acc})"
 
-        print(f"| {text} | {name(g)} | {format_seconds(g['latency']) if g is not None else '–'} | {name(full)} | "
+        spent = float(table["worker_minutes"].max()) if not table.empty else 0.0
+        print(f"| {text} | {name(g)} | {format_seconds(g['latency']) if g is not None else '–'} | {spent:.1f} | "
+              f"{name(full)} | "
               f"{format_seconds(full['latency']) if full is not None else '–'} | {reach} | {name(half)} | "
               f"{format_seconds(half['latency']) if half is not None else '–'} | {'yes' if ok else 'no'} | "
               f"{states.get('complete', 0)} / {states.get('pruned', 0)} / {states.get('fail', 0)} |")
@@ -120,10 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     print("| environment | " + " | ".join(f"{m:.0f} min" for m in marks) + " |")
     print("|---|" + "---:|" * len(marks))
     for text, table in curves:
-        cells = []
+        cells, spent = [], float(table["worker_minutes"].max())
         for m in marks:
             b = best_at(table, m)
-            cells.append(format_seconds(b["latency"]) if b is not None and math.isfinite(b["latency"]) else "–")
+            cells.append("not yet" if m > spent + 1e-9 else
+                         format_seconds(b["latency"]) if b is not None and math.isfinite(b["latency"]) else "–")
         print(f"| {text} | " + " | ".join(cells) + " |")
 
 
