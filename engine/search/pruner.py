@@ -6,7 +6,7 @@ uses, then its encoder's epochs. The l2 schedule only raises sparsity from level
 threshold is final; an encoder still learns, so an epoch is hopeless only when even the largest gain from that epoch
 to the end seen in the study's finished trials (and a margin) would leave it below, and never before a finished
 trial has shown that gain: the quick profile's encoders validate at 33-47 % after their first epoch (the quantiser
-switches on at its end) and at 83-85 % after their second.
+switches on at its end) and at 81-84 % after their second.
 """
 
 from __future__ import annotations
