@@ -49,7 +49,7 @@ def grid_rows(base: BaseModelConfig, store: ResultsStore, queue: JobQueue) -> tu
     for r in rows:
         run = r.get("prune_run")
         total += charged_seconds(r, bool(run) and run not in runs)
-        runs.add(run) if run else None
+        runs.add(run)
     return pd.DataFrame(rows), total
 
 

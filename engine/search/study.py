@@ -315,9 +315,7 @@ class Search:
     def _submit(self, trial: optuna.Trial, variant: VariantConfig) -> None:
         spec = JobSpec.for_variant(variant, self.cfg.profile, self.data)
         self.queue.submit([spec], SEARCH_PRIORITY, requeue_finished=True, tag=self.cfg.name)
-        snapshot = dict(variant.knobs).get("snapshot")
-        levels = int(snapshot) + 1 if isinstance(snapshot, int) and not isinstance(snapshot, bool) else 0
-        self.pending[trial.number] = _Pending(trial, variant, levels)
+        self.pending[trial.number] = _Pending(trial, variant, _levels(variant))
 
     def _resume(self) -> None:
         """Pick up the trials a killed run left running: those with a variant wait on its job (queued again when it
@@ -339,9 +337,8 @@ class Search:
             if (row := self.store.get(vid)) is not None:
                 self._finish(trial, row, worker_s=_job_seconds(job), source="job")
             elif job is not None and job.status in ACTIVE:
-                snapshot = dict(variant.knobs).get("snapshot")
-                levels = int(snapshot) + 1 if isinstance(snapshot, int) and not isinstance(snapshot, bool) else 0
-                self.pending[frozen.number] = _Pending(trial, variant, levels, set(frozen.intermediate_values))
+                self.pending[frozen.number] = _Pending(trial, variant, _levels(variant),
+                                                       set(frozen.intermediate_values))
                 self.queue.submit([job.spec], SEARCH_PRIORITY, tag=self.cfg.name)
             else:
                 self._submit(trial, variant)
@@ -420,7 +417,7 @@ class Search:
         run = row.get("prune_run")
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         again = row.get("id") in {t.user_attrs.get("variant_id") for t in done}  # the study paid for it already
-        charged = 0.0 if again else charged_seconds(row, run not in self._charged_runs())
+        charged = 0.0 if again else charged_seconds(row, run not in {t.user_attrs.get("prune_run") for t in done})
         attrs = {"constraints": cons, "feasible": feasible(cons), FINAL_ATTR: _float(row.get(DECISION_COLUMN)),
                  "test_accuracy": _float(row.get("accuracy")), "bits": _float(row.get("bits_actual")),
                  "device_flops": _float(row.get("device_flops")), "latency": lat["latency"],
@@ -434,11 +431,6 @@ class Search:
         if THRESHOLD_ATTR not in self.study.user_attrs and math.isfinite(threshold_of(row, cfg.drop)):
             self.study.set_user_attr(THRESHOLD_ATTR, threshold_of(row, cfg.drop))
         self.study.tell(trial, values)
-
-    def _charged_runs(self) -> set[str]:
-        """The pruning runs a finished trial of this study has been charged for."""
-        return {t.user_attrs["prune_run"] for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("prune_run")}
 
     def _threshold(self) -> None:
         """Record the study's validation threshold once the base model's validation accuracy is known (a row of
@@ -504,6 +496,12 @@ class Search:
             states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
         worker = sum(float(t.user_attrs.get("worker_s", 0.0)) for t in trials if t.state.is_finished())
         return SearchSummary(self.cfg.name, states, self.charged_seconds(), worker, wall_s, best_trial(trials))
+
+
+def _levels(variant: VariantConfig) -> int:
+    """The pruning levels whose reported figures bear on a trial: those up to its snapshot (0 when unpruned)."""
+    snapshot = variant.knob("snapshot")
+    return int(snapshot) + 1 if isinstance(snapshot, int) and not isinstance(snapshot, bool) else 0
 
 
 def _float(v: Any) -> float | None:
