@@ -1,6 +1,9 @@
-"""A trial's choices: the split point first (the end points are `original`'s device-only and server-only rows),
-then the method's own choices at that split, asked of the method where it is defined (its `suggest`, like its
-`variants` and `followups`); a method without one offers the variants its sweep grid proposes there."""
+"""A trial's choices: an inner split point first, then the method's own choices at that split, asked of the method
+where it is defined (its `suggest`, like its `variants` and `followups`); a method without one offers the variants
+its sweep grid proposes there. The end points (`original`'s device-only and server-only rows) are a study's
+reference trials: measured once, first, under their own parameter, outside the sampler's split choice (with nothing
+left to choose there, TPE that found an end point fast proposed it again and again, and learned nothing of the
+splits in between)."""
 
 from __future__ import annotations
 
@@ -11,26 +14,32 @@ from engine.methods import METHODS, Chooser
 from engine.models import END_POINTS, split_names
 from engine.profiles import profile_of
 
+ENDPOINT = "endpoint"  # the parameter of a study's reference trials
+SPACE_VERSION = 2  # part of a study's name: a study keeps the choices it was created with
+
 
 def search_splits(base: BaseModelConfig) -> list[str]:
-    """The split points a search chooses among: the model's coarse points, end points included."""
-    return split_names(base.model, coarse_only=True)
+    """The split points a search chooses among: the model's coarse points between the end points."""
+    return [s for s in split_names(base.model, coarse_only=True) if s not in END_POINTS]
 
 
-def suggest_variant(chooser: Chooser, base: BaseModelConfig, methods: Sequence[str]) -> VariantConfig:
+def suggest_variant(chooser: Chooser, base: BaseModelConfig, methods: Sequence[str], *,
+                    reference: bool = False) -> VariantConfig:
     """One trial's variant: a method (when several are searched), a split point, then the method's choices there.
 
     Args:
         chooser: asks each choice (an Optuna trial, or a `FixedTrial` to rebuild one).
         base: the base model; its profile's `SearchSpace` and grid give the choices.
         methods: the methods searched (registered names).
+        reference: a reference trial: an end point (`ENDPOINT`), the baseline's row there.
     Returns:
         the chosen variant.
     """
+    if reference:
+        point = chooser.suggest_categorical(ENDPOINT, list(END_POINTS))
+        return METHODS.get("original").suggest(chooser, base, point)
     method = methods[0] if len(methods) == 1 else chooser.suggest_categorical("method", list(methods))
     split = chooser.suggest_categorical("split", search_splits(base))
-    if split in END_POINTS:  # nothing to prune or code: the baseline's end point
-        method = "original"
     impl = METHODS.get(method)
     suggest = getattr(impl, "suggest", None)
     if suggest is not None:
@@ -39,22 +48,23 @@ def suggest_variant(chooser: Chooser, base: BaseModelConfig, methods: Sequence[s
 
 
 def probes(base: BaseModelConfig, methods: Sequence[str]) -> list[dict]:
-    """The choices a study measures first, each a trial's params: the end points, then at every inner split each
-    method's `probe` (a choice that trains nothing, such as `three_step` unpruned at 8 bits), so that the sampler
-    learns what every split costs for seconds of measurement before it spends minutes of training.
+    """The choices a study measures first, each a trial's params: the end points (its reference trials, always its
+    first), then at every inner split each method's `probe` (a choice that trains nothing, such as `three_step`
+    unpruned at 8 bits), so that the sampler learns what every split costs for seconds of measurement before it
+    spends minutes of training.
 
     Args:
         base: the base model; methods: the methods searched.
     Returns:
         the params of each probe, end points first.
     """
-    out = [{"split": p} for p in END_POINTS]
+    out: list[dict] = [{ENDPOINT: p} for p in END_POINTS]
     for method in methods:
         probe = getattr(METHODS.get(method), "probe", None)
         if probe is None:
             continue
         extra = {} if len(methods) == 1 else {"method": method}
-        out += [{**extra, "split": s, **probe} for s in search_splits(base) if s not in END_POINTS]
+        out += [{**extra, "split": s, **probe} for s in search_splits(base)]
     return out
 
 

@@ -32,8 +32,10 @@ from engine import intermediate
 from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.errors import UserError
 from engine.methods import METHODS, check_variant
+from engine.models import END_POINTS
 from engine.pareto import DECISION_COLUMN
 from engine.paths import cache_dir
+from engine.profiles import PROFILES
 from engine.queue import ACTIVE, Job, JobQueue, JobSpec, WorkerOptions, WorkerPool, worker_log_dir
 from engine.search.objective import (
     CONSTRAINTS,
@@ -46,7 +48,7 @@ from engine.search.objective import (
     threshold_of,
 )
 from engine.search.pruner import FINAL_ATTR, THRESHOLD_ATTR, HopelessPruner, step_of
-from engine.search.space import probes, suggest_variant
+from engine.search.space import SPACE_VERSION, probes, suggest_variant
 from engine.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,8 @@ class SearchConfig:
 
     def key(self) -> dict[str, Any]:
         return {"profile": self.profile, "base": self.base.id, "env": self.env.key(), "objective": self.objective,
-                "drop": self.drop, "methods": list(self.methods), "seed": self.seed}
+                "drop": self.drop, "methods": list(self.methods), "seed": self.seed, "space": SPACE_VERSION,
+                "choices": dataclasses.asdict(PROFILES.get(self.profile).search)}
 
     @property
     def name(self) -> str:
@@ -272,9 +275,10 @@ class Search:
             tpe = self.study.sampler
             if self._explore:
                 self.study.sampler = RandomSampler(seed=self.cfg.seed + len(self.study.trials))
+            reference = self._held() < len(END_POINTS)  # a study's first trials: its enqueued end points
             try:
                 trial = self.study.ask()
-                variant = suggest_variant(trial, self.cfg.base, self.cfg.methods)
+                variant = suggest_variant(trial, self.cfg.base, self.cfg.methods, reference=reference)
                 check_variant(variant, self.cfg.profile)
             except UserError as exc:
                 trial.set_user_attr("error", str(exc))

@@ -26,6 +26,7 @@ from engine.latency import PROPAGATION_COLUMN
 from engine.pareto import best_variant
 from engine.search.objective import OBJECTIVES, Environment
 from engine.search.pruner import THRESHOLD_ATTR
+from engine.search.space import ENDPOINT
 from engine.search.study import best_trial, storage_path, trial_table
 
 STATES = {"complete": "✅ complete", "pruned": "✂️ pruned", "fail": "❌ failed", "running": "▶️ running",
@@ -212,7 +213,9 @@ def progress_figure(curve: pd.DataFrame, reference_s: float | None = None, heigh
 def optuna_views(trials: Sequence[FrozenTrial], objective: str) -> list[tuple[str, go.Figure | None, str]]:
     """Optuna's parallel-coordinate and parameter-importance views of the finished trials, as (title, figure, note):
     the figure is None, and the note says why in one line, where there are too few complete trials with choices or
-    Optuna cannot draw one. A front study's views follow the validation accuracy."""
+    Optuna cannot draw one. A front study's views follow the validation accuracy; the end points (reference trials,
+    with no split to choose) are left out."""
+    trials = [t for t in trials if ENDPOINT not in t.params]  # the reference trials choose no split
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.params]
     titles = ("Parallel coordinates", "Parameter importances")
     if len(done) < MIN_COMPLETE_FOR_VIEWS:
