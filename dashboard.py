@@ -6,6 +6,7 @@ keeps it (see `ui.view`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import streamlit as st
 
 from app import ui
 from engine.config import MAX_WIDTH
-from engine.latency import DEVICES, DeviceProfile
+from engine.latency import DEVICES, MEMORY_FIGURES, DeviceProfile
 from engine.models import MODELS
 from engine.pareto import DEFAULT_ACCURACY_DROP
 from engine.profiles import PROFILES
@@ -113,6 +114,15 @@ with st.sidebar:
                                 "store holds (its figures can be viewed; jobs need the data here)")
     st.markdown("### Edge environment")
     device = _device_picker("device")
+    key = ui.bind("memory", lambda: v["memory"] if v["memory"] in MEMORY_FIGURES else "model")
+    memory = st.selectbox("Device memory counted as", list(MEMORY_FIGURES),
+                          index=list(MEMORY_FIGURES).index(st.session_state[key]), key=key,
+                          format_func=ui.MEMORY_LABELS.get,
+                          help="what must fit in the device's memory: the profile's parameters + largest activations, "
+                               "or the peak resident memory of a process that loads the device part and runs one "
+                               "image, measured per row with `python -m engine footprint` (the model's figure where "
+                               "a row has none)")
+    device = dataclasses.replace(device, memory_figure=memory)
     server = _device_picker("server")
     if current == "latency":  # that page draws the slider beside its chart, where moving it reruns only the chart
         rate_kbps = ui.view_rate_kbps()
@@ -124,7 +134,7 @@ with st.sidebar:
     drop = st.slider("Accuracy drop allowed (points)", 0.0, 10.0, value=float(st.session_state[key]), step=0.5, key=key,
                      help="the accuracy threshold is the base model's validation accuracy minus this (the paper: "
                           "95 → 93 %); choices read each variant's validation accuracy, the test accuracy only reports")
-    v.update(profile=profile, model=model, weights=weights, width=f"{width:g}", data=data_fp,
+    v.update(profile=profile, model=model, weights=weights, width=f"{width:g}", data=data_fp, memory=memory,
              rate_kBps=ui.number_text(rate_kbps), delay_ms=ui.number_text(delay_ms), drop=f"{drop:g}")
     st.session_state["env"] = ui.Environment(profile, float(width), device, server, rate_kbps * 8e3, drop / 100,
                                              data_fp, delay_s=delay_ms / 1e3, model=model, weights=weights.strip())

@@ -50,9 +50,12 @@ VIEW_DEFAULTS: dict[str, str] = {
     "device": "pi3", "device_gflops": "", "device_mb": "", "server": "rtx2080ti", "server_gflops": "",
     "server_mb": "", "rate_kBps": "40", "delay_ms": "0", "drop": f"{DEFAULT_ACCURACY_DROP * 100:g}",
     "sel": "", "pins": "", "bits": "actual", "below": "grey", "front": "overall", "splits": "", "overheads": "off",
+    "memory": "model",
 }
-ENVIRONMENT_KEYS = ("profile", "model", "weights", "width", "data", "device", "device_gflops", "device_mb", "server",
-                    "server_gflops", "server_mb", "rate_kBps", "delay_ms", "drop")
+ENVIRONMENT_KEYS = ("profile", "model", "weights", "width", "data", "device", "device_gflops", "device_mb", "memory",
+                    "server", "server_gflops", "server_mb", "rate_kBps", "delay_ms", "drop")
+MEMORY_LABELS = {"model": "the model (parameters + activations)", "torchscript": "a TorchScript process (measured)",
+                 "onnx": "an ONNX Runtime process (measured)"}
 _MAX_PARAM = 2000  # characters of one query parameter kept from a URL
 _VIEW = "_view"
 
@@ -721,13 +724,13 @@ def latency_curves(base: BaseModelConfig, env: Environment, need: float | None,
     depend on the chosen rate, so a rate change reuses it (cached until the store or the environment changes)."""
     store = results_store()
     return _latency_curves(str(store.path), _store_version(store.path), base.id,
-                           (env.device.flops_per_s, env.device.memory_bytes),
+                           (env.device.flops_per_s, env.device.memory_bytes, "", env.device.memory_figure),
                            (env.server.flops_per_s, env.server.memory_bytes), need,
                            None if overheads is None else dataclasses.astuple(overheads), env.delay_s)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _latency_curves(path: str, version: tuple, base_id: str, device: tuple[float, float],
+def _latency_curves(path: str, version: tuple, base_id: str, device: tuple[float, float, str, str],
                     server: tuple[float, float], need: float | None, overheads: tuple | None,
                     delay_s: float) -> pd.DataFrame:
     from engine.pareto import latency_vs_rate

@@ -49,6 +49,7 @@ BENCHES = (
            "--splits", "conv4_x", "conv5_x", "server_only")),
     Bench("onnx", "Device part without torch: onnxruntime against TorchScript",
           ("bench/bench_onnx.py", "--profile", "quick", "--data", "DATA")),
+    Bench("footprint", "Device memory as deployed", ("bench/bench_footprint.py", "--data", "DATA")),
     Bench("mobilenetv2", "MobileNetV2 on the quick profile",
           ("bench/bench_model.py", "--model", "mobilenetv2", "--profile", "quick", "--data", "DATA", "--sweep")),
     Bench("trickle", "Slow clients: a device session under 64 trickling connections", ("bench/bench_trickle.py",)),

@@ -31,6 +31,10 @@ LATENCY_COLUMNS = ("t_device", "t_transmit", "t_server", "latency", "feasible")
 PROPAGATION_COLUMN = "t_propagation"  # the propagation delay's term, in a table computed with a delay > 0
 OVERHEAD_COLUMNS = ("t_coding", "t_overhead")
 NEEDED_COLUMNS = ("device_flops", "server_flops", "device_memory_bytes")
+# how a device's memory is counted against a row: "model", the profile's parameters + largest activations; a
+# runtime, the measured peak resident memory of that runtime's device process (`engine.deploy.footprint`)
+MEMORY_FIGURES = {"model": "device_memory_bytes", "torchscript": "device_rss_torchscript_bytes",
+                  "onnx": "device_rss_onnx_bytes"}
 
 ArrayLike = float | np.ndarray | pd.Series
 
@@ -43,8 +47,12 @@ class DeviceProfile:
     flops_per_s: float
     memory_bytes: float
     label: str = ""
+    memory_figure: str = "model"  # a key of MEMORY_FIGURES: what a row's device part is counted as needing
 
     def __post_init__(self) -> None:
+        if self.memory_figure not in MEMORY_FIGURES:
+            raise UserError(f"device {self.name!r}: memory figure {self.memory_figure!r} is not one of "
+                            f"{', '.join(MEMORY_FIGURES)}")
         if not (math.isfinite(self.flops_per_s) and self.flops_per_s > 0):
             raise UserError(f"device {self.name!r}: FLOP/s must be a positive finite number, got {self.flops_per_s}")
         if not (self.memory_bytes > 0):  # math.inf is allowed: no memory limit
@@ -52,8 +60,29 @@ class DeviceProfile:
 
     def describe(self) -> str:
         """A one-line summary for the UI: "Raspberry Pi 3 (24 GFLOP/s, 1 GB)"."""
+        counted = "" if self.memory_figure == "model" else f" for the {self.memory_figure} process"
         return f"{self.label or self.name} ({format_flops(self.flops_per_s, per_second=True)}, " \
-               f"{format_bytes(self.memory_bytes)})"
+               f"{format_bytes(self.memory_bytes)}{counted})"
+
+    def needs(self, table: pd.DataFrame) -> pd.Series:
+        """What each row's device part needs of this device's memory (bytes): its `memory_figure`, the model's
+        figure where a row has no measurement (NaN where it has neither).
+
+        Args:
+            table: results rows.
+        Returns:
+            bytes per row, aligned with `table`.
+        """
+        model = _numbers(table, MEMORY_FIGURES["model"])
+        if self.memory_figure == "model":
+            return model
+        return _numbers(table, MEMORY_FIGURES[self.memory_figure]).fillna(model)
+
+
+def _numbers(table: pd.DataFrame, column: str) -> pd.Series:
+    if column not in table.columns:
+        return pd.Series(np.nan, index=table.index, dtype="float64")
+    return pd.to_numeric(table[column], errors="coerce").astype("float64")
 
 
 DEVICES: Registry[DeviceProfile] = Registry("device")
@@ -139,7 +168,8 @@ def latency_table(table: pd.DataFrame, device: DeviceProfile | str, server: Devi
                   overheads: Overheads | None = None, delay_s: float = 0.0) -> pd.DataFrame:
     """A copy of `table` with t_device, t_transmit, t_server, latency (seconds) and feasible (device memory fits)
     added. Missing figures give NaN times; a missing device memory makes a row infeasible (it cannot be shown
-    to fit). The server's memory is not checked: the table does not profile the server part. With `overheads`,
+    to fit); the device's `memory_figure` says which figure is compared with its memory. The server's memory is not
+    checked: the table does not profile the server part. With `overheads`,
     t_coding and t_overhead (framing on the link + the fixed cost) are added too, and counted in latency; with a
     propagation delay `delay_s` > 0 (seconds, one way), t_propagation likewise."""
     dev, srv, rate = resolve_device(device), resolve_device(server), to_rate_bps(rate_bps)
@@ -168,7 +198,7 @@ def latency_table(table: pd.DataFrame, device: DeviceProfile | str, server: Devi
     if delay > 0:
         out[PROPAGATION_COLUMN] = delay
         out["latency"] = out["latency"] + delay
-    out["feasible"] = (num["device_memory_bytes"] <= dev.memory_bytes).astype(bool)
+    out["feasible"] = (dev.needs(out) <= dev.memory_bytes).astype(bool)
     return out
 
 

@@ -33,6 +33,8 @@ FLOAT_COLUMNS = (
     "device_params_bytes",
     "device_activation_bytes",
     "device_memory_bytes",
+    "device_rss_torchscript_bytes",
+    "device_rss_onnx_bytes",
     "server_flops",
     "bits_actual",
     "bits_ideal",
@@ -232,6 +234,20 @@ class ResultsStore:
         clean = normalise(row)
         with self._transaction() as conn:
             self._insert(conn, clean)
+
+    def update(self, id: str, values: Mapping[str, Any]) -> None:
+        """Add or change figures of a stored row (a measurement made after it), keeping when it was measured.
+
+        Args:
+            id: the row's id.
+            values: the columns to set.
+        """
+        with self._transaction() as conn:
+            found = conn.execute("SELECT row, created_at, schema_version FROM results WHERE id = ?", (id,)).fetchone()
+            if found is None:
+                raise UserError(f"no row {id} in the results store; see `python -m engine results`")
+            row = self._decode(*found)
+            self._insert(conn, normalise({**row, **values}), row["created_at"], row["schema_version"])
 
     def put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Insert or replace several rows in one transaction: all of them are written, or none.

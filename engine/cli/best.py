@@ -10,7 +10,7 @@ import sys
 
 import pandas as pd
 
-from engine.cli.common import NARROWING, add_common, add_delay, narrow
+from engine.cli.common import NARROWING, add_common, add_delay, add_memory, device_of, narrow
 from engine.errors import UserError
 from engine.pareto import DECISION_COLUMN, DEFAULT_ACCURACY_DROP
 
@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--server", default="rtx2080ti",
                    help="server preset, or SPEED[,MEMORY], e.g. 13TFLOP/s,11GB (default rtx2080ti)")
     add_delay(p, "added to every variant's latency")
+    add_memory(p)
     need = p.add_mutually_exclusive_group()
     need.add_argument("--threshold", type=float,
                       help="minimum top-1 validation accuracy, a fraction such as 0.93 (default: the base model's "
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.units import format_rate
 
     rate, delay_s = to_rate_bps(args.rate), args.delay / 1e3
-    device, server = resolve_device(args.device), resolve_device(args.server)
+    device, server = device_of(args), resolve_device(args.server)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold is a fraction in [0, 1], got {args.threshold:g}; e.g. 0.93 for 93 %")
     table, narrowed, profile = narrow(ResultsStore().table(), args)

@@ -4,6 +4,7 @@ the progress bar, loading the profile's data and base model, and narrowing the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from engine.profiles import PROFILES, Profile
 
 if TYPE_CHECKING:
     from engine.data import ImageData
+    from engine.latency import DeviceProfile
 
 NARROWING = ("Every row in the store; with --profile or --data, the rows of that base model (--width and --seed pick "
              "it, as in the other commands); with --width or --seed alone, the rows of that width or seed.")
@@ -75,6 +77,28 @@ def add_delay(p: argparse.ArgumentParser, role: str) -> None:
     """
     p.add_argument("--delay", "--delay-ms", dest="delay", type=delay_ms, default=0.0, metavar="MS",
                    help=f"one-way propagation delay, device to server, in milliseconds: {role} (default 0)")
+
+
+MEMORY_CHOICES = ("model", "torchscript", "onnx")  # engine.latency.MEMORY_FIGURES' keys
+
+
+def add_memory(p: argparse.ArgumentParser) -> None:
+    """Add --memory: what a variant's device part is counted as needing of the device's memory.
+
+    Args:
+        p: the parser of one command.
+    """
+    p.add_argument("--memory", choices=MEMORY_CHOICES, default="model",
+                   help="the device part's memory: the model's parameters + largest activations (default), or the "
+                        "measured peak resident memory of a TorchScript or ONNX Runtime device process "
+                        "(`python -m engine footprint`; the model's figure where a row has none)")
+
+
+def device_of(args: argparse.Namespace) -> DeviceProfile:
+    """The device --device and --memory name."""
+    from engine.latency import resolve_device
+
+    return dataclasses.replace(resolve_device(args.device), memory_figure=args.memory)
 
 
 def split_list(text: str) -> list[str]:

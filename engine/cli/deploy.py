@@ -1,5 +1,6 @@
 """Commands of co-inference: `export` (the deployable bundle of a measured variant), `serve` (the edge server's
-part, over TCP) and `device` (the device's part, sending the bitstream over a rate-limited link)."""
+part, over TCP), `device` (the device's part, sending the bitstream over a rate-limited link) and `footprint` (the
+device part's memory as deployed, measured per runtime)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from engine.cli.common import (
     threads_int,
     writable_cache,
 )
+from engine.deploy.footprint import RUNTIMES
 from engine.errors import UserError
 from engine.profiles import PROFILES, profile_of, recipe_of
-
-RUNTIMES = ("torchscript", "onnx")
+from engine.units import format_bytes
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `export`, `serve` and `device` commands.
+    """Add the `export`, `serve`, `device` and `footprint` commands.
 
     Args:
         subparsers: the command line's subcommands.
@@ -72,6 +73,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="run the device part as TorchScript (torch) or with onnxruntime (default torchscript)")
     p.add_argument("--threads", type=threads_int, help="torch's or onnxruntime's threads (default: theirs)")
     p.add_argument("--json", action="store_true", help="per-image timings and the summary as JSON on stdout")
+    p = subparsers.add_parser("footprint", help="measure the device part's memory as deployed: the peak resident "
+                                                "memory of a process that loads it and runs one image, per runtime")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--bundle", type=Path, help="a bundle directory or .zip: print its figures")
+    which.add_argument("--id", nargs="+", metavar="ID", help="variants in the results store (ids or their first "
+                                                             "characters): export each, measure it, keep the figures "
+                                                             "in its row")
+    which.add_argument("--base", metavar="BASE_ID", help="every variant of this base model in the results store "
+                                                        "(its id from `python -m engine results --json`)")
+    p.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
+                   help="runtimes to measure (default both)")
+    p.add_argument("--threads", type=threads_int, default=1, help="the runtime's threads (default 1)")
+    p.add_argument("--again", action="store_true", help="measure rows that have their figures already")
+    p.add_argument("--data", help="dataset the variants were measured on (default: $COINFER_DATA, then cache/data/)")
 
 
 def _check_writable(path: Path | None) -> None:
@@ -89,36 +104,92 @@ def _check_writable(path: Path | None) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Write the bundle of the one variant in the results store whose id starts with --id."""
-    from engine.data import load_data, subset
     from engine.deploy.export import write_bundle, write_test_images
-    from engine.deploy.selection import row_config
-    from engine.methods import RunContext
     from engine.store import ResultsStore
 
-    store = ResultsStore()
-    rows = [r for r in store.rows() if str(r["id"]).startswith(args.id)]
-    if len(rows) != 1:
-        raise UserError(f"{'no' if not rows else len(rows)} variant(s) in the results store match {args.id!r}; "
-                        "see `python -m engine results` for the ids")
-    row = rows[0]
-    cfg = row_config(row)
+    row = _one_row(ResultsStore(), args.id)
     for path in (args.out, args.test_images):
         _check_writable(path)
+    if args.test_images is not None and args.images < 1:
+        raise UserError(f"--images must be >= 1, got {args.images}")
+    cfg, ctx = _row_context(row, args)
+    out = write_bundle(cfg, ctx, args.out, metrics=row)
+    print(f"bundle of {cfg.method} @ {cfg.split} ({cfg.id}) written to {out}")
+    if args.test_images is not None:
+        n = write_test_images(ctx.data, args.images, args.test_images)
+        print(f"{n} test images written to {args.test_images}")
+    return 0
+
+
+def _one_row(store: Any, prefix: str) -> dict[str, Any]:
+    """The one row of the results store whose id starts with `prefix`."""
+    rows = [r for r in store.rows() if str(r["id"]).startswith(prefix)]
+    if len(rows) != 1:
+        raise UserError(f"{'no' if not rows else len(rows)} variant(s) in the results store match {prefix!r}; "
+                        "see `python -m engine results` for the ids")
+    return rows[0]
+
+
+def _row_context(row: dict[str, Any], args: argparse.Namespace, loaded: dict | None = None) -> tuple[Any, Any]:
+    """A row's variant config and the run context that builds its deployed parts from the cached models: the data
+    of --data cut as the row's profile cuts it (`loaded` keeps the data between rows of one command)."""
+    from engine.data import load_data, subset
+    from engine.deploy.selection import row_config
+    from engine.methods import RunContext
+
+    cfg = row_config(row)
     name = recipe_of(cfg.base)
     profile = PROFILES.get(name) if name is not None else profile_of(cfg.base)
-    data = load_data(data_path(args), cache_dir=writable_cache())
-    if profile.train_limit or profile.test_limit:
-        data = subset(data, profile.train_limit, profile.test_limit, seed=cfg.base.seed)
+    key = (profile.train_limit, profile.test_limit, cfg.base.seed)
+    loaded = {} if loaded is None else loaded
+    if key not in loaded:
+        data = load_data(data_path(args), cache_dir=writable_cache())
+        if profile.train_limit or profile.test_limit:
+            data = subset(data, profile.train_limit, profile.test_limit, seed=cfg.base.seed)
+        loaded[key] = data
+    data = loaded[key]
     if data.fingerprint != cfg.base.dataset:
         raise UserError(f"variant {cfg.id} was measured on data {cfg.base.dataset}, this is {data.fingerprint}: "
                         "pass the same --data")
-    if args.test_images is not None and args.images < 1:
-        raise UserError(f"--images must be >= 1, got {args.images}")
-    out = write_bundle(cfg, RunContext(data, profile, writable_cache()), args.out, metrics=row)
-    print(f"bundle of {cfg.method} @ {cfg.split} ({cfg.id}) written to {out}")
-    if args.test_images is not None:
-        n = write_test_images(data, args.images, args.test_images)
-        print(f"{n} test images written to {args.test_images}")
+    return cfg, RunContext(data, profile, writable_cache())
+
+
+def _footprint_text(footprints: list[Any]) -> str:
+    return ", ".join(f"{f.runtime} {format_bytes(f.peak)} (the runtime alone {format_bytes(f.runtime_only)})"
+                     for f in footprints)
+
+
+def _cmd_footprint(args: argparse.Namespace) -> int:
+    """Measure the device part's memory as deployed: of one bundle, or of rows of the results store (each exported
+    to a temporary bundle, its figures kept in its row as `MEMORY_FIGURES` columns)."""
+    import tempfile
+
+    from engine.deploy.export import write_bundle
+    from engine.deploy.footprint import measure_footprint
+    from engine.latency import MEMORY_FIGURES
+    from engine.store import ResultsStore
+
+    if args.bundle is not None:
+        found = [measure_footprint(args.bundle, r, args.threads) for r in args.runtime]
+        print(f"{args.bundle.name}: {_footprint_text(found)}")
+        return 0
+    store = ResultsStore()
+    rows = [_one_row(store, p) for p in args.id] if args.id else \
+        [r for r in store.rows() if r.get("base_id") == args.base]
+    if not rows:
+        raise UserError(f"no variant of base model {args.base} in the results store; see `python -m engine results`")
+    todo = [r for r in rows if args.again or any(not isinstance(r.get(MEMORY_FIGURES[k]), int | float)
+                                                 for k in args.runtime)]
+    print(f"{len(todo)} of {len(rows)} variant(s) to measure ({', '.join(args.runtime)}, {args.threads} thread(s))")
+    loaded: dict = {}
+    for i, row in enumerate(todo, 1):
+        cfg, ctx = _row_context(row, args, loaded)
+        with tempfile.TemporaryDirectory(prefix="coinfer-footprint-") as tmp:
+            bundle = write_bundle(cfg, ctx, Path(tmp) / "bundle", metrics=row)
+            found = [measure_footprint(bundle, r, args.threads) for r in args.runtime]
+        store.update(row["id"], {**{MEMORY_FIGURES[f.runtime]: float(f.peak) for f in found},
+                                 "footprint_threads": args.threads})
+        print(f"[{i}/{len(todo)}] {cfg.method} @ {cfg.split} ({cfg.id}): {_footprint_text(found)}")
     return 0
 
 
@@ -161,7 +232,7 @@ def _device_part(args: argparse.Namespace) -> Any:
     from engine.deploy.bundle import load_bundle
 
     _threads(args)
-    return load_bundle(args.bundle)
+    return load_bundle(args.bundle, side="device")
 
 
 def _test_images(args: argparse.Namespace, part: Any) -> tuple[Any, list[int] | None]:
@@ -216,4 +287,4 @@ def _cmd_device(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "serve": _cmd_serve, "device": _cmd_device}
+COMMANDS = {"export": _cmd_export, "serve": _cmd_serve, "device": _cmd_device, "footprint": _cmd_footprint}

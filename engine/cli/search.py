@@ -12,7 +12,9 @@ from engine.cli.common import (
     Bar,
     add_common,
     add_delay,
+    add_memory,
     data_path,
+    device_of,
     load,
     number_type,
     positive_int,
@@ -46,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--server", default="rtx2080ti", help="server preset, or SPEED[,MEMORY] (default rtx2080ti)")
     p.add_argument("--rate", required=True, help="link rate with a unit: 40kB/s, 1Mbit/s, 250kbps ...")
     add_delay(p, "added to every trial's latency")
+    add_memory(p)
     p.add_argument("--drop", type=drop_points, default=DEFAULT_ACCURACY_DROP * 100,
                    help=f"allowed drop of validation accuracy below the base model's, in points (default "
                         f"{DEFAULT_ACCURACY_DROP * 100:g})")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.budget is None and args.trials is None:
         raise UserError("give the search a budget (--budget 45min) or a number of trials (--trials 20)")
     budget_s = parse_duration(args.budget) if args.budget is not None else None
-    env = Environment(resolve_device(args.device), resolve_device(args.server), to_rate_bps(args.rate),
+    env = Environment(device_of(args), resolve_device(args.server), to_rate_bps(args.rate),
                       args.delay / 1e3)
     if not args.verbose:
         logging.getLogger("optuna").setLevel(logging.WARNING)

@@ -120,7 +120,7 @@ class Bundle(BundleIdentity):
     selection: dict[str, Any]
     quantizer: dict[str, Any]
     device: torch.jit.ScriptModule | None
-    server: torch.jit.ScriptModule
+    server: torch.jit.ScriptModule | None  # None: loaded for the device side only
     codec: EntropyCodec | None
 
     @torch.no_grad()
@@ -183,6 +183,8 @@ class Bundle(BundleIdentity):
 
     @torch.no_grad()
     def logits(self, received: torch.Tensor) -> torch.Tensor:
+        if self.server is None:
+            raise ValueError("this bundle was loaded for its device side only")
         return self.server(received)
 
     @torch.no_grad()
@@ -235,7 +237,10 @@ def _check_programs(bundle: Bundle, name: str) -> None:
         if bundle.coding != "png" and list(sent.shape) != [1, *meta["sent_shape"]]:
             raise ValueError(f"the device program sends shape {list(sent.shape[1:])}, meta.json's sent_shape is "
                              f"{meta['sent_shape']}")
-        logits = bundle.logits(bundle.received(*bundle.encode(sent)))
+        received = bundle.received(*bundle.encode(sent))
+        if bundle.server is None:
+            return
+        logits = bundle.logits(received)
         if list(logits.shape) != [1, meta["num_classes"]]:
             raise ValueError(f"the server program gives shape {list(logits.shape)}, not [1, {meta['num_classes']}]")
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
@@ -244,7 +249,7 @@ def _check_programs(bundle: Bundle, name: str) -> None:
                         "bundle again") from None
 
 
-def load_bundle(path: Path | str) -> Bundle:
+def load_bundle(path: Path | str, side: str = "both") -> Bundle:
     """A bundle directory or .zip, checked before and while it loads: file sizes from the directory (each within
     FILE_LIMITS, all within MAX_BUNDLE_BYTES) before reading, every file's size and sha256 against the manifest
     before any is parsed, JSON tables finite and shallow, meta.json's shapes bounded (MAX_INPUT_ELEMENTS,
@@ -253,15 +258,22 @@ def load_bundle(path: Path | str) -> Bundle:
 
     Args:
         path: the bundle directory or .zip.
+        side: "both", or "device": what a device holds, its program and coder only (the server's programs are not
+            read, their sizes checked against the manifest; the zero image stops at the decoder; the selection's
+            method and split are not looked up in the registries, whose imports would cost the device more than its
+            part).
 
     Returns:
         The loaded bundle.
     """
+    if side not in ("both", "device"):
+        raise ValueError(f"side is 'both' or 'device', got {side!r}")
     path = Path(path)
-    tables = read_bundle(path)
+    tables = read_bundle(path, known=side == "both", side=side)  # the registries cost a device ~240 MB of imports
     files, name = tables.files, path.name
     device = _load_program(files.pop("device.pt"), "device.pt", name) if "device.pt" in files else None
-    server = _load_program(files.pop("server.pt"), "server.pt", name)
+    server = _load_program(files.pop("server.pt"), "server.pt", name) if side == "both" else None
+    files.clear()  # the programs' bytes: nothing else reads them
     bundle = Bundle(path, tables.manifest, tables.meta, tables.selection, tables.quantizer, device, server,
                     tables.codec)
     _check_programs(bundle, name)

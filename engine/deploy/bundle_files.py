@@ -11,7 +11,7 @@ import json
 import math
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ CODINGS = ("entropy", "png", "label", "analog")
 ONNX_OPSET = 17  # the opset of device.onnx and server.onnx (README: Export and real co-inference)
 BUNDLE_FILES = ("device.pt", "server.pt", "device.onnx", "server.onnx", "codec.json", "quantizer.json", "meta.json",
                 "selection.json")
+SERVER_FILES = ("server.pt", "server.onnx")  # what a device never reads (`read_bundle(side="device")`)
 FILE_LIMITS = {"manifest.json": MAX_SELECTION_BYTES, "meta.json": MAX_SELECTION_BYTES,
                "selection.json": MAX_SELECTION_BYTES, "codec.json": MAX_TABLE_BYTES, "quantizer.json": MAX_TABLE_BYTES,
                "device.pt": MAX_BUNDLE_BYTES, "server.pt": MAX_BUNDLE_BYTES, "device.onnx": MAX_BUNDLE_BYTES,
@@ -64,40 +65,45 @@ def _check_sizes(sizes: Mapping[str, int], name: str) -> None:
                         f"{MAX_BUNDLE_BYTES:,}-byte limit of a bundle; export a smaller variant")
 
 
-def _read_bundle_dir(path: Path) -> dict[str, bytes]:
+def _read_bundle_dir(path: Path, skip: Collection[str]) -> tuple[dict[str, bytes], dict[str, int]]:
     files = {p.name: p for p in path.iterdir()}
     odd = sorted(f for f, p in files.items() if not p.is_file())
     if odd:
         raise UserError(f"bundle {path.name}: {', '.join(odd[:5])} is not a regular file; export the bundle again")
-    _check_sizes({f: p.stat().st_size for f, p in files.items()}, path.name)
+    sizes = {f: p.stat().st_size for f, p in files.items()}
+    _check_sizes(sizes, path.name)
     out = {}
     for file, p in files.items():
+        if file in skip:
+            continue
         with open(p, "rb") as f:
             out[file] = f.read(FILE_LIMITS[file] + 1)  # bounded even if the file grew since stat()
         if len(out[file]) > FILE_LIMITS[file]:
             raise UserError(f"bundle {path.name}: {file} grew past its limit while being read; export the bundle again")
-    return out
+    return out, {f: n for f, n in sizes.items() if f in skip}
 
 
-def _read_bundle_zip(path: Path) -> dict[str, bytes]:
+def _read_bundle_zip(path: Path, skip: Collection[str]) -> tuple[dict[str, bytes], dict[str, int]]:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             if len({i.filename for i in infos}) != len(infos):
                 raise UserError(f"bundle {path.name}: a member appears twice in the archive; export it again")
             _check_sizes({i.filename: i.file_size for i in infos}, path.name)
-            return {i.filename: zf.read(i) for i in infos}  # zipfile yields at most file_size bytes
+            return ({i.filename: zf.read(i) for i in infos if i.filename not in skip},  # at most file_size bytes
+                    {i.filename: i.file_size for i in infos if i.filename in skip})
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise UserError(f"bundle {path.name} is a damaged zip archive ({reason}); export it again") from None
 
 
-def read_bundle_files(path: Path) -> dict[str, bytes]:
-    """The files of a bundle directory or .zip, refused before reading when any is unknown or too large."""
+def read_bundle_files(path: Path, skip: Collection[str] = ()) -> tuple[dict[str, bytes], dict[str, int]]:
+    """The files of a bundle directory or .zip, refused before reading when any is unknown or too large, and the
+    sizes of those in `skip`, which are not read."""
     if path.is_dir():
-        return _read_bundle_dir(path)
+        return _read_bundle_dir(path, skip)
     if zipfile.is_zipfile(path):
-        return _read_bundle_zip(path)
+        return _read_bundle_zip(path, skip)
     raise UserError(f"{path} is neither a bundle directory nor a bundle .zip; write one with "
                     "`python -m engine export --id ID --out PATH`")
 
@@ -143,28 +149,33 @@ def check_meta(meta: Any, name: str) -> None:
         raise UserError(f"bundle {name}: meta.json is wrong ({problem}); export the bundle again")
 
 
-def check_manifest(files: dict[str, bytes], name: str) -> dict[str, Any]:
-    """The manifest (removed from `files`), every other file's size and sha256 checked against it."""
+def check_manifest(files: dict[str, bytes], name: str, unread: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The manifest (removed from `files`), every other file's size and sha256 checked against it; of the files
+    left `unread` (name: size), only the size."""
+    unread = unread or {}
     if "manifest.json" not in files:
         raise UserError(f"bundle {name} has no manifest.json; export it again")
     manifest = bundle_json(files.pop("manifest.json"), "manifest.json", name)
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT \
             or manifest.get("version") != BUNDLE_VERSION or not isinstance(manifest.get("files"), dict):
         raise UserError(f"bundle {name}: not a {BUNDLE_FORMAT} version {BUNDLE_VERSION} manifest; export it again")
-    listed = manifest["files"]
-    if set(listed) != set(files):
-        raise UserError(f"bundle {name}: files {sorted(files)[:8]} do not match the manifest's {sorted(listed)[:8]}; "
+    listed, present = manifest["files"], {*files, *unread}
+    if set(listed) != present:
+        raise UserError(f"bundle {name}: files {sorted(present)[:8]} do not match the manifest's {sorted(listed)[:8]}; "
                         "export it again")
     for file, data in files.items():
         entry = listed[file]
         if not isinstance(entry, dict) or entry.get("bytes") != len(data) or entry.get("sha256") != sha256_hex(data):
             raise UserError(f"bundle {name}: {file} does not match its sha256 in the manifest (altered or "
                             "damaged); export the bundle again")
+    for file, size in unread.items():
+        if not isinstance(listed[file], dict) or listed[file].get("bytes") != size:
+            raise UserError(f"bundle {name}: {file} does not match its size in the manifest; export the bundle again")
     for file in ("server.pt", "codec.json", "quantizer.json", "meta.json", "selection.json"):
-        if file not in files:
+        if file not in present:
             raise UserError(f"bundle {name} lacks {file}; export it again")
-    onnx = [f for f in ("device.onnx", "server.onnx") if f in files]
-    if onnx and ("server.onnx" not in files or ("device.onnx" in files) != ("device.pt" in files)):
+    onnx = [f for f in ("device.onnx", "server.onnx") if f in present]
+    if onnx and ("server.onnx" not in present or ("device.onnx" in present) != ("device.pt" in present)):
         raise UserError(f"bundle {name}: its ONNX programs ({', '.join(onnx)}) do not match its TorchScript ones; "
                         "export it again")
     return manifest
@@ -271,7 +282,7 @@ class BundleTables:
     files: dict[str, bytes]
 
 
-def read_bundle(path: Path, known: bool = True) -> BundleTables:
+def read_bundle(path: Path, known: bool = True, side: str = "both") -> BundleTables:
     """Read a bundle directory or .zip and check all but its programs' contents: sizes before reading, the manifest
     (sizes, sha256, files present), the selection, meta.json's shapes, quantizer.json a table, every file naming
     one variant, the coding known with its device programs present, the codec table, and any ONNX program.
@@ -280,15 +291,21 @@ def read_bundle(path: Path, known: bool = True) -> BundleTables:
         path: the bundle directory or .zip.
         known: check the selection's method and split against the registries (they import torch; see
             `parse_selection`).
+        side: "both", or "device": the server's programs (`SERVER_FILES`) are neither read nor checked beyond
+            their sizes: a device runs none of them, and reading and checking them cost it more memory than its own
+            part (a width-1.0 ResNet18's server programs are 88 MB).
 
     Returns:
-        The checked tables and the programs' bytes (device.pt, server.pt, device.onnx, server.onnx as present).
+        The checked tables and the programs' bytes (device.pt, server.pt, device.onnx, server.onnx as present and
+        read).
     """
+    if side not in ("both", "device"):
+        raise ValueError(f"side is 'both' or 'device', got {side!r}")
     if not path.exists():
         raise UserError(f"no bundle at {path}; write one with `python -m engine export --id ID --out PATH`")
     name = path.name
-    files = read_bundle_files(path)
-    manifest = check_manifest(files, name)
+    files, unread = read_bundle_files(path, SERVER_FILES if side == "device" else ())
+    manifest = check_manifest(files, name, unread)
     selection = parse_selection(files.pop("selection.json"), known)
     meta, codec_state, quantizer = (bundle_json(files.pop(f), f, name) for f in ("meta.json", "codec.json",
                                                                                 "quantizer.json"))

@@ -122,12 +122,13 @@ def load_onnx_device(path: Path | str, threads: int | None = None) -> OnnxDevice
     path = Path(path)
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
-    tables = read_bundle(path, known=False)  # the method and split registries import torch
+    tables = read_bundle(path, known=False, side="device")  # the method and split registries import torch
     needs_program = tables.meta["coding"] != "png"
     if needs_program and "device.onnx" not in tables.files:
         raise UserError(f"bundle {path.name} has no ONNX device part (exported before ONNX was); export it again "
                         "or use --runtime torchscript")
     session = _session(tables.files["device.onnx"], threads, path.name) if needs_program else None
+    tables.files.clear()  # every program's bytes, the server's included: a device holds none of them
     device = OnnxDevice(path, tables, session)
     _check_device(device, path.name)
     return device

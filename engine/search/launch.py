@@ -12,6 +12,7 @@ process that runs it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -74,7 +75,8 @@ class SearchRequest:
         profile: the budget profile; device, server: `device_arg` texts; rate: a rate text (bits/s when bare);
         delay_ms, drop_points: numbers as text (milliseconds, points of accuracy); objective: a key of `OBJECTIVES`;
         width, model, weights, data: the base model's options ("" leaves the command's default); budget: a duration
-        text ("" for none); trials: a number of trials (None for none); workers: local worker processes.
+        text ("" for none); trials: a number of trials (None for none); workers: local worker processes; memory:
+        the device's `memory_figure`.
     """
 
     profile: str
@@ -91,6 +93,7 @@ class SearchRequest:
     budget: str = ""
     trials: int | None = None
     workers: int = 1
+    memory: str = "model"
 
     @classmethod
     def of(cls, profile: str, device: DeviceProfile, server: DeviceProfile, rate_bps: float, *, delay_s: float = 0.0,
@@ -101,7 +104,8 @@ class SearchRequest:
         worker minutes."""
         return cls(profile, device_arg(device), device_arg(server), rate_arg(rate_bps), repr(float(delay_s) * 1e3),
                    repr(float(drop) * 100), objective, "" if width is None else repr(float(width)), model, weights,
-                   data or "", "" if budget_min is None else f"{float(budget_min)!r}min", trials, workers)
+                   data or "", "" if budget_min is None else f"{float(budget_min)!r}min", trials, workers,
+                   device.memory_figure)
 
     def argv(self) -> list[str]:
         """The command's arguments, after `python -m engine`."""
@@ -114,12 +118,14 @@ class SearchRequest:
                 out += [flag, value]
         if self.trials is not None:
             out += ["--trials", str(self.trials)]
+        if self.memory != "model":
+            out += ["--memory", self.memory]
         return out
 
     def environment(self) -> Environment:
         """The study's environment, built from the texts as the command builds it."""
-        return Environment(resolve_device(self.device), resolve_device(self.server), to_rate_bps(self.rate),
-                           float(self.delay_ms) / 1e3)
+        device = dataclasses.replace(resolve_device(self.device), memory_figure=self.memory)
+        return Environment(device, resolve_device(self.server), to_rate_bps(self.rate), float(self.delay_ms) / 1e3)
 
     @property
     def drop(self) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from engine.latency import DeviceProfile, latency_table
+from engine.latency import MEMORY_FIGURES, DeviceProfile, latency_table
 from engine.pareto import DECISION_COLUMN
 
 OBJECTIVES = {
@@ -34,7 +34,8 @@ class Environment:
 
     def key(self) -> dict[str, Any]:
         """What identifies it (a study's name is derived from it)."""
-        return {"device": [self.device.name, self.device.flops_per_s, _finite(self.device.memory_bytes)],
+        counted = [] if self.device.memory_figure == "model" else [self.device.memory_figure]
+        return {"device": [self.device.name, self.device.flops_per_s, _finite(self.device.memory_bytes), *counted],
                 "server": [self.server.name, self.server.flops_per_s, _finite(self.server.memory_bytes)],
                 "rate_bps": self.rate_bps, "delay_s": self.delay_s}
 
@@ -50,7 +51,7 @@ def _number(row: Mapping[str, Any], key: str) -> float:
 
 def latency_of(row: Mapping[str, Any], env: Environment) -> dict[str, float]:
     """The row's latency terms in `env` (seconds) and whether its device part fits (`engine.latency`)."""
-    frame = pd.DataFrame([{k: row.get(k) for k in ("device_flops", "server_flops", "device_memory_bytes",
+    frame = pd.DataFrame([{k: row.get(k) for k in ("device_flops", "server_flops", *MEMORY_FIGURES.values(),
                                                    BITS_COLUMN)}])
     lat = latency_table(frame, env.device, env.server, env.rate_bps, BITS_COLUMN, delay_s=env.delay_s).iloc[0]
     return {"latency": float(lat["latency"]), "t_device": float(lat["t_device"]),
@@ -86,7 +87,7 @@ def constraints(row: Mapping[str, Any], env: Environment, drop: float) -> list[f
     the device part's memory over the device's, relative to it. A missing figure violates its constraint."""
     val, need = _number(row, DECISION_COLUMN), threshold_of(row, drop)
     accuracy = need - val if math.isfinite(val) and math.isfinite(need) else 1.0
-    memory = _number(row, "device_memory_bytes")
+    memory = float(env.device.needs(pd.DataFrame([{k: row.get(k) for k in MEMORY_FIGURES.values()}])).iloc[0])
     cap = env.device.memory_bytes
     fits = 0.0 if not math.isfinite(cap) else ((memory - cap) / cap if math.isfinite(memory) else 1.0)
     return [float(accuracy), float(min(fits, 1e6))]

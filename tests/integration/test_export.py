@@ -20,6 +20,7 @@ from engine.deploy.bundle import load_bundle
 from engine.deploy.export import write_bundle
 from engine.deploy.selection import parse_selection, selection_json, variant_config
 from engine.errors import UserError
+from engine.latency import MEMORY_FIGURES
 from engine.methods import METHODS, RunContext
 from engine.profiles import PROFILES
 from engine.store import ResultsStore, rows_to_frame
@@ -206,6 +207,15 @@ def test_cli_export(fresh_cache: Path, tmp_cache: Path, ctx: RunContext, row: di
             ctx.data.test_y[:7].tolist()
     assert main(["export", "--id", "ffffffff", "--out", str(tmp_path / "x")]) == 2
     assert "see `python -m engine results`" in capsys.readouterr().err
+    store = ResultsStore(fresh_cache / "results.sqlite")  # the device memory as deployed, kept in the row
+    stamped = store.get(row["id"])["created_at"]
+    assert main(["footprint", "--id", row["id"][:8], "--runtime", "onnx"]) == 0
+    assert "onnx" in capsys.readouterr().out
+    measured = store.get(row["id"])
+    assert measured[MEMORY_FIGURES["onnx"]] > measured["device_memory_bytes"]
+    assert measured["created_at"] == stamped and MEMORY_FIGURES["torchscript"] not in measured
+    assert main(["footprint", "--base", row["base_id"], "--runtime", "onnx"]) == 0  # measured already: nothing to do
+    assert capsys.readouterr().out.startswith("0 of 1 variant(s) to measure")
     (tmp_path / "a-file").write_text("in the way")
     (tmp_path / "a-folder.zip").mkdir()
     for out in (tmp_path / "a-file" / "b.zip", tmp_path / "a-folder.zip"):  # under a file; a folder named .zip
