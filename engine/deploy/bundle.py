@@ -266,8 +266,6 @@ def load_bundle(path: Path | str, side: str = "both") -> Bundle:
     Returns:
         The loaded bundle.
     """
-    if side not in ("both", "device"):
-        raise ValueError(f"side is 'both' or 'device', got {side!r}")
     path = Path(path)
     tables = read_bundle(path, known=side == "both", side=side)  # the registries cost a device ~240 MB of imports
     files, name = tables.files, path.name
