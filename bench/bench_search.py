@@ -26,7 +26,7 @@ from engine.latency import resolve_device, to_rate_bps  # noqa: E402
 from engine.pareto import DEFAULT_ACCURACY_DROP, best_variant, validation_threshold  # noqa: E402
 from engine.queue import JobQueue, WorkerOptions  # noqa: E402
 from engine.search import Environment, Search, SearchConfig, trial_table  # noqa: E402
-from engine.search.study import charged_seconds  # noqa: E402
+from engine.search.study import charged_seconds, study_names  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
 from engine.units import format_seconds  # noqa: E402
 
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     for text in args.envs:
         env = environment(text)
         cfg = SearchConfig(args.profile, base, env, "latency", DEFAULT_ACCURACY_DROP)
+        if args.report_only and cfg.name not in study_names():  # reading creates no study
+            print(f"| {text} | | | 0.0 | not run yet | | | | | | |")
+            continue
         search = Search(cfg, data=args.data)
         if not args.report_only:
             options = WorkerOptions(threads=args.threads, console_level=logging.WARNING)
