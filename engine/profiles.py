@@ -207,7 +207,7 @@ PROFILES.add("smoke", Profile(
                     epochs=1, train_images=None, realisations=2, server="frozen"),
     grid=Grid("smoke", MethodGrid.of(["conv4_x"]),
               (("original", MethodGrid.of(["server_only", "conv4_x", "device_only"])),)),
-    search=SearchSpace(outputs=(0.8,), bits=(8, 4), enc_d=(8,), enc_bits=(1,), codebooks=(16,)),
+    search=SearchSpace(outputs=(0.8,), bits=(8, 4), enc_d=(8, 32), enc_bits=(1, 2), codebooks=(16,)),
 ))
 # quick: width 0.25 in 11-12 minutes on 2 CPU cores (BENCHMARKS.md), with progressive resizing: 8 epochs each at
 # half, three quarters and all of the data's size (16, 24 and 32 pixels on CIFAR-10), one one-cycle schedule over

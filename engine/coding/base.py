@@ -6,7 +6,7 @@ returns what it measured (`CodedSplit`) or what it deploys (`Deployed`)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -113,6 +113,17 @@ class FeatureCoding(ABC):
             cfg: the variant; the coding reads the knobs that start with its `prefix`.
             profile: the profile budget's name, for the defaults of knobs the variant leaves unset.
         """
+
+    def canonical(self, knobs: Mapping[str, Any]) -> dict[str, Any]:
+        """A variant's knobs with this coding's own written one way (a knob at its default left out), so that one
+        configuration has one id however it was spelt.
+
+        Args:
+            knobs: a variant's knobs.
+        Returns:
+            the same configuration's knobs in canonical form (unchanged by a coding without defaults to drop).
+        """
+        return dict(knobs)
 
     def min_bits(self, cfg: VariantConfig) -> float:
         """A lower bound on the bits per image any variant `cfg` of this coding sends, known before it is trained or

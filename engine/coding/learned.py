@@ -511,6 +511,12 @@ class LearnedEncoding(FeatureCoding):
         """Every `enc_*` knob read as `EncodingConfig` reads it."""
         EncodingConfig.from_knobs(cfg.knobs)
 
+    def canonical(self, knobs: Mapping[str, Any]) -> dict[str, Any]:
+        """The `enc_*` knobs that differ from `EncodingConfig`'s defaults (d = 32 spelt out or left out is one
+        encoder), the others unchanged."""
+        own = EncodingConfig.from_knobs(knobs).knobs()
+        return {**{k: v for k, v in knobs.items() if not k.startswith(self.prefix)}, **own}
+
     def min_bits(self, cfg: VariantConfig) -> float:
         """One byte: the shortest payload there is (`MIN_PAYLOAD_BITS`), whatever the encoder learns."""
         return float(MIN_PAYLOAD_BITS)

@@ -462,10 +462,11 @@ class ThreeStep:
 
     def suggest(self, chooser: Chooser, base: BaseModelConfig, split: str) -> VariantConfig:
         """A search's choice of the three steps at `split` from the profile's `SearchSpace`: a pruning run (target
-        sparsity, held iterations per level, the split output's own target or none) and one of its snapshot levels,
-        or no pruning; then a coding (uniform bits + Huffman, the two-step encoder's d and bits, or the vector
-        codebook's size). The knobs are those of the grid's variants, so a choice the grid measured is read from the
-        results store, not trained again.
+        sparsity, held iterations per level, the split output's own target or none) and one of its snapshot levels
+        or the run's own pick (`threshold`: the deepest level whose validation accuracy holds the base's minus
+        `threshold_drop` points, as the grid crosses its codings), or no pruning; then a coding (uniform bits +
+        Huffman, the two-step encoder's d and bits, or the vector codebook's size). The knobs are those of the
+        grid's variants, so a choice the grid measured is read from the results store, not trained again.
 
         Args:
             chooser: asks each choice (an Optuna trial); base: the base model, whose profile sets the choices;
@@ -476,7 +477,8 @@ class ThreeStep:
         profile = profile_of(base)
         space, budget = profile.search, profile.prune
         pruning: dict[str, Any] = {"snapshot": "none"}
-        level = chooser.suggest_categorical("three_step.snapshot", ["none", *map(str, range(budget.levels))])
+        level = chooser.suggest_categorical("three_step.snapshot",
+                                            ["none", "threshold", *map(str, range(budget.levels))])
         if level != "none":
             run = budget.knobs()
             run["target"] = float(chooser.suggest_categorical("three_step.target", space.targets or (budget.target,)))
@@ -486,7 +488,7 @@ class ThreeStep:
                 output = chooser.suggest_categorical("three_step.output", ["body", *map(str, space.outputs)])
                 if output != "body":
                     run["output"] = float(output)
-            pruning = {**run, "snapshot": int(level)}
+            pruning = {**run, "snapshot": level if level == "threshold" else int(level)}
         coding = chooser.suggest_categorical("three_step.coding", ["uniform", "two_step", "vector"])
         if coding == "uniform":
             knobs = {"encoder": "none", "bits": int(chooser.suggest_categorical("three_step.bits",
@@ -525,9 +527,10 @@ class ThreeStep:
     def _coded(split: str, base: BaseModelConfig, pruning: Mapping[str, Any],
                coding: tuple[tuple[str, Any], ...]) -> VariantConfig:
         knobs = {**pruning, **dict(coding)}
-        if FEATURE_CODINGS.get(str(knobs["encoder"])).prefix == "enc_":  # the profile's way to train an encoder
+        feature = FEATURE_CODINGS.get(str(knobs["encoder"]))
+        if feature.prefix == "enc_":  # the profile's way to train an encoder
             knobs = {**profile_of(base).encoding_knobs(), **knobs}
-        return VariantConfig.make("three_step", split, base, **knobs)
+        return VariantConfig.make("three_step", split, base, **feature.canonical(knobs))
 
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """The pruning run's knobs (RUN_KNOBS over the profile's budget) and `snapshot` (a level, "threshold" or

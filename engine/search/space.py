@@ -15,7 +15,7 @@ from engine.models import END_POINTS, split_names
 from engine.profiles import profile_of
 
 ENDPOINT = "endpoint"  # the parameter of a study's reference trials
-SPACE_VERSION = 2  # part of a study's name: a study keeps the choices it was created with
+SPACE_VERSION = 3  # part of a study's name: a study keeps the choices it was created with
 
 
 def search_splits(base: BaseModelConfig) -> list[str]:
