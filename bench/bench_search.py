@@ -24,7 +24,7 @@ from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.config import BaseModelConfig  # noqa: E402
 from engine.latency import resolve_device, to_rate_bps  # noqa: E402
 from engine.pareto import DEFAULT_ACCURACY_DROP, best_variant, validation_threshold  # noqa: E402
-from engine.queue import JobQueue, WorkerOptions  # noqa: E402
+from engine.queue import JobQueue, WorkerOptions, interrupt_on_terminate  # noqa: E402
 from engine.search import Environment, Search, SearchConfig, trial_table  # noqa: E402
 from engine.search.study import charged_seconds, study_names  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fraction", type=float, default=1.0,
                    help="run each study to this share of the grid's minutes (0.5: the half the table also reads)")
     args = p.parse_args(argv)
+    interrupt_on_terminate()  # SIGTERM gives the running trials' jobs back, as Ctrl-C does
     logging.getLogger("optuna").setLevel(logging.WARNING)
     profile, _, base = profile_data(args.profile, args.data)
     store, queue = ResultsStore(), JobQueue()
