@@ -3,6 +3,7 @@ constraints, what a trial is charged, the pruner's decisions and the trial table
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -93,6 +94,11 @@ def test_objective_values_and_constraints_read_validation_never_test() -> None:
     assert constraints({**ROW, "deployed_val_accuracy": 0.82}, ENV, 0.02)[0] > 0
     small = Environment(custom_device("2GFLOP/s", "64MB"), DEVICES.get("rtx2080ti"), 20e3 * 8)
     assert constraints({**ROW, "device_memory_bytes": 80e6}, small, 0.02)[1] > 0
+    # a device that counts its ONNX process's measured footprint: 90 MB measured does not fit 64 MB
+    onnx = Environment(dataclasses.replace(small.device, memory_figure="onnx"), small.server, small.rate_bps)
+    assert constraints({**ROW, "device_rss_onnx_bytes": 90e6}, onnx, 0.02)[1] > 0
+    assert constraints(ROW, onnx, 0.02)[1] < 0  # not measured: the model's figure
+    assert onnx.key() != small.key() and not latency_of({**ROW, "device_rss_onnx_bytes": 90e6}, onnx)["feasible"]
     missing = {k: v for k, v in ROW.items() if k != "deployed_val_accuracy"}
     assert constraints(missing, ENV, 0.02)[0] > 0 and objective_values(missing, ENV, "front")[2] == 0.0
     assert math.isinf(objective_values({**ROW, "bits_actual": None}, ENV, "latency")[0])
