@@ -182,14 +182,23 @@ def _cmd_footprint(args: argparse.Namespace) -> int:
                                                  for k in args.runtime)]
     print(f"{len(todo)} of {len(rows)} variant(s) to measure ({', '.join(args.runtime)}, {args.threads} thread(s))")
     loaded: dict = {}
+    skipped = 0
     for i, row in enumerate(todo, 1):
-        cfg, ctx = _row_context(row, args, loaded)
-        with tempfile.TemporaryDirectory(prefix="coinfer-footprint-") as tmp:
-            bundle = write_bundle(cfg, ctx, Path(tmp) / "bundle", metrics=row)
-            found = [measure_footprint(bundle, r, args.threads) for r in args.runtime]
+        name = f"{row.get('method')} @ {row.get('split')} ({row['id']})"
+        try:
+            cfg, ctx = _row_context(row, args, loaded)
+            with tempfile.TemporaryDirectory(prefix="coinfer-footprint-") as tmp:
+                bundle = write_bundle(cfg, ctx, Path(tmp) / "bundle", metrics=row)
+                found = [measure_footprint(bundle, r, args.threads) for r in args.runtime]
+        except UserError as exc:  # one variant that cannot be exported or measured does not stop the others
+            skipped += 1
+            print(f"[{i}/{len(todo)}] {name}: skipped, {exc}")
+            continue
         store.update(row["id"], {**{MEMORY_FIGURES[f.runtime]: float(f.peak) for f in found},
                                  "footprint_threads": args.threads})
-        print(f"[{i}/{len(todo)}] {cfg.method} @ {cfg.split} ({cfg.id}): {_footprint_text(found)}")
+        print(f"[{i}/{len(todo)}] {name}: {_footprint_text(found)}")
+    if skipped:
+        print(f"{skipped} variant(s) skipped (see above); the others' figures are in their rows")
     return 0
 
 

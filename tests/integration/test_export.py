@@ -216,6 +216,10 @@ def test_cli_export(fresh_cache: Path, tmp_cache: Path, ctx: RunContext, row: di
     assert measured["created_at"] == stamped and MEMORY_FIGURES["torchscript"] not in measured
     assert main(["footprint", "--base", row["base_id"], "--runtime", "onnx"]) == 0  # measured already: nothing to do
     assert capsys.readouterr().out.startswith("0 of 1 variant(s) to measure")
+    store.put({**row, "id": "0" * 16, "split": "conv9_x"})  # a row that cannot be exported is skipped, in one line
+    assert main(["footprint", "--base", row["base_id"], "--runtime", "onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "(0000000000000000): skipped, " in out and "1 variant(s) skipped" in out
     (tmp_path / "a-file").write_text("in the way")
     (tmp_path / "a-folder.zip").mkdir()
     for out in (tmp_path / "a-file" / "b.zip", tmp_path / "a-folder.zip"):  # under a file; a folder named .zip
