@@ -97,7 +97,10 @@ class ScalarCodebook(LatentQuantizer):
         self.codewords = nn.Parameter(torch.linspace(lo, hi, self.alphabet_size).repeat(d, 1))  # [d, K]
 
     def _assign(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Nearest codeword per dimension by binary search in the sorted codewords (memory O(B d), not O(B d K))."""
+        """Nearest codeword per dimension by binary search in the sorted codewords (memory O(B d), not O(B d K));
+        traced for a bundle, by comparing with every codeword (sort and searchsorted have no ONNX export)."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self._assign_dense(y)
         v = y.reshape(len(y), self.d).t().contiguous()  # [d, B]
         ordered, order = self.codewords.detach().sort(dim=1, stable=True)
         hi = torch.searchsorted(ordered, v.detach()).clamp_(max=self.alphabet_size - 1)
@@ -106,6 +109,12 @@ class ScalarCodebook(LatentQuantizer):
         idx = order.gather(1, torch.where(closer_hi, hi, lo))  # [d, B]
         e = self.codewords.gather(1, idx)
         return idx.t(), e.t().reshape(y.shape)
+
+    def _assign_dense(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Nearest codeword per dimension against all K at once (memory O(B d K): the deployed programs, batch 1)."""
+        v = y.reshape(len(y), self.d)
+        idx = (v[:, :, None] - self.codewords.detach()[None]).abs().argmin(-1)  # [B, d]
+        return idx, self.codewords.gather(1, idx.t()).t().reshape(y.shape)
 
     def forward(self, y: Tensor) -> Quantized:
         idx, e = self._assign(y)

@@ -38,6 +38,9 @@ def _variant(ctx: RunContext, which: str) -> VariantConfig:
         return VariantConfig.make("original", "conv4_x", base, bits=8)
     if which == "three_step":  # the last pruning level's snapshot, 8-bit + Huffman, pruned channels removed
         return [v for v in METHODS.get("three_step").variants(base, ["conv4_x"]) if v.knob("encoder") == "none"][-1]
+    if which == "two_step":  # the paper's encoder with learned scalar codewords (a nearest-codeword search)
+        return VariantConfig.make("three_step", "conv5_x", base, **ctx.profile.encoding_knobs(), encoder="two_step",
+                                  snapshot="none", enc_d=8, enc_bits=2)
     if which == "jscc":  # an AWGN JSCC encoder: the device sends real-valued channel inputs
         return next(v for v in fig5_variants(base, "smoke", channels=("awgn",)) if v.knob("jscc_channel") == "awgn")
     return METHODS.get("bottlenet_pp").variants(base, ["conv5_x"])[-1]
@@ -46,10 +49,10 @@ def _variant(ctx: RunContext, which: str) -> VariantConfig:
 # The most symbols of all images that may differ: the 8-bit quantiser rounds a float feature, and where onnxruntime
 # sums a convolution in another order, a value on a rounding boundary may land one level over (1 in 400,000 on the
 # smoke model); a learned encoder's codeword indices match exactly.
-DIFFERING = {"original": 1e-4, "three_step": 1e-4, "bottlenet_pp": 0.0}
+DIFFERING = {"original": 1e-4, "three_step": 1e-4, "bottlenet_pp": 0.0, "two_step": 0.0}
 
 
-@pytest.mark.parametrize("which", ["original", "bottlenet_pp", "three_step", "jscc"])
+@pytest.mark.parametrize("which", ["original", "bottlenet_pp", "two_step", "three_step", "jscc"])
 def test_onnx_device_sends_the_torchscript_symbols(ctx: RunContext, tmp_path: Path, which: str) -> None:
     """Same symbols on 200 test images (see DIFFERING); JSCC's real-valued channel inputs within float32 rounding;
     the same payload wherever the symbols match."""

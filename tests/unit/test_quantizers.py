@@ -250,3 +250,30 @@ def test_ans_message_of_a_few_symbols_is_their_digits() -> None:
     assert three.decode((999).to_bytes(2, "little"), 3).tolist() == [9, 9, 9]
     with pytest.raises(ValueError):
         three.decode((1000).to_bytes(2, "little"), 3)
+
+
+def test_the_traced_scalar_codebook_assigns_as_the_measured_one_and_exports_to_onnx() -> None:
+    """A bundle traces the dense nearest-codeword search (sort and searchsorted have no ONNX export); it picks the
+    codewords the binary search picks when the row was measured, and the program exports."""
+    import io
+
+    torch.manual_seed(0)
+    q = ScalarCodebook(d=16, bits=3).eval()
+    with torch.no_grad():
+        q.codewords.copy_(torch.randn(16, 8))  # unsorted, as training leaves them
+    y = torch.randn(64, 16)
+    idx, e = q._assign(y)
+    dense_idx, dense_e = q._assign_dense(y)
+    assert torch.equal(idx, dense_idx) and torch.equal(e, dense_e)
+
+    class Symbols(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = q
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.q(x).symbols
+
+    traced = torch.jit.trace(Symbols().eval(), y[:1])  # batch 1, as a bundle's programs are
+    assert all(torch.equal(traced(y[i:i + 1]), idx[i:i + 1]) for i in range(8))
+    torch.onnx.export(traced, (y[:1],), io.BytesIO(), opset_version=17, dynamo=False)
