@@ -183,8 +183,7 @@ def latency_table(table: pd.DataFrame, device: DeviceProfile | str, server: Devi
         return out
     _check_columns(table, bits_column)
     out = table.copy()
-    num = {c: pd.to_numeric(out[c], errors="coerce").astype("float64")
-           for c in (*NEEDED_COLUMNS, bits_column)}
+    num = {c: _numbers(out, c) for c in ("device_flops", "server_flops", bits_column)}  # memory: `dev.needs`
     out["t_device"] = num["device_flops"] / dev.flops_per_s
     out["t_transmit"] = num[bits_column] / rate
     out["t_server"] = num["server_flops"] / srv.flops_per_s

@@ -79,16 +79,15 @@ def add_delay(p: argparse.ArgumentParser, role: str) -> None:
                    help=f"one-way propagation delay, device to server, in milliseconds: {role} (default 0)")
 
 
-MEMORY_CHOICES = ("model", "torchscript", "onnx")  # engine.latency.MEMORY_FIGURES' keys
-
-
 def add_memory(p: argparse.ArgumentParser) -> None:
     """Add --memory: what a variant's device part is counted as needing of the device's memory.
 
     Args:
         p: the parser of one command.
     """
-    p.add_argument("--memory", choices=MEMORY_CHOICES, default="model",
+    from engine.latency import MEMORY_FIGURES
+
+    p.add_argument("--memory", choices=list(MEMORY_FIGURES), default="model",
                    help="the device part's memory: the model's parameters + largest activations (default), or the "
                         "measured peak resident memory of a TorchScript or ONNX Runtime device process "
                         "(`python -m engine footprint`; the model's figure where a row has none)")

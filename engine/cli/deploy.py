@@ -107,7 +107,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from engine.deploy.export import write_bundle, write_test_images
     from engine.store import ResultsStore
 
-    row = _one_row(ResultsStore(), args.id)
+    row = _one_row(ResultsStore().rows(), args.id)
     for path in (args.out, args.test_images):
         _check_writable(path)
     if args.test_images is not None and args.images < 1:
@@ -121,9 +121,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_row(store: Any, prefix: str) -> dict[str, Any]:
-    """The one row of the results store whose id starts with `prefix`."""
-    rows = [r for r in store.rows() if str(r["id"]).startswith(prefix)]
+def _one_row(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    """The one row of the results store's `rows` whose id starts with `prefix`."""
+    rows = [r for r in rows if str(r["id"]).startswith(prefix)]
     if len(rows) != 1:
         raise UserError(f"{'no' if not rows else len(rows)} variant(s) in the results store match {prefix!r}; "
                         "see `python -m engine results` for the ids")
@@ -174,8 +174,8 @@ def _cmd_footprint(args: argparse.Namespace) -> int:
         print(f"{args.bundle.name}: {_footprint_text(found)}")
         return 0
     store = ResultsStore()
-    rows = [_one_row(store, p) for p in args.id] if args.id else \
-        [r for r in store.rows() if r.get("base_id") == args.base]
+    stored = store.rows()  # read once, however many ids are named
+    rows = [_one_row(stored, p) for p in args.id] if args.id else [r for r in stored if r.get("base_id") == args.base]
     if not rows:
         raise UserError(f"no variant of base model {args.base} in the results store; see `python -m engine results`")
     todo = [r for r in rows if args.again or any(not isinstance(r.get(MEMORY_FIGURES[k]), int | float)

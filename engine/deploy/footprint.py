@@ -31,8 +31,9 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class Footprint:
     """One runtime's measured footprint of a bundle's device part (bytes of resident memory).
 
+    runtime: "torchscript" or "onnx".
     peak: the process's peak after loading the part and running one image (what the device must have free).
-    runtime: the peak once the runtime was imported, before the part was read (the runtime's own share).
+    runtime_only: the peak once the runtime was imported, before the part was read (the runtime's own share).
     threads: the runtime's threads in the child.
     """
 

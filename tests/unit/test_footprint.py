@@ -4,6 +4,7 @@ device names, the model's own where a row has none."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -69,8 +70,7 @@ def test_the_device_names_the_memory_figure_it_is_held_to() -> None:
     server = DEVICES.get("rtx2080ti")
 
     def fits(figure: str, memory: str = "100MB") -> list[bool]:
-        device = custom_device("1GFLOP/s", memory, label="d")
-        device = type(device)(device.name, device.flops_per_s, device.memory_bytes, device.label, figure)
+        device = dataclasses.replace(custom_device("1GFLOP/s", memory, label="d"), memory_figure=figure)
         return latency_table(rows, device, server, 1e6)["feasible"].tolist()
 
     assert fits("model") == [True, True]
