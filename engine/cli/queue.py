@@ -25,6 +25,8 @@ from engine.cli.common import (
 from engine.errors import UserError
 
 if TYPE_CHECKING:
+    from engine.config import BaseModelConfig
+    from engine.data import ImageData
     from engine.queue import Job, JobQueue
 
 
@@ -133,6 +135,25 @@ def _sweep_progress(bar: Bar) -> Callable[[list[Job]], None]:
     return on_update
 
 
+def _train_base_first(base: BaseModelConfig, data: ImageData) -> None:
+    """Train a missing base model in this process, on every CPU thread, before local workers start: every job needs
+    it, and the first worker to claim one would otherwise train it on its share of the threads while the others
+    wait on its lock (on 2 cores with 2 workers, one core idle for the whole base training)."""
+    import torch
+
+    from engine.train import base_checkpoint_path, load_or_train_base
+
+    cache = writable_cache()
+    if base.weights or base_checkpoint_path(base, cache).exists():
+        return
+    print(f"sweep: training the base model {base.id} first, on {torch.get_num_threads()} threads", flush=True)
+    bar = Bar(f"base {base.id}")
+    try:
+        load_or_train_base(base, data, cache, bar)
+    finally:
+        bar.close()
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     """Queue the profile's grid of variants and run it; exit status 1 when a job failed."""
     from engine import sweep
@@ -144,7 +165,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                         f"{args.scheduler!r}")
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.WARNING)
-    profile, _, base = load(args)
+    profile, data, base = load(args)
+    if args.workers > 1 and args.scheduler is None:
+        _train_base_first(base, data)
     planned = sweep.plan(profile.name, base, data_path(args), methods=args.method,
                          splits=chosen_splits(args, base))
     queue, store = JobQueue(), ResultsStore()
