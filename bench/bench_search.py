@@ -4,7 +4,7 @@ row for the same environment (validation-chosen, test-reported). Grid rows are t
 untagged, in the job table); minutes are charged by one rule for both (`engine.search.study.charged_seconds`: the
 seconds that measured a row, and its pruning run once). A study already run is resumed, not repeated.
 Run: python bench/bench_search.py [--profile quick] [--data PATH] [--envs pi3@10kB/s ...] [--workers 1]
-[--report-only] [--fraction 0.5]"""
+[--sampler forecast|tpe] [--report-only] [--fraction 0.5]"""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--envs", nargs="+", default=list(ENVS))
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    p.add_argument("--sampler", choices=["forecast", "tpe"], default="forecast", help="what proposes the trials")
     p.add_argument("--report-only", action="store_true", help="read the studies as they stand; run nothing")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="run each study to this share of the grid's minutes (0.5: the half the table also reads)")
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     need = validation_threshold(grid, DEFAULT_ACCURACY_DROP)
     minutes = grid_s / 60
     print(f"Base model {base.id} ({args.profile}); threshold {need:.2%} validation; the grid: {len(grid)} rows, "
-          f"**{minutes:.1f} worker minutes** charged. Each study: budget {minutes * args.fraction:.1f} min, TPE "
-          f"seed 0, {args.workers} worker(s).\n")
+          f"**{minutes:.1f} worker minutes** charged. Each study: budget {minutes * args.fraction:.1f} min, "
+          f"{args.sampler} sampler, seed 0, {args.workers} worker(s).\n")
     print("| environment | grid's best | its latency | minutes spent | search's best within the grid's minutes "
           "| latency | minutes to reach it | at half the minutes | latency | within 10 % "
           "| trials (complete / pruned / failed) |")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     curves = []
     for text in args.envs:
         env = environment(text)
-        cfg = SearchConfig(args.profile, base, env, "latency", DEFAULT_ACCURACY_DROP)
+        cfg = SearchConfig(args.profile, base, env, "latency", DEFAULT_ACCURACY_DROP, sampler=args.sampler)
         if args.report_only and cfg.name not in study_names():  # reading creates no study
             print(f"| {text} | | | 0.0 | not run yet | | | | | | |")
             continue

@@ -70,6 +70,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="then re-run the best configuration with this many training seeds in all (its own row "
                         "included; the base model stays) and show the mean and spread of its accuracy (default 1)")
+    p.add_argument("--sampler", choices=["auto", "forecast", "tpe"], default="auto",
+                   help="what proposes the trials: forecast (best first by a latency forecast, stopping once no "
+                        "configuration left is forecast to beat the best; a latency study of three_step), tpe "
+                        "(Optuna's TPE), or auto (default): forecast where it applies, else tpe")
     p.add_argument("--study-seed", type=seed_int, default=0, help="the sampler's seed (default 0)")
     p.add_argument("--json", action="store_true", help="the summary as JSON on stdout")
 
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("optuna").setLevel(logging.WARNING)
     profile, _, base = load(args)
     cfg = SearchConfig(profile.name, base, env, args.objective, args.drop / 100.0,
-                       tuple(dict.fromkeys(args.method or ["three_step"])), args.study_seed)
+                       tuple(dict.fromkeys(args.method or ["three_step"])), args.study_seed, args.sampler)
     from engine.search.launch import hold
 
     hold(cfg.name)  # held until this process ends

@@ -6,7 +6,7 @@ is never read."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +51,17 @@ def _number(row: Mapping[str, Any], key: str) -> float:
 
 def latency_of(row: Mapping[str, Any], env: Environment) -> dict[str, float]:
     """The row's latency terms in `env` (seconds) and whether its device part fits (`engine.latency`)."""
-    frame = pd.DataFrame([{k: row.get(k) for k in ("device_flops", "server_flops", *MEMORY_FIGURES.values(),
-                                                   BITS_COLUMN)}])
-    lat = latency_table(frame, env.device, env.server, env.rate_bps, BITS_COLUMN, delay_s=env.delay_s).iloc[0]
+    lat = latencies_of([row], env).iloc[0]
     return {"latency": float(lat["latency"]), "t_device": float(lat["t_device"]),
             "t_transmit": float(lat["t_transmit"]), "t_server": float(lat["t_server"]),
             "feasible": bool(lat["feasible"])}
+
+
+def latencies_of(rows: Sequence[Mapping[str, Any]], env: Environment) -> pd.DataFrame:
+    """`latency_of` for many rows at once: a table with columns latency, t_device, t_transmit, t_server, feasible."""
+    frame = pd.DataFrame([{k: row.get(k) for k in ("device_flops", "server_flops", *MEMORY_FIGURES.values(),
+                                                   BITS_COLUMN)} for row in rows])
+    return latency_table(frame, env.device, env.server, env.rate_bps, BITS_COLUMN, delay_s=env.delay_s)
 
 
 def threshold_of(row: Mapping[str, Any], drop: float) -> float:

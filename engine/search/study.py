@@ -37,6 +37,7 @@ from engine.pareto import DECISION_COLUMN
 from engine.paths import cache_dir
 from engine.profiles import PROFILES
 from engine.queue import ACTIVE, Job, JobQueue, JobSpec, WorkerOptions, WorkerPool, worker_log_dir
+from engine.search.bound import Measured, Planner, enumerate_space, params_key
 from engine.search.objective import (
     CONSTRAINTS,
     OBJECTIVES,
@@ -47,12 +48,13 @@ from engine.search.objective import (
     objective_values,
     threshold_of,
 )
-from engine.search.pruner import FINAL_ATTR, THRESHOLD_ATTR, HopelessPruner, step_of
+from engine.search.pruner import ENCODER_STEP, FINAL_ATTR, THRESHOLD_ATTR, HopelessPruner, step_of
 from engine.search.space import SPACE_VERSION, probes, suggest_variant
 from engine.store import ResultsStore
 
 log = logging.getLogger(__name__)
 
+SAMPLERS = ("auto", "forecast", "tpe")  # what proposes a study's trials (`SearchConfig.sampler`)
 SEARCH_PRIORITY = -1000  # a study's jobs go before a sweep's in a shared queue
 MAX_REPEATS = 50  # trials in a row that chose a configuration the study had measured: the space is exhausted
 
@@ -85,7 +87,8 @@ class SearchConfig:
     Args:
         profile: the profile whose budgets and `SearchSpace` apply; base: the base model; env: the environment;
         objective: "latency" or "front" (`OBJECTIVES`); drop: allowed validation-accuracy drop below the base model;
-        methods: the methods searched; seed: the sampler's seed.
+        methods: the methods searched; seed: the sampler's seed; sampler: what proposes the trials ("auto": the
+        forecast planner for a latency study of `three_step`, else TPE; `SAMPLERS`).
     """
 
     profile: str
@@ -95,19 +98,39 @@ class SearchConfig:
     drop: float = 0.02
     methods: tuple[str, ...] = ("three_step",)
     seed: int = 0
+    sampler: str = "auto"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective is one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler is one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler == "forecast" and not self.forecast_applies:
+            raise UserError("--sampler forecast plans a latency study of three_step alone: use --sampler tpe")
         if not 0.0 <= self.drop <= 1.0:
             raise UserError(f"the accuracy drop is a fraction in [0, 1], got {self.drop:g}")
         for m in self.methods:
             METHODS.get(m)
 
+    @property
+    def forecast_applies(self) -> bool:
+        """Whether the forecast planner can propose this study's trials (a latency study of `three_step`)."""
+        return self.objective == "latency" and self.methods == ("three_step",)
+
+    @property
+    def proposer(self) -> str:
+        """What proposes the trials: "forecast" (`engine.search.bound`) or "tpe"."""
+        if self.sampler == "auto":
+            return "forecast" if self.forecast_applies else "tpe"
+        return self.sampler
+
     def key(self) -> dict[str, Any]:
-        return {"profile": self.profile, "base": self.base.id, "env": self.env.key(), "objective": self.objective,
-                "drop": self.drop, "methods": list(self.methods), "seed": self.seed, "space": SPACE_VERSION,
-                "choices": dataclasses.asdict(PROFILES.get(self.profile).search)}
+        key = {"profile": self.profile, "base": self.base.id, "env": self.env.key(), "objective": self.objective,
+               "drop": self.drop, "methods": list(self.methods), "seed": self.seed, "space": SPACE_VERSION,
+               "choices": dataclasses.asdict(PROFILES.get(self.profile).search)}
+        if self.proposer != "tpe":  # TPE studies keep the names they were created with
+            key["sampler"] = self.proposer
+        return key
 
     @property
     def name(self) -> str:
@@ -178,6 +201,8 @@ class Search:
         self.pending: dict[int, _Pending] = {}
         self._repeats = 0  # trials in a row that chose a configuration the study had measured
         self._explore = False  # the next trial is drawn at random (the last one was a repeat)
+        self._planner: Planner | None = None  # the forecast planner (built once the threshold is known)
+        self._exhausted = False  # the planner forecasts no configuration left to beat the best
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
@@ -258,6 +283,10 @@ class Search:
         """Why no more trials are asked for (None: more may be)."""
         if self._repeats >= MAX_REPEATS:
             return f"{MAX_REPEATS} trials in a row chose configurations measured already: the space looks exhausted"
+        if self._exhausted and not self.pending:
+            best = best_trial(self.study.get_trials(deepcopy=False))
+            at = f" ({best['latency'] * 1e3:.2f} ms)" if best and isinstance(best.get("latency"), float) else ""
+            return f"no configuration left is forecast to beat the best{at}"
         if trials is not None and self._held() >= trials:
             return f"{trials} trials"
         if budget_s is not None and self.charged_seconds(running=True) >= budget_s:
@@ -276,6 +305,8 @@ class Search:
             if self._explore:
                 self.study.sampler = RandomSampler(seed=self.cfg.seed + len(self.study.trials))
             reference = self._held() < len(END_POINTS)  # a study's first trials: its enqueued end points
+            if self.cfg.proposer == "forecast" and not reference and not self._waiting() and not self._plan():
+                break
             try:
                 trial = self.study.ask()
                 variant = suggest_variant(trial, self.cfg.base, self.cfg.methods, reference=reference)
@@ -305,6 +336,40 @@ class Search:
                 told += 1
                 continue
             self._submit(trial, variant)
+
+    def _waiting(self) -> bool:
+        """Whether enqueued trials wait to be asked (the end points, the probes, a planned one)."""
+        return any(t.state == TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
+
+    def _plan(self) -> bool:
+        """Enqueue the forecast planner's next configuration (`engine.search.bound`); False when it has none now:
+        those left wait on trials in flight, or none is forecast to beat the best (`_exhausted`)."""
+        threshold = self.study.user_attrs.get(THRESHOLD_ATTR)
+        if not isinstance(threshold, int | float):
+            return False  # the base model's validation accuracy is not known yet
+        if self._planner is None:
+            space = enumerate_space(lambda chooser: suggest_variant(chooser, self.cfg.base, self.cfg.methods))
+            self._planner = Planner(space, self.cfg.profile, self.cfg.env, float(threshold))
+        trials = self.study.get_trials(deepcopy=False)
+        measured: dict[tuple, Measured] = {}
+        for t in trials:
+            key = params_key(t.params)
+            shape = self._planner.shapes.get(key)
+            if shape is None or not t.state.is_finished():
+                continue
+            row = self.store.get(str(t.user_attrs.get("variant_id"))) if t.state == TrialState.COMPLETE else None
+            levels = {int(k): float(v) for k, v in t.intermediate_values.items() if k < ENCODER_STEP}
+            measured[key] = Measured(shape, row, levels)
+        running = {params_key(t.params) for t in trials if t.state == TrialState.RUNNING}
+        best = best_trial(trials)
+        best_latency = float(best["latency"]) if best and isinstance(best.get("latency"), float) else math.inf
+        choice, self._exhausted = self._planner.next(measured, running, best_latency)
+        if choice is None:
+            return False
+        self.study.enqueue_trial(dict(choice.candidate.params), user_attrs={
+            "planned_by": "forecast", "forecast_latency": choice.latency, "forecast_bits": choice.bits,
+            "forecast_val": choice.val})
+        return True
 
     def _held(self) -> int:
         """The trials asked so far (those enqueued and not asked yet wait outside the count)."""

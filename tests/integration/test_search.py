@@ -69,6 +69,8 @@ def test_a_study_runs_its_trials_as_jobs_and_resumes_after_a_kill(trained_cache:
     assert trials[left[0].number].state.is_finished()  # the interrupted trial was told after the resume
     assert [t.user_attrs["split"] for t in trials[:2]] == list(END_POINTS)  # the baselines' end points first
     assert {t.user_attrs["knobs"].get("snapshot") for t in trials[2:PROBES]} == {"none"}  # then what trains nothing
+    assert {t.user_attrs.get("planned_by") for t in trials[PROBES:]} == {"forecast"}  # then the planner's choices
+    assert all(t.user_attrs["forecast_latency"] > 0 for t in trials[PROBES:])
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     for t in done:  # each an ordinary row of the results store, tagged jobs of the study
         assert store.get(t.user_attrs["variant_id"]) is not None

@@ -1,0 +1,405 @@
+"""Best-first search by a latency forecast: a latency study's planner for `three_step` (branch and bound over the
+space, Land & Doig 1960, with the forecast as its bound).
+
+A configuration's latency is mostly known before it is trained: its device and server FLOPs follow from the split
+and the pruning schedule's channel sparsity (a conv keeps about (1 - s)^2 of its FLOPs when its input and output
+channels are both pruned by s), and its bits from what the study measured of the same coding at the same split (a
+learned coding sends about as much whichever snapshot feeds it; uniform + Huffman scales with the channels sent),
+else from a floor no coding undercuts. Only its validation accuracy must be measured. The planner proposes the
+unmeasured configuration of least forecast latency that is not known to miss the accuracy threshold, measures the
+8-bit row of a pruning before any coding of it (seconds once the run is trained: it tells whether the pruning holds
+the threshold for every coding), and stops once no configuration left is forecast to beat the best one measured.
+
+What rules a configuration out (each from the study's own trials, so that what it knows it has paid for):
+- its pruning's 8-bit row, or a level its run reported while training, is below the threshold by more than a margin
+  (a coding does not win back what the pruning lost);
+- a pruning at the same split that is no sparser (body and split output) and held its levels no shorter missed it
+  (the l2 schedule only removes channels; more fine-tuning only helps);
+- its coding loses more than its pruning's margin over the threshold: the loss of a coding at a split is at least
+  the smallest loss measured there of any coding of the same family with no more capacity (fewer bits, fewer
+  channels, fewer codewords lose no less).
+
+Forecasts of uniform-coded bits are estimates, not bounds, so "no configuration left" means none forecast to win.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import VariantConfig
+from engine.entropy.payload import MIN_PAYLOAD_BITS
+from engine.pareto import DECISION_COLUMN
+from engine.search.objective import BITS_COLUMN, Environment, latencies_of
+
+MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
+CODING_KNOBS = ("encoder", "bits")  # besides the coding's own prefixed knobs (enc_*, jscc_*)
+NOT_RUN_KNOBS = ("snapshot", "replicate")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration of the space: the trial's params (what `suggest_variant` asks) and the variant they make."""
+
+    params: tuple[tuple[str, Any], ...]
+    variant: VariantConfig
+
+    @property
+    def key(self) -> tuple[tuple[str, Any], ...]:
+        return self.params
+
+
+def enumerate_space(build: Callable[[Any], VariantConfig]) -> list[Candidate]:
+    """Every configuration a define-by-run space holds, by walking its choices depth first.
+
+    Args:
+        build: called with a chooser (`suggest_categorical(name, choices)`), returns the variant those choices make;
+            the same choices must lead to the same questions.
+    Returns:
+        one candidate per leaf of the choice tree, in the order of the choices.
+    """
+    out: list[Candidate] = []
+    stack: list[list[int]] = [[]]
+    while stack:
+        path = stack.pop()
+        chooser = _Replay(path)
+        variant = build(chooser)
+        for depth in range(len(path), len(chooser.sizes)):
+            stack += [chooser.taken[:depth] + [j] for j in range(chooser.sizes[depth] - 1, 0, -1)]
+        out.append(Candidate(params_key(chooser.params), variant))
+    return out
+
+
+class _Replay:
+    """A chooser that follows a path of choice indices, then takes the first choice of every new question."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path, self.taken, self.sizes, self.params = path, [], [], {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        i = self.path[len(self.taken)] if len(self.taken) < len(self.path) else 0
+        self.taken.append(i)
+        self.sizes.append(len(choices))
+        self.params[name] = choices[i]
+        return choices[i]
+
+
+def params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A trial's params as one key, whatever their order."""
+    return tuple(sorted(params.items(), key=lambda kv: kv[0]))
+
+
+# ---------------------------------------------------------------------------------------------------- a variant
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a `three_step` variant is, as the planner reasons about it."""
+
+    split: str
+    pruning: tuple  # the pruning run and snapshot (knobs that are not the coding's), () when unpruned
+    run: tuple  # the pruning run alone (snapshot left out), () when unpruned
+    level: int  # the snapshot's level (-1: unpruned)
+    sparsity: float  # the body's channel sparsity at the snapshot (schedule's figure)
+    output: float  # the split output's channel sparsity at the snapshot
+    hold: int  # iterations each level held its sparsity
+    family: str  # the coding: "uniform", "two_step" (scalar codewords), "vector" or another encoder's name
+    capacity: tuple[float, ...]  # what orders codings of one family (more of each: no more loss)
+
+    @property
+    def reference(self) -> bool:
+        """The pruning's 8-bit + Huffman row (the one that tells whether the pruning holds the threshold)."""
+        return self.family == "uniform" and self.capacity == (8.0,)
+
+
+def shape_of(variant: VariantConfig, profile: str) -> Shape:
+    """The planner's view of a `three_step` variant (its pruning's sparsities from the run's schedule)."""
+    from engine.coding import FEATURE_CODINGS
+    from engine.methods.three_step import run_knobs, schedule_of
+
+    knobs = dict(variant.knobs)
+    coding = FEATURE_CODINGS.get(str(knobs.get("encoder", "none")))
+    prefix = coding.prefix
+    own = {k: v for k, v in knobs.items() if k in CODING_KNOBS or (prefix and k.startswith(prefix))}
+    pruning = tuple(sorted((k, v) for k, v in knobs.items() if k not in own and k != "replicate"))
+    snapshot = knobs.get("snapshot", "threshold")
+    family, capacity = _coding(knobs)
+    if snapshot == "none":
+        return Shape(variant.split, (), (), -1, 0.0, 0.0, 0, family, capacity)
+    run = run_knobs(variant, profile)
+    schedule = schedule_of(run)
+    level = schedule.levels - 1 if snapshot == "threshold" else int(snapshot)
+    fraction = schedule.level_fraction(level)
+    output = run["output"] if run["output"] is not None else run["target"]
+    return Shape(variant.split, pruning, tuple(p for p in pruning if p[0] not in NOT_RUN_KNOBS), level,
+                 float(run["target"]) * fraction, float(output) * fraction, int(run["hold_iterations"]), family,
+                 capacity)
+
+
+def _coding(knobs: Mapping[str, Any]) -> tuple[str, tuple[float, ...]]:
+    encoder = str(knobs.get("encoder", "none"))
+    if encoder == "none":
+        return "uniform", (float(knobs.get("bits", 8)),)
+    if encoder == "two_step" and knobs.get("enc_quantizer") == "vector":
+        return "vector", (float(knobs.get("enc_codebook", 256)),)
+    if encoder == "two_step":
+        return "two_step", (float(knobs.get("enc_d", 32)), float(knobs.get("enc_bits", 2)))
+    return encoder, tuple(float(v) for k, v in sorted(knobs.items()) if isinstance(v, int | float)
+                          and not isinstance(v, bool) and k.startswith(("enc_", "jscc_")))
+
+
+def _no_more(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Capacity `a` is no more than `b` in every component."""
+    return len(a) == len(b) and all(x <= y for x, y in zip(a, b, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------------- knowledge
+
+
+@dataclass
+class Measured:
+    """One finished trial as the planner reads it: its shape, its row (a complete trial) or what its pruning run
+    reported before it was stopped (a pruned trial: level -> validation accuracy)."""
+
+    shape: Shape
+    row: Mapping[str, Any] | None = None
+    levels: Mapping[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Forecast:
+    """A candidate's forecast figures and whether it may still meet the threshold."""
+
+    candidate: Candidate
+    shape: Shape
+    latency: float
+    bits: float
+    val: float
+    possible: bool
+    why: str = ""
+
+
+class Planner:
+    """The best-first planner of a latency study (see the module's text).
+
+    Args:
+        candidates: the space (`enumerate_space`); profile: the base's profile (the pruning schedule's budget);
+        env: the environment; threshold: the least validation accuracy; margin: what a coding may win back.
+    """
+
+    def __init__(self, candidates: Iterable[Candidate], profile: str, env: Environment, threshold: float,
+                 margin: float = MARGIN) -> None:
+        self.candidates = [c for c in candidates if c.variant.method == "three_step"
+                           and c.variant.knob("snapshot", "threshold") != "threshold"]
+        self.shapes = {c.key: shape_of(c.variant, profile) for c in self.candidates}
+        self.env, self.threshold, self.margin = env, threshold, margin
+        self.references = {(s.split, s.pruning): c for c in self.candidates if (s := self.shapes[c.key]).reference}
+        self.unpruned = {(s.split, s.family, s.capacity): c for c in self.candidates
+                         if (s := self.shapes[c.key]).level < 0}
+
+    def forecasts(self, measured: Mapping[tuple, Measured]) -> list[Forecast]:
+        """A forecast for every candidate not measured yet (those of a split whose unpruned 8-bit row is not
+        measured are left out: their figures are not known yet).
+
+        Args:
+            measured: the study's finished trials by candidate key.
+        Returns:
+            the forecasts, least latency first.
+        """
+        k = _Knowledge(measured.values(), self.threshold)
+        todo = [(c, s, probe) for c in self.candidates if c.key not in measured
+                and (probe := k.probe.get((s := self.shapes[c.key]).split)) is not None]
+        rows = [self._figures(s, probe, k) for _, s, probe in todo]
+        if not rows:
+            return []
+        lat = latencies_of(rows, self.env)
+        out = []
+        for (c, s, probe), row, latency, fits in zip(todo, rows, lat["latency"], lat["feasible"], strict=True):
+            val, why = k.val(s, probe)
+            if not why and val < self.threshold - self.margin:
+                why = f"forecast validation accuracy {100 * val:.2f} %"
+            if not fits:
+                why = why or "its device part does not fit the device's memory"
+            out.append(Forecast(c, s, float(latency), float(row[BITS_COLUMN]), val, not why, why))
+        return sorted(out, key=_order)
+
+    def next(self, measured: Mapping[tuple, Measured], in_flight: Iterable[tuple] = (),
+             best_latency: float = math.inf) -> tuple[Forecast | None, bool]:
+        """The next configuration to measure: the least forecast latency among those that may meet the threshold,
+        or its pruning's 8-bit row when that is neither measured nor reported; one that waits on a trial in flight
+        (itself or that row) is passed over.
+
+        Args:
+            measured: the study's finished trials by candidate key; in_flight: the keys of its running trials;
+            best_latency: the best feasible latency measured.
+        Returns:
+            (the chosen forecast or None, whether none is left that is forecast to beat `best_latency`: None and
+            False means that the candidates left wait on trials in flight).
+        """
+        running = set(in_flight)
+        forecasts = self.forecasts(measured)
+        by_key = {f.candidate.key: f for f in forecasts}
+        for f in forecasts:
+            if not f.possible:
+                continue
+            if f.latency >= best_latency:
+                break
+            first = self._first(f.shape, measured)
+            if first is not None and first.key in by_key:
+                f = by_key[first.key]
+            if f.candidate.key in running or (first is not None and first.key in running):
+                continue
+            return f, False
+        waiting = bool(running) and any(f.possible and f.latency < best_latency for f in forecasts)
+        return None, not waiting
+
+    def _first(self, s: Shape, measured: Mapping[tuple, Measured]) -> Candidate | None:
+        """What to measure before a pruned and coded candidate, cheapest first: its coding on the unpruned split
+        when that coding was never measured at the split (no pruning run: it tells the coding's bits and loss there
+        for every pruning), then its pruning's 8-bit row when neither measured nor reported by its run (it tells
+        whether the pruning holds the threshold for every coding). None when nothing is needed first."""
+        if s.level < 0:
+            return None
+        alone = self.unpruned.get((s.split, s.family, s.capacity))
+        if not s.reference and alone is not None and alone.key not in measured and not any(
+                m.shape.split == s.split and m.shape.family == s.family and m.shape.capacity == s.capacity
+                for m in measured.values()):
+            return alone
+        parent = self.references.get((s.split, s.pruning))
+        if parent is not None and parent.key not in measured and not _levels_known(s, measured):
+            return parent
+        return None
+
+    @staticmethod
+    def _figures(s: Shape, probe: Mapping[str, Any], k: _Knowledge) -> dict[str, Any]:
+        """The figures the latency model reads, forecast for a candidate: its pruning's as measured, else the
+        unpruned split's scaled by (1 - s)^2 and by the least ratio of measured to scaled FLOPs among the split's
+        pruned rows (at least 1); the encoder's device FLOPs seen at the split; its bits."""
+        keep = 1.0 - s.sparsity
+        row: dict[str, Any] = dict(probe)
+        pruned = k.pruning_row.get((s.split, s.pruning))
+        if pruned is not None:
+            row["device_flops"], row["server_flops"] = pruned.get("device_flops"), pruned.get("server_flops")
+        elif s.level >= 0:
+            row["device_flops"] = _num(probe, "device_flops") * keep * keep * k.flops_factor.get(s.split, 1.0)
+            row["device_memory_bytes"] = _num(probe, "device_memory_bytes") * keep
+        row["device_flops"] = _num(row, "device_flops") + k.encoder_flops.get((s.split, s.family, s.capacity), 0.0)
+        row[BITS_COLUMN] = k.bits(s, probe)
+        return row
+
+
+def _order(f: Forecast) -> tuple:
+    """Least latency first; among equals the shorter pruning run (the cheaper), the split output pruned no harder
+    than the body, then the larger capacity (learned codings all at their floor): if it misses the threshold, every
+    smaller one of its family is ruled out with it."""
+    latency = f.latency if math.isfinite(f.latency) else math.inf
+    return (latency, f.shape.hold, f.shape.output, tuple(-x for x in f.shape.capacity), repr(f.candidate.params))
+
+
+def _levels_known(s: Shape, measured: Mapping[tuple, Measured]) -> bool:
+    """Whether the pruning's level was reported by a stopped trial of its run (its 8-bit row is then not needed to
+    know whether it holds)."""
+    return any(m.shape.run == s.run and m.shape.split == s.split and s.level in m.levels for m in measured.values())
+
+
+def _num(row: Mapping[str, Any], key: str) -> float:
+    v = row.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else math.nan
+
+
+class _Knowledge:
+    """What the study's finished trials tell: each split's unpruned 8-bit row, each pruning's figures and validation
+    accuracy, the prunings that missed, each coding's bits, encoder FLOPs and loss at a split."""
+
+    def __init__(self, measured: Iterable[Measured], threshold: float) -> None:
+        self.threshold = threshold
+        self.probe: dict[str, Mapping[str, Any]] = {}
+        self.pruning_row: dict[tuple, Mapping[str, Any]] = {}
+        self.pruning_val: dict[tuple, float] = {}
+        self.missed: list[Shape] = []
+        self.coded: list[tuple[Shape, Mapping[str, Any]]] = []
+        self.references: list[tuple[Shape, Mapping[str, Any]]] = []
+        self.encoder_flops: dict[tuple, float] = {}
+        for m in measured:
+            s = m.shape
+            for level, val in m.levels.items():  # a stopped run's reports: its levels up to the one that missed
+                if s.level >= 0:
+                    self._pruning_val(s, level, float(val))
+            if m.row is None:
+                continue
+            val = _num(m.row, DECISION_COLUMN)
+            if s.reference:
+                if s.level < 0:
+                    self.probe[s.split] = m.row
+                self.pruning_row[(s.split, s.pruning)] = m.row
+                self.references.append((s, m.row))
+                self.pruning_val[(s.split, s.pruning)] = val
+                if val < threshold - MARGIN and s.level >= 0:
+                    self.missed.append(s)
+            else:
+                self.coded.append((s, m.row))
+        self.flops_factor: dict[str, float] = {}  # measured / (1 - s)^2 floor of the split's pruned 8-bit rows
+        for s, row in self.references:
+            floor = _num(self.probe.get(s.split, {}), "device_flops") * (1.0 - s.sparsity) ** 2
+            if s.level >= 0 and floor > 0:
+                factor = _num(row, "device_flops") / floor
+                self.flops_factor[s.split] = min(self.flops_factor.get(s.split, math.inf), max(1.0, factor))
+        for s, row in self.coded:
+            ref = self.pruning_row.get((s.split, s.pruning))
+            if ref is not None:
+                extra = max(0.0, _num(row, "device_flops") - _num(ref, "device_flops"))
+                key = (s.split, s.family, s.capacity)
+                self.encoder_flops[key] = min(self.encoder_flops.get(key, math.inf), extra)
+
+    def _pruning_val(self, s: Shape, level: int, val: float) -> None:
+        """A level of a run, reported: its validation accuracy, and a miss when below the threshold."""
+        pruning = tuple((k, level if k == "snapshot" else v) for k, v in s.pruning)
+        self.pruning_val.setdefault((s.split, pruning), val)
+        if val < self.threshold - MARGIN:
+            fraction = (level + 1) / (s.level + 1)
+            self.missed.append(Shape(s.split, pruning, s.run, level, s.sparsity * fraction, s.output * fraction,
+                                     s.hold, "uniform", (8.0,)))
+
+    def bits(self, s: Shape, probe: Mapping[str, Any]) -> float:
+        """The bits the coding sends at this split: measured there (uniform: scaled by the channels sent), else the
+        unpruned 8-bit row's bits scaled by depth and channels sent (uniform), else the most that a coding of its
+        family with no more capacity sent there (more codewords or channels send no fewer bits), at least the
+        shortest payload there is."""
+        same = [(t, r) for t, r in [*self.coded, *self.references] if t.split == s.split and t.family == s.family
+                and t.capacity == s.capacity]
+        if s.family == "uniform":
+            if same:
+                t, r = same[0]
+                return _num(r, BITS_COLUMN) * (1.0 - s.output) / max(1e-9, 1.0 - t.output)
+            return _num(probe, BITS_COLUMN) * s.capacity[0] / 8.0 * (1.0 - s.output)
+        if same:
+            return min(_num(r, BITS_COLUMN) for _, r in same)
+        smaller = [_num(r, BITS_COLUMN) for t, r in self.coded if t.split == s.split and t.family == s.family
+                   and _no_more(t.capacity, s.capacity)]
+        return max([float(MIN_PAYLOAD_BITS), *(b for b in smaller if math.isfinite(b))])
+
+    def val(self, s: Shape, probe: Mapping[str, Any]) -> tuple[float, str]:
+        """The forecast validation accuracy (optimistic: the pruning's 8-bit row, else the unpruned split's, less the
+        coding's least loss there), or why it cannot meet the threshold."""
+        if s.level >= 0:
+            for m in self.missed:
+                if (m.split == s.split and m.sparsity <= s.sparsity + 1e-9 and m.output <= s.output + 1e-9
+                        and m.hold >= s.hold):
+                    return math.nan, "a no sparser pruning at this split missed the threshold"
+        base = self.pruning_val.get((s.split, s.pruning))
+        val = _num(probe, DECISION_COLUMN) if base is None else base
+        return val - self.loss(s), ""
+
+    def loss(self, s: Shape) -> float:
+        """The least validation accuracy this coding loses against its pruning's 8-bit row at this split: for each
+        coding of its family with no less capacity measured here, the smallest loss seen; the largest of those."""
+        if s.reference:
+            return 0.0
+        seen: dict[tuple[float, ...], float] = {}
+        for t, row in self.coded:
+            ref = self.pruning_val.get((t.split, t.pruning))
+            if t.split == s.split and t.family == s.family and ref is not None:
+                seen[t.capacity] = min(seen.get(t.capacity, math.inf), ref - _num(row, DECISION_COLUMN))
+        return max((v for cap, v in seen.items() if _no_more(s.capacity, cap) and math.isfinite(v)), default=0.0)

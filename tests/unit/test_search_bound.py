@@ -1,0 +1,168 @@
+"""The forecast planner (`engine.search.bound`) on a synthetic world whose every configuration's figures are known:
+it finds the fastest configuration that meets the threshold (checked by measuring the whole space), measures a
+small share of the space to do so, measures a pruning's 8-bit row and a coding on the unpruned split before the
+pruned and coded variants that need them, and rules out what the measured rows rule out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import pytest
+
+from engine.errors import UserError
+from engine.latency import DEVICES
+from engine.profiles import PROFILES
+from engine.search import Environment, SearchConfig
+from engine.search.bound import Measured, Planner, enumerate_space, params_key, shape_of
+from engine.search.objective import latency_of
+from engine.search.space import suggest_variant
+
+BASE = PROFILES.get("quick").base_config("synthetic-fingerprint")
+SPACE = enumerate_space(lambda chooser: suggest_variant(chooser, BASE, ("three_step",)))
+BASE_VAL = 0.85
+THRESHOLD = BASE_VAL - 0.02
+DEVICE_FLOPS = {"stem": 1.5e6, "conv2_x": 11e6, "conv3_x": 20e6, "conv4_x": 29e6, "conv5_x": 38e6}
+ELEMENTS = {"stem": 4096, "conv2_x": 4096, "conv3_x": 2048, "conv4_x": 1024, "conv5_x": 512}
+PRUNE_LOSS = {"stem": 0.2, "conv2_x": 0.12, "conv3_x": 0.06, "conv4_x": 0.05, "conv5_x": 0.04}  # at full sparsity
+CODE_LOSS = {"stem": 0.4, "conv2_x": 0.2, "conv3_x": 0.04, "conv4_x": 0.012, "conv5_x": 0.006}  # at 16 bits
+
+
+def world(variant: object) -> dict:
+    """A configuration's measured row in a made-up world: FLOPs no fewer than the planner's floor, bits and
+    accuracy that fall with sparsity and with a coding's capacity, losses larger at shallow splits."""
+    s = shape_of(variant, "quick")
+    keep = 1.0 - s.sparsity
+    flops = DEVICE_FLOPS[s.split] * (keep * keep * 1.05 if s.level >= 0 else 1.0)
+    loss = PRUNE_LOSS[s.split] * s.sparsity ** 2 * (0.7 if s.hold >= 30 else 1.0) + 0.05 * max(0.0, s.output - 0.8)
+    if s.family == "uniform":
+        bits = ELEMENTS[s.split] * s.capacity[0] * 0.55 * (1.0 - s.output)
+        code_loss = 0.0 if s.capacity[0] >= 8 else 0.004 * (8 - s.capacity[0])
+    else:
+        capacity = s.capacity[0] * s.capacity[1] if s.family == "two_step" else math.log2(s.capacity[0]) * 4
+        bits = 0.9 * capacity + 8
+        code_loss = CODE_LOSS[s.split] * 16.0 / capacity
+        flops += 2e5
+    return {"device_flops": flops, "server_flops": 70e6 - DEVICE_FLOPS[s.split], "device_memory_bytes": 1e6,
+            "bits_actual": bits, "deployed_val_accuracy": BASE_VAL - loss - code_loss}
+
+
+def run(planner: Planner, truth: Callable[[object], dict], env: Environment,
+        measured: dict | None = None) -> tuple[dict[tuple, Measured], list]:
+    """The planner's loop as a study runs it, one trial at a time, from the unpruned 8-bit rows (the probes)."""
+    measured = {} if measured is None else measured
+    for c in planner.candidates:
+        s = planner.shapes[c.key]
+        if s.level < 0 and s.reference:
+            measured[c.key] = Measured(s, truth(c.variant))
+    order, best = [], math.inf
+    while True:
+        choice, exhausted = planner.next(measured, (), best)
+        if choice is None:
+            assert exhausted
+            return measured, order
+        row = truth(choice.candidate.variant)
+        measured[choice.candidate.key] = Measured(choice.shape, row)
+        order.append(choice)
+        lat = latency_of(row, env)
+        if row["deployed_val_accuracy"] >= THRESHOLD and lat["feasible"]:
+            best = min(best, lat["latency"])
+
+
+def brute_force(planner: Planner, env: Environment) -> float:
+    """The best latency over every candidate of the planner, each measured."""
+    out = math.inf
+    for c in planner.candidates:
+        row = world(c.variant)
+        if row["deployed_val_accuracy"] >= THRESHOLD:
+            out = min(out, latency_of(row, env)["latency"])
+    return out
+
+
+@pytest.mark.parametrize("rate", [10e3 * 8, 40e3 * 8, 100e3 * 8])
+def test_the_planner_finds_the_fastest_configuration_measuring_a_small_share(rate: float) -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), rate)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    measured, order = run(planner, world, env)
+    best = min(latency_of(m.row, env)["latency"] for m in measured.values()
+               if m.row["deployed_val_accuracy"] >= THRESHOLD)
+    assert best == pytest.approx(brute_force(planner, env))
+    assert len(measured) < 0.1 * len(planner.candidates), (len(measured), len(planner.candidates))
+
+
+def test_what_a_pruned_and_coded_variant_needs_is_measured_before_it() -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    _, order = run(planner, world, env)
+    seen: list = []
+    for f in order:
+        s = f.shape
+        if s.level >= 0 and not s.reference:
+            assert any(t.split == s.split and t.pruning == s.pruning and t.reference for t in seen), f
+            assert any(t.split == s.split and t.level < 0 and (t.family, t.capacity) == (s.family, s.capacity)
+                       for t in seen), f
+        seen.append(s)
+
+
+def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rules_out_the_smaller() -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    by = {}
+    for c in planner.candidates:
+        by.setdefault(planner.shapes[c.key].split, []).append(c)
+
+    def pick(split: str, level: int, family: str, *capacity: float, **run: object) -> object:
+        for c in by[split]:
+            s, k = planner.shapes[c.key], dict(c.variant.knobs)
+            if (s.level, s.family, s.capacity) == (level, family, capacity) and all(
+                    k.get(n) == v for n, v in run.items()):
+                return c
+        raise AssertionError((split, level, family, capacity, run))
+
+    probe = pick("conv4_x", -1, "uniform", 8)
+    missed = pick("conv4_x", 1, "uniform", 8, target=0.48, hold_iterations=30, output=None)
+    lost = pick("conv4_x", -1, "two_step", 16, 2)
+    measured = {probe.key: Measured(planner.shapes[probe.key], {**world(probe.variant)}),
+                missed.key: Measured(planner.shapes[missed.key], {**world(missed.variant),
+                                                                  "deployed_val_accuracy": 0.70}),
+                lost.key: Measured(planner.shapes[lost.key], {**world(lost.variant), "deployed_val_accuracy": 0.75})}
+    forecasts = {f.candidate.key: f for f in planner.forecasts(measured)}
+    deeper = pick("conv4_x", 2, "uniform", 4, target=0.48, hold_iterations=14, output=0.9)
+    shallower = pick("conv4_x", 0, "uniform", 8, target=0.48, hold_iterations=30, output=None)
+    smaller = pick("conv4_x", -1, "two_step", 8, 1)
+    larger = pick("conv4_x", -1, "two_step", 32, 2)
+    assert not forecasts[deeper.key].possible and "sparser" in forecasts[deeper.key].why
+    assert forecasts[shallower.key].possible
+    assert not forecasts[smaller.key].possible and forecasts[larger.key].possible
+    # a coding measured at a split gives its bits there to every pruning
+    pruned = pick("conv4_x", 2, "two_step", 16, 2, target=0.48, hold_iterations=14, output=None)
+    assert forecasts[pruned.key].bits == pytest.approx(world(lost.variant)["bits_actual"])
+
+
+def test_every_trial_s_params_are_one_candidate_s_key() -> None:
+    keys = [c.key for c in SPACE]
+    assert len(keys) == len(set(keys))
+    assert len({c.variant.id for c in SPACE}) == len(SPACE)
+    c = SPACE[len(SPACE) // 2]
+    assert params_key(dict(reversed(c.params))) == c.key
+
+
+def test_nothing_left_to_beat_the_best_stops_the_planner() -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    measured: Mapping = {}
+    choice, exhausted = planner.next(measured, (), 0.0)  # nothing is forecast below 0 s; no split is known either
+    assert choice is None and exhausted
+
+
+def test_a_study_names_what_proposes_its_trials_and_tpe_studies_keep_their_names() -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    auto, tpe = SearchConfig("quick", BASE, env), SearchConfig("quick", BASE, env, sampler="tpe")
+    assert auto.proposer == "forecast" and auto.key()["sampler"] == "forecast"
+    assert tpe.proposer == "tpe" and "sampler" not in tpe.key() and tpe.name != auto.name
+    assert SearchConfig("quick", BASE, env, objective="front").proposer == "tpe"
+    assert SearchConfig("quick", BASE, env, methods=("three_step", "original")).proposer == "tpe"
+    with pytest.raises(UserError, match="--sampler tpe"):
+        SearchConfig("quick", BASE, env, objective="front", sampler="forecast")
+    with pytest.raises(UserError, match="--sampler is one of"):
+        SearchConfig("quick", BASE, env, sampler="cmaes")
