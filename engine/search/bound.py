@@ -228,8 +228,8 @@ class Planner:
     def next(self, measured: Mapping[tuple, Measured], in_flight: Iterable[tuple] = (),
              best_latency: float = math.inf) -> tuple[Forecast | None, bool]:
         """The next configuration to measure: the least forecast latency among those that may meet the threshold,
-        or its pruning's 8-bit row when that is neither measured nor reported; one that waits on a trial in flight
-        (itself or that row) is passed over.
+        or its pruning's 8-bit row when that is neither measured nor reported; one that would wait on a trial in
+        flight (itself, what it needs first, or the pruning run it shares with one) is passed over.
 
         Args:
             measured: the study's finished trials by candidate key; in_flight: the keys of its running trials;
@@ -239,6 +239,7 @@ class Planner:
             False means that the candidates left wait on trials in flight).
         """
         running = set(in_flight)
+        runs = {(t.split, t.run) for key in running if (t := self.shapes.get(key)) is not None and t.level >= 0}
         forecasts = self.forecasts(measured)
         by_key = {f.candidate.key: f for f in forecasts}
         for f in forecasts:
@@ -249,8 +250,9 @@ class Planner:
             first = self._first(f.shape, measured)
             if first is not None and first.key in by_key:
                 f = by_key[first.key]
-            if f.candidate.key in running or (first is not None and first.key in running):
-                continue
+            if f.candidate.key in running or (first is not None and first.key in running) or (
+                    f.shape.level >= 0 and (f.shape.split, f.shape.run) in runs):
+                continue  # it would wait on a trial in flight, or on the pruning run one is training
             return f, False
         waiting = bool(running) and any(f.possible and f.latency < best_latency for f in forecasts)
         return None, not waiting

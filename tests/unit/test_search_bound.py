@@ -166,3 +166,17 @@ def test_a_study_names_what_proposes_its_trials_and_tpe_studies_keep_their_names
         SearchConfig("quick", BASE, env, objective="front", sampler="forecast")
     with pytest.raises(UserError, match="--sampler is one of"):
         SearchConfig("quick", BASE, env, sampler="cmaes")
+
+
+def test_a_second_worker_is_not_sent_to_wait_on_the_first_s_pruning_run() -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    measured: dict = {}
+    for c in planner.candidates:
+        s = planner.shapes[c.key]
+        if s.level < 0:  # every coding measured on every unpruned split: what comes next needs a pruning run
+            measured[c.key] = Measured(s, world(c.variant))
+    first, _ = planner.next(measured)
+    assert first is not None and first.shape.level >= 0 and first.shape.reference
+    second, _ = planner.next(measured, [first.candidate.key])
+    assert second is not None and (second.shape.split, second.shape.run) != (first.shape.split, first.shape.run)
