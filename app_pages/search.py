@@ -199,13 +199,16 @@ def watch_study() -> None:
         _best(best, view.threshold, view.objective)
 
     st.subheader("Trials")
-    shown = table[["number", "state", "method", "split", "knobs", "validation", "test", "latency", "bits",
+    shown = table[["number", "state", "method", "split", "knobs", "validation", "test", "latency", "forecast", "bits",
                    "device_flops", "charged_minutes", "eligible", "source", "error"]]
     st.dataframe(shown, hide_index=True, column_config={
         "number": st.column_config.NumberColumn("#"),
         "validation": st.column_config.NumberColumn("validation", format="percent"),
         "test": st.column_config.NumberColumn("test", format="percent"),
         "latency": st.column_config.NumberColumn("latency", format="%.4g s"),
+        "forecast": st.column_config.NumberColumn(
+            "forecast", format="%.4g s", help="the latency the planner forecast before the trial was measured "
+                                             "(empty: a trial it did not propose)"),
         "bits": st.column_config.NumberColumn("bits / image", format="%.4g"),
         "device_flops": st.column_config.NumberColumn("device FLOPs", format="%.4g"),
         "charged_minutes": st.column_config.NumberColumn("charged min", format="%.2f"),

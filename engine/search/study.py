@@ -620,8 +620,9 @@ def trial_table(trials: Iterable[FrozenTrial]) -> pd.DataFrame:
     Args:
         trials: the study's trials (`study.get_trials()`).
     Returns:
-        a table with columns number, state, method, split, knobs, variant_id, latency, validation, test, bits,
-        device_flops, feasible, charged_s, worker_minutes (cumulative), best_latency, source, error.
+        a table with columns number, state, method, split, knobs, variant_id, latency, forecast (the planner's
+        forecast latency, None for a trial it did not propose), validation, test, bits, device_flops, feasible,
+        charged_s, worker_minutes (cumulative), best_latency, source, error.
     """
     rows, spent, best = [], 0.0, math.inf
     for t in sorted(trials, key=lambda t: t.number):
@@ -632,7 +633,8 @@ def trial_table(trials: Iterable[FrozenTrial]) -> pd.DataFrame:
             best = min(best, float(a["latency"]))
         rows.append({"number": t.number, "state": t.state.name.lower(), "method": a.get("method"),
                      "split": a.get("split"), "knobs": a.get("knobs"), "variant_id": a.get("variant_id"),
-                     "latency": a.get("latency"), "validation": a.get(FINAL_ATTR), "test": a.get("test_accuracy"),
+                     "latency": a.get("latency"), "forecast": a.get("forecast_latency"),
+                     "validation": a.get(FINAL_ATTR), "test": a.get("test_accuracy"),
                      "bits": a.get("bits"), "device_flops": a.get("device_flops"),
                      "feasible": a.get("feasible"), "charged_s": a.get("charged_s"), "worker_minutes": spent / 60,
                      "best_latency": best if math.isfinite(best) else None, "source": a.get("source"),

@@ -106,7 +106,7 @@ def trials_frame(trials: Iterable[FrozenTrial], live: bool = True) -> pd.DataFra
     table["state"] = table["state"].map(lambda s: marks.get(s, s))
     table["knobs"] = table["knobs"].map(lambda k: knob_text(k) if isinstance(k, dict) else "")
     table["charged_minutes"] = pd.to_numeric(table["charged_s"], errors="coerce") / 60
-    for column in ("latency", "validation", "test", "bits", "device_flops"):
+    for column in ("latency", "forecast", "validation", "test", "bits", "device_flops"):
         table[column] = pd.to_numeric(table[column], errors="coerce")
     return table
 
