@@ -105,6 +105,7 @@ def test_what_a_pruned_and_coded_variant_needs_is_measured_before_it() -> None:
 
 
 def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rules_out_the_smaller() -> None:
+    """The rules, each from a measured row: sparsity, capacity and depth order what can no longer meet the threshold."""
     env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
     planner = Planner(SPACE, "quick", env, THRESHOLD)
     by = {}
@@ -122,7 +123,9 @@ def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rule
     probe = pick("conv4_x", -1, "uniform", 8)
     missed = pick("conv4_x", 1, "uniform", 8, target=0.48, hold_iterations=30, output=None)
     lost = pick("conv4_x", -1, "two_step", 16, 2)
+    shallow = pick("conv3_x", -1, "uniform", 8)
     measured = {probe.key: Measured(planner.shapes[probe.key], {**world(probe.variant)}),
+                shallow.key: Measured(planner.shapes[shallow.key], {**world(shallow.variant)}),
                 missed.key: Measured(planner.shapes[missed.key], {**world(missed.variant),
                                                                   "deployed_val_accuracy": 0.70}),
                 lost.key: Measured(planner.shapes[lost.key], {**world(lost.variant), "deployed_val_accuracy": 0.75})}
@@ -134,6 +137,9 @@ def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rule
     assert not forecasts[deeper.key].possible and "sparser" in forecasts[deeper.key].why
     assert forecasts[shallower.key].possible
     assert not forecasts[smaller.key].possible and forecasts[larger.key].possible
+    # a shallower split codes no better: the loss rules the same coding out there too, but not at a deeper split
+    assert not forecasts[pick("conv3_x", -1, "two_step", 16, 2).key].possible
+    assert forecasts[pick("conv3_x", -1, "two_step", 32, 2).key].possible
     # a coding measured at a split gives its bits there to every pruning
     pruned = pick("conv4_x", 2, "two_step", 16, 2, target=0.48, hold_iterations=14, output=None)
     assert forecasts[pruned.key].bits == pytest.approx(world(lost.variant)["bits_actual"])
