@@ -230,7 +230,8 @@ class Planner:
              best_latency: float = math.inf) -> tuple[Forecast | None, bool]:
         """The next configuration to measure: the least forecast latency among those that may meet the threshold,
         or its pruning's 8-bit row when that is neither measured nor reported; one that would wait on a trial in
-        flight (itself, what it needs first, or the pruning run it shares with one) is passed over.
+        flight (itself, what it needs first, or the pruning run it shares with one), or whose coding a trial in flight
+        will rule in or out, is passed over.
 
         Args:
             measured: the study's finished trials by candidate key; in_flight: the keys of its running trials;
@@ -240,7 +241,8 @@ class Planner:
             False means that the candidates left wait on trials in flight).
         """
         running = set(in_flight)
-        runs = {(t.split, t.run) for key in running if (t := self.shapes.get(key)) is not None and t.level >= 0}
+        flying = [t for key in running if (t := self.shapes.get(key)) is not None]
+        runs = {(t.split, t.run) for t in flying if t.level >= 0}
         forecasts = self.forecasts(measured)
         by_key = {f.candidate.key: f for f in forecasts}
         for f in forecasts:
@@ -252,11 +254,18 @@ class Planner:
             if first is not None and first.key in by_key:
                 f = by_key[first.key]
             if f.candidate.key in running or (first is not None and first.key in running) or (
-                    f.shape.level >= 0 and (f.shape.split, f.shape.run) in runs):
-                continue  # it would wait on a trial in flight, or on the pruning run one is training
+                    f.shape.level >= 0 and (f.shape.split, f.shape.run) in runs) or self._told_by(f.shape, flying):
+                continue  # it would wait on a trial in flight, on the pruning run one is training, or one will tell
             return f, False
         waiting = bool(running) and any(f.possible and f.latency < best_latency for f in forecasts)
         return None, not waiting
+
+    def _told_by(self, s: Shape, flying: Iterable[Shape]) -> bool:
+        """Whether a trial in flight will tell if this coding can hold here: the same family with no less capacity on
+        the unpruned split, here or deeper (if it loses too much, so does this one)."""
+        return s.level < 0 and not s.reference and any(
+            t.level < 0 and t.family == s.family and _no_more(s.capacity, t.capacity) and t != s
+            and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0) for t in flying)
 
     def _first(self, s: Shape, measured: Mapping[tuple, Measured]) -> Candidate | None:
         """What to measure before a pruned and coded candidate, cheapest first: its coding on the unpruned split

@@ -186,3 +186,17 @@ def test_a_second_worker_is_not_sent_to_wait_on_the_first_s_pruning_run() -> Non
     assert first is not None and first.shape.level >= 0 and first.shape.reference
     second, _ = planner.next(measured, [first.candidate.key])
     assert second is not None and (second.shape.split, second.shape.run) != (first.shape.split, first.shape.run)
+
+
+def test_a_second_worker_does_not_measure_what_the_first_s_trial_will_decide() -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    measured = {c.key: Measured(s, world(c.variant)) for c in planner.candidates
+                if (s := planner.shapes[c.key]).level < 0 and s.reference}
+    first, _ = planner.next(measured)
+    assert first is not None and first.shape.level < 0 and not first.shape.reference
+    second, _ = planner.next(measured, [first.candidate.key])
+    assert second is not None
+    told = (second.shape.family == first.shape.family and second.shape.level < 0
+            and all(a <= b for a, b in zip(second.shape.capacity, first.shape.capacity, strict=True)))
+    assert not told, (first.shape, second.shape)
