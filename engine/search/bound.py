@@ -6,9 +6,12 @@ and the pruning schedule's channel sparsity (a conv keeps about (1 - s)^2 of its
 channels are both pruned by s), and its bits from what the study measured of the same coding at the same split (a
 learned coding sends about as much whichever snapshot feeds it; uniform + Huffman scales with the channels sent),
 else from a floor no coding undercuts. Only its validation accuracy must be measured. The planner proposes the
-unmeasured configuration of least forecast latency that is not known to miss the accuracy threshold, measures the
-8-bit row of a pruning before any coding of it (seconds once the run is trained: it tells whether the pruning holds
-the threshold for every coding), and stops once no configuration left is forecast to beat the best one measured.
+unmeasured configuration of least forecast latency that is not known to miss the accuracy threshold, and before a
+pruned and coded one what it needs: the coding alone on the unpruned split (no pruning run: its bits and loss there
+hold for every pruning) and the pruning's 8-bit row (seconds once the run is trained: whether the pruning holds the
+threshold for every coding). With workers in parallel, a candidate that would wait on a trial in flight (its
+pruning run, what it needs) or whose coding one will rule in or out is passed over. The planner stops once no
+configuration left is forecast to beat the best one measured.
 
 What rules a configuration out (each from the study's own trials, so that what it knows it has paid for):
 - its pruning's 8-bit row, or a level its run reported while training, is below the threshold by more than a margin
