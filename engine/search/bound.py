@@ -163,12 +163,13 @@ def _no_more(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 @dataclass
 class Measured:
-    """One finished trial as the planner reads it: its shape, its row (a complete trial) or what its pruning run
-    reported before it was stopped (a pruned trial: level -> validation accuracy)."""
+    """One finished trial as the planner reads it: its shape, its row (a complete trial), what its pruning run
+    reported (level -> validation accuracy), and whether the study's pruner stopped it as hopeless."""
 
     shape: Shape
     row: Mapping[str, Any] | None = None
     levels: Mapping[int, float] = field(default_factory=dict)
+    stopped: bool = False
 
 
 @dataclass
@@ -253,7 +254,7 @@ class Planner:
                 continue
             if f.latency >= best_latency:
                 break
-            first = self._first(f.shape, measured)
+            first = self._first(f.candidate, f.shape, measured)
             if first is not None and first.key in by_key:
                 f = by_key[first.key]
             if f.candidate.key in running or (first is not None and first.key in running) or (
@@ -270,18 +271,23 @@ class Planner:
             t.level < 0 and t.family == s.family and _no_more(s.capacity, t.capacity) and t != s
             and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0) for t in flying)
 
-    def _first(self, s: Shape, measured: Mapping[tuple, Measured]) -> Candidate | None:
-        """What to measure before a pruned and coded candidate, cheapest first: its coding on the unpruned split
-        when that coding was never measured at the split (no pruning run: it tells the coding's bits and loss there
-        for every pruning), then its pruning's 8-bit row when neither measured nor reported by its run (it tells
-        whether the pruning holds the threshold for every coding). None when nothing is needed first."""
+    def _first(self, c: Candidate, s: Shape, measured: Mapping[tuple, Measured]) -> Candidate | None:
+        """What to measure before a coded candidate, cheapest and most telling first: its coding on an unpruned split
+        where that coding was never measured, the deepest first (no pruning run, and the deeper the split the smaller
+        the server part its encoder trains with; a loss there rules the coding out at every shallower split), down to
+        its own split; then, pruned, its pruning's 8-bit row when neither measured nor reported by its run (whether
+        the pruning holds the threshold for every coding). None when nothing is needed first."""
+        if not s.reference:
+            here = self.depth.get(s.split, 0)
+            for split in sorted(self.depth, key=self.depth.__getitem__, reverse=True):
+                alone = self.unpruned.get((split, s.family, s.capacity))
+                if self.depth[split] < here or alone is None or alone.key in measured or any(
+                        m.shape.split == split and m.shape.family == s.family and m.shape.capacity == s.capacity
+                        for m in measured.values()):
+                    continue
+                return None if alone.key == c.key else alone
         if s.level < 0:
             return None
-        alone = self.unpruned.get((s.split, s.family, s.capacity))
-        if not s.reference and alone is not None and alone.key not in measured and not any(
-                m.shape.split == s.split and m.shape.family == s.family and m.shape.capacity == s.capacity
-                for m in measured.values()):
-            return alone
         parent = self.references.get((s.split, s.pruning))
         if parent is not None and parent.key not in measured and not _levels_known(s, measured):
             return parent
@@ -336,6 +342,7 @@ class _Knowledge:
         self.missed: list[Shape] = []
         self.coded: list[tuple[Shape, Mapping[str, Any]]] = []
         self.references: list[tuple[Shape, Mapping[str, Any]]] = []
+        self.hopeless: list[Shape] = []  # coded trials stopped while their encoder trained
         self.encoder_flops: dict[tuple, float] = {}
         for m in measured:
             s = m.shape
@@ -343,6 +350,8 @@ class _Knowledge:
                 if s.level >= 0:
                     self._pruning_val(s, level, float(val))
             if m.row is None:
+                if m.stopped and not s.reference and all(v >= threshold - MARGIN for v in m.levels.values()):
+                    self.hopeless.append(s)  # its pruning held: its coding was what could not reach the threshold
                 continue
             val = _num(m.row, DECISION_COLUMN)
             if s.reference:
@@ -411,15 +420,18 @@ class _Knowledge:
         """The least validation accuracy this coding loses against its pruning's 8-bit row at this split: for each
         coding of its family with no less capacity measured here or at a deeper split (a feature closer to the task
         codes no worse: the paper's Fig. 3; in the quick sweep the same encoders hold 57-66 % at conv3_x and 83 % at
-        conv4_x), the smallest loss seen; the largest of those."""
+        conv4_x), the smallest loss seen (a trial stopped while its encoder trained: too much to hold the threshold
+        from its pruning); the largest of those."""
         if s.reference:
             return 0.0
         seen: dict[tuple[str, tuple[float, ...]], float] = {}
         here = self.depth.get(s.split, 0)
-        for t, row in self.coded:
+        below = self.threshold - MARGIN - 1e-4  # what a stopped trial's coding would have reached at best
+        for t, val in [*((t, _num(row, DECISION_COLUMN)) for t, row in self.coded),
+                       *((t, below) for t in self.hopeless)]:
             ref = self.pruning_val.get((t.split, t.pruning))
             if self.depth.get(t.split, 0) >= here and t.family == s.family and ref is not None:
                 key = (t.split, t.capacity)
-                seen[key] = min(seen.get(key, math.inf), ref - _num(row, DECISION_COLUMN))
+                seen[key] = min(seen.get(key, math.inf), ref - val)
         return max((v for (_, cap), v in seen.items() if _no_more(s.capacity, cap) and math.isfinite(v)),
                    default=0.0)

@@ -359,7 +359,7 @@ class Search:
                 continue
             row = self.store.get(str(t.user_attrs.get("variant_id"))) if t.state == TrialState.COMPLETE else None
             levels = {int(k): float(v) for k, v in t.intermediate_values.items() if k < ENCODER_STEP}
-            measured[key] = Measured(shape, row, levels)
+            measured[key] = Measured(shape, row, levels, stopped=t.state == TrialState.PRUNED)
         running = {params_key(t.params) for t in trials if t.state == TrialState.RUNNING}
         best = best_trial(trials)
         best_latency = float(best["latency"]) if best and isinstance(best.get("latency"), float) else math.inf

@@ -91,6 +91,7 @@ def test_the_planner_finds_the_fastest_configuration_measuring_a_small_share(rat
 
 
 def test_what_a_pruned_and_coded_variant_needs_is_measured_before_it() -> None:
+    """A coding alone on the unpruned split (the deepest split first) and a pruning's 8-bit row come first."""
     env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
     planner = Planner(SPACE, "quick", env, THRESHOLD)
     _, order = run(planner, world, env)
@@ -102,6 +103,11 @@ def test_what_a_pruned_and_coded_variant_needs_is_measured_before_it() -> None:
             assert any(t.split == s.split and t.level < 0 and (t.family, t.capacity) == (s.family, s.capacity)
                        for t in seen), f
         seen.append(s)
+    depth = {split: i for i, split in enumerate(DEVICE_FLOPS)}  # the splits, shallow to deep
+    for coding in {(f.shape.family, f.shape.capacity) for f in order if not f.shape.reference}:
+        alone = [depth[f.shape.split] for f in order if f.shape.level < 0 and (f.shape.family, f.shape.capacity)
+                 == coding]
+        assert alone == sorted(alone, reverse=True), (coding, alone)  # the deepest split first
 
 
 def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rules_out_the_smaller() -> None:
@@ -200,3 +206,21 @@ def test_a_second_worker_does_not_measure_what_the_first_s_trial_will_decide() -
     told = (second.shape.family == first.shape.family and second.shape.level < 0
             and all(a <= b for a, b in zip(second.shape.capacity, first.shape.capacity, strict=True)))
     assert not told, (first.shape, second.shape)
+
+
+def test_a_coded_trial_stopped_while_its_encoder_trained_rules_out_its_coding() -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    measured = {c.key: Measured(s, world(c.variant)) for c in planner.candidates
+                if (s := planner.shapes[c.key]).level < 0 and s.reference}
+    stopped = next(c for c in planner.candidates if (s := planner.shapes[c.key]).level < 0 and s.split == "conv3_x"
+                   and s.family == "vector" and s.capacity == (256.0,))
+    measured[stopped.key] = Measured(planner.shapes[stopped.key], None, {}, stopped=True)
+    forecasts = planner.forecasts(measured)
+    vector = [f for f in forecasts if f.shape.family == "vector" and f.shape.split in ("stem", "conv2_x", "conv3_x")]
+    assert vector and not any(f.possible for f in vector)
+    assert any(f.possible for f in forecasts if f.shape.family == "vector" and f.shape.split == "conv4_x")
+    failed = dict(measured)  # a trial that failed (an error) tells nothing
+    failed[stopped.key] = Measured(planner.shapes[stopped.key], None, {}, stopped=False)
+    assert any(f.possible for f in planner.forecasts(failed) if f.shape.family == "vector"
+               and f.shape.split == "conv3_x")
