@@ -426,7 +426,9 @@ class _Knowledge:
             return 0.0
         seen: dict[tuple[str, tuple[float, ...]], float] = {}
         here = self.depth.get(s.split, 0)
-        below = self.threshold - MARGIN - 1e-4  # what a stopped trial's coding would have reached at best
+        # what a stopped trial's coding would have reached at best: below the threshold by the margin, so that only a
+        # pruning that validated a margin above the stopped trial's own can still hold with that coding
+        below = self.threshold - 2 * MARGIN
         for t, val in [*((t, _num(row, DECISION_COLUMN)) for t, row in self.coded),
                        *((t, below) for t in self.hopeless)]:
             ref = self.pruning_val.get((t.split, t.pruning))
