@@ -272,11 +272,17 @@ class Planner:
             and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0) for t in flying)
 
     def _first(self, c: Candidate, s: Shape, measured: Mapping[tuple, Measured]) -> Candidate | None:
-        """What to measure before a coded candidate, cheapest and most telling first: its coding on an unpruned split
-        where that coding was never measured, the deepest first (no pruning run, and the deeper the split the smaller
-        the server part its encoder trains with; a loss there rules the coding out at every shallower split), down to
-        its own split; then, pruned, its pruning's 8-bit row when neither measured nor reported by its run (whether
-        the pruning holds the threshold for every coding). None when nothing is needed first."""
+        """What to measure before a coded candidate, the most telling for its cost first. Where a coding already held
+        the threshold at its split, a pruned candidate's pruning 8-bit row (whether the pruning holds for every
+        coding; the device FLOPs a pruning saves outweigh the bits one more coding might). Then its coding on an
+        unpruned split where that coding was never measured, the deepest first (no pruning run, and the deeper the
+        split the smaller the server part its encoder trains with; a loss there rules the coding out at every
+        shallower split), down to its own split; then the pruning's 8-bit row. None when nothing is needed first."""
+        parent = self.references.get((s.split, s.pruning)) if s.level >= 0 else None
+        if parent is not None and (parent.key in measured or _levels_known(s, measured)):
+            parent = None
+        if parent is not None and self._codable(s.split, measured):
+            return parent
         if not s.reference:
             here = self.depth.get(s.split, 0)
             for split in sorted(self.depth, key=self.depth.__getitem__, reverse=True):
@@ -286,12 +292,12 @@ class Planner:
                         for m in measured.values()):
                     continue
                 return None if alone.key == c.key else alone
-        if s.level < 0:
-            return None
-        parent = self.references.get((s.split, s.pruning))
-        if parent is not None and parent.key not in measured and not _levels_known(s, measured):
-            return parent
-        return None
+        return parent
+
+    def _codable(self, split: str, measured: Mapping[tuple, Measured]) -> bool:
+        """Whether a learned or uniform coding (other than 8 bits) held the threshold at this split."""
+        return any(m.shape.split == split and not m.shape.reference and m.row is not None
+                   and _num(m.row, DECISION_COLUMN) >= self.threshold for m in measured.values())
 
     @staticmethod
     def _figures(s: Shape, probe: Mapping[str, Any], k: _Knowledge) -> dict[str, Any]:
