@@ -37,7 +37,7 @@ from engine.pareto import DECISION_COLUMN
 from engine.paths import cache_dir
 from engine.profiles import PROFILES
 from engine.queue import ACTIVE, Job, JobQueue, JobSpec, WorkerOptions, WorkerPool, worker_log_dir
-from engine.search.bound import Measured, Planner, enumerate_space, params_key
+from engine.search.bound import PLANNER_VERSION, Measured, Planner, enumerate_space, params_key
 from engine.search.objective import (
     CONSTRAINTS,
     OBJECTIVES,
@@ -130,6 +130,7 @@ class SearchConfig:
                "choices": dataclasses.asdict(PROFILES.get(self.profile).search)}
         if self.proposer != "tpe":  # TPE studies keep the names they were created with
             key["sampler"] = self.proposer
+            key["planner"] = PLANNER_VERSION
         return key
 
     @property
