@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterator
 
 Sink = Callable[[str, int, float], None]
 
-# What the kinds mean: each a validation accuracy (the fraction of validation images classified right)
+# What the kinds mean: a validation accuracy (the fraction of validation images classified right) ...
 PRUNE_LEVEL = "prune_level"  # after pruning level `step` (0-based) of a `three_step` pruning run
 ENCODER_EPOCH = "encoder_epoch"  # after epoch `step` (1-based) of a learned encoder's training
+# ... or the training seconds a pruning run had spent when its level `step` ended, summed over resumes: a job that
+# reads the run from the cache (or resumes it) took less than that, and a study charges it in full
+PRUNE_SECONDS = "prune_seconds"
 
 _SINK: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("coinfer_report_sink", default=None)
 

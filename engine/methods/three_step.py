@@ -176,6 +176,11 @@ class _PruneHooks(TrainHooks):
         self.model, self.pruner, self.schedule, self.data, self.val = model, pruner, schedule, data, val
         self.threshold, self.stop = threshold, stop
         self.snapshots: list[dict[str, Any]] = []
+        self._clock, self._before = time.perf_counter(), 0.0  # the run's seconds: this job's, and before a resume
+
+    def seconds(self) -> float:
+        """The run's training seconds so far, summed over resumes."""
+        return self._before + time.perf_counter() - self._clock
 
     def before_step(self, step: int) -> None:
         self.pruner.step(step)
@@ -191,23 +196,35 @@ class _PruneHooks(TrainHooks):
             "level": level,
             "fraction": self.schedule.level_fraction(level),
             "steps": epochs_done * self.schedule.level_steps,
+            "seconds": self.seconds(),
             "val_accuracy": val,
             "masks": masks.to_dict(),
             "state_dict": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()},
         })
         log.info("level %d/%d: channel sparsity %.3f, validation accuracy %.4f (threshold %.4f)", level + 1,
                  self.schedule.levels, masks.sparsity(), val, self.threshold)
-        intermediate.report(intermediate.PRUNE_LEVEL, level, val)
+        report_level(self.snapshots[-1])
         return self.stop and val < self.threshold
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pruner": self.pruner.state_dict(), "snapshots": self.snapshots}
+        return {"pruner": self.pruner.state_dict(), "snapshots": self.snapshots, "seconds": self.seconds()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.pruner.load_state_dict(state["pruner"])
         self.snapshots = list(state["snapshots"])
+        self._clock, self._before = time.perf_counter(), float(state.get("seconds", 0.0))
         for snap in self.snapshots:  # a resumed run's levels so far
-            intermediate.report(intermediate.PRUNE_LEVEL, int(snap["level"]), float(snap["val_accuracy"]))
+            report_level(snap)
+
+
+def report_level(snap: Mapping[str, Any], run_seconds: float | None = None) -> None:
+    """Report a pruning level's validation accuracy and the run's seconds when it ended (`engine.intermediate`);
+    a snapshot of a run stored before snapshots kept their seconds gets its share of the run's `run_seconds`."""
+    level = int(snap["level"])
+    seconds = snap.get("seconds", run_seconds)
+    if isinstance(seconds, int | float):  # first: the accuracy is what a study acts on
+        intermediate.report(intermediate.PRUNE_SECONDS, level, float(seconds))
+    intermediate.report(intermediate.PRUNE_LEVEL, level, float(snap["val_accuracy"]))
 
 
 def run_key(cfg: VariantConfig, knobs: Mapping[str, Any]) -> str:
@@ -254,7 +271,8 @@ def pruning_run(cfg: VariantConfig, ctx: RunContext) -> dict[str, Any]:
     path = ctx.cache / "models" / f"three_step-{key}.pt"
     run = ctx.cached_run(path, f"three_step's pruning run at {cfg.split}", lambda: _prune(cfg, ctx, knobs, key, path))
     for snap in run["snapshots"]:  # a run trained before reports its levels now (one trained here did as it went)
-        intermediate.report(intermediate.PRUNE_LEVEL, int(snap["level"]), float(snap["val_accuracy"]))
+        share = float(snap["steps"]) / max(1, int(run["steps"]))
+        report_level(snap, float(run["seconds"]) * share if "seconds" in run else None)
     return run
 
 

@@ -445,6 +445,8 @@ class Search:
             return False
         new = []
         for kind, by_step in job.reports.items():
+            if kind == intermediate.PRUNE_SECONDS:  # seconds, not an accuracy: what `_stop` charges
+                continue
             for k, value in by_step.items():
                 step = step_of(kind, int(k))
                 if step in p.reported or (kind == intermediate.PRUNE_LEVEL and int(k) >= p.levels):
@@ -464,8 +466,12 @@ class Search:
         if not shared and job.status in ACTIVE:
             self.queue.cancel(job.id)
         elapsed = time.time() - job.started_at if job.started_at else 0.0
+        run_s = [float(v) for k, v in (job.reports or {}).get(intermediate.PRUNE_SECONDS, {}).items()
+                 if int(k) < max(1, p.levels)]
         p.trial.set_user_attr("partial", True)
-        p.trial.set_user_attr("charged_s", elapsed)
+        # a pruning run read from the cache or resumed is charged its training seconds up to the levels the trial
+        # saw (as a complete row's run is), never less than the job's own time
+        p.trial.set_user_attr("charged_s", max([elapsed, *run_s]))
         p.trial.set_user_attr("worker_s", elapsed)
         p.trial.set_user_attr("reports", job.reports or {})
         self.study.tell(p.trial, state=TrialState.PRUNED)

@@ -126,6 +126,9 @@ def test_a_trial_that_cannot_meet_the_threshold_is_stopped_and_kept_apart(
     assert len(pruned) == 1, summary.states
     t = pruned[0]
     assert t.user_attrs["partial"] and t.intermediate_values and t.user_attrs["reports"]["prune_level"]
+    run_seconds = t.user_attrs["reports"]["prune_seconds"]  # the run's seconds: charged in full when it was cached
+    assert run_seconds and t.user_attrs["charged_s"] >= max(run_seconds.values())
+    assert set(t.intermediate_values) == {int(k) for k in t.user_attrs["reports"]["prune_level"]}  # no seconds there
     assert all(v < 1.01 for v in t.intermediate_values.values())
     assert summary.best is None or summary.best["number"] != t.number
     assert queue.get(t.user_attrs["variant_id"]).status in ("cancelled", "cancelling")
