@@ -37,7 +37,7 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of
 
-PLANNER_VERSION = 1  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 2  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
 CODING_KNOBS = ("encoder", "bits")  # besides the coding's own prefixed knobs (enc_*, jscc_*)
 NOT_RUN_KNOBS = ("snapshot", "replicate")
@@ -266,19 +266,25 @@ class Planner:
         return None, not waiting
 
     def _told_by(self, s: Shape, flying: Iterable[Shape]) -> bool:
-        """Whether a trial in flight will tell if this coding can hold here: the same family with no less capacity on
-        the unpruned split, here or deeper (if it loses too much, so does this one)."""
-        return s.level < 0 and not s.reference and any(
-            t.level < 0 and t.family == s.family and _no_more(s.capacity, t.capacity) and t != s
-            and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0) for t in flying)
+        """Whether a trial in flight will tell if this candidate can hold: for a coding on the unpruned split, the
+        same family with no less capacity, here or deeper (if it loses too much, so does this one); for a pruning, a
+        run at this split no sparser at its first level (body and output) that holds no longer (if it misses, so
+        does this one)."""
+        if s.level < 0:
+            return not s.reference and any(
+                t.level < 0 and t.family == s.family and _no_more(s.capacity, t.capacity) and t != s
+                and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0) for t in flying)
+        return any(t.level >= 0 and t.split == s.split and t.run != s.run and t.hold >= s.hold
+                   and t.sparsity / (t.level + 1) <= s.sparsity + 1e-9 and t.output / (t.level + 1) <= s.output + 1e-9
+                   for t in flying)
 
     def _first(self, c: Candidate, s: Shape, measured: Mapping[tuple, Measured]) -> Candidate | None:
         """What to measure before a coded candidate, the most telling for its cost first. Where a coding already held
         the threshold at its split, a pruned candidate's pruning 8-bit row (whether the pruning holds for every
-        coding; the device FLOPs a pruning saves outweigh the bits one more coding might). Then its coding on an
-        unpruned split where that coding was never measured, the deepest first (no pruning run, and the deeper the
-        split the smaller the server part its encoder trains with; a loss there rules the coding out at every
-        shallower split), down to its own split; then the pruning's 8-bit row. None when nothing is needed first."""
+        coding; the device FLOPs a pruning saves outweigh the bits one more coding might). Then its coding on the
+        unpruned next deeper split, then on its own, where never measured (no pruning run; the deeper split's encoder
+        trains with a smaller server part, and a loss there rules the coding out here and at every shallower split);
+        then the pruning's 8-bit row. None when nothing is needed first."""
         parent = self.references.get((s.split, s.pruning)) if s.level >= 0 else None
         if parent is not None and (parent.key in measured or _levels_known(s, measured)):
             parent = None
@@ -288,7 +294,7 @@ class Planner:
             here = self.depth.get(s.split, 0)
             for split in sorted(self.depth, key=self.depth.__getitem__, reverse=True):
                 alone = self.unpruned.get((split, s.family, s.capacity))
-                if self.depth[split] < here or alone is None or alone.key in measured or any(
+                if self.depth[split] not in (here, here + 1) or alone is None or alone.key in measured or any(
                         m.shape.split == split and m.shape.family == s.family and m.shape.capacity == s.capacity
                         for m in measured.values()):
                     continue
