@@ -15,7 +15,8 @@ configuration left is forecast to beat the best one measured.
 
 What rules a configuration out (each from the study's own trials, so that what it knows it has paid for):
 - its pruning's 8-bit row, or a level its run reported while training, is below the threshold by more than a margin
-  (a coding does not win back what the pruning lost);
+  (a coding does not win back what the pruning lost), or a level of its own run no deeper is below the threshold
+  (a run only removes channels from level to level);
 - a pruning at the same split that is no sparser (body and split output) and held its levels no shorter missed it
   (the l2 schedule only removes channels; more fine-tuning only helps);
 - its coding loses more than its pruning's margin over the threshold: the loss of a coding at a split is at least
@@ -37,7 +38,7 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of
 
-PLANNER_VERSION = 2  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 3  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
 CODING_KNOBS = ("encoder", "bits")  # besides the coding's own prefixed knobs (enc_*, jscc_*)
 NOT_RUN_KNOBS = ("snapshot", "replicate")
@@ -356,6 +357,7 @@ class _Knowledge:
         self.coded: list[tuple[Shape, Mapping[str, Any]]] = []
         self.references: list[tuple[Shape, Mapping[str, Any]]] = []
         self.hopeless: list[Shape] = []  # coded trials stopped while their encoder trained
+        self.run_levels: dict[tuple, dict[int, float]] = {}  # (split, run) -> level -> validation accuracy
         self.encoder_flops: dict[tuple, float] = {}
         for m in measured:
             s = m.shape
@@ -373,6 +375,8 @@ class _Knowledge:
                 self.pruning_row[(s.split, s.pruning)] = m.row
                 self.references.append((s, m.row))
                 self.pruning_val[(s.split, s.pruning)] = val
+                if s.level >= 0:
+                    self.run_levels.setdefault((s.split, s.run), {})[s.level] = val
                 if val < threshold - MARGIN and s.level >= 0:
                     self.missed.append(s)
             else:
@@ -394,6 +398,7 @@ class _Knowledge:
         """A level of a run, reported: its validation accuracy, and a miss when below the threshold."""
         pruning = tuple((k, level if k == "snapshot" else v) for k, v in s.pruning)
         self.pruning_val.setdefault((s.split, pruning), val)
+        self.run_levels.setdefault((s.split, s.run), {}).setdefault(level, val)
         if val < self.threshold - MARGIN:
             fraction = (level + 1) / (s.level + 1)
             self.missed.append(Shape(s.split, pruning, s.run, level, s.sparsity * fraction, s.output * fraction,
@@ -426,6 +431,12 @@ class _Knowledge:
                         and m.hold >= s.hold):
                     return math.nan, "a no sparser pruning at this split missed the threshold"
         base = self.pruning_val.get((s.split, s.pruning))
+        if s.level >= 0:  # a run only removes channels: a deeper level validates no better than a shallower one
+            shallower = [v for level, v in self.run_levels.get((s.split, s.run), {}).items() if level <= s.level]
+            if shallower and min(shallower) < self.threshold:
+                return math.nan, "a level of its run no deeper missed the threshold"
+            if base is None and shallower:
+                base = min(shallower)
         val = _num(probe, DECISION_COLUMN) if base is None else base
         return val - self.loss(s), ""
 

@@ -236,3 +236,18 @@ def test_a_second_worker_does_not_start_a_pruning_a_run_in_flight_will_rule_out(
             assert not (s.split == t.split and s.run != t.run and t.hold >= s.hold and first[0] <= s.sparsity
                         and first[1] <= s.output), (t, s)
         flying.append(choice)
+
+
+def test_a_level_of_a_run_below_the_threshold_rules_out_its_deeper_levels() -> None:
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    measured = {c.key: Measured(s, world(c.variant)) for c in planner.candidates
+                if (s := planner.shapes[c.key]).level < 0}
+    stopped = next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == "conv4_x" and s.level == 2
+                   and s.reference and s.hold == 30 and s.sparsity == pytest.approx(0.72))
+    # its first level validated within the margin below the threshold: the study's pruner stopped it there
+    measured[stopped.key] = Measured(planner.shapes[stopped.key], None, {0: THRESHOLD - 0.003}, stopped=True)
+    same_run = [f for f in planner.forecasts(measured) if f.shape.split == "conv4_x"
+                and f.shape.run == planner.shapes[stopped.key].run]
+    assert same_run and not any(f.possible for f in same_run)
+    assert all("no deeper missed" in f.why for f in same_run if f.shape.level >= 0)
