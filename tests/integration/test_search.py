@@ -154,7 +154,8 @@ def test_a_study_runs_on_a_dask_cluster_and_its_trials_report_there_too(trained_
     assert pruned.user_attrs["split"] == "conv4_x" and pruned.state in (TrialState.COMPLETE, TrialState.PRUNED)
     job = JobQueue().get(pruned.user_attrs["variant_id"])
     if pruned.user_attrs.get("source") != "results store":  # its levels came back as events, kept with the job
-        assert set(job.reports) == {"prune_level"} and "0" in job.reports["prune_level"]
+        assert set(job.reports) == {"prune_level", "prune_seconds"} and "0" in job.reports["prune_level"]
+        assert set(job.reports["prune_seconds"]) == set(job.reports["prune_level"])  # each level's run seconds too
         if pruned.state == TrialState.PRUNED:  # stopped at the first level below the threshold
             assert min(pruned.intermediate_values.values()) < search.study.user_attrs["threshold"]
 
