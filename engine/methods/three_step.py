@@ -222,7 +222,7 @@ def report_level(snap: Mapping[str, Any], run_seconds: float | None = None) -> N
     a snapshot of a run stored before snapshots kept their seconds gets its share of the run's `run_seconds`."""
     level = int(snap["level"])
     seconds = snap.get("seconds", run_seconds)
-    if isinstance(seconds, int | float):  # first: the accuracy is what a study acts on
+    if isinstance(seconds, int | float):  # before the accuracy, which a study acts on at once
         intermediate.report(intermediate.PRUNE_SECONDS, level, float(seconds))
     intermediate.report(intermediate.PRUNE_LEVEL, level, float(snap["val_accuracy"]))
 
