@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     minutes = grid_s / 60
     print(f"Base model {base.id} ({args.profile}); threshold {need:.2%} validation; the grid: {len(grid)} rows, "
           f"**{minutes:.1f} worker minutes** charged. Each study: budget {minutes * args.fraction:.1f} min, "
-          f"{args.sampler} sampler, seed 0, {args.workers} worker(s).\n")
+          f"{args.sampler} sampler, seed 0, "
+          + ("as each was run (read only).\n" if args.report_only else f"{args.workers} worker(s).\n"))
     print("| environment | grid's best | its latency | minutes spent | search's best within the grid's minutes "
           "| latency | minutes to reach it | at half the minutes | latency | within 10 % "
           "| trials (complete / pruned / failed) |")
