@@ -145,8 +145,11 @@ class BaseModelConfig:
     # the file is (a label: the same weights elsewhere are the same base model); "" trains the base model
     weights: str = ""
     weights_path: str = field(default="", compare=False)
+    # weight averaging: the decay of an exponential moving average of the weights (and batch-norm statistics) kept
+    # beside the trained ones; the run keeps whichever of the two scores higher on validation. 0: none
+    ema: float = 0.0
     # added later: in the id (and repr) only when set
-    ID_OPTIONAL: ClassVar[tuple[str, ...]] = ("sizes", "scales", "precision", "weights")
+    ID_OPTIONAL: ClassVar[tuple[str, ...]] = ("sizes", "scales", "precision", "weights", "ema")
     ID_EXCLUDED: ClassVar[tuple[str, ...]] = ("profile", "weights_path")
 
     def __post_init__(self) -> None:
@@ -177,6 +180,8 @@ class BaseModelConfig:
             raise UserError(f"weights must be the sha256 of a weights file (64 hex digits), got {self.weights!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise UserError(f"ema must be a decay in [0, 1) (0: no weight averaging), got {self.ema}; e.g. 0.999")
 
     def __repr__(self) -> str:  # the generated repr, optional fields only when set (intermediate caches key on it)
         shown = [f for f in dataclasses.fields(self) if f.name not in self.ID_EXCLUDED

@@ -131,6 +131,30 @@ def adopt_weights(cfg: BaseModelConfig, data: ImageData, cache: Path) -> dict:
     return ckpt
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics (Polyak and Juditsky, "Acceleration
+    of stochastic approximation by averaging", 1992; kept over the whole state dict as timm's ModelEmaV2 keeps it),
+    with the warm-up decay min(decay, (1 + t) / (10 + t)) after t updates so the first steps do not dominate."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards the model's current state (integer buffers are copied)."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        floats, targets = [], []
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                floats.append(self.state[k])
+                targets.append(v.detach())
+            else:
+                self.state[k].copy_(v)
+        torch._foreach_lerp_(floats, targets, 1.0 - decay)
+
+
 class BaseTraining(Hooks):
     """`train_base`'s hooks: SGD + Nesterov with a one-cycle LR on label-smoothed cross-entropy, augmented images
     resized to each epoch's size (progressive resizing), validation at the data's own size."""
@@ -143,6 +167,7 @@ class BaseTraining(Hooks):
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.size = data.image_size
         self.val_acc = float("nan")
+        self.average: WeightAverage | None = None
 
     def build(self) -> tuple[nn.Module, Optimizer, Scheduler]:
         cfg = self.cfg
@@ -153,6 +178,8 @@ class BaseTraining(Hooks):
         total = cfg.epochs * math.ceil(len(self.train_x) / cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
                                                         pct_start=0.25, anneal_strategy="linear")
+        if cfg.ema:
+            self.average = WeightAverage(self.model, cfg.ema)
         return self.model, optimizer, scheduler
 
     def prepare(self) -> None:
@@ -171,6 +198,36 @@ class BaseTraining(Hooks):
         xb, yb = batch
         return self.loss_fn(self.model(xb), yb)
 
+    def after_step(self, step: int) -> None:
+        if self.average is not None:
+            self.average.update(self.model)
+
+    def state_dict(self) -> dict:
+        if self.average is None:
+            return {}
+        return {"average": self.average.state, "average_updates": self.average.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.average is not None and "average" in state:
+            self.average.state = {k: v.to(self.device) for k, v in state["average"].items()}
+            self.average.updates = int(state["average_updates"])
+
+    def keep_better(self) -> dict[str, float | bool]:
+        """With weight averaging, the averaged weights in the model when they score higher on validation than the
+        trained ones (a choice on validation data only). Returns both validation accuracies and which was kept."""
+        if self.average is None:
+            return {}
+        trained = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.average.state)
+        averaged = accuracy(self.model, self.val_x, self.val_y, self.mean, self.std)
+        kept = averaged > self.val_acc
+        report = {"val_accuracy_trained": self.val_acc, "val_accuracy_averaged": averaged, "averaged": kept}
+        if kept:
+            self.val_acc = averaged
+        else:
+            self.model.load_state_dict(trained)
+        return report
+
     def validate(self, epochs_done: int) -> str:
         # at the data's size only (after an epoch at another size batch norm's statistics are that size's, the
         # figure would mean little), except after the last epoch
@@ -185,7 +242,8 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
 
     SGD + Nesterov, one-cycle LR, label smoothing; with `cfg.sizes` or `cfg.scales`, each epoch's augmented images
     are resized to that epoch's size (progressive resizing; validation and test at the data's own size, validation
-    only after epochs at that size and after the last).
+    only after epochs at that size and after the last); with `cfg.ema`, an average of the weights kept beside them
+    and used instead where it scores higher on validation.
 
     Args:
         cfg: the base model's configuration (model, width, budget, seed, precision).
@@ -204,6 +262,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
     loop = Loop(f"base model {cfg.id}", device, cfg.epochs, math.ceil(len(split[0]) / cfg.batch_size), cfg.seed,
                 precision=cfg.precision, checkpoint=partial, progress=progress)
     done = run_loop(loop, hooks)
+    averaging = hooks.keep_better()
     model = hooks.model.to(memory_format=torch.contiguous_format)
     test_acc = accuracy(model, data.test_x, data.test_y, hooks.mean, hooks.std)
     ckpt = {
@@ -211,7 +270,7 @@ def train_base(cfg: BaseModelConfig, data: ImageData, cache: Path, progress: Pro
         "config": json.loads(json.dumps(cfg.__dict__)),
         "metrics": {"val_accuracy": hooks.val_acc, "test_accuracy": test_acc, "train_seconds": done.seconds,
                     "device": str(device), "precision": cfg.precision, "epochs": cfg.epochs,
-                    "train_images": len(split[0]), "trained_on": done.trained_on},
+                    "train_images": len(split[0]), "trained_on": done.trained_on, **averaging},
     }
     save_checkpoint(ckpt, base_checkpoint_path(cfg, cache))
     discard_checkpoint(partial)

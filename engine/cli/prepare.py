@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import sys
 import time
 
@@ -52,6 +53,17 @@ def runs(values: tuple[float, ...]) -> str:
     return ",".join(f"{v:g}x{len(list(run))}" for v, run in itertools.groupby(values))
 
 
+def decay(text: str) -> float:
+    """A moving average's decay, the form `--ema` takes: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"not a decay: {text!r}; give a number from 0 to below 1, e.g. 0.999")
+    return value
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `data`, `profile` and `train-base` commands.
 
@@ -70,6 +82,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--sizes", type=sizes, help="progressive resizing: the input size of each epoch as SIZExEPOCHS "
                                               "parts, e.g. 16x6,24x4,32x3 (13 epochs; replaces the profile's count)")
+    p.add_argument("--ema", type=decay, metavar="DECAY",
+                   help="weight averaging: keep an exponential moving average of the weights with this decay (e.g. "
+                        "0.999) and use it where it scores higher on validation")
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -127,6 +142,8 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
     _, data, base = load(args)
     if args.sizes:
         base = dataclasses.replace(base, epochs=len(args.sizes), sizes=args.sizes, scales=())
+    if args.ema is not None:
+        base = dataclasses.replace(base, ema=args.ema)
     bar = Bar(f"base {base.id}")
     try:
         _, ckpt = load_or_train_base(base, data, writable_cache(), bar)
@@ -140,6 +157,10 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
     print(f"base model {base.id}: width {base.width}, {base.epochs} epochs{schedule_text}, test accuracy "
           f"{m['test_accuracy']:.4f}, validation {m['val_accuracy']:.4f}, trained{precision} in "
           f"{m['train_seconds']:.0f} s on {where}")
+    if "averaged" in m:
+        kept = "averaged" if m["averaged"] else "trained"
+        print(f"weights kept: {kept} (validation {m['val_accuracy_averaged']:.4f} averaged, "
+              f"{m['val_accuracy_trained']:.4f} trained)")
     return 0
 
 

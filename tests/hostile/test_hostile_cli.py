@@ -95,6 +95,8 @@ CASES: dict[str, tuple[list[str], str, Prepare | None]] = {
     "sizes zero": (["train-base", "--sizes", "16x2,0"], "must be positive", None),
     "sizes zero epochs": (["train-base", "--sizes", "16x0,32x2"], "must be positive", None),
     "sizes negative epochs": (["train-base", "--sizes", "16x-1"], "must be positive", None),
+    "ema of 1": (["train-base", "--ema", "1"], "e.g. 0.999", None),
+    "ema nan": (["train-base", "--ema", "nan"], "e.g. 0.999", None),
     "drop nan": (["noisy", "--profile", "smoke", "--drop", "nan"], "--drop is in points, from 0 to 100", None),
     "drop negative": (["noisy", "--profile", "smoke", "--drop", "-5"], "--drop is in points", None),
     "bandwidth inf": (["noisy", "--bandwidth", "inf"], "must be a finite number > 0", None),

@@ -72,9 +72,11 @@ def test_checkpoints_load_weights_only(tmp_path: Path) -> None:
     assert load_checkpoint(path) is None  # a pickled object is refused, not executed
 
 
-def test_interrupted_training_resumes(small_data: ImageData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_interrupted_training_resumes(small_data: ImageData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      ema: float) -> None:
     cfg = PROFILES.get("smoke").base_config(small_data.fingerprint)
-    cfg = type(cfg)(**{**cfg.__dict__, "epochs": 2})
+    cfg = type(cfg)(**{**cfg.__dict__, "epochs": 2, "ema": ema})  # with ema the average must resume too
     _, straight = load_or_train_base(cfg, small_data, tmp_path / "straight")
 
     calls = {"n": 0}
@@ -124,6 +126,34 @@ def test_progressive_resizing_trains_each_epoch_at_its_size(small_data: ImageDat
     assert evaluated == [120, 400]  # validation after the last epoch only (the others ran at 16 and 24), then test
     assert ckpt["config"][field] == list(schedule) and cfg.id != base_cfg.id
     assert 0.0 <= ckpt["metrics"]["val_accuracy"] <= 1.0 and 0.0 <= ckpt["metrics"]["test_accuracy"] <= 1.0
+
+
+def test_weight_averaging_keeps_the_better_on_validation(small_data: ImageData, base_cfg, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(base_cfg, epochs=2, ema=0.9)
+    model, ckpt = load_or_train_base(cfg, small_data, tmp_path)
+    m = ckpt["metrics"]
+    assert cfg.id != base_cfg.id and "ema=0.9" in repr(cfg)
+    assert m["averaged"] == (m["val_accuracy_averaged"] > m["val_accuracy_trained"])
+    assert m["val_accuracy"] == max(m["val_accuracy_averaged"], m["val_accuracy_trained"])
+    _, plain = load_or_train_base(dataclasses.replace(cfg, ema=0.0), small_data, tmp_path)
+    same = all(torch.equal(v, plain["state_dict"][k]) for k, v in ckpt["state_dict"].items())
+    assert same != m["averaged"]  # the averaged weights differ from the trained ones, which equal a plain run's
+    assert "averaged" not in plain["metrics"]
+
+
+def test_weight_average_moves_by_its_warmed_up_decay() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    average = train_mod.WeightAverage(model, 0.99)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model[1].num_batches_tracked += 5
+    average.update(model)
+    d = 2 / 11  # min(0.99, (1 + 1) / (10 + 1)) after one update
+    assert torch.allclose(average.state["0.weight"], start["0.weight"] + (1 - d))
+    assert torch.equal(average.state["1.num_batches_tracked"], torch.tensor(5))  # integers are copied
+    assert torch.equal(average.state["1.running_mean"], start["1.running_mean"])  # unchanged buffers stay
 
 
 def test_resize_batch() -> None:

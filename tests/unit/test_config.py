@@ -17,7 +17,7 @@ def test_a_later_optional_field_changes_no_id_until_it_is_set() -> None:
     # the quick profile's base model of the CIFAR-10 JPEG copy as first released and measured: 8 epochs at 32x32
     base = BaseModelConfig("45b041e867f5a40f", epochs=8, batch_size=128, lr=0.15)
     assert base.id == "5ce18a3797658519"
-    later = ("sizes", "scales", "precision", "profile", "weights", "weights_path")
+    later = ("sizes", "scales", "precision", "profile", "weights", "weights_path", "ema")
     released = {k: v for k, v in dataclasses.asdict(base).items() if k not in later}
     assert base.id == config_id(released) and not any(f"{k}=" in repr(base) for k in later)
     variant = VariantConfig.make("three_step", "conv4_x", base, sparsity=0.5, bits=4)
@@ -85,7 +85,9 @@ def test_sizes_name_one_positive_size_per_epoch(sizes: tuple[int, ...]) -> None:
                                                          ("seed", 2**64, "seed must be a whole number"),
                                                          ("seed", 1.5, "seed must be a whole number"),
                                                          ("epochs", 0, "positive integers"),
-                                                         ("val_fraction", 1.0, "val_fraction must be in")])
+                                                         ("val_fraction", 1.0, "val_fraction must be in"),
+                                                         ("ema", 1.0, "ema must be a decay"),
+                                                         ("ema", -0.1, "ema must be a decay")])
 def test_a_bad_base_config_is_a_user_error(field: str, value: float, message: str) -> None:
     with pytest.raises(UserError, match=message):
         BaseModelConfig("d", **{field: value})
