@@ -5,9 +5,15 @@ A configuration's latency is mostly known before it is trained: its device and s
 and the pruning schedule's channel sparsity (a conv keeps about (1 - s)^2 of its FLOPs when its input and output
 channels are both pruned by s), and its bits from what the study measured of the same coding at the same split (a
 learned coding sends about as much whichever snapshot feeds it; uniform + Huffman scales with the channels sent),
-else from a floor no coding undercuts. Only its validation accuracy must be measured. The planner proposes the
-unmeasured configuration of least forecast latency that is not known to miss the accuracy threshold, and before a
-pruned and coded one what it needs: the coding alone on the unpruned split (no pruning run: its bits and loss there
+else from a floor no coding undercuts. Only its validation accuracy must be measured. The planner proposes, among
+the unmeasured configurations that are not known to miss the accuracy threshold and are forecast to beat the best
+one measured, the one of most expected gain per expected second: the latency it would save times the chance that
+it holds the threshold, over what it is forecast to cost (constrained expected improvement, Gardner et al., ICML
+2014, per second, Snoek et al., NeurIPS 2012). That chance reads an estimate of its validation accuracy (a pruning's
+loss grows as the square of its sparsity, fitted per split to the study's pruned rows; a coding loses on a pruned
+snapshot what it lost on the unpruned split plus the extra that codings lost on the split's snapshots), and its cost
+the study's charged seconds (a coding's trial; a pruning run's, while it is not trained). Before a pruned and coded
+one, what it needs: the coding alone on the unpruned split (no pruning run: its bits and loss there
 hold for every pruning) and the pruning's 8-bit row (seconds once the run is trained: whether the pruning holds the
 threshold for every coding). With workers in parallel, a candidate that would wait on a trial in flight (its
 pruning run, what it needs) or whose coding one will rule in or out is passed over. The planner stops once no
@@ -38,8 +44,11 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of
 
-PLANNER_VERSION = 3  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 4  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
+SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
+CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
+RUN_SECONDS = 300.0  # a pruning run's trial before the study has timed one (three levels at the quick budget)
 CODING_KNOBS = ("encoder", "bits")  # besides the coding's own prefixed knobs (enc_*, jscc_*)
 NOT_RUN_KNOBS = ("snapshot", "replicate")
 
@@ -166,17 +175,20 @@ def _no_more(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 @dataclass
 class Measured:
     """One finished trial as the planner reads it: its shape, its row (a complete trial), what its pruning run
-    reported (level -> validation accuracy), and whether the study's pruner stopped it as hopeless."""
+    reported (level -> validation accuracy), whether the study's pruner stopped it as hopeless, and its charged
+    seconds."""
 
     shape: Shape
     row: Mapping[str, Any] | None = None
     levels: Mapping[int, float] = field(default_factory=dict)
     stopped: bool = False
+    seconds: float = math.nan  # the worker seconds charged to it
 
 
 @dataclass
 class Forecast:
-    """A candidate's forecast figures and whether it may still meet the threshold."""
+    """A candidate's forecast figures: latency, bits, validation accuracy (`val`, optimistic: what the rules bound;
+    `estimate`, what is expected), whether it may still meet the threshold, and its expected gain per second."""
 
     candidate: Candidate
     shape: Shape
@@ -185,6 +197,8 @@ class Forecast:
     val: float
     possible: bool
     why: str = ""
+    estimate: float = math.nan
+    value: float = 0.0
 
 
 class Planner:
@@ -206,14 +220,14 @@ class Planner:
                          if (s := self.shapes[c.key]).level < 0}
         self.depth = {split: i for i, split in enumerate(dict.fromkeys(c.variant.split for c in self.candidates))}
 
-    def forecasts(self, measured: Mapping[tuple, Measured]) -> list[Forecast]:
+    def forecasts(self, measured: Mapping[tuple, Measured], best_latency: float = math.inf) -> list[Forecast]:
         """A forecast for every candidate not measured yet (those of a split whose unpruned 8-bit row is not
         measured are left out: their figures are not known yet).
 
         Args:
-            measured: the study's finished trials by candidate key.
+            measured: the study's finished trials by candidate key; best_latency: the best feasible latency measured.
         Returns:
-            the forecasts, least latency first.
+            the forecasts, most expected gain per second first (then least latency).
         """
         k = _Knowledge(measured.values(), self.threshold, self.depth)
         todo = [(c, s, probe) for c in self.candidates if c.key not in measured
@@ -229,15 +243,19 @@ class Planner:
                 why = f"forecast validation accuracy {100 * val:.2f} %"
             if not fits:
                 why = why or "its device part does not fit the device's memory"
-            out.append(Forecast(c, s, float(latency), float(row[BITS_COLUMN]), val, not why, why))
+            f = Forecast(c, s, float(latency), float(row[BITS_COLUMN]), val, not why, why)
+            if f.possible:
+                f.estimate = min(val, k.estimate(s, probe))
+                f.value = _value(f, self.threshold, best_latency, k.cost(s, self.depth))
+            out.append(f)
         return sorted(out, key=_order)
 
     def next(self, measured: Mapping[tuple, Measured], in_flight: Iterable[tuple] = (),
              best_latency: float = math.inf) -> tuple[Forecast | None, bool]:
-        """The next configuration to measure: the least forecast latency among those that may meet the threshold,
-        or its pruning's 8-bit row when that is neither measured nor reported; one that would wait on a trial in
-        flight (itself, what it needs first, or the pruning run it shares with one), or whose coding a trial in flight
-        will rule in or out, is passed over.
+        """The next configuration to measure: the most expected gain per second among those that may meet the
+        threshold and are forecast to beat the best, or what it needs first (`_first`); one that would wait on a
+        trial in flight (itself, what it needs first, or the pruning run it shares with one), or whose coding a
+        trial in flight will rule in or out, is passed over.
 
         Args:
             measured: the study's finished trials by candidate key; in_flight: the keys of its running trials;
@@ -249,13 +267,11 @@ class Planner:
         running = set(in_flight)
         flying = [t for key in running if (t := self.shapes.get(key)) is not None]
         runs = {(t.split, t.run) for t in flying if t.level >= 0}
-        forecasts = self.forecasts(measured)
+        forecasts = self.forecasts(measured, best_latency)
         by_key = {f.candidate.key: f for f in forecasts}
         for f in forecasts:
-            if not f.possible:
+            if not f.possible or f.latency >= best_latency:
                 continue
-            if f.latency >= best_latency:
-                break
             first = self._first(f.candidate, f.shape, measured)
             if first is not None and first.key in by_key:
                 f = by_key[first.key]
@@ -325,18 +341,41 @@ class Planner:
         return row
 
 
+def _value(f: Forecast, threshold: float, best_latency: float, seconds: float) -> float:
+    """Expected gain per second: the seconds of latency the candidate saves on the best (1 before any is measured),
+    times the chance that its validation accuracy holds the threshold (normal about its estimate, `SPREAD`), over
+    its forecast cost in worker seconds."""
+    if not math.isfinite(f.latency):
+        return 0.0
+    gain = best_latency - f.latency if math.isfinite(best_latency) else 1.0
+    if gain <= 0.0:
+        return 0.0
+    chance = 0.5 * math.erfc((threshold - f.estimate) / (SPREAD * math.sqrt(2.0))) if math.isfinite(
+        f.estimate) else 1.0
+    return gain * chance / max(seconds, 1.0)
+
+
 def _order(f: Forecast) -> tuple:
-    """Least latency first; among equals the shorter pruning run (the cheaper), the split output pruned no harder
-    than the body, then the larger capacity (learned codings all at their floor): if it misses the threshold, every
-    smaller one of its family is ruled out with it."""
+    """Most expected gain per second first; then least latency, the shorter pruning run (the cheaper), the split
+    output pruned no harder than the body, then the larger capacity: if it misses the threshold, every smaller one of
+    its family is ruled out with it."""
     latency = f.latency if math.isfinite(f.latency) else math.inf
-    return (latency, f.shape.hold, f.shape.output, tuple(-x for x in f.shape.capacity), repr(f.candidate.params))
+    return (-f.value, latency, f.shape.hold, f.shape.output, tuple(-x for x in f.shape.capacity),
+            repr(f.candidate.params))
 
 
 def _levels_known(s: Shape, measured: Mapping[tuple, Measured]) -> bool:
     """Whether the pruning's level was reported by a stopped trial of its run (its 8-bit row is then not needed to
     know whether it holds)."""
     return any(m.shape.run == s.run and m.shape.split == s.split and s.level in m.levels for m in measured.values())
+
+
+def _median(values: Sequence[float], default: float) -> float:
+    values = sorted(v for v in values if math.isfinite(v))
+    if not values:
+        return default
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
 
 
 def _num(row: Mapping[str, Any], key: str) -> float:
@@ -359,8 +398,13 @@ class _Knowledge:
         self.hopeless: list[Shape] = []  # coded trials stopped while their encoder trained
         self.run_levels: dict[tuple, dict[int, float]] = {}  # (split, run) -> level -> validation accuracy
         self.encoder_flops: dict[tuple, float] = {}
+        self.pruned_points: dict[str, list[tuple[float, float]]] = {}  # split -> (sparsity, validation accuracy)
+        self.seconds: dict[str, list[float]] = {"coding": [], "reference": []}
+        self.run_seconds: dict[tuple, float] = {}  # (split, run) -> the most seconds a trial of it was charged
+        self.trained: set[tuple] = set()  # (split, run, level) known trained
         for m in measured:
             s = m.shape
+            self._time(m)
             for level, val in m.levels.items():  # a stopped run's reports: its levels up to the one that missed
                 if s.level >= 0:
                     self._pruning_val(s, level, float(val))
@@ -377,6 +421,7 @@ class _Knowledge:
                 self.pruning_val[(s.split, s.pruning)] = val
                 if s.level >= 0:
                     self.run_levels.setdefault((s.split, s.run), {})[s.level] = val
+                    self.pruned_points.setdefault(s.split, []).append((s.sparsity, val))
                 if val < threshold - MARGIN and s.level >= 0:
                     self.missed.append(s)
             else:
@@ -394,11 +439,73 @@ class _Knowledge:
                 key = (s.split, s.family, s.capacity)
                 self.encoder_flops[key] = min(self.encoder_flops.get(key, math.inf), extra)
 
+    def _time(self, m: Measured) -> None:
+        """What a trial tells of costs: its charged seconds by kind, the levels of its run that are trained."""
+        s = m.shape
+        if s.level >= 0:
+            self.trained.update((s.split, s.run, level) for level in m.levels)
+            if m.row is not None:
+                self.trained.add((s.split, s.run, s.level))
+        if not math.isfinite(m.seconds):
+            return
+        if s.level >= 0:
+            self.run_seconds[(s.split, s.run)] = max(self.run_seconds.get((s.split, s.run), 0.0), m.seconds)
+        elif m.row is not None:
+            self.seconds["reference" if s.reference else "coding"].append(m.seconds)
+
+    def cost(self, s: Shape, depth: Mapping[str, int]) -> float:
+        """The worker seconds a candidate is forecast to be charged: its coding's trial (the median of the study's
+        unpruned ones; a reference row's for the 8-bit row), and its pruning run's while that level is not trained
+        (the median of the most any trial of a run was charged)."""
+        kind = "reference" if s.reference else "coding"
+        seconds = _median(self.seconds[kind], CODING_SECONDS if kind == "coding" else CODING_SECONDS / 4)
+        if s.level >= 0 and (s.split, s.run, s.level) not in self.trained:
+            seconds += _median(list(self.run_seconds.values()), RUN_SECONDS)
+        return seconds
+
+    def estimate(self, s: Shape, probe: Mapping[str, Any]) -> float:
+        """The expected validation accuracy (not a bound): its pruning's as measured, else the unpruned split's less
+        a loss growing as the square of the sparsity (`a s^2`, a fitted to the split's pruned rows by least squares);
+        less the coding's loss: as measured on another snapshot at the split, else as on the unpruned split plus the
+        mean extra that codings lost on the split's snapshots, else the rules' lower bound (`loss`)."""
+        top = _num(probe, DECISION_COLUMN)
+        base = self.pruning_val.get((s.split, s.pruning))
+        if base is None:
+            points = self.pruned_points.get(s.split, [])
+            den = sum(x ** 4 for x, _ in points)
+            a = max(0.0, sum((top - v) * x * x for x, v in points) / den) if den > 0 else 0.0
+            base = top - a * s.sparsity ** 2 if s.level >= 0 else top
+        if s.reference:
+            return base
+        lost = self._coding_losses(s.split)
+        on_snapshots = [loss for t, loss in lost if t.level >= 0 and (t.family, t.capacity) == (s.family, s.capacity)]
+        if s.level >= 0 and on_snapshots:
+            return base - max(on_snapshots)
+        unpruned = {(t.family, t.capacity): loss for t, loss in lost if t.level < 0}
+        loss = unpruned.get((s.family, s.capacity))
+        if loss is None:
+            return base - self.loss(s)
+        if s.level < 0:
+            return base - loss
+        extra = [loss_t - unpruned[(t.family, t.capacity)] for t, loss_t in lost
+                 if t.level >= 0 and (t.family, t.capacity) in unpruned]
+        return base - loss - max(0.0, sum(extra) / len(extra) if extra else 0.0)
+
+    def _coding_losses(self, split: str) -> list[tuple[Shape, float]]:
+        """Each coded trial at the split with what it lost against its pruning's validation accuracy."""
+        out = []
+        for t, row in self.coded:
+            ref = self.pruning_val.get((t.split, t.pruning))
+            if t.split == split and ref is not None:
+                out.append((t, ref - _num(row, DECISION_COLUMN)))
+        return out
+
     def _pruning_val(self, s: Shape, level: int, val: float) -> None:
         """A level of a run, reported: its validation accuracy, and a miss when below the threshold."""
         pruning = tuple((k, level if k == "snapshot" else v) for k, v in s.pruning)
         self.pruning_val.setdefault((s.split, pruning), val)
         self.run_levels.setdefault((s.split, s.run), {}).setdefault(level, val)
+        self.pruned_points.setdefault(s.split, []).append((s.sparsity * (level + 1) / (s.level + 1), val))
         if val < self.threshold - MARGIN:
             fraction = (level + 1) / (s.level + 1)
             self.missed.append(Shape(s.split, pruning, s.run, level, s.sparsity * fraction, s.output * fraction,

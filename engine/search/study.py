@@ -360,7 +360,9 @@ class Search:
                 continue
             row = self.store.get(str(t.user_attrs.get("variant_id"))) if t.state == TrialState.COMPLETE else None
             levels = {int(k): float(v) for k, v in t.intermediate_values.items() if k < ENCODER_STEP}
-            measured[key] = Measured(shape, row, levels, stopped=t.state == TrialState.PRUNED)
+            charged = t.user_attrs.get("charged_s")
+            measured[key] = Measured(shape, row, levels, stopped=t.state == TrialState.PRUNED,
+                                     seconds=float(charged) if isinstance(charged, int | float) else math.nan)
         running = {params_key(t.params) for t in trials if t.state == TrialState.RUNNING}
         best = best_trial(trials)
         best_latency = float(best["latency"]) if best and isinstance(best.get("latency"), float) else math.inf
