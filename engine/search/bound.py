@@ -42,7 +42,7 @@ from typing import Any
 from engine.config import VariantConfig
 from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN
-from engine.search.objective import BITS_COLUMN, Environment, latencies_of
+from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
 PLANNER_VERSION = 4  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
@@ -62,6 +62,7 @@ class Candidate:
 
     @property
     def key(self) -> tuple[tuple[str, Any], ...]:
+        """What the planner files the candidate under: its params (`params_key` of a trial's)."""
         return self.params
 
 
@@ -309,9 +310,10 @@ class Planner:
             return parent
         if not s.reference:
             here = self.depth.get(s.split, 0)
-            for split in sorted(self.depth, key=self.depth.__getitem__, reverse=True):
+            at = {depth: split for split, depth in self.depth.items()}
+            for split in (at.get(here + 1), s.split):
                 alone = self.unpruned.get((split, s.family, s.capacity))
-                if self.depth[split] not in (here, here + 1) or alone is None or alone.key in measured or any(
+                if alone is None or alone.key in measured or any(
                         m.shape.split == split and m.shape.family == s.family and m.shape.capacity == s.capacity
                         for m in measured.values()):
                     continue
@@ -321,7 +323,7 @@ class Planner:
     def _codable(self, split: str, measured: Mapping[tuple, Measured]) -> bool:
         """Whether a learned or uniform coding (other than 8 bits) held the threshold at this split."""
         return any(m.shape.split == split and not m.shape.reference and m.row is not None
-                   and _num(m.row, DECISION_COLUMN) >= self.threshold for m in measured.values())
+                   and number(m.row, DECISION_COLUMN) >= self.threshold for m in measured.values())
 
     @staticmethod
     def _figures(s: Shape, probe: Mapping[str, Any], k: _Knowledge) -> dict[str, Any]:
@@ -334,9 +336,9 @@ class Planner:
         if pruned is not None:
             row["device_flops"], row["server_flops"] = pruned.get("device_flops"), pruned.get("server_flops")
         elif s.level >= 0:
-            row["device_flops"] = _num(probe, "device_flops") * keep * keep * k.flops_factor.get(s.split, 1.0)
-            row["device_memory_bytes"] = _num(probe, "device_memory_bytes") * keep
-        row["device_flops"] = _num(row, "device_flops") + k.encoder_flops.get((s.split, s.family, s.capacity), 0.0)
+            row["device_flops"] = number(probe, "device_flops") * keep * keep * k.flops_factor.get(s.split, 1.0)
+            row["device_memory_bytes"] = number(probe, "device_memory_bytes") * keep
+        row["device_flops"] = number(row, "device_flops") + k.encoder_flops.get((s.split, s.family, s.capacity), 0.0)
         row[BITS_COLUMN] = k.bits(s, probe)
         return row
 
@@ -378,11 +380,6 @@ def _median(values: Sequence[float], default: float) -> float:
     return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
 
 
-def _num(row: Mapping[str, Any], key: str) -> float:
-    v = row.get(key)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else math.nan
-
-
 class _Knowledge:
     """What the study's finished trials tell: each split's unpruned 8-bit row, each pruning's figures and validation
     accuracy, the prunings that missed, each coding's bits, encoder FLOPs and loss at a split."""
@@ -412,7 +409,7 @@ class _Knowledge:
                 if m.stopped and not s.reference and all(v >= threshold - MARGIN for v in m.levels.values()):
                     self.hopeless.append(s)  # its pruning held: its coding was what could not reach the threshold
                 continue
-            val = _num(m.row, DECISION_COLUMN)
+            val = number(m.row, DECISION_COLUMN)
             if s.reference:
                 if s.level < 0:
                     self.probe[s.split] = m.row
@@ -428,14 +425,14 @@ class _Knowledge:
                 self.coded.append((s, m.row))
         self.flops_factor: dict[str, float] = {}  # measured / (1 - s)^2 floor of the split's pruned 8-bit rows
         for s, row in self.references:
-            floor = _num(self.probe.get(s.split, {}), "device_flops") * (1.0 - s.sparsity) ** 2
+            floor = number(self.probe.get(s.split, {}), "device_flops") * (1.0 - s.sparsity) ** 2
             if s.level >= 0 and floor > 0:
-                factor = _num(row, "device_flops") / floor
+                factor = number(row, "device_flops") / floor
                 self.flops_factor[s.split] = min(self.flops_factor.get(s.split, math.inf), max(1.0, factor))
         for s, row in self.coded:
             ref = self.pruning_row.get((s.split, s.pruning))
             if ref is not None:
-                extra = max(0.0, _num(row, "device_flops") - _num(ref, "device_flops"))
+                extra = max(0.0, number(row, "device_flops") - number(ref, "device_flops"))
                 key = (s.split, s.family, s.capacity)
                 self.encoder_flops[key] = min(self.encoder_flops.get(key, math.inf), extra)
 
@@ -468,7 +465,7 @@ class _Knowledge:
         a loss growing as the square of the sparsity (`a s^2`, a fitted to the split's pruned rows by least squares);
         less the coding's loss: as measured on another snapshot at the split, else as on the unpruned split plus the
         mean extra that codings lost on the split's snapshots, else the rules' lower bound (`loss`)."""
-        top = _num(probe, DECISION_COLUMN)
+        top = number(probe, DECISION_COLUMN)
         base = self.pruning_val.get((s.split, s.pruning))
         if base is None:
             points = self.pruned_points.get(s.split, [])
@@ -497,7 +494,7 @@ class _Knowledge:
         for t, row in self.coded:
             ref = self.pruning_val.get((t.split, t.pruning))
             if t.split == split and ref is not None:
-                out.append((t, ref - _num(row, DECISION_COLUMN)))
+                out.append((t, ref - number(row, DECISION_COLUMN)))
         return out
 
     def _pruning_val(self, s: Shape, level: int, val: float) -> None:
@@ -519,13 +516,13 @@ class _Knowledge:
         same = [(t, r) for t, r in [*self.coded, *self.references] if t.split == s.split and t.family == s.family
                 and t.capacity == s.capacity]
         if s.family == "uniform":
-            if same:
-                t, r = same[0]
-                return _num(r, BITS_COLUMN) * (1.0 - s.output) / max(1e-9, 1.0 - t.output)
-            return _num(probe, BITS_COLUMN) * s.capacity[0] / 8.0 * (1.0 - s.output)
+            if same:  # the measurement whose split output was pruned the most like this one's
+                t, r = min(same, key=lambda tr: abs(tr[0].output - s.output))
+                return number(r, BITS_COLUMN) * (1.0 - s.output) / max(1e-9, 1.0 - t.output)
+            return number(probe, BITS_COLUMN) * s.capacity[0] / 8.0 * (1.0 - s.output)
         if same:
-            return min(_num(r, BITS_COLUMN) for _, r in same)
-        smaller = [_num(r, BITS_COLUMN) for t, r in self.coded if t.split == s.split and t.family == s.family
+            return min(number(r, BITS_COLUMN) for _, r in same)
+        smaller = [number(r, BITS_COLUMN) for t, r in self.coded if t.split == s.split and t.family == s.family
                    and _no_more(t.capacity, s.capacity)]
         return max([float(MIN_PAYLOAD_BITS), *(b for b in smaller if math.isfinite(b))])
 
@@ -544,7 +541,7 @@ class _Knowledge:
                 return math.nan, "a level of its run no deeper missed the threshold"
             if base is None and shallower:
                 base = min(shallower)
-        val = _num(probe, DECISION_COLUMN) if base is None else base
+        val = number(probe, DECISION_COLUMN) if base is None else base
         return val - self.loss(s), ""
 
     def loss(self, s: Shape) -> float:
@@ -560,7 +557,7 @@ class _Knowledge:
         # what a stopped trial's coding would have reached at best: below the threshold by the margin, so that only a
         # pruning that validated a margin above the stopped trial's own can still hold with that coding
         below = self.threshold - 2 * MARGIN
-        for t, val in [*((t, _num(row, DECISION_COLUMN)) for t, row in self.coded),
+        for t, val in [*((t, number(row, DECISION_COLUMN)) for t, row in self.coded),
                        *((t, below) for t in self.hopeless)]:
             ref = self.pruning_val.get((t.split, t.pruning))
             if self.depth.get(t.split, 0) >= here and t.family == s.family and ref is not None:

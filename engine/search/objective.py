@@ -44,9 +44,10 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _number(row: Mapping[str, Any], key: str) -> float:
+def number(row: Mapping[str, Any], key: str) -> float:
+    """A row's figure as a finite float; NaN where it is missing, not a number or not finite."""
     v = row.get(key)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else math.nan
 
 
 def latency_of(row: Mapping[str, Any], env: Environment) -> dict[str, float]:
@@ -66,7 +67,7 @@ def latencies_of(rows: Sequence[Mapping[str, Any]], env: Environment) -> pd.Data
 
 def threshold_of(row: Mapping[str, Any], drop: float) -> float:
     """The least validation accuracy: the row's base model's validation accuracy minus `drop` (NaN if unknown)."""
-    return _number(row, "base_val_accuracy") - drop
+    return number(row, "base_val_accuracy") - drop
 
 
 def objective_values(row: Mapping[str, Any], env: Environment, objective: str) -> list[float]:
@@ -81,8 +82,8 @@ def objective_values(row: Mapping[str, Any], env: Environment, objective: str) -
     if objective == "latency":
         latency = latency_of(row, env)["latency"]
         return [latency if math.isfinite(latency) else math.inf]
-    val = _number(row, DECISION_COLUMN)
-    flops, bits = _number(row, "device_flops"), _number(row, BITS_COLUMN)
+    val = number(row, DECISION_COLUMN)
+    flops, bits = number(row, "device_flops"), number(row, BITS_COLUMN)
     return [flops if math.isfinite(flops) else math.inf, bits if math.isfinite(bits) else math.inf,
             val if math.isfinite(val) else 0.0]
 
@@ -90,7 +91,7 @@ def objective_values(row: Mapping[str, Any], env: Environment, objective: str) -
 def constraints(row: Mapping[str, Any], env: Environment, drop: float) -> list[float]:
     """Optuna's constraint values of a row (each <= 0 when met): the threshold minus the validation accuracy, and
     the device part's memory over the device's, relative to it. A missing figure violates its constraint."""
-    val, need = _number(row, DECISION_COLUMN), threshold_of(row, drop)
+    val, need = number(row, DECISION_COLUMN), threshold_of(row, drop)
     accuracy = need - val if math.isfinite(val) and math.isfinite(need) else 1.0
     memory = float(env.device.needs(pd.DataFrame([{k: row.get(k) for k in MEMORY_FIGURES.values()}])).iloc[0])
     cap = env.device.memory_bytes
