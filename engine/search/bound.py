@@ -439,10 +439,9 @@ class _Knowledge:
     def _time(self, m: Measured) -> None:
         """What a trial tells of costs: its charged seconds by kind, the levels of its run that are trained."""
         s = m.shape
-        if s.level >= 0:
-            self.trained.update((s.split, s.run, level) for level in m.levels)
-            if m.row is not None:
-                self.trained.add((s.split, s.run, s.level))
+        if s.level >= 0:  # a run trains its levels in turn: those up to the deepest reported or measured are trained
+            deepest = max([*m.levels, s.level if m.row is not None else -1])
+            self.trained.update((s.split, s.run, level) for level in range(deepest + 1))
         if not math.isfinite(m.seconds):
             return
         if s.level >= 0:

@@ -314,13 +314,13 @@ def test_a_run_not_trained_yet_costs_its_run_s_seconds_besides_the_coding() -> N
     measured = {c.key: Measured(planner.shapes[c.key], world(c.variant), seconds=20.0) for c in probes}
     coding = next(c for c in planner.candidates if (s := planner.shapes[c.key]).level < 0 and not s.reference
                   and s.split == "conv4_x")
-    run_ref = next(c for c in planner.candidates if (s := planner.shapes[c.key]).level == 0 and s.reference
+    run_ref = next(c for c in planner.candidates if (s := planner.shapes[c.key]).level == 1 and s.reference
                    and s.split == "conv4_x")
     measured[coding.key] = Measured(planner.shapes[coding.key], world(coding.variant), seconds=90.0)
     measured[run_ref.key] = Measured(planner.shapes[run_ref.key], world(run_ref.variant), seconds=400.0)
     k = _Knowledge(measured.values(), THRESHOLD, planner.depth)
     same_run = next(c for c in planner.candidates if (s := planner.shapes[c.key]).run == planner.shapes[
-        run_ref.key].run and s.split == "conv4_x" and s.level == 0 and not s.reference)
+        run_ref.key].run and s.split == "conv4_x" and s.level == 0 and not s.reference)  # a level below the row's
     deeper_level = next(c for c in planner.candidates if (s := planner.shapes[c.key]).run == planner.shapes[
         run_ref.key].run and s.split == "conv4_x" and s.level == 2 and not s.reference)
     assert k.cost(planner.shapes[same_run.key], planner.depth) == pytest.approx(90.0)  # the run is trained there
