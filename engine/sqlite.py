@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from pathlib import Path
 # short (one row, one job update), so a wait this long means a stuck writer; yet several workers and a dashboard
 # writing at the end of a sweep's jobs queue behind each other well within it.
 BUSY_TIMEOUT_S = 30.0
+# SQLITE_PROTOCOL ("locking protocol"): in WAL mode, a race on the shared-memory index that SQLite gives up on after
+# its own retries when processes open and close connections at a high rate (seen once in a 2-worker sweep). It
+# holds no lock and changes nothing, so opening the connection again is safe.
+SQLITE_PROTOCOL = 15
+OPEN_ATTEMPTS = 8
 
 
 @contextlib.contextmanager
@@ -26,12 +32,10 @@ def connect(path: Path | str, *, rows: bool = False) -> Iterator[sqlite3.Connect
     Returns:
         A context manager giving the connection; an error inside the block rolls back an open transaction.
     """
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    conn = _open(path)
     try:
         if rows:
             conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: durable against a killed process
         yield conn
     except BaseException:
         if conn.in_transaction:
@@ -40,6 +44,22 @@ def connect(path: Path | str, *, rows: bool = False) -> Iterator[sqlite3.Connect
         raise
     finally:
         conn.close()
+
+
+def _open(path: Path | str) -> sqlite3.Connection:
+    """A connection with its busy timeout and synchronous mode set, opened again on a transient SQLITE_PROTOCOL."""
+    for attempt in range(OPEN_ATTEMPTS):
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: durable against a killed process
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorcode", None) != SQLITE_PROTOCOL or attempt == OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
