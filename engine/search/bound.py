@@ -35,6 +35,7 @@ Forecasts of uniform-coded bits are estimates, not bounds, so "no configuration 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -247,7 +248,7 @@ class Planner:
             f = Forecast(c, s, float(latency), float(row[BITS_COLUMN]), val, not why, why)
             if f.possible:
                 f.estimate = min(val, k.estimate(s, probe))
-                f.value = _value(f, self.threshold, best_latency, k.cost(s, self.depth))
+                f.value = _value(f, self.threshold, best_latency, k.cost(s))
             out.append(f)
         return sorted(out, key=_order)
 
@@ -372,12 +373,9 @@ def _levels_known(s: Shape, measured: Mapping[tuple, Measured]) -> bool:
     return any(m.shape.run == s.run and m.shape.split == s.split and s.level in m.levels for m in measured.values())
 
 
-def _median(values: Sequence[float], default: float) -> float:
-    values = sorted(v for v in values if math.isfinite(v))
-    if not values:
-        return default
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+def _median(values: Iterable[float], default: float) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else default
 
 
 class _Knowledge:
@@ -449,14 +447,14 @@ class _Knowledge:
         elif m.row is not None:
             self.seconds["reference" if s.reference else "coding"].append(m.seconds)
 
-    def cost(self, s: Shape, depth: Mapping[str, int]) -> float:
+    def cost(self, s: Shape) -> float:
         """The worker seconds a candidate is forecast to be charged: its coding's trial (the median of the study's
         unpruned ones; a reference row's for the 8-bit row), and its pruning run's while that level is not trained
         (the median of the most any trial of a run was charged)."""
         kind = "reference" if s.reference else "coding"
         seconds = _median(self.seconds[kind], CODING_SECONDS if kind == "coding" else CODING_SECONDS / 4)
         if s.level >= 0 and (s.split, s.run, s.level) not in self.trained:
-            seconds += _median(list(self.run_seconds.values()), RUN_SECONDS)
+            seconds += _median(self.run_seconds.values(), RUN_SECONDS)
         return seconds
 
     def estimate(self, s: Shape, probe: Mapping[str, Any]) -> float:

@@ -323,5 +323,5 @@ def test_a_run_not_trained_yet_costs_its_run_s_seconds_besides_the_coding() -> N
         run_ref.key].run and s.split == "conv4_x" and s.level == 0 and not s.reference)  # a level below the row's
     deeper_level = next(c for c in planner.candidates if (s := planner.shapes[c.key]).run == planner.shapes[
         run_ref.key].run and s.split == "conv4_x" and s.level == 2 and not s.reference)
-    assert k.cost(planner.shapes[same_run.key], planner.depth) == pytest.approx(90.0)  # the run is trained there
-    assert k.cost(planner.shapes[deeper_level.key], planner.depth) == pytest.approx(490.0)
+    assert k.cost(planner.shapes[same_run.key]) == pytest.approx(90.0)  # the run is trained there
+    assert k.cost(planner.shapes[deeper_level.key]) == pytest.approx(490.0)
