@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -139,20 +139,27 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay, self.updates = decay, 0
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        live = model.state_dict()  # paired once: the update runs on every optimizer step
+        floats = [k for k in self.state if live[k].is_floating_point()]
+        self._averaged, self._live = [self.state[k] for k in floats], [live[k].detach() for k in floats]
+        self._others = [(self.state[k], live[k]) for k in self.state if not live[k].is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards the model's current state (integer buffers are copied)."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        floats, targets = [], []
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                floats.append(self.state[k])
-                targets.append(v.detach())
-            else:
-                self.state[k].copy_(v)
-        torch._foreach_lerp_(floats, targets, 1.0 - decay)
+        for average, value in self._others:
+            average.copy_(value)
+        if self._averaged:
+            torch._foreach_lerp_(self._averaged, self._live, 1.0 - decay)
+
+    @torch.no_grad()
+    def load(self, state: Mapping[str, torch.Tensor], updates: int) -> None:
+        """Restore a saved average in place (the pairing with the live model stays valid)."""
+        for k, v in self.state.items():
+            v.copy_(state[k])
+        self.updates = int(updates)
 
 
 class BaseTraining(Hooks):
@@ -209,8 +216,7 @@ class BaseTraining(Hooks):
 
     def load_state_dict(self, state: dict) -> None:
         if self.average is not None and "average" in state:
-            self.average.state = {k: v.to(self.device) for k, v in state["average"].items()}
-            self.average.updates = int(state["average_updates"])
+            self.average.load(state["average"], state["average_updates"])
 
     def keep_better(self) -> dict[str, float | bool]:
         """With weight averaging, the averaged weights in the model when they score higher on validation than the

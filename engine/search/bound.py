@@ -397,6 +397,8 @@ class _Knowledge:
         self.seconds: dict[str, list[float]] = {"coding": [], "reference": []}
         self.run_seconds: dict[tuple, float] = {}  # (split, run) -> the most seconds a trial of it was charged
         self.trained: set[tuple] = set()  # (split, run, level) known trained
+        self._losses: dict[str, list[tuple[Shape, float]]] = {}  # split -> its codings' losses, once per split
+        self._loss: dict[tuple, float] = {}  # (split, family, capacity) -> `loss`
         for m in measured:
             s = m.shape
             self._time(m)
@@ -486,8 +488,11 @@ class _Knowledge:
         return base - loss - max(0.0, sum(extra) / len(extra) if extra else 0.0)
 
     def _coding_losses(self, split: str) -> list[tuple[Shape, float]]:
-        """Each coded trial at the split with what it lost against its pruning's validation accuracy."""
-        out = []
+        """Each coded trial at the split with what it lost against its pruning's validation accuracy (computed once
+        per split: the knowledge is fixed once built, and `estimate` asks for every candidate)."""
+        if split in self._losses:
+            return self._losses[split]
+        out = self._losses[split] = []
         for t, row in self.coded:
             ref = self.pruning_val.get((t.split, t.pruning))
             if t.split == split and ref is not None:
@@ -549,6 +554,12 @@ class _Knowledge:
         from its pruning); the largest of those."""
         if s.reference:
             return 0.0
+        key = (s.split, s.family, s.capacity)  # the knowledge is fixed once built: each coding's loss once per split
+        if key not in self._loss:
+            self._loss[key] = self._least_loss(s)
+        return self._loss[key]
+
+    def _least_loss(self, s: Shape) -> float:
         seen: dict[tuple[str, tuple[float, ...]], float] = {}
         here = self.depth.get(s.split, 0)
         # what a stopped trial's coding would have reached at best: below the threshold by the margin, so that only a
