@@ -190,7 +190,8 @@ class Measured:
 @dataclass
 class Forecast:
     """A candidate's forecast figures: latency, bits, validation accuracy (`val`, optimistic: what the rules bound;
-    `estimate`, what is expected), whether it may still meet the threshold, and its expected gain per second."""
+    `estimate`, what is expected), whether it may still meet the threshold, its expected gain per second and the
+    worker seconds measuring it is forecast to be charged (`seconds`)."""
 
     candidate: Candidate
     shape: Shape
@@ -201,6 +202,7 @@ class Forecast:
     why: str = ""
     estimate: float = math.nan
     value: float = 0.0
+    seconds: float = math.nan
 
 
 class Planner:
@@ -221,6 +223,7 @@ class Planner:
         self.unpruned = {(s.split, s.family, s.capacity): c for c in self.candidates
                          if (s := self.shapes[c.key]).level < 0}
         self.depth = {split: i for i, split in enumerate(dict.fromkeys(c.variant.split for c in self.candidates))}
+        self.over_budget = False  # the last `next` passed over candidates only because they would overrun the budget
 
     def forecasts(self, measured: Mapping[tuple, Measured], best_latency: float = math.inf) -> list[Forecast]:
         """A forecast for every candidate not measured yet (those of a split whose unpruned 8-bit row is not
@@ -245,32 +248,36 @@ class Planner:
                 why = f"forecast validation accuracy {100 * val:.2f} %"
             if not fits:
                 why = why or "its device part does not fit the device's memory"
-            f = Forecast(c, s, float(latency), float(row[BITS_COLUMN]), val, not why, why)
+            f = Forecast(c, s, float(latency), float(row[BITS_COLUMN]), val, not why, why, seconds=k.cost(s))
             if f.possible:
                 f.estimate = min(val, k.estimate(s, probe))
-                f.value = _value(f, self.threshold, best_latency, k.cost(s))
+                f.value = _value(f, self.threshold, best_latency, f.seconds)
             out.append(f)
         return sorted(out, key=_order)
 
     def next(self, measured: Mapping[tuple, Measured], in_flight: Iterable[tuple] = (),
-             best_latency: float = math.inf) -> tuple[Forecast | None, bool]:
+             best_latency: float = math.inf, budget_s: float = math.inf) -> tuple[Forecast | None, bool]:
         """The next configuration to measure: the most expected gain per second among those that may meet the
         threshold and are forecast to beat the best, or what it needs first (`_first`); one that would wait on a
         trial in flight (itself, what it needs first, or the pruning run it shares with one), or whose coding a
-        trial in flight will rule in or out, is passed over.
+        trial in flight will rule in or out, is passed over, and so is one forecast to cost more than the budget
+        left once the trials in flight are paid (`over_budget` tells when that was all that stopped it).
 
         Args:
             measured: the study's finished trials by candidate key; in_flight: the keys of its running trials;
-            best_latency: the best feasible latency measured.
+            best_latency: the best feasible latency measured; budget_s: the worker seconds left after the finished
+            trials (the trials in flight are charged their forecast here).
         Returns:
-            (the chosen forecast or None, whether none is left that is forecast to beat `best_latency`: None and
-            False means that the candidates left wait on trials in flight).
+            (the chosen forecast or None, whether none is left that is forecast to beat `best_latency` or to fit the
+            budget: None and False means that the candidates left wait on trials in flight).
         """
         running = set(in_flight)
         flying = [t for key in running if (t := self.shapes.get(key)) is not None]
         runs = {(t.split, t.run) for t in flying if t.level >= 0}
         forecasts = self.forecasts(measured, best_latency)
         by_key = {f.candidate.key: f for f in forecasts}
+        left = budget_s - sum(by_key[key].seconds for key in running if key in by_key)
+        self.over_budget = False
         for f in forecasts:
             if not f.possible or f.latency >= best_latency:
                 continue
@@ -280,6 +287,10 @@ class Planner:
             if f.candidate.key in running or (first is not None and first.key in running) or (
                     f.shape.level >= 0 and (f.shape.split, f.shape.run) in runs) or self._told_by(f.shape, flying):
                 continue  # it would wait on a trial in flight, on the pruning run one is training, or one will tell
+            if f.seconds > left:
+                self.over_budget = True
+                continue
+            self.over_budget = False
             return f, False
         waiting = bool(running) and any(f.possible and f.latency < best_latency for f in forecasts)
         return None, not waiting

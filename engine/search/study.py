@@ -204,6 +204,7 @@ class Search:
         self._explore = False  # the next trial is drawn at random (the last one was a repeat)
         self._planner: Planner | None = None  # the forecast planner (built once the threshold is known)
         self._exhausted = False  # the planner forecasts no configuration left to beat the best
+        self._budget_s = math.inf  # the run's budget: the planner proposes nothing forecast to overrun it
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
@@ -228,6 +229,7 @@ class Search:
         if budget_s is None and trials is None:
             raise UserError("give the search a budget (--budget 45min) or a number of trials (--trials 20)")
         start = time.perf_counter()
+        self._budget_s = math.inf if budget_s is None else float(budget_s)
         self._threshold()
         self._resume()
         capacity = max(1, workers)
@@ -284,6 +286,9 @@ class Search:
         """Why no more trials are asked for (None: more may be)."""
         if self._repeats >= MAX_REPEATS:
             return f"{MAX_REPEATS} trials in a row chose configurations measured already: the space looks exhausted"
+        if self._exhausted and not self.pending and self._planner is not None and self._planner.over_budget:
+            left = max(0.0, self._budget_s - self.charged_seconds())
+            return f"the {left / 60:.1f} worker minutes left are fewer than any useful configuration's forecast cost"
         if self._exhausted and not self.pending:
             best = best_trial(self.study.get_trials(deepcopy=False))
             at = f" ({best['latency'] * 1e3:.2f} ms)" if best and isinstance(best.get("latency"), float) else ""
@@ -366,7 +371,8 @@ class Search:
         running = {params_key(t.params) for t in trials if t.state == TrialState.RUNNING}
         best = best_trial(trials)
         best_latency = float(best["latency"]) if best and isinstance(best.get("latency"), float) else math.inf
-        choice, self._exhausted = self._planner.next(measured, running, best_latency)
+        choice, self._exhausted = self._planner.next(measured, running, best_latency,
+                                                     self._budget_s - self.charged_seconds())
         if choice is None:
             return False
         self.study.enqueue_trial(dict(choice.candidate.params), user_attrs={

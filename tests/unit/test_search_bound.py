@@ -14,7 +14,15 @@ from engine.errors import UserError
 from engine.latency import DEVICES
 from engine.profiles import PROFILES
 from engine.search import Environment, SearchConfig
-from engine.search.bound import Measured, Planner, _Knowledge, enumerate_space, params_key, shape_of
+from engine.search.bound import (
+    CODING_SECONDS,
+    Measured,
+    Planner,
+    _Knowledge,
+    enumerate_space,
+    params_key,
+    shape_of,
+)
 from engine.search.objective import latency_of
 from engine.search.space import suggest_variant
 
@@ -325,3 +333,20 @@ def test_a_run_not_trained_yet_costs_its_run_s_seconds_besides_the_coding() -> N
         run_ref.key].run and s.split == "conv4_x" and s.level == 2 and not s.reference)
     assert k.cost(planner.shapes[same_run.key]) == pytest.approx(90.0)  # the run is trained there
     assert k.cost(planner.shapes[deeper_level.key]) == pytest.approx(490.0)
+
+
+def test_the_planner_proposes_nothing_forecast_to_overrun_the_budget() -> None:
+    """Before any trial is timed, a coding is forecast at `CODING_SECONDS` and a pruning at more: a budget of less
+    proposes nothing and `over_budget` says why; a trial in flight is paid its forecast before the next is chosen."""
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+    measured, _ = run(planner, world, env, limit=0)
+    free, _ = planner.next(measured, (), math.inf)
+    assert free is not None and free.seconds == CODING_SECONDS and not planner.over_budget
+    assert planner.next(measured, (), math.inf, budget_s=CODING_SECONDS)[0] == free
+    assert planner.next(measured, (), math.inf, budget_s=CODING_SECONDS - 1) == (None, True)
+    assert planner.over_budget
+    after = planner.next(measured, [free.candidate.key], math.inf, budget_s=2 * CODING_SECONDS - 1)
+    assert after == (None, False) and planner.over_budget  # it waits: the trial in flight may free the budget
+    after, _ = planner.next(measured, [free.candidate.key], math.inf, budget_s=2 * CODING_SECONDS)
+    assert after is not None and after.candidate.key != free.candidate.key
