@@ -23,8 +23,8 @@ key = ui.bind("overheads", lambda: v["overheads"] == "on")
 with_overheads = st.toggle("Count measured coding and framing", value=st.session_state[key], key=key,
                            help="add each variant's entropy coding time (encode + decode back to back, measured on "
                                 "the machine that profiled it: after idle time between images it takes longer, as "
-                                "the Live page measures) and the protocol's 16 framing bytes per image to the "
-                                "paper's model")
+                                "the Live page measures) and the protocol's framing (17 bytes and the padding to a "
+                                "byte) per image to the paper's model")
 ui.set_view(overheads="on" if with_overheads else "off")
 overheads = ui.deployment_overheads(with_overheads)
 formula = "F_dev/C_dev + B/R + F_srv/C_srv" + (" + t_coding + framing/R" if with_overheads else "") \

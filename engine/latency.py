@@ -152,10 +152,11 @@ def _check_columns(table: pd.DataFrame, bits_column: str) -> None:
 class Overheads:
     """Per-image costs of a deployed co-inference that the paper's model omits: `coding` adds each row's measured
     entropy coding time (`coding_cpu_seconds`, 0 where a row has none), `framing_bits` cross the link with every
-    image (the protocol's frame and feature headers by default), `per_image_s` is the runtime's fixed cost."""
+    image (by default the protocol's frame and feature headers and the payload's padding to a whole byte, at its
+    most: a row's bits are the payload's own), `per_image_s` is the runtime's fixed cost."""
 
     per_image_s: float = 0.0
-    framing_bits: float = 8.0 * protocol.FRAMING_BYTES
+    framing_bits: float = 8.0 * protocol.FRAMING_BYTES + protocol.MAX_PADDING_BITS
     coding: bool = True
 
     def __post_init__(self) -> None:

@@ -92,11 +92,9 @@ def peak_activation_bytes(module: nn.Module, x: torch.Tensor, passes: int = 5) -
     return min(peaks)
 
 
-LABEL_BYTES = 1  # what a device-only deployment sends per image: the predicted class as one byte (up to 256)
-
-
 def label_bits(num_classes: int) -> int:
-    """Bits of the label a device-only deployment sends: ceil(log2 classes)."""
+    """Bits of the label a device-only deployment sends: ceil(log2 classes), at least one (its fixed-length form,
+    `engine.deploy.bundle_files.encode_sent`)."""
     return max(1, math.ceil(math.log2(num_classes)))
 
 

@@ -387,7 +387,7 @@ def source_coded(model: EncodedSplit, codec: EntropyCodec, x: Tensor, y: Tensor)
             raise RuntimeError("the entropy decoder did not return the symbols that were sent")
         logits = model.from_symbols(torch.from_numpy(received).to(dev))
         correct += int((logits.argmax(1).cpu() == y[lo:lo + _EVAL_BATCH]).sum())
-        actual.append(np.array([8 * len(s) for s in streams]))
+        actual.append(np.array([p.bits for p in streams]))
     return {"accuracy": correct / max(1, len(y)), "bits_actual": float(np.concatenate(actual).mean()),
             "bits_ideal": float(codec.ideal_bits_per_image(symbols).mean()),
             "bits_entropy": float(sum(empirical_entropy_bits(symbols[:, j]) for j in range(n))),

@@ -26,7 +26,7 @@ from engine.coding.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook
 from engine.config import BaseModelConfig, VariantConfig, config_from_knobs
 from engine.data import ImageData, augment_batch, iterate_batches, normalize, train_val_split
 from engine.entropy import CODECS, EntropyCodec, decode_payload, empirical_entropy_bits, encode_payloads
-from engine.entropy.payload import MIN_PAYLOAD_BITS
+from engine.entropy.payload import MIN_PAYLOAD_BITS, symbol_bits
 from engine.errors import UserError
 from engine.profile import count_flops, profile_parts
 from engine.train import seeded
@@ -320,12 +320,30 @@ def _symbols(model: EncodedSplit, images: torch.Tensor, mean: torch.Tensor, std:
 # ------------------------------------------------------------------------------------------------------ measuring
 
 
+def fixed_bits_floor(enc: EncodingConfig) -> int:
+    """The least the fixed-length form of an encoding's symbols can take, known before it is trained: a vector
+    quantiser's codeword indices, a scalar or uniform one's `d` dimensions (at least one dimension for a conv map),
+    `MIN_PAYLOAD_BITS` for unquantised values (never sent as symbols).
+
+    Args:
+        enc: the encoding's knobs.
+
+    Returns:
+        Bits, at least `MIN_PAYLOAD_BITS`.
+    """
+    if enc.quantizer == "vector":
+        return max(MIN_PAYLOAD_BITS, enc.groups * symbol_bits(max(2, enc.codebook)))
+    if enc.quantizer in ("scalar", "uniform"):
+        return max(MIN_PAYLOAD_BITS, max(1, enc.d) * enc.bits)
+    return MIN_PAYLOAD_BITS
+
+
 @torch.no_grad()
 def measure_encoded(model: EncodedSplit, codec: EntropyCodec, data: ImageData, split: str,
                     time_device: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every test image's symbols sent as a real payload (`engine.entropy.payload`: the shorter of the fixed-length
     and the entropy-coded form), decoded back (checked equal to what was sent: a mismatch raises) and classified from
-    the decoded symbols. Bits: actual (8 x payload bytes, mean), ideal (the cross-entropy under the codec's model),
+    the decoded symbols. Bits: actual (the payload's bits, mean), ideal (the cross-entropy under the codec's model),
     entropy (sum of the per-position empirical entropies of the test symbols) and raw (fixed-length). FLOPs: encoder
     and decoder alone, against the backbone's. Returns (metrics, the
     `profile_parts` figures of the deployed parts: encoder on the device, decoder on the server, and the transmitted
@@ -346,7 +364,7 @@ def measure_encoded(model: EncodedSplit, codec: EntropyCodec, data: ImageData, s
             raise RuntimeError("the entropy decoder did not return the symbols that were sent")
         logits = model.from_symbols(torch.from_numpy(received).to(dev))
         correct += int((logits.argmax(1).cpu() == yb).sum())
-        actual.append(np.array([8 * len(s) for s in streams]))
+        actual.append(np.array([p.bits for p in streams]))
         ideal.append(codec.ideal_bits_per_image(symbols))
         sent.append(symbols)
     sent_all = np.concatenate(sent)
@@ -518,8 +536,9 @@ class LearnedEncoding(FeatureCoding):
         return {**{k: v for k, v in knobs.items() if not k.startswith(self.prefix)}, **own}
 
     def min_bits(self, cfg: VariantConfig) -> float:
-        """One byte: the shortest payload there is (`MIN_PAYLOAD_BITS`), whatever the encoder learns."""
-        return float(MIN_PAYLOAD_BITS)
+        """The fewest bits a payload of this encoding can hold, whatever the encoder learns: the shorter of one byte
+        (an entropy-coded stream is whole bytes) and the least its fixed-length form can take (`fixed_bits_floor`)."""
+        return float(min(8, fixed_bits_floor(EncodingConfig.from_knobs(cfg.knobs))))
 
     def measure(self, device: nn.Module, server: nn.Module, cfg: VariantConfig, env: CodingEnv) -> CodedSplit:
         """Train (or load) the encoding and code every test image (see `FeatureCoding.measure`)."""

@@ -31,10 +31,12 @@ from engine.deploy.bundle_files import (  # noqa: F401 - the bundle's constants,
     BundleIdentity,
     encode_sent,
     json_bytes,
+    label_alphabet,
     read_bundle,
     sha256_hex,
 )
-from engine.entropy import EntropyCodec, decode_payload
+from engine.entropy import EntropyCodec, Payload, decode_payload, fixed_bits
+from engine.entropy.payload import unpack_fixed
 from engine.errors import UserError
 
 # What a program's forward may call: torch's operators (aten, prim, quantized) but none that reach outside the
@@ -131,12 +133,12 @@ class Bundle(BundleIdentity):
             return x
         return self.device(x)
 
-    def encode(self, sent: torch.Tensor) -> tuple[bytes, int]:
-        """(payload bytes, count) of one image's device output: the symbols' shorter payload, the PNG, the label byte
-        or the raw float32 values (`engine.deploy.bundle_files.encode_sent`)."""
-        return encode_sent(self.coding, self.codec, sent.detach().cpu().numpy())
+    def encode(self, sent: torch.Tensor) -> tuple[Payload, int]:
+        """(payload, count) of one image's device output: the symbols' shorter payload, the PNG, the label or the
+        raw float32 values (`engine.deploy.bundle_files.encode_sent`)."""
+        return encode_sent(self.coding, self.codec, sent.detach().cpu().numpy(), int(self.meta["num_classes"]))
 
-    def received(self, payload: bytes, count: int) -> torch.Tensor:
+    def received(self, payload: Payload, count: int) -> torch.Tensor:
         """The server program's input rebuilt from a payload; raises ValueError when the payload is malformed."""
         if self.coding == "entropy":
             assert self.codec is not None
@@ -148,7 +150,7 @@ class Bundle(BundleIdentity):
             from PIL import Image
 
             try:
-                with Image.open(io.BytesIO(payload)) as im:
+                with Image.open(io.BytesIO(payload.data)) as im:
                     if im.format != "PNG" or im.size[0] * im.size[1] > 1 << 22:
                         raise ValueError("not a PNG of a sensible size")
                     arr = np.asarray(im.convert("RGB" if self.meta["input_shape"][0] == 3 else "L"))
@@ -160,9 +162,15 @@ class Bundle(BundleIdentity):
                 raise ValueError(f"image of shape {list(x.shape[1:])}, expected {self.meta['input_shape']}")
             return x
         if self.coding == "label":
-            if len(payload) != 1 or payload[0] >= int(self.meta["num_classes"]):
-                raise ValueError("a label message is one byte below the number of classes")
-            return torch.tensor([[payload[0]]], dtype=torch.int64)
+            classes = int(self.meta["num_classes"])
+            alphabet = label_alphabet(classes)
+            if payload.coded or count != 1 or payload.bits != fixed_bits(1, alphabet):
+                raise ValueError(f"a label message is one class index in {fixed_bits(1, alphabet)} bits")
+            label = int(unpack_fixed(payload.data, 1, alphabet)[0])
+            if label >= classes:
+                raise ValueError(f"label {label} is not below the number of classes, {classes}")
+            return torch.tensor([[label]], dtype=torch.int64)
+        payload = payload.data
         n = int(np.prod(self.meta["sent_shape"]))
         if count != n or len(payload) != 4 * n:
             raise ValueError(f"{len(payload)} bytes / {count} values, this variant sends {n} float32 values")

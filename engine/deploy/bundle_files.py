@@ -20,7 +20,8 @@ import numpy as np
 
 from engine.config import VariantConfig
 from engine.deploy.selection import MAX_SELECTION_BYTES, parse_selection, variant_config
-from engine.entropy import CODECS, EntropyCodec, encode_payloads
+from engine.entropy import CODECS, EntropyCodec, Payload, encode_payloads, fixed_bits
+from engine.entropy.payload import pack_fixed
 from engine.errors import UserError
 
 BUNDLE_FORMAT = "coinfer-bundle"
@@ -324,15 +325,16 @@ def read_bundle(path: Path, known: bool = True, side: str = "both") -> BundleTab
     return BundleTables(manifest, meta, selection, quantizer, codec, files)
 
 
-def encode_sent(coding: str, codec: EntropyCodec | None, sent: np.ndarray) -> tuple[bytes, int]:
-    """(payload bytes, count) of one image's device output [1, ...]: the symbols' payload (the shorter of their
-    fixed-length and entropy-coded forms, `engine.entropy.payload`), the PNG, the label byte or the raw float32
-    values.
+def encode_sent(coding: str, codec: EntropyCodec | None, sent: np.ndarray, num_classes: int) -> tuple[Payload, int]:
+    """(payload, count) of one image's device output [1, ...]: the symbols' payload (the shorter of their
+    fixed-length and entropy-coded forms, `engine.entropy.payload`), the PNG, the label in ceil(log2 classes) bits
+    or the raw float32 values.
 
     Args:
         coding: the bundle's coding (meta.json).
         codec: its entropy codec, for "entropy".
         sent: what the device program made of one image (for "png", the uint8 image [1, C, H, W]).
+        num_classes: the model's classes (meta.json), which size a label.
 
     Returns:
         The payload and the count a FEATURE message announces.
@@ -347,8 +349,15 @@ def encode_sent(coding: str, codec: EntropyCodec | None, sent: np.ndarray) -> tu
         img = np.asarray(sent)[0].transpose(1, 2, 0)
         buf = io.BytesIO()
         Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(buf, format="PNG", optimize=False)
-        return buf.getvalue(), 1
+        return Payload.of_bytes(buf.getvalue()), 1
     if coding == "label":
-        return bytes([int(np.asarray(sent).reshape(-1)[0])]), 1
+        alphabet = label_alphabet(num_classes)
+        label = np.asarray(sent, dtype=np.int64).reshape(1, 1)
+        return Payload(pack_fixed(label, alphabet)[0], fixed_bits(1, alphabet)), 1
     values = np.asarray(sent, dtype=np.float32).reshape(-1)
-    return values.astype("<f4").tobytes(), int(values.size)
+    return Payload.of_bytes(values.astype("<f4").tobytes()), int(values.size)
+
+
+def label_alphabet(num_classes: int) -> int:
+    """The alphabet a label is sent in: the classes, at least two (one bit)."""
+    return max(2, int(num_classes))

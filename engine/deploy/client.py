@@ -19,6 +19,7 @@ import numpy as np
 from engine.deploy import protocol
 from engine.deploy.link import TokenBucket, send_paced
 from engine.deploy.protocol import ProtocolError
+from engine.entropy.payload import Payload
 from engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class ImageTiming:
     decode_s: float
     server_s: float
     total_s: float
-    payload_bytes: int
+    payload_bits: int
     wire_bytes: int
 
 
@@ -86,7 +87,7 @@ class SessionReport:
         return (f"{len(self.timings)} images over {self.rate_bps / 8e3:g} kB/s: latency median "
                 f"{self.median_s * 1e3:.1f} ms, p95 {self.p95_s * 1e3:.1f} ms"
                 + (f", accuracy {acc:.2%}" if acc is not None else "")
-                + f", {self.wire_bytes:,} bytes on the wire ({self.mean('payload_bytes'):.0f} B payload per image)")
+                + f", {self.wire_bytes:,} bytes on the wire ({self.mean('payload_bits'):.0f} payload bits per image)")
 
 
 class DevicePart(Protocol):
@@ -99,7 +100,7 @@ class DevicePart(Protocol):
 
     def device_output(self, image: Any) -> Any: ...
 
-    def encode(self, sent: Any) -> tuple[bytes, int]: ...
+    def encode(self, sent: Any) -> tuple[Payload, int]: ...
 
 
 class DeviceClient:
@@ -175,7 +176,7 @@ class DeviceClient:
         if got != seq:
             raise UserError(f"the server answered image {got}, expected {seq}")
         return ImageTiming(seq, label, truth, computed - start, encoded - computed, transmitted - encoded, decode_s,
-                           server_s, end - start, len(payload), len(message))
+                           server_s, end - start, payload.bits, len(message))
 
     def run(self, images: torch.Tensor | np.ndarray, labels: Iterable[int] | None = None,
             progress: Callable[[int, int], None] | None = None) -> SessionReport:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.deploy.bundle_files import BundleIdentity, BundleTables, encode_sent, read_bundle
+from engine.entropy.payload import Payload
 from engine.errors import UserError
 
 MAX_INPUT_FILE_BYTES = 512 << 20  # an --inputs archive, its arrays uncompressed: 30,000 CIFAR images are 92 MB
@@ -45,9 +46,9 @@ class OnnxDevice(BundleIdentity):
             return x
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]
 
-    def encode(self, sent: np.ndarray) -> tuple[bytes, int]:
-        """(payload bytes, count) of one image's device output, coded as the TorchScript bundle codes it."""
-        return encode_sent(self.coding, self.codec, sent)
+    def encode(self, sent: np.ndarray) -> tuple[Payload, int]:
+        """(payload, count) of one image's device output, coded as the TorchScript bundle codes it."""
+        return encode_sent(self.coding, self.codec, sent, int(self.meta["num_classes"]))
 
     def warm_up(self, side: str = "device", calls: int = 3) -> None:
         """Run the device program on zeros a few times, so that its first calls do not land in the first images."""

@@ -8,11 +8,13 @@ frames a clean end.
 Messages (device -> server: HELLO, FEATURE; server -> device: WELCOME, RESULT, ERROR):
     HELLO    JSON {"variant": id, "protocol": 2}: which bundle the device runs
     WELCOME  JSON {"variant": id, "coding": ...}: the server runs the same bundle
-    FEATURE  `>II` (sequence number, symbol count) + the payload of one image; for symbols, the shorter of their
-             fixed-length and entropy-coded forms, told apart by the payload's length (`engine.entropy.payload`)
+    FEATURE  `>IIB` (sequence number, symbol count, form) + the payload of one image; for symbols, the shorter of
+             their fixed-length and entropy-coded forms (`engine.entropy.payload`). The form byte: bit 7 set for
+             the entropy-coded form, bits 0-2 the padding bits in the payload's last byte (so the payload's length
+             is stated to the bit), the other bits zero.
 
-Version 2 sends symbols in the shorter form; version 1 always entropy-coded them, so a version-1 peer would
-misread a fixed-length payload, and each side refuses the other's version.
+Version 3 states a payload's form and its length in bits; version 2 told the forms apart by the payload's length
+in bytes, version 1 always entropy-coded them; each side refuses another version.
     RESULT   `>IHff` (sequence number, predicted label, decode seconds, server-program seconds)
     ERROR    UTF-8 reason (the connection closes after it unless the framing stayed intact)
 """
@@ -26,14 +28,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from engine.entropy.payload import Payload
 from engine.untrusted import json_object
 
 MAGIC = b"CI"
-VERSION = 2  # 2: symbols in the shorter of their fixed-length and entropy-coded forms
+VERSION = 3  # 3: the form and the length in bits stated; 2: symbols in the shorter of two forms
 HEADER = struct.Struct(">2sBBI")
-FEATURE_HEADER = struct.Struct(">II")
+FEATURE_HEADER = struct.Struct(">IIB")
+CODED_FORM, PADDING_MASK = 0x80, 0x07
 RESULT = struct.Struct(">IHff")
 FRAMING_BYTES = HEADER.size + FEATURE_HEADER.size  # what a FEATURE frame adds to an image's payload
+MAX_PADDING_BITS = 7  # and the padding of the payload's last byte, at most
 HELLO, WELCOME, FEATURE, RESULT_KIND, ERROR = 1, 2, 3, 4, 5
 KINDS = {HELLO: "HELLO", WELCOME: "WELCOME", FEATURE: "FEATURE", RESULT_KIND: "RESULT", ERROR: "ERROR"}
 DEFAULT_MAX_PAYLOAD = 4 << 20  # bytes; a CIFAR feature is a few kB, a 224x224 PNG about 150 kB
@@ -159,17 +164,26 @@ def control_json(frame: Frame) -> dict[str, Any]:
     return obj
 
 
-def feature(seq: int, count: int, stream: bytes) -> bytes:
-    return pack(FEATURE, FEATURE_HEADER.pack(seq, count) + stream)
+def feature(seq: int, count: int, payload: Payload) -> bytes:
+    """A FEATURE frame of one image's payload (its form and padding stated in the form byte)."""
+    padding = -payload.bits % 8
+    if len(payload.data) != (payload.bits + 7) // 8:
+        raise ValueError(f"{len(payload.data)} bytes do not hold a payload of {payload.bits} bits")
+    form = (CODED_FORM if payload.coded else 0) | padding
+    return pack(FEATURE, FEATURE_HEADER.pack(seq, count, form) + payload.data)
 
 
-def parse_feature(frame: Frame) -> tuple[int, int, bytes]:
-    """(sequence number, symbol count, bitstream) of a FEATURE frame."""
+def parse_feature(frame: Frame) -> tuple[int, int, Payload]:
+    """(sequence number, symbol count, payload) of a FEATURE frame."""
     if len(frame.payload) < FEATURE_HEADER.size:
         raise ProtocolError(f"FEATURE payload of {len(frame.payload)} bytes is shorter than its "
                             f"{FEATURE_HEADER.size}-byte header")
-    seq, count = FEATURE_HEADER.unpack_from(frame.payload)
-    return seq, count, frame.payload[FEATURE_HEADER.size:]
+    seq, count, form = FEATURE_HEADER.unpack_from(frame.payload)
+    data = frame.payload[FEATURE_HEADER.size:]
+    padding = form & PADDING_MASK
+    if form & ~(CODED_FORM | PADDING_MASK) or (padding and not data):
+        raise ProtocolError(f"FEATURE form byte {form:#04x} is not one this side writes")
+    return seq, count, Payload(data, 8 * len(data) - padding, bool(form & CODED_FORM))
 
 
 def result(seq: int, label: int, decode_seconds: float, server_seconds: float) -> bytes:

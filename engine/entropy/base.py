@@ -96,7 +96,8 @@ class EntropyCodec(ABC):
     def from_state(cls, state: dict[str, Any]) -> EntropyCodec: ...
 
     def bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
-        """Sizes in bits of the actual bitstreams (8 * bytes). Subclasses may compute it without encoding."""
+        """The bits each bitstream holds, its padding to a whole byte left out (a stream is ceil(bits / 8) bytes):
+        8 x its bytes unless the codec knows where its last bit is. Subclasses may compute it without encoding."""
         return np.array([8 * len(s) for s in self.encode(symbols_2d)], dtype=np.int64)
 
     def coding_seconds(self, symbols_2d: np.ndarray, images: int = 200) -> float:

@@ -101,9 +101,10 @@ class HuffmanCodec(EntropyCodec):
         return row_sums(-np.log2(self.probs), arr)
 
     def bits_per_image(self, symbols_2d: np.ndarray) -> np.ndarray:
-        """8 * len(stream) of `encode`'s streams, from the code lengths (tests check it against `encode`)."""
+        """The bits of `encode`'s streams before their padding to a byte: the sum of the code lengths (tests check
+        it against `encode`)."""
         arr = as_symbols(symbols_2d, self.alphabet_size, 2)
-        return (row_sums(self.code_lengths, arr) + 7) // 8 * 8
+        return row_sums(self.code_lengths, arr).astype(np.int64)
 
     # -- coding ------------------------------------------------------------------------------------------------------
 

@@ -1,25 +1,41 @@
 """What one image's symbols send: the shorter of two forms, chosen here for measurement and deployment alike.
 
-- fixed-length: every symbol in ceil(log2(alphabet)) bits, most significant bit first, the message zero-padded to
-  a whole byte: exactly `fixed_bytes(count, alphabet)` bytes;
-- entropy-coded: the codec's stream, sent only when it is strictly shorter than the fixed-length form.
+- fixed-length: every symbol in ceil(log2(alphabet)) bits, most significant bit first: exactly
+  `fixed_bits(count, alphabet)` bits;
+- entropy-coded: the codec's stream, sent only when it holds strictly fewer bits than the fixed-length form
+  (Huffman's streams end on any bit, ANS's on a byte).
 
-The payload's length is the flag: the frame that carries a payload states its length, and the receiver knows the
-symbol count and the alphabet, so a payload of exactly the fixed-length size is the fixed-length form, a shorter
-one the entropy-coded form, and a longer one is malformed. The flag costs no bit; the bits per image are
-8 x the payload's bytes. Torch-free, as the codecs."""
+A `Payload` is the bytes with their length in bits and which form they are; the frame that carries it states both
+(`engine.deploy.protocol`: a flag and the count of padding bits in its last byte), so the bits per image are the
+payload's bits, and the padding up to a whole byte (at most 7 bits) is framing, counted with the frame's header.
+A 16-symbol alphabet sends one symbol in 4 bits, not in a byte. Torch-free, as the codecs."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from engine.entropy.base import EntropyCodec, as_symbols
 
-# The least a payload can weigh: the fixed-length form of at least one symbol is at least one byte, and an entropy
-# stream replaces it only when strictly shorter yet non-empty (Huffman spends at least a bit per symbol; an ANS
-# coder's final state is at least 2**24). A bound known before any coder is trained: the sweep reads it to skip
-# variants that a measured row already dominates.
-MIN_PAYLOAD_BITS = 8
+# The least a payload can weigh: the fixed-length form of one symbol of a two-symbol alphabet is one bit, and an
+# entropy-coded form replaces a fixed-length one only when strictly shorter. A bound known before any coder is
+# trained: the sweep reads it to skip variants that a measured row already dominates.
+MIN_PAYLOAD_BITS = 1
+
+
+class Payload(NamedTuple):
+    """One image's payload: `data` holds `bits` bits, most significant first, zero-padded to a whole byte;
+    `coded` says it is the entropy-coded form (else the fixed-length form, or a payload that is not symbols)."""
+
+    data: bytes
+    bits: int
+    coded: bool = False
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> Payload:
+        """A payload of whole bytes that is not symbols (a PNG, a label, raw values)."""
+        return cls(bytes(data), 8 * len(data), False)
 
 
 class MalformedPayload(ValueError):
@@ -40,17 +56,22 @@ def symbol_bits(alphabet_size: int) -> int:
     return (int(alphabet_size) - 1).bit_length()
 
 
-def fixed_bytes(count: int, alphabet_size: int) -> int:
-    """Bytes of the fixed-length form of `count` symbols: ceil(count x symbol_bits / 8).
+def fixed_bits(count: int, alphabet_size: int) -> int:
+    """Bits of the fixed-length form of `count` symbols: count x symbol_bits.
 
     Args:
         count: symbols per message.
         alphabet_size: the codec's alphabet.
 
     Returns:
-        The fixed-length form's size in bytes.
+        The fixed-length form's length in bits.
     """
-    return (int(count) * symbol_bits(alphabet_size) + 7) // 8
+    return int(count) * symbol_bits(alphabet_size)
+
+
+def fixed_bytes(count: int, alphabet_size: int) -> int:
+    """Bytes that hold the fixed-length form of `count` symbols: ceil(fixed_bits / 8)."""
+    return (fixed_bits(count, alphabet_size) + 7) // 8
 
 
 def pack_fixed(symbols_2d: np.ndarray, alphabet_size: int) -> list[bytes]:
@@ -98,61 +119,71 @@ def unpack_fixed(payload: bytes, count: int, alphabet_size: int) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def encode_payloads(codec: EntropyCodec, symbols_2d: np.ndarray) -> list[bytes]:
-    """Each row's payload: its entropy-coded stream when strictly shorter than its fixed-length form, else that.
+def encode_payloads(codec: EntropyCodec, symbols_2d: np.ndarray) -> list[Payload]:
+    """Each row's payload: its entropy-coded stream when it holds strictly fewer bits than the fixed-length form,
+    else that form.
 
     Args:
         codec: the entropy codec (its alphabet sizes the fixed-length form).
         symbols_2d: [N, D] symbols, one message per row.
 
     Returns:
-        One payload per row, at most `fixed_bytes(D, alphabet)` bytes each.
+        One payload per row, of at most `fixed_bits(D, alphabet)` bits each.
     """
     arr = as_symbols(symbols_2d, codec.alphabet_size, 2)
-    streams = codec.encode(arr)
-    size = fixed_bytes(arr.shape[1], codec.alphabet_size)
-    fixed = [i for i, s in enumerate(streams) if len(s) >= size]
-    for i, payload in zip(fixed, pack_fixed(arr[fixed], codec.alphabet_size), strict=True):
-        streams[i] = payload
-    return streams
+    streams, bits = codec.encode(arr), codec.bits_per_image(arr)
+    size = fixed_bits(arr.shape[1], codec.alphabet_size)
+    out = [Payload(s, int(b), True) for s, b in zip(streams, bits, strict=True)]
+    fixed = [i for i, b in enumerate(bits) if b >= size]
+    for i, data in zip(fixed, pack_fixed(arr[fixed], codec.alphabet_size), strict=True):
+        out[i] = Payload(data, size, False)
+    return out
 
 
 def payload_bits(codec: EntropyCodec, symbols_2d: np.ndarray) -> np.ndarray:
-    """Bits each row's payload takes on the wire (8 x the bytes of `encode_payloads`), from the codec's stream
-    sizes without packing the fixed-length forms.
+    """Bits each row's payload holds (those of `encode_payloads`), from the codec's stream lengths without packing
+    the fixed-length forms.
 
     Args:
         codec: the entropy codec.
         symbols_2d: [N, D] symbols.
 
     Returns:
-        int64 [N]: 8 x min(entropy-coded bytes, fixed-length bytes) per row.
+        int64 [N]: min(entropy-coded bits, fixed-length bits) per row.
     """
     arr = as_symbols(symbols_2d, codec.alphabet_size, 2)
-    return np.minimum(codec.bits_per_image(arr), 8 * fixed_bytes(arr.shape[1], codec.alphabet_size))
+    return np.minimum(codec.bits_per_image(arr), fixed_bits(arr.shape[1], codec.alphabet_size))
 
 
-def decode_payload(codec: EntropyCodec, payload: bytes, count: int) -> np.ndarray:
-    """The `count` symbols of one payload of `encode_payloads`, its form read from its length.
+def decode_payload(codec: EntropyCodec, payload: Payload, count: int) -> np.ndarray:
+    """The `count` symbols of one payload of `encode_payloads`.
 
     Args:
         codec: the entropy codec the payload was made with.
-        payload: the bytes received.
+        payload: what was received: bytes, their length in bits, and the form.
         count: the symbols announced.
 
     Returns:
         The symbols, [count] integers.
 
     Raises:
-        MalformedPayload: a payload longer than the fixed-length form, or a malformed fixed-length form; the codec's
-            ValueError for an undecodable entropy-coded form.
+        MalformedPayload: bytes that do not hold the stated bits with zero padding, a fixed-length form of the wrong
+            length, an entropy-coded form no shorter than the fixed-length one; the codec's ValueError for an
+            undecodable entropy-coded form.
     """
     if count < 0:
         raise MalformedPayload(f"count must be >= 0, got {count}")
-    size = fixed_bytes(count, codec.alphabet_size)
-    if len(payload) > size:
-        raise MalformedPayload(f"payload of {len(payload)} bytes is longer than the {size}-byte fixed-length form "
-                               f"of {count} symbols")
-    if len(payload) == size:
-        return unpack_fixed(payload, count, codec.alphabet_size)
-    return codec.decode(payload, count)
+    data, bits, coded = payload
+    if not 0 <= bits <= 8 * len(data) < bits + 8:
+        raise MalformedPayload(f"{len(data)} bytes cannot hold a payload of {bits} bits")
+    if bits % 8 and data[-1] & ((1 << (8 - bits % 8)) - 1):
+        raise MalformedPayload("the payload's padding bits are not zero")
+    size = fixed_bits(count, codec.alphabet_size)
+    if not coded:
+        if bits != size:
+            raise MalformedPayload(f"a fixed-length payload of {count} symbols has {size} bits, not {bits}")
+        return unpack_fixed(data, count, codec.alphabet_size)
+    if bits >= size:
+        raise MalformedPayload(f"an entropy-coded payload of {bits} bits is no shorter than the {size}-bit "
+                               f"fixed-length form of {count} symbols")
+    return codec.decode(data, count)

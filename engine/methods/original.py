@@ -15,7 +15,7 @@ from engine.config import BaseModelConfig, VariantConfig
 from engine.entropy import empirical_entropy_bits
 from engine.methods.base import METHODS, Chooser, RunContext, base_row, check_knob_names, knob_number
 from engine.models import END_POINTS, split
-from engine.profile import LABEL_BYTES, label_bits, profile_split
+from engine.profile import label_bits, profile_split
 from engine.profiles import profile_of
 from engine.train import predict
 
@@ -59,8 +59,8 @@ class Original:
             if cfg.split == "server_only":
                 png = ctx.png_bits()
                 bits = {"bits_actual": png, "bits_ideal": png, "bits_raw": 8 * math.prod(input_shape)}
-            else:  # what the protocol carries (the label byte), the ideal log2(classes) beside it
-                bits = {"bits_actual": float(8 * LABEL_BYTES), "bits_ideal": math.log2(data.num_classes),
+            else:  # what the protocol carries (the label in ceil(log2 classes) bits), the ideal log2(classes) beside it
+                bits = {"bits_actual": float(label_bits(data.num_classes)), "bits_ideal": math.log2(data.num_classes),
                         "bits_raw": float(label_bits(data.num_classes)),
                         "bits_entropy": empirical_entropy_bits(preds.numpy())}
         else:

@@ -22,6 +22,7 @@ from engine.deploy import protocol
 from engine.deploy.bundle import Bundle, load_bundle
 from engine.deploy.client import DeviceClient
 from engine.deploy.server import CoinferenceServer
+from engine.entropy import Payload
 
 P = protocol
 
@@ -41,20 +42,20 @@ def server(bundle: Bundle) -> Iterator[CoinferenceServer]:
         yield srv
 
 
-def _payload(bundle: Bundle) -> tuple[bytes, int]:
+def _payload(bundle: Bundle) -> tuple[Payload, int]:
     return bundle.encode(bundle.device_output(torch.zeros(3, 32, 32, dtype=torch.uint8)))
 
 
 # (what the peer sends, HELLO first, the reason the ERROR frame and the log give)
 FRAMES: dict[str, tuple[bytes, bool, str]] = {
     "bad magic": (header(b"GE"), False, "bad magic"),
-    "version 1": (header(version=1), False, "protocol version 1 is not supported (this side speaks 2)"),
+    "version 2": (header(version=2), False, "protocol version 2 is not supported (this side speaks 3)"),
     "version 255": (header(version=255), False, "protocol version 255 is not supported"),
     "kind 0": (header(kind=0), False, "unknown message kind 0"),
     "kind 99": (header(kind=99), False, "unknown message kind 99"),
     "HELLO of 10,000 bytes": (header(kind=P.HELLO, length=10_000), False, "over the 4,096-byte limit"),
     "FEATURE of 4 GiB": (header(length=2**32 - 1), True, "over the 10,000-byte limit"),
-    "FEATURE before HELLO": (P.feature(0, 48, b""), False, "expected HELLO first, got FEATURE"),
+    "FEATURE before HELLO": (P.feature(0, 48, Payload(b"", 0)), False, "expected HELLO first, got FEATURE"),
     "RESULT before HELLO": (P.result(0, 1, 0.0, 0.0), False, "expected HELLO first, got RESULT"),
     "ERROR before HELLO": (P.error("boo"), False, "expected HELLO first, got ERROR"),
     "WELCOME before HELLO": (P.welcome("x", "entropy"), False, "expected HELLO first, got WELCOME"),
@@ -67,7 +68,8 @@ FRAMES: dict[str, tuple[bytes, bool, str]] = {
     "HELLO cut JSON": (P.pack(P.HELLO, b'{"variant": "x'), False, "HELLO payload is not JSON"),
     "an HTTP request": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False, "bad magic b'GE'"),
     "a TLS greeting": (bytes.fromhex("16030100a5010000a10303") + bytes(40), False, "bad magic"),
-    "FEATURE shorter than its header": (P.pack(P.FEATURE, b"\x00"), True, "shorter than its 8-byte header"),
+    "FEATURE shorter than its header": (P.pack(P.FEATURE, b"\x00"), True, "shorter than its 9-byte header"),
+    "FEATURE of an unknown form": (P.pack(P.FEATURE, P.FEATURE_HEADER.pack(0, 48, 0x20)), True, "form byte 0x20"),
     "HELLO twice": (P.hello("0" * 16), True, "expected FEATURE, got HELLO"),
     "RESULT from the device": (P.result(0, 1, 0.0, 0.0), True, "expected FEATURE, got RESULT"),
 }
@@ -78,6 +80,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "5 symbols announced": ("count 5", "5 symbols announced"),
     "4 billion symbols announced": ("count 4294967295", "4294967295 symbols announced"),
     "random bytes": ("random", "image 0: undecodable bitstream"),
+    "a fixed-length form of the wrong length": ("fixed 40", "has 192 bits, not 40"),
+    "padding bits that are not zero": ("padded", "padding bits are not zero"),
+    "an entropy-coded form as long as the fixed one": ("coded 192", "no shorter than the 192-bit fixed-length form"),
 }
 
 
@@ -122,11 +127,16 @@ def test_a_hostile_message_costs_only_itself(case: str, bundle: Bundle, server: 
     how, reason = MESSAGES[case]
     payload, count = _payload(bundle)
     if how == "empty":
-        payload = b""
+        payload = Payload(b"", 0, True)
     elif how.startswith("count"):
         count = int(how.split()[1])
+    elif how.startswith(("fixed", "coded")):
+        bits = int(how.split()[1])
+        payload = Payload(bytes((bits + 7) // 8), bits, how.startswith("coded"))
+    elif how == "padded":
+        payload = Payload(b"\x01", 7, True)
     else:
-        payload = bytes(range(7, 250, 3))
+        payload = Payload.of_bytes(bytes(range(7, 250, 3)))._replace(coded=True)
     sandbox.freeze()
     with caplog.at_level(logging.WARNING, logger="engine.deploy"), \
             socket.create_connection(server.address, timeout=10) as sock:
@@ -145,7 +155,8 @@ def test_a_hostile_message_costs_only_itself(case: str, bundle: Bundle, server: 
 def test_a_peer_that_goes_or_stalls_costs_one_log_line(case: str, bundle: Bundle, sandbox: Sandbox,
                                                        caplog: pytest.LogCaptureFixture,
                                                        capsys: pytest.CaptureFixture) -> None:
-    message, reason = P.feature(0, 48, b"q" * 40), "truncated message" if case.startswith("cut") else "no complete"
+    message = P.feature(0, 48, Payload.of_bytes(b"q" * 40))
+    reason = "truncated message" if case.startswith("cut") else "no complete"
     sandbox.freeze()
     with caplog.at_level(logging.WARNING, logger="engine.deploy"), \
             CoinferenceServer(bundle, read_timeout=2.0) as server:

@@ -211,5 +211,5 @@ def test_worker_command_runs_queued_jobs_then_exits_when_idle(trained_fresh_cach
     assert "worker: 1 process(es)" in capsys.readouterr().out
     done = JobQueue().get(job.id)
     assert done.status == "done" and done.attempts == 1
-    assert ResultsStore().get(job.id)["bits_actual"] == 8.0  # device_only sends the label: one byte on the wire
+    assert ResultsStore().get(job.id)["bits_actual"] == 4.0  # device_only sends the label: ceil(log2 10) bits
     assert JobQueue().live_workers() == []  # it said goodbye

@@ -30,6 +30,7 @@ from engine.deploy.export import write_bundle
 from engine.deploy.link import TokenBucket, parse_address, send_paced
 from engine.deploy.server import CoinferenceServer, resolve_channel
 from engine.deploy.timing import modelled_latency, null_bundle, runtime_overhead_s
+from engine.entropy import Payload
 from engine.entropy.huffman import HuffmanCodec
 from engine.errors import UserError
 from engine.latency import Overheads
@@ -172,9 +173,9 @@ def test_session_predicts_as_the_bundle_does(bundle: Bundle, server: Coinference
         report = client.run(x, bundle.predict(x).tolist())
     assert report.accuracy == 1.0 and server.stats.images == 8 and server.stats.rejected == 0
     assert [t.label for t in report.timings] == bundle.predict(x).tolist()
-    payloads = [len(bundle.encode(bundle.device_output(im))[0]) for im in x]
-    assert [t.payload_bytes for t in report.timings] == payloads
-    assert report.wire_bytes == sum(payloads) + 8 * (protocol.HEADER.size + protocol.FEATURE_HEADER.size)
+    payloads = [bundle.encode(bundle.device_output(im))[0] for im in x]
+    assert [t.payload_bits for t in report.timings] == [p.bits for p in payloads]
+    assert report.wire_bytes == sum(len(p.data) for p in payloads) + 8 * protocol.FRAMING_BYTES
     assert report.median_s <= report.p95_s <= max(report.latencies)
     for t in report.timings:
         assert t.total_s >= t.device_s + t.encode_s + t.transmit_s
@@ -234,7 +235,7 @@ def _still_serves(bundle: Bundle, server: CoinferenceServer) -> None:
     (protocol.HEADER.pack(b"CI", protocol.VERSION, 99, 0), "unknown message kind 99"),
     (protocol.HEADER.pack(b"CI", protocol.VERSION, protocol.FEATURE, 50_000_000), "over the 10,000-byte limit"),
     (protocol.pack(protocol.RESULT_KIND, b"x" * 18), "expected FEATURE, got RESULT"),
-    (protocol.pack(protocol.FEATURE, b"\x00"), "shorter than its 8-byte header"),
+    (protocol.pack(protocol.FEATURE, b"\x00"), "shorter than its 9-byte header"),
 ])
 def test_malformed_messages_are_rejected_and_logged(bundle: Bundle, server: CoinferenceServer, message: bytes,
                                                     reason: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -248,7 +249,7 @@ def test_malformed_messages_are_rejected_and_logged(bundle: Bundle, server: Coin
 
 def test_handshake_is_checked(server: CoinferenceServer) -> None:
     with socket.create_connection(server.address, timeout=5) as sock:
-        sock.sendall(protocol.feature(0, 48, b""))
+        sock.sendall(protocol.feature(0, 48, Payload.of_bytes(b"")))
         _expect_error(sock, "expected HELLO first")
     with socket.create_connection(server.address, timeout=5) as sock:
         sock.sendall(protocol.hello("fedcba9876543210"))
@@ -262,7 +263,7 @@ def test_handshake_is_checked(server: CoinferenceServer) -> None:
 def test_undecodable_bitstream_costs_only_that_message(bundle: Bundle, server: CoinferenceServer) -> None:
     payload, count = bundle.encode(bundle.device_output(images(1)[0]))
     with _connect(server) as sock:
-        sock.sendall(protocol.feature(0, count, b""))  # no bits for 48 symbols
+        sock.sendall(protocol.feature(0, count, Payload.of_bytes(b"")))  # no bits for 48 symbols
         _expect_error(sock, "image 0: undecodable bitstream")
         sock.sendall(protocol.feature(1, 5, payload))  # wrong symbol count
         _expect_error(sock, "5 symbols announced")
@@ -279,7 +280,7 @@ def test_disconnect_mid_message_costs_nothing(bundle: Bundle, server: Coinferenc
     with caplog.at_level(logging.WARNING, logger="engine.deploy"):
         for cut in (3, protocol.HEADER.size + 4):
             sock = _connect(server)
-            sock.sendall(protocol.feature(0, 48, b"q" * 40)[:cut])
+            sock.sendall(protocol.feature(0, 48, Payload.of_bytes(b"q" * 40))[:cut])
             sock.close()
         _wait(lambda: server.stats.active == 0 and server.stats.rejected == 2)
     assert sum("truncated message" in r.getMessage() for r in caplog.records) == 2
@@ -289,7 +290,7 @@ def test_disconnect_mid_message_costs_nothing(bundle: Bundle, server: Coinferenc
 
 def test_stalled_client_is_dropped(bundle: Bundle) -> None:
     with CoinferenceServer(bundle, read_timeout=0.2) as srv, _connect(srv) as sock:
-        sock.sendall(protocol.feature(0, 48, b"q" * 40)[:12])
+        sock.sendall(protocol.feature(0, 48, Payload.of_bytes(b"q" * 40))[:12])
         _wait(lambda: srv.stats.rejected == 1)
         assert srv.stats.reasons[-1] == "no complete message within 0.2 s"
 
@@ -315,7 +316,7 @@ def test_busy_server_refuses_extra_devices(bundle: Bundle) -> None:
 
 def test_a_trickled_message_meets_its_deadline(bundle: Bundle) -> None:
     with CoinferenceServer(bundle, read_timeout=0.4) as srv, _connect(srv) as sock:
-        message, start = protocol.feature(0, 48, b"q" * 40), time.monotonic()
+        message, start = protocol.feature(0, 48, Payload.of_bytes(b"q" * 40)), time.monotonic()
         with contextlib.suppress(OSError):
             for byte in message:  # a byte every 50 ms: each read is quick, the message never is
                 sock.sendall(bytes([byte]))
@@ -349,7 +350,7 @@ class _Trickler:
 
 
 def test_tricklers_cannot_lock_devices_out(bundle: Bundle, caplog: pytest.LogCaptureFixture) -> None:
-    feature = protocol.feature(0, 48, b"q" * 4000)
+    feature = protocol.feature(0, 48, Payload.of_bytes(b"q" * 4000))
     with caplog.at_level(logging.WARNING, logger="engine.deploy"), \
             CoinferenceServer(bundle, max_clients=2, read_timeout=30.0) as srv:
         tricklers = [_Trickler(srv, feature, hello=True) for _ in range(3)]  # past the 2 devices' places
@@ -373,7 +374,7 @@ def test_a_device_session_completes_under_64_trickling_connections(bundle: Bundl
     """32 connections trickle a FEATURE after their HELLO and 32 trickle their HELLO, a byte every 2 s, filling both
     pools (32 devices, 32 before HELLO); a device still gets in, taking the place of one of each, and completes its
     session as fast as without them."""
-    feature = protocol.feature(0, 48, b"q" * 4000)
+    feature = protocol.feature(0, 48, Payload.of_bytes(b"q" * 4000))
     with caplog.at_level(logging.WARNING, logger="engine.deploy"), \
             CoinferenceServer(bundle, read_timeout=30.0) as srv:
         tricklers = [_Trickler(srv, feature, hello=True, every=2.0) for _ in range(32)]
@@ -403,7 +404,7 @@ def test_channel_is_applied_on_the_server_before_decoding() -> None:
     with CoinferenceServer(analog, channel=torch.zeros_like) as srv, \
             DeviceClient(analog, *srv.address, rate_bps=8e6) as client:
         assert [t.label for t in client.run(x).timings] == [zeros] * 3
-        assert all(t.payload_bytes == 4 * 48 for t in client.run(x).timings)  # float32 values on the wire
+        assert all(t.payload_bits == 32 * 48 for t in client.run(x).timings)  # float32 values on the wire
     assert resolve_channel(None) is None
 
 

@@ -103,7 +103,11 @@ def test_bundle_reproduces_the_variant(ctx: RunContext, tmp_path: Path, split: s
     if bundle.coding == "entropy":
         assert bundle.quantizer["kind"] == "uniform" and bundle.quantizer["bits"] == 8
         payload, count = bundle.encode(bundle.device_output(images[0]))
-        assert count == bundle.meta["symbols_per_image"] and len(payload) < count  # Huffman beats 8 bits/symbol
+        assert count == bundle.meta["symbols_per_image"] and payload.bits < 8 * count  # Huffman beats 8 bits/symbol
+    if bundle.coding == "label":  # the label in ceil(log2 10) = 4 bits, read back by the server
+        payload, count = bundle.encode(bundle.device_output(images[0]))
+        assert (payload.bits, len(payload.data), count) == (4, 1, 1)
+        assert int(bundle.received(payload, count)) == int(_eager_labels(ctx, cfg, images[:1])[0])
 
 
 @pytest.mark.slow  # prunes and fine-tunes (a few smoke steps, yet minutes on two busy cores)
@@ -147,7 +151,7 @@ def test_jscc_bundle_runs_over_its_simulated_channel(ctx: RunContext, tmp_path: 
     assert bundle.meta["channel"]["snr_db"] == jc.nominal
     images, labels = ctx.data.test_x[:12], ctx.data.test_y[:12].tolist()
     noisy = live_session(bundle, images, labels, rate_bps=8e6)
-    assert [t.payload_bytes for t in noisy.timings] == [4 * 2 * jc.uses] * len(images)  # float32, k complex uses
+    assert [t.payload_bits for t in noisy.timings] == [32 * 2 * jc.uses] * len(images)  # float32, k complex uses
     with CoinferenceServer(bundle, channel=lambda x: x) as srv, DeviceClient(bundle, *srv.address, 8e6) as client:
         ideal = client.run(images, labels)
     assert [t.label for t in ideal.timings] == _eager_labels(ctx, cfg, images).tolist()  # deploy() has no channel

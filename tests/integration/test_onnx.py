@@ -71,7 +71,7 @@ def test_onnx_device_sends_the_torchscript_symbols(ctx: RunContext, tmp_path: Pa
         total += ts.size
         if bundle.coding == "analog":
             np.testing.assert_allclose(ox, ts, rtol=1e-4, atol=1e-5)
-            assert len(device.encode(ox)[0]) == len(bundle.encode(torch.from_numpy(ts))[0]) == 4 * ts.size
+            assert device.encode(ox)[0].bits == bundle.encode(torch.from_numpy(ts))[0].bits == 32 * ts.size
             continue
         differ += int((ox != ts).sum())
         assert np.abs(ox - ts).max() <= 1
@@ -114,7 +114,7 @@ def test_tiny_payloads_travel_as_the_row_reports(ctx: RunContext, tmp_path: Path
     test image's payload is the shorter form, their mean is the row's `bits_actual`, the labels its accuracy."""
     from engine.deploy.client import DeviceClient
     from engine.deploy.server import CoinferenceServer
-    from engine.entropy import fixed_bytes
+    from engine.entropy import fixed_bits
 
     base = ctx.profile.base_config(ctx.data.fingerprint)
     cfg = next(v for v in METHODS.get("bottlenet_pp").variants(base, ["conv4_x"]) if dict(v.knobs)["ratio"] == 256)
@@ -122,16 +122,16 @@ def test_tiny_payloads_travel_as_the_row_reports(ctx: RunContext, tmp_path: Path
     path = write_bundle(cfg, ctx, tmp_path / "tiny")
     bundle, onnx = load_bundle(path), load_onnx_device(path, threads=1)
     assert bundle.meta["symbols_per_image"] == 16 and bundle.codec.alphabet_size == 256
-    size = fixed_bytes(16, 256)
+    size = fixed_bits(16, 256)
     images, labels = ctx.data.test_x, ctx.data.test_y.tolist()
-    streams = [len(bundle.codec.encode(bundle.device_output(im).numpy())[0]) for im in images]
+    streams = [int(bundle.codec.bits_per_image(bundle.device_output(im).numpy().reshape(1, -1))[0]) for im in images]
     assert max(streams) > size  # some images are cheaper fixed-length
     with CoinferenceServer(bundle) as server:
         for device, inputs in ((bundle, images), (onnx, images.numpy())):
             with DeviceClient(device, *server.address, rate_bps=float("inf")) as client:
                 report = client.run(inputs, labels)
-            sizes = [t.payload_bytes for t in report.timings]
+            sizes = [t.payload_bits for t in report.timings]
             assert sizes == [min(n, size) for n in streams]
-            assert 8 * np.mean(sizes) == pytest.approx(row["bits_actual"], abs=1e-9)
+            assert np.mean(sizes) == pytest.approx(row["bits_actual"], abs=1e-9)
             assert report.accuracy == pytest.approx(row["accuracy"])
         assert server.stats.rejected == 0 and server.stats.images == 2 * len(labels)
