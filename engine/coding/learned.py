@@ -49,7 +49,8 @@ KNOB_PREFIX = "enc_"
 BACKBONES = {"finetune": (True, True), "frozen": (False, False), "server": (False, True), "device": (True, False)}
 _INIT_IMAGES = 2048  # training images whose latents place the codewords when quantisation is switched on
 _EVAL_BATCH = 500
-_BITS_MEASURED = "payload"  # a checkpoint's bits_actual: the shorter payload form (else re-measured)
+# a checkpoint's bits_actual: the shorter payload form in bits ("payload": in whole bytes; else re-measured)
+_BITS_MEASURED = "payload-bits"
 
 
 @dataclass(frozen=True)
@@ -471,8 +472,8 @@ def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: 
 
 def _remeasure_bits(result: EncodedResult, data: ImageData, split: str, done: dict[str, Any],
                     checkpoint: Path) -> None:
-    """Replace the `bits_actual` of a checkpoint measured before payloads took the shorter form (every other
-    figure stays) and save it back."""
+    """Replace the `bits_actual` of a checkpoint measured by an earlier payload rule (the shorter form counted in
+    whole bytes, or the entropy-coded form alone; every other figure stays) and save it back."""
     metrics, _ = measure_encoded(result.model, result.codec, data, split, time_device=False)
     result.metrics["bits_actual"] = metrics["bits_actual"]
     save_checkpoint({**done, "metrics": result.metrics, "bits_measured": _BITS_MEASURED}, checkpoint)

@@ -77,7 +77,7 @@ def test_bits_and_accuracy_are_the_bitstreams(run: tuple[RunContext, VariantConf
     symbols = enc.symbols(normalize(small_data.test_x, small_data.mean, small_data.std)).numpy()
     assert symbols.shape == (400, 32) and symbols.max() <= 255
     streams = encode_payloads(result.codec, symbols)
-    assert np.mean([8 * len(s) for s in streams]) == pytest.approx(row["bits_actual"])
+    assert np.mean([p.bits for p in streams]) == pytest.approx(row["bits_actual"])
     decoded = np.stack([decode_payload(result.codec, s, 32) for s in streams])
     assert np.array_equal(decoded, symbols)
     acc = float((enc.from_symbols(torch.from_numpy(decoded)).argmax(1) == small_data.test_y).float().mean())
@@ -93,19 +93,22 @@ def test_rerun_loads_the_trained_variant(run: tuple[RunContext, VariantConfig, d
         assert again[key] == row[key]
 
 
-def test_a_checkpoint_measured_before_payloads_is_remeasured(run: tuple[RunContext, VariantConfig, dict]) -> None:
-    """A cached encoder whose bits_actual predates the shorter payload form gets that figure measured again (and
+@pytest.mark.parametrize("rule", [None, "payload"])  # before the shorter form; the shorter form in whole bytes
+def test_a_checkpoint_measured_by_an_earlier_payload_rule_is_remeasured(run: tuple[RunContext, VariantConfig, dict],
+                                                                         rule: str | None) -> None:
+    """A cached encoder whose bits_actual an earlier payload rule measured gets that figure measured again (and
     saved back); the rest of its metrics stay."""
     ctx, cfg, row = run
     path = ctx.cache / "models" / f"encoded-{cfg.id}.pt"
     done = load_checkpoint(path)
-    assert done is not None and done["bits_measured"] == "payload"
+    assert done is not None and done["bits_measured"] == "payload-bits"
     old = {k: v for k, v in done.items() if k != "bits_measured"}
-    save_checkpoint({**old, "metrics": {**done["metrics"], "bits_actual": 1.0}}, path)
+    save_checkpoint({**old, "metrics": {**done["metrics"], "bits_actual": 1.0},
+                     **({"bits_measured": rule} if rule else {})}, path)
     model, _ = ctx.base(cfg.base)
     device, server = split(model, "conv4_x")
     result = run_encoded(cfg, ctx, device, server, enc=BottleNetPP.encoding(cfg, 32))
     assert result.metrics["bits_actual"] == row["bits_actual"]
     assert result.metrics["bits_ideal"] == done["metrics"]["bits_ideal"]
     again = load_checkpoint(path)
-    assert again["bits_measured"] == "payload" and again["metrics"]["bits_actual"] == row["bits_actual"]
+    assert again["bits_measured"] == "payload-bits" and again["metrics"]["bits_actual"] == row["bits_actual"]
