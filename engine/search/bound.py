@@ -45,7 +45,7 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
-PLANNER_VERSION = 4  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 5  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
 SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
 CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
@@ -123,6 +123,7 @@ class Shape:
     hold: int  # iterations each level held its sparsity
     family: str  # the coding: "uniform", "two_step" (scalar codewords), "vector" or another encoder's name
     capacity: tuple[float, ...]  # what orders codings of one family (more of each: no more loss)
+    min_bits: float = float(MIN_PAYLOAD_BITS)  # the fewest bits its coding can send (`FeatureCoding.min_bits`)
 
     @property
     def reference(self) -> bool:
@@ -142,8 +143,9 @@ def shape_of(variant: VariantConfig, profile: str) -> Shape:
     pruning = tuple(sorted((k, v) for k, v in knobs.items() if k not in own and k != "replicate"))
     snapshot = knobs.get("snapshot", "threshold")
     family, capacity = _coding(knobs)
+    floor = max(float(MIN_PAYLOAD_BITS), coding.min_bits(variant))
     if snapshot == "none":
-        return Shape(variant.split, (), (), -1, 0.0, 0.0, 0, family, capacity)
+        return Shape(variant.split, (), (), -1, 0.0, 0.0, 0, family, capacity, floor)
     run = run_knobs(variant, profile)
     schedule = schedule_of(run)
     level = schedule.levels - 1 if snapshot == "threshold" else int(snapshot)
@@ -151,7 +153,7 @@ def shape_of(variant: VariantConfig, profile: str) -> Shape:
     output = run["output"] if run["output"] is not None else run["target"]
     return Shape(variant.split, pruning, tuple(p for p in pruning if p[0] not in NOT_RUN_KNOBS), level,
                  float(run["target"]) * fraction, float(output) * fraction, int(run["hold_iterations"]), family,
-                 capacity)
+                 capacity, floor)
 
 
 def _coding(knobs: Mapping[str, Any]) -> tuple[str, tuple[float, ...]]:
@@ -525,7 +527,7 @@ class _Knowledge:
         """The bits the coding sends at this split: measured there (uniform: scaled by the channels sent), else the
         unpruned 8-bit row's bits scaled by depth and channels sent (uniform), else the most that a coding of its
         family with no more capacity sent there (more codewords or channels send no fewer bits), at least the
-        shortest payload there is."""
+        fewest its coding can send (a learned coding: the shorter of a byte and its fixed-length form)."""
         same = [(t, r) for t, r in [*self.coded, *self.references] if t.split == s.split and t.family == s.family
                 and t.capacity == s.capacity]
         if s.family == "uniform":
@@ -537,7 +539,7 @@ class _Knowledge:
             return min(number(r, BITS_COLUMN) for _, r in same)
         smaller = [number(r, BITS_COLUMN) for t, r in self.coded if t.split == s.split and t.family == s.family
                    and _no_more(t.capacity, s.capacity)]
-        return max([float(MIN_PAYLOAD_BITS), *(b for b in smaller if math.isfinite(b))])
+        return max([s.min_bits, *(b for b in smaller if math.isfinite(b))])
 
     def val(self, s: Shape, probe: Mapping[str, Any]) -> tuple[float, str]:
         """The forecast validation accuracy (optimistic: the pruning's 8-bit row, else the unpruned split's, less the

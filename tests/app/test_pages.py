@@ -443,7 +443,7 @@ def test_latency_page_best_per_method(synthetic: pd.DataFrame) -> None:
     table = at.dataframe[0].value
     assert table["id"].tolist() == counted["id"].tolist()
     assert table["latency"].tolist() == pytest.approx(counted["latency"].tolist())
-    assert table["t_overhead"].tolist() == pytest.approx([128 / 32e3] * len(table))
+    assert table["t_overhead"].tolist() == pytest.approx([Overheads().framing_bits / 32e3] * len(table))
     assert {"entropy coding", "framing and runtime"} <= set(traces(figure(at, 1)))
     at = run_page("latency", rate_kBps="1e5")
     faster = best_per_method(synthetic, PI3, GPU, 1e5 * 8e3, need)

@@ -40,8 +40,8 @@ def test_rows_follow_the_definitions(rows: dict) -> None:
         assert row["trained_on"] == describe_environments([[training_environment(torch.device("cpu"))]])
     assert rows["server_only"]["bits_actual"] == pytest.approx(ctx.png_bits())
     assert rows["server_only"]["device_flops"] == 0
-    label = rows["device_only"]  # the label byte the protocol carries; log2(classes) its ideal, ceil its fixed length
-    assert label["bits_actual"] == 8.0 and label["bits_raw"] == 4
+    label = rows["device_only"]  # the label the protocol carries in ceil(log2 classes) bits; log2(classes) its ideal
+    assert label["bits_actual"] == 4.0 and label["bits_raw"] == 4
     assert label["bits_ideal"] == pytest.approx(math.log2(10))
     assert 0.0 <= label["bits_entropy"] <= math.log2(10)
     assert rows["server_only"]["accuracy"] == rows["device_only"]["accuracy"] == rows["stem"]["base_test_accuracy"]
