@@ -45,7 +45,7 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
-PLANNER_VERSION = 5  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 6  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
 SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
 CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
@@ -313,26 +313,31 @@ class Planner:
     def _first(self, c: Candidate, s: Shape, measured: Mapping[tuple, Measured]) -> Candidate | None:
         """What to measure before a coded candidate, the most telling for its cost first. Where a coding already held
         the threshold at its split, a pruned candidate's pruning 8-bit row (whether the pruning holds for every
-        coding; the device FLOPs a pruning saves outweigh the bits one more coding might). Then its coding on the
-        unpruned next deeper split, then on its own, where never measured (no pruning run; the deeper split's encoder
-        trains with a smaller server part, and a loss there rules the coding out here and at every shallower split);
-        then the pruning's 8-bit row. None when nothing is needed first."""
+        coding; the device FLOPs a pruning saves outweigh the bits one more coding might). Then, while the coding was
+        never measured at its own split, the coding on the unpruned next deeper split, then on its own (no pruning
+        run; the deeper split's encoder trains with a smaller server part, and a loss there rules the coding out here
+        and at every shallower split); then the pruning's 8-bit row. None when nothing is needed first."""
         parent = self.references.get((s.split, s.pruning)) if s.level >= 0 else None
         if parent is not None and (parent.key in measured or _levels_known(s, measured)):
             parent = None
         if parent is not None and self._codable(s.split, measured):
             return parent
-        if not s.reference:
+        if not s.reference and not self._coded_at(s.split, s, measured):
             here = self.depth.get(s.split, 0)
             at = {depth: split for split, depth in self.depth.items()}
             for split in (at.get(here + 1), s.split):
                 alone = self.unpruned.get((split, s.family, s.capacity))
-                if alone is None or alone.key in measured or any(
-                        m.shape.split == split and m.shape.family == s.family and m.shape.capacity == s.capacity
-                        for m in measured.values()):
+                if alone is None or alone.key in measured or self._coded_at(split, s, measured):
                     continue
                 return None if alone.key == c.key else alone
         return parent
+
+    @staticmethod
+    def _coded_at(split: str, s: Shape, measured: Mapping[tuple, Measured]) -> bool:
+        """Whether the study measured the candidate's coding at `split` (once measured at its own split, the deeper
+        split's measurement would tell nothing more about it)."""
+        return any(m.shape.split == split and m.shape.family == s.family and m.shape.capacity == s.capacity
+                   for m in measured.values())
 
     def _codable(self, split: str, measured: Mapping[tuple, Measured]) -> bool:
         """Whether a learned or uniform coding (other than 8 bits) held the threshold at this split."""
