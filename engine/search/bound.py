@@ -45,7 +45,7 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
-PLANNER_VERSION = 6  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 7  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
 SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
 CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
@@ -391,6 +391,13 @@ def _levels_known(s: Shape, measured: Mapping[tuple, Measured]) -> bool:
     return any(m.shape.run == s.run and m.shape.split == s.split and s.level in m.levels for m in measured.values())
 
 
+def _capacity_bits(family: str, capacity: tuple[float, ...]) -> float:
+    """A coding's capacity in bits per image: log2 of a vector codebook's size, d x bits of scalar codewords."""
+    if family == "vector":
+        return math.log2(max(2.0, capacity[0]))
+    return max(1.0, math.prod(capacity)) if capacity else 1.0
+
+
 def _median(values: Iterable[float], default: float) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return statistics.median(finite) if finite else default
@@ -481,7 +488,9 @@ class _Knowledge:
         """The expected validation accuracy (not a bound): its pruning's as measured, else the unpruned split's less
         a loss growing as the square of the sparsity (`a s^2`, a fitted to the split's pruned rows by least squares);
         less the coding's loss: as measured on another snapshot at the split, else as on the unpruned split plus the
-        mean extra that codings lost on the split's snapshots, else the rules' lower bound (`loss`)."""
+        mean extra that codings lost on the split's snapshots; a coding not measured on the unpruned split takes the
+        loss of the nearest larger one of its family there, scaled by their capacities in bits (a code half as long
+        loses about twice as much), and no less than the rules' lower bound (`loss`)."""
         top = number(probe, DECISION_COLUMN)
         base = self.pruning_val.get((s.split, s.pruning))
         if base is None:
@@ -497,8 +506,12 @@ class _Knowledge:
             return base - max(on_snapshots)
         unpruned = {(t.family, t.capacity): loss for t, loss in lost if t.level < 0}
         loss = unpruned.get((s.family, s.capacity))
-        if loss is None:
-            return base - self.loss(s)
+        if loss is None:  # the nearest larger coding of its family measured here, its loss scaled up by capacity
+            larger = [(_capacity_bits(family, cap), v) for (family, cap), v in unpruned.items()
+                      if family == s.family and _no_more(s.capacity, cap)]
+            nearest = min(larger, default=None)
+            own = _capacity_bits(s.family, s.capacity)
+            loss = max(self.loss(s), nearest[1] * nearest[0] / own) if nearest else self.loss(s)
         if s.level < 0:
             return base - loss
         extra = [loss_t - unpruned[(t.family, t.capacity)] for t, loss_t in lost
