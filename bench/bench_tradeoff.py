@@ -124,7 +124,7 @@ def composed_section(rows: pd.DataFrame, threshold: float, budget: dict | None =
            "| split | pruned and coded row | device MFLOPs | bits/image | val acc | test acc | dominates | "
            "not dominated (what it loses on) |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for _, c in table.iterrows():
-        if c["id"] is None:
+        if not isinstance(c["id"], str):  # no pruned and coded row there (pandas may hold that None as NaN)
             out.append(f"| {c['split']} | – | – | – | – | – | 0 of {c['rivals']} | {c['not_dominated']} |")
             continue
         out.append(f"| {c['split']} | {setting(by_id.loc[c['id']], budget)} | "
