@@ -350,3 +350,23 @@ def test_the_planner_proposes_nothing_forecast_to_overrun_the_budget() -> None:
     assert after == (None, False) and planner.over_budget  # it waits: the trial in flight may free the budget
     after, _ = planner.next(measured, [free.candidate.key], math.inf, budget_s=2 * CODING_SECONDS)
     assert after is not None and after.candidate.key != free.candidate.key
+
+
+def test_an_unmeasured_coding_is_estimated_from_the_nearest_larger_one_scaled_by_capacity() -> None:
+    """With only the d = 32, 2-bit encoder measured at conv4_x, the d = 16, 2-bit one (half the bits) is expected to
+    lose twice as much; the rules' bound for it stays the larger one's loss (optimistic)."""
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+
+    def unpruned(family: str, capacity: tuple) -> object:
+        return next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == "conv4_x"
+                    and (s.level, s.family, s.capacity) == (-1, family, capacity))
+
+    measured = {c.key: Measured(s, world(c.variant)) for c in planner.candidates
+                if (s := planner.shapes[c.key]).level < 0 and s.reference}
+    wide, narrow = unpruned("two_step", (32.0, 2.0)), unpruned("two_step", (16.0, 2.0))
+    measured[wide.key] = Measured(planner.shapes[wide.key], world(wide.variant))
+    loss = BASE_VAL - world(wide.variant)["deployed_val_accuracy"]
+    f = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}[narrow.key]
+    assert f.estimate == pytest.approx(BASE_VAL - 2 * loss)
+    assert f.val == pytest.approx(BASE_VAL - loss)
