@@ -6,7 +6,7 @@ so a hostile length costs nothing; a stream that ends inside a frame is a `Trunc
 frames a clean end.
 
 Messages (device -> server: HELLO, FEATURE; server -> device: WELCOME, RESULT, ERROR):
-    HELLO    JSON {"variant": id, "protocol": 2}: which bundle the device runs
+    HELLO    JSON {"variant": id, "protocol": 3}: which bundle the device runs
     WELCOME  JSON {"variant": id, "coding": ...}: the server runs the same bundle
     FEATURE  `>IIB` (sequence number, symbol count, form) + the payload of one image; for symbols, the shorter of
              their fixed-length and entropy-coded forms (`engine.entropy.payload`). The form byte: bit 7 set for
