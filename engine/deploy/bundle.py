@@ -170,11 +170,11 @@ class Bundle(BundleIdentity):
             if label >= classes:
                 raise ValueError(f"label {label} is not below the number of classes, {classes}")
             return torch.tensor([[label]], dtype=torch.int64)
-        payload = payload.data
+        raw = payload.data  # float32 values, whole bytes
         n = int(np.prod(self.meta["sent_shape"]))
-        if count != n or len(payload) != 4 * n:
-            raise ValueError(f"{len(payload)} bytes / {count} values, this variant sends {n} float32 values")
-        values = np.frombuffer(payload, dtype="<f4").astype(np.float32)
+        if count != n or len(raw) != 4 * n:
+            raise ValueError(f"{len(raw)} bytes / {count} values, this variant sends {n} float32 values")
+        values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         if not np.isfinite(values).all():
             raise ValueError("non-finite values")
         return torch.from_numpy(values.copy()).reshape(1, *self.meta["sent_shape"])
