@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -69,6 +69,9 @@ class EntropyCodec(ABC):
     `compress`/`decompress`). Implementations are built with the `fit` classmethod and rebuilt with `from_state`."""
 
     alphabet_size: int
+    # True where `bits_per_image` is exact to the bit and needs no encoding: a received payload's stated bits are then
+    # checked against the code of the symbols decoded from it (`decode_payload`)
+    exact_bits: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

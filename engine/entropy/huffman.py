@@ -21,6 +21,8 @@ class HuffmanCodec(EntropyCodec):
     counts (so unseen symbols stay encodable). Streams are codewords concatenated MSB-first, zero-padded to a byte,
     with no end-of-file symbol: the decoder is told the count. Bit order matches dahuffman's `PrefixCodec.encode`."""
 
+    exact_bits = True
+
     def __init__(self, counts: Sequence[int] | np.ndarray, code_lengths: Sequence[int] | np.ndarray,
                  codes: Sequence[int] | np.ndarray) -> None:
         lengths, values = [int(n) for n in code_lengths], [int(v) for v in codes]

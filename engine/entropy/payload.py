@@ -168,8 +168,9 @@ def decode_payload(codec: EntropyCodec, payload: Payload, count: int) -> np.ndar
 
     Raises:
         MalformedPayload: bytes that do not hold the stated bits with zero padding, a fixed-length form of the wrong
-            length, an entropy-coded form no shorter than the fixed-length one; the codec's ValueError for an
-            undecodable entropy-coded form.
+            length, an entropy-coded form no shorter than the fixed-length one, or (codecs that count exact bits)
+            whose code ends before or after its stated bits; the codec's ValueError for an undecodable entropy-coded
+            form.
     """
     if count < 0:
         raise MalformedPayload(f"count must be >= 0, got {count}")
@@ -186,4 +187,8 @@ def decode_payload(codec: EntropyCodec, payload: Payload, count: int) -> np.ndar
     if bits >= size:
         raise MalformedPayload(f"an entropy-coded payload of {bits} bits is no shorter than the {size}-bit "
                                f"fixed-length form of {count} symbols")
-    return codec.decode(data, count)
+    symbols = codec.decode(data, count)
+    if codec.exact_bits and (used := int(codec.bits_per_image(symbols[None, :])[0])) != bits:
+        raise MalformedPayload(f"the entropy-coded payload's {count} symbols end at bit {used}, not at the stated "
+                               f"{bits}")
+    return symbols

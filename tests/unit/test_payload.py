@@ -112,6 +112,17 @@ def test_a_tie_sends_the_fixed_length_form() -> None:
     assert encode_payloads(codec, rows) == [Payload(bytes(range(256)), 2048, False)]
 
 
+def test_an_entropy_coded_payload_must_end_where_its_code_ends() -> None:
+    rng = np.random.default_rng(5)
+    codec = HuffmanCodec.fit(np.minimum(rng.geometric(0.9, (20, 64)) - 1, 15), 16)
+    row = np.zeros((1, 64), dtype=np.int64)  # the shortest code 64 times: well under the 256-bit fixed form
+    (good,) = encode_payloads(codec, row)
+    assert good.coded and decode_payload(codec, good, 64).tolist() == [0] * 64
+    data = good.data if good.bits % 8 else good.data + b"\x00"  # one more zero bit, inside the padding
+    with pytest.raises(MalformedPayload, match=f"end at bit {good.bits}, not at the stated {good.bits + 1}"):
+        decode_payload(codec, Payload(data, good.bits + 1, True), 64)
+
+
 def test_malformed_payloads_are_refused() -> None:
     codec = HuffmanCodec.fit(np.minimum(np.random.default_rng(0).geometric(0.5, (100, 8)) - 1, 9), 10)
     good = pack_fixed(np.array([[9, 0, 3]]), 10)[0]  # 12 bits, 4 of padding
