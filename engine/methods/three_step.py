@@ -9,6 +9,7 @@ mask / train / restore iteration, ramping in `levels` steps to the targets (glob
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -41,15 +42,21 @@ from engine.profile import count_flops, profile_parts
 from engine.profiles import PROFILES, PruneBudget, profile_of
 from engine.prune import (
     RAMPS,
+    SENSITIVITY_IMAGES,
+    ChannelGroup,
     ChannelMasks,
     IncrementalPruner,
     SparsitySchedule,
+    allocate,
+    device_flops,
     prunable_groups,
     remove_pruned_channels,
+    sensitivity,
+    target_for,
 )
 from engine.report import provably_dominated
 from engine.train import accuracy, make_model
-from engine.training import pick_device, save_checkpoint
+from engine.training import discard_checkpoint, load_checkpoint, pick_device, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +71,28 @@ class LevelSchedule(SparsitySchedule):
 
     levels: int = 3
     hold_iterations: int = 0
+    # per level, group name -> its sparsity at that level (`engine.prune.allocation`); empty: each level the
+    # fraction (k + 1) / levels of every group's target
+    level_targets: tuple[tuple[tuple[str, float], ...], ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.levels < 1 or self.hold_iterations < 0:
             raise UserError("levels must be >= 1 and hold_iterations >= 0")
+        levels = tuple(tuple(sorted((str(k), float(v)) for k, v in dict(t).items())) for t in self.level_targets)
+        object.__setattr__(self, "level_targets", levels)
+        if levels and len(levels) != self.levels:
+            raise UserError(f"level_targets gives {len(levels)} levels, the schedule has {self.levels}")
+
+    def sparsity(self, group: ChannelGroup, iteration: int) -> float:
+        if not self.level_targets:
+            return super().sparsity(group, iteration)
+        k = min(iteration // self.level_iterations, self.levels - 1)
+        j = iteration - k * self.level_iterations
+        prev = dict(self.level_targets[k - 1]).get(group.name, 0.0) if k else 0.0
+        cur = dict(self.level_targets[k]).get(group.name, 0.0)
+        share = 1.0 if j >= self.ramp_iterations else float(RAMPS.get(self.ramp)((j + 1) / self.ramp_iterations))
+        return prev + (cur - prev) * share
 
     @property
     def level_iterations(self) -> int:
@@ -95,12 +119,15 @@ class LevelSchedule(SparsitySchedule):
 # Knobs that define a pruning run (its cache key), with their defaults beyond the profile budget.
 RUN_DEFAULTS: dict[str, Any] = {"per_stage": (), "output": None, "ramp": "cubic", "momentum": 0.9,
                                 "weight_decay": 5e-4, "lr_schedule": "cosine_restarts", "threshold_drop": 2.0,
-                                "stop": False, "distill": 0.0, REPLICATE_KNOB: 0}
+                                "stop": False, "distill": 0.0, REPLICATE_KNOB: 0, "allocation": "uniform"}
 RUN_KNOBS = (*PruneBudget.__dataclass_fields__, *RUN_DEFAULTS)
 # Knobs added to a pruning run's key after runs were stored: left out of the key at this value, so that every
 # stored run keeps its key (`distill` also lives in PruneBudget, whose default is the same 0.0; `replicate` moves the
 # run's seed: `VariantConfig.training_seed`)
-KEY_NEUTRAL: dict[str, Any] = {"distill": 0.0, REPLICATE_KNOB: 0}
+KEY_NEUTRAL: dict[str, Any] = {"distill": 0.0, REPLICATE_KNOB: 0, "allocation": "uniform"}
+# `allocation`: "uniform" (every group not named in `per_stage` pruned to `target`, the paper's) or "sensitivity"
+# (those groups' targets chosen on validation images for the same device FLOPs: `engine.prune.allocation`)
+ALLOCATIONS = ("uniform", "sensitivity")
 DISTILL_TEMPERATURE = 4.0  # Hinton et al. 2015's soft targets, the temperature of `distill`
 
 
@@ -144,6 +171,8 @@ def check_run_knobs(knobs: Mapping[str, Any], base: BaseModelConfig) -> LevelSch
     check_training_knobs(knobs)
     if not isinstance(knobs["stop"], bool):
         raise UserError(f"knob stop must be true or false, got {knobs['stop']!r}")
+    if knobs["allocation"] not in ALLOCATIONS:
+        raise UserError(f"knob allocation must be one of {', '.join(ALLOCATIONS)}, got {knobs['allocation']!r}")
     schedule = schedule_of(knobs)
     finetune_config(knobs, schedule, base)
     return schedule
@@ -285,6 +314,11 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     base_val = validation_accuracy(model, ctx.data, val_x, val_y)
     threshold = base_val - float(knobs["threshold_drop"]) / 100.0
     device_part, _ = split(model, cfg.split)
+    allocated, allocation_s = None, 0.0
+    if knobs["allocation"] == "sensitivity":
+        allocated, allocation_s = _allocation(model, cfg.split, schedule, ctx.data, val_x, val_y,
+                                              path.with_suffix(".allocation.pt"))
+        schedule = dataclasses.replace(schedule, level_targets=tuple(allocated))
     pruner = IncrementalPruner(device_part, schedule)
     hooks = _PruneHooks(model, pruner, schedule, ctx.data, (val_x, val_y), threshold, bool(knobs["stop"]))
     ft = finetune_config(knobs, schedule, cfg.base)
@@ -301,10 +335,46 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     pruner.close()
     run = {"key": key, "split": cfg.split, "base_id": cfg.base.id, "knobs": dict(knobs),
            "base_val_accuracy": base_val, "threshold": threshold, "stopped": result.stopped,
-           "seconds": result.seconds, "steps": result.steps, "snapshots": hooks.snapshots,
+           "seconds": result.seconds + allocation_s, "steps": result.steps, "snapshots": hooks.snapshots,
            "trained_on": result.trained_on}
+    if allocated is not None:
+        run["allocation"], run["allocation_seconds"] = allocated, allocation_s
     save_checkpoint(run, path)
+    discard_checkpoint(path.with_suffix(".allocation.pt"))
     return run
+
+
+def _allocation(model: nn.Module, point: str, schedule: LevelSchedule, data: ImageData, val_x: torch.Tensor,
+                val_y: torch.Tensor, path: Path) -> tuple[list[dict[str, float]], float]:
+    """Per level, per-group targets that give the device FLOPs of that level's uniform targets, chosen on the first
+    SENSITIVITY_IMAGES validation images (`engine.prune.allocation`: one greedy path, so each level's targets are at
+    least the last's); groups that `per_stage` names keep theirs. Saved at `path` before the run trains, so that a
+    resumed run follows the same targets. Returns the levels' targets and the seconds they took."""
+    saved = load_checkpoint(path)
+    if saved is not None:
+        return [dict(level) for level in saved["levels"]], float(saved["seconds"])
+    started = time.perf_counter()
+    x, y = val_x[:SENSITIVITY_IMAGES], val_y[:SENSITIVITY_IMAGES]
+    device_part = split(model, point)[0]
+    groups = prunable_groups(device_part)
+    named = dict(schedule.per_stage)
+    fixed = {g.name for g in groups if any(k in named for k in (g.name, "output" if g.is_output else None, *g.stages))}
+    curves = {name: curve for name, curve in sensitivity(model, lambda m: split(m, point)[0],
+                                                         lambda m: accuracy(m, x, y, data.mean, data.std)).items()
+              if name not in fixed}
+    levels = []
+    for k in range(schedule.levels):
+        share = schedule.level_fraction(k)
+        held = {g.name: target_for(g, schedule.target, named) * share for g in groups if g.name in fixed}
+        goal = device_flops(device_part, {g.name: target_for(g, schedule.target, named) * share for g in groups},
+                            groups)
+        chosen = allocate(curves, lambda s, held=held: device_flops(device_part, {**held, **s}, groups), goal)
+        levels.append({**held, **chosen})
+    seconds = time.perf_counter() - started
+    log.info("sensitivity allocation at %s in %.0f s: %s", point, seconds,
+             "; ".join(", ".join(f"{n} {v:.3f}" for n, v in sorted(level.items()) if v) for level in levels))
+    save_checkpoint({"levels": levels, "seconds": seconds}, path)
+    return levels, seconds
 
 
 @dataclass

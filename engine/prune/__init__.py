@@ -1,5 +1,6 @@
 """Communication-aware model compression, step 2 of the framework of Shao & Zhang 2020 ("Incremental network
-pruning"): l2-norm channel groups and masks (`groups`), the incremental mask/train/restore iteration with activation
+pruning"): l2-norm channel groups and masks (`groups`), per-group targets from measured sensitivity
+(`allocation`), the incremental mask/train/restore iteration with activation
 pruning of the split output (`incremental`), and physical removal of the pruned channels (`removal`). Only the device
 part of a split model is pruned; the server part only has its first layer adapted to the channels the device
 still sends.
@@ -17,6 +18,7 @@ Example (the training loop lives elsewhere)::
     small_device, small_server = remove_pruned_channels(device, masks, server)
 """
 
+from engine.prune.allocation import SENSITIVITY_IMAGES, allocate, device_flops, sensitivity
 from engine.prune.groups import (
     ChannelGroup,
     ChannelMasks,
@@ -25,10 +27,12 @@ from engine.prune.groups import (
     compute_masks,
     masks_from_scores,
     prunable_groups,
+    target_for,
 )
 from engine.prune.incremental import RAMPS, IncrementalPruner, SparsitySchedule
 from engine.prune.removal import ExpandChannels, adapt_server, remove_pruned_channels
 
-__all__ = ["RAMPS", "ChannelGroup", "ChannelMasks", "ExpandChannels", "IncrementalPruner",
-           "SparsitySchedule", "adapt_server", "apply_masks", "channel_norms", "compute_masks", "masks_from_scores",
-           "prunable_groups", "remove_pruned_channels"]
+__all__ = ["RAMPS", "SENSITIVITY_IMAGES", "ChannelGroup", "ChannelMasks", "ExpandChannels", "IncrementalPruner",
+           "SparsitySchedule", "adapt_server", "apply_masks", "channel_norms", "allocate", "compute_masks",
+           "device_flops", "masks_from_scores", "prunable_groups", "remove_pruned_channels", "sensitivity",
+           "target_for"]
