@@ -43,6 +43,7 @@ from engine.profiles import PROFILES, PruneBudget, profile_of
 from engine.prune import (
     RAMPS,
     SENSITIVITY_IMAGES,
+    SENSITIVITY_STEPS,
     ChannelGroup,
     ChannelMasks,
     IncrementalPruner,
@@ -316,7 +317,7 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     device_part, _ = split(model, cfg.split)
     allocated, allocation_s = None, 0.0
     if knobs["allocation"] == "sensitivity":
-        allocated, allocation_s = _allocation(model, cfg.split, schedule, ctx.data, val_x, val_y,
+        allocated, allocation_s = _allocation(cfg, ctx, model, schedule, val_x, val_y,
                                               path.with_suffix(".allocation.pt"))
         schedule = dataclasses.replace(schedule, level_targets=tuple(allocated))
     pruner = IncrementalPruner(device_part, schedule)
@@ -344,24 +345,23 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     return run
 
 
-def _allocation(model: nn.Module, point: str, schedule: LevelSchedule, data: ImageData, val_x: torch.Tensor,
+def _allocation(cfg: VariantConfig, ctx: RunContext, model: nn.Module, schedule: LevelSchedule, val_x: torch.Tensor,
                 val_y: torch.Tensor, path: Path) -> tuple[list[dict[str, float]], float]:
-    """Per level, per-group targets that give the device FLOPs of that level's uniform targets, chosen on the first
-    SENSITIVITY_IMAGES validation images (`engine.prune.allocation`: one greedy path, so each level's targets are at
-    least the last's); groups that `per_stage` names keep theirs. Saved at `path` before the run trains, so that a
-    resumed run follows the same targets. Returns the levels' targets and the seconds they took."""
+    """Per level, per-group targets that give the device FLOPs of that level's uniform targets, chosen on the
+    sensitivity curves of the split (`engine.prune.allocation`: one greedy path, so each level's targets are at least
+    the last's); groups that `per_stage` names keep theirs. Saved at `path` before the run trains, so that a resumed
+    run follows the same targets. Returns the levels' targets and the seconds they took (the curves' included where
+    this run measured them)."""
     saved = load_checkpoint(path)
     if saved is not None:
         return [dict(level) for level in saved["levels"]], float(saved["seconds"])
     started = time.perf_counter()
-    x, y = val_x[:SENSITIVITY_IMAGES], val_y[:SENSITIVITY_IMAGES]
-    device_part = split(model, point)[0]
+    curves = _sensitivity_curves(cfg, ctx, model, val_x, val_y)
+    device_part = split(model, cfg.split)[0]
     groups = prunable_groups(device_part)
     named = dict(schedule.per_stage)
     fixed = {g.name for g in groups if any(k in named for k in (g.name, "output" if g.is_output else None, *g.stages))}
-    curves = {name: curve for name, curve in sensitivity(model, lambda m: split(m, point)[0],
-                                                         lambda m: accuracy(m, x, y, data.mean, data.std)).items()
-              if name not in fixed}
+    curves = {name: curve for name, curve in curves.items() if name not in fixed}
     levels = []
     for k in range(schedule.levels):
         share = schedule.level_fraction(k)
@@ -371,10 +371,32 @@ def _allocation(model: nn.Module, point: str, schedule: LevelSchedule, data: Ima
         chosen = allocate(curves, lambda s, held=held: device_flops(device_part, {**held, **s}, groups), goal)
         levels.append({**held, **chosen})
     seconds = time.perf_counter() - started
-    log.info("sensitivity allocation at %s in %.0f s: %s", point, seconds,
+    log.info("sensitivity allocation at %s in %.0f s: %s", cfg.split, seconds,
              "; ".join(", ".join(f"{n} {v:.3f}" for n, v in sorted(level.items()) if v) for level in levels))
     save_checkpoint({"levels": levels, "seconds": seconds}, path)
     return levels, seconds
+
+
+def _sensitivity_curves(cfg: VariantConfig, ctx: RunContext, model: nn.Module, val_x: torch.Tensor,
+                        val_y: torch.Tensor) -> dict[str, list[tuple[float, float]]]:
+    """The split's sensitivity curves on the first SENSITIVITY_IMAGES validation images, cached per base model and
+    split (every pruning run there shares them)."""
+    key = config_id({"method": "three_step/sensitivity", "split": cfg.split, "base": cfg.base,
+                     "images": SENSITIVITY_IMAGES, "steps": list(SENSITIVITY_STEPS)})
+    path = ctx.cache / "models" / f"three_step-sensitivity-{key}.pt"
+    x, y = val_x[:SENSITIVITY_IMAGES], val_y[:SENSITIVITY_IMAGES]
+
+    def measure() -> dict[str, Any]:
+        started = time.perf_counter()
+        curves = sensitivity(model, lambda m: split(m, cfg.split)[0],
+                             lambda m: accuracy(m, x, y, ctx.data.mean, ctx.data.std))
+        out = {"curves": {k: [list(p) for p in v] for k, v in curves.items()},
+               "seconds": time.perf_counter() - started}
+        save_checkpoint(out, path)
+        return out
+
+    run = ctx.cached_run(path, f"the sensitivity of the groups at {cfg.split}", measure)
+    return {k: [(float(s), float(loss)) for s, loss in v] for k, v in run["curves"].items()}
 
 
 @dataclass

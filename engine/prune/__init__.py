@@ -18,7 +18,7 @@ Example (the training loop lives elsewhere)::
     small_device, small_server = remove_pruned_channels(device, masks, server)
 """
 
-from engine.prune.allocation import SENSITIVITY_IMAGES, allocate, device_flops, sensitivity
+from engine.prune.allocation import SENSITIVITY_IMAGES, SENSITIVITY_STEPS, allocate, device_flops, sensitivity
 from engine.prune.groups import (
     ChannelGroup,
     ChannelMasks,
@@ -32,7 +32,7 @@ from engine.prune.groups import (
 from engine.prune.incremental import RAMPS, IncrementalPruner, SparsitySchedule
 from engine.prune.removal import ExpandChannels, adapt_server, remove_pruned_channels
 
-__all__ = ["RAMPS", "SENSITIVITY_IMAGES", "ChannelGroup", "ChannelMasks", "ExpandChannels", "IncrementalPruner",
-           "SparsitySchedule", "adapt_server", "apply_masks", "channel_norms", "allocate", "compute_masks",
-           "device_flops", "masks_from_scores", "prunable_groups", "remove_pruned_channels", "sensitivity",
-           "target_for"]
+__all__ = ["RAMPS", "SENSITIVITY_IMAGES", "SENSITIVITY_STEPS", "ChannelGroup", "ChannelMasks", "ExpandChannels",
+           "IncrementalPruner", "SparsitySchedule", "adapt_server", "allocate", "apply_masks", "channel_norms",
+           "compute_masks", "device_flops", "masks_from_scores", "prunable_groups", "remove_pruned_channels",
+           "sensitivity", "target_for"]

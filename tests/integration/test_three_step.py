@@ -130,6 +130,29 @@ def test_activation_pruning_off_and_per_stage_targets(ctx: RunContext, base, ref
     assert reference["device_flops"] > row["device_flops"]
 
 
+def test_a_sensitivity_allocated_run_matches_the_uniform_flops(ctx: RunContext, base,  # noqa: ANN001
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    uniform = ThreeStep().run(VariantConfig.make("three_step", SPLIT, base, snapshot=2, output=0.0), ctx)
+    cfg = VariantConfig.make("three_step", SPLIT, base, snapshot=2, output=0.0, allocation="sensitivity")
+    run = pruning_run(cfg, ctx)
+    levels = run["allocation"]
+    assert len(levels) == len(run["snapshots"]) and run["allocation_seconds"] > 0
+    assert all(levels[k][g] <= levels[k + 1][g] for k in range(len(levels) - 1) for g in levels[k])  # nested
+    assert levels[-1]["conv4_x"] == 0.0  # the split output, named by `output`, keeps its target
+    assert len({v for v in levels[-1].values() if v}) > 1  # not one target for every group
+    row = ThreeStep().run(cfg, ctx)
+    assert row["device_flops"] <= uniform["device_flops"]  # at least as cheap as the uniform target's
+    assert pruned_split(cfg, ctx).masks.kept("conv4_x") == 32
+
+    def measured_again(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a run at the same split measured the sensitivity again")
+
+    monkeypatch.setattr(three_step, "sensitivity", measured_again)
+    other = pruning_run(VariantConfig.make("three_step", SPLIT, base, snapshot=2, output=0.0, hold_iterations=2,
+                                           allocation="sensitivity"), ctx)
+    assert other["allocation"] == levels  # the same curves and FLOPs goals: the same targets
+
+
 def _fake_validation(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> list[float]:
     seq = iter(values)
     seen: list[float] = []
