@@ -2,7 +2,8 @@
 incrementally, encode the feature with any registered coding (`encoder` knob; "none" is 8-bit + Huffman). One cached
 pruning run per (base, split, pruning knobs): l2-norm channel pruning of the device part with the paper's
 mask / train / restore iteration, ramping in `levels` steps to the targets (global `target`, per-stage targets and
-`output`, the activation pruning of the split output); each level's validated snapshot is a variant of its own (knob
+`output`, the activation pruning of the split output; or, with `allocation="sensitivity"`, per-group targets chosen
+on validation images for the same device FLOPs); each level's validated snapshot is a variant of its own (knob
 `snapshot`), and `snapshot="threshold"` keeps the last one whose validation accuracy holds the base's minus
 `threshold_drop` points (`stop=True` ends the ramp there). Pruned channels are removed before measuring."""
 
