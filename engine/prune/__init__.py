@@ -1,9 +1,8 @@
 """Communication-aware model compression, step 2 of the framework of Shao & Zhang 2020 ("Incremental network
-pruning"): l2-norm channel groups and masks (`groups`), per-group targets from measured sensitivity
-(`allocation`), the incremental mask/train/restore iteration with activation
-pruning of the split output (`incremental`), and physical removal of the pruned channels (`removal`). Only the device
-part of a split model is pruned; the server part only has its first layer adapted to the channels the device
-still sends.
+pruning"): l2-norm channel groups and masks (`groups`), per-group targets from measured sensitivity (`allocation`),
+the incremental mask/train/restore iteration with activation pruning of the split output (`incremental`), and
+physical removal of the pruned channels (`removal`). Only the device part of a split model is pruned; the server part
+only has its first layer adapted to the channels the device still sends.
 
 Example (the training loop lives elsewhere)::
 

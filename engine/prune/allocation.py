@@ -2,9 +2,9 @@
 Sect. 4.2: prune each layer alone, read the accuracy it costs, and prune the insensitive layers harder). Each group
 of a device part is masked alone, one-shot by l2 norm, at a few sparsities, and the validation accuracy each costs is
 read; a greedy walk then raises, one step at a time, the group whose next step costs the least accuracy per device
-FLOP it saves, until the device part is as cheap as a uniform target would make it. The result is a `per_stage` map
-of group names to targets that an incremental pruning run (`engine.prune.incremental`) follows instead of the
-uniform one."""
+FLOP it saves, until the device part is as cheap as a uniform target would make it. The result maps group names to
+targets; `three_step`'s pruning runs take one such map per level (`allocation="sensitivity"`) instead of the uniform
+target."""
 
 from __future__ import annotations
 
