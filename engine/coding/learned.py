@@ -106,9 +106,17 @@ class EncodedTraining:
     batch_size: int = 128
     seed: int = 0
     val_fraction: float = 0.1
+    # the seed of the train/validation split, None: `seed`. A variant's is its base model's: a replicate (another
+    # training seed) must train on the images the base model trained on and never on those it holds out
+    split_seed: int | None = None
     calibration_images: int = 2000
     label_smoothing: float = 0.1
     precision: str = "auto"  # engine.config.PRECISIONS: the base model's
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the train/validation split."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -284,7 +292,7 @@ def _fit(model: EncodedSplit, data: ImageData, enc: EncodingConfig, budget: Enco
     """The training loop: AdamW, one-cycle LR, CE + quantiser loss, quantisation switched on after the warm-up with
     the codewords placed on data; resumable at epoch boundaries from `partial`."""
     dev = pick_device()
-    split = train_val_split(data, budget.val_fraction, budget.seed)
+    split = train_val_split(data, budget.val_fraction, budget.data_seed)
     epochs = int(enc.epochs or budget.epochs)
     steps_per_epoch = math.ceil(len(split[0]) / budget.batch_size)
     hooks = _EncoderTraining(model, data, enc, budget, dev, split, epochs, steps_per_epoch)
@@ -441,6 +449,9 @@ def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: 
     done = load_checkpoint(checkpoint) if checkpoint is not None else None
     if done is not None:
         try:
+            if done.get("split_seed", budget.seed) != budget.data_seed:  # trained on another split: not this one
+                raise ValueError(f"its training split's seed is {done.get('split_seed', budget.seed)}, not "
+                                 f"{budget.data_seed}")
             model.load_state_dict(done["state_dict"])
             codec = CODECS.get(done["codec"]["codec"]).from_state(done["codec"])
             metrics = {"encode_trained_on": None, **done["metrics"]}  # None: saved before it was recorded
@@ -453,7 +464,7 @@ def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: 
                         str(exc)[:120])
     partial = checkpoint.with_suffix(".partial.pt") if checkpoint is not None else None
     stats = _fit(model, data, enc, budget, partial, progress)
-    train_x, _, _, _ = train_val_split(data, budget.val_fraction, budget.seed)
+    train_x, _, _, _ = train_val_split(data, budget.val_fraction, budget.data_seed)
     codec = fit_codec(model, train_x[: budget.calibration_images], data.mean, data.std, enc.codec)
     metrics, profile = measure_encoded(model, codec, data, split, time_device)
     model = model.cpu().eval()
@@ -464,7 +475,8 @@ def train_encoded(device: nn.Module, server: nn.Module, data: ImageData, split: 
     if checkpoint is not None:
         save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                          "codec": codec.state_dict(), "metrics": metrics, "profile": profile,
-                         "config": dataclasses.asdict(enc), "bits_measured": _BITS_MEASURED}, checkpoint)
+                         "config": dataclasses.asdict(enc), "bits_measured": _BITS_MEASURED,
+                         "split_seed": budget.data_seed}, checkpoint)
         partial.unlink(missing_ok=True)
         partial.with_suffix(partial.suffix + ".sha256").unlink(missing_ok=True)
     return EncodedResult(model, codec, metrics, profile)
@@ -492,7 +504,7 @@ def run_encoded(cfg: VariantConfig, env: CodingEnv, device: nn.Module, server: n
     """
     enc = enc if enc is not None else EncodingConfig.from_knobs(cfg.knobs)
     budget = EncodedTraining(epochs=env.profile.encoding_epochs,
-                             batch_size=env.profile.batch_size, seed=cfg.training_seed,
+                             batch_size=env.profile.batch_size, seed=cfg.training_seed, split_seed=cfg.base.seed,
                              val_fraction=cfg.base.val_fraction, calibration_images=env.profile.calibration_images,
                              label_smoothing=cfg.base.label_smoothing, precision=cfg.base.precision)
     checkpoint = env.cache / "models" / f"encoded-{cfg.id}.pt"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import engine.coding.learned as learned
 from engine.coding import FEATURE_CODINGS
 from engine.coding.encoders import ENCODERS, TwoStepEncoder, default_stride, feature_shape, two_step
 from engine.coding.learned import (
@@ -31,6 +32,7 @@ from engine.methods import RunContext
 from engine.models import END_POINTS, CifarResNet18, split, split_names
 from engine.profile import count_flops, profile_parts
 from engine.profiles import PROFILES
+from engine.training import load_checkpoint, save_checkpoint
 
 WIDTHS = (0.125, 0.25, 1.0)
 FEATURE_SPLITS = [s for s in split_names(coarse_only=False) if s not in END_POINTS]
@@ -235,6 +237,32 @@ def test_frozen_backbone_stays_and_finetuned_moves(base_model: CifarResNet18, ti
     assert frozen.profile["device_flops"] > m["encoder_flops"] > 0
 
 
+def test_a_replicate_trains_on_its_base_model_s_split(base_model: CifarResNet18, tiny_data: ImageData,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another training seed moves the encoder's initial weights and batches, never the split: the validation images
+    of the base model stay out of its training (a replicate checkpoint trained on another split is retrained)."""
+    seeds: list[int] = []
+    real = learned.train_val_split
+
+    def recorded(data: ImageData, fraction: float, seed: int):  # noqa: ANN202
+        seeds.append(seed)
+        return real(data, fraction, seed)
+
+    monkeypatch.setattr(learned, "train_val_split", recorded)
+    device, server = split(base_model, "conv4_x")
+    budget = dataclasses.replace(BUDGET, seed=1_000_003, split_seed=0)
+    path = tmp_path / "encoded.pt"
+    train_encoded(device, server, tiny_data, "conv4_x", EncodingConfig(backbone="frozen", d=8), budget, path,
+                  time_device=False)
+    assert seeds and set(seeds) == {0}
+    saved = load_checkpoint(path)
+    save_checkpoint({**saved, "split_seed": 1_000_003}, path)  # as one trained on the replicate's own split
+    seeds.clear()
+    train_encoded(device, server, tiny_data, "conv4_x", EncodingConfig(backbone="frozen", d=8), budget, path,
+                  time_device=False)
+    assert seeds and set(seeds) == {0} and load_checkpoint(path)["split_seed"] == 0  # trained again
+
+
 def test_reported_bits_and_accuracy_are_the_bitstreams(frozen: EncodedResult, tiny_data: ImageData) -> None:
     """Re-encode the test set with the returned codec: the mean stream length, the decoded symbols and the accuracy
     from them are what the metrics say."""
@@ -298,7 +326,6 @@ def test_feature_coding_for_three_step(smoke_ctx: RunContext, tiny_data: ImageDa
 
 def test_a_variant_s_encoder_trains_in_its_base_model_s_precision(tiny_data: ImageData, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.coding.learned as learned
 
     budgets = []
     monkeypatch.setattr(learned, "train_encoded", lambda *args: budgets.append(args[5]))
