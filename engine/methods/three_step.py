@@ -89,12 +89,16 @@ class LevelSchedule(SparsitySchedule):
     def sparsity(self, group: ChannelGroup, iteration: int) -> float:
         if not self.level_targets:
             return super().sparsity(group, iteration)
-        k = min(iteration // self.level_iterations, self.levels - 1)
-        j = iteration - k * self.level_iterations
+        k, share = self._position(iteration)
         prev = dict(self.level_targets[k - 1]).get(group.name, 0.0) if k else 0.0
         cur = dict(self.level_targets[k]).get(group.name, 0.0)
-        share = 1.0 if j >= self.ramp_iterations else float(RAMPS.get(self.ramp)((j + 1) / self.ramp_iterations))
         return prev + (cur - prev) * share
+
+    def _position(self, iteration: int) -> tuple[int, float]:
+        """(the level of `iteration`, the share of the way from the last level's sparsity to its own reached)."""
+        k = min(iteration // self.level_iterations, self.levels - 1)
+        j = iteration - k * self.level_iterations
+        return k, 1.0 if j >= self.ramp_iterations else float(RAMPS.get(self.ramp)((j + 1) / self.ramp_iterations))
 
     @property
     def level_iterations(self) -> int:
@@ -108,12 +112,8 @@ class LevelSchedule(SparsitySchedule):
         return (level + 1) / self.levels
 
     def fraction(self, iteration: int) -> float:
-        k = min(iteration // self.level_iterations, self.levels - 1)
-        j = iteration - k * self.level_iterations
-        prev, cur = k / self.levels, (k + 1) / self.levels
-        if j >= self.ramp_iterations:
-            return cur
-        return prev + (cur - prev) * float(RAMPS.get(self.ramp)((j + 1) / self.ramp_iterations))
+        k, share = self._position(iteration)
+        return (k + share) / self.levels
 
 
 # ---------------------------------------------------------------------------------------------------- knobs
@@ -365,10 +365,9 @@ def _allocation(cfg: VariantConfig, ctx: RunContext, model: nn.Module, schedule:
     curves = {name: curve for name, curve in curves.items() if name not in fixed}
     levels = []
     for k in range(schedule.levels):
-        share = schedule.level_fraction(k)
-        held = {g.name: target_for(g, schedule.target, named) * share for g in groups if g.name in fixed}
-        goal = device_flops(device_part, {g.name: target_for(g, schedule.target, named) * share for g in groups},
-                            groups)
+        uniform = {g.name: target_for(g, schedule.target, named) * schedule.level_fraction(k) for g in groups}
+        held = {name: uniform[name] for name in fixed}
+        goal = device_flops(device_part, uniform, groups)
         chosen = allocate(curves, lambda s, held=held: device_flops(device_part, {**held, **s}, groups), goal)
         levels.append({**held, **chosen})
     seconds = time.perf_counter() - started
