@@ -40,7 +40,7 @@ from engine.methods.base import (
 from engine.models import END_POINTS, split
 from engine.pareto import DECISION_COLUMN, accuracy_threshold_default
 from engine.profile import count_flops, profile_parts
-from engine.profiles import PROFILES, PruneBudget, profile_of
+from engine.profiles import BUDGET_NEUTRAL, PROFILES, PruneBudget, profile_of
 from engine.prune import (
     RAMPS,
     SENSITIVITY_IMAGES,
@@ -121,21 +121,21 @@ class LevelSchedule(SparsitySchedule):
 # Knobs that define a pruning run (its cache key), with their defaults beyond the profile budget.
 RUN_DEFAULTS: dict[str, Any] = {"per_stage": (), "output": None, "ramp": "cubic", "momentum": 0.9,
                                 "weight_decay": 5e-4, "lr_schedule": "cosine_restarts", "threshold_drop": 2.0,
-                                "stop": False, "distill": 0.0, REPLICATE_KNOB: 0, "allocation": "uniform"}
+                                "stop": False, **BUDGET_NEUTRAL, REPLICATE_KNOB: 0}
 RUN_KNOBS = (*PruneBudget.__dataclass_fields__, *RUN_DEFAULTS)
 # Knobs added to a pruning run's key after runs were stored: left out of the key at this value, so that every
-# stored run keeps its key (`distill` also lives in PruneBudget, whose default is the same 0.0; `replicate` moves the
-# run's seed: `VariantConfig.training_seed`)
-KEY_NEUTRAL: dict[str, Any] = {"distill": 0.0, REPLICATE_KNOB: 0, "allocation": "uniform"}
-# `allocation`: "uniform" (every group not named in `per_stage` pruned to `target`, the paper's) or "sensitivity"
-# (those groups' targets chosen on validation images for the same device FLOPs: `engine.prune.allocation`)
+# stored run keeps its key (`distill` and `allocation` live in PruneBudget too, with the same defaults; `replicate`
+# moves the run's seed: `VariantConfig.training_seed`)
+KEY_NEUTRAL: dict[str, Any] = {**BUDGET_NEUTRAL, REPLICATE_KNOB: 0}
+# `allocation` (`PruneBudget.allocation`): "uniform" (every group not named in `per_stage` pruned to `target`, the
+# paper's) or "sensitivity" (those groups' targets chosen on validation images for the same device FLOPs)
 ALLOCATIONS = ("uniform", "sensitivity")
 DISTILL_TEMPERATURE = 4.0  # Hinton et al. 2015's soft targets, the temperature of `distill`
 
 
 def run_knobs(cfg: VariantConfig, profile: str) -> dict[str, Any]:
     """The pruning-run knobs of a variant: its own, else the profile budget's, else RUN_DEFAULTS."""
-    knobs = {**PROFILES.get(profile).prune.knobs(), **RUN_DEFAULTS}
+    knobs = {**RUN_DEFAULTS, **PROFILES.get(profile).prune.knobs()}
     knobs.update({k: v for k, v in cfg.knobs if k in RUN_KNOBS})
     knobs["per_stage"] = tuple(sorted((str(k), float(v)) for k, v in dict(knobs["per_stage"]).items()))
     return knobs

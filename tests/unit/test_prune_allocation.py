@@ -102,3 +102,16 @@ def test_runs_of_the_uniform_allocation_keep_their_keys() -> None:
     wrong = VariantConfig.make("three_step", "conv4_x", base, allocation="greedy")
     with pytest.raises(UserError, match="allocation must be one of uniform, sensitivity"):
         check_run_knobs(run_knobs(wrong, "smoke"), base)
+
+
+def test_a_variant_without_run_knobs_follows_its_profile_s_allocation() -> None:
+    """The quick budget allocates by sensitivity: a variant that names no run knobs prunes as the budget says, one
+    that names `allocation=uniform` does not; a budget at the paper's uniform targets carries no `allocation` knob."""
+    base = PROFILES.get("quick").base_config("d")
+    bare = VariantConfig.make("three_step", "conv4_x", base, snapshot=1)
+    assert run_knobs(bare, "quick")["allocation"] == "sensitivity"
+    assert PROFILES.get("quick").prune.knobs()["allocation"] == "sensitivity"
+    uniform = VariantConfig.make("three_step", "conv4_x", base, snapshot=1, allocation="uniform")
+    assert run_knobs(uniform, "quick")["allocation"] == "uniform"
+    assert "allocation" not in PROFILES.get("smoke").prune.knobs()
+    assert run_knobs(VariantConfig.make("three_step", "conv4_x", base), "smoke")["allocation"] == "uniform"

@@ -132,7 +132,7 @@ def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rule
         raise AssertionError((split, level, family, capacity, run))
 
     probe = pick("conv4_x", -1, "uniform", 8)
-    missed = pick("conv4_x", 1, "uniform", 8, target=0.48, hold_iterations=30, output=None)
+    missed = pick("conv4_x", 1, "uniform", 8, target=0.32, hold_iterations=62, output=None)
     lost = pick("conv4_x", -1, "two_step", 16, 2)
     shallow = pick("conv3_x", -1, "uniform", 8)
     measured = {probe.key: Measured(planner.shapes[probe.key], {**world(probe.variant)}),
@@ -141,8 +141,8 @@ def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rule
                                                                   "deployed_val_accuracy": 0.70}),
                 lost.key: Measured(planner.shapes[lost.key], {**world(lost.variant), "deployed_val_accuracy": 0.75})}
     forecasts = {f.candidate.key: f for f in planner.forecasts(measured)}
-    deeper = pick("conv4_x", 2, "uniform", 4, target=0.48, hold_iterations=14, output=0.9)
-    shallower = pick("conv4_x", 0, "uniform", 8, target=0.48, hold_iterations=30, output=None)
+    deeper = pick("conv4_x", 1, "uniform", 4, target=0.48, hold_iterations=30, output=0.9)
+    shallower = pick("conv4_x", 0, "uniform", 8, target=0.32, hold_iterations=62, output=None)
     smaller = pick("conv4_x", -1, "two_step", 8, 1)
     larger = pick("conv4_x", -1, "two_step", 32, 2)
     assert not forecasts[deeper.key].possible and "sparser" in forecasts[deeper.key].why
@@ -152,7 +152,7 @@ def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rule
     assert not forecasts[pick("conv3_x", -1, "two_step", 16, 2).key].possible
     assert forecasts[pick("conv3_x", -1, "two_step", 32, 2).key].possible
     # a coding measured at a split gives its bits there to every pruning
-    pruned = pick("conv4_x", 2, "two_step", 16, 2, target=0.48, hold_iterations=14, output=None)
+    pruned = pick("conv4_x", 1, "two_step", 16, 2, target=0.48, hold_iterations=30, output=None)
     assert forecasts[pruned.key].bits == pytest.approx(world(lost.variant)["bits_actual"])
 
 
@@ -253,8 +253,8 @@ def test_a_level_of_a_run_below_the_threshold_rules_out_its_deeper_levels() -> N
     planner = Planner(SPACE, "quick", env, THRESHOLD)
     measured = {c.key: Measured(s, world(c.variant)) for c in planner.candidates
                 if (s := planner.shapes[c.key]).level < 0}
-    stopped = next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == "conv4_x" and s.level == 2
-                   and s.reference and s.hold == 30 and s.sparsity == pytest.approx(0.72))
+    stopped = next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == "conv4_x" and s.level == 1
+                   and s.reference and s.hold == 30 and s.sparsity == pytest.approx(0.48))
     # its first level validated within the margin below the threshold: the study's pruner stopped it there
     measured[stopped.key] = Measured(planner.shapes[stopped.key], None, {0: THRESHOLD - 0.003}, stopped=True)
     same_run = [f for f in planner.forecasts(measured) if f.shape.split == "conv4_x"
@@ -296,7 +296,7 @@ def test_estimates_carry_a_snapshot_s_extra_loss_and_a_pruning_s_fitted_loss() -
                     and (s.level, s.family, s.capacity) == (level, family, capacity)
                     and all(dict(c.variant.knobs).get(n) == v for n, v in run.items()))
 
-    snapshot = {"target": 0.48, "hold_iterations": 14, "output": None}
+    snapshot = {"target": 0.32, "hold_iterations": 62, "output": None}
     measured = {c.key: Measured(s, world(c.variant)) for c in planner.candidates
                 if (s := planner.shapes[c.key]).level < 0 and (s.reference or s.split == "conv4_x")}
     ref = find("conv4_x", 0, "uniform", (8.0,), **snapshot)
@@ -322,15 +322,15 @@ def test_a_run_not_trained_yet_costs_its_run_s_seconds_besides_the_coding() -> N
     measured = {c.key: Measured(planner.shapes[c.key], world(c.variant), seconds=20.0) for c in probes}
     coding = next(c for c in planner.candidates if (s := planner.shapes[c.key]).level < 0 and not s.reference
                   and s.split == "conv4_x")
-    run_ref = next(c for c in planner.candidates if (s := planner.shapes[c.key]).level == 1 and s.reference
+    run_ref = next(c for c in planner.candidates if (s := planner.shapes[c.key]).level == 0 and s.reference
                    and s.split == "conv4_x")
     measured[coding.key] = Measured(planner.shapes[coding.key], world(coding.variant), seconds=90.0)
     measured[run_ref.key] = Measured(planner.shapes[run_ref.key], world(run_ref.variant), seconds=400.0)
     k = _Knowledge(measured.values(), THRESHOLD, planner.depth)
     same_run = next(c for c in planner.candidates if (s := planner.shapes[c.key]).run == planner.shapes[
-        run_ref.key].run and s.split == "conv4_x" and s.level == 0 and not s.reference)  # a level below the row's
+        run_ref.key].run and s.split == "conv4_x" and s.level == 0 and not s.reference)  # the row's level
     deeper_level = next(c for c in planner.candidates if (s := planner.shapes[c.key]).run == planner.shapes[
-        run_ref.key].run and s.split == "conv4_x" and s.level == 2 and not s.reference)
+        run_ref.key].run and s.split == "conv4_x" and s.level == 1 and not s.reference)
     assert k.cost(planner.shapes[same_run.key]) == pytest.approx(90.0)  # the run is trained there
     assert k.cost(planner.shapes[deeper_level.key]) == pytest.approx(490.0)
 

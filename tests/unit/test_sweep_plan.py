@@ -106,7 +106,7 @@ def test_every_variant_the_engine_proposes_passes_its_check(profile: str) -> Non
     ("original", "conv3_x", {"sparsity": 0.5}, "original has no knob 'sparsity'; its knobs: bits"),
     ("three_step", "conv4_x", {"target": 2}, r"knob target must be in \[0, 1\]"),
     ("three_step", "conv4_x", {"levels": True}, "knob levels must be a whole number"),
-    ("three_step", "conv4_x", {"snapshot": 3}, "knob snapshot is a level from 0 to 2, 'threshold' or 'none', got 3"),
+    ("three_step", "conv4_x", {"snapshot": 2}, "knob snapshot is a level from 0 to 1, 'threshold' or 'none', got 2"),
     ("three_step", "conv4_x", {"stop": "yes"}, "knob stop must be true or false"),
     ("three_step", "conv4_x", {"lr_schedule": "step"}, "unknown lr_schedule 'step'"),
     ("three_step", "conv4_x", {"per_stage": 3}, "a knob cannot be used"),
@@ -135,7 +135,7 @@ def test_hand_added_variants_a_user_would_submit_pass() -> None:
     pruned = sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, target=0.32, levels=2, iteration_steps=64,
                                hold_iterations=30, snapshot=1)
     assert pruned.spec.knobs["levels"] == 2
-    assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot="2").spec.knobs["snapshot"] == "2"
+    assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot="1").spec.knobs["snapshot"] == "1"
     assert sweep.one_variant("two_step_pruning", "conv3_x", "quick", FAKE_BASE, step1=0.25).spec.knobs["step1"] == 0.25
     assert sweep.one_variant("bottlenet_pp", "conv5_x", "quick", FAKE_BASE, ratio=64,
                              enc_codec="huffman").spec.knobs["enc_codec"] == "huffman"
