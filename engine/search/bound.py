@@ -23,8 +23,8 @@ What rules a configuration out (each from the study's own trials, so that what i
 - its pruning's 8-bit row, or a level its run reported while training, is below the threshold by more than a margin
   (a coding does not win back what the pruning lost), or a level of its own run no deeper is below the threshold
   (a run only removes channels from level to level);
-- a pruning at the same split that is no sparser (body and split output) and held its levels no shorter missed it
-  (the l2 schedule only removes channels; more fine-tuning only helps);
+- a pruning at the same split that is no sparser (body and split output), allocated alike (`Shape.allocation`) and
+  held its levels no shorter missed it (the l2 schedule only removes channels; more fine-tuning only helps);
 - its coding loses more than its pruning's margin over the threshold: the loss of a coding at a split is at least
   the smallest loss measured there, or at a deeper split, of any coding of the same family with no less capacity
   (fewer bits, fewer channels, fewer codewords lose no less; a shallower feature codes no better).
@@ -129,6 +129,13 @@ class Shape:
     def reference(self) -> bool:
         """The pruning's 8-bit + Huffman row (the one that tells whether the pruning holds the threshold)."""
         return self.family == "uniform" and self.capacity == (8.0,)
+
+    @property
+    def allocation(self) -> str:
+        """How its run set each group's target (`three_step`'s `allocation`): sparsities compare only between runs
+        of one allocation (a sensitivity run at a larger target goes further down the same greedy path; a uniform
+        one prunes other groups)."""
+        return str(dict(self.pruning).get("allocation", "uniform"))
 
 
 def shape_of(variant: VariantConfig, profile: str) -> Shape:
@@ -307,8 +314,8 @@ class Planner:
                 t.level < 0 and t.family == s.family and _no_more(s.capacity, t.capacity) and t != s
                 and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0) for t in flying)
         return any(t.level >= 0 and t.split == s.split and t.run != s.run and t.hold >= s.hold
-                   and t.sparsity / (t.level + 1) <= s.sparsity + 1e-9 and t.output / (t.level + 1) <= s.output + 1e-9
-                   for t in flying)
+                   and t.allocation == s.allocation and t.sparsity / (t.level + 1) <= s.sparsity + 1e-9
+                   and t.output / (t.level + 1) <= s.output + 1e-9 for t in flying)
 
     def _first(self, c: Candidate, s: Shape, measured: Mapping[tuple, Measured]) -> Candidate | None:
         """What to measure before a coded candidate, the most telling for its cost first. Where a coding already held
@@ -348,7 +355,8 @@ class Planner:
     def _figures(s: Shape, probe: Mapping[str, Any], k: _Knowledge) -> dict[str, Any]:
         """The figures the latency model reads, forecast for a candidate: its pruning's as measured, else the
         unpruned split's scaled by (1 - s)^2 and by the least ratio of measured to scaled FLOPs among the split's
-        pruned rows (at least 1); the encoder's device FLOPs seen at the split; its bits."""
+        pruned rows (below 1 where a sensitivity allocation saved more than the uniform figure); the encoder's
+        device FLOPs seen at the split; its bits."""
         keep = 1.0 - s.sparsity
         row: dict[str, Any] = dict(probe)
         pruned = k.pruning_row.get((s.split, s.pruning))
@@ -453,7 +461,7 @@ class _Knowledge:
             floor = number(self.probe.get(s.split, {}), "device_flops") * (1.0 - s.sparsity) ** 2
             if s.level >= 0 and floor > 0:
                 factor = number(row, "device_flops") / floor
-                self.flops_factor[s.split] = min(self.flops_factor.get(s.split, math.inf), max(1.0, factor))
+                self.flops_factor[s.split] = min(self.flops_factor.get(s.split, math.inf), factor)
         for s, row in self.coded:
             ref = self.pruning_row.get((s.split, s.pruning))
             if ref is not None:
@@ -564,8 +572,8 @@ class _Knowledge:
         coding's least loss there), or why it cannot meet the threshold."""
         if s.level >= 0:
             for m in self.missed:
-                if (m.split == s.split and m.sparsity <= s.sparsity + 1e-9 and m.output <= s.output + 1e-9
-                        and m.hold >= s.hold):
+                if (m.split == s.split and m.allocation == s.allocation and m.sparsity <= s.sparsity + 1e-9
+                        and m.output <= s.output + 1e-9 and m.hold >= s.hold):
                     return math.nan, "a no sparser pruning at this split missed the threshold"
         base = self.pruning_val.get((s.split, s.pruning))
         if s.level >= 0:  # a run only removes channels: a deeper level validates no better than a shallower one

@@ -5,6 +5,7 @@ pruned and coded variants that need them, and rules out what the measured rows r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -154,6 +155,37 @@ def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rule
     # a coding measured at a split gives its bits there to every pruning
     pruned = pick("conv4_x", 1, "two_step", 16, 2, target=0.48, hold_iterations=30, output=None)
     assert forecasts[pruned.key].bits == pytest.approx(world(lost.variant)["bits_actual"])
+
+
+def test_a_missed_pruning_rules_out_only_sparser_runs_allocated_alike() -> None:
+    """The quick space's runs allocate by sensitivity; a uniform run that missed at the same sparsity says nothing of
+    them (it prunes other groups), a sensitivity run that missed rules out the sparser ones."""
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+
+    def pick(level: int, **run: object) -> object:
+        return next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == "conv4_x"
+                    and s.level == level and s.reference
+                    and all(dict(c.variant.knobs).get(n) == v for n, v in run.items()))
+
+    probe = next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == "conv4_x" and s.level < 0
+                 and s.reference)
+    missed = pick(0, target=0.32, hold_iterations=62, output=None)
+    sparser = pick(1, target=0.48, hold_iterations=30, output=None)
+    shape = planner.shapes[missed.key]
+    assert shape.allocation == "sensitivity" == planner.shapes[sparser.key].allocation
+
+    def uniform(knobs: tuple) -> tuple:
+        return tuple((k, "uniform" if k == "allocation" else v) for k, v in knobs)
+
+    other = dataclasses.replace(shape, pruning=uniform(shape.pruning), run=uniform(shape.run))
+    low = {**world(missed.variant), "deployed_val_accuracy": 0.70}
+    measured = {probe.key: Measured(planner.shapes[probe.key], world(probe.variant)),
+                ("uniform run",): Measured(other, low)}
+    assert {f.candidate.key: f for f in planner.forecasts(measured)}[sparser.key].possible
+    measured[missed.key] = Measured(shape, low)
+    forecast = {f.candidate.key: f for f in planner.forecasts(measured)}[sparser.key]
+    assert not forecast.possible and "no sparser pruning" in forecast.why
 
 
 def test_every_trial_s_params_are_one_candidate_s_key() -> None:
