@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
@@ -18,8 +20,10 @@ if str(PROJECT_ROOT) not in sys.path:
 import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
+from engine.coding.learned import EncodingConfig  # noqa: E402
+from engine.methods.three_step import RUN_DEFAULTS  # noqa: E402
 from engine.pareto import DECISION_COLUMN, latency_vs_rate, validation_threshold  # noqa: E402
-from engine.profiles import PROFILES  # noqa: E402
+from engine.profiles import PROFILES, Profile  # noqa: E402
 from engine.report import (  # noqa: E402
     claim_by_split,
     composed_against_baselines,
@@ -29,7 +33,7 @@ from engine.report import (  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
 
 RATES_KBPS = (10, 40, 100, 1000)
-CODINGS = {"two_step": "learned encoder", "jscc": "JSCC"}  # encoder "none": uniform quantisation + Huffman
+CODINGS = {"jscc": "JSCC"}  # other encoders than the two-step one and "none" (uniform quantisation + Huffman)
 
 
 def _ms(v: object) -> str:
@@ -46,16 +50,52 @@ def in_split_order(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(_split=rows["split"].map(order)).sort_values(["_split", "method"], kind="stable")
 
 
-def setting(row: pd.Series, budget: dict | None = None) -> str:
-    """A row's knobs in a few words; pruning knobs that differ from the grid's `budget` are named."""
+@dataclass(frozen=True)
+class GridKnobs:
+    """What a profile's grid trains with, so that a row's setting names only what differs: its pruning run's knobs
+    (the budget over `RUN_DEFAULTS`) and how its learned encoders train."""
+
+    run: dict[str, Any]
+    encoding: dict[str, Any]
+
+    @staticmethod
+    def of(profile: Profile) -> GridKnobs:
+        return GridKnobs({**RUN_DEFAULTS, **profile.prune.knobs()}, profile.encoding_knobs())
+
+
+def _value(v: Any) -> Any:
+    return [list(x) if isinstance(x, list | tuple) else x for x in v] if isinstance(v, list | tuple) else v
+
+
+def coding_label(knobs: dict[str, Any], grid: GridKnobs | None = None) -> str:
+    """A `three_step` row's coding: bits of uniform + Huffman, or the learned encoder's size, with its training
+    where it is not the profile's."""
+    encoder = str(knobs.get("encoder", "none"))
+    if encoder == "none":
+        return f"{knobs.get('bits', 8)}-bit+Huffman"
+    if encoder != "two_step":
+        return CODINGS.get(encoder, encoder)
+    enc = EncodingConfig.from_knobs(knobs)
+    text = f"codebook {enc.codebook}" if enc.quantizer == "vector" else f"encoder d={enc.d} {enc.bits}-bit"
+    epochs = knobs.get("enc_epochs", enc.epochs)
+    if grid is not None and (epochs, enc.backbone) != (grid.encoding["enc_epochs"], grid.encoding["enc_backbone"]):
+        how = {"server": "device frozen", "finetune": "fine-tuned"}.get(enc.backbone, enc.backbone)
+        text += f" ({epochs} ep, {how})"
+    return text
+
+
+def setting(row: pd.Series, grid: GridKnobs | None = None) -> str:
+    """A row's knobs in a few words; pruning knobs that differ from the grid's are named."""
     knobs = row["knobs"] if isinstance(row["knobs"], dict) else {}
     if row["method"] == "three_step":
-        encoder = str(knobs.get("encoder", "none"))
-        coding = f"{knobs.get('bits', 8)}-bit+Huffman" if encoder == "none" else CODINGS.get(encoder, encoder)
+        coding = coding_label(knobs, grid)
         level = row.get("level")
-        text = f"level {int(level)} {coding}" if pd.notna(level) and level >= 0 else f"unpruned {coding}"
-        other = {k: knobs[k] for k in (budget or {}) if k in knobs and knobs[k] != budget[k]}
-        return text + (" (" + ", ".join(f"{k}={v}" for k, v in other.items()) + ")" if other else "")
+        if not (pd.notna(level) and level >= 0):
+            return f"unpruned {coding}"
+        run = grid.run if grid is not None else {}
+        other = {k: v for k in run if _value(v := knobs.get(k, RUN_DEFAULTS.get(k))) != _value(run[k])}
+        return f"level {int(level)} {coding}" + (
+            " (" + ", ".join(f"{k}={v}" for k, v in other.items()) + ")" if other else "")
     if row["method"] == "two_step_pruning":
         return f"step1 {knobs.get('step1')}"
     if row["method"] == "bottlenet_pp":
@@ -63,7 +103,7 @@ def setting(row: pd.Series, budget: dict | None = None) -> str:
     return "base"
 
 
-def pruning_section(rows: pd.DataFrame, budget: dict | None = None) -> str:
+def pruning_section(rows: pd.DataFrame, grid: GridKnobs | None = None) -> str:
     out = ["| split | method | setting | channel sparsity | device MFLOPs | FLOPs reduction | device memory kB | "
            "device CPU ms | bits/image | test acc |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     keep = rows[rows["method"].isin(["original", "three_step", "two_step_pruning"])]
@@ -74,14 +114,14 @@ def pruning_section(rows: pd.DataFrame, budget: dict | None = None) -> str:
         for _, r in at.sort_values(["_rank", "device_flops"], ascending=[True, False]).iterrows():
             sparsity = r.get("sparsity", 0.0)
             reduction = r.get("flops_reduction")
-            out.append(f"| {s} | {r['method']} | {setting(r, budget)} | {0.0 if pd.isna(sparsity) else sparsity:.3f} | "
+            out.append(f"| {s} | {r['method']} | {setting(r, grid)} | {0.0 if pd.isna(sparsity) else sparsity:.3f} | "
                        f"{r['device_flops'] / 1e6:.2f} | {'1.00' if pd.isna(reduction) else f'{reduction:.2f}'}x | "
                        f"{r['device_memory_bytes'] / 1e3:,.0f} | {_ms(r.get('device_cpu_seconds'))} | "
                        f"{r['bits_actual']:,.1f} | {_pct(r['accuracy'])} |")
     return "\n".join(out)
 
 
-def claim_section(rows: pd.DataFrame, threshold: float, budget: dict | None = None) -> str:
+def claim_section(rows: pd.DataFrame, threshold: float, grid: GridKnobs | None = None) -> str:
     claim = claim_by_split(rows, threshold)
     out = [f"Threshold {_pct(threshold)} on validation accuracy (the base model's minus the allowed drop); every "
            "choice reads the validation accuracy, the test accuracy reports. Per split, `three_step`'s variant with "
@@ -102,7 +142,7 @@ def claim_section(rows: pd.DataFrame, threshold: float, budget: dict | None = No
             "| split | method | setting | bits/image (ideal) | device MFLOPs | val acc | test acc |",
             "|---|---|---|---:|---:|---:|---:|"]
     for _, r in in_split_order(best).iterrows():
-        out.append(f"| {r['split']} | {r['method']} | {setting(r, budget)} | {r['bits_actual']:,.1f} "
+        out.append(f"| {r['split']} | {r['method']} | {setting(r, grid)} | {r['bits_actual']:,.1f} "
                    f"({r['bits_ideal']:,.1f}) | {r['device_flops'] / 1e6:.2f} | {_pct(r[DECISION_COLUMN])} | "
                    f"{_pct(r['accuracy'])} |")
     beaten = dominated_points(rows, threshold)
@@ -114,7 +154,7 @@ def claim_section(rows: pd.DataFrame, threshold: float, budget: dict | None = No
     return "\n".join(out)
 
 
-def composed_section(rows: pd.DataFrame, threshold: float, budget: dict | None = None) -> str:
+def composed_section(rows: pd.DataFrame, threshold: float, grid: GridKnobs | None = None) -> str:
     """Per split, `three_step`'s pruned and coded row that dominates the most qualifying baseline rows there, and
     what it does not dominate."""
     table = composed_against_baselines(rows, threshold)
@@ -127,7 +167,7 @@ def composed_section(rows: pd.DataFrame, threshold: float, budget: dict | None =
         if not isinstance(c["id"], str):  # no pruned and coded row there (pandas may hold that None as NaN)
             out.append(f"| {c['split']} | – | – | – | – | – | 0 of {c['rivals']} | {c['not_dominated']} |")
             continue
-        out.append(f"| {c['split']} | {setting(by_id.loc[c['id']], budget)} | "
+        out.append(f"| {c['split']} | {setting(by_id.loc[c['id']], grid)} | "
                    f"{c['device_flops'] / 1e6:.2f} | {c['bits']:,.1f} | {_pct(c[DECISION_COLUMN])} | "
                    f"{_pct(c['accuracy'])} | {c['dominated']} of {c['rivals']} | {c['not_dominated'] or '–'} |")
     return "\n".join(out)
@@ -211,12 +251,12 @@ def main(argv: list[str] | None = None) -> None:
           "rows: "
           + ", ".join(f"{m} {n}" for m, n in counts.items()) + ".\n")
     print("### Pruning at each split\n")
-    budget = profile.prune.knobs()
-    print(pruning_section(rows, budget))
+    grid = GridKnobs.of(profile)
+    print(pruning_section(rows, grid))
     print("\n### Best variant per split and the paper's claim\n")
-    print(claim_section(rows, threshold, budget))
+    print(claim_section(rows, threshold, grid))
     print("\n### The three steps together\n")
-    print(composed_section(rows, threshold, budget))
+    print(composed_section(rows, threshold, grid))
     print()
     print(goals_section(rows, threshold))
     print("\n### Figure 4: latency against link rate\n")
