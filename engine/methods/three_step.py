@@ -40,7 +40,7 @@ from engine.methods.base import (
 from engine.models import END_POINTS, split
 from engine.pareto import DECISION_COLUMN, accuracy_threshold_default
 from engine.profile import count_flops, profile_parts
-from engine.profiles import BUDGET_NEUTRAL, PROFILES, PruneBudget, profile_of
+from engine.profiles import BUDGET_NEUTRAL, PROFILES, Profile, PruneBudget, profile_of
 from engine.prune import (
     RAMPS,
     SENSITIVITY_IMAGES,
@@ -135,10 +135,7 @@ DISTILL_TEMPERATURE = 4.0  # Hinton et al. 2015's soft targets, the temperature 
 
 def run_knobs(cfg: VariantConfig, profile: str) -> dict[str, Any]:
     """The pruning-run knobs of a variant: its own, else the profile budget's, else RUN_DEFAULTS."""
-    knobs = {**RUN_DEFAULTS, **PROFILES.get(profile).prune.knobs()}
-    knobs.update({k: v for k, v in cfg.knobs if k in RUN_KNOBS})
-    knobs["per_stage"] = tuple(sorted((str(k), float(v)) for k, v in dict(knobs["per_stage"]).items()))
-    return knobs
+    return _full_run({**PROFILES.get(profile).prune.knobs(), **{k: v for k, v in cfg.knobs if k in RUN_KNOBS}})
 
 
 def schedule_of(knobs: Mapping[str, Any]) -> LevelSchedule:
@@ -521,7 +518,7 @@ class ThreeStep:
         profile = profile_of(base)
         budget = profile.prune
         splits = [s for s in splits if s not in END_POINTS]
-        runs = [budget.knobs(), *({**budget.knobs(), "output": o} for o in profile.output_sparsities)]
+        runs = grid_runs(profile)
         pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **run)
                   for run in runs for k in range(budget.levels) for s in splits]
         encoding = profile_of(base).encoding_knobs()
@@ -531,7 +528,8 @@ class ThreeStep:
 
     def followups(self, base: BaseModelConfig, rows: Iterable[Mapping[str, Any]]) -> list[VariantConfig]:
         """The three steps crossed, as the paper's brute force fills its lookup table: every pruning snapshot of
-        `rows` (this base model's measured 8-bit rows) whose validation accuracy holds its run's threshold, and the
+        `rows` (this base model's measured 8-bit rows) of a run of the profile's grid (`grid_runs`: runs added by
+        hand with other knobs are not crossed) whose validation accuracy holds its run's threshold, and the
         unpruned split wherever a snapshot was measured, each with every coding the base's profile names
         (`Profile.codings`). Known only once the pruning runs are measured: a sweep asks again as rows arrive.
 
@@ -549,13 +547,14 @@ class ThreeStep:
         base_id = base.id  # a hash of the config: once, not once per row
         rows = [r for r in rows if r.get("base_id") == base_id and r.get("method") == "three_step"]
         profile, candidates, splits = profile_of(base), {}, []
+        grid = [_full_run(run) for run in grid_runs(profile)]
         for row in rows:
             level, holds = _snapshot_level(row, base_id)
             if level is None:
                 continue
             splits += [row["split"]] if row["split"] not in splits else []
-            if holds:
-                run = {k: v for k, v in row["knobs"].items() if k in RUN_KNOBS}
+            run = {k: v for k, v in row["knobs"].items() if k in RUN_KNOBS}
+            if holds and _full_run(run) in grid:
                 for c in profile.codings:
                     v = self._coded(row["split"], base, {**run, "snapshot": level}, c)
                     candidates.setdefault(v.id, (v, _number(row.get("device_flops"))))
@@ -684,6 +683,26 @@ def _snapshot_level(row: Mapping[str, Any], base_id: str) -> tuple[int | None, b
     if isinstance(level, bool) or not isinstance(level, int):
         return None, False
     return level, val is not None and need is not None and val >= need
+
+
+def grid_runs(profile: Profile) -> list[dict[str, Any]]:
+    """The pruning runs of a profile's grid: its budget's, and one per activation-pruning target of the split output
+    (`Profile.output_sparsities`).
+
+    Args:
+        profile: the profile.
+    Returns:
+        each run's knobs, as its variants carry them.
+    """
+    budget = profile.prune.knobs()
+    return [budget, *({**budget, "output": o} for o in profile.output_sparsities)]
+
+
+def _full_run(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's knobs over `RUN_DEFAULTS`, spelt one way (a stored row's lists as tuples), to compare runs."""
+    knobs = {**RUN_DEFAULTS, **run}
+    knobs["per_stage"] = tuple(sorted((str(k), float(v)) for k, v in dict(knobs["per_stage"]).items()))
+    return knobs
 
 
 def _number(value: Any) -> float:

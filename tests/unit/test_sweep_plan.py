@@ -3,6 +3,7 @@ the engine proposes passes its method's check, and a knob a method cannot use is
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,6 +198,19 @@ def test_snapshots_that_hold_the_threshold_are_crossed_with_every_coding() -> No
             assert v.knob("target") == 0.5 and v.knob("levels") == 3
     below = METHODS.get("three_step").followups(SMOKE_BASE, [snapshot_row(0, 0.5)])  # nothing holds: unpruned only
     assert [v.knob("snapshot") for v in below] == ["none"] * len(codings)
+
+
+def test_only_snapshots_of_the_grid_s_runs_are_crossed() -> None:
+    """A run added by hand with other knobs (another target, allocation, output target or seed) is not the grid's:
+    its holding snapshots are not crossed; the grid's own run is, its stored knobs read back from JSON."""
+    stored = snapshot_row(1, 0.80)
+    stored = {**stored, "knobs": json.loads(json.dumps(stored["knobs"]))}
+    rows = [snapshot_row(0, 0.80, target=0.4), snapshot_row(0, 0.80, allocation="sensitivity"),
+            snapshot_row(0, 0.80, output=0.8), snapshot_row(0, 0.80, replicate=1), stored]
+    crossed = METHODS.get("three_step").followups(SMOKE_BASE, rows)
+    pruned = [v for v in crossed if v.knob("snapshot") != "none"]
+    assert len(pruned) == len(PROFILES.get("smoke").codings)
+    assert all(v.knob("snapshot") == 1 and v.knob("target") == 0.5 and v.knob("output") is None for v in pruned)
 
 
 def test_the_sweep_plans_only_unmeasured_followups_after_the_planned_grid(tmp_path: Path) -> None:
