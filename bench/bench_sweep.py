@@ -6,8 +6,10 @@ Run after (or during) a sweep: python bench/bench_sweep.py [--profile quick] [--
 from __future__ import annotations
 
 import argparse
+import calendar
 import os
 import sys
+import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +70,15 @@ def above_threshold(base_id: str, drop: float) -> set[str] | None:
     return set(table["id"][meets_threshold(table, threshold)])
 
 
+def utc_time(text: str) -> float:
+    """A UTC time, ISO 8601 without a zone (YYYY-MM-DDTHH:MM[:SS]), as seconds since the epoch."""
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%S" if text.count(":") == 2 else
+                                             "%Y-%m-%dT%H:%M"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a UTC time YYYY-MM-DDTHH:MM[:SS]: {text!r}") from e
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -75,9 +86,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", help="job table (default: the cache's)")
     parser.add_argument("--drop", type=float, default=DEFAULT_ACCURACY_DROP,
                         help="allowed validation accuracy drop below the base's (fraction, default 0.02)")
+    parser.add_argument("--since", type=utc_time, default=None,
+                        help="only jobs submitted at or after this UTC time (YYYY-MM-DDTHH:MM[:SS]): the sweep's, "
+                             "where the table also holds earlier jobs of the same base model")
+    parser.add_argument("--until", type=utc_time, default=None,
+                        help="only jobs submitted at or before this UTC time (jobs added by hand after the sweep)")
     args = parser.parse_args(argv)
     profile, data, base = profile_data(args.profile, args.data)
-    jobs = [j for j in JobQueue(args.jobs).jobs(base_id=base.id, reap=False) if j.kind == "variant"]
+    jobs = [j for j in JobQueue(args.jobs).jobs(base_id=base.id, reap=False) if j.kind == "variant"
+            and (args.since is None or j.submitted_at >= args.since)
+            and (args.until is None or j.submitted_at <= args.until)]
+    if args.since is not None or args.until is not None:
+        window = " to ".join(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t is not None else "…"
+                             for t in (args.since, args.until))
+        print(f"Jobs submitted {window} (UTC).\n")
     print(f"Profile {args.profile}, base model `{base.id}`; {os.cpu_count()} CPUs, load average now "
           f"{os.getloadavg()[0]:.1f}.\n")
     print("\n".join(summary(jobs, above_threshold(base.id, args.drop))))
