@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.coding.learned import EncodingConfig  # noqa: E402
-from engine.methods.three_step import RUN_DEFAULTS  # noqa: E402
+from engine.methods.three_step import RUN_KNOBS, full_run  # noqa: E402
 from engine.pareto import DECISION_COLUMN, latency_vs_rate, validation_threshold  # noqa: E402
 from engine.profiles import PROFILES, Profile  # noqa: E402
 from engine.report import (  # noqa: E402
@@ -53,18 +53,14 @@ def in_split_order(rows: pd.DataFrame) -> pd.DataFrame:
 @dataclass(frozen=True)
 class GridKnobs:
     """What a profile's grid trains with, so that a row's setting names only what differs: its pruning run's knobs
-    (the budget over `RUN_DEFAULTS`) and how its learned encoders train."""
+    (the budget's, spelt by `full_run`) and how its learned encoders train."""
 
     run: dict[str, Any]
     encoding: dict[str, Any]
 
     @staticmethod
     def of(profile: Profile) -> GridKnobs:
-        return GridKnobs({**RUN_DEFAULTS, **profile.prune.knobs()}, profile.encoding_knobs())
-
-
-def _value(v: Any) -> Any:
-    return [list(x) if isinstance(x, list | tuple) else x for x in v] if isinstance(v, list | tuple) else v
+        return GridKnobs(full_run(profile.prune.knobs()), profile.encoding_knobs())
 
 
 def coding_label(knobs: dict[str, Any], grid: GridKnobs | None = None) -> str:
@@ -92,8 +88,9 @@ def setting(row: pd.Series, grid: GridKnobs | None = None) -> str:
         level = row.get("level")
         if not (pd.notna(level) and level >= 0):
             return f"unpruned {coding}"
-        run = grid.run if grid is not None else {}
-        other = {k: v for k in run if _value(v := knobs.get(k, RUN_DEFAULTS.get(k))) != _value(run[k])}
+        grid_run = grid.run if grid is not None else {}
+        run = full_run({k: v for k, v in knobs.items() if k in RUN_KNOBS})
+        other = {k: run[k] for k in grid_run if run[k] != grid_run[k]}
         return f"level {int(level)} {coding}" + (
             " (" + ", ".join(f"{k}={v}" for k, v in other.items()) + ")" if other else "")
     if row["method"] == "two_step_pruning":

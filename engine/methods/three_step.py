@@ -135,7 +135,7 @@ DISTILL_TEMPERATURE = 4.0  # Hinton et al. 2015's soft targets, the temperature 
 
 def run_knobs(cfg: VariantConfig, profile: str) -> dict[str, Any]:
     """The pruning-run knobs of a variant: its own, else the profile budget's, else RUN_DEFAULTS."""
-    return _full_run({**PROFILES.get(profile).prune.knobs(), **{k: v for k, v in cfg.knobs if k in RUN_KNOBS}})
+    return full_run({**PROFILES.get(profile).prune.knobs(), **{k: v for k, v in cfg.knobs if k in RUN_KNOBS}})
 
 
 def schedule_of(knobs: Mapping[str, Any]) -> LevelSchedule:
@@ -547,14 +547,14 @@ class ThreeStep:
         base_id = base.id  # a hash of the config: once, not once per row
         rows = [r for r in rows if r.get("base_id") == base_id and r.get("method") == "three_step"]
         profile, candidates, splits = profile_of(base), {}, []
-        grid = [_full_run(run) for run in grid_runs(profile)]
+        grid = [full_run(run) for run in grid_runs(profile)]
         for row in rows:
             level, holds = _snapshot_level(row, base_id)
             if level is None:
                 continue
             splits += [row["split"]] if row["split"] not in splits else []
             run = {k: v for k, v in row["knobs"].items() if k in RUN_KNOBS}
-            if holds and _full_run(run) in grid:
+            if holds and full_run(run) in grid:
                 for c in profile.codings:
                     v = self._coded(row["split"], base, {**run, "snapshot": level}, c)
                     candidates.setdefault(v.id, (v, _number(row.get("device_flops"))))
@@ -698,8 +698,14 @@ def grid_runs(profile: Profile) -> list[dict[str, Any]]:
     return [budget, *({**budget, "output": o} for o in profile.output_sparsities)]
 
 
-def _full_run(run: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's knobs over `RUN_DEFAULTS`, spelt one way (a stored row's lists as tuples), to compare runs."""
+def full_run(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's knobs over `RUN_DEFAULTS`, spelt one way (a stored row's lists as tuples), to compare runs.
+
+    Args:
+        run: a run's knobs (a variant's, a budget's, or a stored row's read back from JSON).
+    Returns:
+        every run knob, `per_stage` as sorted (name, sparsity) pairs.
+    """
     knobs = {**RUN_DEFAULTS, **run}
     knobs["per_stage"] = tuple(sorted((str(k), float(v)) for k, v in dict(knobs["per_stage"]).items()))
     return knobs

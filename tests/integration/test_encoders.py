@@ -326,7 +326,6 @@ def test_feature_coding_for_three_step(smoke_ctx: RunContext, tiny_data: ImageDa
 
 def test_a_variant_s_encoder_trains_in_its_base_model_s_precision(tiny_data: ImageData, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-
     budgets = []
     monkeypatch.setattr(learned, "train_encoded", lambda *args: budgets.append(args[5]))
     ctx = RunContext(tiny_data, PROFILES.get("quick-bf16"), tmp_path)

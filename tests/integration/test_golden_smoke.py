@@ -38,6 +38,8 @@ def kernels() -> str:
                   platform.machine() or "cpu")
     amx = "-amx" if " amx_tile" in info else ""
     return f"{vendor}-{torch.backends.cpu.get_cpu_capability()}{amx}".lower()
+
+
 # Columns that depend on when, where or how fast a row was measured, not on what was measured.
 UNSTABLE = ("measured_at", "code_version", "torch_version", "trained_on", "dataset")
 UNSTABLE_SUFFIXES = ("_seconds", "_s")
@@ -98,13 +100,13 @@ def test_smoke_sweep_and_fig5_rows_are_unchanged(fresh_cache: Path, small_data: 
     if os.environ.get("COINFER_WRITE_GOLDEN"):
         GOLDEN_DIR.mkdir(exist_ok=True)
         golden.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
-    recorded = sorted(GOLDEN_DIR.glob("smoke-*.json"))
+    recorded = {path.name: json.loads(path.read_text()) for path in sorted(GOLDEN_DIR.glob("smoke-*.json"))}
     assert recorded, f"no golden rows in {GOLDEN_DIR}"
-    for path in recorded:
-        assert sorted(rows) == sorted(json.loads(path.read_text())), f"variant ids changed (against {path.name})"
-    if not golden.exists():
+    for name, rows_of in recorded.items():
+        assert sorted(rows) == sorted(rows_of), f"variant ids changed (against {name})"
+    if golden.name not in recorded:
         pytest.skip(f"no golden figures for this CPU kind ({kernels()}); the ids match. Record them with "
                     "COINFER_WRITE_GOLDEN=1 on a commit whose figures are known good")
-    expected = json.loads(golden.read_text())
+    expected = recorded[golden.name]
     diff = differences(expected, rows)
     assert not diff, f"{len(diff)} figure(s) changed:\n" + "\n".join(diff[:40])
