@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +101,7 @@ def plan(profile: str, base: BaseModelConfig, data: str | None = None, methods: 
 
 def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: str | None = None,
               methods: Iterable[str] | None = None, splits: Iterable[str] | None = None,
-              encoders_per_split: int | None = None, exclude: Collection[str] = ()) -> list[Planned]:
+              exclude: Collection[str] = ()) -> list[Planned]:
     """The variants methods add once rows are measured (`three_step` crosses each snapshot that holds its threshold
     with the profile's codings, leaving out what a measured row provably dominates), not yet in `store`, cheapest
     first.
@@ -110,9 +109,6 @@ def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: st
     Args:
         profile: the sweep's profile; base: its base model; store: the measured rows; data: the dataset path;
         methods, splits: the methods and split points swept (None: all).
-        encoders_per_split: at most this many follow-ups per method and split that train an encoder, the first the
-            method proposes (None: all). A sweep that plans again as rows arrive measures those likeliest to dominate
-            the rest first, and the rest are left out once dominated.
         exclude: ids not to plan (planned before: a follow-up that failed is not tried again).
     Returns:
         the planned follow-up variants, after every variant of the same cost tier planned up front.
@@ -126,15 +122,11 @@ def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: st
         follow = getattr(METHODS.get(name), "followups", None)
         if follow is None:
             continue
-        rank, taken = method_cost(name)[0], Counter()
+        rank = method_cost(name)[0]
         for i, v in enumerate(follow(base, rows)):
             if v.id in measured or v.id in exclude or (splits is not None and v.split not in splits):
                 continue
             tier = ENCODER_TIER if trains_encoder(v) else 0
-            if tier and encoders_per_split is not None:
-                if taken[v.split] >= encoders_per_split:
-                    continue
-                taken[v.split] += 1
             out.append(Planned(JobSpec.for_variant(v, profile, data),
                                int((tier + rank) * PRIORITY_STRIDE) + FOLLOWUP_OFFSET + i))
     return sorted(out, key=lambda p: p.priority)
@@ -143,7 +135,7 @@ def followups(profile: str, base: BaseModelConfig, store: ResultsStore, data: st
 def next_round(queue: JobQueue, store: ResultsStore, base: BaseModelConfig) -> list[str] | None:
     """One step of a sweep that crosses as rows arrive, for a caller that cannot wait on it (the dashboard): when
     `base`'s sweep is followed (`JobQueue.follow`) and none of its jobs is queued or running, queue its next round
-    of follow-ups (`followups`, one encoder per split); when there is none, stop following.
+    of follow-ups (`followups`, one encoder per split: `take`); when there is none, stop following.
 
     Args:
         queue: the job table; store: the measured rows; base: the sweep's base model.
@@ -156,17 +148,44 @@ def next_round(queue: JobQueue, store: ResultsStore, base: BaseModelConfig) -> l
     jobs = queue.jobs(base_id=base.id, reap=False)
     if any(j.status in ACTIVE for j in jobs):
         return []
-    stage = followups(str(plan["profile"]), base, store, plan.get("data"), plan.get("methods"),
-                      encoders_per_split=1, exclude={j.id for j in jobs})
+    stage = take(followups(str(plan["profile"]), base, store, plan.get("data"), plan.get("methods"),
+                           exclude={j.id for j in jobs}))
     if not stage:
         queue.follow(base.id, None)
         return None
     return queue.submit([p.spec for p in stage], [p.priority for p in stage])
 
 
-def trains_encoder(cfg: VariantConfig) -> bool:
-    """Whether a variant trains a learned feature encoder (it has `enc_*` knobs): the expensive kind."""
+def trains_encoder(cfg: VariantConfig | JobSpec) -> bool:
+    """Whether a variant (or a job's spec) trains a learned feature encoder (it has `enc_*` knobs): the expensive
+    kind."""
     return any(k.startswith("enc_") for k in dict(cfg.knobs))
+
+
+def take(candidates: list[Planned], busy: Collection[str] = (), idle: int = 0) -> list[Planned]:
+    """Which follow-ups to queue now, in the order `followups` plans them: each that trains no encoder (seconds);
+    of those that do, the first at each split with no encoder in flight (`busy`), since its row may leave the rest
+    of that split's out as dominated; then, while `idle` workers would have nothing to run, the next encoders, one
+    split after another, rather than leave a worker standing.
+
+    Args:
+        candidates: the follow-ups planned from the measured rows (`followups`), best first per split.
+        busy: the splits where an encoder is queued or training.
+        idle: the workers with nothing to run (none queued for them); the encoders of free splits fill them first.
+    Returns:
+        the follow-ups to queue, in the order given.
+    """
+    cheap = [p for p in candidates if not trains_encoder(p.spec)]
+    per_split: dict[str, list[Planned]] = {}
+    for p in candidates:
+        if trains_encoder(p.spec):
+            per_split.setdefault(p.spec.split, []).append(p)
+    chosen = [queue[0] for split, queue in per_split.items() if split not in busy]
+    extra = itertools.chain.from_iterable(itertools.zip_longest(
+        *[q[1:] if split not in busy else q for split, q in per_split.items()]))
+    chosen += [p for p in itertools.islice((p for p in extra if p is not None), max(0, idle - len(chosen)))]
+    keep = {p.id for p in cheap + chosen}
+    return [p for p in candidates if p.id in keep]
 
 
 def default_knobs(method: str, split: str, base: BaseModelConfig, /, **given: Any) -> dict[str, Any]:
@@ -191,12 +210,12 @@ def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, da
 
 
 def submit(queue: JobQueue, planned: list[Planned], store: ResultsStore | None = None,
-           force: bool = False) -> tuple[list[str], list[str]]:
-    """Queue the planned variants not yet in the results store (all of them with `force`); finished jobs of
-    those ids are queued again. Returns (queued ids, ids already measured)."""
+           force: bool = False, tag: str | None = None) -> tuple[list[str], list[str]]:
+    """Queue the planned variants not yet in the results store (all of them with `force`), for the workers of
+    `tag` (None: any); finished jobs of those ids are queued again. Returns (queued ids, ids already measured)."""
     measured = [] if force or store is None else [p.id for p in planned if p.id in store]
     todo = [p for p in planned if p.id not in set(measured)]
-    queue.submit([p.spec for p in todo], [p.priority for p in todo], requeue_finished=True)
+    queue.submit([p.spec for p in todo], [p.priority for p in todo], requeue_finished=True, tag=tag)
     return [p.id for p in todo], measured
 
 
@@ -268,6 +287,22 @@ def run(planned: list[Planned], *, queue: JobQueue | None = None, store: Results
     queue = JobQueue() if queue is None else queue
     store = ResultsStore() if store is None else store  # an empty store is falsy
     start, t0 = time.perf_counter(), time.time()
+    if follow is not None and scheduler is None and workers > 0:
+        all_planned, measured, jobs = _run_rolling(planned, queue, store, workers, force, options, on_update, follow)
+    else:
+        all_planned, measured, jobs = _run_rounds(planned, queue, store, workers, scheduler, force, options,
+                                                  on_update, follow)
+    done = [j.finished_at for j in jobs if j.status == "done" and j.finished_at]
+    return SweepReport(all_planned, measured, jobs, time.perf_counter() - start, min(done) - t0 if done else None)
+
+
+def _run_rounds(planned: list[Planned], queue: JobQueue, store: ResultsStore, workers: int,
+                scheduler: str | Any | None, force: bool, options: WorkerOptions | None,
+                on_update: Callable[[list[Job]], None] | None,
+                follow: Callable[[ResultsStore, set[str]], list[Planned]] | None
+                ) -> tuple[list[Planned], list[str], list[Job]]:
+    """A sweep in rounds (on Dask, or only queued): each round's follow-ups (`take`: one encoder per split) are
+    planned once the round before has finished."""
     all_planned, measured, jobs = list(planned), [], []
     stage = planned
     for _ in range(MAX_STAGES):
@@ -276,13 +311,57 @@ def run(planned: list[Planned], *, queue: JobQueue | None = None, store: Results
         jobs += _run_stage(queue, store, ids, workers, scheduler, options, on_update)
         if follow is None or (workers <= 0 and scheduler is None):
             break
-        stage = follow(store, {p.id for p in all_planned})
+        stage = take(follow(store, {p.id for p in all_planned}))
         if not stage:
             break
         all_planned += stage
         force = False  # follow-ups are new variants
-    done = [j.finished_at for j in jobs if j.status == "done" and j.finished_at]
-    return SweepReport(all_planned, measured, jobs, time.perf_counter() - start, min(done) - t0 if done else None)
+    return all_planned, measured, jobs
+
+
+def _run_rolling(planned: list[Planned], queue: JobQueue, store: ResultsStore, workers: int, force: bool,
+                 options: WorkerOptions | None, on_update: Callable[[list[Job]], None] | None,
+                 follow: Callable[[ResultsStore, set[str]], list[Planned]]
+                 ) -> tuple[list[Planned], list[str], list[Job]]:
+    """A sweep on local workers that plans its follow-ups each time a job finishes (`take`: one encoder in flight
+    per split, more where a worker would stand idle), so no worker waits for a round's slowest job. Its jobs carry
+    the sweep's tag, which its workers claim, so the follow-ups queued while they run are theirs too."""
+    tag = f"sweep:{planned[0].spec.base_id}" if planned else "sweep"
+    all_planned = list(planned)
+    ids, measured = submit(queue, planned, store, force, tag=tag)
+    options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),
+                                       console_level=logging.WARNING)
+    pool = WorkerPool(queue, workers, dataclasses.replace(options, store_path=str(store.path), tag=tag))
+    latest: list[Job] = []
+    planned_at = -1  # the number of finished jobs when the follow-ups were last planned
+
+    def finished() -> bool:
+        nonlocal latest, planned_at
+        latest = queue.jobs(ids)
+        if on_update:
+            on_update(latest)
+        active = [j for j in latest if not j.finished]
+        if len(latest) - len(active) != planned_at:
+            planned_at = len(latest) - len(active)
+            busy = {j.spec.split for j in active if trains_encoder(j.spec)}
+            idle = workers - len(active)
+            stage = take(follow(store, {p.id for p in all_planned}), busy, idle)
+            new, known = submit(queue, stage, store, tag=tag)
+            all_planned.extend(stage)
+            ids.extend(new)
+            measured.extend(known)
+            if new:
+                return False
+        return not active
+
+    if queue.resume():
+        log.info("the job queue was paused; running a sweep resumes it")
+    try:
+        pool.run(until=finished, interval=0.5)
+    except KeyboardInterrupt:  # stopped by hand: its jobs stay queued, and nothing restarts them behind its back
+        queue.pause("the sweep was interrupted; run it again, or `python -m engine jobs resume`")
+        raise
+    return all_planned, measured, queue.jobs(ids)
 
 
 def _run_stage(queue: JobQueue, store: ResultsStore, ids: list[str], workers: int, scheduler: str | Any | None,

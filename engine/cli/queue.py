@@ -181,7 +181,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         follow = None if args.no_cross else (
             lambda measured, planned: sweep.followups(profile.name, base, measured, data_path(args),
                                                       methods=args.method, splits=chosen_splits(args, base),
-                                                      encoders_per_split=1, exclude=planned))
+                                                      exclude=planned))
         report = sweep.run(planned, queue=queue, store=store, workers=args.workers, scheduler=args.scheduler,
                            force=args.force, on_update=_sweep_progress(bar), follow=follow)
     finally:

@@ -274,10 +274,29 @@ def test_a_sweep_plans_one_encoder_per_split_and_round(tmp_path: Path) -> None:
         store.put({**snapshot_row(level, 0.80), "accuracy": 0.79, "deployed_val_accuracy": 0.80,
                    "device_flops": 100.0 * (2 - level), "base_device_flops": 300.0, "bits_actual": 800.0})
     every = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"])
-    wave = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"], encoders_per_split=1)
+    wave = sweep.take(every)
     encoders = [p for p in wave if sweep.trains_encoder(p.spec.variant())]
     assert len(encoders) == 1 and encoders[0].spec.variant().knob("snapshot") == 1
     assert len(every) - len(wave) == sum(sweep.trains_encoder(p.spec.variant()) for p in every) - 1
+
+
+def _planned(split: str, encoder: bool, n: int) -> sweep.Planned:
+    knobs = {"encoder": "two_step", "enc_d": 8 * (n + 1), "enc_bits": 1} if encoder else {"bits": 4 + n}
+    return sweep.Planned(sweep.JobSpec.for_variant(VariantConfig.make("three_step", split, SMOKE_BASE, **knobs),
+                                                   "smoke", None), n)
+
+
+def test_take_queues_one_encoder_per_free_split_and_more_only_for_idle_workers() -> None:
+    plan = [_planned("conv3_x", True, 0), _planned("conv3_x", True, 1), _planned("conv3_x", False, 0),
+            _planned("conv4_x", True, 0), _planned("conv4_x", True, 1), _planned("conv5_x", True, 0)]
+    c3a, c3b, c3_cheap, c4a, c4b, c5a = plan
+    assert sweep.take(plan) == [c3a, c3_cheap, c4a, c5a]  # rounds: the first encoder of each split, every cheap one
+    assert sweep.take(plan, busy={"conv3_x", "conv5_x"}) == [c3_cheap, c4a]  # an encoder still runs there
+    # two workers with nothing to run, one filled by conv4_x's first: the other takes the next in line, conv3_x's
+    assert sweep.take(plan, busy={"conv3_x", "conv5_x"}, idle=2) == [c3a, c3_cheap, c4a]
+    assert sweep.take(plan, idle=5) == [c3a, c3b, c3_cheap, c4a, c4b, c5a]
+    assert sweep.take(plan, busy={"conv3_x", "conv4_x", "conv5_x"}, idle=1) == [c3a, c3_cheap]
+    assert sweep.take([]) == []
 
 
 def test_a_pruned_and_coded_variant_names_its_parents() -> None:
@@ -306,7 +325,7 @@ def test_a_followed_sweep_queues_its_next_round_once_its_jobs_are_done(tmp_path:
                "base_device_flops": 300.0, "bits_actual": 800.0})
     queue.follow(SMOKE_BASE.id, {"profile": "smoke", "data": None, "methods": ["three_step"]})
     first = sweep.next_round(queue, store, SMOKE_BASE)
-    expected = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"], encoders_per_split=1)
+    expected = sweep.take(sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"]))
     assert first == [p.id for p in expected] and len(first) >= 2
     assert sweep.next_round(queue, store, SMOKE_BASE) == []  # its jobs are queued: wait for them
     for job_id in first:  # the round fails: its variants are not planned again
