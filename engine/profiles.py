@@ -119,6 +119,10 @@ class SearchSpace:
     enc_d: tuple[int, ...] = (16, 32)  # the two-step encoder's channels ...
     enc_bits: tuple[int, ...] = (1, 2)  # ... and its scalar quantiser's bits
     codebooks: tuple[int, ...] = (16,)  # codewords of the learned vector codebook
+    # how else a learned encoder may train besides the profile's own setting, (epochs, backbone) as in
+    # `Profile.encoding_knobs`: the grid crosses its codings at a cheap setting, so a search that may choose it reads
+    # the grid's rows from the results store
+    enc_training: tuple[tuple[int, str], ...] = ()
 
 
 BOTTLENET_RATIOS = (16, 64, 256)  # BottleNet++'s element-count compression ratios
@@ -242,9 +246,11 @@ PROFILES.add("quick", Profile(
     prune=PruneBudget(0.32, levels=2, iteration_steps=16, ramp_iterations=2, hold_iterations=62, lr=0.01,
                       batch_size=128, allocation="sensitivity"),
     # a search: runs to 0.32 or 0.48 with 30 or 62 held iterations per level, the output at 0.8 or 0.9 or as the
-    # body; codings at 8, 4 or 2 bits, the two-step encoder at d = 8, 16, 32 and 1 or 2 bits, codebooks of 16 to 256
+    # body; codings at 8, 4 or 2 bits, the two-step encoder at d = 8, 16, 32 and 1 or 2 bits, codebooks of 16 to 256,
+    # a learned encoder trained at the profile's setting or the crossing's cheap one
     search=SearchSpace(targets=(0.32, 0.48), holds=(30, 62), outputs=(0.8, 0.9), bits=(8, 4, 2), enc_d=(8, 16, 32),
-                       enc_bits=(1, 2), codebooks=(16, 64, 256)),
+                       enc_bits=(1, 2), codebooks=(16, 64, 256),
+                       enc_training=((CHEAP_ENCODING["enc_epochs"], CHEAP_ENCODING["enc_backbone"]),)),
     two_step=TwoStepBudget((0.25, 0.5), step1_steps=120, step2=0.5, step2_steps=40, lr=0.01, batch_size=128),
     fig5=Fig5Budget(awgn_uses=(4, 8, 16, 32), bsc_bits=(16, 32, 64, 128), source=((8, 1), (16, 2), (32, 2)),
                     snr_db=(0.0, 10.0, 20.0), p=(0.01, 0.1, 0.2), epochs=2, train_images=None, realisations=2,

@@ -206,6 +206,8 @@ def one_variant(method: str, split: str, profile: str, base: BaseModelConfig, da
     method does not have, or cannot use, is a UserError before anything is queued."""
     cfg = VariantConfig.make(method, split, base, **{**default_knobs(method, split, base, **knobs), **knobs})
     check_variant(cfg, PROFILES.get(profile).budget_name)
+    canonical = getattr(METHODS.get(method), "canonical", None)  # written as the grid and a search write it
+    cfg = canonical(cfg) if canonical is not None else cfg
     return Planned(JobSpec.for_variant(cfg, profile, data), int(method_cost(method)[0] * PRIORITY_STRIDE))
 
 

@@ -98,6 +98,9 @@ class EncodingConfig:
                 if getattr(self, f.name) != getattr(default, f.name)}
 
 
+TRAINING_FIELDS = ("epochs", "backbone")  # the fields of `EncodingConfig` that say how it trains, not what it is
+
+
 @dataclass(frozen=True)
 class EncodedTraining:
     """The training budget and data handling (seeded; validation and calibration images come from the training set)."""
@@ -544,9 +547,11 @@ class LearnedEncoding(FeatureCoding):
 
     def canonical(self, knobs: Mapping[str, Any]) -> dict[str, Any]:
         """The `enc_*` knobs that differ from `EncodingConfig`'s defaults (d = 32 spelt out or left out is one
-        encoder), the others unchanged."""
-        own = EncodingConfig.from_knobs(knobs).knobs()
-        return {**{k: v for k, v in knobs.items() if not k.startswith(self.prefix)}, **own}
+        encoder), the others unchanged; how it trains (`TRAINING_FIELDS`), where given, stays spelt out even at its
+        default, as the grid's variants carry it, so that a search's choice is the grid's id."""
+        cfg = EncodingConfig.from_knobs(knobs)
+        spelt = {self.prefix + f: getattr(cfg, f) for f in TRAINING_FIELDS if self.prefix + f in knobs}
+        return {**{k: v for k, v in knobs.items() if not k.startswith(self.prefix)}, **cfg.knobs(), **spelt}
 
     def min_bits(self, cfg: VariantConfig) -> float:
         """The fewest bits a payload of this encoding can hold, whatever the encoder learns: the shorter of one byte

@@ -602,13 +602,14 @@ class ThreeStep:
         if coding == "uniform":
             knobs = {"encoder": "none", "bits": int(chooser.suggest_categorical("three_step.bits",
                                                                                   sorted(space.bits, reverse=True)))}
-        elif coding == "two_step":
+            return self._coded(split, base, pruning, tuple(knobs.items()))
+        if coding == "two_step":
             knobs = {"encoder": "two_step", "enc_d": int(chooser.suggest_categorical("three_step.enc_d", space.enc_d)),
                      "enc_bits": int(chooser.suggest_categorical("three_step.enc_bits", space.enc_bits))}
         else:
             knobs = {"encoder": "two_step", "enc_quantizer": "vector",
                      "enc_codebook": int(chooser.suggest_categorical("three_step.codebook", space.codebooks))}
-        return self._coded(split, base, pruning, tuple(knobs.items()))
+        return self._coded(split, base, pruning, tuple({**knobs, **_encoder_training(chooser, profile)}.items()))
 
     def parents(self, cfg: VariantConfig) -> dict[str, VariantConfig]:
         """What a pruned and coded variant is made of, to set beside it: "unpruned", its coding on the base's own
@@ -633,13 +634,29 @@ class ThreeStep:
         }
 
     @staticmethod
+    def canonical(cfg: VariantConfig) -> VariantConfig:
+        """`cfg` written one way, so that a variant added by hand has the id the grid or a search gives it: an
+        unpruned one (`snapshot="none"`) carries no pruning run's knobs, and its coding's knobs are written as the
+        coding writes them (`FeatureCoding.canonical`).
+
+        Args:
+            cfg: a `three_step` variant.
+        Returns:
+            the same configuration, canonically spelt.
+        """
+        knobs = dict(cfg.knobs)
+        if knobs.get("snapshot") == "none":
+            knobs = {k: v for k, v in knobs.items() if k not in RUN_KNOBS}
+        knobs = FEATURE_CODINGS.get(str(knobs.get("encoder", "none"))).canonical(knobs)
+        return VariantConfig.make("three_step", cfg.split, cfg.base, **knobs)
+
+    @staticmethod
     def _coded(split: str, base: BaseModelConfig, pruning: Mapping[str, Any],
                coding: tuple[tuple[str, Any], ...]) -> VariantConfig:
         knobs = {**pruning, **dict(coding)}
-        feature = FEATURE_CODINGS.get(str(knobs["encoder"]))
-        if feature.prefix == "enc_":  # the profile's way to train an encoder
+        if FEATURE_CODINGS.get(str(knobs["encoder"])).prefix == "enc_":  # the profile's way to train an encoder
             knobs = {**profile_of(base).encoding_knobs(), **knobs}
-        return VariantConfig.make("three_step", split, base, **feature.canonical(knobs))
+        return ThreeStep.canonical(VariantConfig.make("three_step", split, base, **knobs))
 
     def check(self, cfg: VariantConfig, profile: str) -> None:
         """The pruning run's knobs (RUN_KNOBS over the profile's budget) and `snapshot` (a level, "threshold" or
@@ -670,6 +687,19 @@ class ThreeStep:
     def deploy(self, cfg: VariantConfig, ctx: RunContext) -> Deployed:
         pruned = pruned_split(cfg, ctx)
         return FEATURE_CODINGS.get(str(cfg.knob("encoder", "none"))).deploy(pruned.device, pruned.server, cfg, ctx)
+
+
+def _encoder_training(chooser: Chooser, profile: Profile) -> dict[str, Any]:
+    """A search's choice of how a learned encoder trains: the profile's own setting, or one of its search space's
+    others (`SearchSpace.enc_training`, such as the crossing's cheap one); no choice when there is none."""
+    own = profile.encoding_knobs()
+    settings = [(own["enc_epochs"], own["enc_backbone"]),
+                *[t for t in profile.search.enc_training if t != (own["enc_epochs"], own["enc_backbone"])]]
+    if len(settings) == 1:
+        return own
+    labels = {f"{epochs}:{backbone}": (epochs, backbone) for epochs, backbone in settings}
+    epochs, backbone = labels[chooser.suggest_categorical("three_step.enc_training", list(labels))]
+    return {"enc_epochs": int(epochs), "enc_backbone": str(backbone)}
 
 
 def _snapshot_level(row: Mapping[str, Any], base_id: str) -> tuple[int | None, bool]:

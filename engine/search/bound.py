@@ -121,7 +121,8 @@ class Shape:
     sparsity: float  # the body's channel sparsity at the snapshot (schedule's figure)
     output: float  # the split output's channel sparsity at the snapshot
     hold: int  # iterations each level held its sparsity
-    family: str  # the coding: "uniform", "two_step" (scalar codewords), "vector" or another encoder's name
+    family: str  # the coding: "uniform", "two_step" (scalar codewords), "vector" or another encoder's name, a
+    # learned one followed by how it trains ("two_step/2/server")
     capacity: tuple[float, ...]  # what orders codings of one family (more of each: no more loss)
     min_bits: float = float(MIN_PAYLOAD_BITS)  # the fewest bits its coding can send (`FeatureCoding.min_bits`)
 
@@ -163,16 +164,23 @@ def shape_of(variant: VariantConfig, profile: str) -> Shape:
                  capacity, floor)
 
 
+TRAINING_KNOBS = ("enc_epochs", "enc_backbone")  # how a learned encoder trains: part of its family, not its capacity
+
+
 def _coding(knobs: Mapping[str, Any]) -> tuple[str, tuple[float, ...]]:
+    """A coding's family and capacity. Learned encoders trained otherwise (epochs, what is fine-tuned) are families
+    apart: a cheaply trained one that lost says nothing of one trained longer."""
     encoder = str(knobs.get("encoder", "none"))
     if encoder == "none":
         return "uniform", (float(knobs.get("bits", 8)),)
+    training = "".join(f"/{knobs[k]}" for k in TRAINING_KNOBS if k in knobs)
     if encoder == "two_step" and knobs.get("enc_quantizer") == "vector":
-        return "vector", (float(knobs.get("enc_codebook", 256)),)
+        return "vector" + training, (float(knobs.get("enc_codebook", 256)),)
     if encoder == "two_step":
-        return "two_step", (float(knobs.get("enc_d", 32)), float(knobs.get("enc_bits", 2)))
-    return encoder, tuple(float(v) for k, v in sorted(knobs.items()) if isinstance(v, int | float)
-                          and not isinstance(v, bool) and k.startswith(("enc_", "jscc_")))
+        return "two_step" + training, (float(knobs.get("enc_d", 32)), float(knobs.get("enc_bits", 2)))
+    return encoder + training, tuple(float(v) for k, v in sorted(knobs.items()) if isinstance(v, int | float)
+                                     and not isinstance(v, bool) and k.startswith(("enc_", "jscc_"))
+                                     and k not in TRAINING_KNOBS)
 
 
 def _no_more(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -401,7 +409,7 @@ def _levels_known(s: Shape, measured: Mapping[tuple, Measured]) -> bool:
 
 def _capacity_bits(family: str, capacity: tuple[float, ...]) -> float:
     """A coding's capacity in bits per image: log2 of a vector codebook's size, d x bits of scalar codewords."""
-    if family == "vector":
+    if family.split("/")[0] == "vector":
         return math.log2(max(2.0, capacity[0]))
     return max(1.0, math.prod(capacity)) if capacity else 1.0
 

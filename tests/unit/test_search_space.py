@@ -31,21 +31,23 @@ ROW = {"device_flops": 24e6, "server_flops": 13.45e9, "device_memory_bytes": 1e6
        "deployed_val_accuracy": 0.84, "accuracy": 0.83, "base_val_accuracy": 0.85}
 
 
-def _every_choice(split: str) -> list[dict]:
-    """Every combination of the smoke profile's three_step choices at `split`, as FixedTrial params."""
-    space, levels = PROFILES.get("smoke").search, PROFILES.get("smoke").prune.levels
-    out = []
-    codings = [{"three_step.coding": "uniform", "three_step.bits": b} for b in space.bits] \
-        + [{"three_step.coding": "two_step", "three_step.enc_d": d, "three_step.enc_bits": b}
-           for d, b in itertools.product(space.enc_d, space.enc_bits)] \
+def _every_choice(split: str, profile: str = "smoke") -> list[dict]:
+    """Every combination of a profile's three_step choices at `split`, as FixedTrial params."""
+    p = PROFILES.get(profile)
+    space, levels, own = p.search, p.prune.levels, p.encoding_knobs()
+    trainings = [{}] if not space.enc_training else [
+        {"three_step.enc_training": f"{e}:{b}"} for e, b in [(own["enc_epochs"], own["enc_backbone"]),
+                                                              *space.enc_training]]
+    learned = [{"three_step.coding": "two_step", "three_step.enc_d": d, "three_step.enc_bits": b}
+               for d, b in itertools.product(space.enc_d, space.enc_bits)] \
         + [{"three_step.coding": "vector", "three_step.codebook": c} for c in space.codebooks]
+    codings = [{"three_step.coding": "uniform", "three_step.bits": b} for b in space.bits] \
+        + [{**c, **t} for c, t in itertools.product(learned, trainings)]
     prunings = [{"three_step.snapshot": "none"}] + [
-        {"three_step.snapshot": k, "three_step.target": PROFILES.get("smoke").prune.target,
-         "three_step.hold": PROFILES.get("smoke").prune.hold_iterations, "three_step.output": o}
-        for k in ["threshold", *map(str, range(levels))] for o in ["body", *map(str, space.outputs)]]
-    for p, c in itertools.product(prunings, codings):
-        out.append({"split": split, **p, **c})
-    return out
+        {"three_step.snapshot": k, "three_step.target": t, "three_step.hold": h, "three_step.output": o}
+        for k in ["threshold", *map(str, range(levels))] for o in ["body", *map(str, space.outputs)]
+        for t in space.targets or (p.prune.target,) for h in space.holds or (p.prune.hold_iterations,)]
+    return [{"split": split, **q, **c} for q, c in itertools.product(prunings, codings)]
 
 
 def test_every_choice_is_a_valid_variant_and_the_end_points_are_the_baselines() -> None:
@@ -72,6 +74,21 @@ def test_a_choice_the_grid_planned_is_the_grid_s_own_variant() -> None:
     assert crossed and crossed <= searched
     # every variant the grid plans is a choice: its levels, and its encoder on the snapshot its run picks
     assert any(dict(v.knobs).get("snapshot") == "threshold" for v in grid)
+    assert {v.id for v in grid} <= searched
+
+
+def test_the_quick_grid_s_crossed_codings_are_choices_of_its_search() -> None:
+    """The quick crossing trains its learned codings cheaply, the up-front ones at the profile's setting: a search
+    may choose either, so it reads both from the results store."""
+    base = PROFILES.get("quick").base_config("synthetic-fingerprint")
+    grid = [p.spec.variant() for p in plan("quick", base, methods=["three_step"], splits=["conv4_x"])]
+    rows = [{"id": v.id, "method": "three_step", "split": v.split, "base_id": base.id, "knobs": dict(v.knobs),
+             "val_accuracy": 0.9, "val_threshold": 0.5} for v in grid if dict(v.knobs).get("encoder") == "none"]
+    crossed = {p.spec.id for p in followups("quick", base, _Store(rows), methods=["three_step"])}
+    searched = {suggest_variant(FixedTrial(p), base, ["three_step"]).id for p in _every_choice("conv4_x", "quick")}
+    cheap = [p for p in followups("quick", base, _Store(rows), methods=["three_step"])
+             if p.spec.knobs.get("enc_backbone") == "server"]
+    assert cheap and crossed <= searched
     assert {v.id for v in grid} <= searched
 
 
