@@ -321,6 +321,12 @@ def _run_rounds(planned: list[Planned], queue: JobQueue, store: ResultsStore, wo
     return all_planned, measured, jobs
 
 
+def sweep_tag(base_id: str) -> str:
+    """The tag a local sweep of the base model `base_id` gives its jobs (its workers claim those, and a benchmark
+    reads that sweep's jobs apart from others of the same base)."""
+    return f"sweep:{base_id}"
+
+
 def _run_rolling(planned: list[Planned], queue: JobQueue, store: ResultsStore, workers: int, force: bool,
                  options: WorkerOptions | None, on_update: Callable[[list[Job]], None] | None,
                  follow: Callable[[ResultsStore, set[str]], list[Planned]]
@@ -328,7 +334,7 @@ def _run_rolling(planned: list[Planned], queue: JobQueue, store: ResultsStore, w
     """A sweep on local workers that plans its follow-ups each time a job finishes (`take`: one encoder in flight
     per split, more where a worker would stand idle), so no worker waits for a round's slowest job. Its jobs carry
     the sweep's tag, which its workers claim, so the follow-ups queued while they run are theirs too."""
-    tag = f"sweep:{planned[0].spec.base_id}" if planned else "sweep"
+    tag = sweep_tag(planned[0].spec.base_id if planned else "")
     all_planned = list(planned)
     ids, measured = submit(queue, planned, store, force, tag=tag)
     options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),

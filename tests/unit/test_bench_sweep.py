@@ -1,12 +1,17 @@
-"""bench/bench_sweep.py reads one sweep's jobs out of a shared table by the UTC window it is given."""
+"""bench/bench_sweep.py reads one sweep's jobs out of a shared table: by its tag, and by the UTC window it is
+given."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from bench.bench_sweep import utc_time
+from bench.bench_sweep import of_the_sweep, utc_time
+from engine.profiles import PROFILES
+from engine.queue import JobQueue
+from engine.sweep import one_variant, sweep_tag
 
 
 def test_a_window_s_ends_are_utc_times_to_the_minute_or_second() -> None:
@@ -18,3 +23,14 @@ def test_a_window_s_ends_are_utc_times_to_the_minute_or_second() -> None:
 def test_anything_else_is_refused_in_one_line(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="not a UTC time"):
         utc_time(text)
+
+
+def test_the_sweep_s_jobs_are_those_it_tagged(tmp_path: Path) -> None:
+    base = PROFILES.get("smoke").base_config("synthetic-fingerprint")
+    queue = JobQueue(tmp_path / "jobs.sqlite")
+    swept, by_hand = (one_variant("original", "conv4_x", "smoke", base, None, bits=b).spec for b in (8, 4))
+    queue.submit([swept], tag=sweep_tag(base.id))
+    queue.submit([by_hand])
+    assert [j.id for j in of_the_sweep(queue.jobs(), base.id)] == [swept.id]
+    untagged = [j for j in queue.jobs() if j.id == by_hand.id]  # a sweep before tags: every job is read
+    assert of_the_sweep(untagged, base.id) == untagged
