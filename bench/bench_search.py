@@ -1,7 +1,7 @@
 """Search against the grid: for each environment, a latency study on the profile's base model given the worker
 minutes the crossed grid used, its best configuration at those minutes and at half of them, against the grid's best
-row for the same environment (validation-chosen, test-reported). Grid rows are those the sweep measured (its jobs,
-untagged, in the job table); minutes are charged by one rule for both (`engine.search.study.charged_seconds`: the
+row for the same environment (validation-chosen, test-reported). Grid rows are those the sweep measured (its jobs in
+the job table, not a study's); minutes are charged by one rule for both (`engine.search.study.charged_seconds`: the
 seconds that measured a row, and its pruning run once). A study already run is resumed, not repeated.
 Run: python bench/bench_search.py [--profile quick] [--data PATH] [--envs pi3@10kB/s ...] [--workers 1]
 [--sampler forecast|tpe] [--report-only] [--rescore] [--fraction 0.5]"""
@@ -29,6 +29,7 @@ from engine.search import Environment, Search, SearchConfig, trial_table  # noqa
 from engine.search.objective import latency_of  # noqa: E402
 from engine.search.study import charged_seconds, study_names  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
+from engine.sweep import sweep_tag  # noqa: E402
 from engine.units import format_seconds  # noqa: E402
 
 # the paper's Pi 3 / RTX 2080 Ti presets at three rates, and an environment the grid was not planned for
@@ -42,9 +43,10 @@ def environment(text: str) -> Environment:
 
 
 def grid_rows(base: BaseModelConfig, store: ResultsStore, queue: JobQueue) -> tuple[pd.DataFrame, float]:
-    """The rows the sweep measured for `base` (its untagged done jobs), in the order they were measured, each with
-    the charged minutes spent when it landed (`worker_minutes`), and their charged seconds."""
-    ids = {j.id for j in queue.jobs(status="done", base_id=base.id, reap=False) if j.tag is None}
+    """The rows the sweep measured for `base` (its done jobs, tagged as a local sweep tags them or untagged: not a
+    study's), in the order they were measured, each with the charged minutes spent when it landed
+    (`worker_minutes`), and their charged seconds."""
+    ids = {j.id for j in queue.jobs(status="done", base_id=base.id, reap=False) if j.tag in (None, sweep_tag(base.id))}
     rows = sorted((r for r in store.rows() if r["id"] in ids), key=lambda r: str(r.get("created_at", "")))
     runs: set[str] = set()
     total = 0.0
