@@ -513,14 +513,14 @@ class ThreeStep:
         """One pruning run per split in the profile's budget, and one more per activation-pruning target of its
         `output_sparsities` axis (the split output pruned harder than the body), one variant per snapshot level
         (8-bit + Huffman), then the whole framework per split: the threshold snapshot with the learned two-step
-        encoder (`enc_*` defaults). Level-major, so that parallel workers start different runs first and later
-        ones find their run cached."""
+        encoder (`enc_*` defaults). Level-major (every run's first level before any run's second), so that parallel
+        workers start different runs first and later levels find their run trained, not in flight."""
         profile = profile_of(base)
         budget = profile.prune
         splits = [s for s in splits if s not in END_POINTS]
         runs = grid_runs(profile)
         pruned = [VariantConfig.make("three_step", s, base, encoder="none", bits=8, snapshot=k, **run)
-                  for run in runs for k in range(budget.levels) for s in splits]
+                  for k in range(budget.levels) for run in runs for s in splits]
         encoding = profile_of(base).encoding_knobs()
         encoded = [VariantConfig.make("three_step", s, base, encoder="two_step", snapshot="threshold",
                                       **encoding, **budget.knobs()) for s in splits]

@@ -145,7 +145,8 @@ def test_hand_added_variants_a_user_would_submit_pass() -> None:
     grid = [v for v in METHODS.get("three_step").variants(FAKE_BASE, ["conv4_x"])]
     encoded = next(v for v in grid if v.knob("encoder") == "two_step")
     assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, encoder="two_step").id == encoded.id
-    assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot=1).id == grid[1].id
+    level1 = next(v for v in grid if v.knob("snapshot") == 1 and v.knob("output") is None)  # the budget's run
+    assert sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot=1).id == level1.id
     threshold = sweep.one_variant("three_step", "conv4_x", "quick", FAKE_BASE, snapshot="threshold").spec.knobs
     assert threshold == {**dict(grid[0].knobs), "snapshot": "threshold"}  # still 8-bit + Huffman
     assert sweep.default_knobs("three_step", "server_only", FAKE_BASE) == {}
@@ -297,6 +298,18 @@ def test_take_queues_one_encoder_per_free_split_and_more_only_for_idle_workers()
     assert sweep.take(plan, idle=5) == [c3a, c3b, c3_cheap, c4a, c4b, c5a]
     assert sweep.take(plan, busy={"conv3_x", "conv4_x", "conv5_x"}, idle=1) == [c3a, c3_cheap]
     assert sweep.take([]) == []
+
+
+def test_every_pruning_run_starts_before_any_run_s_second_level() -> None:
+    """Level-major: with the quick grid's two runs per split, a worker that takes a second level while its run
+    still trains waits on it; every run's first level comes first, so the next job is another run's training."""
+    base = PROFILES.get("quick").base_config("synthetic-fingerprint")
+    pruned = [p.spec.variant() for p in sweep.plan("quick", base, methods=["three_step"])
+              if p.spec.knobs.get("encoder") == "none"]
+    levels = [v.knob("snapshot") for v in pruned]
+    runs = {(v.split, v.knob("output")) for v in pruned}
+    assert len(runs) >= 4  # the budget's run and its output target's, per pruned split
+    assert levels == sorted(levels) and levels[:len(runs)] == [0] * len(runs)
 
 
 def test_a_variant_added_by_hand_is_the_crossing_s_own() -> None:
