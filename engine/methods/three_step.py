@@ -634,6 +634,15 @@ class ThreeStep:
         }
 
     @staticmethod
+    def shared_part(cfg: VariantConfig, profile: str) -> str | None:
+        """The pruning run a variant trains or reads (`run_key`), which every variant of its run shares; None when
+        it prunes nothing. A worker does not start a variant whose run another job is training while it has other
+        work (it would wait on that run's lock)."""
+        if cfg.knob("snapshot", "threshold") == "none" or cfg.split in END_POINTS:
+            return None
+        return run_key(cfg, run_knobs(cfg, PROFILES.get(profile).budget_name))
+
+    @staticmethod
     def canonical(cfg: VariantConfig) -> VariantConfig:
         """`cfg` written one way, so that a variant added by hand has the id the grid or a search gives it: an
         unpruned one (`snapshot="none"`) carries no pruning run's knobs, and its coding's knobs are written as the

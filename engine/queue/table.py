@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ LEASE_S = 60.0  # a running job whose worker has not heart-beaten for this long 
 CANCEL_GRACE_S = 15.0
 MAX_ATTEMPTS = 3
 WORKER_SPAWN_GUARD_S = 20.0  # two dashboards asking for a worker within this window start one
+CLAIM_WINDOW = 64  # queued jobs a claim looks through for one that shares nothing with a running job
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -146,6 +147,17 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(spec=JobSpec.from_json(row["spec"]), result=json.loads(row["result"]) if row["result"] else None,
                reports=json.loads(row["reports"]) if row["reports"] else None,
                **values)
+
+
+def _free_of(conn: sqlite3.Connection, queued: list[sqlite3.Row],
+             shares: Callable[[JobSpec], str | None]) -> sqlite3.Row:
+    """The first of `queued` (rows with id and spec, in line) that shares nothing with a running job; the first
+    when each does."""
+    running = conn.execute("SELECT spec FROM jobs WHERE status IN ('running', 'cancelling')").fetchall()
+    busy = {shares(JobSpec.from_json(r["spec"])) for r in running} - {None}
+    if not busy:
+        return queued[0]
+    return next((r for r in queued if shares(JobSpec.from_json(r["spec"])) not in busy), queued[0])
 
 
 def _host() -> str:
@@ -319,7 +331,8 @@ class JobQueue:
         return [r["id"] for r in rows]
 
     def claim(self, worker: str, pid: int | None = None, lease_s: float = LEASE_S,
-              ids: Iterable[str] | None = None, tag: str | None = None) -> Job | None:
+              ids: Iterable[str] | None = None, tag: str | None = None,
+              shares: Callable[[JobSpec], str | None] | None = None) -> Job | None:
         """Atomically take the first queued job and mark it running under a fresh lease.
 
         Args:
@@ -328,6 +341,9 @@ class JobQueue:
             lease_s: the lease lasts this long without a heartbeat.
             ids: only claim one of these jobs.
             tag: only claim a job submitted with this tag (None: any job).
+            shares: what a job shares with others (a pruning run it trains or reads; None: nothing): a queued job
+                that shares with a running one is passed over for the next that does not, among the first
+                `CLAIM_WINDOW` in line (it would only wait on the other's lock); taken when all of them do.
 
         Returns:
             The claimed job (its `lease` is the token for later updates), or None when none is queued or the
@@ -338,7 +354,7 @@ class JobQueue:
             self._reap(conn, now)
             if conn.execute("SELECT 1 FROM meta WHERE key='paused'").fetchone() is not None:
                 return None
-            sql, args = "SELECT id FROM jobs WHERE status='queued'", []
+            sql, args = "SELECT id, spec FROM jobs WHERE status='queued'", []
             if ids is not None:
                 ids = list(ids)
                 if not ids:
@@ -348,9 +364,11 @@ class JobQueue:
             if tag is not None:
                 sql += " AND tag = ?"
                 args.append(tag)
-            row = conn.execute(sql + " ORDER BY priority, submitted_at, id LIMIT 1", args).fetchone()
-            if row is None:
+            rows = conn.execute(sql + " ORDER BY priority, submitted_at, id LIMIT ?",
+                                [*args, CLAIM_WINDOW if shares is not None else 1]).fetchall()
+            if not rows:
                 return None
+            row = rows[0] if shares is None or len(rows) == 1 else _free_of(conn, rows, shares)
             conn.execute(
                 "UPDATE jobs SET status='running', lease=?, worker=?, worker_pid=?, lease_s=?, heartbeat=?, "
                 "started_at=?, updated_at=?, attempts=attempts+1, progress=0, message='starting', "

@@ -18,9 +18,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import one_line
+from engine.errors import UserError, one_line
 from engine.queue.lease import HEARTBEAT_S, Heartbeat, JobCancelled, JobLost, Lease
-from engine.queue.spec import execute, result_summary
+from engine.queue.spec import JobSpec, execute, result_summary
 from engine.queue.table import LEASE_S, Job, JobQueue
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,20 @@ class WorkerOptions:
     hard_kill: bool = False  # SIGKILL itself when a cancel is not honoured in time (worker processes only)
     log_path: str | None = None  # also log here; "{pid}" is replaced by the worker's pid
     console_level: int = logging.INFO
+
+
+def shared_part(spec: JobSpec) -> str | None:
+    """What a variant job shares with others, by its method's `shared_part` (a `three_step` pruning run); None for
+    other jobs, methods without one, and a spec this worker cannot read (running it reports why)."""
+    if spec.kind != "variant":
+        return None
+    from engine.methods import METHODS
+
+    try:
+        part = getattr(METHODS.get(spec.method), "shared_part", None)
+        return None if part is None else part(spec.variant(), spec.profile)
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
 
 
 class Worker:
@@ -169,7 +183,7 @@ class Worker:
                     log.info("worker %s: parent gone, exiting", self.name)
                     break
                 asked_at = time.monotonic()
-                job = self.queue.claim(self.name, self.pid, opts.lease_s, opts.ids, opts.tag)
+                job = self.queue.claim(self.name, self.pid, opts.lease_s, opts.ids, opts.tag, shares=shared_part)
                 if job is None:
                     if self._idle_done(idle_since, asked_at):
                         break

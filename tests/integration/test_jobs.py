@@ -38,6 +38,28 @@ def spec(split: str = "conv4_x", **knobs: object) -> JobSpec:
     return JobSpec.for_variant(VariantConfig.make("original", split, FAKE_BASE, bits=8, **knobs), "smoke", None)
 
 
+def test_a_worker_passes_over_a_job_whose_pruning_run_another_job_trains(tmp_path: Path) -> None:
+    """Two levels of one `three_step` pruning run: the second worker starts the next job in line that needs no run
+    in flight rather than wait on the first's lock; with nothing else queued it takes the level."""
+    from engine.queue.worker import shared_part
+
+    queue = JobQueue(tmp_path / "jobs.sqlite")
+    level = [JobSpec.for_variant(VariantConfig.make("three_step", "conv4_x", FAKE_BASE, bits=8, snapshot=k), "smoke",
+                                 None) for k in (0, 1)]
+    other = JobSpec.for_variant(VariantConfig.make("three_step", "conv3_x", FAKE_BASE, bits=8, snapshot=0), "smoke",
+                                None)
+    unpruned = spec("conv4_x")
+    assert shared_part(level[0]) == shared_part(level[1]) != shared_part(other) and shared_part(unpruned) is None
+    queue.submit([level[0], level[1], other, unpruned], priority=[0, 1, 2, 3])
+    assert queue.claim("w1", 1, shares=shared_part).id == level[0].id
+    assert queue.claim("w2", 2, shares=shared_part).id == other.id  # level 1 would wait on w1's run
+    assert queue.claim("w3", 3, shares=shared_part).id == unpruned.id
+    assert queue.claim("w4", 4, shares=shared_part).id == level[1].id  # nothing else left
+    fresh = JobQueue(tmp_path / "plain.sqlite")  # without `shares`, the line's order alone
+    fresh.submit([level[0], level[1], other], priority=[0, 1, 2])
+    assert [fresh.claim(f"w{n}", n).id for n in (1, 2)] == [level[0].id, level[1].id]
+
+
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
