@@ -53,11 +53,30 @@ def summary(jobs: list[Job], above: set[str] | None = None) -> list[str]:
                      f"{len(mine) - count['done'] - count['failed']} | {sum(secs) / 60:.1f} | "
                      f"{max(secs, default=0) / 60:.1f} | {'–' if above is None else len(good)} | "
                      f"{'–' if above is None else f'{sum(good) / 60:.1f}'} |")
+    spans = [(j.started_at, j.finished_at) for j in done if j.started_at is not None]
+    at_once, busy = occupancy(spans)
+    if at_once:
+        lines += ["", f"Jobs ran {at_once} at most at once; they kept that many workers busy **{100 * busy:.0f} %** of "
+                  "the wall time (a job waiting on another's lock counts as busy)."]
     if above is not None and total:
         lines += ["", f"Rows above the threshold took **{useful / 60:.1f} of {total / 60:.1f} worker minutes "
                   f"({100 * useful / total:.0f} %)**; a job that trained a shared part (the base model, a pruning "
                   "run) counts its time, the variants that reuse it do not."]
     return lines
+
+
+def occupancy(spans: list[tuple[float, float]]) -> tuple[int, float]:
+    """How many of the (start, end) spans ran at most at once, and the share of that many workers' time over the
+    spans' whole wall time (first start to last end) that they filled; (0, 0.0) without spans."""
+    if not spans:
+        return 0, 0.0
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    wall = max(b for _, b in spans) - min(a for a, _ in spans)
+    return peak, (sum(b - a for a, b in spans) / (peak * wall) if wall > 0 else 1.0)
 
 
 def above_threshold(base_id: str, drop: float) -> set[str] | None:

@@ -45,7 +45,7 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
-PLANNER_VERSION = 7  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 8  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
 SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
 CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
@@ -164,23 +164,23 @@ def shape_of(variant: VariantConfig, profile: str) -> Shape:
                  capacity, floor)
 
 
-TRAINING_KNOBS = ("enc_epochs", "enc_backbone")  # how a learned encoder trains: part of its family, not its capacity
-
-
 def _coding(knobs: Mapping[str, Any]) -> tuple[str, tuple[float, ...]]:
     """A coding's family and capacity. Learned encoders trained otherwise (epochs, what is fine-tuned) are families
     apart: a cheaply trained one that lost says nothing of one trained longer."""
+    from engine.coding.learned import KNOB_PREFIX, TRAINING_FIELDS
+
     encoder = str(knobs.get("encoder", "none"))
     if encoder == "none":
         return "uniform", (float(knobs.get("bits", 8)),)
-    training = "".join(f"/{knobs[k]}" for k in TRAINING_KNOBS if k in knobs)
+    trains = [KNOB_PREFIX + f for f in TRAINING_FIELDS]
+    training = "".join(f"/{knobs[k]}" for k in trains if k in knobs)
     if encoder == "two_step" and knobs.get("enc_quantizer") == "vector":
         return "vector" + training, (float(knobs.get("enc_codebook", 256)),)
     if encoder == "two_step":
         return "two_step" + training, (float(knobs.get("enc_d", 32)), float(knobs.get("enc_bits", 2)))
     return encoder + training, tuple(float(v) for k, v in sorted(knobs.items()) if isinstance(v, int | float)
                                      and not isinstance(v, bool) and k.startswith(("enc_", "jscc_"))
-                                     and k not in TRAINING_KNOBS)
+                                     and k not in trains)
 
 
 def _no_more(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -436,6 +436,7 @@ class _Knowledge:
         self.encoder_flops: dict[tuple, float] = {}
         self.pruned_points: dict[str, list[tuple[float, float]]] = {}  # split -> (sparsity, validation accuracy)
         self.seconds: dict[str, list[float]] = {"coding": [], "reference": []}
+        self.family_seconds: dict[str, list[float]] = {}  # a coding family's unpruned trials
         self.run_seconds: dict[tuple, float] = {}  # (split, run) -> the most seconds a trial of it was charged
         self.trained: set[tuple] = set()  # (split, run, level) known trained
         self._losses: dict[str, list[tuple[Shape, float]]] = {}  # split -> its codings' losses, once per split
@@ -489,13 +490,18 @@ class _Knowledge:
             self.run_seconds[(s.split, s.run)] = max(self.run_seconds.get((s.split, s.run), 0.0), m.seconds)
         elif m.row is not None:
             self.seconds["reference" if s.reference else "coding"].append(m.seconds)
+            if not s.reference:
+                self.family_seconds.setdefault(s.family, []).append(m.seconds)
 
     def cost(self, s: Shape) -> float:
         """The worker seconds a candidate is forecast to be charged: its coding's trial (the median of the study's
-        unpruned ones; a reference row's for the 8-bit row), and its pruning run's while that level is not trained
-        (the median of the most any trial of a run was charged)."""
+        unpruned ones of its family, else of every coding: a cheaply trained encoder costs a fraction of a
+        fine-tuned one, a uniform coding seconds; a reference row's for the 8-bit row), and its pruning run's while
+        that level is not trained (the median of the most any trial of a run was charged)."""
         kind = "reference" if s.reference else "coding"
-        seconds = _median(self.seconds[kind], CODING_SECONDS if kind == "coding" else CODING_SECONDS / 4)
+        seconds = _median(self.family_seconds.get(s.family, []) if kind == "coding" else [], math.nan)
+        if not math.isfinite(seconds):
+            seconds = _median(self.seconds[kind], CODING_SECONDS if kind == "coding" else CODING_SECONDS / 4)
         if s.level >= 0 and (s.split, s.run, s.level) not in self.trained:
             seconds += _median(self.run_seconds.values(), RUN_SECONDS)
         return seconds

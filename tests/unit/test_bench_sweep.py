@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_sweep import of_the_sweep, utc_time
+from bench.bench_sweep import occupancy, of_the_sweep, utc_time
 from engine.profiles import PROFILES
 from engine.queue import JobQueue
 from engine.sweep import one_variant, sweep_tag
@@ -34,3 +34,11 @@ def test_the_sweep_s_jobs_are_those_it_tagged(tmp_path: Path) -> None:
     assert [j.id for j in of_the_sweep(queue.jobs(), base.id)] == [swept.id]
     untagged = [j for j in queue.jobs() if j.id == by_hand.id]  # a sweep before tags: every job is read
     assert of_the_sweep(untagged, base.id) == untagged
+
+
+def test_occupancy_is_the_share_of_the_peak_s_worker_time_the_jobs_filled() -> None:
+    assert occupancy([]) == (0, 0.0)
+    assert occupancy([(0.0, 10.0), (0.0, 10.0)]) == (2, 1.0)
+    # two workers for 10 s; the second idles its last 5: 15 of 20 worker seconds
+    assert occupancy([(0.0, 10.0), (0.0, 5.0)]) == (2, 0.75)
+    assert occupancy([(0.0, 5.0), (5.0, 10.0)]) == (1, 1.0)  # one after the other: one worker, never idle

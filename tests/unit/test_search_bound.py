@@ -249,6 +249,26 @@ def test_a_second_worker_does_not_measure_what_the_first_s_trial_will_decide() -
     assert not told, (first.shape, second.shape)
 
 
+def test_a_coding_s_trial_is_forecast_to_cost_what_its_family_s_trials_cost() -> None:
+    """A cheaply trained encoder costs a fraction of a fine-tuned one: each family's own median, the median of every
+    coding for a family not timed yet."""
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+
+    def unpruned(family: str, *capacity: float) -> object:
+        return next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == "conv4_x"
+                    and (s.level, s.family, s.capacity) == (-1, family, capacity))
+
+    measured = {c.key: Measured(s, world(c.variant), seconds=10.0) for c in planner.candidates
+                if (s := planner.shapes[c.key]).level < 0 and s.reference}
+    for c, seconds in ((unpruned(CHEAP_TS, 16, 2), 100.0), (unpruned(TS, 32, 2), 400.0)):
+        measured[c.key] = Measured(planner.shapes[c.key], world(c.variant), seconds=seconds)
+    forecasts = {f.candidate.key: f for f in planner.forecasts(measured)}
+    assert forecasts[unpruned(CHEAP_TS, 8, 1).key].seconds == pytest.approx(100.0)
+    assert forecasts[unpruned(TS, 8, 1).key].seconds == pytest.approx(400.0)
+    assert forecasts[unpruned(VQ, 16).key].seconds == pytest.approx(250.0)
+
+
 def test_a_coded_trial_stopped_while_its_encoder_trained_rules_out_its_coding() -> None:
     env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
     planner = Planner(SPACE, "quick", env, THRESHOLD)
