@@ -7,11 +7,12 @@ processes or on a Dask cluster; both run `engine.queue.execute`, so a seeded var
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,9 +181,9 @@ def take(candidates: list[Planned], busy: Collection[str] = (), idle: int = 0) -
     for p in candidates:
         if trains_encoder(p.spec):
             per_split.setdefault(p.spec.split, []).append(p)
-    chosen = [queue[0] for split, queue in per_split.items() if split not in busy]
+    chosen = [line[0] for split, line in per_split.items() if split not in busy]
     extra = itertools.chain.from_iterable(itertools.zip_longest(
-        *[q[1:] if split not in busy else q for split, q in per_split.items()]))
+        *[line[1:] if split not in busy else line for split, line in per_split.items()]))
     chosen += [p for p in itertools.islice((p for p in extra if p is not None), max(0, idle - len(chosen)))]
     keep = {p.id for p in cheap + chosen}
     return [p for p in candidates if p.id in keep]
@@ -254,9 +255,7 @@ def run_local(queue: JobQueue, ids: list[str], workers: int, options: WorkerOpti
     """Run the jobs `ids` with `workers` local processes (spawn); returns them once all are finished."""
     if not ids:
         return []
-    options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),
-                                       console_level=logging.WARNING)
-    pool = WorkerPool(queue, workers, dataclasses.replace(options, ids=tuple(ids)))
+    pool = WorkerPool(queue, workers, dataclasses.replace(options or _worker_options(), ids=tuple(ids)))
     latest: list[Job] = []
 
     def finished() -> bool:
@@ -337,9 +336,8 @@ def _run_rolling(planned: list[Planned], queue: JobQueue, store: ResultsStore, w
     tag = sweep_tag(planned[0].spec.base_id if planned else "")
     all_planned = list(planned)
     ids, measured = submit(queue, planned, store, force, tag=tag)
-    options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),
-                                       console_level=logging.WARNING)
-    pool = WorkerPool(queue, workers, dataclasses.replace(options, store_path=str(store.path), tag=tag))
+    pool = WorkerPool(queue, workers, dataclasses.replace(options or _worker_options(), store_path=str(store.path),
+                                                          tag=tag))
     latest: list[Job] = []
     planned_at = -1  # the number of finished jobs when the follow-ups were last planned
 
@@ -362,31 +360,39 @@ def _run_rolling(planned: list[Planned], queue: JobQueue, store: ResultsStore, w
                 return False
         return not active
 
-    if queue.resume():
-        log.info("the job queue was paused; running a sweep resumes it")
-    try:
+    with _running(queue):
         pool.run(until=finished, interval=0.5)
-    except KeyboardInterrupt:  # stopped by hand: its jobs stay queued, and nothing restarts them behind its back
-        queue.pause("the sweep was interrupted; run it again, or `python -m engine jobs resume`")
-        raise
     return all_planned, measured, queue.jobs(ids)
 
 
 def _run_stage(queue: JobQueue, store: ResultsStore, ids: list[str], workers: int, scheduler: str | Any | None,
                options: WorkerOptions | None, on_update: Callable[[list[Job]], None] | None) -> list[Job]:
     """Run the queued jobs `ids` on Dask, local workers, or nowhere (workers=0); returns them at the end."""
-    if ids and (workers > 0 or scheduler is not None) and queue.resume():
-        log.info("the job queue was paused; running a sweep resumes it")
-    try:
-        if not ids:
-            return []
+    if not ids:
+        return []
+    if scheduler is None and workers <= 0:
+        return queue.jobs(ids)
+    with _running(queue):
         if scheduler is not None:
             return run_dask(queue, store, ids, scheduler, on_update)
-        if workers > 0:
-            options = options or WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"),
-                                               console_level=logging.WARNING)
-            return run_local(queue, ids, workers, dataclasses.replace(options, store_path=str(store.path)), on_update)
-        return queue.jobs(ids)
-    except KeyboardInterrupt:  # stopped by hand: its jobs stay queued, and nothing restarts them behind its back
+        return run_local(queue, ids, workers, dataclasses.replace(options or _worker_options(),
+                                                                  store_path=str(store.path)), on_update)
+
+
+@contextlib.contextmanager
+def _running(queue: JobQueue) -> Iterator[None]:
+    """While a sweep runs its jobs: a paused queue is resumed (running the sweep again resumes it), and a sweep
+    stopped by hand (Ctrl-C, SIGTERM) pauses it, so that its jobs stay queued and nothing restarts them behind its
+    back."""
+    if queue.resume():
+        log.info("the job queue was paused; running a sweep resumes it")
+    try:
+        yield
+    except KeyboardInterrupt:
         queue.pause("the sweep was interrupted; run it again, or `python -m engine jobs resume`")
         raise
+
+
+def _worker_options() -> WorkerOptions:
+    """A sweep's local workers by default: each logs to its own file, only warnings on the console."""
+    return WorkerOptions(log_path=str(worker_log_dir() / "worker-{pid}.log"), console_level=logging.WARNING)
