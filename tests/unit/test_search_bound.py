@@ -154,9 +154,9 @@ def test_a_pruning_that_missed_rules_out_the_sparser_and_a_coding_that_lost_rule
     # a shallower split codes no better: the loss rules the same coding out there too, but not at a deeper split
     assert not forecasts[pick("conv3_x", -1, TS, 16, 2).key].possible
     assert forecasts[pick("conv3_x", -1, TS, 32, 2).key].possible
-    # a coding measured at a split gives its bits there to every pruning
     # the same coding trained otherwise is a family apart: the loss says nothing of it
     assert forecasts[pick("conv4_x", -1, CHEAP_TS, 16, 2).key].possible
+    # a coding measured at a split gives its bits there to every pruning
     pruned = pick("conv4_x", 1, TS, 16, 2, target=0.48, hold_iterations=30, output=None)
     assert forecasts[pruned.key].bits == pytest.approx(world(lost.variant)["bits_actual"])
 

@@ -316,9 +316,10 @@ def test_a_variant_added_by_hand_is_the_crossing_s_own() -> None:
     """An unpruned coded variant queued by hand carries no pruning run's knobs (the grid's encoded variant it starts
     from has them), so it is the crossing's id and is read from the store, not trained again."""
     crossed = METHODS.get("three_step").followups(SMOKE_BASE, [snapshot_row(1, 0.80)])
-    for v in [v for v in crossed if v.knob("snapshot") == "none"]:
-        coding = {k: v for k, v in v.knobs if k in ("encoder", "bits") or k.startswith("enc_d") or k == "enc_bits"}
-        assert sweep.one_variant("three_step", v.split, "smoke", SMOKE_BASE, snapshot="none", **coding).id == v.id
+    for unpruned in [v for v in crossed if v.knob("snapshot") == "none"]:
+        coding = {k: x for k, x in unpruned.knobs if k in ("encoder", "bits", "enc_d", "enc_bits")}
+        queued = sweep.one_variant("three_step", unpruned.split, "smoke", SMOKE_BASE, snapshot="none", **coding)
+        assert queued.id == unpruned.id
 
 
 def test_a_pruned_and_coded_variant_names_its_parents() -> None:
