@@ -127,13 +127,14 @@ class DaskExecutor:
         job_id = next(i for i, f in self.futures.items() if f is fut)
         lease = self.heartbeat.lease(job_id)
         token = lease.token if lease is not None else ""
-        if fut.status == "finished":
+        held = self.queue.holding(job_id, token)
+        if fut.status == "finished" and held != "cancelling":
             row = fut.result()
-            if row is not None and self.queue.still_holds(job_id, token):
+            if row is not None and held == "running":
                 self.store.put(row)
             self.queue.complete(job_id, token, result_summary(row), f"done on {self.owner}",
                                 lease.reports_now() if lease is not None else None)
-        elif fut.status == "cancelled" or self.queue.get(job_id).status == "cancelling":
+        elif fut.status == "cancelled" or held == "cancelling":  # asked to stop, even as it finished: cancelled
             self.queue.mark_cancelled(job_id, token)
         else:
             exc = fut.exception()

@@ -438,11 +438,13 @@ class JobQueue:
                 "WHERE id=? AND lease=? AND status IN ('running', 'cancelling')", (now, message, job_id, lease))
             return cur.rowcount == 1
 
-    def still_holds(self, job_id: str, lease: str) -> bool:
-        """Whether `lease` is still the running job's (checked before its row is written)."""
+    def holding(self, job_id: str, lease: str) -> str | None:
+        """The job's status while `lease` is still its own ("running", or "cancelling": a cancel was asked), None
+        once another worker holds it or it has ended (checked before a finished job's row is written)."""
         with self._connect() as conn:
-            row = conn.execute("SELECT status FROM jobs WHERE id=? AND lease=?", (job_id, lease)).fetchone()
-        return row is not None and row[0] == "running"
+            row = conn.execute("SELECT status FROM jobs WHERE id=? AND lease=? AND status IN ('running', "
+                               "'cancelling')", (job_id, lease)).fetchone()
+        return None if row is None else str(row[0])
 
     # -- cancel and retry ------------------------------------------------------------------------------------
 

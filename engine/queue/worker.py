@@ -128,9 +128,12 @@ class Worker:
         log.info("job %s: attempt %d", job.describe(), job.attempts)
         try:
             row = execute(job.spec, lease)
-            if row is not None and not self.queue.still_holds(job.id, lease.token):
-                raise JobLost(job.id)
             if row is not None:
+                held = self.queue.holding(job.id, lease.token)
+                if held == "cancelling":  # asked to stop as it finished: the cancel stands, its row is not kept
+                    raise JobCancelled(job.id)
+                if held is None:
+                    raise JobLost(job.id)
                 self.store.put(row)
             ok = self.queue.complete(job.id, lease.token, result_summary(row),
                                      f"done in {time.perf_counter() - start:.1f} s", lease.reports_now())

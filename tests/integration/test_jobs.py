@@ -274,12 +274,23 @@ class Broken(Sleepy):
         raise ValueError(f"boom at {cfg.split}")
 
 
+class CancelledAsItEnds(Sleepy):
+    """A fake method whose job is asked to stop after its last progress report, as a study's pruner may do."""
+
+    def run(self, cfg: VariantConfig, ctx) -> dict:  # noqa: ANN001
+        row = super().run(cfg, ctx)
+        queue = JobQueue()
+        queue.cancel(next(j.id for j in queue.jobs(status="running") if j.spec.method == "test_late_cancel"))
+        return row
+
+
 @pytest.fixture()
 def fake_methods() -> Iterator[None]:
     METHODS.add("test_sleepy", Sleepy())
     METHODS.add("test_broken", Broken())
+    METHODS.add("test_late_cancel", CancelledAsItEnds())
     yield
-    for name in ("test_sleepy", "test_broken"):
+    for name in ("test_sleepy", "test_broken", "test_late_cancel"):
         METHODS._items.pop(name, None)
 
 
@@ -308,6 +319,20 @@ def test_worker_runs_jobs_and_a_failure_keeps_its_error(qenv: Path, small_data: 
     assert "ValueError: boom at conv4_x" in listing and "1 done, 1 failed" in listing
     assert main(["jobs", "retry", bad.id]) == 0
     assert queue.get(bad.id).status == "queued"
+
+
+def test_a_cancel_asked_as_the_job_ends_stands_at_once(qenv: Path, small_data: ImageData,
+                                                        fake_methods: None) -> None:
+    """The cancel is kept (no row stored, the job cancelled), not taken for a lease another worker holds (which left
+    the job cancelling until its lease ran out)."""
+    queue, store = JobQueue(), ResultsStore()
+    late = smoke_spec(small_data, "test_late_cancel", steps=2)
+    queue.submit([late])
+    worker = Worker(queue, WorkerOptions(heartbeat_s=0.1, poll_s=0.05, max_jobs=1))
+    assert worker.work() == 1
+    job = queue.get(late.id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert store.get(late.id) is None
 
 
 def test_cooperative_cancel_stops_the_job_and_the_worker_goes_on(qenv: Path, small_data: ImageData,
