@@ -176,11 +176,13 @@ def take(candidates: list[Planned], busy: Collection[str] = (), idle: int = 0) -
     Returns:
         the follow-ups to queue, in the order given.
     """
-    cheap = [p for p in candidates if not trains_encoder(p.spec)]
+    cheap: list[Planned] = []
     per_split: dict[str, list[Planned]] = {}
     for p in candidates:
         if trains_encoder(p.spec):
             per_split.setdefault(p.spec.split, []).append(p)
+        else:
+            cheap.append(p)
     chosen = [line[0] for split, line in per_split.items() if split not in busy]
     extra = itertools.chain.from_iterable(itertools.zip_longest(
         *[line[1:] if split not in busy else line for split, line in per_split.items()]))
