@@ -350,6 +350,23 @@ def fixed_bits_floor(enc: EncodingConfig) -> int:
     return MIN_PAYLOAD_BITS
 
 
+def reaches_no_further(a: EncodingConfig, b: EncodingConfig, default_epochs: int) -> bool:
+    """Whether encoding `a` is expected to keep no more of the task than `b`: its fixed-length form holds no more
+    bits (`fixed_bits_floor`), it trains no part of the model that `b` keeps frozen, and no more epochs. A rule of
+    thumb, not a bound (the quick sweep's learned codings follow it: a 4-bit codebook or d = 16 on a frozen device
+    part never beat d = 32 at 2 bits fine-tuned at the same split).
+
+    Args:
+        a, b: the two encodings; default_epochs: the epochs of one that does not say (the profile's).
+    Returns:
+        True when `a` is no larger and trained no more than `b`.
+    """
+    parts_a, parts_b = BACKBONES[a.backbone], BACKBONES[b.backbone]
+    return (fixed_bits_floor(a) <= fixed_bits_floor(b)
+            and all(x <= y for x, y in zip(parts_a, parts_b, strict=True))
+            and (a.epochs or default_epochs) <= (b.epochs or default_epochs))
+
+
 @torch.no_grad()
 def measure_encoded(model: EncodedSplit, codec: EntropyCodec, data: ImageData, split: str,
                     time_device: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:

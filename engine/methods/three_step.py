@@ -23,6 +23,7 @@ from torch import nn
 
 from engine import intermediate
 from engine.coding import FEATURE_CODINGS, Deployed
+from engine.coding.learned import KNOB_PREFIX, EncodingConfig, reaches_no_further
 from engine.config import REPLICATE_KNOB, BaseModelConfig, VariantConfig, config_id, training_seed
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
@@ -38,7 +39,7 @@ from engine.methods.base import (
     refuse_end_points,
 )
 from engine.models import END_POINTS, split
-from engine.pareto import DECISION_COLUMN, accuracy_threshold_default
+from engine.pareto import DECISION_COLUMN, WIN_BACK, accuracy_threshold_default
 from engine.profile import count_flops, profile_parts
 from engine.profiles import BUDGET_NEUTRAL, PROFILES, Profile, PruneBudget, profile_of
 from engine.prune import (
@@ -535,8 +536,12 @@ class ThreeStep:
 
         A crossed variant that a measured `three_step` row at its split provably dominates is left out: that row
         meets the default validation threshold with no more device FLOPs than the variant's snapshot and no more bits
-        than its coding can ever send (`FeatureCoding.min_bits`), one of them strictly less. Per split, the variants
-        come fewest device FLOPs first, then fewest bits at best, so those likeliest to dominate the rest run first.
+        than its coding can ever send (`FeatureCoding.min_bits`), one of them strictly less. So is a learned coding
+        expected to miss the threshold (a stated rule, not a proof): at its split, a learned coding measured on any
+        snapshot that reaches at least as far (`reaches_no_further`: no fewer fixed-length bits, trained no less)
+        lost more validation accuracy against its snapshot's 8-bit row than the variant's snapshot holds above the
+        threshold, plus the half point a coding may win back (`WIN_BACK`). Per split, the variants come fewest
+        device FLOPs first, then fewest bits at best, so those likeliest to dominate the rest run first.
 
         Args:
             base: the base model; its profile names the codings.
@@ -554,18 +559,21 @@ class ThreeStep:
                 continue
             splits += [row["split"]] if row["split"] not in splits else []
             run = {k: v for k, v in row["knobs"].items() if k in RUN_KNOBS}
+            margin = _number(row.get("val_accuracy")) - _number(row.get("val_threshold"))  # the snapshot's
             if holds and full_run(run) in grid:
                 for c in profile.codings:
                     v = self._coded(row["split"], base, {**run, "snapshot": level}, c)
-                    candidates.setdefault(v.id, (v, _number(row.get("device_flops"))))
+                    candidates.setdefault(v.id, (v, _number(row.get("device_flops")), margin))
+            base_margin = _number(row.get("base_val_accuracy")) - _number(row.get("val_threshold"))
             for c in profile.codings:
                 v = self._coded(row["split"], base, {"snapshot": "none"}, c)
-                candidates.setdefault(v.id, (v, _number(row.get("base_device_flops"))))
-        points = _qualifying_points(rows)
+                candidates.setdefault(v.id, (v, _number(row.get("base_device_flops")), base_margin))
+        points, lost = _qualifying_points(rows), _learned_losses(rows)
         out = []
-        for v, flops in candidates.values():
+        for v, flops, margin in candidates.values():
             bits = FEATURE_CODINGS.get(str(v.knob("encoder", "none"))).min_bits(v)
-            if not provably_dominated(flops, bits, points.get(v.split, [])):
+            if not (provably_dominated(flops, bits, points.get(v.split, []))
+                    or _expected_to_miss(v, margin, lost.get(v.split, []), profile.encoding_epochs)):
                 out.append((splits.index(v.split), flops, bits, v))
         return [v for *_, v in sorted(out, key=lambda t: t[:3])]
 
@@ -767,6 +775,33 @@ def _qualifying_points(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tupl
         if val >= accuracy_threshold_default(float(base_val)):
             out.setdefault(str(r["split"]), []).append((float(flops), float(bits)))
     return out
+
+
+def _learned_losses(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[EncodingConfig, float]]]:
+    """Per split, each measured learned coding (`enc_*` knobs) of these `three_step` rows with the validation
+    accuracy it lost against its snapshot's 8-bit row (the unpruned model's for `snapshot="none"`)."""
+    out: dict[str, list[tuple[EncodingConfig, float]]] = {}
+    for r in rows:
+        knobs = r.get("knobs") or {}
+        coding = FEATURE_CODINGS.get(str(knobs.get("encoder", "none")))
+        snapshot = r.get("val_accuracy") if knobs.get("snapshot") != "none" else r.get("base_val_accuracy")
+        val = r.get(DECISION_COLUMN)
+        if coding.prefix != KNOB_PREFIX or knobs.get(REPLICATE_KNOB, 0) or any(
+                not isinstance(x, int | float) or x != x for x in (snapshot, val)):
+            continue
+        out.setdefault(str(r["split"]), []).append((EncodingConfig.from_knobs(knobs), float(snapshot) - float(val)))
+    return out
+
+
+def _expected_to_miss(v: VariantConfig, margin: float, lost: Iterable[tuple[EncodingConfig, float]],
+                      default_epochs: int) -> bool:
+    """Whether the learned coding of `v`, on a snapshot `margin` above the validation threshold, is expected to miss
+    it: a coding at its split that reaches at least as far lost more than that margin and `WIN_BACK` (see
+    `ThreeStep.followups`). Never for a coding that is not learned."""
+    if FEATURE_CODINGS.get(str(v.knob("encoder", "none"))).prefix != KNOB_PREFIX:
+        return False
+    own = EncodingConfig.from_knobs(v.knobs)
+    return any(loss > margin + WIN_BACK and reaches_no_further(own, enc, default_epochs) for enc, loss in lost)
 
 
 def _coding_prefixes() -> tuple[str, ...]:

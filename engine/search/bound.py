@@ -42,11 +42,11 @@ from typing import Any
 
 from engine.config import VariantConfig
 from engine.entropy.payload import MIN_PAYLOAD_BITS
-from engine.pareto import DECISION_COLUMN
+from engine.pareto import DECISION_COLUMN, WIN_BACK
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
 PLANNER_VERSION = 8  # part of a forecast study's name: a study keeps the planner's rules it was run with
-MARGIN = 0.005  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row (half a point)
+MARGIN = WIN_BACK  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row
 SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
 CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
 RUN_SECONDS = 300.0  # a pruning run's trial before the study has timed one (three levels at the quick budget)
