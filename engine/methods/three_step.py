@@ -559,15 +559,16 @@ class ThreeStep:
                 continue
             splits += [row["split"]] if row["split"] not in splits else []
             run = {k: v for k, v in row["knobs"].items() if k in RUN_KNOBS}
-            margin = _number(row.get("val_accuracy")) - _number(row.get("val_threshold"))  # the snapshot's
+            base_val = _number(row.get("base_val_accuracy"))  # margins over the default threshold (the sweep's)
+            need = accuracy_threshold_default(base_val)
             if holds and full_run(run) in grid:
                 for c in profile.codings:
                     v = self._coded(row["split"], base, {**run, "snapshot": level}, c)
-                    candidates.setdefault(v.id, (v, _number(row.get("device_flops")), margin))
-            base_margin = _number(row.get("base_val_accuracy")) - _number(row.get("val_threshold"))
+                    candidates.setdefault(v.id, (v, _number(row.get("device_flops")),
+                                                 _number(row.get("val_accuracy")) - need))
             for c in profile.codings:
                 v = self._coded(row["split"], base, {"snapshot": "none"}, c)
-                candidates.setdefault(v.id, (v, _number(row.get("base_device_flops")), base_margin))
+                candidates.setdefault(v.id, (v, _number(row.get("base_device_flops")), base_val - need))
         points, lost = _qualifying_points(rows), _learned_losses(rows)
         out = []
         for v, flops, margin in candidates.values():
