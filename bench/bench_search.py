@@ -29,7 +29,7 @@ from engine.search import Environment, Search, SearchConfig, trial_table  # noqa
 from engine.search.objective import latency_of  # noqa: E402
 from engine.search.study import charged_seconds, study_names  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
-from engine.sweep import sweep_tag  # noqa: E402
+from engine.sweep import sweep_jobs  # noqa: E402
 from engine.units import format_seconds  # noqa: E402
 
 # the paper's Pi 3 / RTX 2080 Ti presets at three rates, and an environment the grid was not planned for
@@ -43,10 +43,10 @@ def environment(text: str) -> Environment:
 
 
 def grid_rows(base: BaseModelConfig, store: ResultsStore, queue: JobQueue) -> tuple[pd.DataFrame, float]:
-    """The rows the sweep measured for `base` (its done jobs, tagged as a local sweep tags them or untagged: not a
-    study's), in the order they were measured, each with the charged minutes spent when it landed
-    (`worker_minutes`), and their charged seconds."""
-    ids = {j.id for j in queue.jobs(status="done", base_id=base.id, reap=False) if j.tag in (None, sweep_tag(base.id))}
+    """The rows the sweep measured for `base` (its done jobs, `engine.sweep.sweep_jobs`: never a study's), in the
+    order they were measured, each with the charged minutes spent when it landed (`worker_minutes`), and their
+    charged seconds."""
+    ids = {j.id for j in sweep_jobs(queue.jobs(status="done", base_id=base.id, reap=False), base.id)}
     rows = sorted((r for r in store.rows() if r["id"] in ids), key=lambda r: str(r.get("created_at", "")))
     runs: set[str] = set()
     total = 0.0

@@ -21,7 +21,7 @@ from engine.pareto import DEFAULT_ACCURACY_DROP, meets_threshold, validation_thr
 from engine.profiles import PROFILES  # noqa: E402
 from engine.queue import Job, JobQueue  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
-from engine.sweep import sweep_tag  # noqa: E402
+from engine.sweep import sweep_jobs  # noqa: E402
 
 
 def summary(jobs: list[Job], above: set[str] | None = None) -> list[str]:
@@ -90,13 +90,6 @@ def above_threshold(base_id: str, drop: float) -> set[str] | None:
     return set(table["id"][meets_threshold(table, threshold)])
 
 
-def of_the_sweep(jobs: list[Job], base_id: str) -> list[Job]:
-    """The jobs a local sweep of `base_id` ran (its tag), where it tagged any; all of `jobs` otherwise (a sweep
-    before tags, or one on Dask)."""
-    tagged = [j for j in jobs if j.tag == sweep_tag(base_id)]
-    return tagged or jobs
-
-
 def utc_time(text: str) -> float:
     """A UTC time, ISO 8601 without a zone (YYYY-MM-DDTHH:MM[:SS]), as seconds since the epoch."""
     try:
@@ -119,13 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--until", type=utc_time, default=None,
                         help="only jobs submitted at or before this UTC time (jobs added by hand after the sweep)")
     parser.add_argument("--all-jobs", action="store_true",
-                        help="every job of the base model, not only those a sweep ran (its tag) where it tagged any")
+                        help="every job of the base model, not only the sweep's (`engine.sweep.sweep_jobs`: those it "
+                             "tagged where it tagged any, else the untagged ones; never a study's)")
     args = parser.parse_args(argv)
     profile, data, base = profile_data(args.profile, args.data)
     jobs = [j for j in JobQueue(args.jobs).jobs(base_id=base.id, reap=False) if j.kind == "variant"
             and (args.since is None or j.submitted_at >= args.since)
             and (args.until is None or j.submitted_at <= args.until)]
-    jobs = jobs if args.all_jobs else of_the_sweep(jobs, base.id)
+    jobs = jobs if args.all_jobs else sweep_jobs(jobs, base.id)
     if args.since is not None or args.until is not None:
         window = " to ".join(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t is not None else "…"
                              for t in (args.since, args.until))

@@ -328,6 +328,21 @@ def sweep_tag(base_id: str) -> str:
     return f"sweep:{base_id}"
 
 
+def sweep_jobs(jobs: Iterable[Job], base_id: str) -> list[Job]:
+    """The jobs of the sweep of `base_id` among `jobs`: those carrying its tag (`sweep_tag`) where any do; else the
+    untagged ones (a sweep before tags, in rounds on Dask or from the dashboard, with jobs added by hand). Never a
+    study's (tagged with the study's name).
+
+    Args:
+        jobs: jobs of the job table; base_id: the sweep's base model.
+    Returns:
+        the sweep's, in the order given.
+    """
+    jobs = [j for j in jobs if j.spec.base_id == base_id]
+    tagged = [j for j in jobs if j.tag == sweep_tag(base_id)]
+    return tagged or [j for j in jobs if j.tag is None]
+
+
 def _run_rolling(planned: list[Planned], queue: JobQueue, store: ResultsStore, workers: int, force: bool,
                  options: WorkerOptions | None, on_update: Callable[[list[Job]], None] | None,
                  follow: Callable[[ResultsStore, set[str]], list[Planned]]

@@ -537,11 +537,14 @@ class ThreeStep:
         A crossed variant that a measured `three_step` row at its split provably dominates is left out: that row
         meets the default validation threshold with no more device FLOPs than the variant's snapshot and no more bits
         than its coding can ever send (`FeatureCoding.min_bits`), one of them strictly less. So is a learned coding
-        expected to miss the threshold (a stated rule, not a proof): at its split, a learned coding measured on any
-        snapshot that reaches at least as far (`reaches_no_further`: no fewer fixed-length bits, trained no less)
-        lost more validation accuracy against its snapshot's 8-bit row than the variant's snapshot holds above the
-        threshold, plus the half point a coding may win back (`WIN_BACK`). Per split, the variants come fewest
-        device FLOPs first, then fewest bits at best, so those likeliest to dominate the rest run first.
+        expected to miss the threshold (a stated rule, not a proof): at its split, a learned coding that reaches at
+        least as far (`reaches_no_further`: no fewer fixed-length bits, trained no less), measured on a snapshot
+        with no fewer device FLOPs (a coding loses more the more is pruned), lost more validation accuracy against
+        that snapshot's 8-bit row than the variant's snapshot holds above the threshold, plus the half point a
+        coding may win back (`WIN_BACK`). Per split, the unpruned split's codings come first (by the rule's premise a
+        coding loses there no more than on any snapshot: where it misses by far, nothing is tried on them), then the
+        snapshots' fewest device FLOPs first, then fewest bits at best, so those likeliest to dominate the rest run
+        first.
 
         Args:
             base: the base model; its profile names the codings.
@@ -574,9 +577,9 @@ class ThreeStep:
         for v, flops, margin in candidates.values():
             bits = FEATURE_CODINGS.get(str(v.knob("encoder", "none"))).min_bits(v)
             if not (provably_dominated(flops, bits, points.get(v.split, []))
-                    or _expected_to_miss(v, margin, lost.get(v.split, []), profile.encoding_epochs)):
-                out.append((splits.index(v.split), flops, bits, v))
-        return [v for *_, v in sorted(out, key=lambda t: t[:3])]
+                    or _expected_to_miss(v, flops, margin, lost.get(v.split, []), profile.encoding_epochs)):
+                out.append((splits.index(v.split), v.knob("snapshot") != "none", flops, bits, v))
+        return [v for *_, v in sorted(out, key=lambda t: t[:4])]
 
     def suggest(self, chooser: Chooser, base: BaseModelConfig, split: str) -> VariantConfig:
         """A search's choice of the three steps at `split` from the profile's `SearchSpace`: a pruning run (target
@@ -778,31 +781,36 @@ def _qualifying_points(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tupl
     return out
 
 
-def _learned_losses(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[EncodingConfig, float]]]:
-    """Per split, each measured learned coding (`enc_*` knobs) of these `three_step` rows with the validation
-    accuracy it lost against its snapshot's 8-bit row (the unpruned model's for `snapshot="none"`)."""
-    out: dict[str, list[tuple[EncodingConfig, float]]] = {}
+def _learned_losses(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[EncodingConfig, float, float]]]:
+    """Per split, each measured learned coding (`enc_*` knobs) of these `three_step` rows: its encoding, the device
+    FLOPs of the snapshot it coded (the row's less its encoder's) and the validation accuracy it lost against that
+    snapshot's 8-bit row (the unpruned model's for `snapshot="none"`)."""
+    out: dict[str, list[tuple[EncodingConfig, float, float]]] = {}
     for r in rows:
         knobs = r.get("knobs") or {}
         coding = FEATURE_CODINGS.get(str(knobs.get("encoder", "none")))
         snapshot = r.get("val_accuracy") if knobs.get("snapshot") != "none" else r.get("base_val_accuracy")
-        val = r.get(DECISION_COLUMN)
+        val, flops = r.get(DECISION_COLUMN), r.get("device_flops")
         if coding.prefix != KNOB_PREFIX or knobs.get(REPLICATE_KNOB, 0) or any(
-                not isinstance(x, int | float) or x != x for x in (snapshot, val)):
+                not isinstance(x, int | float) or x != x for x in (snapshot, val, flops)):
             continue
-        out.setdefault(str(r["split"]), []).append((EncodingConfig.from_knobs(knobs), float(snapshot) - float(val)))
+        out.setdefault(str(r["split"]), []).append((EncodingConfig.from_knobs(knobs),
+                                                     float(flops) - _number(r.get("encoder_flops")),
+                                                     float(snapshot) - float(val)))
     return out
 
 
-def _expected_to_miss(v: VariantConfig, margin: float, lost: Iterable[tuple[EncodingConfig, float]],
-                      default_epochs: int) -> bool:
-    """Whether the learned coding of `v`, on a snapshot `margin` above the validation threshold, is expected to miss
-    it: a coding at its split that reaches at least as far lost more than that margin and `WIN_BACK` (see
+def _expected_to_miss(v: VariantConfig, flops: float, margin: float,
+                      lost: Iterable[tuple[EncodingConfig, float, float]], default_epochs: int) -> bool:
+    """Whether the learned coding of `v`, on a snapshot of `flops` device FLOPs `margin` above the validation
+    threshold, is expected to miss it: a coding at its split that reaches at least as far, on a snapshot with no
+    fewer device FLOPs (no less of the model kept), lost more than that margin and `WIN_BACK` (see
     `ThreeStep.followups`). Never for a coding that is not learned."""
     if FEATURE_CODINGS.get(str(v.knob("encoder", "none"))).prefix != KNOB_PREFIX:
         return False
     own = EncodingConfig.from_knobs(v.knobs)
-    return any(loss > margin + WIN_BACK and reaches_no_further(own, enc, default_epochs) for enc, loss in lost)
+    return any(loss > margin + WIN_BACK and flops <= kept * (1 + 1e-9) and reaches_no_further(own, enc, default_epochs)
+               for enc, kept, loss in lost)
 
 
 def _coding_prefixes() -> tuple[str, ...]:

@@ -1,5 +1,5 @@
-"""bench/bench_sweep.py reads one sweep's jobs out of a shared table: by its tag, and by the UTC window it is
-given."""
+"""bench/bench_sweep.py reads one sweep's jobs out of a shared table (`engine.sweep.sweep_jobs`), and by the UTC
+window it is given."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_sweep import occupancy, of_the_sweep, utc_time
+from bench.bench_sweep import occupancy, utc_time
 from engine.profiles import PROFILES
 from engine.queue import JobQueue
-from engine.sweep import one_variant, sweep_tag
+from engine.sweep import one_variant, sweep_jobs, sweep_tag
 
 
 def test_a_window_s_ends_are_utc_times_to_the_minute_or_second() -> None:
@@ -25,15 +25,18 @@ def test_anything_else_is_refused_in_one_line(text: str) -> None:
         utc_time(text)
 
 
-def test_the_sweep_s_jobs_are_those_it_tagged(tmp_path: Path) -> None:
+def test_the_sweep_s_jobs_are_those_it_tagged_else_the_untagged_never_a_study_s(tmp_path: Path) -> None:
     base = PROFILES.get("smoke").base_config("synthetic-fingerprint")
+    other = PROFILES.get("smoke").base_config("other-fingerprint")
     queue = JobQueue(tmp_path / "jobs.sqlite")
-    swept, by_hand = (one_variant("original", "conv4_x", "smoke", base, None, bits=b).spec for b in (8, 4))
+    swept, by_hand, studied = (one_variant("original", "conv4_x", "smoke", base, None, bits=b).spec for b in (8, 4, 2))
     queue.submit([swept], tag=sweep_tag(base.id))
     queue.submit([by_hand])
-    assert [j.id for j in of_the_sweep(queue.jobs(), base.id)] == [swept.id]
-    untagged = [j for j in queue.jobs() if j.id == by_hand.id]  # a sweep before tags: every job is read
-    assert of_the_sweep(untagged, base.id) == untagged
+    queue.submit([studied], tag="study-latency")
+    queue.submit([one_variant("original", "conv4_x", "smoke", other, None).spec])  # another base model's
+    assert [j.id for j in sweep_jobs(queue.jobs(), base.id)] == [swept.id]
+    before_tags = [j for j in queue.jobs() if j.id != swept.id]  # a sweep before tags: the untagged jobs
+    assert [j.id for j in sweep_jobs(before_tags, base.id)] == [by_hand.id]
 
 
 def test_occupancy_is_the_share_of_the_peak_s_worker_time_the_jobs_filled() -> None:

@@ -255,7 +255,8 @@ def test_crossed_variants_a_measured_row_provably_dominates_are_left_out() -> No
     level1 = {**snapshot_row(1, 0.79), "device_flops": 100.0, "base_device_flops": 300.0}
     method = METHODS.get("three_step")
     before = method.followups(SMOKE_BASE, [level0, level1])
-    assert [v.knob("snapshot") for v in before][:2] == [1, 1]  # the most pruned snapshot first
+    order = [v.knob("snapshot") for v in before]
+    assert order[:2] == ["none", "none"] and order[2:4] == [1, 1]  # the unpruned split, then the most pruned first
     coded = method._coded("conv4_x", SMOKE_BASE, {**{k: v for k, v in level1["knobs"].items() if k != "bits"},
                                                     "snapshot": 1}, PROFILES.get("smoke").codings[1])
     winner = {"id": coded.id, "method": "three_step", "split": "conv4_x", "base_id": SMOKE_BASE.id,
@@ -269,23 +270,26 @@ def test_crossed_variants_a_measured_row_provably_dominates_are_left_out() -> No
     assert len(method.followups(SMOKE_BASE, [level0, level1, below])) == len(before)
 
 
-def _coded_row(level: int | str, val: float, snapshot_val: float, **coding: object) -> dict:
-    """A measured learned coding at conv4_x on a smoke snapshot (`level`, or "none": unpruned)."""
+def _coded_row(level: int | str, val: float, snapshot_val: float, flops: float, **coding: object) -> dict:
+    """A measured learned coding at conv4_x on a smoke snapshot (`level`, or "none": unpruned) of `flops` device
+    FLOPs (its encoder's 1 more)."""
     run = {k: v for k, v in snapshot_row(0, 0.8)["knobs"].items() if k not in ("bits", "snapshot", "encoder")}
     pruning = {"snapshot": "none"} if level == "none" else {**run, "snapshot": level}
     cfg = METHODS.get("three_step")._coded("conv4_x", SMOKE_BASE, pruning, tuple(coding.items()))
     return {"id": cfg.id, "method": "three_step", "split": "conv4_x", "base_id": SMOKE_BASE.id,
             "knobs": dict(cfg.knobs), "deployed_val_accuracy": val, "base_val_accuracy": 0.80,
             **({"base_val_accuracy": snapshot_val} if level == "none" else {"val_accuracy": snapshot_val}),
-            "device_flops": 100.0, "bits_actual": 9.0}
+            "device_flops": flops + 1.0, "encoder_flops": 1.0, "bits_actual": 9.0}
 
 
 def test_learned_codings_a_larger_one_shows_cannot_hold_are_left_out() -> None:
     """A learned coding at a split that lost more than a snapshot's margin over the threshold (and the half point a
-    coding may win back) rules out, on that snapshot, every learned coding that reaches no further (no more
-    fixed-length bits, trained no more); one that reaches further, or a uniform coding, stays."""
+    coding may win back) rules out, on that snapshot and every one with no more device FLOPs, each learned coding
+    that reaches no further (no more fixed-length bits, trained no more); one that reaches further, one on a larger
+    snapshot, or a uniform coding, stays."""
     method = METHODS.get("three_step")
-    snaps = [{**snapshot_row(0, 0.80), "base_val_accuracy": 0.80}, {**snapshot_row(1, 0.79), "base_val_accuracy": 0.80}]
+    snaps = [{**snapshot_row(level, val), "base_val_accuracy": 0.80, "device_flops": flops, "base_device_flops": 300.0}
+             for level, val, flops in ((0, 0.80, 200.0), (1, 0.79, 100.0))]
     learned = [v for v in method.followups(SMOKE_BASE, snaps) if v.knob("encoder") == "two_step"]
     assert {v.knob("snapshot") for v in learned} == {0, 1, "none"}  # margins 0.02, 0.01 and 0.02
     assert all((v.knob("enc_d"), v.knob("enc_bits")) == (8, 1) for v in learned)  # smoke's: 8 bits fixed-length
@@ -295,13 +299,14 @@ def test_learned_codings_a_larger_one_shows_cannot_hold_are_left_out() -> None:
         return {v.knob("snapshot") for v in learned if v.id not in after and v.id not in {r["id"] for r in measured}}
 
     large = {"encoder": "two_step", "enc_d": 16, "enc_bits": 2, "enc_backbone": "finetune", "enc_epochs": 2}
-    assert left(_coded_row(1, 0.70, 0.79, **large)) == {0, 1, "none"}  # lost 9 points: hopeless everywhere
-    assert left(_coded_row(1, 0.77, 0.79, **large)) == {1}  # lost 2: more than 1 + 0.5 over level 1, not 2 + 0.5
+    assert left(_coded_row("none", 0.70, 0.80, 300.0, **large)) == {0, 1, "none"}  # lost 10 points unpruned
+    assert left(_coded_row(1, 0.70, 0.79, 100.0, **large)) == {1}  # on level 1: says nothing of larger snapshots
+    assert left(_coded_row("none", 0.776, 0.80, 300.0, **large)) == {1}  # lost 2.4: over 1 + 0.5, not 2 + 0.5
     small = {"encoder": "two_step", "enc_d": 4, "enc_bits": 1, "enc_backbone": "finetune", "enc_epochs": 2}
-    assert left(_coded_row("none", 0.60, 0.80, **small)) == set()  # fewer bits than 8: says nothing of d = 8
+    assert left(_coded_row("none", 0.60, 0.80, 300.0, **small)) == set()  # fewer bits than 8: says nothing of d = 8
     cheaper = {**large, "enc_backbone": "frozen"}
-    assert left(_coded_row(0, 0.60, 0.80, **cheaper)) == set()  # trained less: says nothing of a trained server
-    uniform = [v for v in method.followups(SMOKE_BASE, [*snaps, _coded_row(1, 0.70, 0.79, **large)])
+    assert left(_coded_row("none", 0.60, 0.80, 300.0, **cheaper)) == set()  # trained less: nothing of a trained one
+    uniform = [v for v in method.followups(SMOKE_BASE, [*snaps, _coded_row("none", 0.70, 0.80, 300.0, **large)])
                if v.knob("encoder") == "none"]
     assert len(uniform) == 3  # a uniform coding is never ruled out so
 
@@ -314,7 +319,7 @@ def test_a_sweep_plans_one_encoder_per_split_and_round(tmp_path: Path) -> None:
     every = sweep.followups("smoke", SMOKE_BASE, store, methods=["three_step"])
     wave = sweep.take(every)
     encoders = [p for p in wave if sweep.trains_encoder(p.spec.variant())]
-    assert len(encoders) == 1 and encoders[0].spec.variant().knob("snapshot") == 1
+    assert len(encoders) == 1 and encoders[0].spec.variant().knob("snapshot") == "none"  # the unpruned split first
     assert len(every) - len(wave) == sum(sweep.trains_encoder(p.spec.variant()) for p in every) - 1
 
 
