@@ -20,6 +20,9 @@ DEFAULT_ACCURACY_DROP = 0.02  # the dashboard's default drop below the base mode
 # validation accuracy a coding or a seed may win back over what its pruning's 8-bit row shows (half a point: a
 # training seed alone moves a row about so much); rules that leave configurations out as expected to miss allow it
 WIN_BACK = 0.005
+# an accuracy exactly at the threshold meets it: a count of correct images stored as float32 (the base model's
+# figures) and the same count as float64 differ in the eighth digit, so a threshold allows a ten-millionth below it
+ACCURACY_EPS = 1e-7
 NO_VALIDATION = "no validation figure: re-measure"
 RATE_COLUMNS = ("rate", "method", "id", "split", "knobs", "latency", "t_device", "t_transmit", "t_server", "accuracy",
                 DECISION_COLUMN, "bits")
@@ -211,12 +214,13 @@ def _dtype(column: str) -> str:
 def accuracy_threshold_default(base_accuracy: float, drop: float = DEFAULT_ACCURACY_DROP) -> float:
     """The accuracy a variant must keep: the base model's minus `drop` (fractions in [0, 1]). The paper's
     ResNet18 reaches about 95 % and it sets the threshold to 93 % (Shao & Zhang 2020, Sec. "Experiments"); here
-    both are validation accuracies (`validation_threshold`)."""
+    both are validation accuracies (`validation_threshold`). An accuracy a ten-millionth below it still meets it
+    (`ACCURACY_EPS`: float32 and float64 figures of one count of images)."""
     if not 0.0 <= base_accuracy <= 1.0:
         raise UserError(f"base accuracy is a fraction in [0, 1], got {base_accuracy}; e.g. 0.95 for 95 %")
     if not 0.0 <= drop <= 1.0:
         raise UserError(f"the accuracy drop is a fraction in [0, 1], got {drop}; e.g. 0.02 for 2 points")
-    return max(0.0, base_accuracy - drop)
+    return max(0.0, base_accuracy - drop - ACCURACY_EPS)
 
 
 

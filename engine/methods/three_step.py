@@ -312,7 +312,7 @@ def _prune(cfg: VariantConfig, ctx: RunContext, knobs: Mapping[str, Any], key: s
     device = pick_device()
     model = copy.deepcopy(base).to(device)
     base_val = validation_accuracy(model, ctx.data, val_x, val_y)
-    threshold = base_val - float(knobs["threshold_drop"]) / 100.0
+    threshold = accuracy_threshold_default(base_val, float(knobs["threshold_drop"]) / 100.0)
     device_part, _ = split(model, cfg.split)
     allocated, allocation_s = None, 0.0
     if knobs["allocation"] == "sensitivity":
