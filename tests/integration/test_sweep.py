@@ -11,6 +11,8 @@ from conftest import cache_sharing_data, use_cache
 
 from engine import sweep
 from engine.data import ImageData
+from engine.methods import METHODS, three_step
+from engine.pareto import accuracy_threshold_default
 from engine.profiles import PROFILES
 from engine.queue import JobQueue, Worker, WorkerOptions
 from engine.store import ResultsStore
@@ -85,8 +87,22 @@ def test_a_sweep_crosses_the_snapshots_that_hold_the_threshold_with_the_codings(
     snapshots = [r for r in rows.values() if r["knobs"].get("bits") == 8 and isinstance(r["knobs"]["snapshot"], int)]
     holding = sorted(r["knobs"]["snapshot"] for r in snapshots if r["val_accuracy"] >= r["val_threshold"])
     crossed = [p for p in report.planned if p.id not in {q.id for q in planned}]
-    codings = PROFILES.get("smoke").codings
-    assert len(crossed) == (len(holding) + 1) * len(codings)  # each holding snapshot and the unpruned split
     assert all(p.id in rows for p in crossed)  # measured, as rows of their own
-    assert sorted({p.spec.knobs["snapshot"] for p in crossed}, key=str) == [*holding, "none"]
+    # each holding snapshot and the unpruned split with every coding, but a learned one expected to miss (a measured
+    # learned coding that reaches as far lost more there than the snapshot's margin allows)
+    method, smoke = METHODS.get("three_step"), PROFILES.get("smoke")
+    run = {k: v for k, v in snapshots[0]["knobs"].items() if k not in ("bits", "snapshot", "encoder")}
+    lost = three_step._learned_losses([r for r in rows.values() if r["method"] == "three_step"])["conv4_x"]
+    base_val = snapshots[0]["base_val_accuracy"]
+    need = accuracy_threshold_default(base_val)
+    for level in [*holding, "none"]:
+        pruning = {"snapshot": "none"} if level == "none" else {**run, "snapshot": level}
+        snap = None if level == "none" else next(r for r in snapshots if r["knobs"]["snapshot"] == level)
+        flops = snapshots[0]["base_device_flops"] if snap is None else snap["device_flops"]
+        margin = (base_val if snap is None else snap["val_accuracy"]) - need
+        for coding in smoke.codings:
+            v = method._coded("conv4_x", base, pruning, coding)
+            missing = three_step._expected_to_miss(v, flops, margin, lost, smoke.encoding_epochs)
+            assert (v.id in {p.id for p in crossed}) != missing, (level, coding)
+    assert {p.spec.knobs["snapshot"] for p in crossed} <= {*holding, "none"}
     assert sweep.followups("smoke", base, store, data, ["three_step"]) == []  # nothing left to cross
