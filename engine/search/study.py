@@ -29,6 +29,8 @@ from optuna.samplers import RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
 from engine import intermediate
+from engine.coding import FEATURE_CODINGS
+from engine.coding.learned import KNOB_PREFIX, EncodingConfig
 from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.errors import UserError
 from engine.methods import METHODS, check_variant
@@ -48,7 +50,14 @@ from engine.search.objective import (
     objective_values,
     threshold_of,
 )
-from engine.search.pruner import ENCODER_STEP, FINAL_ATTR, THRESHOLD_ATTR, HopelessPruner, step_of
+from engine.search.pruner import (
+    ENCODER_STEP,
+    FINAL_ATTR,
+    LAST_STEP_ATTR,
+    THRESHOLD_ATTR,
+    HopelessPruner,
+    step_of,
+)
 from engine.search.space import SPACE_VERSION, probes, suggest_variant
 from engine.store import ResultsStore
 
@@ -389,6 +398,8 @@ class Search:
         trial.set_user_attr("method", variant.method)
         trial.set_user_attr("split", variant.split)
         trial.set_user_attr("knobs", json.loads(json.dumps(dict(variant.knobs))))
+        if (epochs := _encoder_epochs(variant, self.cfg.profile)) is not None:
+            trial.set_user_attr(LAST_STEP_ATTR, step_of(intermediate.ENCODER_EPOCH, epochs))
 
     def _submit(self, trial: optuna.Trial, variant: VariantConfig) -> None:
         spec = JobSpec.for_variant(variant, self.cfg.profile, self.data)
@@ -586,6 +597,13 @@ def _levels(variant: VariantConfig) -> int:
     """The pruning levels whose reported figures bear on a trial: those up to its snapshot (0 when unpruned)."""
     snapshot = variant.knob("snapshot")
     return int(snapshot) + 1 if isinstance(snapshot, int) and not isinstance(snapshot, bool) else 0
+
+
+def _encoder_epochs(variant: VariantConfig, profile: str) -> int | None:
+    """The epochs a trial's learned encoder trains (its `enc_epochs`, else the profile's), None without one."""
+    if FEATURE_CODINGS.get(str(variant.knob("encoder", "none"))).prefix != KNOB_PREFIX:
+        return None
+    return EncodingConfig.from_knobs(variant.knobs).epochs or PROFILES.get(profile).encoding_epochs
 
 
 def _float(v: Any) -> float | None:

@@ -426,3 +426,37 @@ def test_an_unmeasured_coding_is_estimated_from_the_nearest_larger_one_scaled_by
     f = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}[narrow.key]
     assert f.estimate == pytest.approx(BASE_VAL - 2 * loss)
     assert f.val == pytest.approx(BASE_VAL - loss)
+
+
+def test_a_learned_coding_that_lost_at_a_split_lowers_the_others_expected_there_and_shallower() -> None:
+    """The quick study's conv2_x: after its 16-codeword codebook kept 17.5 %, the planner tried six other codings
+    there. A coding of another family is expected to lose about as much (scaled by the square root of the capacity
+    ratio) at that split and every shallower one; a deeper split keeps its own estimate, and the rules' bound (`val`)
+    stays what the family alone says."""
+    env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
+    planner = Planner(SPACE, "quick", env, THRESHOLD)
+
+    def unpruned(split: str, family: str, capacity: tuple) -> object:
+        return next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == split
+                    and (s.level, s.family, s.capacity) == (-1, family, capacity))
+
+    measured = {c.key: Measured(s, world(c.variant)) for c in planner.candidates
+                if (s := planner.shapes[c.key]).level < 0 and s.reference}
+    lost = unpruned("conv2_x", CHEAP_TS.replace("two_step", "vector"), (16.0,))
+    measured[lost.key] = Measured(planner.shapes[lost.key], {**world(lost.variant), "deployed_val_accuracy": 0.175})
+    forecasts = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}
+    for split in ("stem", "conv2_x"):
+        wide = forecasts[unpruned(split, TS, (32.0, 2.0)).key]
+        loss = (BASE_VAL - 0.175) * math.sqrt(4.0 / 64.0)
+        assert wide.estimate == pytest.approx(BASE_VAL - loss) and wide.val == pytest.approx(BASE_VAL)
+        assert wide.value < 1e-9
+    deeper = forecasts[unpruned("conv3_x", TS, (32.0, 2.0)).key]
+    assert deeper.estimate == pytest.approx(BASE_VAL) and deeper.value > 0
+    choice, _ = planner.next(measured, (), 1.0)
+    assert choice is not None and choice.shape.split not in ("stem", "conv2_x"), choice.shape
+    # a trial stopped while its encoder trained counts as lost at least its margin over the threshold and one more
+    stopped = unpruned("conv3_x", VQ, (256.0,))
+    measured[stopped.key] = Measured(planner.shapes[stopped.key], None, {}, stopped=True)
+    other = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}[
+        unpruned("conv3_x", TS, (8.0, 1.0)).key]
+    assert other.estimate == pytest.approx(BASE_VAL - (BASE_VAL - (THRESHOLD - 0.01)) * math.sqrt(8.0 / 8.0))
