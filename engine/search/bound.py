@@ -315,13 +315,17 @@ class Planner:
 
     def _told_by(self, s: Shape, flying: Iterable[Shape]) -> bool:
         """Whether a trial in flight will tell if this candidate can hold: for a coding on the unpruned split, the
-        same family with no less capacity, here or deeper (if it loses too much, so does this one); for a pruning, a
-        run at this split no sparser at its first level (body and output) that holds no longer (if it misses, so
-        does this one)."""
+        same family with no less capacity, here or deeper (if it loses too much, so does this one), or, for a
+        learned coding, any learned coding here (what it loses is what this one is expected to lose,
+        `_other_learned_loss`); for a pruning, a run at this split no sparser at its first level (body and output)
+        that holds no longer (if it misses, so does this one)."""
         if s.level < 0:
+            learned = s.family != "uniform"
             return not s.reference and any(
-                t.level < 0 and t.family == s.family and _no_more(s.capacity, t.capacity) and t != s
-                and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0) for t in flying)
+                t.level < 0 and t != s and not t.reference and (
+                    (t.family == s.family and _no_more(s.capacity, t.capacity)
+                     and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0))
+                    or (learned and t.family != "uniform" and t.split == s.split)) for t in flying)
         return any(t.level >= 0 and t.split == s.split and t.run != s.run and t.hold >= s.hold
                    and t.allocation == s.allocation and t.sparsity / (t.level + 1) <= s.sparsity + 1e-9
                    and t.output / (t.level + 1) <= s.output + 1e-9 for t in flying)

@@ -245,8 +245,13 @@ def test_a_second_worker_does_not_measure_what_the_first_s_trial_will_decide() -
     second, _ = planner.next(measured, [first.candidate.key])
     assert second is not None
     told = (second.shape.family == first.shape.family and second.shape.level < 0
+            and planner.depth[second.shape.split] <= planner.depth[first.shape.split]
             and all(a <= b for a, b in zip(second.shape.capacity, first.shape.capacity, strict=True)))
     assert not told, (first.shape, second.shape)
+    # a learned coding of another family at the same split waits too: what the first loses, it is expected to lose
+    assert first.shape.family != "uniform"
+    assert not (second.shape.split == first.shape.split and second.shape.level < 0
+                and second.shape.family != "uniform"), (first.shape, second.shape)
 
 
 def test_a_coding_s_trial_is_forecast_to_cost_what_its_family_s_trials_cost() -> None:
