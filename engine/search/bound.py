@@ -10,15 +10,16 @@ the unmeasured configurations that are not known to miss the accuracy threshold 
 one measured, the one of most expected gain per expected second: the latency it would save times the chance that
 it holds the threshold, over what it is forecast to cost (constrained expected improvement, Gardner et al., ICML
 2014, per second, Snoek et al., NeurIPS 2012). That chance reads an estimate of its validation accuracy (a pruning's
-loss grows as the square of its sparsity, fitted per split to the study's pruned rows; a coding loses on a pruned
-snapshot what it lost on the unpruned split plus the extra that codings lost on the split's snapshots; a learned
-coding not measured at the split what the learned coding measured there nearest in capacity lost), and its cost
-the study's charged seconds (a coding's trial; a pruning run's, while it is not trained). Before a pruned and coded
-one, what it needs: the coding alone on the unpruned split (no pruning run: its bits and loss there
-hold for every pruning) and the pruning's 8-bit row (seconds once the run is trained: whether the pruning holds the
-threshold for every coding). With workers in parallel, a candidate that would wait on a trial in flight (its
-pruning run, what it needs) or whose coding one will rule in or out is passed over. The planner stops once no
-configuration left is forecast to beat the best one measured.
+loss grows as the square of its sparsity, fitted per split to the study's pruned rows, to every split's while the
+split has none; a coding loses on a pruned snapshot what it lost on the unpruned split plus the extra that codings
+lost on the split's snapshots; a learned coding not measured at the split what the learned coding measured there
+nearest in capacity lost), and its cost the study's charged seconds (a coding's trial; a pruning run's, while it is
+not trained). Before a pruned and coded one, what it needs: the coding alone on the unpruned split (no pruning run:
+its bits and loss there hold for every pruning; for a learned coding, any learned coding there) and the pruning's
+8-bit row (seconds once the run is trained: whether the pruning holds the threshold for every coding). With workers
+in parallel, a candidate that would wait on a trial in flight (its pruning run, what it needs) or whose coding one
+will rule in or out is passed over. The planner stops once no configuration left is forecast to beat the best one
+measured.
 
 What rules a configuration out (each from the study's own trials, so that what it knows it has paid for):
 - its pruning's 8-bit row, or a level its run reported while training, is below the threshold by more than a margin
@@ -46,7 +47,7 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN, WIN_BACK
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
-PLANNER_VERSION = 9  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 10  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = WIN_BACK  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row
 SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
 CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
@@ -334,15 +335,18 @@ class Planner:
         """What to measure before a coded candidate, the most telling for its cost first. Where a coding already held
         the threshold at its split, a pruned candidate's pruning 8-bit row (whether the pruning holds for every
         coding; the device FLOPs a pruning saves outweigh the bits one more coding might). Then, while the coding was
-        never measured at its own split, the coding on the unpruned next deeper split, then on its own (no pruning
-        run; the deeper split's encoder trains with a smaller server part, and a loss there rules the coding out here
-        and at every shallower split); then the pruning's 8-bit row. None when nothing is needed first."""
+        never measured at its own split (a learned one: while no learned coding was, since what one loses there is
+        what the others are expected to lose, `_other_learned_loss`), the coding on the unpruned next deeper split,
+        then on its own (no pruning run; the deeper split's encoder trains with a smaller server part, and a loss
+        there rules the coding out here and at every shallower split); then the pruning's 8-bit row. None when
+        nothing is needed first."""
         parent = self.references.get((s.split, s.pruning)) if s.level >= 0 else None
         if parent is not None and (parent.key in measured or _levels_known(s, measured)):
             parent = None
         if parent is not None and self._codable(s.split, measured):
             return parent
-        if not s.reference and not self._coded_at(s.split, s, measured):
+        if not s.reference and not self._coded_at(s.split, s, measured) and not (
+                s.family != "uniform" and self._learned_at(s.split, measured)):
             here = self.depth.get(s.split, 0)
             at = {depth: split for split, depth in self.depth.items()}
             for split in (at.get(here + 1), s.split):
@@ -358,6 +362,12 @@ class Planner:
         split's measurement would tell nothing more about it)."""
         return any(m.shape.split == split and m.shape.family == s.family and m.shape.capacity == s.capacity
                    for m in measured.values())
+
+    @staticmethod
+    def _learned_at(split: str, measured: Mapping[tuple, Measured]) -> bool:
+        """Whether the study measured a learned coding at `split` (unpruned; or stopped while it trained)."""
+        return any(m.shape.split == split and m.shape.level < 0 and m.shape.family != "uniform"
+                   and (m.row is not None or m.stopped) for m in measured.values())
 
     def _codable(self, split: str, measured: Mapping[tuple, Measured]) -> bool:
         """Whether a learned or uniform coding (other than 8 bits) held the threshold at this split."""
@@ -513,7 +523,9 @@ class _Knowledge:
 
     def estimate(self, s: Shape, probe: Mapping[str, Any]) -> float:
         """The expected validation accuracy (not a bound): its pruning's as measured, else the unpruned split's less
-        a loss growing as the square of the sparsity (`a s^2`, a fitted to the split's pruned rows by least squares);
+        a loss growing as the square of the sparsity (`a s^2`, a fitted to the split's pruned rows by least squares,
+        to every split's while this one has none: a run to 0.48 that missed at conv4_x was followed by two at
+        conv5_x that missed alike);
         less the coding's loss: as measured on another snapshot at the split, else as on the unpruned split plus the
         mean extra that codings lost on the split's snapshots; a coding not measured on the unpruned split takes the
         loss of the nearest larger one of its family there, scaled by their capacities in bits (a code half as long
@@ -522,7 +534,7 @@ class _Knowledge:
         top = number(probe, DECISION_COLUMN)
         base = self.pruning_val.get((s.split, s.pruning))
         if base is None:
-            points = self.pruned_points.get(s.split, [])
+            points = self.pruned_points.get(s.split) or [p for found in self.pruned_points.values() for p in found]
             den = sum(x ** 4 for x, _ in points)
             a = max(0.0, sum((top - v) * x * x for x, v in points) / den) if den > 0 else 0.0
             base = top - a * s.sparsity ** 2 if s.level >= 0 else top
