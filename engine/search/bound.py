@@ -565,8 +565,8 @@ class _Knowledge:
         there while its encoder trained (at least its pruning's margin over the threshold lost), nearest to it in
         capacity bits, scaled by the square root of their ratio; the largest of these. Across families a loss
         moves less with capacity than within one: at the quick study's conv4_x, codings of 4, 6, 8, 32 and 64
-        bits lost 2.2, 2.1, 1.7, 0.9 and 0.8 points; at its conv2_x, the 16-codeword codebook kept 17.5 % and the
-        six codings of 4 to 64 bits tried after it stopped at 12-20 %."""
+        bits lost 2.2, 2.0, 1.6, 0.8 and 0.8 points; at its conv2_x, the 16-codeword codebook kept 17.5 % and the
+        seven codings of 4 to 64 bits tried after it stopped at 12-20 %."""
         if s.family == "uniform":
             return 0.0
         own, here = _capacity_bits(s.family, s.capacity), self.depth.get(s.split, 0)

@@ -436,7 +436,7 @@ def test_an_unmeasured_coding_is_estimated_from_the_nearest_larger_one_scaled_by
 
 
 def test_a_learned_coding_that_lost_at_a_split_lowers_the_others_expected_there_and_shallower() -> None:
-    """The quick study's conv2_x: after its 16-codeword codebook kept 17.5 %, the planner tried six other codings
+    """The quick study's conv2_x: after its 16-codeword codebook kept 17.5 %, the planner tried seven other codings
     there. A coding of another family is expected to lose about as much (scaled by the square root of the capacity
     ratio) at that split and every shallower one; a deeper split keeps its own estimate, and the rules' bound (`val`)
     stays what the family alone says."""
@@ -471,8 +471,8 @@ def test_a_learned_coding_that_lost_at_a_split_lowers_the_others_expected_there_
 
 def test_a_learned_coding_measured_at_a_split_stands_for_the_others_before_a_pruned_one() -> None:
     """Before a pruned and coded variant, a learned coding other than its own measured on the unpruned split is
-    enough (the quick study measured ten codings alone at conv5_x, 20 of its charged minutes, before any pruned
-    one); a uniform coding still needs its own."""
+    enough (a quick study measured 15 codings alone at conv5_x, 35 of its charged minutes, before pruned ones); a
+    uniform coding still needs its own."""
     env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 10e3 * 8)
     planner = Planner(SPACE, "quick", env, THRESHOLD)
 
