@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from engine import intermediate
-from engine.coding.base import CodedSplit, CodingEnv, Deployed, FeatureCoding, register_coding
+from engine.coding.base import FEATURE_CODINGS, CodedSplit, CodingEnv, Deployed, FeatureCoding, register_coding
 from engine.coding.encoders import ENCODERS, EncodedSplit, default_channels, feature_shape
 from engine.coding.quantizers import QUANTIZERS, LatentQuantizer, ScalarCodebook, UniformRounding, VectorCodebook
 from engine.config import BaseModelConfig, VariantConfig, config_from_knobs
@@ -348,6 +348,11 @@ def fixed_bits_floor(enc: EncodingConfig) -> int:
     if enc.quantizer in ("scalar", "uniform"):
         return max(MIN_PAYLOAD_BITS, max(1, enc.d) * enc.bits)
     return MIN_PAYLOAD_BITS
+
+
+def is_learned(encoder: Any) -> bool:
+    """Whether the coding an `encoder` knob names is a learned encoding (its knobs are `enc_*`)."""
+    return FEATURE_CODINGS.get(str(encoder)).prefix == KNOB_PREFIX
 
 
 def reaches_no_further(a: EncodingConfig, b: EncodingConfig, default_epochs: int) -> bool:

@@ -23,7 +23,7 @@ from torch import nn
 
 from engine import intermediate
 from engine.coding import FEATURE_CODINGS, Deployed
-from engine.coding.learned import KNOB_PREFIX, EncodingConfig, reaches_no_further
+from engine.coding.learned import EncodingConfig, is_learned, reaches_no_further
 from engine.config import REPLICATE_KNOB, BaseModelConfig, VariantConfig, config_id, training_seed
 from engine.data import ImageData, train_val_split
 from engine.errors import UserError
@@ -675,7 +675,7 @@ class ThreeStep:
     def _coded(split: str, base: BaseModelConfig, pruning: Mapping[str, Any],
                coding: tuple[tuple[str, Any], ...]) -> VariantConfig:
         knobs = {**pruning, **dict(coding)}
-        if _learned(knobs["encoder"]):  # the profile's way to train an encoder
+        if is_learned(knobs["encoder"]):  # the profile's way to train an encoder
             knobs = {**profile_of(base).encoding_knobs(), **knobs}
         return ThreeStep.canonical(VariantConfig.make("three_step", split, base, **knobs))
 
@@ -781,11 +781,6 @@ def _qualifying_points(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tupl
     return out
 
 
-def _learned(encoder: Any) -> bool:
-    """Whether the coding named by an `encoder` knob is a learned encoding (`enc_*` knobs, `LearnedEncoding`)."""
-    return FEATURE_CODINGS.get(str(encoder)).prefix == KNOB_PREFIX
-
-
 def _learned_losses(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[EncodingConfig, float, float]]]:
     """Per split, each measured learned coding (`enc_*` knobs) of these `three_step` rows: its encoding, the device
     FLOPs of the snapshot it coded (the row's less its encoder's) and the validation accuracy it lost against that
@@ -795,7 +790,7 @@ def _learned_losses(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[E
         knobs = r.get("knobs") or {}
         snapshot = r.get("val_accuracy") if knobs.get("snapshot") != "none" else r.get("base_val_accuracy")
         val, flops = r.get(DECISION_COLUMN), r.get("device_flops")
-        if not _learned(knobs.get("encoder", "none")) or knobs.get(REPLICATE_KNOB, 0) or any(
+        if not is_learned(knobs.get("encoder", "none")) or knobs.get(REPLICATE_KNOB, 0) or any(
                 not isinstance(x, int | float) or x != x for x in (snapshot, val, flops)):
             continue
         out.setdefault(str(r["split"]), []).append((EncodingConfig.from_knobs(knobs),
@@ -810,7 +805,7 @@ def _expected_to_miss(v: VariantConfig, flops: float, margin: float,
     threshold, is expected to miss it: a coding at its split that reaches at least as far, on a snapshot with no
     fewer device FLOPs (no less of the model kept), lost more than that margin and `WIN_BACK` (see
     `ThreeStep.followups`). Never for a coding that is not learned."""
-    if not _learned(v.knob("encoder", "none")):
+    if not is_learned(v.knob("encoder", "none")):
         return False
     own = EncodingConfig.from_knobs(v.knobs)
     return any(loss > margin + WIN_BACK and flops <= kept * (1 + 1e-9) and reaches_no_further(own, enc, default_epochs)

@@ -134,6 +134,11 @@ class Shape:
         return self.family == "uniform" and self.capacity == (8.0,)
 
     @property
+    def learned(self) -> bool:
+        """Whether its coding is a learned encoding (any family but uniform + Huffman)."""
+        return self.family != "uniform"
+
+    @property
     def allocation(self) -> str:
         """How its run set each group's target (`three_step`'s `allocation`): sparsities compare only between runs
         of one allocation (a sensitivity run at a larger target goes further down the same greedy path; a uniform
@@ -321,12 +326,11 @@ class Planner:
         `_other_learned_loss`); for a pruning, a run at this split no sparser at its first level (body and output)
         that holds no longer (if it misses, so does this one)."""
         if s.level < 0:
-            learned = s.family != "uniform"
             return not s.reference and any(
                 t.level < 0 and t != s and not t.reference and (
                     (t.family == s.family and _no_more(s.capacity, t.capacity)
                      and self.depth.get(t.split, 0) >= self.depth.get(s.split, 0))
-                    or (learned and t.family != "uniform" and t.split == s.split)) for t in flying)
+                    or (s.learned and t.learned and t.split == s.split)) for t in flying)
         return any(t.level >= 0 and t.split == s.split and t.run != s.run and t.hold >= s.hold
                    and t.allocation == s.allocation and t.sparsity / (t.level + 1) <= s.sparsity + 1e-9
                    and t.output / (t.level + 1) <= s.output + 1e-9 for t in flying)
@@ -346,7 +350,7 @@ class Planner:
         if parent is not None and self._codable(s.split, measured):
             return parent
         if not s.reference and not self._coded_at(s.split, s, measured) and not (
-                s.family != "uniform" and self._learned_at(s.split, measured)):
+                s.learned and self._learned_at(s.split, measured)):
             here = self.depth.get(s.split, 0)
             at = {depth: split for split, depth in self.depth.items()}
             for split in (at.get(here + 1), s.split):
@@ -366,7 +370,7 @@ class Planner:
     @staticmethod
     def _learned_at(split: str, measured: Mapping[tuple, Measured]) -> bool:
         """Whether the study measured a learned coding at `split` (unpruned; or stopped while it trained)."""
-        return any(m.shape.split == split and m.shape.level < 0 and m.shape.family != "uniform"
+        return any(m.shape.split == split and m.shape.level < 0 and m.shape.learned
                    and (m.row is not None or m.stopped) for m in measured.values())
 
     def _codable(self, split: str, measured: Mapping[tuple, Measured]) -> bool:
@@ -456,6 +460,10 @@ class _Knowledge:
         self.trained: set[tuple] = set()  # (split, run, level) known trained
         self._losses: dict[str, list[tuple[Shape, float]]] = {}  # split -> its codings' losses, once per split
         self._loss: dict[tuple, float] = {}  # (split, family, capacity) -> `loss`
+        self._other: dict[tuple, float] = {}  # (split, family, capacity) -> `_other_learned_loss`
+        # what a stopped trial's coding would have reached at best: below the threshold by the margin, so that only a
+        # pruning that validated a margin above the stopped trial's own can still hold with that coding
+        self.stopped_val = threshold - 2 * MARGIN
         for m in measured:
             s = m.shape
             self._time(m)
@@ -567,17 +575,22 @@ class _Knowledge:
         moves less with capacity than within one: at the quick study's conv4_x, codings of 4, 6, 8, 32 and 64
         bits lost 2.2, 2.0, 1.6, 0.8 and 0.8 points; at its conv2_x, the 16-codeword codebook kept 17.5 % and the
         seven codings of 4 to 64 bits tried after it stopped at 12-20 %."""
-        if s.family == "uniform":
+        if not s.learned:
             return 0.0
+        key = (s.split, s.family, s.capacity)  # once per coding and split, as `loss`
+        if key not in self._other:
+            self._other[key] = self._nearest_other_loss(s)
+        return self._other[key]
+
+    def _nearest_other_loss(self, s: Shape) -> float:
         own, here = _capacity_bits(s.family, s.capacity), self.depth.get(s.split, 0)
-        below = self.threshold - 2 * MARGIN  # what a stopped trial's coding would have reached at best
         seen: dict[str, list[tuple[float, float]]] = {}
         for split in (split for split, depth in self.depth.items() if depth >= here):
             seen[split] = [(_capacity_bits(t.family, t.capacity), loss) for t, loss in self._coding_losses(split)
-                           if t.level < 0 and t.family != "uniform"]
+                           if t.level < 0 and t.learned]
         for t in self.hopeless:
             if t.split in seen and t.level < 0 and (ref := self.pruning_val.get((t.split, t.pruning))) is not None:
-                seen[t.split].append((_capacity_bits(t.family, t.capacity), ref - below))
+                seen[t.split].append((_capacity_bits(t.family, t.capacity), ref - self.stopped_val))
         nearest = [min(found, key=lambda x: (abs(math.log(x[0] / own)), -x[1])) for found in seen.values() if found]
         return max((loss * math.sqrt(bits / own) for bits, loss in nearest), default=0.0)
 
@@ -656,11 +669,8 @@ class _Knowledge:
     def _least_loss(self, s: Shape) -> float:
         seen: dict[tuple[str, tuple[float, ...]], float] = {}
         here = self.depth.get(s.split, 0)
-        # what a stopped trial's coding would have reached at best: below the threshold by the margin, so that only a
-        # pruning that validated a margin above the stopped trial's own can still hold with that coding
-        below = self.threshold - 2 * MARGIN
         for t, val in [*((t, number(row, DECISION_COLUMN)) for t, row in self.coded),
-                       *((t, below) for t in self.hopeless)]:
+                       *((t, self.stopped_val) for t in self.hopeless)]:
             ref = self.pruning_val.get((t.split, t.pruning))
             if self.depth.get(t.split, 0) >= here and t.family == s.family and ref is not None:
                 key = (t.split, t.capacity)

@@ -29,8 +29,7 @@ from optuna.samplers import RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
 from engine import intermediate
-from engine.coding import FEATURE_CODINGS
-from engine.coding.learned import KNOB_PREFIX, EncodingConfig
+from engine.coding.learned import EncodingConfig, is_learned
 from engine.config import BaseModelConfig, VariantConfig, config_id
 from engine.errors import UserError
 from engine.methods import METHODS, check_variant
@@ -601,7 +600,7 @@ def _levels(variant: VariantConfig) -> int:
 
 def _encoder_epochs(variant: VariantConfig, profile: str) -> int | None:
     """The epochs a trial's learned encoder trains (its `enc_epochs`, else the profile's), None without one."""
-    if FEATURE_CODINGS.get(str(variant.knob("encoder", "none"))).prefix != KNOB_PREFIX:
+    if not is_learned(variant.knob("encoder", "none")):
         return None
     return EncodingConfig.from_knobs(variant.knobs).epochs or PROFILES.get(profile).encoding_epochs
 
