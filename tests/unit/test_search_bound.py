@@ -19,6 +19,7 @@ from engine.search.bound import (
     CODING_SECONDS,
     Measured,
     Planner,
+    _interpolated_loss,
     _Knowledge,
     enumerate_space,
     params_key,
@@ -55,7 +56,8 @@ def world(variant: object) -> dict:
         code_loss = CODE_LOSS[s.split] * 16.0 / capacity * (1.5 if s.family == CHEAP_TS else 1.0)
         flops += 2e5
     return {"device_flops": flops, "server_flops": 70e6 - DEVICE_FLOPS[s.split], "device_memory_bytes": 1e6,
-            "bits_actual": bits, "deployed_val_accuracy": BASE_VAL - loss - code_loss}
+            "bits_actual": bits, "deployed_val_accuracy": BASE_VAL - loss - code_loss,
+            "encoder_flops": 0.0 if s.family == "uniform" else 2e5}
 
 
 def run(planner: Planner, truth: Callable[[object], dict], env: Environment,
@@ -514,3 +516,91 @@ def test_a_split_without_pruned_rows_takes_the_pruning_loss_fitted_to_the_others
     other = reference("conv5_x", 0.32, 62)
     ratio = planner.shapes[other.key].sparsity / planner.shapes[missed.key].sparsity
     assert forecasts[other.key].estimate == pytest.approx(BASE_VAL - 0.05 * ratio ** 2)
+
+
+def _planner() -> Planner:
+    return Planner(SPACE, "quick", Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8), THRESHOLD)
+
+
+def _probes(planner: Planner) -> dict[tuple, Measured]:
+    return {c.key: Measured(s, world(c.variant)) for c in planner.candidates
+            if (s := planner.shapes[c.key]).level < 0 and s.reference}
+
+
+def _find(planner: Planner, split: str, level: int, family: str, capacity: tuple, **knobs: object) -> object:
+    return next(c for c in planner.candidates if (s := planner.shapes[c.key]).split == split
+                and (s.level, s.family, s.capacity) == (level, family, capacity)
+                and all(dict(c.variant.knobs).get(n) == v for n, v in knobs.items()))
+
+
+def test_a_pruning_s_loss_is_interpolated_in_the_square_of_its_sparsity_between_the_nearest() -> None:
+    """At the quick study's conv4_x, 0.24 and 0.48 lost 0.7 and 3.8 points and 0.32 lost 1.0: one fit a s^2 to
+    both points forecast 1.8 and kept the planner off the grid's winning run."""
+    top = 0.857
+    points = [(0.24, top - 0.007), (0.48, top - 0.038)]
+    between = (0.32 ** 2 - 0.24 ** 2) / (0.48 ** 2 - 0.24 ** 2)
+    assert _interpolated_loss(points, 0.32, top) == pytest.approx(0.007 + between * 0.031)
+    assert _interpolated_loss(points, 0.12, top) == pytest.approx(0.007 * 0.25)  # from the unpruned split's point
+    assert _interpolated_loss(points, 0.60, top) == pytest.approx(0.038 * (0.60 / 0.48) ** 2)  # beyond the deepest
+    assert _interpolated_loss([(0.24, top - 0.006), (0.24, top - 0.008)], 0.24, top) == pytest.approx(0.007)
+    assert _interpolated_loss([(0.24, top + 0.002)], 0.24, top) == 0.0  # a pruning that validated higher lost none
+
+
+def test_a_pruning_s_expected_loss_reads_the_runs_held_as_long_at_its_split() -> None:
+    """Runs held 30 iterations lost more than runs held 62 at every split of the quick study: a run's expected loss
+    reads the split's runs held as long, all of them only where none was."""
+    planner = _planner()
+    measured = _probes(planner)
+    for target, hold, level, lost in ((0.48, 30, 0, 0.010), (0.48, 30, 1, 0.045), (0.48, 62, 0, 0.007)):
+        c = _find(planner, "conv4_x", level, "uniform", (8.0,), target=target, hold_iterations=hold, output=None)
+        row = {**world(c.variant), "deployed_val_accuracy": BASE_VAL - lost}
+        measured[c.key] = Measured(planner.shapes[c.key], row)
+    forecasts = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}
+    held = _find(planner, "conv4_x", 1, "uniform", (8.0,), target=0.32, hold_iterations=62, output=None)
+    short = _find(planner, "conv4_x", 1, "uniform", (8.0,), target=0.32, hold_iterations=30, output=None)
+    assert planner.shapes[held.key].sparsity == pytest.approx(0.32)
+    assert forecasts[held.key].estimate == pytest.approx(BASE_VAL - 0.007 * (0.32 / 0.24) ** 2)
+    between = (0.32 ** 2 - 0.24 ** 2) / (0.48 ** 2 - 0.24 ** 2)
+    assert forecasts[short.key].estimate == pytest.approx(BASE_VAL - (0.010 + between * 0.035))
+
+
+def test_a_snapshot_s_flops_come_from_a_coded_row_on_it_before_its_8_bit_row() -> None:
+    """A coded row on a snapshot tells its device part's FLOPs (less its encoder's): the quick study forecast every
+    coding on conv4_x's first level at 1.31 ms while each measured took 1.40 or more, and measured nine."""
+    planner = _planner()
+    measured = _probes(planner)
+    run = {"target": 0.48, "hold_iterations": 62, "output": None}
+    coded = _find(planner, "conv4_x", 0, TS, (32.0, 2.0), **run)
+    measured[coded.key] = Measured(planner.shapes[coded.key], {**world(coded.variant), "device_flops": 2.0e7,
+                                                                "encoder_flops": 2e5})
+    k = _Knowledge(measured.values(), THRESHOLD, planner.depth)
+    other = planner.shapes[_find(planner, "conv4_x", 0, VQ, (16.0,), **run).key]
+    assert Planner._figures(other, k.probe["conv4_x"], k)["device_flops"] == pytest.approx(1.98e7)
+    deeper = planner.shapes[_find(planner, "conv4_x", 1, "uniform", (8.0,), **run).key]  # scaled like the measured
+    factor = 1.98e7 / (DEVICE_FLOPS["conv4_x"] * (1 - 0.24) ** 2)
+    assert Planner._figures(deeper, k.probe["conv4_x"], k)["device_flops"] == pytest.approx(
+        DEVICE_FLOPS["conv4_x"] * (1 - 0.48) ** 2 * factor)
+
+
+def test_the_value_of_a_learned_coding_reads_the_bits_it_is_expected_to_send() -> None:
+    """The floor a learned coding cannot undercut (a byte) bounds the search; what measuring it is worth reads the
+    bits it is expected to send: what it sent at another split, else its fixed-length form times what the study's
+    learned codings sent of theirs."""
+    planner = _planner()
+    measured = _probes(planner)
+    sent = _find(planner, "conv5_x", -1, TS, (32.0, 2.0))
+    measured[sent.key] = Measured(planner.shapes[sent.key], {**world(sent.variant), "bits_actual": 57.6})
+    forecasts = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}
+    k = _Knowledge(measured.values(), THRESHOLD, planner.depth)
+    same = planner.shapes[_find(planner, "conv4_x", -1, TS, (32.0, 2.0)).key]
+    smaller = planner.shapes[_find(planner, "conv4_x", -1, TS, (16.0, 1.0)).key]
+    assert (same.fixed_bits, smaller.fixed_bits) == (64.0, 16.0)
+    assert k.expected_bits(same, 8.0) == pytest.approx(57.6)  # as it sent at conv5_x
+    assert k.expected_bits(smaller, 8.0) == pytest.approx(16.0 * 57.6 / 64.0)  # its fixed length, as sent
+    at_its_split = planner.shapes[_find(planner, "conv5_x", -1, TS, (16.0, 1.0)).key]
+    assert k.expected_bits(at_its_split, 9.0) == pytest.approx(16.0 * 57.6 / 64.0)
+    assert k.expected_bits(planner.shapes[sent.key], 57.6) == 57.6
+    f = forecasts[_find(planner, "conv4_x", -1, TS, (32.0, 2.0)).key]
+    assert f.bits == pytest.approx(8.0) and f.expected == pytest.approx(f.latency + (57.6 - 8.0) / (40e3 * 8))
+    assert f.value == pytest.approx((1.0 - f.expected) * 0.5 * math.erfc(
+        (THRESHOLD - f.estimate) / (0.005 * math.sqrt(2.0))) / f.seconds)
