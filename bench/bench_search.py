@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_DATA, profile_data  # noqa: E402
 from engine.config import BaseModelConfig  # noqa: E402
+from engine.knobs import knob_text  # noqa: E402
 from engine.latency import resolve_device, to_rate_bps  # noqa: E402
 from engine.pareto import DEFAULT_ACCURACY_DROP, best_variant, validation_threshold  # noqa: E402
 from engine.queue import JobQueue, WorkerOptions, interrupt_on_terminate  # noqa: E402
@@ -34,6 +35,9 @@ from engine.units import format_seconds  # noqa: E402
 
 # the paper's Pi 3 / RTX 2080 Ti presets at three rates, and an environment the grid was not planned for
 ENVS = ("pi3@10kB/s", "pi3@40kB/s", "pi3@100kB/s", "2GFLOP/s,64MB@20kB/s")
+# the knobs that tell one configuration of the table from another (a pruning run, its snapshot, the coding)
+SHOWN = ("target", "hold_iterations", "output", "snapshot", "encoder", "bits", "enc_quantizer", "enc_d", "enc_bits",
+         "enc_codebook", "enc_epochs", "enc_backbone")
 
 
 def environment(text: str) -> Environment:
@@ -87,6 +91,17 @@ def best_at(table: pd.DataFrame, minutes: float) -> pd.Series | None:
     within = table[(table["worker_minutes"] <= minutes + 1e-9) & (table["state"] == "complete")
                    & table["feasible"].fillna(False).astype(bool)]
     return None if within.empty else within.sort_values(["latency", "number"]).iloc[0]
+
+
+def config_name(r: pd.Series | None, key: str = "split") -> str:
+    """A row's configuration as the table names it: method, split, the knobs that tell it apart, its accuracy."""
+    if r is None:
+        return "none"
+    acc = (f"{r['validation']:.2%} val, {r['test']:.2%} test" if "validation" in r
+           else f"{r['deployed_val_accuracy']:.2%} val, {r['accuracy']:.2%} test")
+    knobs = r.get("knobs")
+    shown = knob_text({k: v for k, v in knobs.items() if k in SHOWN}) if isinstance(knobs, dict) else ""
+    return f"{r['method']} {r[key]}{f' ({shown})' if shown else ''} ({acc})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,17 +159,10 @@ def main(argv: list[str] | None = None) -> None:
             reach = f"{hit['worker_minutes'].iloc[0]:.1f}" if not hit.empty else "–"
         ok = (half is not None and g is not None and half["latency"] <= 1.1 * g["latency"])
 
-        def name(r: pd.Series | None, key: str = "split") -> str:
-            if r is None:
-                return "none"
-            acc = (f"{r['validation']:.2%} val, {r['test']:.2%} test" if "validation" in r
-                   else f"{r['deployed_val_accuracy']:.2%} val, {r['accuracy']:.2%} test")
-            return f"{r['method']} {r[key]} ({acc})"
-
         spent = float(table["worker_minutes"].max()) if not table.empty else 0.0
-        print(f"| {text} | {name(g)} | {format_seconds(g['latency']) if g is not None else '–'} | {spent:.1f} | "
-              f"{name(full)} | "
-              f"{format_seconds(full['latency']) if full is not None else '–'} | {reach} | {name(half)} | "
+        print(f"| {text} | {config_name(g)} | {format_seconds(g['latency']) if g is not None else '–'} | {spent:.1f} | "
+              f"{config_name(full)} | "
+              f"{format_seconds(full['latency']) if full is not None else '–'} | {reach} | {config_name(half)} | "
               f"{format_seconds(half['latency']) if half is not None else '–'} | {'yes' if ok else 'no'} | "
               f"{states.get('complete', 0)} / {states.get('pruned', 0)} / {states.get('fail', 0)} |")
         if not table.empty:

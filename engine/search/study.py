@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 SAMPLERS = ("auto", "forecast", "tpe")  # what proposes a study's trials (`SearchConfig.sampler`)
 SEARCH_PRIORITY = -1000  # a study's jobs go before a sweep's in a shared queue
 MAX_REPEATS = 50  # trials in a row that chose a configuration the study had measured: the space is exhausted
+RUN_PAID_ATTR = "run_paid_s"  # a trial's user attribute: the seconds of its pruning run the study paid up to then
 
 
 def storage_path(cache: Path | None = None) -> Path:
@@ -484,12 +485,18 @@ class Search:
         if not shared and job.status in ACTIVE:
             self.queue.cancel(job.id)
         elapsed = time.time() - job.started_at if job.started_at else 0.0
-        run_s = [float(v) for k, v in (job.reports or {}).get(intermediate.PRUNE_SECONDS, {}).items()
-                 if int(k) < max(1, p.levels)]
+        run_s = max([float(v) for k, v in (job.reports or {}).get(intermediate.PRUNE_SECONDS, {}).items()
+                     if int(k) < max(1, p.levels)], default=0.0)
+        part = getattr(METHODS.get(p.variant.method), "shared_part", None)
+        run = None if part is None else part(p.variant, self.cfg.profile)
+        paid = self._run_paid(run)
         p.trial.set_user_attr("partial", True)
-        # a pruning run read from the cache or resumed is charged its training seconds up to the levels the trial
-        # saw (as a complete row's run is), never less than the job's own time
-        p.trial.set_user_attr("charged_s", max([elapsed, *run_s]))
+        # its pruning run's training seconds up to the levels the trial saw, less what the study paid of that run
+        # already (a run read from the cache or resumed is charged as a complete row's run is), never less than the
+        # job's own time; a run the study paid for is not charged again
+        p.trial.set_user_attr("charged_s", max(elapsed, run_s - paid))
+        p.trial.set_user_attr("prune_run", run)
+        p.trial.set_user_attr(RUN_PAID_ATTR, max(paid, run_s))
         p.trial.set_user_attr("worker_s", elapsed)
         p.trial.set_user_attr("reports", job.reports or {})
         self.study.tell(p.trial, state=TrialState.PRUNED)
@@ -511,12 +518,14 @@ class Search:
         run = row.get("prune_run")
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         again = row.get("id") in {t.user_attrs.get("variant_id") for t in done}  # the study paid for it already
-        charged = 0.0 if again else charged_seconds(row, run not in {t.user_attrs.get("prune_run") for t in done})
+        paid = self._run_paid(run)
+        charged = 0.0 if again else charged_seconds(row, True, paid)
         attrs = {"constraints": cons, "feasible": feasible(cons), FINAL_ATTR: _float(row.get(DECISION_COLUMN)),
                  "test_accuracy": _float(row.get("accuracy")), "bits": _float(row.get("bits_actual")),
                  "device_flops": _float(row.get("device_flops")), "latency": lat["latency"],
                  "t_device": lat["t_device"], "t_transmit": lat["t_transmit"], "t_server": lat["t_server"],
-                 "charged_s": charged, "worker_s": float(worker_s), "source": source, "prune_run": run}
+                 "charged_s": charged, "worker_s": float(worker_s), "source": source, "prune_run": run,
+                 RUN_PAID_ATTR: max(paid, _float(row.get("prune_seconds")) or 0.0) if run else 0.0}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         if cfg.objective == "latency":
@@ -525,6 +534,15 @@ class Search:
         if THRESHOLD_ATTR not in self.study.user_attrs and math.isfinite(threshold_of(row, cfg.drop)):
             self.study.set_user_attr(THRESHOLD_ATTR, threshold_of(row, cfg.drop))
         self.study.tell(trial, values)
+
+    def _run_paid(self, run: str | None) -> float:
+        """The seconds of pruning run `run` the study has charged already: the most any finished trial of it paid
+        up to (a complete trial's row, the whole run; a stopped trial, its levels up to its snapshot)."""
+        if not run:
+            return 0.0
+        return max((float(t.user_attrs.get(RUN_PAID_ATTR, math.inf)) for t in self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)) if t.user_attrs.get("prune_run") == run),
+            default=0.0)
 
     def _threshold(self) -> None:
         """Record the study's validation threshold once the base model's validation accuracy is known (a row of
@@ -616,19 +634,21 @@ def _job_seconds(job: Job | None) -> float:
     return max(0.0, (job.finished_at or time.time()) - job.started_at)
 
 
-def charged_seconds(row: Mapping[str, Any], new_run: bool) -> float:
+def charged_seconds(row: Mapping[str, Any], new_run: bool, paid_s: float = 0.0) -> float:
     """What a row costs a study, counted as a sweep's worker time is: the seconds its measurement took (training its
-    encoder included) and, the first time the study uses it, the seconds of its pruning run. The base model is
-    shared by every study and sweep of it and is not counted; a row the study chose before is not charged again.
+    encoder included) and, the first time the study uses it, the seconds of its pruning run (less what the study
+    paid of that run already, for a trial stopped at an earlier level). The base model is shared by every study and
+    sweep of it and is not counted; a row the study chose before is not charged again.
 
     Args:
-        row: a results row; new_run: whether its pruning run is charged with it.
+        row: a results row; new_run: whether its pruning run is charged with it; paid_s: the seconds of that run
+            the study paid already.
     Returns:
         seconds.
     """
     seconds = _float(row.get("eval_seconds")) or 0.0
     if new_run:
-        seconds += _float(row.get("prune_seconds")) or 0.0
+        seconds += max(0.0, (_float(row.get("prune_seconds")) or 0.0) - paid_s)
     return seconds
 
 

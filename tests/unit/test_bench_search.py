@@ -1,10 +1,12 @@
-"""bench/bench_search.py's grid: the rows the sweep measured, not a study's."""
+"""bench/bench_search.py: its grid (the rows the sweep measured, not a study's) and how its table names a row."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.bench_search import grid_rows
+import pandas as pd
+
+from bench.bench_search import config_name, grid_rows
 from engine.profiles import PROFILES
 from engine.queue import JobQueue
 from engine.store import ResultsStore
@@ -28,3 +30,18 @@ def test_the_grid_is_what_the_sweep_ran_never_a_study_s(tmp_path: Path) -> None:
         if spec is untagged:  # no tagged job yet: a sweep before tags
             assert list(grid["id"]) == [untagged.id]
     assert list(grid["id"]) == [tagged.id]
+
+
+def test_the_table_names_a_configuration_by_the_knobs_that_tell_it_apart() -> None:
+    """A grid row (results-store columns) and a trial (study columns) name their run, snapshot and coding, not the
+    knobs every configuration shares."""
+    knobs = {"target": 0.32, "hold_iterations": 62, "snapshot": 1, "encoder": "two_step", "enc_d": 32, "lr": 0.04,
+             "batch_size": 128}
+    row = pd.Series({"method": "three_step", "split": "conv4_x", "knobs": knobs, "deployed_val_accuracy": 0.8394,
+                     "accuracy": 0.8299})
+    assert config_name(row) == ("three_step conv4_x (enc_d=32, encoder=two_step, hold_iterations=62, snapshot=1, "
+                                "target=0.32) (83.94% val, 82.99% test)")
+    trial = pd.Series({"method": "original", "split": "device_only", "knobs": {}, "validation": 0.8574,
+                       "test": 0.8534})
+    assert config_name(trial) == "original device_only (85.74% val, 85.34% test)"
+    assert config_name(None) == "none"

@@ -16,7 +16,7 @@ from optuna.trial import FixedTrial, TrialState, create_trial
 from engine import intermediate
 from engine.config import VariantConfig
 from engine.latency import DEVICES, custom_device
-from engine.methods import check_variant
+from engine.methods import METHODS, check_variant
 from engine.models import END_POINTS
 from engine.profiles import PROFILES
 from engine.search import Environment, HopelessPruner, constraints, objective_values, suggest_variant, trial_table
@@ -125,7 +125,46 @@ def test_a_pruning_run_is_charged_once_per_study() -> None:
     row = {"eval_seconds": 30.0, "prune_seconds": 300.0}
     assert charged_seconds(row, new_run=True) == 330.0
     assert charged_seconds(row, new_run=False) == 30.0
+    assert charged_seconds(row, new_run=True, paid_s=120.0) == 210.0  # its first level paid by a stopped trial
     assert charged_seconds({}, new_run=True) == 0.0
+
+
+def test_a_stopped_trial_pays_its_run_once_and_a_later_row_pays_only_the_rest(tmp_path: Path) -> None:
+    """A stopped trial is charged its run's seconds up to its level the first time the study uses the run, its job's
+    own seconds after that (the quick study at 10 kB/s charged six codings stopped on one trained snapshot its 158
+    seconds each, twice their own); a complete row of the same run later pays what is left of the run."""
+    import time
+    from types import SimpleNamespace
+
+    from engine.queue import JobQueue
+    from engine.search import Search, SearchConfig
+    from engine.search.study import RUN_PAID_ATTR, _Pending
+    from engine.store import ResultsStore
+
+    search = Search(SearchConfig("smoke", BASE, ENV), queue=JobQueue(tmp_path / "jobs.sqlite"),
+                    store=ResultsStore(tmp_path / "results.sqlite"), cache=tmp_path)
+    run = {"target": 0.32, "hold_iterations": 62}
+    coded = [VariantConfig.make("three_step", "conv4_x", BASE, snapshot=0, encoder="none", bits=b, **run)
+             for b in (4, 2, 8)]
+    key = METHODS.get("three_step").shared_part(coded[0], "smoke")
+    assert key is not None and key == METHODS.get("three_step").shared_part(coded[1], "smoke")
+    reports = {intermediate.PRUNE_SECONDS: {"0": 158.0, "1": 317.0}, intermediate.PRUNE_LEVEL: {"0": 0.5}}
+    charged = []
+    for variant in coded[:2]:
+        job = SimpleNamespace(id="j", status="done", started_at=time.time() - 70.0, reports=reports)
+        pending = _Pending(search.study.ask(), variant, levels=1)
+        search._stop(pending, job)
+        t = search.study.trials[pending.trial.number]
+        assert t.state == TrialState.PRUNED and t.user_attrs["prune_run"] == key
+        charged.append(t.user_attrs["charged_s"])
+    assert charged[0] == pytest.approx(158.0) and charged[1] == pytest.approx(70.0, abs=1.0)
+    assert t.user_attrs[RUN_PAID_ATTR] == pytest.approx(158.0)
+    row = {**ROW, "id": coded[2].id, "prune_run": key, "eval_seconds": 20.0, "prune_seconds": 317.0}
+    trial = search.study.ask()
+    search._finish(trial, row, 20.0, "job")
+    done = search.study.trials[trial.number]
+    assert done.user_attrs["charged_s"] == pytest.approx(20.0 + 317.0 - 158.0)
+    assert done.user_attrs[RUN_PAID_ATTR] == pytest.approx(317.0)
 
 
 def _study(threshold: float | None) -> optuna.Study:
