@@ -19,9 +19,9 @@ measured there nearest in capacity lost), and its cost the study's charged secon
 run's, while it is not trained). Before a pruned and coded one, what it needs: the coding alone on the unpruned
 split (no pruning run: its bits and loss there hold for every pruning; for a learned coding, any learned coding
 there) and the pruning's 8-bit row (seconds once the run is trained: whether the pruning holds the threshold for
-every coding). With workers in parallel, a candidate that would wait on a trial in flight (its pruning run while
-its level is not trained, what it needs) or whose coding one will rule in or out is passed over. The planner
-stops once no configuration left is forecast to beat the best one measured.
+every coding). With workers in parallel, a candidate that would wait on a trial in flight (its pruning run, what it
+needs) or whose coding one will rule in or out is passed over. The planner stops once no configuration left is
+forecast to beat the best one measured.
 
 What rules a configuration out (each from the study's own trials, so that what it knows it has paid for):
 - its pruning's 8-bit row, or a level its run reported while training, is below the threshold by more than a margin
@@ -49,7 +49,7 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN, WIN_BACK
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
-PLANNER_VERSION = 12  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 11  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = WIN_BACK  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row
 SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
 CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
@@ -256,7 +256,6 @@ class Planner:
                          if (s := self.shapes[c.key]).level < 0}
         self.depth = {split: i for i, split in enumerate(dict.fromkeys(c.variant.split for c in self.candidates))}
         self.over_budget = False  # the last `next` passed over candidates only because they would overrun the budget
-        self.knowledge: _Knowledge | None = None  # what the last `forecasts` read of the measured trials
 
     def forecasts(self, measured: Mapping[tuple, Measured], best_latency: float = math.inf) -> list[Forecast]:
         """A forecast for every candidate not measured yet (those of a split whose unpruned 8-bit row is not
@@ -267,7 +266,7 @@ class Planner:
         Returns:
             the forecasts, most expected gain per second first (then least latency).
         """
-        k = self.knowledge = _Knowledge(measured.values(), self.threshold, self.depth)
+        k = _Knowledge(measured.values(), self.threshold, self.depth)
         todo = [(c, s, probe) for c in self.candidates if c.key not in measured
                 and (probe := k.probe.get((s := self.shapes[c.key]).split)) is not None]
         rows = [self._figures(s, probe, k) for _, s, probe in todo]
@@ -296,9 +295,10 @@ class Planner:
              best_latency: float = math.inf, budget_s: float = math.inf) -> tuple[Forecast | None, bool]:
         """The next configuration to measure: the most expected gain per second among those that may meet the
         threshold and are forecast to beat the best, or what it needs first (`_first`); one that would wait on a
-        trial in flight (itself, what it needs first, or the pruning run it shares with one, while its level is not
-        trained), or whose coding a trial in flight will rule in or out, is passed over, and so is one forecast to
-        cost more than the budget left once the trials in flight are paid (`over_budget` tells when that was all that
+        trial in flight (itself, what it needs first, or the pruning run it shares with one: a second worker coding
+        the snapshot a first one codes spent the quick study's minutes on codings that are each other's substitutes),
+        or whose coding a trial in flight will rule in or out, is passed over, and so is one forecast to cost more
+        than the budget left once the trials in flight are paid (`over_budget` tells when that was all that
         stopped it).
 
         Args:
@@ -313,7 +313,6 @@ class Planner:
         flying = [t for key in running if (t := self.shapes.get(key)) is not None]
         runs = {(t.split, t.run) for t in flying if t.level >= 0}
         forecasts = self.forecasts(measured, best_latency)
-        trained = self.knowledge.trained if self.knowledge is not None else set()
         by_key = {f.candidate.key: f for f in forecasts}
         left = budget_s - sum(by_key[key].seconds for key in running if key in by_key)
         self.over_budget = False
@@ -323,11 +322,9 @@ class Planner:
             first = self._first(f.candidate, f.shape, measured)
             if first is not None and first.key in by_key:
                 f = by_key[first.key]
-            s = f.shape
             if f.candidate.key in running or (first is not None and first.key in running) or (
-                    s.level >= 0 and (s.split, s.run) in runs and (s.split, s.run, s.level) not in trained) or (
-                    self._told_by(s, flying)):
-                continue  # it would wait on a trial in flight, on the pruning run one is training, or one will tell
+                    f.shape.level >= 0 and (f.shape.split, f.shape.run) in runs) or self._told_by(f.shape, flying):
+                continue  # it would wait on a trial in flight, share the pruning run of one, or one will tell
             if f.seconds > left:
                 self.over_budget = True
                 continue

@@ -604,25 +604,3 @@ def test_the_value_of_a_learned_coding_reads_the_bits_it_is_expected_to_send() -
     assert f.bits == pytest.approx(8.0) and f.expected == pytest.approx(f.latency + (57.6 - 8.0) / (40e3 * 8))
     assert f.value == pytest.approx((1.0 - f.expected) * 0.5 * math.erfc(
         (THRESHOLD - f.estimate) / (0.005 * math.sqrt(2.0))) / f.seconds)
-
-
-def test_a_second_worker_may_code_a_trained_snapshot_a_trial_in_flight_codes_too() -> None:
-    """A pruning run in flight keeps a second worker off its levels while they train, not once they are trained: at
-    100 kB/s the quick study's second worker left the trained conv4_x snapshot that won for 27 charged minutes at
-    conv5_x while one coding on it trained."""
-    planner = _planner()
-    measured = {c.key: Measured(s, world(c.variant)) for c in planner.candidates
-                if (s := planner.shapes[c.key]).level < 0 or s.reference}  # every run trained
-    top, _ = planner.next(measured, best_latency=1.0)
-    assert top is not None and top.shape.level >= 0 and not top.shape.reference
-    other = next(f for f in planner.forecasts(measured, best_latency=1.0) if f.shape.run == top.shape.run
-                 and (f.shape.split, f.shape.level) == (top.shape.split, top.shape.level) and f is not top
-                 and f.candidate.key != top.candidate.key)
-    chosen, _ = planner.next(measured, [other.candidate.key], best_latency=1.0)
-    assert chosen is not None and chosen.candidate.key == top.candidate.key
-    del measured[planner.references[(top.shape.split, top.shape.pruning)].key]  # its level not trained: wait
-    for key in [k for k, m in measured.items() if m.shape.run == top.shape.run and m.shape.split == top.shape.split
-                and m.shape.level >= top.shape.level]:
-        del measured[key]
-    chosen, _ = planner.next(measured, [other.candidate.key], best_latency=1.0)
-    assert chosen is None or (chosen.shape.split, chosen.shape.run) != (top.shape.split, top.shape.run)
