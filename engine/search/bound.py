@@ -613,8 +613,8 @@ class _Knowledge:
         (a run held 30 iterations lost more than one held 62 at every split of the quick study), beyond the deepest
         one growing as the square; at a split without any, `a s^2` with `a` fitted by least squares to every
         split's (a run to 0.48 that missed at conv4_x was followed by two at conv5_x that missed alike). One fit
-        for all sparsities weighs the sparsest: at the quick study's conv4_x, 0.24 and 0.48 lost 0.7 and 3.8 points
-        and the fit forecast 1.8 at 0.32, which lost 1.0."""
+        for all sparsities weighs the sparsest: at the quick study's conv4_x, runs held 62 lost 0.7 and 3.8 points at
+        0.24 and 0.48 (held 30, 0.9 and 4.5), and the fit to the four forecast 1.8 at 0.32, which lost 1.0."""
         here = self.pruned_points.get(s.split, [])
         alike = [(x, v) for hold, allocation, x, v in here if (hold, allocation) == (s.hold, s.allocation)]
         points = alike or [(x, v) for *_, x, v in here]
