@@ -93,7 +93,7 @@ def best_at(table: pd.DataFrame, minutes: float) -> pd.Series | None:
     return None if within.empty else within.sort_values(["latency", "number"]).iloc[0]
 
 
-def config_name(r: pd.Series | None, key: str = "split") -> str:
+def config_name(r: pd.Series | None) -> str:
     """A row's configuration as the table names it: method, split, the knobs that tell it apart, its accuracy."""
     if r is None:
         return "none"
@@ -101,7 +101,7 @@ def config_name(r: pd.Series | None, key: str = "split") -> str:
            else f"{r['deployed_val_accuracy']:.2%} val, {r['accuracy']:.2%} test")
     knobs = r.get("knobs")
     shown = knob_text({k: v for k, v in knobs.items() if k in SHOWN}) if isinstance(knobs, dict) else ""
-    return f"{r['method']} {r[key]}{f' ({shown})' if shown else ''} ({acc})"
+    return f"{r['method']} {r['split']}{f' ({shown})' if shown else ''} ({acc})"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -497,6 +497,7 @@ class _Knowledge:
         self._losses: dict[str, list[tuple[Shape, float]]] = {}  # split -> its codings' losses, once per split
         self._loss: dict[tuple, float] = {}  # (split, family, capacity) -> `loss`
         self._other: dict[tuple, float] = {}  # (split, family, capacity) -> `_other_learned_loss`
+        self._pruning: dict[tuple, float] = {}  # (split, hold, allocation, sparsity) -> `pruning_loss`
         # what a stopped trial's coding would have reached at best: below the threshold by the margin, so that only a
         # pruning that validated a margin above the stopped trial's own can still hold with that coding
         self.stopped_val = threshold - 2 * MARGIN
@@ -615,6 +616,12 @@ class _Knowledge:
         split's (a run to 0.48 that missed at conv4_x was followed by two at conv5_x that missed alike). One fit
         for all sparsities weighs the sparsest: at the quick study's conv4_x, runs held 62 lost 0.7 and 3.8 points at
         0.24 and 0.48 (held 30, 0.9 and 4.5), and the fit to the four forecast 1.8 at 0.32, which lost 1.0."""
+        key = (s.split, s.hold, s.allocation, s.sparsity)  # once per pruning, as `loss` per coding: the candidates of
+        if key not in self._pruning:  # one pruning differ in their coding alone
+            self._pruning[key] = self._expected_pruning_loss(s, top)
+        return self._pruning[key]
+
+    def _expected_pruning_loss(self, s: Shape, top: float) -> float:
         here = self.pruned_points.get(s.split, [])
         alike = [(x, v) for hold, allocation, x, v in here if (hold, allocation) == (s.hold, s.allocation)]
         points = alike or [(x, v) for *_, x, v in here]

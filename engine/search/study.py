@@ -38,6 +38,7 @@ from engine.pareto import DECISION_COLUMN
 from engine.paths import cache_dir
 from engine.profiles import PROFILES
 from engine.queue import ACTIVE, Job, JobQueue, JobSpec, WorkerOptions, WorkerPool, worker_log_dir
+from engine.queue.worker import shared_part
 from engine.search.bound import PLANNER_VERSION, Measured, Planner, enumerate_space, params_key
 from engine.search.objective import (
     CONSTRAINTS,
@@ -66,6 +67,7 @@ SAMPLERS = ("auto", "forecast", "tpe")  # what proposes a study's trials (`Searc
 SEARCH_PRIORITY = -1000  # a study's jobs go before a sweep's in a shared queue
 MAX_REPEATS = 50  # trials in a row that chose a configuration the study had measured: the space is exhausted
 RUN_PAID_ATTR = "run_paid_s"  # a trial's user attribute: the seconds of its pruning run the study paid up to then
+PAID_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials the study was charged for their pruning runs
 
 
 def storage_path(cache: Path | None = None) -> Path:
@@ -487,9 +489,8 @@ class Search:
         elapsed = time.time() - job.started_at if job.started_at else 0.0
         run_s = max([float(v) for k, v in (job.reports or {}).get(intermediate.PRUNE_SECONDS, {}).items()
                      if int(k) < max(1, p.levels)], default=0.0)
-        part = getattr(METHODS.get(p.variant.method), "shared_part", None)
-        run = None if part is None else part(p.variant, self.cfg.profile)
-        paid = self._run_paid(run)
+        run = shared_part(job.spec)  # the pruning run the trial's job trained or read (the queue's rule)
+        paid = self._run_paid(run, self.study.get_trials(deepcopy=False, states=PAID_STATES))
         p.trial.set_user_attr("partial", True)
         # its pruning run's training seconds up to the levels the trial saw, less what the study paid of that run
         # already (a run read from the cache or resumed is charged as a complete row's run is), never less than the
@@ -516,9 +517,10 @@ class Search:
         cons = constraints(row, env, cfg.drop)
         lat = latency_of(row, env)
         run = row.get("prune_run")
-        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        finished = self.study.get_trials(deepcopy=False, states=PAID_STATES)
+        done = [t for t in finished if t.state == TrialState.COMPLETE]
         again = row.get("id") in {t.user_attrs.get("variant_id") for t in done}  # the study paid for it already
-        paid = self._run_paid(run)
+        paid = self._run_paid(run, finished)
         charged = 0.0 if again else charged_seconds(row, True, paid)
         attrs = {"constraints": cons, "feasible": feasible(cons), FINAL_ATTR: _float(row.get(DECISION_COLUMN)),
                  "test_accuracy": _float(row.get("accuracy")), "bits": _float(row.get("bits_actual")),
@@ -535,14 +537,15 @@ class Search:
             self.study.set_user_attr(THRESHOLD_ATTR, threshold_of(row, cfg.drop))
         self.study.tell(trial, values)
 
-    def _run_paid(self, run: str | None) -> float:
-        """The seconds of pruning run `run` the study has charged already: the most any finished trial of it paid
-        up to (a complete trial's row, the whole run; a stopped trial, its levels up to its snapshot)."""
+    @staticmethod
+    def _run_paid(run: str | None, finished: Iterable[FrozenTrial]) -> float:
+        """The seconds of pruning run `run` the study has charged already: the most any of its `finished` trials
+        (`PAID_STATES`) of that run paid up to (a complete trial's row, the whole run; a stopped trial, its levels up
+        to its snapshot)."""
         if not run:
             return 0.0
-        return max((float(t.user_attrs.get(RUN_PAID_ATTR, math.inf)) for t in self.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)) if t.user_attrs.get("prune_run") == run),
-            default=0.0)
+        return max((float(t.user_attrs.get(RUN_PAID_ATTR, math.inf)) for t in finished
+                    if t.user_attrs.get("prune_run") == run), default=0.0)
 
     def _threshold(self) -> None:
         """Record the study's validation threshold once the base model's validation accuracy is known (a row of

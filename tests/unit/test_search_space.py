@@ -136,7 +136,7 @@ def test_a_stopped_trial_pays_its_run_once_and_a_later_row_pays_only_the_rest(tm
     import time
     from types import SimpleNamespace
 
-    from engine.queue import JobQueue
+    from engine.queue import JobQueue, JobSpec
     from engine.search import Search, SearchConfig
     from engine.search.study import RUN_PAID_ATTR, _Pending
     from engine.store import ResultsStore
@@ -151,7 +151,8 @@ def test_a_stopped_trial_pays_its_run_once_and_a_later_row_pays_only_the_rest(tm
     reports = {intermediate.PRUNE_SECONDS: {"0": 158.0, "1": 317.0}, intermediate.PRUNE_LEVEL: {"0": 0.5}}
     charged = []
     for variant in coded[:2]:
-        job = SimpleNamespace(id="j", status="done", started_at=time.time() - 70.0, reports=reports)
+        job = SimpleNamespace(id="j", status="done", started_at=time.time() - 70.0, reports=reports,
+                              spec=JobSpec.for_variant(variant, "smoke", None))
         pending = _Pending(search.study.ask(), variant, levels=1)
         search._stop(pending, job)
         t = search.study.trials[pending.trial.number]
