@@ -12,16 +12,17 @@ second: the latency it is expected to save (its bits as expected, not the floor:
 splits, else its fixed-length form times what the study's learned codings sent of theirs) times the chance that it
 holds the threshold, over what it is forecast to cost (constrained expected improvement, Gardner et al., ICML 2014,
 per second, Snoek et al., NeurIPS 2012). That chance reads an estimate of its validation accuracy (a pruning's loss
-interpolated in the square of its sparsity between the split's prunings nearest to it, fitted to every split's
-while the split has none; a coding loses on a pruned snapshot what it lost on the unpruned split plus the extra
-that codings lost on the split's snapshots; a learned coding not measured at the split what the learned coding
-measured there nearest in capacity lost), and its cost the study's charged seconds (a coding's trial; a pruning
-run's, while it is not trained). Before a pruned and coded one, what it needs: the coding alone on the unpruned
-split (no pruning run: its bits and loss there hold for every pruning; for a learned coding, any learned coding
-there) and the pruning's 8-bit row (seconds once the run is trained: whether the pruning holds the threshold for
-every coding). With workers in parallel, a candidate that would wait on a trial in flight (its pruning run, what it
-needs) or whose coding one will rule in or out is passed over. The planner stops once no configuration left is
-forecast to beat the best one measured.
+interpolated in the square of its sparsity between the split's prunings nearest to it, fitted to every split's while
+the split has none, a run held longer or shorter than those measured taken to lose in the ratio of the two holds'
+losses where a split measured both, else of the holds; a coding loses on a pruned snapshot what it lost on the
+unpruned split plus the extra that codings lost on the split's snapshots; a learned coding not measured at the split
+what the learned coding measured there nearest in capacity lost), and its cost the study's charged seconds (a
+coding's trial; a pruning run's, while it is not trained). Before a pruned and coded one, what it needs: the coding
+alone on the unpruned split (no pruning run: its bits and loss there hold for every pruning; for a learned coding,
+any learned coding there) and the pruning's 8-bit row (seconds once the run is trained: whether the pruning holds
+the threshold for every coding). With workers in parallel, a candidate that would wait on a trial in flight (its
+pruning run, what it needs) or whose coding one will rule in or out is passed over. The planner stops once no
+configuration left is forecast to beat the best one measured.
 
 What rules a configuration out (each from the study's own trials, so that what it knows it has paid for):
 - its pruning's 8-bit row, or a level its run reported while training, is below the threshold by more than a margin
@@ -49,13 +50,18 @@ from engine.entropy.payload import MIN_PAYLOAD_BITS
 from engine.pareto import DECISION_COLUMN, WIN_BACK
 from engine.search.objective import BITS_COLUMN, Environment, latencies_of, number
 
-PLANNER_VERSION = 11  # part of a forecast study's name: a study keeps the planner's rules it was run with
+PLANNER_VERSION = 13  # part of a forecast study's name: a study keeps the planner's rules it was run with
 MARGIN = WIN_BACK  # validation accuracy a coding or a seed may win back over its pruning's 8-bit row
 SPREAD = 0.005  # the spread of a validation estimate around the truth (a seed alone moves it about half a point)
 CODING_SECONDS = 120.0  # a coding's trial before the study has timed one (an encoder on cached features, quick)
 RUN_SECONDS = 300.0  # a pruning run's trial before the study has timed one (three levels at the quick budget)
 CODING_KNOBS = ("encoder", "bits")  # besides the coding's own prefixed knobs (enc_*, jscc_*)
 NOT_RUN_KNOBS = ("snapshot", "replicate")
+# a pruning's loss against one held longer or shorter, while no split measured both holds: inversely proportional to
+# its fine-tuning iterations (at the quick study's conv5_x a run held 30 lost 3.0 times what one held 62 lost at 0.32,
+# at its conv4_x 1.2-1.3 times at 0.24 and 0.48; 62 / 30 = 2.1)
+HOLD_LOSS_EXPONENT = 1.0
+LEAST_RATIO_LOSS = 0.002  # a split's loss too small to divide by: within a seed's spread of none
 
 
 @dataclass(frozen=True)
@@ -611,9 +617,10 @@ class _Knowledge:
         """The validation accuracy a pruning not measured is expected to lose against the unpruned split's `top`:
         interpolated in the square of the sparsity between the prunings measured or reported at its split nearest
         below and above it (the unpruned split at 0), those held as long and allocated alike when there are any
-        (a run held 30 iterations lost more than one held 62 at every split of the quick study), beyond the deepest
-        one growing as the square; at a split without any, `a s^2` with `a` fitted by least squares to every
-        split's (a run to 0.48 that missed at conv4_x was followed by two at conv5_x that missed alike). One fit
+        (a run held 30 iterations lost more than one held 62 at every split of the quick study), else each hold's
+        carried over by `hold_ratio`, beyond the deepest one growing as the square; at a split without any,
+        `a s^2` with `a` fitted by least squares to every split's, each carried to the candidate's hold (a run to
+        0.48 that missed at conv4_x was followed by two at conv5_x that missed alike). One fit
         for all sparsities weighs the sparsest: at the quick study's conv4_x, runs held 62 lost 0.7 and 3.8 points at
         0.24 and 0.48 (held 30, 0.9 and 4.5), and the fit to the four forecast 1.8 at 0.32, which lost 1.0."""
         key = (s.split, s.hold, s.allocation, s.sparsity)  # once per pruning, as `loss` per coding: the candidates of
@@ -624,13 +631,46 @@ class _Knowledge:
     def _expected_pruning_loss(self, s: Shape, top: float) -> float:
         here = self.pruned_points.get(s.split, [])
         alike = [(x, v) for hold, allocation, x, v in here if (hold, allocation) == (s.hold, s.allocation)]
-        points = alike or [(x, v) for *_, x, v in here]
-        if points:
-            return _interpolated_loss(points, s.sparsity, top)
-        pooled = [(x, v) for found in self.pruned_points.values() for *_, x, v in found]
+        if alike:
+            return _interpolated_loss(alike, s.sparsity, top)
+        if here:  # other holds (or allocations) only: each hold's interpolated loss carried over by `hold_ratio`
+            allocated = [p for p in here if p[1] == s.allocation] or here
+            holds = sorted({hold for hold, *_ in allocated})
+            return statistics.fmean(
+                _interpolated_loss([(x, v) for h, _, x, v in allocated if h == hold], s.sparsity, top)
+                * self.hold_ratio(s.hold, hold, s.sparsity) for hold in holds)
+        pooled = [(x, (top - v) * self.hold_ratio(s.hold, hold, x))
+                  for found in self.pruned_points.values() for hold, _, x, v in found]
         den = sum(x ** 4 for x, _ in pooled)
-        a = max(0.0, sum((top - v) * x * x for x, v in pooled) / den) if den > 0 else 0.0
+        a = max(0.0, sum(loss * x * x for x, loss in pooled) / den) if den > 0 else 0.0
         return a * s.sparsity ** 2
+
+    def hold_ratio(self, hold: int, other: int, sparsity: float) -> float:
+        """The loss a pruning held `hold` iterations per level is expected to have against one held `other` at the
+        same sparsity: the median over the splits where both were measured of their interpolated losses' ratio
+        (`_interpolated_loss`), else `(other / hold) ** HOLD_LOSS_EXPONENT`; a longer hold loses no more
+        (more fine-tuning only helps), a shorter no less.
+
+        Args:
+            hold: the candidate's hold iterations.
+            other: the measured prunings' hold iterations.
+            sparsity: the sparsity at which the losses are compared.
+
+        Returns:
+            The factor on the loss of a pruning held `other`."""
+        if hold == other:
+            return 1.0
+        ratios = []
+        for split, found in self.pruned_points.items():
+            top = number(self.probe.get(split, {}), DECISION_COLUMN)
+            mine = [(x, v) for h, _, x, v in found if h == hold]
+            theirs = [(x, v) for h, _, x, v in found if h == other]
+            if mine and theirs and math.isfinite(top):
+                den = _interpolated_loss(theirs, sparsity, top)
+                if den >= LEAST_RATIO_LOSS:
+                    ratios.append(_interpolated_loss(mine, sparsity, top) / den)
+        ratio = statistics.median(ratios) if ratios else (other / hold) ** HOLD_LOSS_EXPONENT
+        return min(ratio, 1.0) if hold > other else max(ratio, 1.0)
 
     def _other_learned_loss(self, s: Shape) -> float:
         """The expected loss of a learned coding none of whose family was measured at its split (0 for a uniform

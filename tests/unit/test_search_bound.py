@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pytest
 
@@ -374,10 +374,11 @@ def test_estimates_carry_a_snapshot_s_extra_loss_and_a_pruning_s_fitted_loss() -
     unpruned_loss = BASE_VAL - world(find("conv4_x", -1, TS, (32.0, 2.0)).variant)["deployed_val_accuracy"]
     assert forecasts[wide.key].estimate == pytest.approx(ref_val - unpruned_loss - 0.01)
     assert forecasts[wide.key].val > forecasts[wide.key].estimate  # the bound stays optimistic
-    # another run's snapshot: the split's loss fitted as a s^2 to the one measured pruning
+    # another run's snapshot: the split's loss fitted as a s^2 to the one measured pruning, held 62 where it is held
+    # 30 (no split measured both holds: the loss inversely proportional to the hold)
     other = find("conv4_x", 1, "uniform", (8.0,), target=0.48, hold_iterations=30, output=None)
     s0, s1 = planner.shapes[ref.key].sparsity, planner.shapes[other.key].sparsity
-    assert forecasts[other.key].estimate == pytest.approx(BASE_VAL - (BASE_VAL - ref_val) * (s1 / s0) ** 2)
+    assert forecasts[other.key].estimate == pytest.approx(BASE_VAL - (BASE_VAL - ref_val) * (s1 / s0) ** 2 * 62 / 30)
 
 
 def test_a_run_not_trained_yet_costs_its_run_s_seconds_besides_the_coding() -> None:
@@ -497,7 +498,7 @@ def test_a_learned_coding_measured_at_a_split_stands_for_the_others_before_a_pru
 
 def test_a_split_without_pruned_rows_takes_the_pruning_loss_fitted_to_the_others() -> None:
     """A run to 0.48 that missed at conv4_x was followed by two at conv5_x that missed alike: where a split has no
-    pruned row, a pruning's expected loss is fitted to every split's."""
+    pruned row, a pruning's expected loss is fitted to every split's (each carried to the candidate's hold)."""
     env = Environment(DEVICES.get("pi3"), DEVICES.get("rtx2080ti"), 40e3 * 8)
     planner = Planner(SPACE, "quick", env, THRESHOLD)
 
@@ -515,7 +516,7 @@ def test_a_split_without_pruned_rows_takes_the_pruning_loss_fitted_to_the_others
     forecasts = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}
     other = reference("conv5_x", 0.32, 62)
     ratio = planner.shapes[other.key].sparsity / planner.shapes[missed.key].sparsity
-    assert forecasts[other.key].estimate == pytest.approx(BASE_VAL - 0.05 * ratio ** 2)
+    assert forecasts[other.key].estimate == pytest.approx(BASE_VAL - 0.05 * ratio ** 2 * 30 / 62)
 
 
 def _planner() -> Planner:
@@ -562,6 +563,40 @@ def test_a_pruning_s_expected_loss_reads_the_runs_held_as_long_at_its_split() ->
     assert forecasts[held.key].estimate == pytest.approx(BASE_VAL - 0.007 * (0.32 / 0.24) ** 2)
     between = (0.32 ** 2 - 0.24 ** 2) / (0.48 ** 2 - 0.24 ** 2)
     assert forecasts[short.key].estimate == pytest.approx(BASE_VAL - (0.010 + between * 0.035))
+
+
+def _measure_losses(planner: Planner, measured: dict, split: str, runs: Iterable[tuple]) -> None:
+    for target, hold, level, lost in runs:
+        c = _find(planner, split, level, "uniform", (8.0,), target=target, hold_iterations=hold, output=None)
+        row = {**world(c.variant), "deployed_val_accuracy": BASE_VAL - lost}
+        measured[c.key] = Measured(planner.shapes[c.key], row)
+
+
+def test_a_hold_s_loss_is_carried_to_a_split_that_measured_only_another_hold() -> None:
+    """The 1-worker quick study at 100 kB/s measured runs held 30 at conv4_x for 40 minutes, each forecasting a run
+    held 62 to lose as much, before it measured the one that won (0.32 held 62 lost 1.0 point, held 30 1.8): a split
+    measured at one hold reads another hold's loss through the ratio of the two where a split measured both, else
+    through the ratio of the holds."""
+    planner = _planner()
+    measured = _probes(planner)
+    _measure_losses(planner, measured, "conv4_x", [(0.48, 30, 0, 0.010), (0.48, 30, 1, 0.045)])
+    k = _Knowledge(measured.values(), THRESHOLD, planner.depth)
+    assert k.hold_ratio(62, 30, 0.32) == pytest.approx(30 / 62)  # no split measured both holds
+    assert k.hold_ratio(30, 62, 0.32) == pytest.approx(62 / 30)
+    held = _find(planner, "conv4_x", 1, "uniform", (8.0,), target=0.32, hold_iterations=62, output=None)
+    between = (0.32 ** 2 - 0.24 ** 2) / (0.48 ** 2 - 0.24 ** 2)
+    estimate = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}[held.key].estimate
+    assert estimate == pytest.approx(BASE_VAL - (0.010 + between * 0.035) * 30 / 62)
+    # conv5_x measured both: held 62 lost a third of what held 30 lost at 0.32 (0.48's first level: 0.24)
+    _measure_losses(planner, measured, "conv5_x", [(0.32, 30, 1, 0.021), (0.32, 62, 1, 0.007)])
+    k = _Knowledge(measured.values(), THRESHOLD, planner.depth)
+    assert k.hold_ratio(62, 30, 0.32) == pytest.approx(1 / 3)
+    estimate = {f.candidate.key: f for f in planner.forecasts(measured, best_latency=1.0)}[held.key].estimate
+    assert estimate == pytest.approx(BASE_VAL - (0.010 + between * 0.035) / 3)
+    # a longer hold that measured worse is taken to lose as much, never more (more fine-tuning only helps)
+    _measure_losses(planner, measured, "conv3_x", [(0.32, 30, 1, 0.005), (0.32, 62, 1, 0.009)])
+    _measure_losses(planner, measured, "conv2_x", [(0.32, 30, 1, 0.005), (0.32, 62, 1, 0.009)])
+    assert _Knowledge(measured.values(), THRESHOLD, planner.depth).hold_ratio(62, 30, 0.32) == 1.0
 
 
 def test_a_snapshot_s_flops_come_from_a_coded_row_on_it_before_its_8_bit_row() -> None:
