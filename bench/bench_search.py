@@ -4,7 +4,11 @@ row for the same environment (validation-chosen, test-reported). Grid rows are t
 the job table, not a study's); minutes are charged by one rule for both (`engine.search.study.charged_seconds`: the
 seconds that measured a row, and its pruning run once). A study already run is resumed, not repeated.
 Run: python bench/bench_search.py [--profile quick] [--data PATH] [--envs pi3@10kB/s ...] [--workers 1]
-[--sampler forecast|tpe] [--report-only] [--rescore] [--fraction 0.5]"""
+[--sampler forecast|tpe] [--report-only] [--rescore] [--fraction 0.5] [--no-replay]
+
+The studies run on a copy of the grid's cache, whose store holds every grid row: each row a study chooses holds its
+worker for the seconds it is charged (`Search.run(replay=True)`), so that with several workers the study runs in the
+order a cold store would allow."""
 
 from __future__ import annotations
 
@@ -115,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report-only", action="store_true", help="read the studies as they stand; run nothing")
     p.add_argument("--rescore", action="store_true",
                    help="read each trial's figures again from the results store (after rows were measured again)")
+    p.add_argument("--no-replay", dest="replay", action="store_false",
+                   help="tell a configuration the store holds at once (by default it holds its worker for the seconds "
+                        "it is charged, as on a cold store: `Search.run(replay=True)`)")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="run each study to this share of the grid's minutes (0.5: the half the table also reads)")
     args = p.parse_args(argv)
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         search = Search(cfg, data=args.data)
         if not args.report_only:
             options = WorkerOptions(threads=args.threads, console_level=logging.WARNING)
-            search.run(workers=args.workers, budget_s=grid_s * args.fraction, options=options)
+            search.run(workers=args.workers, budget_s=grid_s * args.fraction, options=options, replay=args.replay)
         table = trial_table(search.study.get_trials(deepcopy=False))
         if args.rescore and not table.empty:
             table = rescored(table, store, env, need)

@@ -7,6 +7,12 @@ its trials still running are picked up where their jobs are.
 What a trial costs is counted in worker seconds the way the grid's are (`charged_seconds`): the seconds that measured
 its row, and the pruning run it starts from once per study, so that a budget means the same for a search that finds
 its rows measured already and for one that measures them.
+
+A study run with `replay=True` (what `bench/bench_search.py` does on a copy of a sweep's cache) lets a configuration
+measured before hold its worker for the seconds it is charged, on a clock of its own that runs with the jobs
+measured meanwhile, instead of telling it at once: otherwise, beside one job that trains, the other workers take
+every measured row the planner asks for and charge their minutes before that job can tell what it found, an order no
+study on a cold store could run in.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +173,18 @@ class _Pending:
     variant: VariantConfig
     levels: int  # pruning levels whose figures bear on it (those up to its snapshot)
     reported: set[int] = field(default_factory=set)
+    start_v: float = 0.0  # the replay clock when it was submitted (`Search.run(replay=True)`)
+    submitted: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Due:
+    """A replayed trial holding its worker until the replay clock reaches `end_v`: a row of the store, or a job
+    that ended (told in the clock's order, not as it ended)."""
+
+    start_v: float
+    end_v: float
+    tell: Callable[[], None]
 
 
 @dataclass
@@ -216,12 +235,16 @@ class Search:
         self._planner: Planner | None = None  # the forecast planner (built once the threshold is known)
         self._exhausted = False  # the planner forecasts no configuration left to beat the best
         self._budget_s = math.inf  # the run's budget: the planner proposes nothing forecast to overrun it
+        self._replay = False  # measured configurations hold a worker for their charged seconds (`run`)
+        self._clock = 0.0  # the replay clock: charged seconds since the run started, per worker
+        self._due: list[_Due] = []  # replayed trials holding their workers
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def run(self, *, workers: int = 1, budget_s: float | None = None, trials: int | None = None,
             on_update: Callable[[SearchSummary], None] | None = None, poll_s: float = 1.0,
-            options: WorkerOptions | None = None, scheduler: str | Any | None = None) -> SearchSummary:
+            options: WorkerOptions | None = None, scheduler: str | Any | None = None,
+            replay: bool = False) -> SearchSummary:
         """Run the study until its budget or trial count is spent (each counted over the study's whole life, so a
         rerun goes on where the last stopped), then wait for its trials in flight.
 
@@ -234,6 +257,8 @@ class Search:
             poll_s: seconds between looks at the job table.
             options: the local workers' (log file, threads).
             scheduler: run the trials on this Dask cluster (an address or a `distributed.Client`) instead.
+            replay: a configuration the store holds takes its worker for the seconds it is charged, as it would on a
+                cold store, and what ends is told in that order (see the module's docstring); for a benchmark.
         Returns:
             the study's summary at the end.
         """
@@ -245,17 +270,23 @@ class Search:
         self._resume()
         capacity = max(1, workers)
         why: list[str] = []
+        self._replay, self._clock, self._due = replay, 0.0, []
+        if replay:
+            self.study.set_user_attr("replayed", True)
 
         def step() -> bool:
             self._poll()
-            reason = self._spent(budget_s, trials)
-            if reason is None:
-                self._ask(capacity, trials)
-            elif not why:
-                why.append(reason)
+            while True:
+                reason = self._spent(budget_s, trials)
+                if reason is None:
+                    self._ask(capacity, trials)
+                elif not why:
+                    why.append(reason)
+                if not self._release():
+                    break
             if on_update is not None:
                 on_update(self.summary(time.perf_counter() - start))
-            return reason is not None and not self.pending
+            return reason is not None and not self.pending and not self._due
 
         if scheduler is not None:
             self._run_dask(scheduler, step, poll_s)
@@ -297,10 +328,10 @@ class Search:
         """Why no more trials are asked for (None: more may be)."""
         if self._repeats >= MAX_REPEATS:
             return f"{MAX_REPEATS} trials in a row chose configurations measured already: the space looks exhausted"
-        if self._exhausted and not self.pending and self._planner is not None and self._planner.over_budget:
+        if self._exhausted and not self._busy() and self._planner is not None and self._planner.over_budget:
             left = max(0.0, self._budget_s - self.charged_seconds())
             return f"the {left / 60:.1f} worker minutes left are fewer than any useful configuration's forecast cost"
-        if self._exhausted and not self.pending:
+        if self._exhausted and not self._busy():
             best = best_trial(self.study.get_trials(deepcopy=False))
             at = f" ({best['latency'] * 1e3:.2f} ms)" if best and isinstance(best.get("latency"), float) else ""
             return f"no configuration left is forecast to beat the best{at}"
@@ -316,7 +347,7 @@ class Search:
         charged, left out of the sampler's view), and the next trial is drawn at random: TPE that has found a
         configuration with nothing left to choose (an end point) would otherwise propose it again and again."""
         told = 0
-        while (len(self.pending) < capacity and told < MAX_REPEATS and self._repeats < MAX_REPEATS
+        while (len(self.pending) + len(self._due) < capacity and told < MAX_REPEATS and self._repeats < MAX_REPEATS
                and (trials is None or self._held() < trials)):
             tpe = self.study.sampler
             if self._explore:
@@ -348,11 +379,39 @@ class Search:
                 continue
             self._repeats = 0
             row = self.store.get(variant.id)
+            if row is not None and self._replay:
+                self._hold(self._charge(row), partial(self._finish, trial, row, 0.0, "results store"))
+                continue
             if row is not None:
                 self._finish(trial, row, worker_s=0.0, source="results store")
                 told += 1
                 continue
             self._submit(trial, variant)
+
+    def _busy(self) -> bool:
+        """Whether a trial holds a worker: a job pending, or a replayed trial not told yet."""
+        return bool(self.pending or self._due)
+
+    def _hold(self, seconds: float, tell: Callable[[], None], start_v: float | None = None) -> None:
+        """Replay: a trial takes its worker from `start_v` (the clock now) for `seconds`, told when the clock
+        reaches its end."""
+        start_v = self._clock if start_v is None else start_v
+        self._due.append(_Due(start_v, start_v + max(0.0, seconds), tell))
+
+    def _release(self) -> bool:
+        """Replay: tell the replayed trial that ends first, if the clock may reach it: no job still running
+        started early enough on the clock to end before it. True when one was told (a worker is free)."""
+        if not self._due:
+            return False
+        now = time.time()
+        horizon = min((p.start_v + now - p.submitted for p in self.pending.values()), default=math.inf)
+        first = min(self._due, key=lambda d: d.end_v)
+        if first.end_v > horizon:
+            return False
+        self._due.remove(first)
+        self._clock = max(self._clock, first.end_v)
+        first.tell()
+        return True
 
     def _waiting(self) -> bool:
         """Whether enqueued trials wait to be asked (the end points, the probes, a planned one)."""
@@ -406,7 +465,7 @@ class Search:
     def _submit(self, trial: optuna.Trial, variant: VariantConfig) -> None:
         spec = JobSpec.for_variant(variant, self.cfg.profile, self.data)
         self.queue.submit([spec], SEARCH_PRIORITY, requeue_finished=True, tag=self.cfg.name)
-        self.pending[trial.number] = _Pending(trial, variant, _levels(variant))
+        self.pending[trial.number] = _Pending(trial, variant, _levels(variant), start_v=self._clock)
 
     def _resume(self) -> None:
         """Pick up the trials a killed run left running: those with a variant wait on its job (queued again when it
@@ -450,6 +509,9 @@ class Search:
                 row = self.store.get(p.variant.id)
                 if row is None:
                     self._fail(p, job, "its job finished without a row in the results store")
+                elif self._replay:  # told when the clock reaches its end, after what ended before it
+                    held = max(self._charge(row), (job.finished_at or time.time()) - p.submitted)
+                    self._hold(held, partial(self._finish, p.trial, row, _job_seconds(job), "job"), start_v=p.start_v)
                 else:
                     self._finish(p.trial, row, worker_s=_job_seconds(job), source="job")
             elif job.status in ("failed", "cancelled"):
@@ -487,15 +549,28 @@ class Search:
         if not shared and job.status in ACTIVE:
             self.queue.cancel(job.id)
         elapsed = time.time() - job.started_at if job.started_at else 0.0
+        if self._replay:  # its worker is free once the clock has run what it is charged, told in the clock's order
+            held = max(self._stopped_charge(p, job, elapsed)[0], time.time() - p.submitted)
+            self._hold(held, partial(self._tell_stopped, p, job, elapsed), start_v=p.start_v)
+        else:
+            self._tell_stopped(p, job, elapsed)
+
+    def _stopped_charge(self, p: _Pending, job: Job, elapsed: float) -> tuple[float, str | None, float, float]:
+        """What a stopped trial is charged: its pruning run's training seconds up to the levels the trial saw, less
+        what the study paid of that run already (a run read from the cache or resumed is charged as a complete row's
+        run is), never less than the job's own time; a run the study paid for is not charged again. Returns the
+        charge, the run (the queue's `shared_part`), its seconds up to those levels and what the study paid of it."""
         run_s = max([float(v) for k, v in (job.reports or {}).get(intermediate.PRUNE_SECONDS, {}).items()
                      if int(k) < max(1, p.levels)], default=0.0)
-        run = shared_part(job.spec)  # the pruning run the trial's job trained or read (the queue's rule)
+        run = shared_part(job.spec)
         paid = self._run_paid(run, self.study.get_trials(deepcopy=False, states=PAID_STATES))
+        return max(elapsed, run_s - paid), run, run_s, paid
+
+    def _tell_stopped(self, p: _Pending, job: Job, elapsed: float) -> None:
+        """Tell a stopped trial, charged what it trained (`_stopped_charge`)."""
+        charged, run, run_s, paid = self._stopped_charge(p, job, elapsed)
         p.trial.set_user_attr("partial", True)
-        # its pruning run's training seconds up to the levels the trial saw, less what the study paid of that run
-        # already (a run read from the cache or resumed is charged as a complete row's run is), never less than the
-        # job's own time; a run the study paid for is not charged again
-        p.trial.set_user_attr("charged_s", max(elapsed, run_s - paid))
+        p.trial.set_user_attr("charged_s", charged)
         p.trial.set_user_attr("prune_run", run)
         p.trial.set_user_attr(RUN_PAID_ATTR, max(paid, run_s))
         p.trial.set_user_attr("worker_s", elapsed)
@@ -517,11 +592,8 @@ class Search:
         cons = constraints(row, env, cfg.drop)
         lat = latency_of(row, env)
         run = row.get("prune_run")
-        finished = self.study.get_trials(deepcopy=False, states=PAID_STATES)
-        done = [t for t in finished if t.state == TrialState.COMPLETE]
-        again = row.get("id") in {t.user_attrs.get("variant_id") for t in done}  # the study paid for it already
-        paid = self._run_paid(run, finished)
-        charged = 0.0 if again else charged_seconds(row, True, paid)
+        paid = self._run_paid(run, self.study.get_trials(deepcopy=False, states=PAID_STATES))
+        charged = self._charge(row)
         attrs = {"constraints": cons, "feasible": feasible(cons), FINAL_ATTR: _float(row.get(DECISION_COLUMN)),
                  "test_accuracy": _float(row.get("accuracy")), "bits": _float(row.get("bits_actual")),
                  "device_flops": _float(row.get("device_flops")), "latency": lat["latency"],
@@ -530,12 +602,23 @@ class Search:
                  RUN_PAID_ATTR: max(paid, _float(row.get("prune_seconds")) or 0.0) if run else 0.0}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        if self._replay:
+            trial.set_user_attr("replay_clock_s", self._clock)
         if cfg.objective == "latency":
             for name, value in zip(CONSTRAINTS, cons, strict=True):
                 trial.set_constraint(name, value)
         if THRESHOLD_ATTR not in self.study.user_attrs and math.isfinite(threshold_of(row, cfg.drop)):
             self.study.set_user_attr(THRESHOLD_ATTR, threshold_of(row, cfg.drop))
         self.study.tell(trial, values)
+
+    def _charge(self, row: Mapping[str, Any]) -> float:
+        """What telling `row` now charges the study (`charged_seconds`): nothing for a row it paid for already, its
+        pruning run less what the study paid of that run."""
+        finished = self.study.get_trials(deepcopy=False, states=PAID_STATES)
+        done = [t for t in finished if t.state == TrialState.COMPLETE]
+        if row.get("id") in {t.user_attrs.get("variant_id") for t in done}:  # the study paid for it already
+            return 0.0
+        return charged_seconds(row, True, self._run_paid(row.get("prune_run"), finished))
 
     @staticmethod
     def _run_paid(run: str | None, finished: Iterable[FrozenTrial]) -> float:

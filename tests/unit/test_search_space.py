@@ -24,6 +24,7 @@ from engine.search.objective import latency_of
 from engine.search.pruner import ENCODER_STEP, FINAL_ATTR, LAST_STEP_ATTR, THRESHOLD_ATTR, step_of
 from engine.search.space import ENDPOINT, search_splits
 from engine.search.study import _encoder_epochs, best_trial, charged_seconds
+from engine.store import ResultsStore
 from engine.sweep import followups, plan
 
 BASE = PROFILES.get("smoke").base_config("synthetic-fingerprint")
@@ -139,7 +140,6 @@ def test_a_stopped_trial_pays_its_run_once_and_a_later_row_pays_only_the_rest(tm
     from engine.queue import JobQueue, JobSpec
     from engine.search import Search, SearchConfig
     from engine.search.study import RUN_PAID_ATTR, _Pending
-    from engine.store import ResultsStore
 
     search = Search(SearchConfig("smoke", BASE, ENV), queue=JobQueue(tmp_path / "jobs.sqlite"),
                     store=ResultsStore(tmp_path / "results.sqlite"), cache=tmp_path)
@@ -289,7 +289,38 @@ def test_replicates_move_only_the_training_seed_and_their_spread_is_summed_up() 
         check_variant(VariantConfig.make("three_step", "conv4_x", BASE, snapshot=0, replicate=-1), "smoke")
 
 
-def test_a_study_tells_rows_it_finds_and_stops_once_every_choice_repeats(tmp_path: Path) -> None:
+def test_a_replayed_row_holds_its_worker_until_the_jobs_running_beside_it_reach_its_end(tmp_path: Path) -> None:
+    """Replay (`Search.run(replay=True)`): with a job training beside them, rows of the store are told only as far
+    as the job has run on the clock (the quick study at 40 kB/s charged 40 minutes of stored rows on its second worker
+    while its first trained a coding for 2 minutes); what ends is told in the clock's order, and the clock holds."""
+    import time
+
+    from engine.queue import JobQueue
+    from engine.search import Search, SearchConfig
+    from engine.search.study import _Pending
+
+    search = Search(SearchConfig("smoke", BASE, ENV), queue=JobQueue(tmp_path / "jobs.sqlite"),
+                    store=ResultsStore(tmp_path / "results.sqlite"), cache=tmp_path)
+    search._replay = True
+    told: list[str] = []
+    job = _Pending(search.study.ask(), VariantConfig.make("original", "conv4_x", BASE), levels=0, start_v=0.0,
+                   submitted=time.time() - 50.0)  # a job that has trained 50 s
+    search.pending[job.trial.number] = job
+    search._hold(30.0, lambda: told.append("row 30 s"))
+    search._hold(80.0, lambda: told.append("row 80 s"))
+    assert search._release() and not search._release()  # the job may end before 80 s: the second row waits
+    assert told == ["row 30 s"] and search._clock == pytest.approx(30.0)
+    del search.pending[job.trial.number]  # it ended at 60 s on the clock
+    search._hold(60.0, lambda: told.append("job 60 s"), start_v=job.start_v)
+    while search._release():
+        pass
+    assert told == ["row 30 s", "job 60 s", "row 80 s"] and search._clock == pytest.approx(80.0)
+    search._hold(0.0, lambda: told.append("row paid"))  # a row the study paid for holds no time
+    assert search._release() and search._clock == pytest.approx(80.0)
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_a_study_tells_rows_it_finds_and_stops_once_every_choice_repeats(tmp_path: Path, replay: bool) -> None:
     """Every `original` choice of the smoke profile is in the store: each is told once from it (charged its recorded
     seconds), a configuration chosen again is a repeat (failed, never charged), and the study stops when the
     space is exhausted, not when the trials run out."""
@@ -298,7 +329,6 @@ def test_a_study_tells_rows_it_finds_and_stops_once_every_choice_repeats(tmp_pat
     from engine.queue import JobQueue
     from engine.search import Search, SearchConfig
     from engine.search.study import MAX_REPEATS
-    from engine.store import ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
     configs = [VariantConfig.make("original", s, BASE, bits=b) for s in split_names(BASE.model)
@@ -309,7 +339,7 @@ def test_a_study_tells_rows_it_finds_and_stops_once_every_choice_repeats(tmp_pat
                    "deployed_val_accuracy": 0.9, "accuracy": 0.5, "base_val_accuracy": 0.9, "eval_seconds": 10.0})
     cfg = SearchConfig("smoke", BASE, ENV, methods=("original",))
     search = Search(cfg, queue=JobQueue(tmp_path / "jobs.sqlite"), store=store, cache=tmp_path)
-    summary = search.run(workers=0, budget_s=3600.0, poll_s=0.0)
+    summary = search.run(workers=0, budget_s=3600.0, poll_s=0.0, replay=replay)
     trials = search.study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     repeats = [t for t in trials if t.user_attrs.get("repeat_of") is not None]
@@ -319,3 +349,6 @@ def test_a_study_tells_rows_it_finds_and_stops_once_every_choice_repeats(tmp_pat
     assert "exhausted" in summary.stopped_because and len(repeats) >= MAX_REPEATS
     assert summary.charged_s == pytest.approx(10.0 * len(configs))
     assert summary.best["variant_id"] == configs[0].id  # the fastest row meeting the validation threshold
+    if replay:  # one worker: each row holds it for its seconds in turn
+        clock = [t.user_attrs["replay_clock_s"] for t in sorted(complete, key=lambda t: t.number)]
+        assert clock == pytest.approx([10.0 * (i + 1) for i in range(len(complete))])
