@@ -279,8 +279,12 @@ class Planner:
         if not rows:
             return []
         lat = latencies_of(rows, self.env)
-        expected = latencies_of([{**row, BITS_COLUMN: k.expected_bits(s, row[BITS_COLUMN])}
-                                 for (_, s, _), row in zip(todo, rows, strict=True)], self.env)["latency"]
+        expected = list(lat["latency"])  # the latency at the bits expected, where they differ from the forecast's
+        other = [(i, {**row, BITS_COLUMN: bits}) for i, ((_, s, _), row) in enumerate(zip(todo, rows, strict=True))
+                 if (bits := k.expected_bits(s, row[BITS_COLUMN])) != row[BITS_COLUMN]]
+        if other:
+            for (i, _), latency in zip(other, latencies_of([r for _, r in other], self.env)["latency"], strict=True):
+                expected[i] = latency
         out = []
         for (c, s, probe), row, latency, fits, likely in zip(todo, rows, lat["latency"], lat["feasible"], expected,
                                                              strict=True):
@@ -500,6 +504,7 @@ class _Knowledge:
         self.run_seconds: dict[tuple, float] = {}  # (split, run) -> the most seconds a trial of it was charged
         self.trained: set[tuple] = set()  # (split, run, level) known trained
         self.sent_ratio: float | None = None  # median bits sent / fixed-length bits of learned codings, once asked
+        self._sent: dict[tuple, list[tuple[str, float]]] | None = None  # `expected_bits`'s coded rows, once asked
         self._losses: dict[str, list[tuple[Shape, float]]] = {}  # split -> its codings' losses, once per split
         self._loss: dict[tuple, float] = {}  # (split, family, capacity) -> `loss`
         self._other: dict[tuple, float] = {}  # (split, family, capacity) -> `_other_learned_loss`
@@ -749,8 +754,11 @@ class _Knowledge:
         bits among the study's learned codings (1 before any); never below `bound`, its forecast by `bits`."""
         if not s.learned or not math.isfinite(s.fixed_bits):
             return bound
-        same = [(t.split, number(r, BITS_COLUMN)) for t, r in self.coded if (t.family, t.capacity) == (
-            s.family, s.capacity)]
+        if self._sent is None:  # (family, capacity) -> (split, bits sent) of each coded row, built once
+            self._sent = {}
+            for t, r in self.coded:
+                self._sent.setdefault((t.family, t.capacity), []).append((t.split, number(r, BITS_COLUMN)))
+        same = self._sent.get((s.family, s.capacity), [])
         if any(split == s.split for split, _ in same):
             return bound
         if same:
