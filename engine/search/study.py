@@ -236,7 +236,7 @@ class Search:
         self._exhausted = False  # the planner forecasts no configuration left to beat the best
         self._budget_s = math.inf  # the run's budget: the planner proposes nothing forecast to overrun it
         self._replay = False  # measured configurations hold a worker for their charged seconds (`run`)
-        self._clock = 0.0  # the replay clock: charged seconds since the run started, per worker
+        self._clock = 0.0  # the replay clock: seconds since the run started, as a cold store would have run them
         self._due: list[_Due] = []  # replayed trials holding their workers
 
     # -- the loop ----------------------------------------------------------------------------------------------
@@ -592,8 +592,8 @@ class Search:
         cons = constraints(row, env, cfg.drop)
         lat = latency_of(row, env)
         run = row.get("prune_run")
-        paid = self._run_paid(run, self.study.get_trials(deepcopy=False, states=PAID_STATES))
-        charged = self._charge(row)
+        finished = self.study.get_trials(deepcopy=False, states=PAID_STATES)
+        paid, charged = self._run_paid(run, finished), self._charge(row, finished)
         attrs = {"constraints": cons, "feasible": feasible(cons), FINAL_ATTR: _float(row.get(DECISION_COLUMN)),
                  "test_accuracy": _float(row.get("accuracy")), "bits": _float(row.get("bits_actual")),
                  "device_flops": _float(row.get("device_flops")), "latency": lat["latency"],
@@ -611,10 +611,11 @@ class Search:
             self.study.set_user_attr(THRESHOLD_ATTR, threshold_of(row, cfg.drop))
         self.study.tell(trial, values)
 
-    def _charge(self, row: Mapping[str, Any]) -> float:
+    def _charge(self, row: Mapping[str, Any], finished: list[FrozenTrial] | None = None) -> float:
         """What telling `row` now charges the study (`charged_seconds`): nothing for a row it paid for already, its
-        pruning run less what the study paid of that run."""
-        finished = self.study.get_trials(deepcopy=False, states=PAID_STATES)
+        pruning run less what the study paid of that run (`finished`: the study's `PAID_STATES` trials, if read)."""
+        if finished is None:
+            finished = self.study.get_trials(deepcopy=False, states=PAID_STATES)
         done = [t for t in finished if t.state == TrialState.COMPLETE]
         if row.get("id") in {t.user_attrs.get("variant_id") for t in done}:  # the study paid for it already
             return 0.0
