@@ -625,9 +625,9 @@ class _Knowledge:
         (a run held 30 iterations lost more than one held 62 at every split of the quick study), else each hold's
         carried over by `hold_ratio`, beyond the deepest one growing as the square; at a split without any,
         `a s^2` with `a` fitted by least squares to every split's, each carried to the candidate's hold (a run to
-        0.48 that missed at conv4_x was followed by two at conv5_x that missed alike). One fit
-        for all sparsities weighs the sparsest: at the quick study's conv4_x, runs held 62 lost 0.7 and 3.8 points at
-        0.24 and 0.48 (held 30, 0.9 and 4.5), and the fit to the four forecast 1.8 at 0.32, which lost 1.0."""
+        0.48 that missed at conv4_x was followed by two at conv5_x that missed alike). One fit for all sparsities
+        weighs the sparsest: at the quick study's conv4_x, runs held 62 lost 0.7 and 3.8 points at 0.24 and 0.48
+        (held 30, 0.9 and 4.5), and the fit to the four forecast 1.8 at 0.32, which lost 1.0."""
         key = (s.split, s.hold, s.allocation, s.sparsity)  # once per pruning, as `loss` per coding: the candidates of
         if key not in self._pruning:  # one pruning differ in their coding alone
             self._pruning[key] = self._expected_pruning_loss(s, top)

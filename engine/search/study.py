@@ -182,7 +182,6 @@ class _Due:
     """A replayed trial holding its worker until the replay clock reaches `end_v`: a row of the store, or a job
     that ended (told in the clock's order, not as it ended)."""
 
-    start_v: float
     end_v: float
     tell: Callable[[], None]
 
@@ -379,12 +378,12 @@ class Search:
                 continue
             self._repeats = 0
             row = self.store.get(variant.id)
-            if row is not None and self._replay:
-                self._hold(self._charge(row), partial(self._finish, trial, row, 0.0, "results store"))
-                continue
             if row is not None:
-                self._finish(trial, row, worker_s=0.0, source="results store")
-                told += 1
+                if self._replay:  # it holds a worker for its charged seconds, as on a cold store
+                    self._hold(self._charge(row), partial(self._finish, trial, row, 0.0, "results store"))
+                else:
+                    self._finish(trial, row, worker_s=0.0, source="results store")
+                    told += 1
                 continue
             self._submit(trial, variant)
 
@@ -396,7 +395,7 @@ class Search:
         """Replay: a trial takes its worker from `start_v` (the clock now) for `seconds`, told when the clock
         reaches its end."""
         start_v = self._clock if start_v is None else start_v
-        self._due.append(_Due(start_v, start_v + max(0.0, seconds), tell))
+        self._due.append(_Due(start_v + max(0.0, seconds), tell))
 
     def _release(self) -> bool:
         """Replay: tell the replayed trial that ends first, if the clock may reach it: no job still running
