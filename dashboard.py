@@ -83,8 +83,9 @@ with st.sidebar:
     profile = st.selectbox("Profile", profiles, index=profiles.index(st.session_state[key]), key=key,
                            on_change=_reset_width,
                            help="smoke: seconds, on a data subset; quick: the CPU default; quick-bf16: quick trained "
-                                "under bf16 autocast, for a CPU with native bf16 (AVX-512 BF16 or AMX); paper: width "
-                                "1.0, for a GPU")
+                                "under bf16 autocast, for a CPU with native bf16 (AVX-512 BF16 or AMX); paper-cpu: "
+                                "width 1.0 (the paper's model) in about an hour on such a CPU; paper: width 1.0, for "
+                                "a GPU")
     key = ui.bind("model", lambda: v["model"] or "resnet18")
     choices = list(dict.fromkeys([*MODELS.names(), st.session_state[key]]))
     model = st.selectbox("Network", choices, index=choices.index(st.session_state[key]), key=key,

@@ -345,7 +345,7 @@ def profile_of(base: BaseModelConfig) -> Profile:
         return PROFILES.get(base.profile)
     for name in PROFILES:
         p = PROFILES.get(name)
-        if (p.epochs, p.batch_size, p.lr, p.scales, p.precision) == \
-                (base.epochs, base.batch_size, base.lr, base.scales, base.precision):
+        if (p.epochs, p.batch_size, p.lr, p.scales, p.precision, p.ema) == \
+                (base.epochs, base.batch_size, base.lr, base.scales, base.precision, base.ema):
             return p
     return PROFILES.get("quick")

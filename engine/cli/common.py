@@ -118,7 +118,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset: CIFAR-10 root, ImageFolder dir with train/ and test/, or a .tar/.tar.gz "
                                   "of one (default: $COINFER_DATA, then cache/data/, then torchvision's download)")
     p.add_argument("--profile", default="quick", help="budget: smoke, quick (CPU default), quick-bf16 (quick in "
-                                                       "bf16, for a CPU with AVX-512 BF16 or AMX) or paper (GPU)")
+                                                       "bf16, for a CPU with AVX-512 BF16 or AMX), paper-cpu (width "
+                                                       "1.0 in bf16 on such a CPU) or paper (GPU)")
     p.add_argument("--model", default="resnet18",
                    help="the model: a registered one (resnet18, mobilenetv2, vgg11_bn, vgg16_bn) or one's own as "
                         "path/to/file.py:ClassName or package.module:factory (default resnet18)")

@@ -107,6 +107,16 @@ def test_precision_is_in_the_id_when_set_and_the_bf16_profile_is_quick_in_bf16()
         BaseModelConfig("d", precision="fp16")
 
 
+def test_the_cpu_paper_profile_trains_the_paper_s_width_with_weight_averaging() -> None:
+    cpu, paper = PROFILES.get("paper-cpu"), PROFILES.get("paper")
+    base = cpu.base_config("45b041e867f5a40f")
+    assert (base.width, base.precision, base.ema, base.scales) == (1.0, "bf16", 0.999, ())
+    assert "ema=0.999" in repr(base) and base.id != dataclasses.replace(base, ema=0.0).id
+    assert profile_of(dataclasses.replace(base, profile="")) is cpu  # matched by its recipe, averaging included
+    assert paper.base_config("d").ema == 0.0 and "ema" not in repr(paper.base_config("d"))  # ids kept
+    assert cpu.budget_name == "paper-cpu" and cpu.prune.target > PROFILES.get("quick").prune.target
+
+
 def test_trained_weights_join_the_id_by_their_hash_only() -> None:
     base = BaseModelConfig("45b041e867f5a40f", epochs=8, batch_size=128, lr=0.15)
     sha = "ab" * 32
