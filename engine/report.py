@@ -176,6 +176,33 @@ def claim_by_split(table: pd.DataFrame, threshold: float | None, method: str = "
                                       "dominated_by"])
 
 
+def latency_growth(curves: pd.DataFrame, poor_bps: float, good_bps: float) -> pd.DataFrame:
+    """What the paper's Fig. 4 text claims, in numbers: each method's worst latency at link rates up to `poor_bps`
+    (its "around 0.1 s below 40 kB/s") and how much its latency grows from `good_bps` down to the lowest rate (the
+    baselines' "increase dramatically").
+
+    Args:
+        curves: a `latency_vs_rate` table (method, rate, latency), each method's best variant per rate.
+        poor_bps: the highest rate counted as poor (the paper: 40 kB/s); good_bps: the reference rate.
+    Returns:
+        per method: worst_poor_s (the most latency at a rate <= poor_bps), lowest_rate, at_lowest_s, at_good_s and
+        growth (at_lowest_s / at_good_s); a method without a row at good_bps has growth NaN.
+    """
+    columns = ["method", "worst_poor_s", "lowest_rate", "at_lowest_s", "at_good_s", "growth"]
+    if curves.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for method, rows in curves.groupby("method", sort=True):
+        by_rate = rows.set_index("rate")["latency"].sort_index()
+        poor = by_rate[by_rate.index <= poor_bps]
+        lowest = by_rate.index[0]
+        good = float(by_rate[good_bps]) if good_bps in by_rate.index else np.nan
+        out.append({"method": method, "worst_poor_s": float(poor.max()) if len(poor) else np.nan,
+                    "lowest_rate": float(lowest), "at_lowest_s": float(by_rate.iloc[0]), "at_good_s": good,
+                    "growth": float(by_rate.iloc[0]) / good if good > 0 else np.nan})
+    return pd.DataFrame(out, columns=columns)
+
+
 REPLICATE_COLUMNS = (DECISION_COLUMN, "accuracy", "bits_actual")
 
 

@@ -15,6 +15,7 @@ from engine.report import (
     composed_against_baselines,
     dominated_points,
     dominates,
+    latency_growth,
     provably_dominated,
 )
 
@@ -103,3 +104,17 @@ def test_the_composed_row_is_set_against_every_qualifying_baseline() -> None:
     assert got["not_dominated"] == "bottlenet_pp (0.00 MFLOPs, 12.0 bits: fewer bits)"
     none = composed_against_baselines(table, 0.90).iloc[0]
     assert none["id"] is None and "no pruned and coded row" in none["not_dominated"]
+
+
+def test_latency_growth_reads_the_worst_poor_rate_and_the_growth_to_the_lowest() -> None:
+    kbps = 8e3
+    curves = pd.DataFrame({"method": ["three_step"] * 3 + ["original"] * 3,
+                           "rate": [10 * kbps, 40 * kbps, 100 * kbps] * 2,
+                           "latency": [0.12, 0.09, 0.05, 2.0, 0.6, 0.3]})
+    got = latency_growth(curves, poor_bps=40 * kbps, good_bps=100 * kbps).set_index("method")
+    assert got.loc["three_step", "worst_poor_s"] == 0.12 and got.loc["original", "worst_poor_s"] == 2.0
+    assert got.loc["three_step", "growth"] == pytest.approx(2.4)
+    assert got.loc["original", "growth"] == pytest.approx(2.0 / 0.3)
+    assert got.loc["original", "lowest_rate"] == 10 * kbps
+    without_good = latency_growth(curves[curves["rate"] < 100 * kbps], 40 * kbps, 100 * kbps)
+    assert without_good["growth"].isna().all() and latency_growth(curves.iloc[:0], 1.0, 2.0).empty
