@@ -12,8 +12,9 @@ import time
 
 import pandas as pd
 
-from engine.cli.common import Bar, add_common, chosen_splits, load, writable_cache
+from engine.cli.common import Bar, add_common, chosen_splits, load, number_type, writable_cache
 from engine.config import MAX_EPOCHS, MAX_INPUT_SIZE
+from engine.errors import UserError
 
 
 def sizes(text: str) -> tuple[int, ...]:
@@ -64,6 +65,13 @@ def decay(text: str) -> float:
     return value
 
 
+MAX_BATCH = 1 << 16  # images per training step: more than a CPU or a GPU holds at any width here
+epochs_int = number_type(int, lambda v: 1 <= v <= MAX_EPOCHS, f"from 1 to {MAX_EPOCHS}")
+batch_int = number_type(int, lambda v: 1 <= v <= MAX_BATCH, f"from 1 to {MAX_BATCH}")
+rate_float = number_type(float, lambda v: math.isfinite(v) and 0 < v <= 10, "a number > 0 and at most 10")
+share_float = number_type(float, lambda v: 0 <= v < 1, "a number from 0 to below 1")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `data`, `profile` and `train-base` commands.
 
@@ -80,11 +88,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="JSON records on stdout (FLOPs, bytes and bits unscaled)")
     p = subparsers.add_parser("train-base", help="train (or load from the cache) the base model")
     add_common(p)
-    p.add_argument("--sizes", type=sizes, help="progressive resizing: the input size of each epoch as SIZExEPOCHS "
-                                              "parts, e.g. 16x6,24x4,32x3 (13 epochs; replaces the profile's count)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--sizes", type=sizes, help="progressive resizing: the input size of each epoch as "
+                                                   "SIZExEPOCHS parts, e.g. 16x6,24x4,32x3 (13 epochs; replaces the "
+                                                   "profile's count)")
     p.add_argument("--ema", type=decay, metavar="DECAY",
                    help="weight averaging: keep an exponential moving average of the weights with this decay (e.g. "
                         "0.999) and use it where it scores higher on validation")
+    # the recipe's other knobs, for trying a recipe on validation accuracy before a profile adopts it
+    length.add_argument("--epochs", type=epochs_int, help="epochs at the data's size (default: the profile's)")
+    p.add_argument("--batch-size", type=batch_int, help="training batch (default: the profile's)")
+    p.add_argument("--lr", type=rate_float, help="peak learning rate of the one-cycle schedule (default: the "
+                                                 "profile's)")
+    p.add_argument("--weight-decay", type=share_float, metavar="WD", help="SGD weight decay (default 5e-4)")
+    p.add_argument("--label-smoothing", type=share_float, metavar="EPS",
+                   help="label smoothing of the cross-entropy (default 0.1)")
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -136,14 +154,20 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _cmd_train_base(args: argparse.Namespace) -> int:
     """Train (or load from the cache) the base model and print its accuracy and training cost."""
+    from engine.profiles import PROFILES
     from engine.provenance import describe_environments
     from engine.train import load_or_train_base
 
+    profile = PROFILES.get(args.profile) if args.profile in PROFILES else None  # load() says what an unknown one is
+    if args.epochs is not None and profile is not None and profile.scales:
+        raise UserError(f"--epochs: the {profile.name} profile resizes its {profile.epochs} epochs one by one; give "
+                        "the schedule with --sizes instead, e.g. --sizes 16x8,24x8,32x8")
     _, data, base = load(args)
     if args.sizes:
         base = dataclasses.replace(base, epochs=len(args.sizes), sizes=args.sizes, scales=())
-    if args.ema is not None:
-        base = dataclasses.replace(base, ema=args.ema)
+    recipe = {"epochs": args.epochs, "ema": args.ema, "batch_size": args.batch_size, "lr": args.lr,
+              "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing}
+    base = dataclasses.replace(base, **{k: v for k, v in recipe.items() if v is not None})
     bar = Bar(f"base {base.id}")
     try:
         _, ckpt = load_or_train_base(base, data, writable_cache(), bar)

@@ -26,6 +26,30 @@ def test_data_and_profile(fresh_cache: Path, capsys: pytest.CaptureFixture) -> N
     assert round(splits["device_only"]["device_flops"] / 1e6, 2) == 1110.85 and splits["conv4_x"]["width"] == 1.0
 
 
+def test_train_base_takes_a_recipe_of_its_own(fresh_cache: Path, capsys: pytest.CaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's knobs on the command line reach the base model's config (and so its id); nothing else moves."""
+    import dataclasses
+
+    import engine.train
+    from engine.profiles import PROFILES
+
+    asked = []
+
+    def record(cfg, data, cache, progress=None):  # noqa: ANN001, ANN202 - stands in for training
+        asked.append(cfg)
+        return None, {"metrics": {"test_accuracy": 0.5, "val_accuracy": 0.5, "train_seconds": 1.0, "device": "cpu"}}
+
+    monkeypatch.setattr(engine.train, "load_or_train_base", record)
+    argv = ["train-base", "--profile", "paper-cpu", "--epochs", "3", "--batch-size", "64", "--lr", "0.05",
+            "--weight-decay", "1e-4", "--label-smoothing", "0", "--ema", "0.99"]
+    assert main(argv) == 0 and "3 epochs" in capsys.readouterr().out
+    profile = PROFILES.get("paper-cpu").base_config(asked[0].dataset)
+    assert asked[0] == dataclasses.replace(profile, epochs=3, batch_size=64, lr=0.05, weight_decay=1e-4,
+                                           label_smoothing=0.0, ema=0.99)
+    assert asked[0].id != profile.id and asked[0].profile == "paper-cpu"
+
+
 def test_run_original_then_results(fresh_cache: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["run", "original", "--profile", "smoke", "--split", "conv4_x", "--split", "server_only"]) == 0
     capsys.readouterr()
