@@ -276,9 +276,9 @@ PROFILES.add("quick-bf16", dataclasses.replace(PROFILES.get("quick"), name="quic
 # batch 128 at lr 0.15 as quick, with a moving average of the weights kept where it scores higher on validation:
 # 87.4 % test, short of the paper's 95 % (the model underfits in 13 passes). Without AMX it takes longer: about 97
 # minutes with AVX-512 BF16 only, 127 in fp32. The budgets are quick's shape scaled to a model 16x the FLOPs:
-# pruning runs of 2 levels x 512 steps (about 3 epochs each) to channel sparsity 0.25 and 0.5 (a wide model has
-# more channels to spare; the paper prunes its own to 0.75), learned encoders and Fig. 5's models 1-2 epochs on cached features, so
-# that the crossed grid takes hours, not days, and resumes across interruptions (the queue)
+# pruning runs of 2 levels x 512 steps (about 3 epochs in all) to channel sparsity 0.25 and 0.5 (a wide model has
+# more channels to spare; the paper prunes its own to 0.75), learned encoders and Fig. 5's models 1-2 epochs on
+# cached features, so that the crossed grid takes hours, not days, and resumes across interruptions (the queue)
 PROFILES.add("paper-cpu", Profile(
     "paper-cpu", width=1.0, epochs=13, batch_size=128, lr=0.15, precision="bf16", ema=0.999, encoding_epochs=2,
     encoding_backbone="server", bottlenet_ratios=(64, 256),

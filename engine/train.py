@@ -239,7 +239,7 @@ class BaseTraining(Hooks):
     def validate(self, epochs_done: int) -> str:
         # every validation image after the last epoch (the figure kept); before it a progress figure on the first
         # PROGRESS_IMAGES, at the data's size only (after an epoch at another size batch norm's statistics are that
-        # size's, the figure would mean little): a full pass after every epoch costs a wide model 8 % of its training
+        # size's, the figure would mean little): a full pass in fp32 after every epoch slows a wide model's training
         if epochs_done == self.cfg.epochs:
             self.val_acc = accuracy(self.model, self.val_x, self.val_y, self.mean, self.std)
             return f"val acc {self.val_acc:.4f}"
