@@ -291,7 +291,7 @@ PROFILES.add("paper-cpu", Profile(
     search=SearchSpace(targets=(0.5, 0.75), holds=(14, 30), outputs=(0.85, 0.95), bits=(8, 4, 2), enc_d=(8, 16, 32),
                        enc_bits=(1, 2), codebooks=(16, 64, 256),
                        enc_training=((CHEAP_ENCODING["enc_epochs"], CHEAP_ENCODING["enc_backbone"]),)),
-    two_step=TwoStepBudget((0.25, 0.5), step1_steps=120, step2=0.5, step2_steps=40, lr=0.01, batch_size=128),
+    two_step=PROFILES.get("quick").two_step,  # Shi et al.'s baseline at quick's budget
     fig5=Fig5Budget(awgn_uses=(4, 16, 64), bsc_bits=(16, 64, 256), source=((16, 2), (32, 2)),
                     snr_db=(0.0, 10.0, 20.0), p=(0.01, 0.1, 0.2), epochs=1, train_images=None, realisations=2,
                     batch_size=128),
