@@ -457,20 +457,37 @@ def example_note(table: pd.DataFrame) -> None:
                 "machine: the Export page re-measures them here as jobs.")
 
 
-def load_examples() -> None:
-    """The first page's "Load the example results" (a button callback): merge them into the local store and show
-    their base model (the quick profile on their dataset: the local one when it is the same, else the results
-    store's)."""
+def load_examples(profile: str) -> None:
+    """"Load the example results" of `profile` (a button callback): merge them into the local store and show their
+    base model (the profile on their dataset: the local one when it is the same, else the results store's)."""
+    path = exchange.example_file(profile)
+    if path is None:
+        st.session_state["_examples_error"] = f"no example results ship for the {profile} profile"
+        return
     try:
-        exchange.load_examples(results_store())
+        exchange.load_examples(results_store(), path)
     except UserError as exc:
         st.session_state["_examples_error"] = str(exc)
         return
     shown = exchange.examples(all_results())
+    shown = shown[shown["imported_from"].astype(str).str.startswith(f"{exchange.EXAMPLE_MARK}: {path.name}")]
     fingerprint, width = str(shown["dataset_fingerprint"].iloc[0]), float(shown["width"].iloc[0])
-    local = local_data(Environment(EXAMPLES_PROFILE, width))
-    apply_view({"profile": EXAMPLES_PROFILE, "width": f"{width:g}",
+    local = local_data(Environment(profile, width))
+    apply_view({"profile": profile, "width": f"{width:g}",
                 "data": "" if local is not None and local.fingerprint == fingerprint else fingerprint})
+
+
+def example_buttons(primary: bool = False, only: str | None = None) -> None:
+    """A "Load the example results" button for each profile that ships them (`only`: that profile's alone)."""
+    for profile in exchange.example_profiles():
+        if only is not None and profile != only:
+            continue
+        label = "Load the example results" + ("" if profile == "quick" or only else f" ({profile})")
+        st.button(label, type="primary" if primary and profile == "quick" else "secondary", on_click=load_examples,
+                  args=(profile,), key=f"examples-{profile}",
+                  help=f"the {profile} profile as measured on this project's reference machine, viewable without "
+                       "the dataset (rows marked as examples, shown for the same dataset, profile and width); "
+                       "re-measure them here from the Export page")
 
 
 def results(base: BaseModelConfig) -> pd.DataFrame:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from app import ui
-from engine import exchange
 from engine import queue as jobq
 from engine.errors import UserError
 from engine.figures import plane_figure
@@ -36,10 +35,7 @@ def _no_data(message: str) -> None:
     if st.button("Download CIFAR-10 (170 MB, needs internet)", disabled=downloading):
         ui.start_jobs([spec])
         st.rerun()
-    if exchange.EXAMPLES.exists():
-        st.button("Load the example results", type="primary", on_click=ui.load_examples,
-                  help="the quick profile as measured on this project's reference machine, viewable without the "
-                       "dataset (rows marked as examples)")
+    ui.example_buttons(primary=True)
     st.stop()
 
 
@@ -67,11 +63,7 @@ if table.empty:
     ui.emulated_bf16_warning(base)
     if message := st.session_state.pop("_examples_error", None):
         st.error(message)
-    if exchange.EXAMPLES.exists():
-        st.button("Load the example results", on_click=ui.load_examples,
-                  help="the quick profile as measured on this project's reference machine (rows marked as examples, "
-                       "shown only for the same dataset, profile and width); re-measure them here from the Export "
-                       "page")
+    ui.example_buttons(only=env.profile)
     if st.button(f"Start the {env.profile} profile", type="primary", disabled=active,
                  help="queues every variant of the profile's sweep, cheapest first (`original` within minutes), "
                       "then crosses three_step's snapshots that hold the threshold with the profile's codings as "

@@ -291,12 +291,25 @@ def import_rows(rows: list[dict[str, Any]], store: ResultsStore) -> tuple[int, i
 
 # -- the example results ----------------------------------------------------------------------------------------
 
-EXAMPLES = Path(engine.__file__).resolve().parents[1] / "examples" / "quick-results.json"
-EXAMPLE_MARK = "example results"  # leads the `imported_from` of rows loaded from EXAMPLES
+EXAMPLES_DIR = Path(engine.__file__).resolve().parents[1] / "examples"
+# the profiles whose rows ship with the project, measured on its reference machine (README, "Example results")
+EXAMPLE_FILES = {"quick": "quick-results.json", "paper-cpu": "paper-cpu-results.json"}
+EXAMPLE_MARK = "example results"  # leads the `imported_from` of rows loaded from an example file
 
 
-def load_examples(store: ResultsStore, path: Path | str = EXAMPLES) -> tuple[int, int]:
-    """Merge the shipped example results (the quick profile measured on the project's reference machine) into
+def example_profiles() -> list[str]:
+    """The profiles whose example results ship with this copy of the project (their file is present)."""
+    return [p for p, name in EXAMPLE_FILES.items() if (EXAMPLES_DIR / name).is_file()]
+
+
+def example_file(profile: str) -> Path | None:
+    """The example results file of `profile`, or None where the project ships none for it."""
+    name = EXAMPLE_FILES.get(profile)
+    return EXAMPLES_DIR / name if name is not None and (EXAMPLES_DIR / name).is_file() else None
+
+
+def load_examples(store: ResultsStore, path: Path | str) -> tuple[int, int]:
+    """Merge shipped example results (a profile measured on the project's reference machine, `example_file`) into
     `store`, each row's `imported_from` starting with EXAMPLE_MARK so that every page can say so.
 
     Args:

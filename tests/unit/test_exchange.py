@@ -12,6 +12,7 @@ from crafted import make_row
 from engine import exchange
 from engine import files as files_mod
 from engine.cli import main
+from engine.profiles import PROFILES
 from engine.store import ResultsStore
 
 
@@ -113,12 +114,22 @@ def test_example_results_are_marked_as_such(tmp_path: Path, cache: Path) -> None
 
 
 
-def test_the_shipped_example_results_load_with_this_code(tmp_path: Path) -> None:
-    """The examples file must stay readable by the current code: a schema change regenerates or migrates it
-    (`python -m engine results --export examples/quick-results.json --profile quick`, README)."""
+@pytest.mark.parametrize("profile", exchange.example_profiles())
+def test_the_shipped_example_results_load_with_this_code(tmp_path: Path, profile: str) -> None:
+    """Each examples file must stay readable by the current code: a schema change regenerates or migrates it
+    (`python -m engine results --export examples/PROFILE-results.json --profile PROFILE`, README), and it holds its
+    own profile's base model: the width and the training budget of that profile."""
     store = ResultsStore(tmp_path / "results.sqlite")
-    added, skipped = exchange.load_examples(store)
+    added, skipped = exchange.load_examples(store, exchange.example_file(profile))
     table = store.table()
-    assert added == len(table) > 30 and skipped == 0
+    assert added == len(table) > 10 and skipped == 0
     assert set(table["method"]) >= {"original", "three_step", "two_step_pruning", "bottlenet_pp"}
     assert table["deployed_val_accuracy"].notna().all()  # every row can be chosen on
+    assert table["base_id"].nunique() == 1
+    assert set(table["width"]) == {PROFILES.get(profile).width}
+
+
+def test_the_examples_are_offered_for_the_profiles_whose_file_ships() -> None:
+    assert "quick" in exchange.example_profiles()
+    assert exchange.example_file("quick") == exchange.EXAMPLES_DIR / "quick-results.json"
+    assert exchange.example_file("smoke") is None  # none ships for it
