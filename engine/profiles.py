@@ -270,8 +270,8 @@ PROFILES.add("quick", Profile(
 # where it trains about 1.6x faster at the same accuracy (BENCHMARKS.md); elsewhere slower than quick
 PROFILES.add("quick-bf16", dataclasses.replace(PROFILES.get("quick"), name="quick-bf16", precision="bf16",
                                                budgets="quick"))
-# paper-cpu: the paper's model (width 1.0) on a CPU with native bf16 (AVX-512 BF16 or AMX), its base model in under
-# an hour on 2 cores with AMX (BENCHMARKS.md, "Width 1.0 on a CPU"): 13 one-cycle epochs at the data's own size
+# paper-cpu: the paper's model (width 1.0) on a CPU with native bf16 (AVX-512 BF16 or AMX), its base model in about
+# an hour on 2 cores with AMX (56-61 min; BENCHMARKS.md, "Width 1.0 on a CPU"): 13 one-cycle epochs at full size
 # (16 mostly low-resolution epochs reached the same validation accuracy, 87.7 against 87.4 %, in more minutes),
 # batch 128 at lr 0.15 as quick, with a moving average of the weights kept where it scores higher on validation:
 # 87.4 % test, short of the paper's 95 % (the model underfits in 13 passes). Without AMX it takes longer: about 97
