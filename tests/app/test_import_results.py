@@ -9,9 +9,11 @@ import pytest
 from conftest import cache_sharing_data, measured_original
 from streamlit.testing.v1 import AppTest
 
+from engine import exchange
 from engine import queue as jobq
 from engine.data import ImageData
 from engine.exchange import results_document
+from engine.profiles import PROFILES
 from engine.store import ResultsStore
 
 DASHBOARD = str(Path(__file__).resolve().parents[2] / "dashboard.py")
@@ -69,21 +71,23 @@ def test_import_a_results_file_and_remeasure(travelled: tuple[bytes, list[str]])
     assert queued == set(ids)
 
 
-def test_a_fresh_machine_shows_the_example_results_in_one_click(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """No dataset, an empty cache: the first page offers the shipped examples, and one click shows them on every
-    page, marked as examples."""
+@pytest.mark.parametrize("profile", exchange.example_profiles())
+def test_a_fresh_machine_shows_the_example_results_in_one_click(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                profile: str) -> None:
+    """No dataset, an empty cache: the first page offers each profile's shipped examples, and one click shows them
+    on every page, marked as examples, at their profile and width."""
     monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("COINFER_DATA", str(tmp_path / "no-dataset-here"))
     monkeypatch.setattr(jobq, "ensure_worker", lambda queue, idle_exit_s=300.0: None)
     at = AppTest.from_file(DASHBOARD, default_timeout=90)
     at.run()
     assert not at.exception
-    _button(at, "Load the example results").click().run()
+    _button(at, "Load the example results" + ("" if profile == "quick" else f" ({profile})")).click().run()
     assert not at.exception, at.exception[0].message if at.exception else ""
-    assert at.query_params["profile"] == "quick" and at.query_params["data"]
+    assert at.query_params["profile"] == profile and at.query_params["data"]
+    assert float(at.query_params["width"]) == PROFILES.get(profile).width
     assert any("example results" in i.value for i in at.info)
-    assert len(ResultsStore().rows()) > 30
+    assert len(ResultsStore().rows()) > 10
     for page in ("latency", "compare", "export"):  # no noisy-channel rows; the live page needs the dataset here
         other = AppTest.from_file(DASHBOARD, default_timeout=90)
         other.query_params.update({**dict(at.query_params), "page": page})
