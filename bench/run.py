@@ -53,7 +53,7 @@ BENCHES = (
     Bench("original-paper-cpu", "Width 1.0 on a CPU (paper-cpu): the `original` method, Fig. 1",
           ("-m", "engine", "run", "original", "--profile", "paper-cpu", "--data", "DATA")),
     Bench("tradeoff-paper-cpu", "Width 1.0 on a CPU (paper-cpu): trade-off figures",
-          ("bench/bench_tradeoff.py", "--profile", "paper-cpu", "--data", "DATA")),
+          ("bench/bench_tradeoff.py", "--profile", "paper-cpu", "--data", "DATA", "--memory", "torchscript")),
     Bench("mobilenetv2", "MobileNetV2 on the quick profile",
           ("bench/bench_model.py", "--model", "mobilenetv2", "--profile", "quick", "--data", "DATA", "--sweep")),
     Bench("trickle", "Slow clients: a device session under 64 trickling connections", ("bench/bench_trickle.py",)),
