@@ -458,8 +458,9 @@ def example_note(table: pd.DataFrame) -> None:
 
 
 def load_examples(profile: str) -> None:
-    """"Load the example results" of `profile` (a button callback): merge them into the local store and show their
-    base model (the profile on their dataset: the local one when it is the same, else the results store's)."""
+    """The plane's "Load the example results" of `profile` (a button callback): merge them into the local store
+    and show their base model (the profile on their dataset: the local one when it is the same, else the results
+    store's)."""
     path = exchange.example_file(profile)
     if path is None:
         st.session_state["_examples_error"] = f"no example results ship for the {profile} profile"
