@@ -297,15 +297,15 @@ EXAMPLE_FILES = {"quick": "quick-results.json", "paper-cpu": "paper-cpu-results.
 EXAMPLE_MARK = "example results"  # leads the `imported_from` of rows loaded from an example file
 
 
-def example_profiles() -> list[str]:
-    """The profiles whose example results ship with this copy of the project (their file is present)."""
-    return [p for p, name in EXAMPLE_FILES.items() if (EXAMPLES_DIR / name).is_file()]
-
-
 def example_file(profile: str) -> Path | None:
     """The example results file of `profile`, or None where the project ships none for it."""
     name = EXAMPLE_FILES.get(profile)
     return EXAMPLES_DIR / name if name is not None and (EXAMPLES_DIR / name).is_file() else None
+
+
+def example_profiles() -> list[str]:
+    """The profiles whose example results ship with this copy of the project (their file is present)."""
+    return [p for p in EXAMPLE_FILES if example_file(p) is not None]
 
 
 def load_examples(store: ResultsStore, path: Path | str) -> tuple[int, int]:

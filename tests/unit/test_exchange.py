@@ -117,8 +117,8 @@ def test_example_results_are_marked_as_such(tmp_path: Path, cache: Path) -> None
 @pytest.mark.parametrize("profile", exchange.example_profiles())
 def test_the_shipped_example_results_load_with_this_code(tmp_path: Path, profile: str) -> None:
     """Each examples file must stay readable by the current code: a schema change regenerates or migrates it
-    (`python -m engine results --export examples/PROFILE-results.json --profile PROFILE`, README), and it holds its
-    own profile's base model: the width and the training budget of that profile."""
+    (`python -m engine results --export examples/PROFILE-results.json --profile PROFILE`, README), and it holds one
+    base model at its profile's width."""
     store = ResultsStore(tmp_path / "results.sqlite")
     added, skipped = exchange.load_examples(store, exchange.example_file(profile))
     table = store.table()
