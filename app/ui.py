@@ -445,9 +445,6 @@ def open_page(title: str, needs: str) -> tuple[Environment, ImageData | None, Ba
     return env, data, base, table
 
 
-EXAMPLES_PROFILE = "quick"  # the profile the shipped example results measure
-
-
 def example_note(table: pd.DataFrame) -> None:
     """A caption when rows on the page are the shipped example results, not measured here."""
     shown = exchange.examples(table)
@@ -479,12 +476,14 @@ def load_examples(profile: str) -> None:
 
 
 def example_buttons(primary: bool = False, only: str | None = None) -> None:
-    """A "Load the example results" button for each profile that ships them (`only`: that profile's alone)."""
+    """A "Load the example results" button for each profile that ships them (`only`: that profile's alone); the
+    default profile's plain and, with `primary`, the primary one, the others named."""
+    default = VIEW_DEFAULTS["profile"]
     for profile in exchange.example_profiles():
         if only is not None and profile != only:
             continue
-        label = "Load the example results" + ("" if profile == "quick" or only else f" ({profile})")
-        st.button(label, type="primary" if primary and profile == "quick" else "secondary", on_click=load_examples,
+        label = "Load the example results" + ("" if profile == default or only else f" ({profile})")
+        st.button(label, type="primary" if primary and profile == default else "secondary", on_click=load_examples,
                   args=(profile,), key=f"examples-{profile}",
                   help=f"the {profile} profile as measured on this project's reference machine, viewable without "
                        "the dataset (rows marked as examples, shown for the same dataset, profile and width); "
