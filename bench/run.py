@@ -100,14 +100,49 @@ def run(bench: Bench, data: str) -> str:
             f"{os.getloadavg()[0]:.1f} after; {machine()}.\n\n{text}")
 
 
+HEADING = re.compile(r"(#{1,6}) ")
+
+
+def heading_levels(lines: list[str]) -> list[int | None]:
+    """Per line, its Markdown heading level, or None (not a heading, or inside fenced code)."""
+    fenced, out = False, []
+    for line in lines:
+        fenced ^= line.startswith("```")
+        match = None if fenced else HEADING.match(line)
+        out.append(len(match.group(1)) if match else None)
+    return out
+
+
+def nest_headings(body: str, level: int) -> str:
+    """`body` with its Markdown headings shifted so that the highest sits at `level` + 1, under the heading its
+    section is written below (those inside fenced code left alone).
+
+    Args:
+        body: a benchmark's output.
+        level: the level of the heading above the section (2 for `##`).
+    Returns:
+        The body, its headings nested.
+    """
+    lines = body.split("\n")
+    levels = heading_levels(lines)
+    found = [n for n in levels if n is not None]
+    if not found:
+        return body
+    shift = level + 1 - min(found)
+    return "\n".join(line if n is None else "#" * min(6, n + shift) + line[n:]
+                     for line, n in zip(lines, levels, strict=True))
+
+
 def replace_section(text: str, bench: Bench, body: str) -> str:
-    """`text` with the section of `bench` set to `body` (appended as a new `##` section when missing)."""
+    """`text` with the section of `bench` set to `body` (appended as a new `##` section when missing), its headings
+    nested under the heading above the section (`nest_headings`)."""
     start, end = f"<!-- bench:{bench.key} -->", f"<!-- /bench:{bench.key} -->"
-    block = f"{start}\n{body}\n{end}"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        return pattern.sub(lambda _: block, text, count=1)
-    return text.rstrip("\n") + f"\n\n## {bench.title}\n\n{block}\n"
+    found = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S).search(text)
+    if found is None:
+        return text.rstrip("\n") + f"\n\n## {bench.title}\n\n{start}\n{nest_headings(body, 2)}\n{end}\n"
+    above = [n for n in heading_levels(text[:found.start()].split("\n")) if n is not None]
+    block = f"{start}\n{nest_headings(body, above[-1] if above else 1)}\n{end}"
+    return text[:found.start()] + block + text[found.end():]
 
 
 def main() -> None:

@@ -40,3 +40,16 @@ def test_edits_made_while_a_benchmark_runs_are_kept(tmp_path: Path, monkeypatch:
     bench_run.main()
     text = target.read_text()
     assert "intro edited meanwhile" in text and "new figures" in text and "old figures" not in text
+
+
+def test_a_section_s_headings_nest_under_the_heading_above_it() -> None:
+    text = "# B\n\n## Width 1.0\n\n### Fig. 3\n\n<!-- bench:data -->\nold\n<!-- /bench:data -->\n"
+    body = "intro\n\n### Pruning\n\n```\n# not a heading\n```\n\n#### Detail\n"
+    out = replace_section(text, BENCH, body)
+    assert "\n#### Pruning\n" in out and "\n##### Detail\n" in out and "\n# not a heading\n" in out
+    assert replace_section(out, BENCH, body) == out  # rerunning leaves it as it is
+
+
+def test_a_fenced_hash_line_above_the_section_is_not_taken_for_its_heading() -> None:
+    text = "# B\n\n## Data load\n\n```\n# a shell comment\n```\n<!-- bench:data -->\nold\n<!-- /bench:data -->\n"
+    assert "\n### Figures\n" in replace_section(text, BENCH, "## Figures\n")
